@@ -1,0 +1,74 @@
+"""The contract every model variant implements, and how variants are built.
+
+A stage's runtime is a ``Variant``: it loads its weights, runs ``infer`` on a
+*batch* of requests (one runtime call where the runtime supports it) and
+releases memory on ``unload``. Serve deployments, ``varipipe run`` and the
+profiler all call the same objects, so what is profiled is what serves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from varipipe.errors import SpecError
+from varipipe.records import VariantSpec
+
+__all__ = ["Payload", "StageOutput", "Variant", "build_variant"]
+
+
+@runtime_checkable
+class StageOutput(Protocol):
+    """A stage's typed result for one request."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def summary(self) -> str: ...
+
+
+@dataclass
+class Payload:
+    """One request on its way through the pipeline.
+
+    ``image`` is HxWx3 uint8 RGB; ``outputs`` holds the typed result of every
+    stage that already ran, keyed by stage name, in pipeline order.
+    """
+
+    request_id: str = ""
+    image: np.ndarray | None = None
+    text: str | None = None
+    outputs: dict[str, StageOutput] = field(default_factory=dict)
+    deadline: float | None = None  # absolute time.time() seconds; None = no deadline
+
+
+class Variant(Protocol):
+    """A loaded (or loadable) model variant of one stage."""
+
+    spec: VariantSpec
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def hardware(self) -> str: ...  # "cpu:<threads>" or "gpu:<model>"
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]: ...
+
+
+def build_variant(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> Variant:
+    """Import ``spec.factory`` ("module:callable") and build the variant (not yet loaded)."""
+    module_name, _, attr = spec.factory.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.factory",
+                        f"cannot import {spec.factory!r}: {e}") from e
+    return factory(spec, threads=threads, device=device)

@@ -1,0 +1,1 @@
+"""Model variants: one module per family (detector, classifier, llm, identity)."""

