@@ -18,7 +18,7 @@ import numpy as np
 from varipipe.errors import SpecError
 from varipipe.records import VariantSpec
 
-__all__ = ["Payload", "StageOutput", "Variant", "build_variant"]
+__all__ = ["Payload", "StageOutput", "StageTrace", "Variant", "build_variant"]
 
 
 @runtime_checkable
@@ -28,6 +28,17 @@ class StageOutput(Protocol):
     def to_json(self) -> dict[str, Any]: ...
 
     def summary(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class StageTrace:
+    """How one stage served one request: which variant, in what batch, how long."""
+
+    stage: str
+    variant: str
+    batch_size: int
+    queue_s: float  # from arrival at the replica to the start of its batch
+    compute_s: float  # the batch's runtime call
 
 
 @dataclass
@@ -43,6 +54,7 @@ class Payload:
     text: str | None = None
     outputs: dict[str, StageOutput] = field(default_factory=dict)
     deadline: float | None = None  # absolute time.time() seconds; None = no deadline
+    trace: list[StageTrace] = field(default_factory=list)  # filled in by serving, in stage order
 
 
 class Variant(Protocol):
