@@ -1,0 +1,239 @@
+"""Backends for the collapsed multiple-choice program: PuLP (CBC, HiGHS) and a DP.
+
+Every backend receives the same :class:`Problem` and returns the chosen
+configuration per stage, or ``None`` when no choice satisfies the constraints.
+Solver crashes raise :class:`SolverError`; infeasibility is a return value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from varipipe.adapter.configurations import Configuration
+
+from varipipe.errors import SolverError, UnknownNameError
+
+__all__ = ["Problem", "Outcome", "SOLVERS", "available_solvers", "run_solver"]
+
+SOLVERS = ("cbc", "highs", "dp")
+# Feasibility tolerance on the latency / cost / accuracy sums (seconds, cores, log-accuracy).
+TOLERANCE = 1e-9
+# MIP gaps: prove optimality, so the ILP equals brute-force enumeration exactly.
+_GAP_REL = 1e-9
+_GAP_ABS = 1e-9
+
+Key = tuple[str, str, int, str]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``max Σ score·x`` over one configuration per stage, subject to the named sums.
+
+    ``acc_terms`` are each configuration's accuracy contributions, used only when
+    ``accuracy_floor`` is set. Σ cost is bounded by both ``capacity_limit`` (the
+    cluster) and ``cost_ceiling`` (max-accuracy mode); either may be ``None``.
+    """
+
+    stages: tuple[str, ...]
+    options: Mapping[str, tuple[Configuration, ...]]
+    score: Mapping[Key, float]
+    acc_terms: Mapping[Key, float]
+    sla_s: float | None
+    capacity_limit: float | None
+    cost_ceiling: float | None = None
+    accuracy_floor: float | None = None
+
+    @property
+    def cost_bound(self) -> float:
+        bounds = [b for b in (self.capacity_limit, self.cost_ceiling) if b is not None]
+        return min(bounds) if bounds else math.inf
+
+
+@dataclass(frozen=True)
+class Outcome:
+    chosen: dict[str, Configuration] | None
+    timed_out: bool = False
+
+
+def available_solvers() -> tuple[str, ...]:
+    import pulp
+
+    have = set(pulp.listSolvers(onlyAvailable=True))
+    out = []
+    if "PULP_CBC_CMD" in have:
+        out.append("cbc")
+    if "HiGHS" in have:
+        out.append("highs")
+    out.append("dp")
+    return tuple(out)
+
+
+def run_solver(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
+    if solver == "dp":
+        return Outcome(_solve_dp(problem))
+    if solver in ("cbc", "highs"):
+        return _solve_pulp(problem, solver, time_limit_s)
+    raise UnknownNameError("solver", solver, SOLVERS)
+
+
+# ---------------------------------------------------------------- PuLP model
+
+
+def _variables(problem: Problem):
+    import pulp
+
+    x: dict[Key, pulp.LpVariable] = {}
+    for si, stage in enumerate(problem.stages):
+        for ci, c in enumerate(problem.options[stage]):
+            x[c.key] = pulp.LpVariable(f"x_{si}_{ci}", cat=pulp.LpBinary)
+    return x
+
+
+def _add_objective(prob, problem: Problem, x) -> None:
+    import pulp
+
+    prob += pulp.lpSum(problem.score[k] * v for k, v in x.items())
+
+
+def _add_one_config(prob, problem: Problem, x) -> None:
+    import pulp
+
+    for stage in problem.stages:
+        prob += pulp.lpSum(x[c.key] for c in problem.options[stage]) == 1, f"one_config_{stage}"
+
+
+def _all(problem: Problem):
+    return [c for s in problem.stages for c in problem.options[s]]
+
+
+def _add_sla(prob, problem: Problem, x) -> None:
+    import pulp
+
+    if problem.sla_s is not None:
+        prob += pulp.lpSum(c.latency_s * x[c.key] for c in _all(problem)) <= problem.sla_s, "sla_end_to_end"
+
+
+def _add_capacity(prob, problem: Problem, x) -> None:
+    import pulp
+
+    if problem.capacity_limit is not None:
+        prob += pulp.lpSum(c.cost * x[c.key] for c in _all(problem)) <= problem.capacity_limit, "cluster_capacity"
+
+
+def _add_cost_ceiling(prob, problem: Problem, x) -> None:
+    import pulp
+
+    if problem.cost_ceiling is not None:
+        prob += pulp.lpSum(c.cost * x[c.key] for c in _all(problem)) <= problem.cost_ceiling, "max_cost"
+
+
+def _add_accuracy_floor(prob, problem: Problem, x) -> None:
+    import pulp
+
+    if problem.accuracy_floor is not None:
+        prob += (pulp.lpSum(problem.acc_terms[c.key] * x[c.key] for c in _all(problem))
+                 >= problem.accuracy_floor, "min_accuracy")
+
+
+def _pulp_solver(solver: str, time_limit_s: float):
+    import pulp
+
+    if solver == "cbc":
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS)
+    return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
+                      log_to_console=False, output_flag=False)
+
+
+def _solve_pulp(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
+    import pulp
+
+    if solver not in available_solvers():
+        raise SolverError(f"solver {solver!r} is not installed here; available: {', '.join(available_solvers())}")
+    prob = pulp.LpProblem("varipipe", pulp.LpMaximize)
+    x = _variables(problem)
+    _add_objective(prob, problem, x)
+    for add in (_add_one_config, _add_sla, _add_capacity, _add_cost_ceiling, _add_accuracy_floor):
+        add(prob, problem, x)
+    try:
+        status = prob.solve(_pulp_solver(solver, time_limit_s))
+    except pulp.PulpSolverError as e:
+        raise SolverError(f"{solver} failed: {e}") from e
+    if status == pulp.LpStatusInfeasible:
+        return Outcome(None)
+    if status != pulp.LpStatusOptimal:
+        if prob.sol_status == pulp.LpSolutionNoSolutionFound:
+            return Outcome(None, timed_out=True)
+        raise SolverError(f"{solver} returned status {pulp.LpStatus.get(status, status)!r}")
+    chosen = _read(problem, x)
+    return Outcome(chosen, timed_out=prob.sol_status == pulp.LpSolutionIntegerFeasible)
+
+
+def _read(problem: Problem, x) -> dict[str, Configuration]:
+    chosen: dict[str, Configuration] = {}
+    for stage in problem.stages:
+        picked = [c for c in problem.options[stage] if (x[c.key].value() or 0) > 0.5]
+        if len(picked) != 1:
+            raise SolverError(f"solver chose {len(picked)} configurations for stage {stage!r}, expected 1")
+        chosen[stage] = picked[0]
+    return chosen
+
+
+# ------------------------------------------------------------ DP with Pareto
+
+
+def _pareto(lat: np.ndarray, cost: np.ndarray, acc: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Indices of states no other state dominates (≤ latency, ≤ cost, ≥ accuracy, ≥ score)."""
+    order = np.lexsort((lat, -score))  # best score first, then lowest latency
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            dominated = ((lat[k] <= lat[i] + TOLERANCE) & (cost[k] <= cost[i] + TOLERANCE)
+                         & (acc[k] >= acc[i] - TOLERANCE) & (score[k] >= score[i] - TOLERANCE))
+            if dominated.any():
+                continue
+        kept.append(i)
+    return np.asarray(kept, dtype=int)
+
+
+def _solve_dp(problem: Problem) -> dict[str, Configuration] | None:
+    """Exact dynamic program over stages keeping the Pareto front of partial choices."""
+    sla = problem.sla_s if problem.sla_s is not None else math.inf
+    bound = problem.cost_bound
+    use_acc = problem.accuracy_floor is not None
+    lat = np.zeros(1)
+    cost = np.zeros(1)
+    acc = np.zeros(1)
+    score = np.zeros(1)
+    back: list[np.ndarray] = []  # per stage: (parent state, option index) of each state
+    for stage in problem.stages:
+        opts = problem.options[stage]
+        o_lat = np.array([c.latency_s for c in opts])
+        o_cost = np.array([c.cost for c in opts])
+        o_acc = np.array([problem.acc_terms[c.key] if use_acc else 0.0 for c in opts])
+        o_score = np.array([problem.score[c.key] for c in opts])
+        n_lat = (lat[:, None] + o_lat[None, :]).ravel()
+        n_cost = (cost[:, None] + o_cost[None, :]).ravel()
+        n_acc = (acc[:, None] + o_acc[None, :]).ravel()
+        n_score = (score[:, None] + o_score[None, :]).ravel()
+        ok = np.flatnonzero((n_lat <= sla + TOLERANCE) & (n_cost <= bound + TOLERANCE))
+        if ok.size == 0:
+            return None
+        keep = ok[_pareto(n_lat[ok], n_cost[ok], n_acc[ok], n_score[ok])]
+        lat, cost, acc, score = n_lat[keep], n_cost[keep], n_acc[keep], n_score[keep]
+        back.append(np.stack([keep // len(opts), keep % len(opts)], axis=1))
+    final = np.arange(len(score))
+    if use_acc:
+        final = final[acc >= problem.accuracy_floor - TOLERANCE]
+        if final.size == 0:
+            return None
+    state = int(final[np.argmax(score[final])])
+    chosen: dict[str, Configuration] = {}
+    for stage, table in zip(reversed(problem.stages), reversed(back), strict=True):
+        parent, option = table[state]
+        chosen[stage] = problem.options[stage][int(option)]
+        state = int(parent)
+    return {s: chosen[s] for s in problem.stages}
