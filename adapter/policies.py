@@ -1,0 +1,323 @@
+"""Adaptation policies behind the one :class:`Policy` interface (DESIGN §4).
+
+``make_policy(name, ctx, **options)`` builds one:
+
+    ipa         the ILP (``optimizer.solve``) on the forecast
+    fa2-low     smallest variant per stage fixed; the ILP scales batch and replicas
+    fa2-high    largest variant per stage fixed; the ILP scales batch and replicas
+    rim         replicas fixed; the ILP switches variants and batch
+    static      one fixed decision, whatever the load
+    ray         Ray Serve's default autoscaling rule, re-implemented for the simulator
+    oracle      the ILP on the true peak of the next interval (knows the future trace)
+    module:Class  a user's policy, constructed as ``Class(ctx, **options)``
+
+Policies are pure: everything they know comes in through the constructor and
+``decide``; time is ``observation.time_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from varipipe.adapter.configurations import (
+    Configuration,
+    Limits,
+    Weights,
+    stage_configurations,
+    stage_loads,
+)
+from varipipe.adapter.optimizer import solve
+from varipipe.adapter.policy import Forecast, Policy, PolicyContext
+
+from varipipe.errors import ConfigError, UnknownNameError
+from varipipe.records import Decision, DecisionStatus, Observation, StageDecision
+
+__all__ = ["POLICIES", "make_policy", "price_decision", "default_variant", "StaticPolicy", "SolverPolicy",
+           "RayPolicy", "OraclePolicy", "RAY_DEFAULTS"]
+
+
+def default_variant(ctx: PolicyContext, stage: str) -> str:
+    """The spec's default variant of a stage, else the profile's most accurate one."""
+    if ctx.spec is not None and stage in ctx.spec.stage_names:
+        return ctx.spec.stage(stage).default_variant
+    return _ranked_variants(ctx, stage)[-1]
+
+
+def _ranked_variants(ctx: PolicyContext, stage: str) -> list[str]:
+    """Variants of a stage from smallest to largest: by accuracy, then by batch-1 latency."""
+    best: dict[str, tuple[float, float]] = {}
+    for p in ctx.profile.for_stage(stage):
+        acc, lat = best.get(p.variant, (p.accuracy, math.inf))
+        best[p.variant] = (max(acc, p.accuracy), min(lat, p.latency_p99_s) if p.batch == 1 else lat)
+    return sorted(best, key=lambda v: best[v])
+
+
+def _limits(ctx: PolicyContext, **overrides: Any) -> Limits:
+    base = dict(cost_mode=ctx.cost_mode, cluster_cores=ctx.cluster_cores, max_replicas=ctx.max_replicas)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Limits(**base)
+
+
+def price_decision(ctx: PolicyContext, stages: Sequence[StageDecision], load_rps: float,
+                   limits: Limits | None = None, policy: str = "", time_s: float = 0.0) -> Decision:
+    """A rule-made decision with its predicted latency, accuracy and cost at ``load_rps``."""
+    fixed = {s.stage: s.replicas for s in stages}
+    limits = dataclasses.replace(limits or _limits(ctx), fixed_replicas=fixed, batch_sizes=None,
+                                 max_replicas=max([ctx.max_replicas, *fixed.values()]))
+    loads = stage_loads(ctx.profile, load_rps)
+    priced: list[StageDecision] = []
+    overloaded: list[str] = []
+    for sd in stages:
+        c = _match(stage_configurations(ctx.profile, sd.stage, loads.get(sd.stage, load_rps), limits), sd)
+        if c is None:
+            priced.append(sd)
+            continue
+        if limits.rho_max * c.capacity_rps < c.load_rps:
+            overloaded.append(f"{sd.stage} carries {c.capacity_rps:.1f}/s of {c.load_rps:.1f}/s")
+        priced.append(dataclasses.replace(sd, batch_wait_s=c.batch_wait_s if sd.batch_wait_s == 0 else sd.batch_wait_s,
+                                          latency_s=c.latency_s, accuracy=c.accuracy, cost=c.cost))
+    return Decision(stages=tuple(priced), status=DecisionStatus.FIXED, policy=policy, time_s=time_s,
+                    reason="; ".join(overloaded), load_rps=load_rps,
+                    predicted_latency_s=sum(s.latency_s for s in priced),
+                    predicted_accuracy=math.prod(s.accuracy for s in priced if s.accuracy > 0),
+                    predicted_cost=sum(s.cost for s in priced),
+                    explanation=f"{policy}: fixed rule" + (f"; overloaded: {'; '.join(overloaded)}" if overloaded else ""))
+
+
+def _match(configs: list[Configuration], sd: StageDecision) -> Configuration | None:
+    for c in configs:
+        if (c.variant, c.batch, c.hardware) == (sd.variant, sd.batch, sd.hardware):
+            return c
+    return None
+
+
+def _hardware_of(ctx: PolicyContext, stage: str, variant: str) -> str:
+    hws = sorted({p.hardware for p in ctx.profile.for_stage(stage) if p.variant == variant})
+    return hws[0] if hws else "cpu:1"
+
+
+# ------------------------------------------------------------------ static
+
+
+class StaticPolicy:
+    """One fixed decision: ``decision=`` given, else each stage's default variant, batch 1, 1 replica."""
+
+    def __init__(self, ctx: PolicyContext, decision: Decision | None = None, batch: int = 1,
+                 replicas: int = 1, name: str = "static") -> None:
+        self.name = name
+        self.ctx = ctx
+        self.stages = decision.stages if decision is not None else tuple(
+            StageDecision(stage=s, variant=(v := default_variant(ctx, s)), batch=batch, replicas=replicas,
+                          hardware=_hardware_of(ctx, s, v))
+            for s in ctx.profile.stages
+        )
+
+    def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
+        return price_decision(self.ctx, self.stages, forecast.rps, policy=self.name, time_s=observation.time_s)
+
+
+# ------------------------------------------------------------ ILP policies
+
+
+class SolverPolicy:
+    """The ILP on a load estimate, with optional fixed variants / replicas (ipa, fa2-*, rim)."""
+
+    def __init__(self, ctx: PolicyContext, name: str = "ipa", pinned: Mapping[str, str] | None = None,
+                 fixed_replicas: Mapping[str, int] | None = None, objective: str = "weighted",
+                 accuracy: str = "multiply", solver: str = "cbc", weights: Weights | None = None,
+                 min_accuracy: float | None = None, max_cost: float | None = None, **limit_options: Any) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.base_pins = dict(pinned or {})
+        self.operator_pins: dict[str, str] = {}
+        self.limits = _limits(ctx, fixed_replicas=dict(fixed_replicas or {}), **limit_options)
+        self.solve_options = dict(objective=objective, accuracy=accuracy, solver=solver, weights=weights,
+                                  min_accuracy=min_accuracy, max_cost=max_cost)
+
+    def set_pinned(self, pins: Mapping[str, str]) -> None:
+        """Operator pins (stage -> variant), applied on top of the policy's own."""
+        self.operator_pins = dict(pins)
+
+    def load_estimate(self, observation: Observation, forecast: Forecast) -> float:
+        return forecast.rps
+
+    def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
+        load = self.load_estimate(observation, forecast)
+        limits = dataclasses.replace(self.limits, pinned={**self.base_pins, **self.operator_pins})
+        d = solve(self.ctx.profile, load, self.ctx.sla, limits, **self.solve_options)
+        return dataclasses.replace(d, policy=self.name, time_s=observation.time_s)
+
+
+def _fa2(which: str) -> Callable[..., Policy]:
+    def build(ctx: PolicyContext, **options: Any) -> Policy:
+        pick = 0 if which == "low" else -1
+        pins = {s: _ranked_variants(ctx, s)[pick] for s in ctx.profile.stages}
+        return SolverPolicy(ctx, name=f"fa2-{which}", pinned=pins, **options)
+
+    return build
+
+
+def _rim(ctx: PolicyContext, replicas: int | Mapping[str, int] = 1, **options: Any) -> Policy:
+    fixed = dict(replicas) if isinstance(replicas, Mapping) else {s: int(replicas) for s in ctx.profile.stages}
+    return SolverPolicy(ctx, name="rim", fixed_replicas=fixed, **options)
+
+
+class OraclePolicy(SolverPolicy):
+    """The ILP on the true peak of the next interval, read from the future trace.
+
+    ``trace`` holds per-second rates; ``trace_start_s`` is the observation time
+    of its first sample. Past the end of the trace the last sample is used.
+    """
+
+    def __init__(self, ctx: PolicyContext, trace: Sequence[float], trace_start_s: float = 0.0,
+                 horizon_s: float | None = None, **options: Any) -> None:
+        if not len(trace):
+            raise ValueError("oracle needs a non-empty future trace (per-second rates)")
+        super().__init__(ctx, name="oracle", **options)
+        self.trace = trace
+        self.trace_start_s = trace_start_s
+        self.horizon_s = horizon_s if horizon_s is not None else ctx.interval_s
+
+    def load_estimate(self, observation: Observation, forecast: Forecast) -> float:
+        i = max(0, int(observation.time_s - self.trace_start_s))
+        window = self.trace[i:i + max(1, math.ceil(self.horizon_s))]
+        return float(max(window)) if len(window) else float(self.trace[-1])
+
+
+# --------------------------------------------------------------------- ray
+
+# Ray Serve 2.60 AutoscalingConfig defaults (ray/serve/config.py, checked with
+# ray.serve.config.AutoscalingConfig() on this machine).
+RAY_DEFAULTS: dict[str, Any] = {
+    "min_replicas": 1,
+    "target_ongoing_requests": 2,
+    "upscale_delay_s": 30.0,
+    "downscale_delay_s": 600.0,
+    "look_back_period_s": 30.0,
+    "upscaling_factor": 1.0,  # None in Ray means the smoothing factor, 1.0
+    "downscaling_factor": 1.0,
+}
+
+
+class RayPolicy:
+    """Ray Serve's default autoscaling rule, for the simulator (live, Ray runs it itself).
+
+    Ray 2.60, python/ray/serve/autoscaling_policy.py: ``_core_replica_queue_length_policy``
+    wants ``current · total_ongoing / (target_ongoing_requests · current)`` replicas;
+    ``_apply_scaling_factors`` moves ``ceil(current + factor · (desired − current))``;
+    ``_apply_bounds`` clips to [min, max]; ``_apply_delay_logic`` applies a scale-up only
+    after it was wanted for more than ``upscale_delay_s`` in a row (a scale-down after
+    ``downscale_delay_s``), a change of direction resetting the counter. Ray counts
+    control-loop periods of 0.1 s; here each ``decide`` call counts as ``ctx.interval_s``.
+    Variants and batch sizes never change: they stay as in ``current`` (or each stage's
+    default variant at batch 1 when ``current`` is empty).
+    """
+
+    def __init__(self, ctx: PolicyContext, **config: Any) -> None:
+        unknown = set(config) - set(RAY_DEFAULTS) - {"max_replicas", "batch"}
+        if unknown:
+            raise ConfigError("ray policy options", ", ".join(sorted(unknown)),
+                              f"unknown; known: {', '.join(sorted(RAY_DEFAULTS))}, max_replicas, batch")
+        self.name = "ray"
+        self.ctx = ctx
+        self.config = {**RAY_DEFAULTS, "max_replicas": ctx.max_replicas, **config}
+        self.batch = int(config.get("batch", 1))
+        self.counters_s: dict[str, float] = {}
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """The ``autoscaling_config`` dict the live app passes to each Serve deployment."""
+        keys = ("min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+                "downscale_delay_s", "look_back_period_s", "upscaling_factor", "downscaling_factor")
+        return {k: self.config[k] for k in keys}
+
+    def _base(self, current: Decision) -> tuple[StageDecision, ...]:
+        if current.stages:
+            return current.stages
+        return StaticPolicy(self.ctx, batch=self.batch, replicas=int(self.config["min_replicas"])).stages
+
+    def _ongoing(self, observation: Observation, sd: StageDecision) -> float:
+        for so in observation.stages:
+            if so.stage == sd.stage:
+                if so.queue_length > 0:
+                    return so.queue_length
+                # Little's law with the profile's service time when the queue is not reported.
+                return so.arrival_rps * (sd.latency_s or 0.0)
+        return 0.0
+
+    def desired(self, ongoing: float, current: int) -> int:
+        """Scaling factors and bounds applied to ongoing / target (Ray's rule, no delay)."""
+        want = ongoing / float(self.config["target_ongoing_requests"])
+        factor = self.config["upscaling_factor"] if want > current else self.config["downscaling_factor"]
+        scaled = math.ceil(current + factor * (want - current))
+        if math.ceil(want) < current and scaled == current:
+            scaled -= 1
+        return max(int(self.config["min_replicas"]), min(int(self.config["max_replicas"]), scaled))
+
+    def _delayed(self, stage: str, want: int, current: int) -> int:
+        counter = self.counters_s.get(stage, 0.0)
+        step = self.ctx.interval_s
+        if want > current:
+            counter = max(counter, 0.0) + step
+            if counter > self.config["upscale_delay_s"]:
+                self.counters_s[stage] = 0.0
+                return want
+        elif want < current:
+            counter = min(counter, 0.0) - step
+            if counter < -self.config["downscale_delay_s"]:
+                self.counters_s[stage] = 0.0
+                return want
+        else:
+            counter = 0.0
+        self.counters_s[stage] = counter
+        return current
+
+    def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
+        stages = []
+        for sd in self._base(current):
+            want = self.desired(self._ongoing(observation, sd), sd.replicas)
+            stages.append(dataclasses.replace(sd, replicas=self._delayed(sd.stage, want, sd.replicas)))
+        return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=observation.time_s)
+
+
+# ------------------------------------------------------------------ factory
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "ipa": lambda ctx, **o: SolverPolicy(ctx, name="ipa", **o),
+    "fa2-low": _fa2("low"),
+    "fa2-high": _fa2("high"),
+    "rim": _rim,
+    "static": StaticPolicy,
+    "ray": RayPolicy,
+    "oracle": OraclePolicy,
+}
+
+
+def _user_policy(spec: str, ctx: PolicyContext, **options: Any) -> Policy:
+    module_name, _, class_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError("policy", spec, f"cannot import module {module_name!r}: {e}") from e
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError("policy", spec, f"module {module_name!r} has no attribute {class_name!r}")
+    policy = cls(ctx, **options)
+    if not isinstance(policy, Policy):
+        raise ConfigError("policy", spec, f"{class_name} does not implement the Policy protocol"
+                          " (needs a `name` attribute and `decide(observation, forecast, current) -> Decision`)")
+    return policy
+
+
+def make_policy(name: str, ctx: PolicyContext, **options: Any) -> Policy:
+    """Build a policy by name, or ``module:Class`` for a user's own."""
+    if ":" in name:
+        return _user_policy(name, ctx, **options)
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise UnknownNameError("policy", name, (*POLICIES, "module:Class")) from None
+    return factory(ctx, **options)
