@@ -8,6 +8,8 @@ Solver crashes raise :class:`SolverError`; infeasibility is a return value.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -138,11 +140,35 @@ def _add_accuracy_floor(prob, problem: Problem, x) -> None:
                  >= problem.accuracy_floor, "min_accuracy")
 
 
+_banner_shown = False
+
+
+def _highs_banner_to_stderr() -> None:
+    """HiGHS prints its banner on C stdout at the first ``Highs()`` of a process,
+    which would corrupt ``--json`` output; build that first instance with fd 1
+    pointed at stderr, once."""
+    global _banner_shown
+    if _banner_shown:
+        return
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        _banner_shown = True
+
+
 def _pulp_solver(solver: str, time_limit_s: float):
     import pulp
 
     if solver == "cbc":
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS)
+    _highs_banner_to_stderr()
     return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
                       log_to_console=False, output_flag=False)
 
