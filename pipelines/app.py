@@ -1,0 +1,175 @@
+"""The Ray Serve application: ingress -> one deployment per stage, plus a controller.
+
+``build_app(args)`` is the import path that Serve's declarative API builds
+(``serve_config.APP_IMPORT_PATH``). Deployments are thin: the logic lives in
+``stage.StageCore``, ``ingress_logic`` and ``controller_logic``.
+"""
+
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from varipipe.pipelines.controller_logic import ControllerState
+from varipipe.pipelines.flusher import Flusher
+from varipipe.pipelines.ingress_logic import IngressCore
+from varipipe.pipelines.metrics import BatchRecord
+from varipipe.pipelines.serve_config import CONTROLLER, INGRESS, AppOptions, stage_deployment_name
+from varipipe.pipelines.stage import StageConfig, StageCore
+from varipipe.pipelines.variant import Payload
+
+from varipipe.spec import find_spec
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+# CPU reservation of the ingress and the controller (logical CPUs; they mostly wait).
+LIGHT_NUM_CPUS = 0.1
+
+
+@serve.deployment(ray_actor_options={"num_cpus": LIGHT_NUM_CPUS})
+class Controller:
+    """Aggregates metrics, holds the current decision, runs the control loop."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.state = ControllerState(AppOptions.from_args(args), clock=time.time)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.state.set_decision_config(user_config)
+
+    async def record_requests(self, records: list) -> None:
+        self.state.metrics.add_requests(records)
+
+    async def record_batches(self, records: list) -> None:
+        self.state.metrics.add_batches(records)
+
+    async def report_replica(self, status) -> None:
+        self.state.report_replica(status)
+
+    async def config(self) -> dict[str, Any]:
+        return self.state.config_view()
+
+    async def replicas(self) -> list:
+        return self.state.replica_statuses()
+
+    async def metrics_text(self) -> bytes:
+        return self.state.metrics.prometheus_text()
+
+    async def control(self, action: str, value: Any = None) -> dict[str, Any]:
+        return self.state.control(action, value)
+
+    def __del__(self) -> None:
+        self.state.stop()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+class StageServer:
+    """One stage: a variant behind ``@serve.batch``; batches run on a worker thread."""
+
+    def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle) -> None:
+        import ray
+
+        spec = find_spec(pipeline)
+        stage_spec = spec.stage(stage)
+        self.core = StageCore(stage_spec, threads=stage_spec.threads,
+                              replica_id=ray.get_runtime_context().get_actor_id())
+        self.controller = controller
+        # One thread runs batches (one batch at a time, like @serve.batch's default);
+        # configuration runs on another so a model load never stalls serving.
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage}-infer")
+        self._config_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{stage}-config")
+        self._batches: Flusher | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        cfg = StageConfig.from_user_config(user_config)
+        await asyncio.get_running_loop().run_in_executor(self._config_pool, self.core.configure, cfg)
+        applied = self.core.config or cfg
+        self._batched.set_max_batch_size(max(1, applied.max_batch_size))
+        self._batched.set_batch_wait_timeout_s(max(0.0, applied.batch_wait_timeout_s))
+        await self._report()
+
+    async def _report(self) -> None:
+        try:
+            await self.controller.report_replica.remote(self.core.status(time.time()))
+        except Exception:  # noqa: BLE001
+            log.exception("could not report replica status")
+
+    async def status(self):
+        return self.core.status(time.time())
+
+    async def __call__(self, payload: Payload) -> Payload:
+        return await self._batched((payload, time.time()))
+
+    @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    async def _batched(self, items: list[tuple[Payload, float]]) -> list[Payload]:
+        payloads = [p for p, _ in items]
+        arrivals = [t for _, t in items]
+        t0 = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.core.infer, payloads, arrivals)
+        if self._batches is None:
+            self._batches = Flusher(lambda recs: self.controller.record_batches.remote(recs))
+        variant = out[0].trace[-1].variant if out and out[0].trace else ""
+        self._batches.add(BatchRecord(self.core.stage.name, variant, len(payloads), time.perf_counter() - t0,
+                                      time.time()))
+        return out
+
+
+app = FastAPI(title="varipipe", description="Multi-stage inference pipelines that adapt to load.")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": LIGHT_NUM_CPUS})
+@serve.ingress(app)
+class Ingress:
+    """HTTP routes; the work is in ``ingress_logic.IngressCore``."""
+
+    def __init__(self, pipeline: str, stages: dict[str, DeploymentHandle], controller: DeploymentHandle,
+                 auth_token: str = "") -> None:
+        self.core = IngressCore(find_spec(pipeline), stages, controller, auth_token)
+
+    @app.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "pipeline": self.core.spec.name,
+                "uptime_s": round(time.time() - self.core.started, 3)}
+
+    @app.get("/config")
+    async def config(self):
+        return await self.core.controller.config.remote()
+
+    @app.get("/metrics")
+    async def metrics(self):
+        text = await self.core.controller.metrics_text.remote()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/replicas")
+    async def replicas(self):
+        return await self.core.replica_reports()
+
+    @app.post("/{pipeline}")
+    async def infer(self, pipeline: str, request: Request):
+        if pipeline != self.core.spec.name:
+            return JSONResponse({"error": f"unknown pipeline {pipeline!r}; this server runs "
+                                          f"{self.core.spec.name!r}", "known": [self.core.spec.name]},
+                                status_code=404)
+        status, body = await self.core.handle(request)
+        return JSONResponse(body, status_code=status)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Build the application graph from ``AppOptions`` arguments (Serve's import path)."""
+    opts = AppOptions.from_args(dict(args))
+    spec = find_spec(opts.pipeline)
+    controller = Controller.options(name=CONTROLLER).bind(opts.to_args())
+    stages = {}
+    for s in spec.stages:
+        num_cpus = opts.stage_num_cpus if opts.stage_num_cpus is not None else s.num_cpus
+        stages[s.name] = StageServer.options(
+            name=stage_deployment_name(s.name), ray_actor_options={"num_cpus": num_cpus}
+        ).bind(opts.pipeline, s.name, controller)
+    return Ingress.options(name=INGRESS).bind(opts.pipeline, stages, controller, opts.auth_token)

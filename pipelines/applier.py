@@ -1,0 +1,149 @@
+"""Apply a ``Decision`` to the running application through Serve's declarative path.
+
+``ServeApplier.apply(decision)`` builds the full application config, hands it
+to the Serve controller (one place that touches Ray's private API, so a future
+Ray change is a one-place fix), waits until every changed stage reports the
+new configuration, and, if a replica could not load its new variant, rolls the
+config back to the previous decision and raises ``ReconfigurationError`` --
+the old variant never stopped serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from varipipe.pipelines.serve_config import (
+    CONTROLLER,
+    AppOptions,
+    build_app_config,
+    stage_deployment_name,
+)
+
+from varipipe.errors import ReconfigurationError
+from varipipe.records import Decision
+
+__all__ = ["ApplyResult", "ServeApplier", "deploy_config"]
+
+log = logging.getLogger(__name__)
+
+# How long an apply may take before it is reported as failed: a replica start is
+# 2.3-8.2 s here (RAY_SERVE_FACTS) and a model load adds a few seconds more.
+APPLY_TIMEOUT_S = 120.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    generation: int
+    changed_stages: tuple[str, ...]
+    seconds: float  # from the call until every changed stage serves the new config
+
+
+def deploy_config(app_config: dict[str, Any]) -> None:
+    """Hand one application's full config to the running Serve controller (in process)."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    client = serve.context._get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}))
+
+
+class ServeApplier:
+    """Keeps the config it last applied; applies the next decision as a diff."""
+
+    def __init__(
+        self,
+        opts: AppOptions,
+        deploy: Callable[[dict[str, Any]], None] = deploy_config,
+        timeout_s: float = APPLY_TIMEOUT_S,
+        autoscaling: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.opts = opts
+        self._deploy = deploy
+        self.timeout_s = timeout_s
+        self.autoscaling = autoscaling
+        self.current: Decision | None = None
+        self.generation = 0
+        self.stage_generation: dict[str, int] = {}
+
+    def config_for(self, decision: Decision) -> dict[str, Any]:
+        return build_app_config(self.opts, decision, self.generation, self.stage_generation, self.autoscaling)
+
+    def _changed(self, decision: Decision) -> tuple[str, ...]:
+        if self.current is None:
+            return tuple(s.stage for s in decision.stages)
+        old = {s.stage: s for s in self.current.stages}
+        return tuple(s.stage for s in decision.stages if s.stage not in old or not old[s.stage].same_config(s))
+
+    def deploy_initial(self, decision: Decision, wait: bool = True) -> ApplyResult:
+        """First deploy: every deployment is created."""
+        return self.apply(decision, wait=wait, force=True)
+
+    def apply(self, decision: Decision, wait: bool = True, force: bool = False) -> ApplyResult:
+        t0 = time.perf_counter()
+        changed = self._changed(decision)
+        if not changed and not force:
+            return ApplyResult(self.generation, (), 0.0)
+        previous = (self.current, self.generation, dict(self.stage_generation))
+        self.generation += 1
+        for stage in changed:
+            self.stage_generation[stage] = self.generation
+        self._deploy(self.config_for(decision))
+        self.current = decision
+        if wait:
+            errors = self._wait(decision, changed)
+            if errors:
+                self._roll_back(previous)
+                raise ReconfigurationError("; ".join(errors) + " -- rolled back, the previous configuration serves")
+        seconds = time.perf_counter() - t0
+        log.info("applied generation %d (%s changed) in %.2fs", self.generation, ", ".join(changed), seconds)
+        return ApplyResult(self.generation, changed, seconds)
+
+    def _roll_back(self, previous) -> None:
+        self.current, self.generation, self.stage_generation = previous
+        if self.current is not None:
+            self.generation += 1
+            self._deploy(self.config_for(self.current))
+
+    def _wait(self, decision: Decision, changed: tuple[str, ...]) -> list[str]:
+        """Block until the changed stages run the new config; return replica errors."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            ready, errors = self._check(decision, changed)
+            if errors:
+                return errors
+            if ready:
+                return []
+            time.sleep(POLL_S)
+        raise ReconfigurationError(f"generation {self.generation} not serving after {self.timeout_s:.0f}s")
+
+    def _check(self, decision: Decision, changed: tuple[str, ...]) -> tuple[bool, list[str]]:
+        from ray import serve
+
+        status = serve.status().applications.get(self.opts.app_name)
+        if status is None:
+            return False, []
+        if status.status == "DEPLOY_FAILED":
+            raise ReconfigurationError(f"application {self.opts.app_name} failed to deploy: {status.message}")
+        ctrl = status.deployments.get(CONTROLLER)
+        if ctrl is None or ctrl.replica_states.get("RUNNING", 0) < 1:
+            return False, []
+        reports = serve.get_deployment_handle(CONTROLLER, self.opts.app_name).replicas.remote().result()
+        errors, ready = [], True
+        for s in decision.stages:
+            dep = status.deployments.get(stage_deployment_name(s.stage))
+            running = dep.replica_states.get("RUNNING", 0) if dep else 0
+            if self.autoscaling is None and (running != s.replicas or (dep and dep.status != "HEALTHY")):
+                ready = False
+            if s.stage not in changed:
+                continue
+            gen = self.stage_generation[s.stage]
+            fresh = [r for r in reports if r.stage == s.stage and r.generation == gen]
+            errors += [r.error for r in fresh if r.error]
+            if len(fresh) < (s.replicas if self.autoscaling is None else 1):
+                ready = False
+        return ready, sorted(set(errors))

@@ -1,0 +1,140 @@
+"""The controller replica's state: metrics, the current decision, replicas, the loop.
+
+One controller per application (DESIGN §4). Its decision comes in through its
+``user_config`` (so the declarative config is the one source of truth: whoever
+applies a decision, the loop here or an operator, the controller learns it the
+same way). A background thread closes an observation window every interval
+and, when a policy is configured, runs the adapter's control loop on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from varipipe.pipelines.metrics import MetricsAggregator
+from varipipe.pipelines.serve_config import AppOptions
+from varipipe.pipelines.stage import ReplicaStatus
+
+from varipipe.records import Decision, Observation
+from varipipe.spec import find_spec
+
+__all__ = ["ControllerState", "HISTORY_LEN"]
+
+log = logging.getLogger(__name__)
+
+# Observation windows kept for /api/history: 30 minutes at a 1 s window (issue 9 default).
+HISTORY_LEN = 1800
+# Decisions kept in the log shown at /config.
+DECISION_LOG_LEN = 200
+# The metrics window is closed at least this often (s) even with a longer adapter interval,
+# so the history and per-second rates stay fresh for dashboards.
+WINDOW_S = 1.0
+
+
+class ControllerState:
+    def __init__(self, opts: AppOptions, clock: Callable[[], float], start_thread: bool = True) -> None:
+        self.opts = opts
+        self.clock = clock
+        self.spec = find_spec(opts.pipeline)
+        self.sla_s = opts.sla_s or self.spec.sla.latency_s
+        self.metrics = MetricsAggregator(self.spec.name, self.spec.stage_names, self.sla_s, clock())
+        self.decision: Decision | None = None
+        self.generation = -1
+        self.decision_log: deque[dict[str, Any]] = deque(maxlen=DECISION_LOG_LEN)
+        self.replicas: dict[str, ReplicaStatus] = {}
+        self.history: deque[Observation] = deque(maxlen=HISTORY_LEN)
+        self.lock = threading.RLock()
+        self.loop = None  # the adapter's control loop, when a policy is configured
+        self.loop_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start_thread:
+            self._thread = threading.Thread(target=self._run, name="varipipe-controller", daemon=True)
+            self._thread.start()
+
+    # --- decision ---------------------------------------------------------------
+    def set_decision_config(self, user_config: dict[str, Any]) -> None:
+        decision = Decision.from_dict(user_config["decision"])
+        with self.lock:
+            previous = self.decision
+            self.decision = decision
+            self.generation = int(user_config.get("generation", 0))
+            self.metrics.set_decision(decision, previous)
+            self.decision_log.append({
+                "time": self.clock(), "generation": self.generation,
+                "from": _summary(previous), "to": _summary(decision),
+                "policy": decision.policy, "status": decision.status.value,
+                "reason": decision.reason, "explanation": decision.explanation,
+            })
+        log.info("decision %d: %s (%s)", self.generation, _summary(decision), decision.reason)
+
+    # --- replicas -----------------------------------------------------------------
+    def report_replica(self, status: ReplicaStatus) -> None:
+        with self.lock:
+            self.replicas[status.replica_id] = status
+        if status.error:
+            log.error("replica %s: %s", status.replica_id[:8], status.error)
+
+    def replica_statuses(self) -> list[ReplicaStatus]:
+        with self.lock:
+            return list(self.replicas.values())
+
+    # --- views --------------------------------------------------------------------
+    def config_view(self) -> dict[str, Any]:
+        with self.lock:
+            errors = sorted({r.error for r in self.replicas.values() if r.error and r.generation == self.generation})
+            return {
+                "pipeline": self.spec.name,
+                "sla_s": self.sla_s,
+                "generation": self.generation,
+                "decision": self.decision.to_dict() if self.decision else None,
+                "policy": self.opts.policy or None,
+                "dry_run": self.opts.dry_run,
+                "adapter": self._loop_status(),
+                "replica_errors": errors,
+                "decision_log": list(self.decision_log)[-20:],
+            }
+
+    def _loop_status(self) -> dict[str, Any]:
+        if self.loop is None:
+            return {"enabled": False, "error": self.loop_error}
+        status = self.loop.status()
+        return {"enabled": True, **(asdict(status) if hasattr(status, "__dataclass_fields__") else dict(status))}
+
+    def control(self, action: str, value: Any = None) -> dict[str, Any]:
+        if self.loop is None:
+            return {"ok": False, "error": "no adapter loop is running (start with --policy)"}
+        handler = getattr(self.loop, action, None)
+        if action not in ("pin", "unpin", "set_dry_run") or handler is None:
+            return {"ok": False, "error": f"unknown control action {action!r}"}
+        handler(*(value if isinstance(value, list | tuple) else [value]))
+        return {"ok": True}
+
+    # --- periodic work ------------------------------------------------------------
+    def tick(self) -> Observation:
+        """Close the current metrics window (called every WINDOW_S)."""
+        with self.lock:
+            obs = self.metrics.observe(self.clock())
+            self.history.append(obs)
+        return obs
+
+    def _run(self) -> None:
+        while not self._stop.wait(WINDOW_S):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the controller must outlive any bug here
+                log.exception("controller tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _summary(d: Decision | None) -> str:
+    if d is None:
+        return "(none)"
+    return ", ".join(f"{s.stage}={s.variant} b{s.batch} x{s.replicas}" for s in d.stages)

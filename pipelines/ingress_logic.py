@@ -1,0 +1,163 @@
+"""HTTP ingress: parse and validate requests, walk the stages, answer JSON.
+
+Routes: ``POST /<pipeline>`` (raw image bytes, multipart field ``image``, or
+JSON ``{"image": "<base64>"}``), ``GET /healthz``, ``GET /config``,
+``GET /metrics`` (Prometheus text), ``GET /api/replicas``. Every bad input is
+a 4xx with a message saying what was wrong; nothing a client sends can crash
+the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import Request
+from varipipe.pipelines.flusher import Flusher
+from varipipe.pipelines.images import MAX_BYTES, decode_image
+from varipipe.pipelines.metrics import RequestRecord, StageTiming
+from varipipe.pipelines.variant import Payload
+
+from varipipe.errors import BadInputError
+from varipipe.records import PipelineSpec
+
+__all__ = ["IngressCore", "DEADLINE_HEADER"]
+
+log = logging.getLogger(__name__)
+
+DEADLINE_HEADER = "x-deadline-ms"  # relative deadline in milliseconds from arrival
+# A deadline longer than an hour is a client bug, not a plan (and would overflow nothing but patience).
+MAX_DEADLINE_MS = 3_600_000
+# JSON bodies carry base64 (4/3 of the bytes) plus a little structure.
+MAX_JSON_BYTES = MAX_BYTES * 4 // 3 + 4096
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadInputError(f"payload of {declared} bytes exceeds the limit of {limit} bytes", status=413)
+        except ValueError as e:
+            raise BadInputError(f"content-length {declared!r} is not a number") from e
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadInputError(f"payload exceeds the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_bytes(request: Request) -> bytes:
+    """The image bytes of a request, whichever of the three encodings it used."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        raw = await _read_body(request, MAX_JSON_BYTES)
+        try:
+            doc = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadInputError(f"body is not valid JSON: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("image"), str):
+            raise BadInputError('JSON body must be an object with a base64 string field "image"')
+        try:
+            return base64.b64decode(doc["image"], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise BadInputError(f'field "image" is not valid base64: {e}') from e
+    if ctype == "multipart/form-data":
+        await _read_body_limit_only(request)
+        try:
+            form = await request.form()
+        except Exception as e:  # noqa: BLE001 - starlette raises several types for bad multipart
+            raise BadInputError(f"multipart body cannot be parsed: {e}") from e
+        field = form.get("image")
+        if field is None or isinstance(field, str):
+            raise BadInputError('multipart body needs a file field named "image"')
+        return await field.read()
+    return await _read_body(request, MAX_BYTES)
+
+
+async def _read_body_limit_only(request: Request) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise BadInputError(f"payload of {declared} bytes exceeds the limit of {MAX_JSON_BYTES} bytes", status=413)
+
+
+def parse_deadline(request: Request, now: float) -> float | None:
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError as e:
+        raise BadInputError(f"header {DEADLINE_HEADER}: {raw!r} is not a number of milliseconds") from e
+    if not 0 < ms <= MAX_DEADLINE_MS:
+        raise BadInputError(f"header {DEADLINE_HEADER}: {raw!r} must be in (0, {MAX_DEADLINE_MS}] ms")
+    return now + ms / 1000.0
+
+
+class IngressCore:
+    """Walks a request through the stage deployments and records what happened."""
+
+    def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "") -> None:
+        self.spec = spec
+        self.stages = stages
+        self.controller = controller
+        self.auth_token = auth_token
+        self._records = Flusher(lambda recs: controller.record_requests.remote(recs))
+        self.started = time.time()
+
+    def authorized(self, request: Request) -> bool:
+        if not self.auth_token:
+            return True
+        got = request.headers.get("authorization", "")
+        return hmac.compare_digest(got, f"Bearer {self.auth_token}")
+
+    async def handle(self, request: Request) -> tuple[int, dict[str, Any]]:
+        arrival = time.time()
+        t0 = time.perf_counter()
+        try:
+            deadline = parse_deadline(request, arrival)
+            data = await image_bytes(request)
+            image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
+        except BadInputError as e:
+            self._record(arrival, time.perf_counter() - t0, e.status, ())
+            return e.status, {"error": str(e)}
+        payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, deadline=deadline)
+        timings = []
+        for stage in self.spec.stage_names:
+            s0 = time.perf_counter()
+            payload = await self.stages[stage].remote(payload)
+            tr = payload.trace[-1]
+            timings.append(StageTiming(stage, tr.variant, time.perf_counter() - s0, tr.batch_size))
+        latency = time.perf_counter() - t0
+        self._record(arrival, latency, 200, tuple(timings))
+        return 200, self._reply(payload, timings, latency)
+
+    def _record(self, arrival: float, latency: float, status: int, timings: tuple, dropped_at: str = "") -> None:
+        self._records.add(RequestRecord(arrival, latency, status, timings, dropped_at))
+
+    def _reply(self, payload: Payload, timings: list[StageTiming], latency: float) -> dict[str, Any]:
+        stages = []
+        for t, tr in zip(timings, payload.trace, strict=True):
+            out = payload.outputs[t.stage]
+            stages.append({
+                "stage": t.stage, "variant": t.variant, "batch_size": t.batch_size, "seconds": round(t.seconds, 6),
+                "queue_s": round(tr.queue_s, 6), "compute_s": round(tr.compute_s, 6),
+                "output": out.to_json(), "summary": out.summary(),
+            })
+        last = stages[-1]["summary"] if stages else ""
+        return {"pipeline": self.spec.name, "request_id": payload.request_id, "latency_s": round(latency, 6),
+                "answer": last, "stages": stages}
+
+    async def replica_reports(self) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+
+        return [asdict(s) for s in await self.controller.replicas.remote()]

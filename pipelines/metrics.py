@@ -1,0 +1,214 @@
+"""Aggregated serving metrics: one instance lives in the controller replica.
+
+Ingress and stage replicas buffer small typed records and push them here about
+once a second; this class turns them into Prometheus metrics (its own
+registry: metrics inside separate replica processes are scraped by nobody,
+DESIGN §4) and into the per-interval ``Observation`` the control loop reads.
+Pure apart from prometheus-client; time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from varipipe.records import Decision, Observation, StageObservation
+
+__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "MetricsAggregator", "percentile"]
+
+# Latency buckets (s): 5 ms .. 60 s, roughly x2 apart, covering an identity stage
+# (~1 ms) to a full LLM caption on two cores (seconds).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Per-second arrival history kept for predictors: IPA's LSTM looks at 10 minutes.
+HISTORY_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    variant: str
+    seconds: float  # as seen by the ingress: queueing + batch + transfer
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the ingress saw it."""
+
+    time: float  # arrival at the ingress (time.time())
+    latency_s: float
+    status: int  # HTTP status answered
+    stages: tuple[StageTiming, ...] = ()
+    dropped_at: str = ""  # stage that dropped it (deadline / shed), "" if none
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One batch a stage replica ran."""
+
+    stage: str
+    variant: str
+    size: int
+    compute_s: float
+    time: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class _Window:
+    arrivals: int = 0
+    drops: int = 0
+    e2e: list[float] = field(default_factory=list)
+    stage_latency: dict[str, list[float]] = field(default_factory=dict)
+    stage_count: dict[str, int] = field(default_factory=dict)
+    stage_drops: dict[str, int] = field(default_factory=dict)
+
+
+class MetricsAggregator:
+    """Counts, histograms and the current configuration, for one application."""
+
+    def __init__(self, pipeline: str, stages: Sequence[str], sla_s: float, start_time: float) -> None:
+        self.pipeline = pipeline
+        self.stages = tuple(stages)
+        self.sla_s = sla_s
+        self.registry = CollectorRegistry()
+        self._window = _Window()
+        self._window_start = start_time
+        self._per_second: deque[tuple[int, int]] = deque(maxlen=HISTORY_SECONDS)  # (second, arrivals)
+        self.total_requests = 0
+        self.batch_sizes: dict[str, deque[int]] = {s: deque(maxlen=1000) for s in self.stages}
+        self._make_metrics()
+
+    def _make_metrics(self) -> None:
+        r, lbl = self.registry, ["pipeline"]
+        self.m_requests = Counter("varipipe_requests", "Requests answered, by HTTP status", [*lbl, "status"], registry=r)
+        self.m_e2e = Histogram("varipipe_e2e_latency_seconds", "End-to-end latency", lbl,
+                               buckets=LATENCY_BUCKETS, registry=r)
+        self.m_stage_requests = Counter("varipipe_stage_requests", "Requests served per stage",
+                                        [*lbl, "stage"], registry=r)
+        self.m_stage_latency = Histogram("varipipe_stage_latency_seconds", "Per-stage latency seen by the ingress",
+                                         [*lbl, "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.m_batch = Histogram("varipipe_batch_size", "Batch sizes run", [*lbl, "stage"],
+                                 buckets=BATCH_BUCKETS, registry=r)
+        self.m_drops = Counter("varipipe_drops", "Requests dropped (shed or past deadline)", [*lbl, "stage"],
+                               registry=r)
+        self.m_sla = Counter("varipipe_sla_violations", "Requests answered later than the SLA, or not at all",
+                             lbl, registry=r)
+        self.m_variant = Gauge("varipipe_variant", "1 for the variant each stage runs", [*lbl, "stage", "variant"],
+                               registry=r)
+        self.m_max_batch = Gauge("varipipe_max_batch_size", "Configured max batch size", [*lbl, "stage"], registry=r)
+        self.m_replicas = Gauge("varipipe_replicas", "Configured replicas", [*lbl, "stage"], registry=r)
+        self.m_cost = Gauge("varipipe_cost", "Predicted cost of the current decision", lbl, registry=r)
+        self.m_accuracy = Gauge("varipipe_accuracy", "Predicted end-to-end accuracy", lbl, registry=r)
+        self.m_pred_load = Gauge("varipipe_predicted_load_rps", "Load the current decision was made for", lbl,
+                                 registry=r)
+        self.m_decisions = Counter("varipipe_decisions", "Decisions applied", lbl, registry=r)
+        self.m_loop_errors = Counter("varipipe_adapter_errors", "Control loop failures", lbl, registry=r)
+
+    # --- ingestion -------------------------------------------------------------
+    def add_requests(self, records: Iterable[RequestRecord]) -> None:
+        p = self.pipeline
+        w = self._window
+        for rec in records:
+            self.total_requests += 1
+            w.arrivals += 1
+            self._count_second(rec.time)
+            self.m_requests.labels(p, str(rec.status)).inc()
+            ok = rec.status == 200
+            if ok:
+                self.m_e2e.labels(p).observe(rec.latency_s)
+                w.e2e.append(rec.latency_s)
+            if not ok or rec.latency_s > self.sla_s:
+                self.m_sla.labels(p).inc()
+            if rec.dropped_at:
+                w.drops += 1
+                w.stage_drops[rec.dropped_at] = w.stage_drops.get(rec.dropped_at, 0) + 1
+                self.m_drops.labels(p, rec.dropped_at).inc()
+            for st in rec.stages:
+                self.m_stage_requests.labels(p, st.stage).inc()
+                self.m_stage_latency.labels(p, st.stage).observe(st.seconds)
+                w.stage_latency.setdefault(st.stage, []).append(st.seconds)
+                w.stage_count[st.stage] = w.stage_count.get(st.stage, 0) + 1
+
+    def _count_second(self, t: float) -> None:
+        sec = int(t)
+        if self._per_second and self._per_second[-1][0] == sec:
+            self._per_second[-1] = (sec, self._per_second[-1][1] + 1)
+            return
+        last = self._per_second[-1][0] if self._per_second else sec - 1
+        for missing in range(max(last + 1, sec - HISTORY_SECONDS), sec):  # seconds with no arrivals
+            self._per_second.append((missing, 0))
+        self._per_second.append((sec, 1))
+
+    def add_batches(self, records: Iterable[BatchRecord]) -> None:
+        for rec in records:
+            self.m_batch.labels(self.pipeline, rec.stage).observe(rec.size)
+            self.batch_sizes.setdefault(rec.stage, deque(maxlen=1000)).append(rec.size)
+
+    def set_decision(self, decision: Decision, previous: Decision | None = None) -> None:
+        p = self.pipeline
+        if previous is not None:
+            for s in previous.stages:
+                self.m_variant.labels(p, s.stage, s.variant).set(0)
+        for s in decision.stages:
+            self.m_variant.labels(p, s.stage, s.variant).set(1)
+            self.m_max_batch.labels(p, s.stage).set(s.batch)
+            self.m_replicas.labels(p, s.stage).set(s.replicas)
+        self.m_cost.labels(p).set(decision.predicted_cost)
+        self.m_accuracy.labels(p).set(decision.predicted_accuracy)
+        self.m_pred_load.labels(p).set(decision.load_rps)
+        if previous is not None:
+            self.m_decisions.labels(p).inc()
+
+    def loop_error(self) -> None:
+        self.m_loop_errors.labels(self.pipeline).inc()
+
+    # --- reading ---------------------------------------------------------------
+    def history_rps(self, now: float) -> list[float]:
+        """Arrivals per whole second up to (not including) the current second."""
+        current = int(now)
+        counts = dict(self._per_second)
+        first = current - HISTORY_SECONDS
+        start = min((s for s in counts), default=current)
+        return [float(counts.get(s, 0)) for s in range(max(first, start), current)]
+
+    def observe(self, now: float) -> Observation:
+        """Summarise the interval since the last call and start a new one."""
+        w, interval = self._window, max(1e-9, now - self._window_start)
+        stages = tuple(
+            StageObservation(
+                stage=s,
+                arrival_rps=w.stage_count.get(s, 0) / interval,
+                p99_latency_s=percentile(w.stage_latency.get(s, []), 99),
+                drops=w.stage_drops.get(s, 0),
+            )
+            for s in self.stages
+        )
+        obs = Observation(
+            time_s=now,
+            interval_s=interval,
+            arrival_rps=w.arrivals / interval,
+            stages=stages,
+            e2e_p99_s=percentile(w.e2e, 99),
+            drops=w.drops,
+            history_rps=tuple(self.history_rps(now)),
+        )
+        self._window = _Window()
+        self._window_start = now
+        return obs
+
+    def prometheus_text(self) -> bytes:
+        return generate_latest(self.registry)

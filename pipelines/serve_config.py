@@ -1,0 +1,151 @@
+"""Decision -> Ray Serve declarative application config (pure; no Ray import).
+
+Every change to the running pipeline goes through this one config, applied
+with Serve's declarative path, which updates ``num_replicas``, ``user_config``
+and ``max_ongoing_requests`` in place and touches only the deployments that
+changed (../shared/RAY_SERVE_FACTS.md). ``args`` and ``ray_actor_options``
+never change after the first deploy: changing them would restart replicas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from varipipe.pipelines.stage import StageConfig
+
+from varipipe.records import Decision, PipelineSpec, StageDecision
+
+__all__ = [
+    "APP_IMPORT_PATH",
+    "INGRESS",
+    "CONTROLLER",
+    "AppOptions",
+    "stage_deployment_name",
+    "default_decision",
+    "build_app_config",
+    "max_ongoing_for",
+]
+
+APP_IMPORT_PATH = "varipipe.pipelines.app:build_app"
+INGRESS = "ingress"
+CONTROLLER = "controller"
+# Requests a replica may hold beyond its batch: one batch running plus one forming,
+# so batches can fill (RAY_SERVE_FACTS: max_ongoing_requests must be >= batch size).
+ONGOING_BATCHES = 2
+MIN_MAX_ONGOING = 8  # Ray Serve's own default for max_ongoing_requests is 5; a little headroom
+# The ingress and controller hold many requests waiting on downstream stages.
+INGRESS_MAX_ONGOING = 1000
+# Default batch wait when a decision does not set one: 5 ms, a few per cent of the
+# smallest variant's batch-1 latency in DESIGN §6 (28 ms), so it never dominates.
+DEFAULT_BATCH_WAIT_S = 0.005
+DEFAULT_BATCH = 4
+
+
+def stage_deployment_name(stage: str) -> str:
+    return f"stage-{stage}"
+
+
+def max_ongoing_for(batch: int) -> int:
+    return max(MIN_MAX_ONGOING, ONGOING_BATCHES * batch)
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """Settings fixed for the life of an application (they travel as ``args``)."""
+
+    pipeline: str  # bundled name or path to a spec YAML
+    app_name: str = "varipipe"
+    route_prefix: str = "/"
+    policy: str = ""  # "" = no control loop
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    predictor: str = "reactive"
+    interval_s: float = 10.0
+    sla_s: float | None = None  # None = the spec's SLA
+    profile: str = ""  # profile store path; "" = the shipped default if any
+    cost_mode: str = "shared"
+    cluster_cores: float = 2.0
+    max_replicas: int = 4
+    dry_run: bool = False
+    pins: dict[str, str] = field(default_factory=dict)
+    state_file: str = ""  # where the controller keeps the last decision across restarts
+    stage_num_cpus: float | None = None  # override the spec's per-replica CPU reservation
+    auth_token: str = ""  # required on control endpoints when set
+
+    def to_args(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> AppOptions:
+        return cls(**args)
+
+
+def default_decision(spec: PipelineSpec, batch: int = DEFAULT_BATCH) -> Decision:
+    """Every stage on its default variant, one replica, a small batch."""
+    return Decision(
+        stages=tuple(
+            StageDecision(s.name, s.default_variant, batch, 1, f"cpu:{s.threads}", DEFAULT_BATCH_WAIT_S)
+            for s in spec.stages
+        ),
+        reason="default configuration",
+        policy="default",
+    )
+
+
+def _stage_deployment(s: StageDecision, generation: int, autoscaling: dict[str, Any] | None) -> dict[str, Any]:
+    cfg = StageConfig(s.variant, s.batch, _finite(s.batch_wait_s), generation)
+    out: dict[str, Any] = {
+        "name": stage_deployment_name(s.stage),
+        "max_ongoing_requests": max_ongoing_for(s.batch),
+        "user_config": cfg.to_user_config(),
+    }
+    if autoscaling:
+        out["autoscaling_config"] = autoscaling
+    else:
+        out["num_replicas"] = max(1, int(s.replicas))
+    return out
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(x) and x >= 0 else DEFAULT_BATCH_WAIT_S
+
+
+def build_app_config(
+    opts: AppOptions,
+    decision: Decision,
+    generation: int,
+    stage_generation: dict[str, int] | None = None,
+    autoscaling: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The full declarative config of one application for ``decision``.
+
+    ``stage_generation`` is, per stage, the generation of its last change: a stage
+    whose settings did not change keeps its ``user_config`` byte for byte, so Serve
+    leaves its replicas alone. ``autoscaling`` maps stage -> Ray Serve
+    ``autoscaling_config`` for the ``ray`` policy.
+    """
+    autoscaling = autoscaling or {}
+    stage_generation = stage_generation or {}
+    deployments = [
+        {"name": INGRESS, "num_replicas": 1, "max_ongoing_requests": INGRESS_MAX_ONGOING},
+        {
+            "name": CONTROLLER,
+            "num_replicas": 1,
+            "max_ongoing_requests": INGRESS_MAX_ONGOING,
+            "user_config": {"decision": decision.to_dict(), "generation": generation},
+        },
+        *(
+            _stage_deployment(s, stage_generation.get(s.stage, generation), autoscaling.get(s.stage))
+            for s in decision.stages
+        ),
+    ]
+    return {
+        "name": opts.app_name,
+        "route_prefix": opts.route_prefix,
+        "import_path": APP_IMPORT_PATH,
+        "args": opts.to_args(),
+        "deployments": deployments,
+    }

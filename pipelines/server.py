@@ -1,0 +1,139 @@
+"""Start Ray (embedded or an existing cluster), Serve, and one varipipe application.
+
+``LocalServer`` is what ``varipipe serve``, ``varipipe demo``, the live
+experiment runner and the integration tests use::
+
+    with LocalServer(AppOptions(pipeline="vision-caption-ci")) as srv:
+        httpx.post(srv.url + "/vision-caption-ci", content=jpeg_bytes)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import httpx
+from varipipe.pipelines.applier import ApplyResult, ServeApplier
+from varipipe.pipelines.serve_config import AppOptions, default_decision
+
+from varipipe.errors import VaripipeError
+from varipipe.records import Decision
+from varipipe.spec import find_spec
+
+__all__ = ["LocalServer", "free_port", "start_ray", "EMBEDDED_LOGICAL_CPUS"]
+
+log = logging.getLogger(__name__)
+
+# Logical CPUs of the embedded Ray. On one host all replicas share the cores (the
+# optimizer's "shared" cost mode, DESIGN §5); Ray's CPU count only gates placement,
+# and with the real count (2) a third replica would wait forever (RAY_SERVE_FACTS).
+EMBEDDED_LOGICAL_CPUS = 16
+# Serve's cold start is ~3.8 s and a model load a few seconds more (DESIGN §7).
+READY_TIMEOUT_S = 180.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (``auto`` / ``ray://...``) or start an embedded Ray.
+
+    Returns True when this call started Ray (and so should shut it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": os.environ.get("VARIPIPE_RAY_LOGS", "0") == "1",
+        "logging_level": logging.WARNING,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
+    return True
+
+
+class LocalServer:
+    """Context manager: Ray + Serve + the application; ``.url`` once ready."""
+
+    def __init__(
+        self,
+        opts: AppOptions,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        decision: Decision | None = None,
+        address: str | None = None,
+    ) -> None:
+        self.opts = opts
+        self.host = host
+        self.port = port or free_port(host)
+        self.spec = find_spec(opts.pipeline)
+        self.decision = decision or default_decision(self.spec)
+        self.address = address
+        self.applier = ServeApplier(opts)
+        self._owns_ray = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}{self.opts.route_prefix.rstrip('/')}/{self.spec.name}"
+
+    def start(self) -> LocalServer:
+        from ray import serve
+
+        self._owns_ray = start_ray(self.address)
+        serve.start(http_options={"host": self.host, "port": self.port})
+        self.applier.deploy_initial(self.decision)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise VaripipeError(f"application did not answer {self.url}/healthz within {READY_TIMEOUT_S:.0f}s")
+
+    def apply(self, decision: Decision, wait: bool = True) -> ApplyResult:
+        """Reconfigure the running application (the adapter's hook)."""
+        return self.applier.apply(decision, wait=wait)
+
+    def stop(self) -> None:
+        from ray import serve
+
+        try:
+            serve.delete(self.opts.app_name)
+        except Exception:  # noqa: BLE001 - best effort during teardown
+            log.exception("could not delete application %s", self.opts.app_name)
+        if self._owns_ray:
+            import ray
+
+            serve.shutdown()
+            ray.shutdown()
+
+    def __enter__(self) -> LocalServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+

@@ -1,0 +1,177 @@
+"""A stage replica's logic, free of Ray: hold one variant, switch it safely, run batches.
+
+The Serve deployment in ``app.py`` is a thin wrapper around ``StageCore``. A
+variant switch loads the new variant *before* releasing the old one, so a
+replica always has a model to serve with; if the new one fails to load, the
+old one keeps serving and the error is reported (issue 4).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
+
+from varipipe.records import StageSpec
+
+__all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What the declarative ``user_config`` of a stage deployment carries."""
+
+    variant: str
+    max_batch_size: int = 1
+    batch_wait_timeout_s: float = 0.0
+    generation: int = 0  # the decision's sequence number; lets the applier see it arrive
+
+    @classmethod
+    def from_user_config(cls, raw: dict) -> StageConfig:
+        return cls(
+            variant=str(raw["variant"]),
+            max_batch_size=int(raw.get("max_batch_size", 1)),
+            batch_wait_timeout_s=float(raw.get("batch_wait_timeout_s", 0.0)),
+            generation=int(raw.get("generation", 0)),
+        )
+
+    def to_user_config(self) -> dict:
+        return {
+            "variant": self.variant,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "generation": self.generation,
+        }
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """What a replica reports about itself to the controller."""
+
+    replica_id: str
+    stage: str
+    variant: str
+    loaded_variants: tuple[str, ...]
+    generation: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    rss_mb: float
+    last_switch_s: float  # seconds the last variant switch took, model load included
+    error: str  # the last configuration error, "" if none
+    pid: int
+    time: float
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+class StageCore:
+    """One replica's model and configuration."""
+
+    def __init__(
+        self,
+        stage: StageSpec,
+        threads: int = 1,
+        builder: Callable[[object, int], Variant] | None = None,
+        replica_id: str = "",
+    ) -> None:
+        self.stage = stage
+        self.threads = threads
+        self._build = builder or (lambda spec, threads: build_variant(spec, threads=threads))
+        self.replica_id = replica_id
+        self._lock = threading.Lock()  # serialises configuration changes
+        self.variant: Variant | None = None
+        self.config: StageConfig | None = None
+        self.error = ""
+        self.last_switch_s = 0.0
+        # Every variant object this replica built and that is still alive: after a
+        # switch only the new one may remain, which shows the old model was released.
+        self._alive: weakref.WeakSet = weakref.WeakSet()
+
+    def configure(self, config: StageConfig) -> None:
+        """Apply a configuration; a variant that fails to load leaves the old one serving."""
+        with self._lock:
+            self.error = ""
+            if self.variant is None or self.variant.name != config.variant:
+                self._switch(config.variant)
+            if self.variant is not None and self.variant.name == config.variant:
+                self.config = config
+            elif self.config is not None:  # keep the old variant's batch settings too
+                self.config = StageConfig(self.config.variant, self.config.max_batch_size,
+                                          self.config.batch_wait_timeout_s, config.generation)
+            else:  # first configuration failed: fall back to the stage's default variant
+                self._switch(self.stage.default_variant, keep_error=True)
+                self.config = StageConfig(self.stage.default_variant, config.max_batch_size,
+                                          config.batch_wait_timeout_s, config.generation)
+
+    def _switch(self, name: str, keep_error: bool = False) -> None:
+        t0 = time.perf_counter()
+        try:
+            new = self._build(self.stage.variant(name), self.threads)
+            new.load()
+            self._alive.add(new)
+        except Exception as e:  # noqa: BLE001 - any load failure must leave the old model serving
+            msg = f"stage {self.stage.name}: variant {name!r} failed to load: {type(e).__name__}: {e}"
+            log.error(msg)
+            self.error = msg if not keep_error else self.error or msg
+            return
+        old, self.variant = self.variant, new
+        if old is not None:
+            old.unload()
+            del old
+            gc.collect()
+        self.last_switch_s = time.perf_counter() - t0
+        log.info("stage %s now serves %s (switch took %.2fs)", self.stage.name, name, self.last_switch_s)
+
+    def infer(self, payloads: Sequence[Payload], arrivals: Sequence[float] | None = None) -> list[Payload]:
+        """Run one batch through the current variant; attach outputs and traces."""
+        variant = self.variant  # one reference for the whole batch, even if a switch lands now
+        if variant is None:
+            raise RuntimeError(f"stage {self.stage.name} has no loaded variant: {self.error}")
+        start = time.time()
+        t0 = time.perf_counter()
+        outputs = variant.infer(payloads)
+        compute = time.perf_counter() - t0
+        if len(outputs) != len(payloads):
+            raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(payloads)} inputs")
+        for i, (p, out) in enumerate(zip(payloads, outputs, strict=True)):
+            queued = max(0.0, start - arrivals[i]) if arrivals else 0.0
+            p.outputs[self.stage.name] = out
+            p.trace.append(StageTrace(self.stage.name, variant.name, len(payloads), queued, compute))
+        return list(payloads)
+
+    def status(self, now: float) -> ReplicaStatus:
+        import os
+
+        cfg = self.config
+        return ReplicaStatus(
+            replica_id=self.replica_id,
+            stage=self.stage.name,
+            variant=self.variant.name if self.variant else "",
+            loaded_variants=tuple(sorted(v.name for v in list(self._alive))),
+            generation=cfg.generation if cfg else -1,
+            max_batch_size=cfg.max_batch_size if cfg else 0,
+            batch_wait_timeout_s=cfg.batch_wait_timeout_s if cfg else 0.0,
+            rss_mb=rss_mb(),
+            last_switch_s=self.last_switch_s,
+            error=self.error,
+            pid=os.getpid(),
+            time=now,
+        )
