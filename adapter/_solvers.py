@@ -84,13 +84,13 @@ def run_solver(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
 # ---------------------------------------------------------------- PuLP model
 
 
-def _variables(problem: Problem):
+def _variables(prob, problem: Problem):
     import pulp
 
     x: dict[Key, pulp.LpVariable] = {}
     for si, stage in enumerate(problem.stages):
         for ci, c in enumerate(problem.options[stage]):
-            x[c.key] = pulp.LpVariable(f"x_{si}_{ci}", cat=pulp.LpBinary)
+            x[c.key] = prob.add_variable(f"x_{si}_{ci}", cat=pulp.LpBinary)
     return x
 
 
@@ -179,7 +179,7 @@ def _solve_pulp(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
     if solver not in available_solvers():
         raise SolverError(f"solver {solver!r} is not installed here; available: {', '.join(available_solvers())}")
     prob = pulp.LpProblem("varipipe", pulp.LpMaximize)
-    x = _variables(problem)
+    x = _variables(prob, problem)
     _add_objective(prob, problem, x)
     for add in (_add_one_config, _add_sla, _add_capacity, _add_cost_ceiling, _add_accuracy_floor):
         add(prob, problem, x)

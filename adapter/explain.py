@@ -79,7 +79,7 @@ def _stage_line(problem: Problem, chosen: Mapping[str, Configuration], stage: st
         return f"{head}; runner-up {alt.label()} (objective +{delta:.4g}) lost: {why}", viol
     delta, alt, t, viol = max(rows, key=lambda r: r[0])
     extra = f"; it would also break {', '.join(viol)}" if viol else ""
-    return (f"{head}; runner-up {alt.label()} lost on the objective by {-delta:.4g}"
+    return (f"{head}; runner-up {alt.label()} lost on the objective by {abs(delta):.4g}"
             f" (accuracy {alt.accuracy:.3f}, cost {alt.cost:.3f}){extra}"), []
 
 

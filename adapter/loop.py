@@ -1,0 +1,285 @@
+"""The control loop: observe → predict → decide → apply, every interval (DESIGN §4).
+
+Everything with a side effect is injected: ``observe()`` returns the last
+interval's :class:`Observation`, ``apply(decision)`` reconfigures the pipeline
+(live: a declarative Serve update; simulator: the model of it), ``clock()``
+gives the time in seconds, ``sleep(s)`` waits, and an optional ``store``
+persists the applied decision across restarts. No Ray here.
+
+Behaviour:
+
+* ``apply`` is called only when the decision differs from the applied one.
+* Hysteresis: a move to a decision sized for *less* load that is also no
+  faster (a slower, more accurate or smaller configuration) waits until such
+  a move has been proposed ``hold_intervals`` times in a row, or the forecast
+  fell by ``load_drop_fraction`` of the load the applied decision was made
+  for; a move to a faster or larger configuration happens at once.
+* Pins (stage=variant) go to the policy when it supports ``set_pinned``;
+  otherwise the decided variant is overridden.
+* Dry run: decide and log, never apply.
+* Failures of observe / predict / decide / apply are recorded, the last
+  decision stays in force, and the next step runs as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from varipipe.adapter.policy import Forecast, Policy
+from varipipe.adapter.predictors import Predictor
+
+from varipipe.errors import ConfigError
+from varipipe.records import Decision, Observation
+
+__all__ = ["ControlLoop", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
+           "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE"]
+
+log = logging.getLogger(__name__)
+
+# Hysteresis: three intervals (30 s at the default 10 s) of consistently lower
+# load before giving capacity back; Ray Serve's own downscale delay is 600 s,
+# IPA re-decided every interval with none. A fall of 30 % skips the wait.
+HOLD_INTERVALS = 3
+LOAD_DROP_FRACTION = 0.3
+# Decision log entries kept in memory (a day of 10 s intervals is 8,640; the
+# dashboard shows recent history, the JSON-lines log on disk keeps the rest).
+LOG_SIZE = 1000
+
+
+class DecisionStore(Protocol):
+    """Keeps the last applied decision across restarts."""
+
+    def load(self) -> Decision | None: ...
+
+    def save(self, decision: Decision) -> None: ...
+
+
+@dataclass
+class MemoryDecisionStore:
+    decision: Decision | None = None
+
+    def load(self) -> Decision | None:
+        return self.decision
+
+    def save(self, decision: Decision) -> None:
+        self.decision = decision
+
+
+@dataclass(frozen=True)
+class FileDecisionStore:
+    """Decision JSON in one file, written atomically (temp file + rename)."""
+
+    path: Path
+
+    def load(self) -> Decision | None:
+        path = Path(self.path)
+        if not path.exists():
+            return None
+        try:
+            return Decision.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise ConfigError(str(path), "(decision)", f"cannot read the saved decision: {e}") from e
+
+    def save(self, decision: Decision) -> None:
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(decision.to_dict(), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class LoopEntry:
+    """One step of the loop, for the decision log and ``GET /config``."""
+
+    time_s: float
+    action: str  # applied | unchanged | held | dry-run | failed
+    decision: Decision | None
+    forecast_rps: float = 0.0
+    apply_duration_s: float = 0.0
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decision"] = self.decision.to_dict() if self.decision is not None else None
+        return d
+
+
+@dataclass(frozen=True)
+class LoopStatus:
+    """Health of the loop: serving continues on ``applied`` whatever happens here."""
+
+    applied: Decision | None
+    last_step_time_s: float | None
+    last_error: str
+    last_error_time_s: float | None
+    consecutive_failures: int
+    steps: int
+    applies: int
+    dry_run: bool
+    pins: Mapping[str, str] = field(default_factory=dict)
+    held_steps: int = 0
+
+
+class ControlLoop:
+    """Runs a policy against a live or simulated pipeline; see the module docstring."""
+
+    def __init__(self, policy: Policy, predictor: Predictor, apply: Callable[[Decision], None],
+                 observe: Callable[[], Observation], clock: Callable[[], float], *,
+                 sleep: Callable[[float], None] | None = None, store: DecisionStore | None = None,
+                 initial: Decision | None = None, dry_run: bool = False, pins: Mapping[str, str] | None = None,
+                 hold_intervals: int = HOLD_INTERVALS, load_drop_fraction: float = LOAD_DROP_FRACTION,
+                 log_size: int = LOG_SIZE) -> None:
+        self.policy, self.predictor = policy, predictor
+        self._apply, self._observe, self._clock, self._sleep = apply, observe, clock, sleep
+        self.store = store
+        self.dry_run = dry_run
+        self.hold_intervals, self.load_drop_fraction = hold_intervals, load_drop_fraction
+        self.entries: deque[LoopEntry] = deque(maxlen=log_size)
+        self._lock = threading.Lock()
+        self._history: deque[float] = deque(maxlen=3600)  # one arrival rate per step, when observe has none
+        self._held = 0
+        self._steps = self._applies = self._failures = 0
+        self._last_error, self._last_error_t, self._last_step_t = "", None, None
+        self.applied = initial if initial is not None else self._restore()
+        self.pins: dict[str, str] = {}
+        self.set_pins(pins or {})
+
+    # ------------------------------------------------------------ controls
+
+    def _restore(self) -> Decision | None:
+        if self.store is None:
+            return None
+        try:
+            return self.store.load()
+        except Exception as e:  # a corrupt store must not stop serving
+            self._record_error(f"restore failed: {e}", None)
+            return None
+
+    def set_pins(self, pins: Mapping[str, str]) -> None:
+        """Pin stages to variants (replaces the previous pins); ``{}`` unpins all."""
+        self.pins = dict(pins)
+        if hasattr(self.policy, "set_pinned"):
+            self.policy.set_pinned(self.pins)
+
+    def pin(self, stage: str, variant: str) -> None:
+        self.set_pins({**self.pins, stage: variant})
+
+    def unpin(self, stage: str) -> None:
+        self.set_pins({k: v for k, v in self.pins.items() if k != stage})
+
+    def status(self) -> LoopStatus:
+        return LoopStatus(self.applied, self._last_step_t, self._last_error, self._last_error_t, self._failures,
+                          self._steps, self._applies, self.dry_run, dict(self.pins), self._held)
+
+    def log(self) -> list[LoopEntry]:
+        return list(self.entries)
+
+    # ---------------------------------------------------------------- step
+
+    def _record_error(self, message: str, t: float | None) -> None:
+        self._failures += 1
+        self._last_error, self._last_error_t = message, t
+        log.warning("control loop: %s (serving continues on the last decision)", message)
+
+    def _forecast(self, obs: Observation) -> Forecast:
+        history = list(obs.history_rps)
+        if not history:
+            self._history.append(obs.arrival_rps)
+            history = list(self._history)
+        return Forecast(rps=float(self.predictor.predict(history)), predictor=self.predictor.name,
+                        horizon_s=obs.interval_s)
+
+    def _pinned(self, d: Decision) -> Decision:
+        if not self.pins or hasattr(self.policy, "set_pinned"):
+            return d
+        stages = tuple(dataclasses.replace(s, variant=self.pins.get(s.stage, s.variant)) for s in d.stages)
+        return dataclasses.replace(d, stages=stages, explanation=d.explanation + f"\npinned by operator: {self.pins}")
+
+    def _should_wait(self, new: Decision) -> str:
+        """Empty when ``new`` may be applied now; otherwise why it is held."""
+        cur = self.applied
+        if cur is None or not cur.feasible or not cur.stages:
+            return ""
+        if new.load_rps >= cur.load_rps or new.predicted_latency_s < cur.predicted_latency_s:
+            return ""
+        if cur.load_rps > 0 and (cur.load_rps - new.load_rps) / cur.load_rps >= self.load_drop_fraction:
+            return ""
+        self._held += 1
+        if self._held >= self.hold_intervals:
+            return ""
+        return f"slower move held {self._held}/{self.hold_intervals} (load {new.load_rps:.1f} vs {cur.load_rps:.1f})"
+
+    def step(self) -> LoopEntry:
+        """One observe → predict → decide → apply round; never raises."""
+        with self._lock:
+            entry = self._step()
+            self.entries.append(entry)
+            self._steps += 1
+            return entry
+
+    def _step(self) -> LoopEntry:
+        t = self._clock()
+        self._last_step_t = t
+        phase = "observe"
+        try:
+            obs = self._observe()
+            phase = "predict"
+            forecast = self._forecast(obs)
+            phase = "decide"
+            new = self._pinned(self.policy.decide(obs, forecast, self.applied or Decision(stages=())))
+        except Exception as e:
+            self._record_error(f"{phase} failed: {type(e).__name__}: {e}", t)
+            return LoopEntry(t, "failed", None, note=f"{phase}: {e}")
+        if new.same_config(self.applied):
+            self._held, self._failures = 0, 0
+            return LoopEntry(t, "unchanged", new, forecast.rps)
+        if self.dry_run:
+            self._failures = 0
+            log.info("control loop (dry run) would apply: %s", new.explanation.splitlines()[:1])
+            return LoopEntry(t, "dry-run", new, forecast.rps, note=new.explanation)
+        wait = self._should_wait(new)
+        if wait:
+            self._failures = 0
+            return LoopEntry(t, "held", new, forecast.rps, note=wait)
+        return self._do_apply(t, new, forecast)
+
+    def _do_apply(self, t: float, new: Decision, forecast: Forecast) -> LoopEntry:
+        try:
+            self._apply(new)
+        except Exception as e:
+            self._record_error(f"apply failed: {type(e).__name__}: {e}", t)
+            return LoopEntry(t, "failed", new, forecast.rps, self._clock() - t, note=f"apply: {e}")
+        took = self._clock() - t
+        self.applied, self._held, self._failures = new, 0, 0
+        self._applies += 1
+        log.info("control loop applied (%s, %.2fs): %s", new.status.value, took, new.explanation.replace("\n", " | "))
+        if self.store is not None:
+            try:
+                self.store.save(new)
+            except Exception as e:
+                self._record_error(f"saving the decision failed: {e}", t)
+        return LoopEntry(t, "applied", new, forecast.rps, took, note=new.explanation)
+
+    # ----------------------------------------------------------------- run
+
+    def run(self, stop_event: threading.Event, interval_s: float, max_steps: int | None = None) -> None:
+        """Step every ``interval_s`` (by the injected clock) until ``stop_event`` is set."""
+        done = 0
+        while not stop_event.is_set() and (max_steps is None or done < max_steps):
+            started = self._clock()
+            self.step()
+            done += 1
+            remaining = max(0.0, interval_s - (self._clock() - started))
+            if self._sleep is not None:
+                self._sleep(remaining)
+            else:
+                stop_event.wait(remaining)

@@ -1,0 +1,282 @@
+"""The optimizer: exact against brute force, SLA-safe, explained, every backend alike."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from varipipe.adapter.configurations import (
+    Limits,
+    Weights,
+    stage_configurations,
+    stage_loads,
+    within_replica_limit,
+)
+from varipipe.adapter.latency_model import fit_latency_model
+from varipipe.adapter.optimizer import available_solvers, objective_value, solve
+from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
+
+from varipipe.errors import UnknownNameError
+from varipipe.records import SLA, DecisionStatus, Profile
+
+SOLVERS = ["cbc", "highs", "dp"]
+
+
+def _solver_or_skip(name: str) -> str:
+    if name not in available_solvers():
+        pytest.skip(f"solver {name} not installed")
+    return name
+
+
+def brute_force(profile: Profile, load: float, sla: float, limits: Limits, objective: str = "weighted",
+                accuracy: str = "multiply", min_accuracy: float | None = None, max_cost: float | None = None):
+    """The best objective over every combination, or None when none is feasible."""
+    loads = stage_loads(profile, load)
+    options = [[c for c in stage_configurations(profile, s, loads[s], limits) if within_replica_limit(c, limits)]
+               for s in profile.stages]
+    best = None
+    for combo in itertools.product(*options):
+        lat = sum(c.latency_s for c in combo)
+        cost = sum(c.cost for c in combo)
+        accs = [c.accuracy for c in combo]
+        if lat > sla + 1e-9 or cost > limits.capacity_limit + 1e-9:
+            continue
+        if max_cost is not None and cost > max_cost + 1e-9:
+            continue
+        if min_accuracy is not None:
+            e2e = math.prod(accs) if accuracy == "multiply" else sum(accs) / (len(accs) if accuracy == "average" else 1)
+            if e2e < min_accuracy - 1e-9:
+                continue
+        value = objective_value({c.stage: c for c in combo}, objective, accuracy)
+        best = value if best is None else max(best, value)
+    return best
+
+
+def chosen_configs(profile: Profile, decision, load: float, limits: Limits):
+    loads = stage_loads(profile, load)
+    out = {}
+    for sd in decision.stages:
+        [c] = [c for c in stage_configurations(profile, sd.stage, loads[sd.stage], limits)
+               if (c.variant, c.batch, c.hardware) == (sd.variant, sd.batch, sd.hardware)]
+        out[sd.stage] = c
+    return out
+
+
+def assert_meets_sla_by_profile(profile: Profile, decision, load: float, sla: float, limits: Limits) -> None:
+    """Recompute latency, wait and capacity from the raw profile points, not from the optimizer's code."""
+    rate = load
+    total = 0.0
+    for sd in decision.stages:
+        rate *= profile.fanout.get(sd.stage, 1.0)
+        [p] = [p for p in profile.points if p.key == (sd.stage, sd.variant, sd.batch, sd.hardware)]
+        assert limits.rho_max * p.throughput_rps * sd.replicas >= rate - 1e-9, (sd, rate)
+        assert sd.replicas <= limits.max_replicas
+        wait = 0.0 if sd.batch == 1 else (
+            limits.max_batch_wait_s if rate == 0 else min((sd.batch - 1) * sd.replicas / rate, limits.max_batch_wait_s))
+        assert sd.batch_wait_s == pytest.approx(wait)
+        total += p.latency_p99_s + wait
+    assert total <= sla + 1e-9
+    assert decision.predicted_latency_s == pytest.approx(total)
+
+
+instances = st.fixed_dictionaries({
+    "stages": st.integers(1, 3),
+    "variants": st.integers(1, 3),
+    "batches": st.sampled_from([(1,), (1, 4), (1, 2, 8)]),
+    "hardware": st.sampled_from([("cpu:1",), ("cpu:1", "cpu:2")]),
+    "seed": st.integers(0, 10_000),
+    "load": st.floats(0.0, 300.0),
+    "sla": st.floats(0.02, 0.6),
+    "cost_mode": st.sampled_from(["shared", "reserved"]),
+    "cores": st.sampled_from([1.0, 2.0, 4.0, 16.0]),
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inst=instances, solver=st.sampled_from(["cbc", "dp"]), accuracy=st.sampled_from(["multiply", "sum"]))
+def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
+    profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
+    limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
+    d = solve(profile, inst["load"], SLA(inst["sla"]), limits, accuracy=accuracy, solver=solver)
+    best = brute_force(profile, inst["load"], inst["sla"], limits, accuracy=accuracy)
+    if best is None:
+        assert d.status is DecisionStatus.INFEASIBLE
+        assert d.reason
+        return
+    assert d.status is DecisionStatus.OPTIMAL
+    got = objective_value(chosen_configs(profile, d, inst["load"], limits), "weighted", accuracy)
+    assert got == pytest.approx(best, abs=1e-7)
+    assert_meets_sla_by_profile(profile, d, inst["load"], inst["sla"], limits)
+
+
+@settings(max_examples=25, deadline=None)
+@given(inst=instances, objective=st.sampled_from(["min-cost", "max-accuracy"]), bound=st.floats(0.05, 1.0))
+def test_constrained_objectives_equal_brute_force(inst, objective, bound):
+    profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
+    limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
+    kw = {"min_accuracy": bound} if objective == "min-cost" else {"max_cost": bound * inst["cores"]}
+    d = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=objective, solver="dp", **kw)
+    best = brute_force(profile, inst["load"], inst["sla"], limits, objective=objective, **kw)
+    if best is None:
+        assert d.status is DecisionStatus.INFEASIBLE
+        return
+    got = objective_value(chosen_configs(profile, d, inst["load"], limits), objective)
+    assert got == pytest.approx(best, abs=1e-7)
+
+
+# ---------------------------------------------------------------- contract
+
+
+@pytest.fixture(params=SOLVERS)
+def solver(request):
+    return _solver_or_skip(request.param)
+
+
+VC = vision_caption_like()
+
+
+def test_contract_feasible_decision_is_complete(solver):
+    d = solve(VC, 1.0, SLA(3.0), Limits(cluster_cores=2.0), solver=solver)
+    assert d.status is DecisionStatus.OPTIMAL and d.feasible
+    assert [s.stage for s in d.stages] == ["detector", "classifier", "llm"]
+    assert d.solver == solver and d.solve_time_s > 0
+    assert d.predicted_latency_s <= 3.0
+    assert d.predicted_accuracy == pytest.approx(math.prod(s.accuracy for s in d.stages))
+    assert d.predicted_cost == pytest.approx(sum(s.cost for s in d.stages))
+    assert_meets_sla_by_profile(VC, d, 1.0, 3.0, Limits(cluster_cores=2.0))
+
+
+def test_contract_all_solvers_agree_on_objective(solver):
+    limits = Limits(cost_mode="reserved", cluster_cores=16)
+    ref = solve(VC, 3.0, SLA(4.0), limits, solver="dp")
+    d = solve(VC, 3.0, SLA(4.0), limits, solver=solver)
+    assert objective_value(chosen_configs(VC, d, 3.0, limits)) == pytest.approx(
+        objective_value(chosen_configs(VC, ref, 3.0, limits)), abs=1e-9)
+
+
+def test_contract_sla_below_fastest_path_is_infeasible_with_reason(solver):
+    d = solve(VC, 1.0, SLA(0.05), Limits(), solver=solver)
+    assert d.status is DecisionStatus.INFEASIBLE and not d.feasible
+    assert "below the fastest path" in d.reason
+    # Fallback: the lowest-latency decision that still carries the load.
+    assert [s.variant for s in d.stages] == ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"]
+    assert "INFEASIBLE" in d.explanation
+
+
+def test_contract_load_beyond_cluster_returns_highest_capacity(solver):
+    limits = Limits(cost_mode="shared", cluster_cores=2.0)
+    d = solve(VC, 10.0, SLA(10.0), limits, solver=solver)
+    assert d.status is DecisionStatus.INFEASIBLE
+    assert "beyond the cluster" in d.reason
+    assert d.predicted_cost <= limits.capacity_limit + 1e-9
+    # The fallback carries less than asked but more than a small-batch decision would.
+    assert "fallback carries" in d.explanation
+    assert d.stage("llm").variant == "smollm2-135m"
+
+
+def test_contract_pin_is_respected(solver):
+    d = solve(VC, 0.5, SLA(3.0), Limits(pinned={"classifier": "mobilenetv2"}), solver=solver)
+    assert d.stage("classifier").variant == "mobilenetv2"
+
+
+def test_pin_unknown_variant_or_stage_names_it():
+    with pytest.raises(UnknownNameError, match="nope"):
+        solve(VC, 1.0, SLA(3.0), Limits(pinned={"classifier": "nope"}))
+    with pytest.raises(UnknownNameError, match="ghost"):
+        solve(VC, 1.0, SLA(3.0), Limits(pinned={"ghost": "x"}))
+
+
+def test_fanout_multiplies_downstream_load():
+    profile = synthetic_profile(3, 2, (1, 2), seed=2, fanout={"stage1": 3.0})
+    assert stage_loads(profile, 10.0) == {"stage0": 10.0, "stage1": 30.0, "stage2": 30.0}
+    limits = Limits(cost_mode="reserved", cluster_cores=64, max_replicas=32)
+    d = solve(profile, 100.0, SLA(1.0), limits, solver="dp")
+    assert d.status is DecisionStatus.OPTIMAL
+    assert_meets_sla_by_profile(profile, d, 100.0, 1.0, limits)
+    plain = solve(synthetic_profile(3, 2, (1, 2), seed=2), 100.0, SLA(1.0), limits, solver="dp")
+    assert sum(s.replicas for s in d.stages) > sum(s.replicas for s in plain.stages)
+
+
+def test_explanation_names_sla_binding_and_runner_up():
+    d = solve(VC, 1.0, SLA(0.9), Limits(cost_mode="reserved", cluster_cores=32), solver="cbc")
+    assert d.status is DecisionStatus.OPTIMAL
+    assert "sla_end_to_end" in d.binding_constraints
+    assert "vs SLA 0.900s" in d.explanation
+    assert d.explanation.count("runner-up") == 3
+    assert "e2e latency would be" in d.explanation
+
+
+def test_explanation_names_capacity_binding():
+    d = solve(VC, 1.5, SLA(3.0), Limits(cost_mode="shared", cluster_cores=2.0))
+    assert "cluster_capacity" in d.binding_constraints
+    assert "capacity limit" in d.explanation
+
+
+def test_reserved_cost_counts_cores_of_replicas():
+    d = solve(VC, 2.0, SLA(4.0), Limits(cost_mode="reserved", cluster_cores=16))
+    from varipipe.records import hardware_cores
+
+    assert d.predicted_cost == pytest.approx(sum(hardware_cores(s.hardware) * s.replicas for s in d.stages))
+    assert d.predicted_cost <= 16
+
+
+def test_accuracy_modes_report_their_metric():
+    for mode, combine in (("sum", sum), ("average", lambda a: sum(a) / len(a))):
+        d = solve(VC, 0.5, SLA(3.0), accuracy=mode)
+        assert d.predicted_accuracy == pytest.approx(combine([s.accuracy for s in d.stages]))
+
+
+def test_min_cost_and_max_accuracy_modes():
+    cheap = solve(VC, 0.5, SLA(3.0), objective="min-cost", min_accuracy=0.2)
+    rich = solve(VC, 0.5, SLA(3.0), objective="max-accuracy", max_cost=1.6)
+    assert cheap.predicted_accuracy >= 0.2 and rich.predicted_cost <= 1.6
+    assert cheap.predicted_cost <= rich.predicted_cost
+    assert rich.predicted_accuracy >= cheap.predicted_accuracy
+    with pytest.raises(ValueError, match="min_accuracy"):
+        solve(VC, 0.5, SLA(3.0), objective="min-cost")
+
+
+def test_weights_trade_accuracy_for_cost():
+    acc = solve(VC, 1.0, SLA(5.0), Limits(cost_mode="reserved", cluster_cores=64), Weights(beta=0.0))
+    cheap = solve(VC, 1.0, SLA(5.0), Limits(cost_mode="reserved", cluster_cores=64), Weights(beta=10.0))
+    assert acc.predicted_accuracy >= cheap.predicted_accuracy
+    assert cheap.predicted_cost <= acc.predicted_cost
+
+
+def test_unprofiled_batch_priced_by_latency_model():
+    profile = synthetic_profile(1, 1, (1, 8), seed=3)
+    limits = Limits(batch_sizes=(1, 4, 8, 32))
+    configs = stage_configurations(profile, "stage0", 10.0, limits)
+    by_batch = {c.batch: c for c in configs}
+    assert sorted(by_batch) == [1, 4, 8]  # 32 is outside the measured range: not extrapolated
+    assert by_batch[4].interpolated and not by_batch[8].interpolated
+    assert by_batch[1].latency_p99_s < by_batch[4].latency_p99_s < by_batch[8].latency_p99_s
+
+
+def test_fixed_replicas_exclude_configs_that_cannot_carry_the_load():
+    limits = Limits(fixed_replicas={"stage0": 1})
+    profile = synthetic_profile(1, 2, (1,), seed=4)
+    d = solve(profile, 1e4, SLA(1.0), limits)
+    assert d.status is DecisionStatus.INFEASIBLE and "stage0" in d.reason
+    assert d.stages[0].replicas == 1
+
+
+def test_latency_model_fits_and_clamps():
+    m = fit_latency_model([1, 2, 4], [0.011, 0.012, 0.014])
+    assert m.alpha == pytest.approx(0.010) and m.beta == pytest.approx(0.001)
+    assert fit_latency_model([1, 2], [0.02, 0.01]).beta == 0.0
+    assert fit_latency_model([1, 8], [0.001, 0.5]).alpha == 0.0
+    with pytest.raises(ValueError, match="two distinct"):
+        fit_latency_model([4, 4], [0.1, 0.1])
+
+
+def test_bad_arguments_name_the_value():
+    with pytest.raises(ValueError, match="-1"):
+        solve(VC, -1.0, SLA(1.0))
+    with pytest.raises(UnknownNameError, match="glpk"):
+        solve(VC, 1.0, SLA(1.0), solver="glpk")
+    with pytest.raises(ValueError, match="cost_mode"):
+        Limits(cost_mode="cloud")
