@@ -1,0 +1,74 @@
+"""Service-time model for the simulator: batch latency distributions from a profile.
+
+For each (stage, variant, hardware) the profile gives p50 and p99 batch latency
+at a few batch sizes. A batch of ``n`` items takes a lognormal time whose median
+is p50(n) and whose 99th percentile is p99(n); batch sizes the profiler did not
+measure are interpolated linearly between measured neighbours and extrapolated
+past the largest with the fitted ``l(b) = α + β·b`` (DESIGN §5). Pure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from varipipe.adapter.latency_model import fit_latency_model
+from varipipe.errors import ProfileError
+from varipipe.records import Profile, ProfilePoint, hardware_cores
+
+__all__ = ["ServiceModel", "service_model", "Z99"]
+
+# Standard-normal quantile at 0.99: a lognormal with median m and σ has p99 = m·e^{2.3263σ}.
+Z99 = 2.3263478740408408
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """Median and lognormal σ of batch latency for batch sizes 0..max_batch (index = size)."""
+
+    stage: str
+    variant: str
+    hardware: str
+    median_s: tuple[float, ...]
+    sigma: tuple[float, ...]
+    accuracy: float
+    threads: float
+
+    @property
+    def max_batch(self) -> int:
+        return len(self.median_s) - 1
+
+    def p99_s(self, batch: int) -> float:
+        return self.median_s[batch] * math.exp(self.sigma[batch] * Z99)
+
+
+def _curve(points: list[ProfilePoint], attr: str, sizes: np.ndarray) -> np.ndarray:
+    b = np.array([p.batch for p in points], dtype=np.float64)
+    v = np.array([getattr(p, attr) for p in points], dtype=np.float64)
+    out = np.interp(sizes, b, v)
+    if len(points) >= 2:
+        model = fit_latency_model([p.batch for p in points], list(v))
+        beyond = sizes > b.max()
+        out[beyond] = np.maximum(v[-1], model.alpha + model.beta * sizes[beyond])
+    else:  # one measured size: latency proportional to batch beyond it (no batching gain)
+        out = np.where(sizes > b[0], v[0] * sizes / b[0], out)
+    return out
+
+
+def service_model(profile: Profile, stage: str, variant: str, hardware: str, max_batch: int) -> ServiceModel:
+    """The latency model of one configuration, for batch sizes up to ``max_batch``."""
+    pts = sorted((p for p in profile.points if (p.stage, p.variant, p.hardware) == (stage, variant, hardware)),
+                 key=lambda p: p.batch)
+    if not pts:
+        have = sorted({f"{p.variant}@{p.hardware}" for p in profile.points if p.stage == stage})
+        raise ProfileError(str(profile.metadata.get("file", profile.pipeline)), f"points[{stage}]",
+                           f"no profile point for variant {variant!r} on {hardware!r}; profiled: {have}")
+    sizes = np.arange(max(max_batch, 1) + 1, dtype=np.float64)
+    sizes[0] = 1.0  # index 0 is never used; keep it finite
+    p50 = _curve(pts, "latency_p50_s", sizes)
+    p99 = np.maximum(_curve(pts, "latency_p99_s", sizes), p50)
+    sigma = np.log(p99 / p50) / Z99
+    return ServiceModel(stage, variant, hardware, tuple(p50.tolist()), tuple(sigma.tolist()),
+                        accuracy=pts[0].accuracy, threads=max(hardware_cores(hardware), 1.0))

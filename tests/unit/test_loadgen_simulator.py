@@ -1,0 +1,173 @@
+"""Simulator invariants, with hand-made profiles and stand-in policies (no solver, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from varipipe.adapter.policy import Forecast
+from varipipe.loadgen.simulator import REPLICA_ADD_S, SimConfig, simulate
+from varipipe.loadgen.traces import Trace, arrival_times
+from varipipe.profiler.store import load_profile
+from varipipe.records import Decision, Observation, Profile, ProfilePoint, StageDecision
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
+
+
+def _point(stage: str, variant: str, batch: int, p50: float, p99: float | None = None, acc: float = 0.9,
+           hw: str = "cpu:1") -> ProfilePoint:
+    p99 = p50 if p99 is None else p99
+    return ProfilePoint(stage, variant, batch, hw, p50, p99, p99, batch / p50, 100.0, 100, acc, "declared", "test")
+
+
+def _profile(fanout: dict[str, float] | None = None) -> Profile:
+    """Two stages with deterministic service times (p50 = p99): l(b) = 0.05 + 0.05·b."""
+    pts = [_point(s, "v", b, 0.05 + 0.05 * b, acc=a) for s, a in (("a", 0.9), ("b", 0.8)) for b in (1, 4)]
+    return Profile("test", tuple(pts), fanout=fanout or {})
+
+
+class Fixed:
+    """Stand-in policy: always the same decision; records what it was shown."""
+
+    def __init__(self, replicas: int = 1, batch: int = 1, wait: float = 0.0, stages=("a", "b"),
+                 later: dict[float, int] | None = None) -> None:
+        self.name = "fixed"
+        self.replicas, self.batch, self.wait, self.stages = replicas, batch, wait, stages
+        self.later = later or {}
+        self.seen: list[tuple[Observation, Forecast]] = []
+
+    def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
+        self.seen.append((observation, forecast))
+        reps = self.replicas
+        for t, r in self.later.items():
+            if observation.time_s >= t:
+                reps = r
+        return Decision(tuple(StageDecision(s, "v", self.batch, reps, "cpu:1", self.wait) for s in self.stages))
+
+
+def _last(t: float, h: np.ndarray) -> Forecast:
+    return Forecast(float(h[-10:].max()) if len(h) else 0.0, "last")
+
+
+def _arrivals(rate: float, seconds: int, seed: int = 0) -> np.ndarray:
+    return arrival_times(Trace(np.full(seconds, rate)), "poisson", seed)
+
+
+def _run(arr, policy, sla=2.0, mode="reserved", cores=8.0, profile=None, **kw):
+    return simulate(profile or _profile(), arr, policy, _last, SimConfig(sla, 10.0, mode, cores, 0), keep_table=True,
+                    **kw)
+
+
+def test_enough_capacity_meets_sla_and_conserves():
+    arr = _arrivals(5, 60)
+    r = _run(arr, Fixed(replicas=2))
+    assert r.requests == len(arr) == r.completed + r.dropped
+    assert r.dropped == 0 and r.sla_attainment == 1.0
+    assert r.p99_latency_s <= 2.0
+    assert r.mean_accuracy == pytest.approx(0.9 * 0.8)
+    assert r.mean_cost == pytest.approx(4.0)  # 2 stages × 2 replicas × 1 core
+
+
+def test_overload_drops_and_conserves():
+    arr = _arrivals(40, 60)  # one replica at batch 1 serves 10/s
+    r = _run(arr, Fixed(replicas=1))
+    assert r.completed + r.dropped == r.requests
+    assert r.dropped > 0 and r.sla_attainment < 0.5
+    assert np.isnan(r.table.done_s[r.table.dropped]).all()
+
+
+def test_latency_at_least_service_time_and_batches_bounded():
+    arr = _arrivals(30, 60)
+    r = _run(arr, Fixed(replicas=2, batch=4, wait=0.05))
+    t = r.table
+    assert r.completed + r.dropped == r.requests
+    ok = ~t.dropped
+    assert (t.latency_s[ok] >= 2 * 0.1 - 1e-9).all()  # two stages, batch-1 service 0.1 s each
+    for batch in t.item_batch:
+        sizes = np.bincount(batch[batch >= 0])
+        assert sizes.max() <= 4 and sizes[sizes > 0].min() >= 1
+    for arr_s, done_s in zip(t.item_arrival_s, t.item_done_s, strict=True):
+        served = ~np.isnan(done_s)
+        assert (done_s[served] - arr_s[served] >= 0.1 - 1e-9).all()
+
+
+def test_batches_fill_under_load():
+    r = _run(_arrivals(60, 60), Fixed(replicas=3, batch=4, wait=0.2))
+    sizes = np.bincount(r.table.item_batch[0][r.table.item_batch[0] >= 0])
+    assert sizes.mean() > 2
+
+
+def test_same_seed_same_result_other_seed_differs():
+    p = Profile("test", tuple(_point(s, "v", b, 0.05 + 0.05 * b, 0.3 + 0.1 * b) for s in ("a", "b") for b in (1, 4)))
+    arr = _arrivals(8, 60)
+    a = simulate(p, arr, Fixed(1), _last, SimConfig(2.0, 10.0, "reserved", 8, seed=1))
+    b = simulate(p, arr, Fixed(1), _last, SimConfig(2.0, 10.0, "reserved", 8, seed=1))
+    c = simulate(p, arr, Fixed(1), _last, SimConfig(2.0, 10.0, "reserved", 8, seed=2))
+    assert a.summary() | {"wall_s": 0} == b.summary() | {"wall_s": 0}
+    assert a.mean_latency_s != c.mean_latency_s
+
+
+def test_fanout_multiplies_items_and_joins():
+    arr = _arrivals(5, 60)
+    r = _run(arr, Fixed(replicas=4), profile=_profile({"a": 2.0}))
+    t = r.table
+    assert len(t.item_parent[0]) == 2 * len(arr) and len(t.item_parent[1]) == 2 * len(arr)  # cumulative
+    done_a = np.full(len(arr), -np.inf)
+    np.maximum.at(done_a, t.item_parent[0], t.item_done_s[0])
+    enter_b = np.full(len(arr), np.inf)
+    np.minimum.at(enter_b, t.item_parent[1], t.item_arrival_s[1])
+    ok = ~t.dropped
+    assert np.allclose(done_a[ok], enter_b[ok])  # downstream starts when the last item is done
+
+
+def test_replica_add_takes_effect_after_delay():
+    # 1 replica until the decision at t=10 asks for 3; 25/s overloads one replica (10/s).
+    arr = _arrivals(25, 30)
+    r = _run(arr, Fixed(replicas=1, later={10.0: 3}), sla=30.0)
+    done = np.sort(r.table.item_done_s[0][~np.isnan(r.table.item_done_s[0])])
+    before = done[done < 10 + REPLICA_ADD_S]
+    after = done[(done > 10 + REPLICA_ADD_S + 0.2) & (done < 20)]
+    assert np.diff(before).min() >= 0.1 - 1e-9  # one replica: completions at least a service time apart
+    assert np.diff(after).min() < 0.1  # three replicas overlap
+    assert r.decisions == 1
+
+
+def test_shared_mode_processor_sharing_slows_batches():
+    arr = _arrivals(15, 60)
+    reserved = _run(arr, Fixed(replicas=2), mode="reserved", cores=1.0, sla=60.0)
+    shared = _run(arr, Fixed(replicas=2), mode="shared", cores=1.0, sla=60.0)
+    assert shared.mean_latency_s > 1.5 * reserved.mean_latency_s
+    assert shared.mean_cost <= 1.0 + 1e-9  # CPU-seconds per second, at most the host's cores
+    assert shared.cost_unit != reserved.cost_unit
+
+
+def test_policy_sees_observations_and_history():
+    pol = Fixed(replicas=2)
+    _run(_arrivals(5, 60), pol)
+    times = [o.time_s for o, _ in pol.seen]
+    assert times[:3] == [0.0, 10.0, 20.0]
+    obs, fc = pol.seen[3]
+    assert obs.arrival_rps == pytest.approx(5, rel=0.5)
+    assert len(obs.history_rps) == 30 and [s.stage for s in obs.stages] == ["a", "b"]
+    assert obs.stages[0].replicas == 2 and fc.predictor == "last"
+    assert pol.seen[0][1].predictor == "warm-start"
+
+
+def test_series_adds_up():
+    arr = _arrivals(5, 60)
+    r = _run(arr, Fixed(replicas=2))
+    s = r.series
+    assert s.arrivals.sum() == r.requests and s.within_sla.sum() == pytest.approx(r.requests * r.sla_attainment)
+    d = s.to_dict(step_s=10)
+    assert len(d["arrivals"]) == 6 and sum(d["arrivals"]) == r.requests
+
+
+def test_synthetic_fixture_runs_with_fanout():
+    prof = load_profile(FIXTURE)
+    pol = Fixed(replicas=6, stages=prof.stages)
+    pol.decide = lambda o, f, c: Decision(tuple(  # noqa: E731
+        StageDecision(s, prof.for_stage(s)[0].variant, 1, 6, "cpu:1") for s in prof.stages))
+    r = simulate(prof, _arrivals(3, 60), pol, _last, SimConfig(5.0, 10.0, "reserved", 20.0, 0))
+    assert r.completed + r.dropped == r.requests and r.completed > 0
