@@ -1,0 +1,43 @@
+"""One local Ray + Serve for the whole integration session, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from varipipe.pipelines.server import free_port, start_ray
+
+
+@pytest.fixture(scope="session")
+def serve_port():
+    from ray import serve
+
+    owns = start_ray()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    if owns:
+        import ray
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def png_bytes():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 100, 50)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg():
+    from PIL import Image
+    from skimage import data
+
+    buf = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buf, "JPEG", quality=90)
+    return buf.getvalue()

@@ -1,0 +1,108 @@
+"""Pure parts of serving: config building, the stage core, metrics aggregation."""
+
+import gc
+
+import pytest
+
+from varipipe.pipelines.metrics import BatchRecord, MetricsAggregator, RequestRecord, StageTiming, percentile
+from varipipe.pipelines.serve_config import (
+    CONTROLLER,
+    INGRESS,
+    AppOptions,
+    build_app_config,
+    default_decision,
+    max_ongoing_for,
+    stage_deployment_name,
+)
+from varipipe.pipelines.stage import StageConfig, StageCore
+from varipipe.pipelines.variant import Payload
+from varipipe.records import Decision, StageDecision
+from varipipe.spec import find_spec
+
+
+@pytest.fixture
+def spec():
+    return find_spec("identity-chain")
+
+
+def _decision(first="fast", batch=4, replicas=1):
+    return Decision(stages=(StageDecision("first", first, batch, replicas, "cpu:1", 0.01),
+                            StageDecision("second", "fast", 2, 1, "cpu:1", 0.0)))
+
+
+def test_config_has_every_deployment_and_only_changes_what_changed(spec):
+    opts = AppOptions(pipeline="identity-chain")
+    a = build_app_config(opts, _decision(), 1, {"first": 1, "second": 1})
+    names = [d["name"] for d in a["deployments"]]
+    assert names == [INGRESS, CONTROLLER, stage_deployment_name("first"), stage_deployment_name("second")]
+    b = build_app_config(opts, _decision(batch=8), 2, {"first": 2, "second": 1})
+    da = {d["name"]: d for d in a["deployments"]}
+    db = {d["name"]: d for d in b["deployments"]}
+    assert da["stage-second"] == db["stage-second"]  # untouched: byte-for-byte the same
+    assert db["stage-first"]["user_config"]["max_batch_size"] == 8
+    assert db["stage-first"]["max_ongoing_requests"] >= 8
+    assert a["args"] == b["args"]  # args never change: changing them restarts replicas
+
+
+def test_max_ongoing_at_least_batch():
+    for b in (1, 4, 16, 64):
+        assert max_ongoing_for(b) >= b
+
+
+def test_default_decision_uses_default_variants(spec):
+    d = default_decision(spec)
+    assert [s.variant for s in d.stages] == ["fast", "fast"]
+
+
+def test_stage_core_switches_and_releases(spec):
+    core = StageCore(spec.stage("first"))
+    core.configure(StageConfig("fast", 4, 0.0, 1))
+    core.configure(StageConfig("slow", 2, 0.0, 2))
+    gc.collect()
+    st = core.status(0.0)
+    assert st.variant == "slow" and st.loaded_variants == ("slow",) and st.generation == 2 and not st.error
+    out = core.infer([Payload(), Payload()], [0.0, 0.0])
+    assert [p.trace[-1].variant for p in out] == ["slow", "slow"]
+    assert out[0].trace[-1].batch_size == 2
+
+
+def test_failed_load_keeps_old_variant(spec):
+    core = StageCore(spec.stage("second"))
+    core.configure(StageConfig("fast", 4, 0.0, 1))
+    core.configure(StageConfig("broken", 8, 0.0, 2))
+    st = core.status(0.0)
+    assert st.variant == "fast" and "broken" in st.error and st.generation == 2
+    assert st.max_batch_size == 4  # the old variant's settings stay with it
+    assert core.infer([Payload()])[0].trace[-1].variant == "fast"
+
+
+def test_failed_first_load_falls_back_to_default(spec):
+    core = StageCore(spec.stage("second"))
+    core.configure(StageConfig("broken", 2, 0.0, 1))
+    st = core.status(0.0)
+    assert st.variant == "fast" and "broken" in st.error
+
+
+def test_metrics_observation_and_prometheus():
+    m = MetricsAggregator("p", ["a", "b"], sla_s=0.1, start_time=100.0)
+    recs = [RequestRecord(100.0 + i * 0.1, 0.05, 200, (StageTiming("a", "x", 0.02, 2), StageTiming("b", "y", 0.03, 2)))
+            for i in range(20)]
+    recs.append(RequestRecord(101.0, 0.5, 200, ()))
+    recs.append(RequestRecord(101.5, 0.0, 400, ()))
+    m.add_requests(recs)
+    m.add_batches([BatchRecord("a", "x", 2, 0.01, 101.0)])
+    obs = m.observe(102.0)
+    assert obs.arrival_rps == pytest.approx(22 / 2.0)
+    assert obs.stages[0].arrival_rps == pytest.approx(10.0)
+    assert obs.e2e_p99_s == 0.5
+    text = m.prometheus_text().decode()
+    assert 'varipipe_sla_violations_total{pipeline="p"} 2.0' in text
+    assert 'varipipe_requests_total{pipeline="p",status="400"} 1.0' in text
+    assert m.observe(103.0).arrival_rps == 0.0  # a new window
+    assert m.history_rps(103.0)[-3:] == [10.0, 12.0, 0.0]
+
+
+def test_percentile():
+    assert percentile([], 99) == 0.0
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile(list(range(1, 101)), 99) == 99
