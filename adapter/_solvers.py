@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from varipipe.adapter.configurations import Configuration
 
+from varipipe.adapter.configurations import Configuration
 from varipipe.errors import SolverError, UnknownNameError
 
 __all__ = ["Problem", "Outcome", "SOLVERS", "available_solvers", "run_solver"]

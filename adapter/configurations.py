@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from varipipe.adapter.latency_model import fit_latency_model
-
 from varipipe.errors import UnknownNameError
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 

@@ -35,7 +35,6 @@ from typing import Protocol
 
 from varipipe.adapter.policy import Forecast, Policy
 from varipipe.adapter.predictors import Predictor
-
 from varipipe.errors import ConfigError
 from varipipe.records import Decision, Observation
 

@@ -39,7 +39,6 @@ from varipipe.adapter.configurations import (
     within_replica_limit,
 )
 from varipipe.adapter.explain import explain
-
 from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, Decision, DecisionStatus, Profile, StageDecision
 

@@ -32,7 +32,6 @@ from varipipe.adapter.configurations import (
 )
 from varipipe.adapter.optimizer import solve
 from varipipe.adapter.policy import Forecast, Policy, PolicyContext
-
 from varipipe.errors import ConfigError, UnknownNameError
 from varipipe.records import Decision, DecisionStatus, Observation, StageDecision
 

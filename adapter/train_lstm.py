@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from varipipe.adapter.lstm import (
     BUCKET_S,
     HIDDEN,

@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from varipipe.adapter.configurations import (
     Limits,
     Weights,
@@ -18,7 +19,6 @@ from varipipe.adapter.configurations import (
 from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.adapter.optimizer import available_solvers, objective_value, solve
 from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
-
 from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, DecisionStatus, Profile
 

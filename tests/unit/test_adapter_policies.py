@@ -1,0 +1,156 @@
+"""Policies: every name builds, decides by its rule, and user policies are checked."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from varipipe.adapter.policies import POLICIES, RAY_DEFAULTS, RayPolicy, make_policy
+from varipipe.adapter.policy import Forecast, Policy, PolicyContext
+from varipipe.adapter.synthetic import vision_caption_like
+from varipipe.errors import ConfigError, UnknownNameError
+from varipipe.records import (
+    SLA,
+    Decision,
+    DecisionStatus,
+    Observation,
+    StageDecision,
+    StageObservation,
+)
+
+PROFILE = vision_caption_like()
+CTX = PolicyContext(spec=None, profile=PROFILE, sla=SLA(3.0), cost_mode="shared", cluster_cores=2.0)
+EMPTY = Decision(stages=())
+
+
+def obs(rps: float, t: float = 100.0, queue: float = 0.0) -> Observation:
+    return Observation(time_s=t, interval_s=10.0, arrival_rps=rps,
+                       stages=tuple(StageObservation(s, rps, queue_length=queue) for s in PROFILE.stages))
+
+
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "oracle"])
+def test_every_policy_builds_and_decides(name):
+    p = make_policy(name, CTX)
+    assert isinstance(p, Policy) and p.name == name
+    d = p.decide(obs(0.5), Forecast(0.5), EMPTY)
+    assert [s.stage for s in d.stages] == list(PROFILE.stages)
+    assert d.policy == name and d.time_s == 100.0
+
+
+def test_unknown_policy_lists_known_names():
+    with pytest.raises(UnknownNameError) as e:
+        make_policy("magic", CTX)
+    assert "ipa" in str(e.value) and "module:Class" in str(e.value)
+
+
+def test_ipa_moves_to_faster_variants_when_load_rises():
+    p = make_policy("ipa", CTX)
+    low = p.decide(obs(0.3), Forecast(0.3), EMPTY)
+    high = p.decide(obs(1.5), Forecast(1.5), low)
+    assert low.status is DecisionStatus.OPTIMAL and high.status is DecisionStatus.OPTIMAL
+    assert low.predicted_accuracy > high.predicted_accuracy
+    assert low.stage("llm").variant == "gemma3-270m"
+
+
+def test_fa2_fixes_smallest_and_largest_variants():
+    low = make_policy("fa2-low", CTX).decide(obs(0.5), Forecast(0.5), EMPTY)
+    high = make_policy("fa2-high", CTX).decide(obs(0.5), Forecast(0.5), EMPTY)
+    assert [s.variant for s in low.stages] == ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"]
+    assert [s.variant for s in high.stages] == ["yolov3-tiny-608", "efficientnet-lite2", "gemma3-270m"]
+
+
+def test_rim_keeps_replicas_fixed():
+    d = make_policy("rim", CTX, replicas=2).decide(obs(1.0), Forecast(1.0), EMPTY)
+    assert all(s.replicas == 2 for s in d.stages)
+
+
+def test_static_returns_the_given_decision_priced():
+    fixed = Decision(stages=tuple(StageDecision(s, v, 1, 1) for s, v in
+                                  zip(PROFILE.stages, ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"], strict=True)))
+    p = make_policy("static", CTX, decision=fixed)
+    d = p.decide(obs(5.0), Forecast(5.0), EMPTY)
+    assert d.same_config(fixed) and d.status is DecisionStatus.FIXED
+    assert d.predicted_latency_s > 0 and "overloaded" in d.explanation  # 5 rps is far beyond one LLM replica
+
+
+def test_oracle_decides_on_the_true_future_peak():
+    trace = [0.2] * 100 + [1.5] * 10 + [0.2] * 100
+    p = make_policy("oracle", CTX, trace=trace)
+    before = p.decide(obs(0.2, t=95.0), Forecast(0.0), EMPTY)  # window 95..104 holds the 1.5 burst
+    calm = p.decide(obs(0.2, t=150.0), Forecast(9.0), EMPTY)  # forecast ignored
+    assert before.load_rps == 1.5 and calm.load_rps == 0.2
+
+
+def test_operator_pins_reach_solver_policies():
+    p = make_policy("ipa", CTX)
+    p.set_pinned({"llm": "smollm2-135m"})
+    assert p.decide(obs(0.3), Forecast(0.3), EMPTY).stage("llm").variant == "smollm2-135m"
+
+
+class _Mine:
+    def __init__(self, ctx, level=1):
+        self.name = "mine"
+        self.level = level
+
+    def decide(self, observation, forecast, current):
+        return current
+
+
+def test_user_policy_by_module_and_class(monkeypatch):
+    mod = types.ModuleType("my_policies")
+    mod.Mine = _Mine
+    mod.NotAPolicy = type("NotAPolicy", (), {"__init__": lambda self, ctx: None})
+    monkeypatch.setitem(sys.modules, "my_policies", mod)
+    p = make_policy("my_policies:Mine", CTX, level=3)
+    assert p.name == "mine" and p.level == 3
+    with pytest.raises(ConfigError, match="does not implement the Policy protocol"):
+        make_policy("my_policies:NotAPolicy", CTX)
+    with pytest.raises(ConfigError, match="has no attribute 'Gone'"):
+        make_policy("my_policies:Gone", CTX)
+    with pytest.raises(ConfigError, match="cannot import module"):
+        make_policy("no_such_module_xyz:Thing", CTX)
+
+
+# ---------------------------------------------------------------------- ray
+
+
+def test_ray_autoscaling_config_uses_ray_defaults():
+    cfg = make_policy("ray", CTX).autoscaling_config()
+    assert cfg["target_ongoing_requests"] == 2 and cfg["upscale_delay_s"] == 30.0
+    assert cfg["downscale_delay_s"] == 600.0 and cfg["max_replicas"] == CTX.max_replicas
+    assert set(cfg) >= {"min_replicas", "max_replicas", "target_ongoing_requests"}
+    with pytest.raises(ConfigError, match="bogus"):
+        RayPolicy(CTX, bogus=1)
+
+
+def test_ray_scales_up_only_after_the_upscale_delay():
+    p = make_policy("ray", CTX)  # interval 10 s, upscale delay 30 s: the 4th consecutive wish applies
+    current = EMPTY
+    replicas = []
+    for _ in range(5):
+        current = p.decide(obs(1.0, queue=8.0), Forecast(0.0), current)
+        replicas.append(current.stage("llm").replicas)
+    assert replicas == [1, 1, 1, 4, 4]  # 8 ongoing / target 2 = 4
+    assert all(s.variant == current.stage(s.stage).variant for s in current.stages)
+
+
+def test_ray_scales_down_after_the_downscale_delay_and_resets_on_direction_change():
+    p = make_policy("ray", CTX, downscale_delay_s=20.0)
+    current = Decision(stages=tuple(StageDecision(s, v, 1, 4) for s, v in
+                                    zip(PROFILE.stages, ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"], strict=True)))
+    current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
+    current = p.decide(obs(0.1, queue=20.0), Forecast(0.0), current)  # up wish resets the down counter
+    for _ in range(2):
+        current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
+    assert current.stage("llm").replicas == 4
+    current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
+    assert current.stage("llm").replicas == RAY_DEFAULTS["min_replicas"]
+
+
+def test_ray_desired_matches_rays_rule():
+    p = RayPolicy(CTX)
+    assert p.desired(ongoing=7.0, current=1) == 4  # ceil(7 / 2)
+    assert p.desired(ongoing=0.0, current=3) == 1  # bounded by min_replicas
+    assert p.desired(ongoing=100.0, current=1) == CTX.max_replicas
