@@ -30,6 +30,7 @@ __all__ = [
     "replay_sync",
     "load_image",
     "read_records",
+    "arrivals_from_log",
     "SAMPLE_IMAGES",
 ]
 
@@ -276,3 +277,9 @@ def format_summary(s: ReplaySummary) -> str:
         f"ok {s.ok}, errors {s.errors} {s.status_counts}; latency p50 {s.latency_p50_s * 1e3:.1f} ms, "
         f"p99 {s.latency_p99_s * 1e3:.1f} ms"
     )
+
+
+def arrivals_from_log(path: str | Path) -> np.ndarray:
+    """Send times of a replayer log, sorted and shifted to start at 0: simulator arrivals."""
+    sent = np.sort(np.array([r.sent_s for r in read_records(path)], dtype=np.float64))
+    return sent - sent[0] if len(sent) else sent

@@ -1,0 +1,99 @@
+"""One simulated run of one policy: build the policy and forecaster, then simulate.
+
+Shared by ``varipipe simulate`` and the experiment runner so both wire the
+adapter's policies and predictors the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from varipipe.adapter.policy import PolicyContext
+from varipipe.loadgen.simulator import (
+    RequestTable,
+    SimConfig,
+    SimResult,
+    predictor_forecaster,
+    simulate,
+)
+from varipipe.records import SLA, Profile
+
+__all__ = ["SimSettings", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
+
+# The live control loop's default predictor (adapter/predictors.py: the peak of the last interval).
+DEFAULT_PREDICTOR = "reactive"
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """Everything a simulated run needs besides the profile, arrivals and policy name."""
+
+    sla_s: float
+    interval_s: float = 10.0
+    cost_mode: str = "shared"
+    cluster_cores: float = 2.0
+    max_replicas: int | None = None  # None: as many as the cluster's cores allow
+    seed: int = 0
+    predictor: str = DEFAULT_PREDICTOR
+    policy_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def sim_config(self) -> SimConfig:
+        return SimConfig(self.sla_s, self.interval_s, self.cost_mode, self.cluster_cores, self.seed)
+
+    def replica_cap(self) -> int:
+        return self.max_replicas or max(int(self.cluster_cores), 1)
+
+
+def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> dict[str, Any]:
+    opts = dict(settings.policy_options)
+    if name == "ray":  # Ray's rule has no solver options
+        opts = {k: v for k, v in opts.items() if k not in ("solver", "objective", "accuracy", "weights")}
+    if name == "oracle":  # the true per-second arrivals of this very run
+        seconds = int(np.ceil(arrivals[-1])) + 1 if len(arrivals) else 1
+        opts["trace"] = np.bincount(arrivals.astype(np.int64), minlength=seconds).astype(np.float64)
+    return opts
+
+
+def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, settings: SimSettings,
+               keep_table: bool = False) -> SimResult:
+    """Simulate ``arrivals`` under the adapter's policy ``policy_name``."""
+    from varipipe.adapter.policies import make_policy
+    from varipipe.adapter.predictors import make_predictor
+
+    ctx = PolicyContext(spec=None, profile=profile, sla=SLA(settings.sla_s), cost_mode=settings.cost_mode,
+                        cluster_cores=settings.cluster_cores, max_replicas=settings.replica_cap(),
+                        interval_s=settings.interval_s)
+    policy = make_policy(policy_name, ctx, **_policy_options(policy_name, settings, arrivals))
+    forecaster = predictor_forecaster(make_predictor(settings.predictor), horizon_s=settings.interval_s)
+    return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table)
+
+
+def write_request_table(table: RequestTable, path: str | Path) -> None:
+    """One CSV row per request: arrival, completion or drop, accuracy, and per stage when it
+    entered, when it finished and the batch it joined (for a fan-out stage: its first item's
+    batch and its last item's completion)."""
+    n = len(table.arrival_s)
+    cols: dict[str, np.ndarray] = {"request": np.arange(n), "arrival_s": table.arrival_s, "done_s": table.done_s,
+                                   "dropped": table.dropped.astype(int), "accuracy": table.accuracy}
+    for name, parent, arr, done, batch in zip(table.stage_names, table.item_parent, table.item_arrival_s,
+                                              table.item_done_s, table.item_batch, strict=True):
+        first = np.searchsorted(parent, np.arange(n))
+        has = first < len(parent)
+        has[has] = parent[first[has]] == np.arange(n)[has]
+        idx = np.minimum(first, max(len(parent) - 1, 0))
+        last_done = np.full(n, -np.inf)
+        np.maximum.at(last_done, parent, np.nan_to_num(done, nan=-np.inf))
+        cols[f"{name}_in_s"] = np.where(has, arr[idx], np.nan)
+        cols[f"{name}_done_s"] = np.where(has & np.isfinite(last_done), last_done, np.nan)
+        cols[f"{name}_batch"] = np.where(has, batch[idx], -1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(list(cols))
+        w.writerows(zip(*(c.tolist() for c in cols.values()), strict=True))
