@@ -29,6 +29,7 @@ __all__ = [
     "bursty_trace",
     "arrival_times",
     "counts_per_second",
+    "shape_tick",
 ]
 
 # How requests are placed within each second: Poisson process (exponential gaps),
@@ -223,3 +224,14 @@ def arrival_times(trace: Trace, process: str = "poisson", seed: int = 0) -> np.n
         return seconds + rank / np.repeat(np.maximum(counts, 1), counts)
     rng = np.random.default_rng(seed + 1)
     return np.sort(seconds + rng.random(total))
+
+
+def shape_tick(rates: np.ndarray, elapsed_s: float, per_user_rps: float) -> tuple[int, float] | None:
+    """Locust ``LoadTestShape.tick`` for a trace: users so that each, pacing ``per_user_rps``
+    requests per second, together send the trace's rate; ``None`` ends the test."""
+    i = int(elapsed_s)
+    if i >= len(rates):
+        return None
+    users = math.ceil(float(rates[i]) / per_user_rps - 1e-9)
+    # Spawn the whole step within one second so the rate follows the trace second by second.
+    return users, float(max(users, 1))

@@ -118,3 +118,13 @@ def test_poisson_counts_follow_rate_and_seed():
     assert not np.array_equal(a[:50], arrival_times(t, "poisson", seed=2)[:50])
     per_sec = np.bincount(a.astype(int), minlength=2000)
     assert np.array_equal(per_sec, counts_per_second(t, "poisson", seed=1))
+
+
+def test_shape_tick_follows_rates():
+    from varipipe.loadgen.traces import shape_tick
+
+    rates = np.array([1.0, 2.5, 0.0])
+    assert shape_tick(rates, 0.5, 0.5) == (2, 2.0)
+    assert shape_tick(rates, 1.2, 0.5) == (5, 5.0)
+    assert shape_tick(rates, 2.0, 0.5)[0] == 0
+    assert shape_tick(rates, 3.0, 0.5) is None
