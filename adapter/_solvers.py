@@ -225,38 +225,80 @@ def _pareto(lat: np.ndarray, cost: np.ndarray, acc: np.ndarray, score: np.ndarra
     return np.asarray(kept, dtype=int)
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """One stage's options as arrays (latency, cost, accuracy term, score)."""
+
+    lat: np.ndarray
+    cost: np.ndarray
+    acc: np.ndarray
+    score: np.ndarray
+
+
+def _arrays(problem: Problem, use_acc: bool) -> list[_Stage]:
+    out = []
+    for stage in problem.stages:
+        opts = problem.options[stage]
+        out.append(_Stage(np.array([c.latency_s for c in opts]), np.array([c.cost for c in opts]),
+                          np.array([problem.acc_terms[c.key] if use_acc else 0.0 for c in opts]),
+                          np.array([problem.score[c.key] for c in opts])))
+    return out
+
+
+def _suffix(values: list[float]) -> np.ndarray:
+    """``out[i]`` = sum of ``values[i+1:]``: what the stages after i add at best."""
+    return np.append(np.cumsum(values[::-1])[::-1][1:], 0.0)
+
+
+def _greedy_paths(stages: list[_Stage]) -> list[tuple[np.ndarray, ...]]:
+    """Suffix sums (lat, cost, acc, score) of two simple completions: fastest and cheapest."""
+    paths = []
+    for key in ("lat", "cost"):
+        picks = [int(np.lexsort((st.lat if key == "cost" else st.cost, getattr(st, key)))[0]) for st in stages]
+        paths.append(tuple(_suffix([getattr(st, f)[i] for st, i in zip(stages, picks, strict=True)])
+                           for f in ("lat", "cost", "acc", "score")))
+    return paths
+
+
 def _solve_dp(problem: Problem) -> dict[str, Configuration] | None:
-    """Exact dynamic program over stages keeping the Pareto front of partial choices."""
+    """Exact dynamic program over stages keeping the Pareto front of partial choices.
+
+    Partial choices are dropped when even the best completion cannot meet a bound
+    (fastest remaining latency, cheapest remaining cost, most accurate remaining
+    accuracy), or cannot beat an incumbent found by completing states greedily.
+    """
     sla = problem.sla_s if problem.sla_s is not None else math.inf
     bound = problem.cost_bound
     use_acc = problem.accuracy_floor is not None
-    lat = np.zeros(1)
-    cost = np.zeros(1)
-    acc = np.zeros(1)
-    score = np.zeros(1)
+    floor = problem.accuracy_floor if use_acc else -math.inf
+    stages = _arrays(problem, use_acc)
+    min_lat = _suffix([st.lat.min() for st in stages])
+    min_cost = _suffix([st.cost.min() for st in stages])
+    max_acc = _suffix([st.acc.max() for st in stages])
+    max_score = _suffix([st.score.max() for st in stages])
+    paths = _greedy_paths(stages)
+    incumbent = -math.inf
+    lat, cost, acc, score = np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1)
     back: list[np.ndarray] = []  # per stage: (parent state, option index) of each state
-    for stage in problem.stages:
-        opts = problem.options[stage]
-        o_lat = np.array([c.latency_s for c in opts])
-        o_cost = np.array([c.cost for c in opts])
-        o_acc = np.array([problem.acc_terms[c.key] if use_acc else 0.0 for c in opts])
-        o_score = np.array([problem.score[c.key] for c in opts])
-        n_lat = (lat[:, None] + o_lat[None, :]).ravel()
-        n_cost = (cost[:, None] + o_cost[None, :]).ravel()
-        n_acc = (acc[:, None] + o_acc[None, :]).ravel()
-        n_score = (score[:, None] + o_score[None, :]).ravel()
-        ok = np.flatnonzero((n_lat <= sla + TOLERANCE) & (n_cost <= bound + TOLERANCE))
+    for i, st in enumerate(stages):
+        n_lat = (lat[:, None] + st.lat[None, :]).ravel()
+        n_cost = (cost[:, None] + st.cost[None, :]).ravel()
+        n_acc = (acc[:, None] + st.acc[None, :]).ravel()
+        n_score = (score[:, None] + st.score[None, :]).ravel()
+        for p_lat, p_cost, p_acc, p_score in paths:
+            done = ((n_lat + p_lat[i] <= sla + TOLERANCE) & (n_cost + p_cost[i] <= bound + TOLERANCE)
+                    & (n_acc + p_acc[i] >= floor - TOLERANCE))
+            if done.any():
+                incumbent = max(incumbent, float((n_score[done] + p_score[i]).max()))
+        ok = np.flatnonzero((n_lat + min_lat[i] <= sla + TOLERANCE) & (n_cost + min_cost[i] <= bound + TOLERANCE)
+                            & (n_acc + max_acc[i] >= floor - TOLERANCE)
+                            & (n_score + max_score[i] >= incumbent - TOLERANCE))
         if ok.size == 0:
             return None
         keep = ok[_pareto(n_lat[ok], n_cost[ok], n_acc[ok], n_score[ok])]
         lat, cost, acc, score = n_lat[keep], n_cost[keep], n_acc[keep], n_score[keep]
-        back.append(np.stack([keep // len(opts), keep % len(opts)], axis=1))
-    final = np.arange(len(score))
-    if use_acc:
-        final = final[acc >= problem.accuracy_floor - TOLERANCE]
-        if final.size == 0:
-            return None
-    state = int(final[np.argmax(score[final])])
+        back.append(np.stack([keep // len(st.lat), keep % len(st.lat)], axis=1))
+    state = int(np.argmax(score))
     chosen: dict[str, Configuration] = {}
     for stage, table in zip(reversed(problem.stages), reversed(back), strict=True):
         parent, option = table[state]
