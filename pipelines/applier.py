@@ -104,10 +104,16 @@ class ServeApplier:
         return ApplyResult(self.generation, changed, seconds)
 
     def _roll_back(self, previous) -> None:
+        failed = self.current
         self.current, self.generation, self.stage_generation = previous
-        if self.current is not None:
-            self.generation += 1
-            self._deploy(self.config_for(self.current))
+        if self.current is None or failed is None:
+            return
+        self.generation += 1
+        changed = tuple(s.stage for s in self.current.stages if not s.same_config(failed.stage(s.stage)))
+        for stage in changed:
+            self.stage_generation[stage] = self.generation
+        self._deploy(self.config_for(self.current))
+        self._wait(self.current, changed)
 
     def _wait(self, decision: Decision, changed: tuple[str, ...]) -> list[str]:
         """Block until the changed stages run the new config; return replica errors."""
@@ -132,8 +138,10 @@ class ServeApplier:
         ctrl = status.deployments.get(CONTROLLER)
         if ctrl is None or ctrl.replica_states.get("RUNNING", 0) < 1:
             return False, []
-        reports = serve.get_deployment_handle(CONTROLLER, self.opts.app_name).replicas.remote().result()
-        errors, ready = [], True
+        controller = serve.get_deployment_handle(CONTROLLER, self.opts.app_name)
+        reports = controller.replicas.remote().result()
+        errors = []
+        ready = controller.config.remote().result()["generation"] == self.generation
         for s in decision.stages:
             dep = status.deployments.get(stage_deployment_name(s.stage))
             running = dep.replica_states.get("RUNNING", 0) if dep else 0
