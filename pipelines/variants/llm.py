@@ -1,0 +1,150 @@
+"""Caption LLM variants (SmolLM2-135M-Instruct, Gemma-3-270M) on llama-cpp-python.
+
+The LLM writes one short sentence describing the scene from the labels the
+upstream stages found (collected through their outputs' ``labels()``).
+Decoding is greedy and the KV cache is reset before every request, so the
+same labels always give the same sentence, alone or in a batch.
+
+llama.cpp generates one sequence at a time: ``native_batching: false`` in the
+spec, and ``infer`` loops over the batch. Batching still saves the per-call
+overhead of serving, nothing per token; the batching benchmark shows it.
+
+Spec params: ``model`` (weights name), ``max_tokens`` (the token budget is part
+of the variant), ``prompt_style`` ("chatml" for instruction-tuned models,
+"completion" for base models), ``n_ctx``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from varipipe.errors import SpecError
+from varipipe.pipelines.models import model_files
+from varipipe.pipelines.variant import Payload, StageOutput
+from varipipe.pipelines.variants._base import ModelVariant
+from varipipe.pipelines.variants.outputs import Caption, collect_labels
+from varipipe.records import VariantSpec
+
+__all__ = ["LlamaCaptioner", "make", "build_prompt", "first_sentence", "prompt_labels", "PRIMER"]
+
+# The answer is started for the model: it keeps small models on topic and makes even an
+# 8-token budget yield a sentence about the scene. The primer is part of the caption.
+PRIMER = "The photo shows"
+MAX_PROMPT_LABELS = 5  # more labels than this only lengthen the prompt of a one-sentence caption
+MAX_TOKENS = 24  # default budget: one short sentence of a caption
+N_CTX = 512  # context tokens: prompt (< 100 tokens) plus the answer, with room to spare
+SEED = 0  # fixed; greedy decoding does not sample, but llama.cpp wants a seed
+NOTHING_FOUND = "nothing recognisable"
+STYLES = ("chatml", "completion")
+# Stop at the end of the first sentence or turn: a caption is one sentence, and a base
+# model would otherwise spend the whole token budget on more.
+_STOP = [".", "!", "?", "\n", "<|im_end|>", "<end_of_turn>"]
+_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+_construct_lock = threading.Lock()
+
+
+def prompt_labels(payload: Payload) -> list[str]:
+    """What the caption is about: upstream labels, else the request's text, else a placeholder."""
+    labels = collect_labels(payload.outputs)[:MAX_PROMPT_LABELS]
+    if labels:
+        return labels
+    if payload.text:
+        return [payload.text.strip()]
+    return [NOTHING_FOUND]
+
+
+def build_prompt(labels: Sequence[str], style: str) -> str:
+    """The prompt for one caption, ending with ``PRIMER`` so the model continues the sentence."""
+    things = ", ".join(labels)
+    if style == "chatml":  # SmolLM2-Instruct's chat template (ChatML)
+        return (
+            "<|im_start|>system\nYou are a helpful assistant that describes photos in one short sentence.<|im_end|>\n"
+            f"<|im_start|>user\nA photo contains: {things}. Describe the photo in one short sentence.<|im_end|>\n"
+            f"<|im_start|>assistant\n{PRIMER}"
+        )
+    if style == "completion":  # a base model continues text; no chat template
+        return f"Objects in the photo: {things}.\nOne-sentence caption of the photo: {PRIMER}"
+    raise ValueError(f"prompt_style must be one of {STYLES}, got {style!r}")
+
+
+def first_sentence(generated: str, stopped: bool = False) -> str:
+    """PRIMER + the generated text, cut after the first sentence; a full stop where it stopped."""
+    text = " ".join(f"{PRIMER}{generated}".split())
+    end = _SENTENCE_END.search(text)
+    if end:
+        return text[: end.start() + 1]
+    return f"{text}." if stopped else text
+
+
+@contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """Load with llama.cpp's extra CPU buffer types (AMX, repack) switched off.
+
+    ggml built with GGML_NATIVE on an AMX-capable CPU repacks weights for AMX
+    tiles; where the kernel or sandbox does not grant AMX state to the process
+    the first large matmul dies with SIGILL (seen on this machine kind).
+    llama-cpp-python exposes ``use_extra_bufts`` only through the default
+    params, so they are patched for the duration of the constructor.
+    """
+    import llama_cpp.llama as llama_module
+
+    lib = llama_module.llama_cpp
+    original = lib.llama_model_default_params
+
+    def defaults():  # type: ignore[no-untyped-def]
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    with _construct_lock:
+        lib.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
+
+
+class LlamaCaptioner(ModelVariant):
+    """One GGUF model with its token budget; ``infer`` generates one caption per request, in turn."""
+
+    def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
+        super().__init__(spec, threads, device)
+        self.max_tokens = int(self.param("max_tokens", MAX_TOKENS))
+        self.style = str(self.param("prompt_style", "chatml"))
+        if self.style not in STYLES:
+            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.prompt_style",
+                            f"must be one of {STYLES}, got {self.style!r}")
+        self.n_ctx = int(self.param("n_ctx", N_CTX))
+
+    def load(self) -> None:
+        from llama_cpp import Llama
+
+        files = model_files(self.model_name())
+        with _without_extra_buffers():
+            self._model = Llama(model_path=str(files.weights), n_ctx=self.n_ctx, n_threads=self.threads,
+                                n_threads_batch=self.threads, seed=SEED, verbose=False)
+
+    def unload(self) -> None:
+        if self._model is not None:
+            self._model.close()  # frees the llama.cpp context and weights now, not at GC time
+        super().unload()
+
+    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        llm = self._require_loaded()
+        return [self._caption(llm, p) for p in batch]  # llama.cpp: one sequence at a time
+
+    def _caption(self, llm, payload: Payload) -> Caption:  # type: ignore[no-untyped-def]
+        labels = prompt_labels(payload)
+        llm.reset()  # no KV reuse across requests: outputs independent of batch order
+        result = llm.create_completion(build_prompt(labels, self.style), max_tokens=self.max_tokens,
+                                       temperature=0.0, top_k=1, repeat_penalty=1.0, stop=_STOP)
+        choice = result["choices"][0]
+        text = first_sentence(choice["text"], stopped=choice["finish_reason"] == "stop")
+        return Caption(text, int(result["usage"]["completion_tokens"]), tuple(labels))
+
+
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> LlamaCaptioner:
+    return LlamaCaptioner(spec, threads=threads, device=device)
