@@ -8,7 +8,11 @@ persists the applied decision across restarts. No Ray here.
 
 Behaviour:
 
-* ``apply`` is called only when the decision differs from the applied one.
+* ``apply`` is called only when the decision differs from the applied one in
+  a stage's variant, batch, replicas or hardware. A batch-wait change alone is
+  not applied: at higher load batches fill before the old timeout, at lower
+  load the old (shorter) timeout only fires smaller batches sooner; neither
+  breaks the SLA, and re-applying every interval for it would churn.
 * Hysteresis: a move to a decision sized for *less* load that is also no
   faster (a slower, more accurate or smaller configuration) waits until such
   a move has been proposed ``hold_intervals`` times in a row, or the forecast
@@ -128,6 +132,14 @@ class LoopStatus:
     held_steps: int = 0
 
 
+def _same_shape(a: Decision, b: Decision | None) -> bool:
+    """Same variant, batch, replicas and hardware in every stage (batch wait ignored)."""
+    if b is None or len(a.stages) != len(b.stages):
+        return False
+    return all((x.stage, x.variant, x.batch, x.replicas, x.hardware) == (y.stage, y.variant, y.batch, y.replicas, y.hardware)
+               for x, y in zip(a.stages, b.stages, strict=True))
+
+
 class ControlLoop:
     """Runs a policy against a live or simulated pipeline; see the module docstring."""
 
@@ -238,7 +250,7 @@ class ControlLoop:
         except Exception as e:
             self._record_error(f"{phase} failed: {type(e).__name__}: {e}", t)
             return LoopEntry(t, "failed", None, note=f"{phase}: {e}")
-        if new.same_config(self.applied):
+        if _same_shape(new, self.applied):
             self._held, self._failures = 0, 0
             return LoopEntry(t, "unchanged", new, forecast.rps)
         if self.dry_run:

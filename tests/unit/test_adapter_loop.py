@@ -83,6 +83,14 @@ def test_apply_only_when_the_decision_changes():
     assert h.policy.seen_current[1] is FAST  # the policy sees what is applied
 
 
+def test_batch_wait_only_change_is_not_applied():
+    import dataclasses
+
+    other_wait = dataclasses.replace(FAST, stages=(dataclasses.replace(FAST.stages[0], batch_wait_s=0.05),))
+    h = Harness([FAST, other_wait])
+    assert [h.loop.step().action for _ in range(2)] == ["applied", "unchanged"]
+
+
 def test_faster_move_is_immediate_slower_move_waits_for_hold_intervals():
     h = Harness([SLOW, FAST, decision("accurate", 18, 0.5), decision("accurate", 18, 0.5),
                  decision("accurate", 18, 0.5)], hold_intervals=3, load_drop_fraction=0.9)
