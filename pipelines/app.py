@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+
 from varipipe.pipelines.controller_logic import ControllerState
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.ingress_logic import IngressCore
@@ -23,7 +24,6 @@ from varipipe.pipelines.metrics import BatchRecord
 from varipipe.pipelines.serve_config import CONTROLLER, INGRESS, AppOptions, stage_deployment_name
 from varipipe.pipelines.stage import StageConfig, StageCore
 from varipipe.pipelines.variant import Payload
-
 from varipipe.spec import find_spec
 
 __all__ = ["build_app"]

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.serve_config import (
     CONTROLLER,
     AppOptions,
     build_app_config,
     stage_deployment_name,
 )
-
-from varipipe.errors import ReconfigurationError
 from varipipe.records import Decision
 
 __all__ = ["ApplyResult", "ServeApplier", "deploy_config"]

@@ -13,13 +13,11 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
-from varipipe.pipelines.metrics import MetricsAggregator
+from varipipe.pipelines.metrics import MetricsAggregator, merge_observations
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.stage import ReplicaStatus
-
 from varipipe.records import Decision, Observation
 from varipipe.spec import find_spec
 
@@ -45,14 +43,18 @@ class ControllerState:
         self.metrics = MetricsAggregator(self.spec.name, self.spec.stage_names, self.sla_s, clock())
         self.decision: Decision | None = None
         self.generation = -1
+        self.stage_generation: dict[str, int] = {}
         self.decision_log: deque[dict[str, Any]] = deque(maxlen=DECISION_LOG_LEN)
         self.replicas: dict[str, ReplicaStatus] = {}
         self.history: deque[Observation] = deque(maxlen=HISTORY_LEN)
         self.lock = threading.RLock()
         self.loop = None  # the adapter's control loop, when a policy is configured
         self.loop_error = ""
+        self._ticks = 0  # windows closed so far
+        self._loop_cursor = 0  # windows already handed to the loop
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_threads = start_thread
         if start_thread:
             self._thread = threading.Thread(target=self._run, name="varipipe-controller", daemon=True)
             self._thread.start()
@@ -64,6 +66,7 @@ class ControllerState:
             previous = self.decision
             self.decision = decision
             self.generation = int(user_config.get("generation", 0))
+            self.stage_generation = {k: int(v) for k, v in user_config.get("stage_generation", {}).items()}
             self.metrics.set_decision(decision, previous)
             self.decision_log.append({
                 "time": self.clock(), "generation": self.generation,
@@ -72,6 +75,51 @@ class ControllerState:
                 "reason": decision.reason, "explanation": decision.explanation,
             })
         log.info("decision %d: %s (%s)", self.generation, _summary(decision), decision.reason)
+        if previous is None and self.opts.policy and self.loop is None and not self.loop_error:
+            self._start_loop(decision)
+
+    # --- the adapter --------------------------------------------------------------
+    def _start_loop(self, initial: Decision) -> None:
+        try:
+            self.loop = build_loop(self.opts, self.spec, self.sla_s, initial, self._apply, self._observe_interval,
+                                   self.clock)
+        except Exception as e:  # noqa: BLE001 - a bad policy/profile must not stop serving
+            self.loop_error = f"adapter not started: {type(e).__name__}: {e}"
+            log.error(self.loop_error)
+            return
+        if self.loop is None:
+            return
+        if self._start_threads:
+            threading.Thread(target=self._run_loop, name="varipipe-adapter", daemon=True).start()
+
+    def _run_loop(self) -> None:
+        while not self._stop.wait(self.opts.interval_s):
+            self.loop_step()
+
+    def loop_step(self):
+        entry = self.loop.step()
+        if entry.action == "failed":
+            self.metrics.loop_error()
+        return entry
+
+    def _observe_interval(self) -> Observation:
+        with self.lock:
+            new = self._ticks - self._loop_cursor
+            self._loop_cursor = self._ticks
+            windows = list(self.history)[-new:] if new > 0 else []
+            history = self.metrics.history_rps(self.clock())
+        if not windows:
+            raise RuntimeError("no metrics window closed since the last step")
+        return merge_observations(windows, history)
+
+    def _apply(self, decision: Decision) -> None:
+        from varipipe.pipelines.applier import ServeApplier
+
+        applier = ServeApplier(self.opts)
+        with self.lock:  # continue from the config that is live now, whoever applied it
+            applier.current, applier.generation = self.decision, self.generation
+            applier.stage_generation = dict(self.stage_generation)
+        applier.apply(decision)
 
     # --- replicas -----------------------------------------------------------------
     def report_replica(self, status: ReplicaStatus) -> None:
@@ -103,8 +151,15 @@ class ControllerState:
     def _loop_status(self) -> dict[str, Any]:
         if self.loop is None:
             return {"enabled": False, "error": self.loop_error}
-        status = self.loop.status()
-        return {"enabled": True, **(asdict(status) if hasattr(status, "__dataclass_fields__") else dict(status))}
+        st = self.loop.status()
+        return {
+            "enabled": True, "policy": self.opts.policy, "predictor": self.opts.predictor,
+            "interval_s": self.opts.interval_s, "dry_run": st.dry_run, "pins": dict(st.pins),
+            "steps": st.steps, "applies": st.applies, "held_steps": st.held_steps,
+            "last_step_time_s": st.last_step_time_s, "last_error": st.last_error,
+            "last_error_time_s": st.last_error_time_s, "consecutive_failures": st.consecutive_failures,
+            "log": [e.to_dict() for e in self.loop.log()[-20:]],
+        }
 
     def control(self, action: str, value: Any = None) -> dict[str, Any]:
         if self.loop is None:
@@ -121,6 +176,7 @@ class ControllerState:
         with self.lock:
             obs = self.metrics.observe(self.clock())
             self.history.append(obs)
+            self._ticks += 1
         return obs
 
     def _run(self) -> None:
@@ -132,6 +188,29 @@ class ControllerState:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def build_loop(opts: AppOptions, spec, sla_s: float, initial: Decision, apply, observe, clock):
+    """The adapter's ControlLoop for ``opts.policy``; None for ``ray`` (Ray Serve scales itself)."""
+    from pathlib import Path
+
+    from varipipe.adapter.loop import ControlLoop, FileDecisionStore
+    from varipipe.adapter.policies import make_policy
+    from varipipe.adapter.policy import PolicyContext
+    from varipipe.adapter.predictors import make_predictor
+    from varipipe.profiler.store import default_profile_path, load_profile
+    from varipipe.records import SLA
+
+    profile = load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
+    ctx = PolicyContext(spec, profile, SLA(sla_s), opts.cost_mode, opts.cluster_cores, opts.max_replicas,
+                        opts.interval_s)
+    policy = make_policy(opts.policy, ctx, **opts.policy_options)
+    if hasattr(policy, "autoscaling_config"):
+        log.info("policy %s: Ray Serve's own autoscaler scales the stages; no varipipe loop", opts.policy)
+        return None
+    store = FileDecisionStore(Path(opts.state_file)) if opts.state_file else None
+    return ControlLoop(policy, make_predictor(opts.predictor), apply=apply, observe=observe, clock=clock,
+                       store=store, initial=initial, dry_run=opts.dry_run, pins=opts.pins)
 
 
 def _summary(d: Decision | None) -> str:

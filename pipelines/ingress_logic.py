@@ -20,12 +20,12 @@ import uuid
 from typing import Any
 
 from fastapi import Request
+
+from varipipe.errors import BadInputError
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.images import MAX_BYTES, decode_image
 from varipipe.pipelines.metrics import RequestRecord, StageTiming
 from varipipe.pipelines.variant import Payload
-
-from varipipe.errors import BadInputError
 from varipipe.records import PipelineSpec
 
 __all__ = ["IngressCore", "DEADLINE_HEADER"]

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from varipipe.records import Decision, Observation, StageObservation
 
-__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "MetricsAggregator", "percentile"]
+__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "MetricsAggregator", "merge_observations", "percentile"]
 
 # Latency buckets (s): 5 ms .. 60 s, roughly x2 apart, covering an identity stage
 # (~1 ms) to a full LLM caption on two cores (seconds).
@@ -212,3 +212,34 @@ class MetricsAggregator:
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merge_observations(windows: Sequence[Observation], history_rps: Sequence[float] = ()) -> Observation:
+    """Combine consecutive short windows into one interval's observation.
+
+    Rates are time-weighted means; a p99 over several windows is approximated by
+    the largest window p99 (an upper bound, the safe side for an adapter).
+    """
+    if not windows:
+        raise ValueError("no windows to merge")
+    total = sum(w.interval_s for w in windows) or 1e-9
+    stages = []
+    for i, s in enumerate(windows[-1].stages):
+        per = [w.stages[i] for w in windows if i < len(w.stages) and w.stages[i].stage == s.stage]
+        stages.append(StageObservation(
+            stage=s.stage,
+            arrival_rps=sum(p.arrival_rps * w.interval_s for p, w in zip(per, windows, strict=False)) / total,
+            queue_length=per[-1].queue_length,
+            p99_latency_s=max(p.p99_latency_s for p in per),
+            drops=sum(p.drops for p in per),
+            replicas=per[-1].replicas,
+        ))
+    return Observation(
+        time_s=windows[-1].time_s,
+        interval_s=total,
+        arrival_rps=sum(w.arrival_rps * w.interval_s for w in windows) / total,
+        stages=tuple(stages),
+        e2e_p99_s=max(w.e2e_p99_s for w in windows),
+        drops=sum(w.drops for w in windows),
+        history_rps=tuple(history_rps),
+    )

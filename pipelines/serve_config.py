@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from varipipe.pipelines.stage import StageConfig
-
 from varipipe.records import Decision, PipelineSpec, StageDecision
 
 __all__ = [
@@ -135,7 +134,8 @@ def build_app_config(
             "name": CONTROLLER,
             "num_replicas": 1,
             "max_ongoing_requests": INGRESS_MAX_ONGOING,
-            "user_config": {"decision": decision.to_dict(), "generation": generation},
+            "user_config": {"decision": decision.to_dict(), "generation": generation,
+                            "stage_generation": dict(stage_generation)},
         },
         *(
             _stage_deployment(s, stage_generation.get(s.stage, generation), autoscaling.get(s.stage))

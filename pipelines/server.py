@@ -16,10 +16,10 @@ import time
 from typing import Any
 
 import httpx
-from varipipe.pipelines.applier import ApplyResult, ServeApplier
-from varipipe.pipelines.serve_config import AppOptions, default_decision
 
 from varipipe.errors import VaripipeError
+from varipipe.pipelines.applier import ApplyResult, ServeApplier
+from varipipe.pipelines.serve_config import AppOptions, default_decision
 from varipipe.records import Decision
 from varipipe.spec import find_spec
 
@@ -62,6 +62,21 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def ray_autoscaling(opts: AppOptions, spec) -> dict[str, dict[str, Any]] | None:
+    """Per-stage Ray Serve ``autoscaling_config`` when the policy is ``ray``, else None."""
+    if opts.policy != "ray":
+        return None
+    from varipipe.adapter.policies import make_policy
+    from varipipe.adapter.policy import PolicyContext
+    from varipipe.records import SLA, Profile
+
+    # The ray policy needs no profile to say how Ray should scale.
+    ctx = PolicyContext(spec, Profile(spec.name, ()), SLA(opts.sla_s or spec.sla.latency_s), opts.cost_mode,
+                        opts.cluster_cores, opts.max_replicas, opts.interval_s)
+    config = make_policy("ray", ctx, **opts.policy_options).autoscaling_config()
+    return {s.name: dict(config) for s in spec.stages}
+
+
 class LocalServer:
     """Context manager: Ray + Serve + the application; ``.url`` once ready."""
 
@@ -79,7 +94,7 @@ class LocalServer:
         self.spec = find_spec(opts.pipeline)
         self.decision = decision or default_decision(self.spec)
         self.address = address
-        self.applier = ServeApplier(opts)
+        self.applier = ServeApplier(opts, autoscaling=ray_autoscaling(opts, self.spec))
         self._owns_ray = False
 
     @property

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
-
 from varipipe.records import StageSpec
 
 __all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb"]
