@@ -1,0 +1,247 @@
+"""Experiment runner: every policy on the same arrivals, simulated or live.
+
+``run_sim`` simulates each (SLA, policy) pair on one array of arrivals (same
+seed, so the same requests for every policy). ``run_live`` replays the same
+schedule against a live pipeline that an injected ``start_live(policy, sla_s)``
+context manager starts and yields the URL of: this module never imports the
+pipelines or Ray. Both return :class:`RunOutcome` rows with the same metrics;
+:func:`write_results` writes the CSV/JSON table and :mod:`.report` the plots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import json
+import math
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from varipipe.loadgen.replayer import RequestRecord, replay
+from varipipe.loadgen.runs import SimSettings, run_policy
+from varipipe.loadgen.simulator import SimSeries
+from varipipe.records import Decision, Profile, hardware_cores
+
+__all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
+           "file_sha256", "StartLive", "SUMMARY_FIELDS"]
+
+StartLive = Callable[[str, float], AbstractContextManager[str]]
+
+SUMMARY_FIELDS = ("policy", "sla", "sla_s", "mode", "requests", "completed", "dropped", "sla_attainment",
+                  "p99_latency_s", "mean_latency_s", "mean_accuracy", "mean_cost", "cost_unit", "decisions", "wall_s")
+
+
+@dataclass(frozen=True, eq=False)
+class RunOutcome:
+    """One (policy, SLA) run: summary metrics and the per-second series."""
+
+    policy: str
+    sla: str
+    sla_s: float
+    mode: str
+    requests: int
+    completed: int
+    dropped: int
+    sla_attainment: float
+    p99_latency_s: float
+    mean_latency_s: float
+    mean_accuracy: float
+    mean_cost: float
+    cost_unit: str
+    decisions: int
+    wall_s: float
+    series: SimSeries
+
+    def row(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in SUMMARY_FIELDS}
+
+
+def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings]) -> RunOutcome:
+    profile, arrivals, policy, sla_name, settings = args
+    r = run_policy(profile, arrivals, policy, settings)
+    return RunOutcome(policy, sla_name, settings.sla_s, "sim", r.requests, r.completed, r.dropped,
+                      r.sla_attainment, r.p99_latency_s, r.mean_latency_s, r.mean_accuracy, r.mean_cost,
+                      r.cost_unit, r.decisions, r.wall_s, r.series)
+
+
+def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
+            base: SimSettings, jobs: int = 1, on_done: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Simulate every policy under every SLA on the same arrivals (``jobs`` processes)."""
+    work = [(profile, arrivals, p, name, replace(base, sla_s=s)) for name, s in slas.items() for p in policies]
+    out: list[RunOutcome] = []
+    if jobs <= 1:
+        for w in work:
+            out.append(_sim_one(w))
+            if on_done:
+                on_done(out[-1])
+        return out
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for res in pool.map(_sim_one, work):
+            out.append(res)
+            if on_done:
+                on_done(res)
+    return out
+
+
+# ------------------------------------------------------------------------ live
+
+
+def _accuracy_table(profile: Profile) -> dict[tuple[str, str], float]:
+    acc: dict[tuple[str, str], float] = {}
+    for p in profile.points:
+        acc.setdefault((p.stage, p.variant), p.accuracy)
+    return acc
+
+
+def _decision_cost(d: Decision, cost_mode: str) -> float:
+    if cost_mode == "reserved":
+        return float(sum(s.replicas * max(hardware_cores(s.hardware), 1.0) for s in d.stages))
+    return float(d.predicted_cost)
+
+
+def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile: Profile, duration_s: float,
+                         cost_samples: Sequence[tuple[float, float]] = (),
+                         predicted: Sequence[tuple[float, float]] = ()) -> tuple[dict[str, Any], SimSeries]:
+    """The simulator's metrics from a replayer log: attainment over *all* requests, p99 over
+    answered ones, accuracy from the variants that served each reply (profile accuracies)."""
+    n_sec = max(int(math.ceil(duration_s)), 1)
+    acc_of = _accuracy_table(profile)
+    sec = np.minimum(np.array([int(r.scheduled_s) for r in records], dtype=np.int64), n_sec - 1)
+    ok = np.array([r.ok for r in records], dtype=bool)
+    lat = np.array([r.latency_s for r in records])
+    within = ok & (lat <= sla_s)
+    acc = np.array([math.prod(acc_of.get((s, v), math.nan) for s, v in r.variants.items()) if r.ok and r.variants
+                    else math.nan for r in records])
+    has_acc = ok & ~np.isnan(acc)
+    cost = np.full(n_sec, np.nan)
+    pred = np.zeros(n_sec)
+    for samples, arr in ((cost_samples, cost), (predicted, pred)):
+        for t, v in sorted(samples):
+            arr[min(int(t), n_sec - 1):] = v
+    series = SimSeries(
+        arrivals=np.bincount(sec, minlength=n_sec), within_sla=np.bincount(sec, weights=within, minlength=n_sec),
+        dropped=np.bincount(sec, weights=~ok, minlength=n_sec),
+        accuracy_sum=np.bincount(sec[has_acc], weights=acc[has_acc], minlength=n_sec),
+        completed=np.bincount(sec, weights=has_acc, minlength=n_sec), cost=cost, predicted_rps=pred,
+        replicas=np.zeros(n_sec), p99_latency_s=np.full(n_sec, np.nan))
+    n = len(records)
+    summary = {
+        "requests": n, "completed": int(ok.sum()), "dropped": int(n - ok.sum()),
+        "sla_attainment": float(within.sum() / n) if n else 1.0,
+        "p99_latency_s": float(np.percentile(lat[ok], 99)) if ok.any() else math.nan,
+        "mean_latency_s": float(lat[ok].mean()) if ok.any() else math.nan,
+        "mean_accuracy": float(acc[has_acc].mean()) if has_acc.any() else math.nan,
+        "mean_cost": float(np.nanmean(cost)) if not np.isnan(cost).all() else math.nan,
+    }
+    return summary, series
+
+
+async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tuple[float, Decision]]) -> None:
+    """GET ``url`` every interval; keep each Decision the app reports (absent or broken: skipped)."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=interval_s)) as resp:
+                    if resp.status == 200:
+                        samples.append((loop.time() - t0, Decision.from_dict(await resp.json())))
+            except Exception:  # noqa: BLE001 -- cost is optional; the replay goes on
+                pass
+            await asyncio.sleep(interval_s)
+
+
+async def _replay_and_poll(url: str, times: np.ndarray, body: bytes, ctype: str, config_url: str,
+                           interval_s: float) -> tuple[list[RequestRecord], list[tuple[float, Decision]]]:
+    samples: list[tuple[float, Decision]] = []
+    poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), samples))
+    try:
+        _, records = await replay(url, times, body, ctype)
+    finally:
+        poller.cancel()
+    return records, samples
+
+
+def _config_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/config", "", ""))
+
+
+def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: bytes, ctype: str,
+             policies: Sequence[str], slas: Mapping[str, float], cost_mode: str, interval_s: float,
+             on_done: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Start the live pipeline per (SLA, policy), replay ``times`` against it, measure from the records."""
+    import time
+
+    duration = float(np.ceil(times[-1])) if len(times) else 1.0
+    out = []
+    for sla_name, sla_s in slas.items():
+        for policy in policies:
+            started = time.perf_counter()
+            with start_live(policy, sla_s) as url:
+                records, decisions = asyncio.run(
+                    _replay_and_poll(url, times, body, ctype, _config_url(url), interval_s))
+            cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
+            pred = [(t, d.load_rps) for t, d in decisions]
+            changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))
+            m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred)
+            unit = "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
+            res = RunOutcome(policy, sla_name, sla_s, "live", m["requests"], m["completed"], m["dropped"],
+                             m["sla_attainment"], m["p99_latency_s"], m["mean_latency_s"], m["mean_accuracy"],
+                             m["mean_cost"], unit, changes, time.perf_counter() - started, series)
+            out.append(res)
+            if on_done:
+                on_done(res)
+    return out
+
+
+# --------------------------------------------------------------------- output
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The checkout's HEAD commit, '' when not in a git checkout."""
+    try:
+        cwd = repo or Path(__file__).resolve().parents[1]
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_results(out_dir: str | Path, outcomes: Sequence[RunOutcome], meta: Mapping[str, Any],
+                  series_step_s: int = 60) -> dict[str, Path]:
+    """results.csv, results.json (rows + metadata) and series/<sla>/<policy>.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "results.csv", "json": out / "results.json"}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(SUMMARY_FIELDS))
+        w.writeheader()
+        for o in outcomes:
+            w.writerow(o.row())
+    doc = {"meta": dict(meta), "results": [{k: _clean(v) for k, v in o.row().items()} for o in outcomes]}
+    paths["json"].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    for o in outcomes:
+        p = out / "series" / o.sla / f"{o.policy.replace(':', '_')}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(o.series.to_dict(series_step_s)), encoding="utf-8")
+    return paths

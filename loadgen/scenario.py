@@ -1,0 +1,195 @@
+"""Experiment scenarios: the YAML users write (pydantic) and its resolution at run time.
+
+A scenario fixes *rules*, not numbers that depend on the trace or the profile:
+the window, the SLA rules (multiples of the fastest batch-1 path), the peak rate
+the window is scaled to, and how full the simulated cluster is at that peak
+with the largest variants. :func:`resolve` turns the rules into numbers for a
+given trace file and profile, so one scenario runs unchanged on any trace of
+the same format and on any profile.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from varipipe.errors import ConfigError
+from varipipe.loadgen.traces import Trace, read_trace
+from varipipe.records import Profile, ProfilePoint, hardware_cores
+
+__all__ = ["Scenario", "SlaRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
+           "fastest_path_s", "peak_cores_largest", "find_repo_file"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SlaRule(_Strict):
+    """SLA = ``multiple`` × the fastest batch-1 path's ``statistic`` latency (summed over stages)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    multiple: float = Field(gt=0)
+    statistic: Literal["p50", "p99"] = "p50"
+    note: str = ""
+
+
+class Window(_Strict):
+    start_s: int = Field(ge=0)
+    duration_s: int = Field(gt=0)
+
+
+class LiveSettings(_Strict):
+    """A short live run: a smaller window and rate a 2-core host can serve."""
+
+    start_s: int = Field(default=0, ge=0)  # relative to the scenario's window
+    duration_s: int = Field(default=120, gt=0)
+    peak_rps: float = Field(default=2.0, gt=0)
+    pipeline: str = "vision-caption"
+    cost_mode: Literal["reserved", "shared"] = "shared"
+    cluster_cores: float = Field(default=2.0, gt=0)
+
+
+class Scenario(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    trace: str = Field(min_length=1)
+    window: Window
+    arrivals: Literal["poisson", "uniform", "step"] = "poisson"
+    seed: int = 0
+    target_peak_rps: float = Field(gt=0)
+    cluster_peak_fraction: float = Field(ge=0.8, le=1.0)
+    cost_mode: Literal["reserved", "shared"] = "reserved"
+    interval_s: float = Field(default=10.0, gt=0)
+    predictor: str = "reactive"
+    policies: list[str] = Field(min_length=1)
+    policy_options: dict[str, Any] = Field(default_factory=dict)
+    sla: list[SlaRule] = Field(min_length=1)
+    profile: str | None = None
+    live: LiveSettings = Field(default_factory=LiveSettings)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Scenario:
+        names = [r.name for r in self.sla]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sla rule names repeat: {names}")
+        return self
+
+
+@dataclass(frozen=True)
+class ResolvedScenario:
+    """A scenario's rules turned into numbers for one trace file and one profile."""
+
+    scenario: Scenario
+    trace_path: str
+    window_start_s: int
+    window_duration_s: int
+    window_peak_rps: float
+    scale: float
+    cluster_cores: float
+    peak_cores_largest: float
+    slas: dict[str, float]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario.name, "trace": self.trace_path, "window_start_s": self.window_start_s,
+                "window_duration_s": self.window_duration_s, "window_peak_rps": self.window_peak_rps,
+                "scale": self.scale, "cluster_cores": self.cluster_cores,
+                "peak_cores_largest": self.peak_cores_largest, "slas": dict(self.slas), "notes": list(self.notes)}
+
+
+def parse_scenario(data: Any, source: str = "<string>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError(source, "(top level)", f"expected a mapping, got {type(data).__name__}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(source, where, f"{err['msg']} (got {err.get('input')!r})") from e
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(str(path), "(file)", f"cannot read: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), "(syntax)", f"not valid YAML: {e}") from e
+    return parse_scenario(data, str(path))
+
+
+def find_repo_file(rel: str) -> Path:
+    """A path as given, else relative to the repository root (scenario files name traces that way)."""
+    p = Path(rel)
+    if p.is_absolute() or p.exists():
+        return p
+    root = Path(__file__).resolve().parents[1]  # loadgen/ sits at the repository root
+    return root / rel if (root / rel).exists() else p
+
+
+def _best_batch1(profile: Profile, stage: str) -> list[ProfilePoint]:
+    return [p for p in profile.for_stage(stage) if p.batch == 1]
+
+
+def fastest_path_s(profile: Profile, statistic: str) -> float:
+    """Sum over stages of the fastest batch-1 latency (``p50`` or ``p99``) of any variant/hardware."""
+    attr = "latency_p50_s" if statistic == "p50" else "latency_p99_s"
+    total = 0.0
+    for stage in profile.stages:
+        pts = _best_batch1(profile, stage) or list(profile.for_stage(stage))
+        total += min(getattr(p, attr) for p in pts)
+    return total
+
+
+def peak_cores_largest(profile: Profile, peak_rps: float, sla_s: float, rho_max: float) -> float:
+    """Cores the largest (most accurate) variant of every stage needs at ``peak_rps``.
+
+    Per stage: the configuration (batch, hardware) of that variant whose p99 fits
+    the SLA and needs the fewest cores, ``ceil(λ_s / (ρ_max·h)) · cores``, with
+    λ_s the stage's load after fan-out (as the adapter computes it).
+    """
+    total, rate = 0.0, peak_rps
+    for stage in profile.stages:
+        rate *= profile.fanout.get(stage, 1.0)
+        pts = profile.for_stage(stage)
+        best_acc = max(p.accuracy for p in pts)
+        largest = [p for p in pts if p.accuracy == best_acc]
+        fits = [p for p in largest if p.latency_p99_s <= sla_s] or [min(largest, key=lambda p: p.latency_p99_s)]
+        total += min(math.ceil(rate / (rho_max * p.throughput_rps) - 1e-9) * max(hardware_cores(p.hardware), 1.0)
+                     for p in fits)
+    return total
+
+
+def _window(trace: Trace, sc: Scenario, notes: list[str]) -> Trace:
+    start, dur = sc.window.start_s, sc.window.duration_s
+    if start + dur <= trace.duration_s:
+        return trace.window(start, dur)
+    dur = min(dur, trace.duration_s)
+    notes.append(f"trace has {trace.duration_s} s, shorter than the window {start}+{sc.window.duration_s}: "
+                 f"used its last {dur} s")
+    return trace.window(trace.duration_s - dur, dur)
+
+
+def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -> ResolvedScenario:
+    """Turn the scenario's rules into a window, scale, cluster size and SLAs for this trace and profile."""
+    from varipipe.adapter.configurations import DEFAULT_RHO_MAX
+
+    path = find_repo_file(trace_override or sc.trace)
+    notes: list[str] = []
+    trace = _window(read_trace(path), sc, notes)
+    scale = sc.target_peak_rps / trace.peak_rps if trace.peak_rps > 0 else 1.0
+    slas = {r.name: r.multiple * fastest_path_s(profile, r.statistic) for r in sc.sla}
+    need = peak_cores_largest(profile, sc.target_peak_rps, slas[sc.sla[0].name], DEFAULT_RHO_MAX)
+    cluster = max(math.floor(need / sc.cluster_peak_fraction), 1)
+    notes.append(f"scale {scale:.4g} maps the window's peak {trace.peak_rps:g} req/s to {sc.target_peak_rps:g}")
+    notes.append(f"largest variants need {need:g} cores at that peak (rho_max {DEFAULT_RHO_MAX}); cluster "
+                 f"{cluster} cores, so the peak needs {need / cluster:.0%} of it")
+    return ResolvedScenario(sc, str(path), trace.offset_s, trace.duration_s, trace.peak_rps, scale, float(cluster),
+                            need, slas, tuple(notes))

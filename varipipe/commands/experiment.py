@@ -1,0 +1,160 @@
+"""``varipipe experiment``: compare adaptation policies on the same arrivals (sim or live)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from varipipe.commands.load import add_trace_arguments
+
+NAME = "experiment"
+HELP = "run several policies on the same trace (simulated or live) and write a table and plots"
+
+DEFAULT_POLICIES = "ipa,fa2-low,fa2-high,rim,ray,oracle"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", default=None, help="scenario YAML (e.g. loadgen/scenarios/twitter-eval.yaml)")
+    add_trace_arguments(parser, required=False)
+    parser.set_defaults(seed=None)
+    parser.add_argument("--policies", default=None, help=f"comma-separated (default: the scenario's, else {DEFAULT_POLICIES})")
+    parser.add_argument("--mode", choices=("sim", "live"), default="sim")
+    parser.add_argument("--out", required=True, help="output folder (results.csv, results.json, plots)")
+    parser.add_argument("--profiles", default=None, help="profile JSON (default: the scenario's, else the shipped one)")
+    parser.add_argument("--sla", default=None, help="SLA seconds without a scenario (comma-separated for several)")
+    parser.add_argument("--cost-mode", choices=("reserved", "shared"), default=None)
+    parser.add_argument("--cluster-cores", type=float, default=None)
+    parser.add_argument("--interval", type=float, default=None, help="adaptation interval (s)")
+    parser.add_argument("--predictor", default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="simulations in parallel processes (default 1)")
+    parser.add_argument("--pipeline", default=None, help="live mode: pipeline to serve (default: the scenario's)")
+    parser.add_argument("--image", default="chelsea", help="live mode: image file or sample name to POST")
+
+
+def _live_starter(pipeline: str, interval_s: float):
+    """``start(policy, sla_s)`` -> context manager yielding the live pipeline's URL (lazy import)."""
+    from varipipe.errors import VaripipeError
+
+    try:
+        from varipipe.pipelines.server import LocalServer
+    except ImportError as e:
+        raise VaripipeError(f"live mode needs varipipe.pipelines.server.LocalServer, which is not available "
+                            f"here ({e}); run with --mode sim") from e
+
+    @contextlib.contextmanager
+    def start(policy: str, sla_s: float) -> Iterator[str]:
+        with LocalServer(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, port=0) as server:
+            yield server.url
+
+    return start
+
+
+def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
+    """Arrival schedule and settings from the scenario (rules resolved) or from the flags."""
+    from varipipe.errors import VaripipeError
+    from varipipe.loadgen.scenario import load_scenario, resolve
+    from varipipe.loadgen.traces import read_trace
+
+    if args.scenario:
+        sc = load_scenario(args.scenario)
+        rs = resolve(sc, profile, args.trace)
+        live = args.mode == "live"
+        start = rs.window_start_s + (sc.live.start_s if live else 0)
+        duration = sc.live.duration_s if live else rs.window_duration_s
+        trace = read_trace(rs.trace_path, start, duration)
+        scale = (sc.live.peak_rps if live else sc.target_peak_rps) / max(trace.peak_rps, 1e-9)
+        return dict(trace=trace.scaled(scale), slas=dict(rs.slas), policies=sc.policies, seed=sc.seed,
+                    arrivals=sc.arrivals, interval=sc.interval_s, predictor=sc.predictor,
+                    cost_mode=sc.live.cost_mode if live else sc.cost_mode,
+                    cores=sc.live.cluster_cores if live else rs.cluster_cores, options=dict(sc.policy_options),
+                    pipeline=sc.live.pipeline, resolved=rs.to_dict() | {"run_scale": scale})
+    if not (args.trace and args.sla):
+        raise VaripipeError("give --scenario FILE, or --trace FILE with --sla SECONDS")
+    trace = read_trace(args.trace, args.start, args.duration, args.scale)
+    slas = {f"sla-{float(s):g}s": float(s) for s in args.sla.split(",")}
+    return dict(trace=trace, slas=slas, policies=DEFAULT_POLICIES.split(","), seed=0, arrivals=args.arrivals,
+                interval=10.0, predictor="reactive", cost_mode="shared", cores=2.0, options={},
+                pipeline="vision-caption", resolved={})
+
+
+def _profile_path(args: argparse.Namespace) -> str:
+    from varipipe.loadgen.scenario import find_repo_file, load_scenario
+    from varipipe.profiler.store import default_profile_path
+
+    if args.profiles:
+        return args.profiles
+    if args.scenario:
+        sc = load_scenario(args.scenario)
+        if sc.profile:
+            return str(find_repo_file(sc.profile))
+    return str(default_profile_path())
+
+
+def run(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from tqdm import tqdm
+
+    from varipipe.loadgen.experiment import (
+        file_sha256,
+        git_commit,
+        run_live,
+        run_sim,
+        write_results,
+    )
+    from varipipe.loadgen.report import plot_all
+    from varipipe.loadgen.runs import SimSettings
+    from varipipe.loadgen.traces import arrival_times
+    from varipipe.profiler.store import load_profile
+
+    profile_path = _profile_path(args)
+    profile = load_profile(profile_path)
+    plan = _plan(args, profile)
+    seed = plan["seed"] if args.seed is None else args.seed
+    policies = args.policies.split(",") if args.policies else list(plan["policies"])
+    interval = args.interval or plan["interval"]
+    cost_mode = args.cost_mode or plan["cost_mode"]
+    cores = args.cluster_cores or plan["cores"]
+    predictor = args.predictor or plan["predictor"]
+    times = arrival_times(plan["trace"], plan["arrivals"], seed)
+    total = len(policies) * len(plan["slas"])
+    with tqdm(total=total, unit="run", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        def done(o) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"{o.sla}/{o.policy}")
+
+        if args.mode == "sim":
+            base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
+                               predictor=predictor, policy_options=plan["options"])
+            outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
+        else:
+            from varipipe.loadgen.replayer import load_image
+
+            start = _live_starter(args.pipeline or plan["pipeline"], interval)
+            body, ctype = load_image(args.image)
+            outcomes = run_live(start, profile, times, body, ctype, policies, plan["slas"], cost_mode, interval,
+                                on_done=done)
+    meta = {"git_commit": git_commit(), "profile": profile_path, "profile_sha256": file_sha256(profile_path),
+            "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
+            "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "requests": int(len(times)),
+            "scenario": args.scenario, "resolved": plan["resolved"], "command": " ".join(sys.argv),
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
+    paths = write_results(args.out, outcomes, meta)
+    plots = plot_all(outcomes, args.out)
+    _print_table(outcomes)
+    print(f"wrote {paths['csv']}, {paths['json']}, " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def _print_table(outcomes) -> None:
+    print(f"{'sla':>14} {'policy':>9} {'attain':>7} {'p99 s':>7} {'acc':>6} {'cost':>8} {'drops':>7} {'chg':>5}")
+    for o in outcomes:
+        def f(x: float, spec: str) -> str:
+            return format(x, spec) if isinstance(x, float) and math.isfinite(x) else "n/a"
+
+        print(f"{o.sla:>14} {o.policy:>9} {f(o.sla_attainment, '.4f'):>7} {f(o.p99_latency_s, '.3f'):>7} "
+              f"{f(o.mean_accuracy, '.3f'):>6} {f(o.mean_cost, '.2f'):>8} {o.dropped:>7} {o.decisions:>5}")
