@@ -73,11 +73,12 @@ def available_solvers() -> tuple[str, ...]:
     return tuple(out)
 
 
-def run_solver(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
+def run_solver(problem: Problem, solver: str, time_limit_s: float, lp_path: str | None = None) -> Outcome:
+    """Solve with one backend; ``lp_path`` (debugging) writes the PuLP model as an .lp file."""
     if solver == "dp":
         return Outcome(_solve_dp(problem))
     if solver in ("cbc", "highs"):
-        return _solve_pulp(problem, solver, time_limit_s)
+        return _solve_pulp(problem, solver, time_limit_s, lp_path)
     raise UnknownNameError("solver", solver, SOLVERS)
 
 
@@ -173,7 +174,7 @@ def _pulp_solver(solver: str, time_limit_s: float):
                       log_to_console=False, output_flag=False)
 
 
-def _solve_pulp(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
+def _solve_pulp(problem: Problem, solver: str, time_limit_s: float, lp_path: str | None = None) -> Outcome:
     import pulp
 
     if solver not in available_solvers():
@@ -183,6 +184,8 @@ def _solve_pulp(problem: Problem, solver: str, time_limit_s: float) -> Outcome:
     _add_objective(prob, problem, x)
     for add in (_add_one_config, _add_sla, _add_capacity, _add_cost_ceiling, _add_accuracy_floor):
         add(prob, problem, x)
+    if lp_path is not None:
+        prob.writeLP(lp_path)
     try:
         status = prob.solve(_pulp_solver(solver, time_limit_s))
     except pulp.PulpSolverError as e:

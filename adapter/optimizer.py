@@ -120,12 +120,13 @@ def _problem(every: dict[str, list[Configuration]], limits: Limits, score, accur
 
 def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = None, weights: Weights | None = None, *,
           accuracy: str = "multiply", objective: str = "weighted", min_accuracy: float | None = None,
-          max_cost: float | None = None, solver: str = "cbc") -> Decision:
+          max_cost: float | None = None, solver: str = "cbc", lp_path: str | None = None) -> Decision:
     """Pick variant, batch, replicas and hardware per stage for ``load_rps`` requests/s.
 
     ``solver`` is "cbc" (PuLP's bundled CBC), "highs" (highspy) or "dp" (an exact
     dynamic program over stages, the cross-check). Returns an OPTIMAL decision,
     TIMED_OUT with the solver's incumbent, or INFEASIBLE with the fallback and why.
+    ``lp_path`` is a debugging flag: the PuLP model is also written there as an .lp file.
     """
     _check_args(load_rps, accuracy, objective, solver, min_accuracy, max_cost)
     limits = limits or Limits()
@@ -137,7 +138,7 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
                        _accuracy_floor(min_accuracy, accuracy))
     outcome = None
     if all(problem.options[s] for s in problem.stages):
-        outcome = run_solver(problem, solver, limits.time_limit_s)
+        outcome = run_solver(problem, solver, limits.time_limit_s, lp_path)
     if outcome is None or outcome.chosen is None:
         reason = _diagnose(problem, every, limits, load_rps)
         if outcome is not None and outcome.timed_out:

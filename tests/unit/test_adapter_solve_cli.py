@@ -70,3 +70,10 @@ def test_min_cost_without_floor_is_a_clear_error(capsys):
     assert main(["solve", "--profiles", str(FIXTURES / "tiny.json"), "--rps", "1", "--sla", "1",
                  "--objective", "min-cost"]) == 2
     assert "min_accuracy" in capsys.readouterr().err
+
+
+def test_write_lp_dumps_named_constraints(capsys, tmp_path):
+    lp = tmp_path / "model.lp"
+    solve_json(capsys, "--profiles", str(FIXTURES / "tiny.json"), "--rps", "5", "--sla", "1", "--write-lp", str(lp))
+    text = lp.read_text()
+    assert "sla_end_to_end" in text and "cluster_capacity" in text and "one_config_stage0" in text

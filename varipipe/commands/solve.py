@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin", type=_pin, action="append", default=[], metavar="STAGE=VARIANT",
                    help="fix a stage's variant (repeatable)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--write-lp", metavar="FILE", help="also write the model as an .lp file (cbc/highs; debugging)")
 
 
 def decision_json(decision) -> dict:
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sla = SLA(latency_s=args.sla)
         decision = solve(profile, args.rps, sla, _limits(args), accuracy=args.accuracy, objective=args.objective,
-                         min_accuracy=args.min_accuracy, max_cost=args.max_cost, solver=args.solver)
+                         min_accuracy=args.min_accuracy, max_cost=args.max_cost, solver=args.solver,
+                         lp_path=args.write_lp)
     except ValueError as e:
         raise ConfigError("command line", "arguments", str(e)) from e
     if args.json:
