@@ -280,3 +280,17 @@ def test_bad_arguments_name_the_value():
         solve(VC, 1.0, SLA(1.0), solver="glpk")
     with pytest.raises(ValueError, match="cost_mode"):
         Limits(cost_mode="cloud")
+
+
+def test_solver_crash_raises_solver_error(monkeypatch):
+    import pulp
+
+    from varipipe.errors import SolverError
+
+    def crash(self, solver=None, **kw):
+        raise pulp.PulpSolverError("cbc binary vanished")
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", crash)
+    with pytest.raises(SolverError, match="cbc failed: cbc binary vanished"):
+        solve(VC, 1.0, SLA(3.0), solver="cbc")
+    assert solve(VC, 1.0, SLA(3.0), solver="dp").status is DecisionStatus.OPTIMAL  # the DP needs no PuLP solve
