@@ -1,0 +1,96 @@
+"""Scenario validation and resolution, the sim experiment runner, records -> metrics, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from varipipe.errors import ConfigError
+from varipipe.loadgen.experiment import metrics_from_records, run_sim, write_results
+from varipipe.loadgen.replayer import RequestRecord
+from varipipe.loadgen.report import plot_all
+from varipipe.loadgen.runs import SimSettings
+from varipipe.loadgen.scenario import (
+    fastest_path_s,
+    load_scenario,
+    parse_scenario,
+    peak_cores_largest,
+    resolve,
+)
+from varipipe.loadgen.traces import Trace, arrival_times
+from varipipe.profiler.store import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE = ROOT / "tests" / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
+SCENARIO = ROOT / "loadgen" / "scenarios" / "twitter-eval.yaml"
+
+
+def _scenario_dict() -> dict:
+    return yaml.safe_load(SCENARIO.read_text())
+
+
+def test_shipped_scenario_is_valid_and_uses_the_eval_days():
+    sc = load_scenario(SCENARIO)
+    assert (sc.window.start_s, sc.window.duration_s) == (1_036_800, 172_800)
+    assert set(sc.policies) >= {"ipa", "fa2-low", "fa2-high", "rim", "ray", "oracle"}
+    assert sc.cluster_peak_fraction >= 0.8
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("cluster_peak_fraction", 0.5, "0.5"), ("target_peak_rps", -3, "-3"), ("arrivals", "gamma", "gamma")])
+def test_bad_scenario_quotes_the_value(field, value, needle):
+    d = _scenario_dict() | {field: value}
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(d, "s.yaml")
+    assert "s.yaml" in str(e.value) and field in str(e.value) and needle in str(e.value)
+
+
+def test_resolve_on_another_trace(tmp_path):
+    prof = load_profile(PROFILE)
+    f = tmp_path / "short.txt"
+    f.write_text("\n".join(str(x) for x in [10, 20, 80, 40] * 100))
+    sc = parse_scenario(_scenario_dict())
+    rs = resolve(sc, prof, str(f))
+    assert rs.window_duration_s == 400 and rs.scale == pytest.approx(sc.target_peak_rps / 80)
+    assert any("shorter" in n for n in rs.notes)
+    assert rs.slas["ipa-5x"] == pytest.approx(5 * fastest_path_s(prof, "p50"))
+    assert rs.slas["tight-2x-p99"] == pytest.approx(2 * fastest_path_s(prof, "p99"))
+    assert rs.peak_cores_largest / rs.cluster_cores >= 0.8
+
+
+def test_peak_cores_grow_with_load():
+    prof = load_profile(PROFILE)
+    assert peak_cores_largest(prof, 40, 5.0, 0.8) > peak_cores_largest(prof, 4, 5.0, 0.8)
+
+
+def test_run_sim_same_arrivals_for_every_policy(tmp_path):
+    prof = load_profile(PROFILE)
+    times = arrival_times(Trace(np.full(120, 3.0)), "poisson", 1)
+    base = SimSettings(sla_s=1.0, cost_mode="reserved", cluster_cores=40, seed=1, policy_options={"solver": "dp"})
+    outs = run_sim(prof, times, ["fa2-low", "ray"], {"a": 3.0, "b": 6.0}, base)
+    assert [(o.sla, o.policy) for o in outs] == [("a", "fa2-low"), ("a", "ray"), ("b", "fa2-low"), ("b", "ray")]
+    assert len({o.requests for o in outs}) == 1
+    assert all(o.completed + o.dropped == o.requests for o in outs)
+    paths = write_results(tmp_path, outs, {"seed": 1, "git_commit": "x"})
+    doc = json.loads(paths["json"].read_text())
+    assert doc["meta"]["seed"] == 1 and len(doc["results"]) == 4
+    assert (tmp_path / "series" / "a" / "ray.json").exists()
+    pngs = plot_all(outs, tmp_path)
+    assert all(p.exists() and p.stat().st_size > 1000 for p in pngs)
+
+
+def test_metrics_from_records():
+    prof = load_profile(PROFILE)
+    v = {"detector": "yolov3-tiny-320", "classifier": "mobilenetv2", "llm": "smollm2-135m"}
+    recs = [RequestRecord(0, 0.1, 0.1, 0.5, 200, v), RequestRecord(1, 0.6, 0.6, 3.0, 200, v),
+            RequestRecord(2, 1.2, 1.2, 0.1, 503), RequestRecord(3, 1.5, 1.5, 0.2, 200)]
+    m, s = metrics_from_records(recs, 1.0, prof, 2.0, cost_samples=[(0.0, 2.0), (1.0, 4.0)])
+    assert m["requests"] == 4 and m["completed"] == 3 and m["dropped"] == 1
+    assert m["sla_attainment"] == pytest.approx(2 / 4)
+    assert m["mean_accuracy"] == pytest.approx(0.55 * 0.72 * 0.6)
+    assert m["mean_cost"] == pytest.approx(3.0)
+    assert s.arrivals.tolist() == [2, 2]
