@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # one line per HTTP call drowns the output people came for
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -1,0 +1,106 @@
+"""``varipipe demo``: prepare models, serve the flagship, drive a rising and falling load."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+NAME = "demo"
+HELP = "prepare models, serve the flagship pipeline, send a scripted load with real photos, show what adapted"
+DESCRIPTION = """The whole product in one command: prepares the models, serves the pipeline on an
+embedded Ray, sends a load that rises and falls (real photos from scikit-image), prints the
+answers, per-stage timings and every configuration the adapter chose, then exits."""
+
+# Load shape as fractions of --peak-rps, one entry per phase: quiet, rising, peak, falling, quiet.
+LOAD_SHAPE = (0.15, 0.5, 1.0, 1.0, 0.5, 0.15)
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
+# Adapter interval for the demo: short, so a two-minute demo shows several decisions.
+DEMO_INTERVAL_S = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from varipipe.commands.serve import add_serving_arguments
+
+    add_serving_arguments(parser)
+    parser.set_defaults(interval=DEMO_INTERVAL_S)
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load (default: %(default)s)")
+    parser.add_argument("--peak-rps", type=float, default=2.0,
+                        help="request rate at the peak of the load (default: %(default)s req/s)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--keep-serving", action="store_true", help="keep serving after the load until Ctrl-C")
+
+
+def _config_line(url: str) -> str:
+    import httpx
+
+    cfg = httpx.get(url + "/config", timeout=10).json()
+    stages = (cfg.get("decision") or {}).get("stages", [])
+    return ", ".join(f"{s['stage']}={s['variant']} b{s['batch']} x{s['replicas']}" for s in stages)
+
+
+def _sample(endpoint: str, body: bytes) -> str:
+    import httpx
+
+    r = httpx.post(endpoint, content=body, headers={"content-type": "image/jpeg"}, timeout=120)
+    if r.status_code != 200:
+        return f"HTTP {r.status_code}: {r.text[:200]}"
+    doc = r.json()
+    timings = "  ".join(f"{s['stage']}:{s['variant']} {s['seconds'] * 1000:.0f}ms" for s in doc["stages"])
+    return f"{doc['answer']!r}\n      {timings}"
+
+
+def _phase(endpoint: str, url: str, photo: str, rate: float, seconds: float) -> None:
+    import numpy as np
+
+    from varipipe.loadgen.replayer import load_image, replay_sync
+
+    body, ctype = load_image(photo)
+    n = max(1, int(rate * seconds))
+    summary, _ = replay_sync(endpoint, np.arange(n) / rate, body, ctype)
+    print(f"  {rate:4.1f} req/s  {photo:10s} sent {summary.sent:4d}  ok {summary.ok:4d}  errors {summary.errors:3d}  "
+          f"p50 {summary.latency_p50_s * 1000:6.0f} ms  p99 {summary.latency_p99_s * 1000:6.0f} ms")
+    print(f"      config now: {_config_line(url)}")
+    print(f"      {photo}: {_sample(endpoint, body)}")
+
+
+def _print_decisions(url: str) -> None:
+    import httpx
+
+    cfg = httpx.get(url + "/config", timeout=10).json()
+    print("\nconfigurations used:")
+    for entry in cfg.get("decision_log", []):
+        stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+        print(f"  {stamp}  {entry['to']}   [{entry['policy']}: {entry['reason'] or entry['status']}]")
+    adapter = cfg.get("adapter", {})
+    if adapter.get("enabled"):
+        print(f"adapter: {adapter['steps']} steps, {adapter['applies']} applied, last error: "
+              f"{adapter.get('last_error') or 'none'}")
+    elif adapter.get("error"):
+        print(f"adapter: {adapter['error']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from varipipe.commands.serve import app_options, wait_for_signal
+    from varipipe.pipelines import models
+    from varipipe.pipelines.server import LocalServer
+    from varipipe.profiler.store import default_profile_path
+    from varipipe.spec import find_spec
+
+    spec = find_spec(args.pipeline)
+    print(f"preparing models for {spec.name}...")
+    models.prepare(spec, progress=True)
+    if args.policy not in ("none", "") and not args.profiles and not default_profile_path(spec.name).exists():
+        print(f"no shipped profile for {spec.name}: the adapter is off (run `varipipe profile` to make one)")
+        args.policy = "none"
+    opts = app_options(args)
+    print(f"starting {spec.name} on an embedded Ray (adapter: {opts.policy or 'off'}, every {opts.interval_s:g}s)...")
+    with LocalServer(opts, port=args.port) as srv:
+        print(f"serving at {srv.endpoint}   config: {srv.url}/config   metrics: {srv.url}/metrics")
+        per_phase = args.duration / len(LOAD_SHAPE)
+        for i, frac in enumerate(LOAD_SHAPE):
+            _phase(srv.endpoint, srv.url, PHOTOS[i % len(PHOTOS)], max(0.2, frac * args.peak_rps), per_phase)
+        _print_decisions(srv.url)
+        if args.keep_serving:
+            print(f"still serving at {srv.endpoint}; Ctrl-C to stop.")
+            wait_for_signal()
+    return 0

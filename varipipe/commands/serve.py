@@ -1,0 +1,145 @@
+"""``varipipe serve``: start Ray (embedded or a cluster), the pipeline, and its adapter."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+NAME = "serve"
+HELP = "serve a pipeline over HTTP on Ray Serve, adapted live by a policy"
+DESCRIPTION = """Serve a pipeline over HTTP. By default an embedded Ray starts in this process
+(no cluster, no Prometheus needed); --address connects to an existing Ray cluster.
+Ctrl-C or SIGTERM stops the application and the Ray it started."""
+
+TOKEN_ENV = "VARIPIPE_TOKEN"
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str = "ipa") -> None:
+    """Options shared by ``serve`` and ``demo``."""
+    parser.add_argument("--pipeline", default="vision-caption", help="pipeline name or spec YAML (default: %(default)s)")
+    parser.add_argument("--policy", default=default_policy,
+                        help="adaptation policy: ipa, fa2-low, fa2-high, rim, static, ray, oracle, module:Class, "
+                             "or 'none' for no adapter (default: %(default)s)")
+    parser.add_argument("--predictor", default="reactive",
+                        help="load predictor: reactive, moving-max, ewma, lstm (default: %(default)s)")
+    parser.add_argument("--interval", type=float, default=10.0, help="adapter interval in seconds (default: %(default)s)")
+    parser.add_argument("--sla", type=float, default=None, help="end-to-end latency SLA in seconds (default: the spec's)")
+    parser.add_argument("--profiles", default="", help="profile store JSON (default: the shipped profile)")
+    parser.add_argument("--cost-mode", choices=("shared", "reserved"), default="shared",
+                        help="shared: replicas share this host's cores; reserved: each reserves its cores")
+    parser.add_argument("--cluster-cores", type=float, default=float(os.cpu_count() or 2),
+                        help="cores the optimizer may use (default: this host's, %(default)s)")
+    parser.add_argument("--max-replicas", type=int, default=4, help="replicas per stage at most (default: %(default)s)")
+    parser.add_argument("--pin", action="append", default=[], metavar="STAGE=VARIANT",
+                        help="keep a stage on one variant (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="the adapter decides and logs but does not apply")
+    parser.add_argument("--decision", default=None, help="initial decision JSON (e.g. from `varipipe solve --json`)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_serving_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start an embedded Ray)")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
+                        help=f"bearer token for control endpoints (or ${TOKEN_ENV}); required off loopback")
+    parser.add_argument("--state-file", default=None,
+                        help="keep the last applied decision here across restarts "
+                             "(default: ~/.cache/varipipe/state/<pipeline>.json)")
+
+
+def parse_pins(pins: list[str]) -> dict[str, str]:
+    from varipipe.errors import ConfigError
+
+    out = {}
+    for p in pins:
+        stage, sep, variant = p.partition("=")
+        if not sep or not stage or not variant:
+            raise ConfigError("--pin", p, "expected STAGE=VARIANT")
+        out[stage] = variant
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def app_options(args: argparse.Namespace, state_file: str = ""):
+    from varipipe.pipelines.serve_config import AppOptions
+
+    policy = "" if args.policy in ("none", "") else args.policy
+    return AppOptions(
+        pipeline=args.pipeline, policy=policy, predictor=args.predictor, interval_s=args.interval,
+        sla_s=args.sla, profile=args.profiles, cost_mode=args.cost_mode, cluster_cores=args.cluster_cores,
+        max_replicas=args.max_replicas, dry_run=args.dry_run, pins=parse_pins(args.pin), state_file=state_file,
+        auth_token=getattr(args, "token", ""),
+    )
+
+
+def initial_decision(args: argparse.Namespace, state_file: str):
+    """--decision FILE, else the decision kept from the last run, else None (the default)."""
+    from varipipe.errors import ConfigError
+    from varipipe.records import Decision
+
+    path = args.decision or (state_file if state_file and Path(state_file).exists() else None)
+    if not path:
+        return None
+    try:
+        return Decision.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(str(path), "(decision)", f"not a decision JSON: {e}") from e
+
+
+def check_decision(spec, decision) -> None:
+    from varipipe.errors import ConfigError
+
+    if decision is None:
+        return
+    if tuple(s.stage for s in decision.stages) != spec.stage_names:
+        raise ConfigError("--decision", "stages", f"{[s.stage for s in decision.stages]} do not match the "
+                                                  f"pipeline's {list(spec.stage_names)}")
+    for s in decision.stages:
+        spec.stage(s.stage).variant(s.variant)
+
+
+def wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    from varipipe.errors import ConfigError
+    from varipipe.pipelines.server import LocalServer
+    from varipipe.spec import find_spec
+
+    if not is_loopback(args.host) and not args.token:
+        raise ConfigError("--host", args.host, f"binding beyond loopback needs --token (or ${TOKEN_ENV}): "
+                                                "control endpoints must not be open to the world")
+    spec = find_spec(args.pipeline)
+    state_file = args.state_file or str(Path.home() / ".cache" / "varipipe" / "state" / f"{spec.name}.json")
+    decision = initial_decision(args, state_file)
+    check_decision(spec, decision)
+    opts = app_options(args, state_file)
+    print(f"starting {spec.name} ({len(spec.stages)} stages) on {'Ray at ' + args.address if args.address else 'an embedded Ray'}...")
+    with LocalServer(opts, host=args.host, port=args.port, decision=decision, address=args.address) as srv:
+        print(f"serving {spec.name} at {srv.endpoint}")
+        print(f"  try:     curl -s -X POST --data-binary @photo.jpg -H 'content-type: image/jpeg' {srv.endpoint}")
+        print(f"  config:  {srv.url}/config    metrics: {srv.url}/metrics    health: {srv.url}/healthz")
+        print(f"  adapter: {opts.policy or 'off'}" + (" (dry run)" if opts.dry_run else ""))
+        print("Ctrl-C to stop.")
+        wait_for_signal()
+        print("stopping...")
+    return 0
