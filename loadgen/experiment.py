@@ -153,8 +153,11 @@ async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tup
         while True:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=interval_s)) as resp:
-                    if resp.status == 200:
-                        samples.append((loop.time() - t0, Decision.from_dict(await resp.json())))
+                    data = await resp.json() if resp.status == 200 else None
+                    if isinstance(data, dict) and isinstance(data.get("decision"), dict):
+                        data = data["decision"]  # the app's /config: {"decision": {...}, ...}
+                    if isinstance(data, dict) and data.get("stages"):
+                        samples.append((loop.time() - t0, Decision.from_dict(data)))
             except Exception:  # noqa: BLE001 -- cost is optional; the replay goes on
                 pass
             await asyncio.sleep(interval_s)

@@ -26,6 +26,9 @@ from varipipe.records import SLA, Profile
 
 __all__ = ["SimSettings", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
 
+# Policies built on the adapter's ILP (adapter/policies.py), and the options only they take.
+SOLVER_POLICIES = frozenset({"ipa", "fa2-low", "fa2-high", "rim", "oracle"})
+SOLVER_OPTIONS = frozenset({"solver", "objective", "accuracy", "weights", "min_accuracy", "max_cost"})
 # The live control loop's default predictor (adapter/predictors.py: the peak of the last interval).
 DEFAULT_PREDICTOR = "reactive"
 
@@ -52,8 +55,8 @@ class SimSettings:
 
 def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> dict[str, Any]:
     opts = dict(settings.policy_options)
-    if name == "ray":  # Ray's rule has no solver options
-        opts = {k: v for k, v in opts.items() if k not in ("solver", "objective", "accuracy", "weights")}
+    if name not in SOLVER_POLICIES:  # ray, static, user policies: no solver options
+        opts = {k: v for k, v in opts.items() if k not in SOLVER_OPTIONS}
     if name == "oracle":  # the true per-second arrivals of this very run
         seconds = int(np.ceil(arrivals[-1])) + 1 if len(arrivals) else 1
         opts["trace"] = np.bincount(arrivals.astype(np.int64), minlength=seconds).astype(np.float64)

@@ -49,3 +49,29 @@ def test_simulate_bad_trace_is_one_line_error(tmp_path, capsys):
     bad.write_text("1\nx\n")
     rc = main(["simulate", "--profiles", PROFILE, "--trace", str(bad), "--policy", "ray", "--sla", "5"])
     assert rc == 2 and "bad.txt:2" in capsys.readouterr().err
+
+
+def test_experiment_sim_writes_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "exp"
+    rc = main(["experiment", "--profiles", PROFILE, "--trace", _trace(tmp_path), "--sla", "4,8",
+               "--policies", "fa2-low,ray", "--solver", "dp", "--cost-mode", "reserved", "--cluster-cores", "40",
+               "--mode", "sim", "--seed", "3", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["seed"] == 3 and len(doc["meta"]["profile_sha256"]) == 64
+    assert {(r["policy"], r["sla"]) for r in doc["results"]} == {
+        ("fa2-low", "sla-4s"), ("ray", "sla-4s"), ("fa2-low", "sla-8s"), ("ray", "sla-8s")}
+    assert len({r["requests"] for r in doc["results"]}) == 1
+    assert (out / "results.csv").exists() and (out / "summary.png").exists() and (out / "load.png").exists()
+
+
+def test_experiment_live_without_server_is_a_clear_error(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("varipipe.pipelines.server") is not None:
+        import pytest
+
+        pytest.skip("the live server exists: live mode is exercised by the integration tests")
+    rc = main(["experiment", "--profiles", PROFILE, "--trace", _trace(tmp_path), "--sla", "4", "--mode", "live",
+               "--out", str(tmp_path / "x")])
+    assert rc == 2 and "LocalServer" in capsys.readouterr().err

@@ -30,16 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-cores", type=float, default=None)
     parser.add_argument("--interval", type=float, default=None, help="adaptation interval (s)")
     parser.add_argument("--predictor", default=None)
+    parser.add_argument("--solver", default=None, help="solver of the ILP policies (cbc, highs, dp)")
     parser.add_argument("--jobs", type=int, default=1, help="simulations in parallel processes (default 1)")
     parser.add_argument("--pipeline", default=None, help="live mode: pipeline to serve (default: the scenario's)")
     parser.add_argument("--image", default="chelsea", help="live mode: image file or sample name to POST")
 
 
-def _live_starter(pipeline: str, interval_s: float):
-    """``start(policy, sla_s)`` -> context manager yielding the live pipeline's URL (lazy import)."""
+def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float, predictor: str,
+                  profile: str, policy_options: dict[str, Any]):
+    """``start(policy, sla_s)`` -> context manager yielding the live pipeline's endpoint (lazy import)."""
     from varipipe.errors import VaripipeError
 
     try:
+        from varipipe.pipelines.serve_config import AppOptions
         from varipipe.pipelines.server import LocalServer
     except ImportError as e:
         raise VaripipeError(f"live mode needs varipipe.pipelines.server.LocalServer, which is not available "
@@ -47,8 +50,11 @@ def _live_starter(pipeline: str, interval_s: float):
 
     @contextlib.contextmanager
     def start(policy: str, sla_s: float) -> Iterator[str]:
-        with LocalServer(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, port=0) as server:
-            yield server.url
+        opts = AppOptions(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, cost_mode=cost_mode,
+                          cluster_cores=cores, predictor=predictor, profile=profile,
+                          policy_options=dict(policy_options) if policy != "ray" else {})
+        with LocalServer(opts, port=0) as server:
+            yield server.endpoint
 
     return start
 
@@ -126,15 +132,20 @@ def run(args: argparse.Namespace) -> int:
         def done(o) -> None:
             bar.update(1)
             bar.set_postfix_str(f"{o.sla}/{o.policy}")
+            if bar.disable:  # no terminal: one log line per finished run instead of the bar
+                print(f"[{bar.n}/{total}] {o.sla}/{o.policy}: attainment {o.sla_attainment:.4f}, "
+                      f"cost {o.mean_cost:.2f}, {o.wall_s:.0f} s", file=sys.stderr, flush=True)
 
         if args.mode == "sim":
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
-                               predictor=predictor, policy_options=plan["options"])
+                               predictor=predictor,
+                               policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}))
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
         else:
             from varipipe.loadgen.replayer import load_image
 
-            start = _live_starter(args.pipeline or plan["pipeline"], interval)
+            start = _live_starter(args.pipeline or plan["pipeline"], interval, cost_mode, cores, predictor,
+                                  profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}))
             body, ctype = load_image(args.image)
             outcomes = run_live(start, profile, times, body, ctype, policies, plan["slas"], cost_mode, interval,
                                 on_done=done)
