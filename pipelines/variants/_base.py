@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from typing import Any
 
@@ -9,6 +10,14 @@ from varipipe.errors import SpecError
 from varipipe.records import VariantSpec
 
 __all__ = ["ModelVariant"]
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so unload shows in RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class ModelVariant:
@@ -49,6 +58,7 @@ class ModelVariant:
         """Drop the runtime object so its memory is freed (native buffers included)."""
         self._model = None
         gc.collect()
+        _trim_heap()
 
     def _require_loaded(self) -> Any:
         if self._model is None:
