@@ -129,9 +129,12 @@ app = FastAPI(title="varipipe", description="Multi-stage inference pipelines tha
 class Ingress:
     """HTTP routes; the work is in ``ingress_logic.IngressCore``."""
 
-    def __init__(self, pipeline: str, stages: dict[str, DeploymentHandle], controller: DeploymentHandle,
-                 auth_token: str = "") -> None:
-        self.core = IngressCore(find_spec(pipeline), stages, controller, auth_token)
+    def __init__(self, args: dict[str, Any], stages: dict[str, DeploymentHandle],
+                 controller: DeploymentHandle) -> None:
+        opts = AppOptions.from_args(args)
+        spec = find_spec(opts.pipeline)
+        deadline_s = opts.deadline_sla_factor * (opts.sla_s or spec.sla.latency_s)
+        self.core = IngressCore(spec, stages, controller, opts.auth_token, deadline_s)
 
     @app.get("/healthz")
     async def healthz(self):
@@ -172,4 +175,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         stages[s.name] = StageServer.options(
             name=stage_deployment_name(s.name), ray_actor_options={"num_cpus": num_cpus}
         ).bind(opts.pipeline, s.name, controller)
-    return Ingress.options(name=INGRESS).bind(opts.pipeline, stages, controller, opts.auth_token)
+    return Ingress.options(name=INGRESS).bind(opts.to_args(), stages, controller)

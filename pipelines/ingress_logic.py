@@ -106,8 +106,10 @@ def parse_deadline(request: Request, now: float) -> float | None:
 class IngressCore:
     """Walks a request through the stage deployments and records what happened."""
 
-    def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "") -> None:
+    def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "",
+                 deadline_s: float = 0.0) -> None:
         self.spec = spec
+        self.deadline_s = deadline_s  # default deadline when the request sets none; 0 = none
         self.stages = stages
         self.controller = controller
         self.auth_token = auth_token
@@ -130,11 +132,19 @@ class IngressCore:
         except BadInputError as e:
             self._record(arrival, time.perf_counter() - t0, e.status, ())
             return e.status, {"error": str(e)}
+        if deadline is None and self.deadline_s:
+            deadline = arrival + self.deadline_s
         payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, deadline=deadline)
         timings = []
         for stage in self.spec.stage_names:
             s0 = time.perf_counter()
             payload = await self.stages[stage].remote(payload)
+            if payload.dropped_at:
+                latency = time.perf_counter() - t0
+                self._record(arrival, latency, 504, tuple(timings), payload.dropped_at)
+                return 504, {"error": f"deadline exceeded: stage {payload.dropped_at!r} could not finish this "
+                                      f"request within its deadline ({(deadline - arrival) * 1000:.0f} ms); "
+                                      "dropped instead of queued", "dropped_at": payload.dropped_at}
             tr = payload.trace[-1]
             timings.append(StageTiming(stage, tr.variant, time.perf_counter() - s0, tr.batch_size))
         latency = time.perf_counter() - t0

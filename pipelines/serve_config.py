@@ -71,6 +71,8 @@ class AppOptions:
     state_file: str = ""  # where the controller keeps the last decision across restarts
     stage_num_cpus: float | None = None  # override the spec's per-replica CPU reservation
     auth_token: str = ""  # required on control endpoints when set
+    # Requests without an x-deadline-ms header get a deadline of this many SLAs; 0 = none.
+    deadline_sla_factor: float = 0.0
 
     def to_args(self) -> dict[str, Any]:
         from dataclasses import asdict

@@ -23,6 +23,10 @@ __all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb"]
 
 log = logging.getLogger(__name__)
 
+# Weight of the newest batch in the moving average of batch time used to judge
+# deadlines: about the last five batches count, so a variant switch shows up fast.
+EWMA_WEIGHT = 0.2
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -100,6 +104,7 @@ class StageCore:
         self.config: StageConfig | None = None
         self.error = ""
         self.last_switch_s = 0.0
+        self.expected_batch_s = 0.0  # EWMA of the batch compute time: the deadline check's estimate
         # Every variant object this replica built and that is still alive: after a
         # switch only the new one may remain, which shows the old model was released.
         self._alive: weakref.WeakSet = weakref.WeakSet()
@@ -140,20 +145,31 @@ class StageCore:
         log.info("stage %s now serves %s (switch took %.2fs)", self.stage.name, name, self.last_switch_s)
 
     def infer(self, payloads: Sequence[Payload], arrivals: Sequence[float] | None = None) -> list[Payload]:
-        """Run one batch through the current variant; attach outputs and traces."""
+        """Run one batch through the current variant; attach outputs and traces.
+
+        A request whose deadline would pass before this batch finishes is not run:
+        it is marked ``dropped_at`` this stage (admission control, answered 504).
+        """
         variant = self.variant  # one reference for the whole batch, even if a switch lands now
         if variant is None:
             raise RuntimeError(f"stage {self.stage.name} has no loaded variant: {self.error}")
         start = time.time()
+        live = [p for p in payloads if p.deadline is None or start + self.expected_batch_s <= p.deadline]
+        for p in payloads:
+            if p.deadline is not None and start + self.expected_batch_s > p.deadline:
+                p.dropped_at = self.stage.name
         t0 = time.perf_counter()
-        outputs = variant.infer(payloads)
+        outputs = variant.infer(live) if live else []
         compute = time.perf_counter() - t0
-        if len(outputs) != len(payloads):
-            raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(payloads)} inputs")
-        for i, (p, out) in enumerate(zip(payloads, outputs, strict=True)):
-            queued = max(0.0, start - arrivals[i]) if arrivals else 0.0
+        if len(outputs) != len(live):
+            raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(live)} inputs")
+        if live:
+            self.expected_batch_s = compute if not self.expected_batch_s else (
+                EWMA_WEIGHT * compute + (1 - EWMA_WEIGHT) * self.expected_batch_s)
+        queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}
+        for p, out in zip(live, outputs, strict=True):
             p.outputs[self.stage.name] = out
-            p.trace.append(StageTrace(self.stage.name, variant.name, len(payloads), queued, compute))
+            p.trace.append(StageTrace(self.stage.name, variant.name, len(live), queued[id(p)], compute))
         return list(payloads)
 
     def status(self, now: float) -> ReplicaStatus:

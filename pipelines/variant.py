@@ -55,6 +55,7 @@ class Payload:
     outputs: dict[str, StageOutput] = field(default_factory=dict)
     deadline: float | None = None  # absolute time.time() seconds; None = no deadline
     trace: list[StageTrace] = field(default_factory=list)  # filled in by serving, in stage order
+    dropped_at: str = ""  # the stage that dropped it because its deadline could no longer be met
 
 
 class Variant(Protocol):

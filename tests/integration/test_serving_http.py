@@ -96,3 +96,15 @@ def test_server_keeps_serving_after_bad_input(server, png_bytes):
     for bad in (b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 50, b"\xff\xd8\xff" + b"\1" * 100):
         assert httpx.post(server.endpoint, content=bad).status_code in (400, 413)
     _ok(httpx.post(server.endpoint, content=png_bytes))
+
+
+def test_deadline_that_cannot_be_met_is_504_and_counted(server, png_bytes):
+    import time
+
+    r = httpx.post(server.endpoint, content=png_bytes, headers={"x-deadline-ms": "0.001"})
+    assert r.status_code == 504, r.text
+    assert "deadline exceeded" in r.json()["error"] and r.json()["dropped_at"] == "first"
+    _ok(httpx.post(server.endpoint, content=png_bytes, headers={"x-deadline-ms": "30000"}))
+    time.sleep(1.5)
+    text = httpx.get(server.url + "/metrics").text
+    assert 'varipipe_drops_total{pipeline="identity-chain",stage="first"} 1.0' in text

@@ -4,7 +4,13 @@ import gc
 
 import pytest
 
-from varipipe.pipelines.metrics import BatchRecord, MetricsAggregator, RequestRecord, StageTiming, percentile
+from varipipe.pipelines.metrics import (
+    BatchRecord,
+    MetricsAggregator,
+    RequestRecord,
+    StageTiming,
+    percentile,
+)
 from varipipe.pipelines.serve_config import (
     CONTROLLER,
     INGRESS,
@@ -106,3 +112,17 @@ def test_percentile():
     assert percentile([], 99) == 0.0
     assert percentile([1, 2, 3, 4], 50) == 2
     assert percentile(list(range(1, 101)), 99) == 99
+
+
+def test_requests_past_their_deadline_are_dropped_not_run(spec):
+    import time
+
+    core = StageCore(spec.stage("first"))
+    core.configure(StageConfig("fast", 4, 0.0, 1))
+    now = time.time()
+    late, ok, free = Payload(deadline=now - 1), Payload(deadline=now + 60), Payload()
+    out = core.infer([late, ok, free], [now, now, now])
+    assert late.dropped_at == "first" and "first" not in late.outputs and not late.trace
+    assert ok.dropped_at == "" and "first" in ok.outputs and ok.trace[-1].batch_size == 2
+    assert free.dropped_at == "" and "first" in free.outputs
+    assert len(out) == 3
