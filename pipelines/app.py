@@ -59,6 +59,9 @@ class Controller:
     async def replicas(self) -> list:
         return self.state.replica_statuses()
 
+    async def history(self, since: float = 0.0) -> dict[str, Any]:
+        return self.state.history_view(since)
+
     async def metrics_text(self) -> bytes:
         return self.state.metrics.prometheus_text()
 
@@ -153,6 +156,10 @@ class Ingress:
     @app.get("/api/replicas")
     async def replicas(self):
         return await self.core.replica_reports()
+
+    @app.get("/api/history")
+    async def history(self, since: float = 0.0):
+        return await self.core.controller.history.remote(since)
 
     @app.post("/{pipeline}")
     async def infer(self, pipeline: str, request: Request):

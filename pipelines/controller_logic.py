@@ -47,6 +47,7 @@ class ControllerState:
         self.decision_log: deque[dict[str, Any]] = deque(maxlen=DECISION_LOG_LEN)
         self.replicas: dict[str, ReplicaStatus] = {}
         self.history: deque[Observation] = deque(maxlen=HISTORY_LEN)
+        self.points: deque[dict[str, Any]] = deque(maxlen=HISTORY_LEN)  # what /api/history serves
         self.lock = threading.RLock()
         self.loop = None  # the adapter's control loop, when a policy is configured
         self.loop_error = ""
@@ -176,8 +177,33 @@ class ControllerState:
         with self.lock:
             obs = self.metrics.observe(self.clock())
             self.history.append(obs)
+            self.points.append(self._point(obs))
             self._ticks += 1
         return obs
+
+    def _point(self, obs: Observation) -> dict[str, Any]:
+        """One history point: load, latency, SLA and the configuration in force."""
+        w = self.metrics.last_window
+        d = self.decision
+        forecast = self.loop.log()[-1].forecast_rps if self.loop is not None and self.loop.log() else None
+        return {
+            "t": round(obs.time_s, 3), "interval_s": round(obs.interval_s, 3),
+            "arrival_rps": round(obs.arrival_rps, 3), "predicted_rps": forecast,
+            "completed": w.completed if w else 0, "within_sla": w.within_sla if w else 0,
+            "errors": w.errors if w else 0, "drops": obs.drops,
+            "e2e_p50_s": round(w.e2e_p50_s, 4) if w else 0.0, "e2e_p99_s": round(obs.e2e_p99_s, 4),
+            "generation": self.generation,
+            "stages": [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas}
+                       for s in (d.stages if d else ())],
+            "cost": d.predicted_cost if d else None, "accuracy": d.predicted_accuracy if d else None,
+        }
+
+    def history_view(self, since: float = 0.0) -> dict[str, Any]:
+        """Points newer than ``since`` (a ``t`` from an earlier answer) for ``GET /api/history``."""
+        with self.lock:
+            points = [p for p in self.points if p["t"] > since]
+            return {"pipeline": self.spec.name, "sla_s": self.sla_s, "window_s": WINDOW_S,
+                    "now": self.clock(), "points": points}
 
     def _run(self) -> None:
         while not self._stop.wait(WINDOW_S):

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from varipipe.records import Decision, Observation, StageObservation
 
-__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "MetricsAggregator", "merge_observations", "percentile"]
+__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "WindowStats", "MetricsAggregator", "merge_observations",
+           "percentile"]
 
 # Latency buckets (s): 5 ms .. 60 s, roughly x2 apart, covering an identity stage
 # (~1 ms) to a full LLM caption on two cores (seconds).
@@ -67,10 +68,26 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+@dataclass(frozen=True)
+class WindowStats:
+    """What the dashboard plots for one closed window (beside the Observation)."""
+
+    time: float
+    interval_s: float
+    arrivals: int
+    completed: int
+    within_sla: int
+    errors: int  # non-200 answers other than deadline drops
+    drops: int
+    e2e_p50_s: float
+    e2e_p99_s: float
+
+
 @dataclass
 class _Window:
     arrivals: int = 0
     drops: int = 0
+    errors: int = 0
     e2e: list[float] = field(default_factory=list)
     stage_latency: dict[str, list[float]] = field(default_factory=dict)
     stage_count: dict[str, int] = field(default_factory=dict)
@@ -90,6 +107,7 @@ class MetricsAggregator:
         self._per_second: deque[tuple[int, int]] = deque(maxlen=HISTORY_SECONDS)  # (second, arrivals)
         self.total_requests = 0
         self.batch_sizes: dict[str, deque[int]] = {s: deque(maxlen=1000) for s in self.stages}
+        self.last_window: WindowStats | None = None
         self._make_metrics()
 
     def _make_metrics(self) -> None:
@@ -133,6 +151,8 @@ class MetricsAggregator:
                 w.e2e.append(rec.latency_s)
             if not ok or rec.latency_s > self.sla_s:
                 self.m_sla.labels(p).inc()
+            if not ok and not rec.dropped_at:
+                w.errors += 1
             if rec.dropped_at:
                 w.drops += 1
                 w.stage_drops[rec.dropped_at] = w.stage_drops.get(rec.dropped_at, 0) + 1
@@ -205,6 +225,11 @@ class MetricsAggregator:
             e2e_p99_s=percentile(w.e2e, 99),
             drops=w.drops,
             history_rps=tuple(self.history_rps(now)),
+        )
+        self.last_window = WindowStats(
+            time=now, interval_s=interval, arrivals=w.arrivals, completed=len(w.e2e),
+            within_sla=sum(1 for x in w.e2e if x <= self.sla_s), errors=w.errors, drops=w.drops,
+            e2e_p50_s=percentile(w.e2e, 50), e2e_p99_s=obs.e2e_p99_s,
         )
         self._window = _Window()
         self._window_start = now

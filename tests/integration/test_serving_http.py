@@ -90,6 +90,8 @@ def test_healthz_config_metrics(server, png_bytes):
     assert 'varipipe_stage_requests_total{pipeline="identity-chain",stage="first"}' in text
     assert 'varipipe_variant{pipeline="identity-chain",stage="first",variant="fast"} 1.0' in text
     assert "varipipe_batch_size_bucket" in text
+    hist = httpx.get(server.url + "/api/history").json()
+    assert hist["pipeline"] == "identity-chain" and sum(p["completed"] for p in hist["points"]) >= 3
 
 
 def test_server_keeps_serving_after_bad_input(server, png_bytes):

@@ -126,3 +126,22 @@ def test_requests_past_their_deadline_are_dropped_not_run(spec):
     assert ok.dropped_at == "" and "first" in ok.outputs and ok.trace[-1].batch_size == 2
     assert free.dropped_at == "" and "first" in free.outputs
     assert len(out) == 3
+
+
+def test_controller_history_and_config_views():
+    from varipipe.pipelines.controller_logic import ControllerState
+
+    clock = iter([100.0, 101.0, 102.0, 103.0, 104.0, 105.0]).__next__
+    st = ControllerState(AppOptions(pipeline="identity-chain"), clock=clock, start_thread=False)
+    st.set_decision_config({"decision": _decision().to_dict(), "generation": 1, "stage_generation": {"first": 1}})
+    st.metrics.add_requests([RequestRecord(100.5, 0.1, 200, ()), RequestRecord(100.6, 0.9, 200, ()),
+                             RequestRecord(100.7, 0.0, 504, (), dropped_at="first")])
+    st.tick()
+    view = st.history_view()
+    (point,) = view["points"]
+    assert point["completed"] == 2 and point["within_sla"] == 1 and point["drops"] == 1
+    assert point["stages"][0] == {"stage": "first", "variant": "fast", "batch": 4, "replicas": 1}
+    assert st.history_view(since=point["t"])["points"] == []
+    cfg = st.config_view()
+    assert cfg["generation"] == 1 and cfg["adapter"]["enabled"] is False
+    assert cfg["decision_log"][-1]["to"].startswith("first=fast b4 x1")
