@@ -129,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
     times = arrival_times(plan["trace"], plan["arrivals"], seed)
     total = len(policies) * len(plan["slas"])
     with tqdm(total=total, unit="run", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        finished = [0]
+
         def done(o) -> None:
+            finished[0] += 1
             bar.update(1)
             bar.set_postfix_str(f"{o.sla}/{o.policy}")
             if bar.disable:  # no terminal: one log line per finished run instead of the bar
-                print(f"[{bar.n}/{total}] {o.sla}/{o.policy}: attainment {o.sla_attainment:.4f}, "
+                print(f"[{finished[0]}/{total}] {o.sla}/{o.policy}: attainment {o.sla_attainment:.4f}, "
                       f"cost {o.mean_cost:.2f}, {o.wall_s:.0f} s", file=sys.stderr, flush=True)
 
         if args.mode == "sim":
