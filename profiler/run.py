@@ -1,0 +1,236 @@
+"""A whole profile run: plan, inputs, accuracy, measurement, store -- resumable.
+
+``run_profile`` measures every point of the plan that the output file does not
+hold yet and saves the file (atomically) after every point, so an interrupted
+run resumes where it stopped. A file made with another sampling mode is not
+silently mixed into: resuming it is an error that names the field.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from varipipe.errors import ProfileError, UnknownNameError
+from varipipe.profiler.evaluate import (
+    StageAccuracy,
+    items_per_request,
+    stage_accuracy,
+    stage_outputs,
+)
+from varipipe.profiler.hostinfo import host_metadata
+from varipipe.profiler.inputs import payloads_for_stage, stage_inputs
+from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
+from varipipe.profiler.measure import Hardware, MeasureError, PointResult, measure_variant
+from varipipe.profiler.plan import PointKey, SamplingPolicy, missing, plan
+from varipipe.profiler.store import SCHEMA_VERSION, load_profile, save_profile
+from varipipe.records import PipelineSpec, Profile, ProfilePoint
+
+__all__ = ["ProfileRequest", "RunSummary", "run_profile", "group_by_variant", "order_points"]
+
+log = logging.getLogger(__name__)
+
+# Why Profile.fanout stays 1 for every stage of these pipelines, kept in the metadata.
+_FANOUT_NOTE = (
+    "Profile.fanout is the request multiplicity between stages. Every stage here batches whole "
+    "requests (a classifier batch of b images classifies all their crops in one call), so each "
+    "stage's latency and throughput_rps are per request and the multiplicity is 1. "
+    "items_per_request records the measured items (crops) per request behind those figures."
+)
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    spec: PipelineSpec
+    out: Path
+    batches: tuple[int, ...]
+    hardware: tuple[Hardware, ...]
+    policy: SamplingPolicy
+    command: str
+    stages: tuple[str, ...] | None = None
+    variants: tuple[str, ...] | None = None
+    isolate: bool = True  # each (variant, hardware) in a fresh process
+    progress: bool = True
+
+
+@dataclass
+class RunSummary:
+    profile: Profile
+    measured: int = 0
+    skipped: int = 0  # already in the file
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def group_by_variant(keys: Sequence[PointKey]) -> list[tuple[str, str, str, tuple[int, ...]]]:
+    """(stage, variant, hardware, batches) in first-seen order: one measuring process each."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for k in keys:
+        groups.setdefault((k.stage, k.variant, k.hardware), []).append(k.batch)
+    return [(s, v, h, tuple(b)) for (s, v, h), b in groups.items()]
+
+
+def order_points(points: Sequence[ProfilePoint], keys: Sequence[PointKey]) -> tuple[ProfilePoint, ...]:
+    """Points in plan order; points the plan does not name keep their place after them."""
+    rank = {k: i for i, k in enumerate(keys)}
+    return tuple(sorted(points, key=lambda p: rank.get(PointKey.of(p), len(rank))))
+
+
+def _check_names(req: ProfileRequest) -> None:
+    for s in req.stages or ():
+        req.spec.stage(s)  # raises UnknownNameError naming the known stages
+    if req.variants:
+        known = {v.name for st in req.spec.stages for v in st.variants}
+        for v in req.variants:
+            if v not in known:
+                raise UnknownNameError(f"variant of pipeline {req.spec.name!r}", v, sorted(known))
+
+
+def _existing(req: ProfileRequest) -> Profile | None:
+    if not req.out.exists():
+        return None
+    prof = load_profile(req.out, pipeline=req.spec.name)
+    mode = prof.metadata.get("sampling", {}).get("name") if isinstance(prof.metadata.get("sampling"), dict) else None
+    if mode is not None and mode != req.policy.name:
+        raise ProfileError(str(req.out), "metadata.sampling.name",
+                           f"file was measured in {mode!r} mode; resuming it in {req.policy.name!r} mode would "
+                           "mix the two: use the same mode or another --out file")
+    return prof
+
+
+def _point(key: PointKey, r: PointResult, figure: Any) -> ProfilePoint:
+    s = r.stats
+    return ProfilePoint(
+        stage=key.stage, variant=key.variant, batch=key.batch, hardware=key.hardware,
+        latency_p50_s=s.p50_s, latency_p95_s=s.p95_s, latency_p99_s=s.p99_s,
+        throughput_rps=s.throughput_rps, memory_mb=r.memory_mb, samples=s.samples,
+        accuracy=figure.value, accuracy_kind=figure.kind.value, accuracy_source=figure.source,
+        latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
+    )
+
+
+class _Run:
+    """The mutable state of one run: points so far, metadata, the file."""
+
+    def __init__(self, req: ProfileRequest, existing: Profile | None, keys: Sequence[PointKey]) -> None:
+        self.req = req
+        self.keys = keys
+        self.points: dict[PointKey, ProfilePoint] = {PointKey.of(p): p for p in (existing.points if existing else ())}
+        self.metadata: dict[str, Any] = dict(existing.metadata) if existing else {}
+        self.started = time.monotonic()
+        self.prior_s = float(self.metadata.get("duration_s", 0.0))
+        fresh = host_metadata(req.command)
+        self.metadata.setdefault("created", fresh)
+        self.metadata.update({k: fresh[k] for k in ("host_cpu", "cpu_count", "gpu", "libraries", "date",
+                                                    "command", "platform", "python")})
+        self.metadata["tool_version"] = fresh["libraries"].get("varipipe", "unknown")
+        self.metadata["sampling"] = asdict(req.policy)
+        self.metadata["mode"] = req.policy.name
+        self.metadata["schema_version"] = SCHEMA_VERSION
+        self.metadata["fanout_note"] = _FANOUT_NOTE
+        self.metadata.setdefault("accuracy", {})
+        self.metadata.setdefault("items_per_request", {})
+        self.metadata.setdefault("variants", {})
+        self.metadata["memory_method"] = (
+            "peak RSS (VmHWM) of a fresh measuring process per (variant, hardware), reset just before the "
+            "model is built, minus the RSS at that moment: weights + runtime + activations of the largest "
+            "batch so far; interpreter and library code excluded" if req.isolate else
+            "RSS growth of the profiling process from before load to after the batch (in-process mode)")
+        self.metadata["throughput_method"] = ("batch / mean batch latency, batches run back to back on one "
+                                              "replica (saturation)")
+
+    def profile(self) -> Profile:
+        pts = order_points(list(self.points.values()), self.keys)
+        meta = dict(self.metadata)
+        meta["duration_s"] = round(self.prior_s + time.monotonic() - self.started, 1)
+        if pts:
+            meta["latency_model"] = {m: fits_to_metadata(fit_profile(pts, m)) for m in ("p99", "mean")}
+        return Profile(self.req.spec.name, pts, meta, {}, SCHEMA_VERSION)
+
+    def save(self) -> None:
+        if self.points:
+            save_profile(self.profile(), self.req.out)
+
+
+def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: list,
+                threads: int, failed: dict[str, str]) -> dict[str, StageAccuracy]:
+    result = {}
+    for name in stages:
+        stored = run.metadata["accuracy"].get(name)
+        if stored:
+            result[name] = StageAccuracy.from_metadata(name, stored)
+            continue
+        stage = req.spec.stage(name)
+        payloads = payloads_for_stage(req.spec, name, inputs)
+        log.info("accuracy: running %d variants of %s on %d inputs", len(stage.variants), name, len(payloads))
+        outputs, errors = stage_outputs(stage, payloads, threads)
+        failed.update({f"{name}/{v}": e for v, e in errors.items()})
+        result[name] = stage_accuracy(stage, payloads, outputs)
+        run.metadata["accuracy"][name] = result[name].to_metadata()
+        default = outputs.get(stage.default_variant)
+        if default:
+            run.metadata["items_per_request"][name] = round(items_per_request(default), 4)
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="point", disable=not enabled, dynamic_ncols=True)
+
+
+def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | None = None) -> RunSummary:
+    """Measure what ``req.out`` lacks, saving after every point; returns the final profile."""
+    _check_names(req)
+    existing = _existing(req)
+    keys = plan(req.spec, req.batches, [h.label for h in req.hardware], req.stages, req.variants)
+    todo = missing(keys, existing.points if existing else ())
+    run = _Run(req, existing, keys)
+    summary = RunSummary(profile=existing or Profile(req.spec.name, ()), skipped=len(keys) - len(todo))
+    if not todo:
+        run.save()
+        summary.profile = run.profile() if run.points else summary.profile
+        return summary
+    max_threads = max(h.threads for h in req.hardware)
+    inputs = stage_inputs(req.spec, threads=max_threads)
+    stages = list(dict.fromkeys(k.stage for k in todo))
+    figures = _accuracies(req, run, stages, inputs, max_threads, summary.failed)
+    by_label = {h.label: h for h in req.hardware}
+    with _progress(len(todo), req.progress) as bar:
+        for stage_name, variant_name, hw, batches in group_by_variant(todo):
+            key_of = {b: PointKey(stage_name, variant_name, b, hw) for b in batches}
+            figure = figures[stage_name].figures.get(variant_name)
+            if figure is None or f"{stage_name}/{variant_name}" in summary.failed:
+                bar.update(len(batches))
+                continue
+            spec = req.spec.stage(stage_name).variant(variant_name)
+            run.metadata["variants"][f"{stage_name}/{variant_name}"] = {
+                "runtime": spec.runtime, "source": spec.source, "input_size": spec.input_size,
+                "native_batching": spec.native_batching, "params": dict(spec.params)}
+            bar.set_postfix_str(f"{stage_name}/{variant_name} {hw}")
+
+            def landed(r: PointResult, key_of=key_of, figure=figure) -> None:
+                p = _point(key_of[r.batch], r, figure)
+                run.points[key_of[r.batch]] = p
+                run.save()
+                summary.measured += 1
+                bar.update(1)
+                if on_point is not None:
+                    on_point(p)
+
+            payloads = payloads_for_stage(req.spec, stage_name, inputs)
+            try:
+                measure_variant(spec, by_label[hw], payloads, batches, req.policy, landed, isolate=req.isolate)
+            except MeasureError as e:
+                summary.failed[f"{stage_name}/{variant_name}/{hw}"] = str(e).splitlines()[0]
+                log.error("%s", str(e).splitlines()[0])
+                bar.update(len([b for b in batches if key_of[b] not in run.points]))
+    run.metadata["failed"] = dict(summary.failed)
+    run.save()
+    summary.profile = run.profile()
+    summary.seconds = time.monotonic() - run.started
+    return summary

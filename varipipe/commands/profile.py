@@ -1,0 +1,124 @@
+"""``varipipe profile``: measure a pipeline's variants; ``varipipe profile show FILE``: read one.
+
+    varipipe profile --pipeline vision-caption [--stages ...] [--variants ...]
+                     [--batch 1,2,4,8,16] [--cores 1,2] [--gpu] [--quick]
+                     [--max-seconds-per-point S] --out FILE
+    varipipe profile show FILE [--plots DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+NAME = "profile"
+HELP = "measure latency, throughput, memory and accuracy of every variant (or: profile show FILE)"
+DESCRIPTION = (
+    "Measure each stage x variant x batch size x hardware unit of a pipeline and write a profile store "
+    "(resumable: points already in --out are kept). 'varipipe profile show FILE' prints a profile, its "
+    "latency-model fit errors, and writes plots."
+)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("show",), help="'show FILE': print a profile and plot it")
+    parser.add_argument("file", nargs="?", help="the profile to show")
+    parser.add_argument("--pipeline", help="bundled pipeline name or path to a spec YAML")
+    parser.add_argument("--stages", type=_names, help="comma-separated stages (default: all)")
+    parser.add_argument("--variants", type=_names, help="comma-separated variants (default: all)")
+    parser.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default 1,2,4,8,16)")
+    parser.add_argument("--cores", type=_int_list, default=None, help="threads per replica (default 1,2)")
+    parser.add_argument("--gpu", action="store_true", help="also profile on the GPU (error if none is present)")
+    parser.add_argument("--quick", action="store_true", help="30 samples or 3 s per point (minutes, not hours)")
+    parser.add_argument("--max-seconds-per-point", type=float, default=None,
+                        help="time box of a time-boxed point (default: 60 full, 3 quick)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure in this process instead of one fresh process per variant (memory less exact)")
+    parser.add_argument("--out", help="profile JSON to write (resumed if it exists)")
+    parser.add_argument("--plots", help="show: folder to write PNG plots into")
+    parser.add_argument("--json", action="store_true", help="show: print the fits as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _hardware(args: argparse.Namespace):
+    from varipipe.errors import VaripipeError
+    from varipipe.profiler.hostinfo import gpu_model
+    from varipipe.profiler.measure import cpu_hardware, gpu_hardware
+    from varipipe.profiler.plan import DEFAULT_CORES
+
+    units = [cpu_hardware(c) for c in (args.cores or DEFAULT_CORES)]
+    if args.gpu:
+        model = gpu_model()
+        if model is None:
+            raise VaripipeError("--gpu: no NVIDIA GPU found (nvidia-smi absent or reports none)")
+        units.append(gpu_hardware(model))
+    return tuple(units)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from varipipe.errors import VaripipeError
+    from varipipe.profiler.plan import DEFAULT_BATCHES, FULL, QUICK
+    from varipipe.profiler.run import ProfileRequest, run_profile
+    from varipipe.spec import find_spec
+
+    if not args.pipeline or not args.out:
+        raise VaripipeError("profile: --pipeline and --out are required (or use 'profile show FILE')")
+    policy = (QUICK if args.quick else FULL).with_max_seconds(args.max_seconds_per_point)
+    req = ProfileRequest(
+        spec=find_spec(args.pipeline), out=Path(args.out), batches=args.batch or DEFAULT_BATCHES,
+        hardware=_hardware(args), policy=policy, command="varipipe " + shlex.join(sys.argv[1:]),
+        stages=args.stages, variants=args.variants, isolate=not args.in_process, progress=not args.no_progress,
+    )
+    summary = run_profile(req)
+    print(f"{args.out}: {summary.measured} points measured, {summary.skipped} already there, "
+          f"{len(summary.failed)} failed, {summary.seconds:.0f} s")
+    for what, why in summary.failed.items():
+        print(f"  failed {what}: {why}")
+    return 1 if summary.failed else 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from varipipe.errors import VaripipeError
+    from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
+    from varipipe.profiler.report import fit_table, points_table
+    from varipipe.profiler.store import load_profile
+
+    if not args.file:
+        raise VaripipeError("profile show: name the profile FILE")
+    profile = load_profile(args.file)
+    fits = fit_profile(profile, "p99")
+    if args.json:
+        print(json.dumps(fits_to_metadata(fits), indent=1))
+    else:
+        print(points_table(profile))
+        print()
+        print(fit_table(fits))
+    if args.plots:
+        from varipipe.profiler.plots import write_plots
+
+        for path in write_plots(profile, Path(args.plots)):
+            print(f"wrote {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "show":
+        return _show(args)
+    return _measure(args)
