@@ -1,0 +1,29 @@
+"""`varipipe demo --duration 30`: the README's main command, end to end, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from varipipe.pipelines.server import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_runs_end_to_end():
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "varipipe.cli", "demo", "--duration", "30", "--port", str(port)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert f"serving at http://127.0.0.1:{port}/vision-caption" in out
+    assert "errors   0" in out and "configurations used:" in out
+    assert "chelsea: 'The photo shows" in out or "chelsea: '" in out  # a real caption came back
+    for stage in ("detector:", "classifier:", "llm:"):
+        assert stage in out
