@@ -45,6 +45,7 @@ class SimSettings:
     seed: int = 0
     predictor: str = DEFAULT_PREDICTOR
     policy_options: Mapping[str, Any] = field(default_factory=dict)
+    per_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # policy -> extra options
 
     def sim_config(self) -> SimConfig:
         return SimConfig(self.sla_s, self.interval_s, self.cost_mode, self.cluster_cores, self.seed)
@@ -54,7 +55,7 @@ class SimSettings:
 
 
 def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> dict[str, Any]:
-    opts = dict(settings.policy_options)
+    opts = {**settings.policy_options, **settings.per_policy.get(name, {})}
     if name not in SOLVER_POLICIES:  # ray, static, user policies: no solver options
         opts = {k: v for k, v in opts.items() if k not in SOLVER_OPTIONS}
     if name == "oracle":  # the true per-second arrivals of this very run

@@ -23,7 +23,7 @@ from varipipe.loadgen.traces import Trace, read_trace
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 
 __all__ = ["Scenario", "SlaRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
-           "fastest_path_s", "peak_cores_largest", "find_repo_file"]
+           "fastest_path_s", "peak_cores_largest", "peak_replicas_largest", "find_repo_file"]
 
 
 class _Strict(BaseModel):
@@ -71,6 +71,9 @@ class Scenario(_Strict):
     policy_options: dict[str, Any] = Field(default_factory=dict)
     sla: list[SlaRule] = Field(min_length=1)
     profile: str | None = None
+    # rim keeps replicas fixed: "peak-largest" fixes each stage at the replicas the
+    # largest variant needs at the peak (the cluster sizing rule); "one": 1 each.
+    rim_replicas: Literal["peak-largest", "one"] = "peak-largest"
     live: LiveSettings = Field(default_factory=LiveSettings)
 
     @model_validator(mode="after")
@@ -95,12 +98,14 @@ class ResolvedScenario:
     peak_cores_largest: float
     slas: dict[str, float]
     notes: tuple[str, ...]
+    per_policy: dict[str, dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "trace": self.trace_path, "window_start_s": self.window_start_s,
                 "window_duration_s": self.window_duration_s, "window_peak_rps": self.window_peak_rps,
                 "scale": self.scale, "cluster_cores": self.cluster_cores,
-                "peak_cores_largest": self.peak_cores_largest, "slas": dict(self.slas), "notes": list(self.notes)}
+                "peak_cores_largest": self.peak_cores_largest, "slas": dict(self.slas), "notes": list(self.notes),
+                "per_policy": self.per_policy}
 
 
 def parse_scenario(data: Any, source: str = "<string>") -> Scenario:
@@ -148,23 +153,34 @@ def fastest_path_s(profile: Profile, statistic: str) -> float:
     return total
 
 
-def peak_cores_largest(profile: Profile, peak_rps: float, sla_s: float, rho_max: float) -> float:
-    """Cores the largest (most accurate) variant of every stage needs at ``peak_rps``.
+def _largest_fits(profile: Profile, stage: str, sla_s: float) -> list[ProfilePoint]:
+    pts = profile.for_stage(stage)
+    best_acc = max(p.accuracy for p in pts)
+    largest = [p for p in pts if p.accuracy == best_acc]
+    return [p for p in largest if p.latency_p99_s <= sla_s] or [min(largest, key=lambda p: p.latency_p99_s)]
 
-    Per stage: the configuration (batch, hardware) of that variant whose p99 fits
-    the SLA and needs the fewest cores, ``ceil(λ_s / (ρ_max·h)) · cores``, with
-    λ_s the stage's load after fan-out (as the adapter computes it).
+
+def peak_replicas_largest(profile: Profile, peak_rps: float, sla_s: float,
+                          rho_max: float) -> dict[str, tuple[int, float]]:
+    """Per stage, (replicas, cores per replica) the largest (most accurate) variant needs at ``peak_rps``.
+
+    The configuration (batch, hardware) of that variant whose p99 fits the SLA
+    and needs the fewest cores, ``ceil(λ_s / (ρ_max·h)) · cores``, with λ_s the
+    stage's load after fan-out (as the adapter computes it).
     """
-    total, rate = 0.0, peak_rps
+    out: dict[str, tuple[int, float]] = {}
+    rate = peak_rps
     for stage in profile.stages:
         rate *= profile.fanout.get(stage, 1.0)
-        pts = profile.for_stage(stage)
-        best_acc = max(p.accuracy for p in pts)
-        largest = [p for p in pts if p.accuracy == best_acc]
-        fits = [p for p in largest if p.latency_p99_s <= sla_s] or [min(largest, key=lambda p: p.latency_p99_s)]
-        total += min(math.ceil(rate / (rho_max * p.throughput_rps) - 1e-9) * max(hardware_cores(p.hardware), 1.0)
-                     for p in fits)
-    return total
+        options = [(math.ceil(rate / (rho_max * p.throughput_rps) - 1e-9), max(hardware_cores(p.hardware), 1.0))
+                   for p in _largest_fits(profile, stage, sla_s)]
+        out[stage] = min(options, key=lambda o: o[0] * o[1])
+    return out
+
+
+def peak_cores_largest(profile: Profile, peak_rps: float, sla_s: float, rho_max: float) -> float:
+    """Cores the largest variants of every stage need together at ``peak_rps``."""
+    return float(sum(n * c for n, c in peak_replicas_largest(profile, peak_rps, sla_s, rho_max).values()))
 
 
 def _window(trace: Trace, sc: Scenario, notes: list[str]) -> Trace:
@@ -186,10 +202,12 @@ def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -
     trace = _window(read_trace(path), sc, notes)
     scale = sc.target_peak_rps / trace.peak_rps if trace.peak_rps > 0 else 1.0
     slas = {r.name: r.multiple * fastest_path_s(profile, r.statistic) for r in sc.sla}
-    need = peak_cores_largest(profile, sc.target_peak_rps, slas[sc.sla[0].name], DEFAULT_RHO_MAX)
+    per_stage = peak_replicas_largest(profile, sc.target_peak_rps, slas[sc.sla[0].name], DEFAULT_RHO_MAX)
+    need = float(sum(n * c for n, c in per_stage.values()))
+    rim = {s: (n if sc.rim_replicas == "peak-largest" else 1) for s, (n, _) in per_stage.items()}
     cluster = max(math.floor(need / sc.cluster_peak_fraction), 1)
     notes.append(f"scale {scale:.4g} maps the window's peak {trace.peak_rps:g} req/s to {sc.target_peak_rps:g}")
     notes.append(f"largest variants need {need:g} cores at that peak (rho_max {DEFAULT_RHO_MAX}); cluster "
                  f"{cluster} cores, so the peak needs {need / cluster:.0%} of it")
     return ResolvedScenario(sc, str(path), trace.offset_s, trace.duration_s, trace.peak_rps, scale, float(cluster),
-                            need, slas, tuple(notes))
+                            need, slas, tuple(notes), {"rim": {"replicas": rim}})

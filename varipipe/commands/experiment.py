@@ -77,14 +77,15 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
                     arrivals=sc.arrivals, interval=sc.interval_s, predictor=sc.predictor,
                     cost_mode=sc.live.cost_mode if live else sc.cost_mode,
                     cores=sc.live.cluster_cores if live else rs.cluster_cores, options=dict(sc.policy_options),
-                    pipeline=sc.live.pipeline, resolved=rs.to_dict() | {"run_scale": scale})
+                    pipeline=sc.live.pipeline, per_policy={} if live else rs.per_policy,
+                    resolved=rs.to_dict() | {"run_scale": scale})
     if not (args.trace and args.sla):
         raise VaripipeError("give --scenario FILE, or --trace FILE with --sla SECONDS")
     trace = read_trace(args.trace, args.start, args.duration, args.scale)
     slas = {f"sla-{float(s):g}s": float(s) for s in args.sla.split(",")}
     return dict(trace=trace, slas=slas, policies=DEFAULT_POLICIES.split(","), seed=0, arrivals=args.arrivals,
                 interval=10.0, predictor="reactive", cost_mode="shared", cores=2.0, options={},
-                pipeline="vision-caption", resolved={})
+                pipeline="vision-caption", per_policy={}, resolved={})
 
 
 def _profile_path(args: argparse.Namespace) -> str:
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.mode == "sim":
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
-                               predictor=predictor,
+                               predictor=predictor, per_policy=plan["per_policy"],
                                policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}))
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
         else:
