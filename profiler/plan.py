@@ -100,7 +100,7 @@ class SamplingPolicy:
 FULL = SamplingPolicy(name="full", min_samples=200, max_seconds=60.0, min_seconds=2.0)
 # Quick profile: 30 samples or a 3 s time box for every batch size, so the whole
 # flagship (about 80 points) finishes in well under 10 minutes.
-QUICK = SamplingPolicy(name="quick", min_samples=30, max_seconds=3.0, time_box_small=True, warmup_batches=2)
+QUICK = SamplingPolicy(name="quick", min_samples=30, max_seconds=3.0, time_box_small=True, warmup_batches=1)
 
 
 def variant_batches(variant: VariantSpec, batches: Sequence[int]) -> tuple[int, ...]:

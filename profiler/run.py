@@ -34,6 +34,10 @@ __all__ = ["ProfileRequest", "RunSummary", "run_profile", "group_by_variant", "o
 
 log = logging.getLogger(__name__)
 
+# Threads for the untimed work (upstream inputs, accuracy runs): outputs do not
+# depend on it, and llama.cpp's spinning worker threads slow down several-fold
+# when two of them share two busy cores with other processes.
+_SETUP_THREADS = 1
 # Why Profile.fanout stays 1 for every stage of these pipelines, kept in the metadata.
 _FANOUT_NOTE = (
     "Profile.fanout is the request multiplicity between stages. Every stage here batches whole "
@@ -195,10 +199,9 @@ def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | 
         run.save()
         summary.profile = run.profile() if run.points else summary.profile
         return summary
-    max_threads = max(h.threads for h in req.hardware)
-    inputs = stage_inputs(req.spec, threads=max_threads)
+    inputs = stage_inputs(req.spec, threads=_SETUP_THREADS)
     stages = list(dict.fromkeys(k.stage for k in todo))
-    figures = _accuracies(req, run, stages, inputs, max_threads, summary.failed)
+    figures = _accuracies(req, run, stages, inputs, _SETUP_THREADS, summary.failed)
     by_label = {h.label: h for h in req.hardware}
     with _progress(len(todo), req.progress) as bar:
         for stage_name, variant_name, hw, batches in group_by_variant(todo):

@@ -1,0 +1,96 @@
+"""The profiler end to end on real (identity) variants: measuring processes, store, resume, show, GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from varipipe.cli import main
+from varipipe.profiler.hostinfo import gpu_model
+from varipipe.profiler.measure import cpu_hardware, gpu_hardware
+from varipipe.profiler.plan import QUICK, PointKey
+from varipipe.profiler.run import ProfileRequest, run_profile
+from varipipe.profiler.store import load_profile
+from varipipe.spec import find_spec
+
+# Tiny time box: identity stages take ~1-4 ms, so a point is a few hundred samples.
+_BOX = QUICK.with_max_seconds(0.2)
+
+
+_CPU1 = (cpu_hardware(1),)
+
+
+def _req(out, hardware=_CPU1, **kw):
+    return ProfileRequest(spec=find_spec("identity-chain"), out=out, batches=(1, 2), hardware=hardware,
+                          policy=_BOX, command="varipipe profile (test)", progress=False, **kw)
+
+
+@pytest.mark.slow
+def test_cli_profiles_identity_chain_in_separate_processes(tmp_path, capsys):
+    out = tmp_path / "ic.json"
+    rc = main(["profile", "--pipeline", "identity-chain", "--quick", "--batch", "1,2", "--cores", "1",
+               "--max-seconds-per-point", "0.2", "--out", str(out), "--no-progress"])
+    assert rc == 1  # the spec's 'broken' variant fails to load, and says so
+    assert "failed second/broken" in capsys.readouterr().out
+    prof = load_profile(out, pipeline="identity-chain")
+    assert {(p.stage, p.variant) for p in prof.points} == {("first", "fast"), ("first", "slow"), ("second", "fast")}
+    slow = {p.batch: p for p in prof.points if p.variant == "slow"}
+    assert slow[1].latency_p50_s >= 0.004  # params.service_s of the spec, really slept
+    assert all(p.accuracy_kind == "declared" and p.samples >= QUICK.floor_samples for p in prof.points)
+    meta = prof.metadata
+    assert meta["mode"] == "quick" and "peak RSS" in meta["memory_method"] and meta["failed"]
+    assert {f["variant"] for f in meta["latency_model"]["p99"]["fits"]} == {"fast", "slow"}
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_with_only_the_missing_points(tmp_path):
+    out = tmp_path / "ic.json"
+    seen: list = []
+
+    def interrupt_after_two(point):
+        seen.append(point)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(_req(out, variants=("fast", "slow"), isolate=False), on_point=interrupt_after_two)
+    kept = load_profile(out).points
+    assert [PointKey.of(p) for p in kept] == [PointKey.of(p) for p in seen]  # saved after every point
+
+    again: list = []
+    summary = run_profile(_req(out, variants=("fast", "slow"), isolate=False), on_point=again.append)
+    assert summary.skipped == 2 and summary.measured == len(again) == 6 - 2
+    final = load_profile(out)
+    assert len(final.points) == 6
+    assert {PointKey.of(p): p for p in final.points}[PointKey.of(kept[0])] == kept[0]  # untouched
+    assert run_profile(_req(out, variants=("fast", "slow"), isolate=False)).measured == 0
+
+
+@pytest.mark.slow
+def test_show_prints_points_and_fit_errors_and_writes_plots(tmp_path, capsys):
+    out = tmp_path / "ic.json"
+    run_profile(_req(out, variants=("fast", "slow"), isolate=False))
+    assert main(["profile", "show", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    text = capsys.readouterr().out
+    assert "first/slow" in text and "LOO mean err" in text
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["identity-chain-first-latency.png", "identity-chain-first-pareto.png",
+                    "identity-chain-second-latency.png", "identity-chain-second-pareto.png"]
+    assert main(["profile", "show", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fits"]
+
+
+def test_gpu_flag_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    if gpu_model() is not None:
+        pytest.skip("this machine has a GPU")
+    rc = main(["profile", "--pipeline", "identity-chain", "--gpu", "--out", str(tmp_path / "x.json")])
+    assert rc == 2 and "no NVIDIA GPU found" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_model() is None, reason="no GPU on this machine")
+def test_gpu_hardware_is_profiled_and_labelled(tmp_path):
+    hw = gpu_hardware(gpu_model())
+    prof = run_profile(_req(tmp_path / "gpu.json", hardware=(hw,), variants=("fast",), isolate=False)).profile
+    assert {p.hardware for p in prof.points} == {f"gpu:{gpu_model()}"}

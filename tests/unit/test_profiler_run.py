@@ -1,0 +1,70 @@
+"""Resumability logic of a profile run (no models, no processes)."""
+
+from pathlib import Path
+
+import pytest
+
+from varipipe.errors import ProfileError, UnknownNameError
+from varipipe.profiler.measure import cpu_hardware
+from varipipe.profiler.plan import FULL, QUICK, PointKey
+from varipipe.profiler.run import (
+    ProfileRequest,
+    _check_names,
+    _existing,
+    group_by_variant,
+    order_points,
+)
+from varipipe.profiler.store import save_profile
+from varipipe.records import Profile, ProfilePoint
+from varipipe.spec import find_spec
+
+
+def point(stage="det", variant="small", batch=1, hardware="cpu:1", latency=0.01, **kw) -> ProfilePoint:
+    fields = dict(
+        stage=stage, variant=variant, batch=batch, hardware=hardware,
+        latency_p50_s=latency, latency_p95_s=latency * 1.1, latency_p99_s=latency * 1.2,
+        throughput_rps=batch / latency, memory_mb=10.0, samples=200, accuracy=0.5,
+        accuracy_kind="declared", accuracy_source="test figure", latency_mean_s=latency,
+    )
+    fields.update(kw)
+    return ProfilePoint(**fields)
+
+
+def test_group_by_variant_keeps_first_seen_order():
+    keys = [PointKey("a", "x", 1, "cpu:1"), PointKey("a", "x", 2, "cpu:1"), PointKey("a", "y", 1, "cpu:1"),
+            PointKey("a", "x", 4, "cpu:1")]
+    assert group_by_variant(keys) == [("a", "x", "cpu:1", (1, 2, 4)), ("a", "y", "cpu:1", (1,))]
+
+
+def test_order_points_follows_the_plan_and_keeps_strangers_last():
+    keys = [PointKey("det", "small", b, "cpu:1") for b in (1, 2, 4)]
+    pts = [point(batch=4), point(batch=16), point(batch=1), point(batch=2)]
+    assert [p.batch for p in order_points(pts, keys)] == [1, 2, 4, 16]
+
+
+def _req(out: Path, policy=QUICK, **kw) -> ProfileRequest:
+    return ProfileRequest(spec=find_spec("identity-chain"), out=out, batches=(1, 2), hardware=(cpu_hardware(1),),
+                          policy=policy, command="varipipe profile", **kw)
+
+
+def test_resuming_in_another_sampling_mode_is_refused(tmp_path):
+    out = tmp_path / "p.json"
+    save_profile(Profile("identity-chain", (point("first", "fast"),), {"sampling": {"name": "quick"}}), out)
+    assert _existing(_req(out, QUICK)).points[0].variant == "fast"
+    with pytest.raises(ProfileError) as e:
+        _existing(_req(out, FULL))
+    assert e.value.field == "metadata.sampling.name"
+
+
+def test_resuming_a_file_of_another_pipeline_is_refused(tmp_path):
+    out = tmp_path / "p.json"
+    save_profile(Profile("other", (point(),)), out)
+    with pytest.raises(ProfileError, match="pipeline"):
+        _existing(_req(out))
+
+
+def test_unknown_stage_or_variant_names_the_known_ones(tmp_path):
+    with pytest.raises(UnknownNameError, match="first"):
+        _check_names(_req(tmp_path / "p.json", stages=("nope",)))
+    with pytest.raises(UnknownNameError, match="slow"):
+        _check_names(_req(tmp_path / "p.json", variants=("nope",)))

@@ -1,0 +1,110 @@
+import json
+
+import pytest
+
+from varipipe.errors import ProfileError
+from varipipe.profiler.store import (
+    SCHEMA_VERSION,
+    default_profile_path,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
+    save_profile,
+)
+from varipipe.records import Profile, ProfilePoint
+
+
+def point(stage="det", variant="small", batch=1, hardware="cpu:1", latency=0.01, **kw) -> ProfilePoint:
+    fields = dict(
+        stage=stage, variant=variant, batch=batch, hardware=hardware,
+        latency_p50_s=latency, latency_p95_s=latency * 1.1, latency_p99_s=latency * 1.2,
+        throughput_rps=batch / latency, memory_mb=10.0, samples=200, accuracy=0.5,
+        accuracy_kind="declared", accuracy_source="test figure", latency_mean_s=latency,
+    )
+    fields.update(kw)
+    return ProfilePoint(**fields)
+
+
+def _profile():
+    pts = (point(batch=1), point(batch=2, p99_low_samples=True), point(stage="llm", variant="tiny", hardware="cpu:2"))
+    return Profile("p", pts, metadata={"host_cpu": "x", "command": "varipipe profile"}, fanout={"llm": 1.0})
+
+
+def test_round_trip_keeps_every_field(tmp_path):
+    path = tmp_path / "sub" / "p.json"
+    save_profile(_profile(), path)
+    assert load_profile(path, pipeline="p") == _profile()
+    assert not (tmp_path / "sub" / "p.json.tmp").exists()  # written atomically
+    doc = json.loads(path.read_text())
+    assert set(doc) >= {"schema_version", "pipeline", "metadata", "points"}
+    assert doc["points"][0]["hardware"] == "cpu:1"
+
+
+def _doc():
+    return profile_to_dict(_profile())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.update(schema_version=99), "schema_version"),
+        (lambda d: d.update(pipeline=""), "pipeline"),
+        (lambda d: d.update(points=[]), "points"),
+        (lambda d: d["points"][1].pop("latency_p99_s"), "points[1].latency_p99_s"),
+        (lambda d: d["points"][0].update(batch=0), "points[0].batch"),
+        (lambda d: d["points"][0].update(accuracy=1.5), "points[0].accuracy"),
+        (lambda d: d["points"][2].update(accuracy_kind="guessed"), "points[2].accuracy_kind"),
+        (lambda d: d["points"][0].update(latency_p50_s=1.0), "points[0].latency_p99_s"),
+        (lambda d: d["points"][0].update(memory_mb=-1), "points[0].memory_mb"),
+        (lambda d: d["points"].append(dict(d["points"][0])), "points[3]"),
+        (lambda d: d.update(fanout={"llm": -1}), "fanout"),
+        (lambda d: d.update(metadata=[]), "metadata"),
+    ],
+)
+def test_broken_documents_name_the_field(mutate, field):
+    doc = _doc()
+    mutate(doc)
+    with pytest.raises(ProfileError) as e:
+        profile_from_dict(doc, "prof.json")
+    assert e.value.file == "prof.json" and e.value.field == field
+    assert str(e.value).startswith(f"prof.json: {field}:")
+
+
+def test_mismatched_pipeline_is_an_error(tmp_path):
+    path = tmp_path / "p.json"
+    save_profile(_profile(), path)
+    with pytest.raises(ProfileError, match="'p', but 'other' was asked for"):
+        load_profile(path, pipeline="other")
+
+
+def test_unreadable_and_invalid_json_name_the_file(tmp_path):
+    with pytest.raises(ProfileError, match="cannot read"):
+        load_profile(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1,\n "points": [')
+    with pytest.raises(ProfileError) as e:
+        load_profile(bad)
+    assert e.value.file == str(bad) and e.value.field.startswith("(line")
+
+
+def test_default_profile_path_points_into_the_package():
+    path = default_profile_path("vision-caption")
+    assert path.name == "vision-caption.json" and path.parent.name == "profiles"
+    assert SCHEMA_VERSION == 1
+
+
+@pytest.mark.parametrize("name", ["vision-caption", "vision-caption-ci", "identity-chain"])
+def test_shipped_profiles_load_and_cover_their_spec(name):
+    from varipipe.profiler.plan import missing, plan
+    from varipipe.spec import find_spec
+
+    path = default_profile_path(name)
+    if not path.exists():
+        pytest.skip(f"{path.name} not shipped yet")
+    prof = load_profile(path, pipeline=name)
+    spec = find_spec(name)
+    failed = prof.metadata.get("failed", {})
+    left = [k for k in missing(plan(spec), prof.points) if not any(k2.startswith(f"{k.stage}/{k.variant}") for k2 in failed)]
+    assert left == [], f"{path.name} lacks {len(left)} points, e.g. {left[:3]}"
+    assert prof.metadata["command"].startswith("varipipe profile")
+    assert {"host_cpu", "cpu_count", "libraries", "date", "tool_version", "mode"} <= set(prof.metadata)
