@@ -71,4 +71,5 @@ def host_metadata(command: str) -> dict[str, Any]:
         "libraries": library_versions(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }

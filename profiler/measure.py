@@ -127,25 +127,41 @@ def _peak_rss_mb() -> float:
     return _rss_mb()
 
 
-def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: SamplingPolicy) -> tuple[list[float], float]:
+def cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), 0..1."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            first = f.readline().split()
+        return float(first[1].partition("=")[2]) / 100.0
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: SamplingPolicy,
+                ) -> tuple[list[float], float, dict]:
     start = time.perf_counter()
     for w in range(policy.warmup_batches):
         variant.infer(make_batch(inputs, batch, w * batch))
     samples: list[float] = []
+    busy = 0.0
     sampling_start = time.perf_counter()
     offset = 0
     while not policy.done(batch, len(samples), time.perf_counter() - sampling_start):
         payloads = make_batch(inputs, batch, offset)
         offset += batch
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         variant.infer(payloads)
         samples.append(time.perf_counter() - t0)
-    return samples, time.perf_counter() - start
+        busy += time.process_time() - c0
+    conditions = {"cpu_s_per_batch": busy / len(samples), "wall_s_per_batch": sum(samples) / len(samples),
+                  "cpu_pressure_some_avg10": cpu_pressure()}
+    return samples, time.perf_counter() - start, conditions
 
 
 def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payload], batches: Sequence[int],
                   policy: SamplingPolicy, peak_memory: bool) -> Iterator[tuple]:
-    """Yields ("loaded", load_s, baseline_mb) then ("point", PointResult) per batch size."""
+    """Yields ("loaded", load_s, baseline_mb), then per batch size ("conditions", batch, dict) and
+    ("point", PointResult): the conditions say how contended the host was while it was measured."""
     importlib.import_module(spec.factory.partition(":")[0])  # library memory is not the model's
     peak_memory = peak_memory and _reset_peak_rss()
     baseline = _rss_mb()
@@ -155,8 +171,9 @@ def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payloa
     yield ("loaded", time.perf_counter() - t0, baseline)
     try:
         for b in batches:
-            samples, seconds = _time_point(variant, inputs, b, policy)
+            samples, seconds, conditions = _time_point(variant, inputs, b, policy)
             used = (_peak_rss_mb() if peak_memory else _rss_mb()) - baseline
+            yield ("conditions", b, conditions)
             yield ("point", PointResult(b, summarize(samples, b), max(used, 0.0), seconds))
     finally:
         variant.unload()
@@ -228,8 +245,14 @@ def measure_variant(
     policy: SamplingPolicy,
     on_point: Callable[[PointResult], None] | None = None,
     isolate: bool = True,
+    on_conditions: Callable[[int, dict], None] | None = None,
 ) -> VariantMeasurement:
-    """Measure ``batches`` of one variant on one hardware unit; ``on_point`` sees each as it lands."""
+    """Measure ``batches`` of one variant on one hardware unit; ``on_point`` sees each as it lands.
+
+    ``on_conditions(batch, dict)`` hears, just before each point, the process CPU
+    seconds per batch next to the wall seconds per batch and the host's CPU
+    pressure: on a host shared with other work, wall time >> CPU time / threads.
+    """
     if not inputs:
         raise ValueError(f"no inputs to measure {spec.stage}/{spec.name} with")
     events = (_events_from_child(spec, hardware, inputs, batches, policy) if isolate
@@ -238,6 +261,8 @@ def measure_variant(
     for event in events:
         if event[0] == "loaded":
             load_s, baseline = event[1], event[2]
+        elif event[0] == "conditions" and on_conditions is not None:
+            on_conditions(event[1], event[2])
         elif event[0] == "point":
             points.append(event[1])
             if on_point is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,9 @@ class ProfileRequest:
     variants: tuple[str, ...] | None = None
     isolate: bool = True  # each (variant, hardware) in a fresh process
     progress: bool = True
+    only: frozenset[PointKey] | None = None  # measure just these points of the plan (benchmarks)
+    # metadata["accuracy"] of an earlier profile of the same spec: reuse its figures, skip the runs
+    reuse_accuracy: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -130,15 +133,20 @@ class _Run:
         fresh = host_metadata(req.command)
         self.metadata.setdefault("created", fresh)
         self.metadata.update({k: fresh[k] for k in ("host_cpu", "cpu_count", "gpu", "libraries", "date",
-                                                    "command", "platform", "python")})
+                                                    "command", "platform", "python", "loadavg_at_start")})
         self.metadata["tool_version"] = fresh["libraries"].get("varipipe", "unknown")
         self.metadata["sampling"] = asdict(req.policy)
         self.metadata["mode"] = req.policy.name
         self.metadata["schema_version"] = SCHEMA_VERSION
         self.metadata["fanout_note"] = _FANOUT_NOTE
-        self.metadata.setdefault("accuracy", {})
+        self.metadata.setdefault("accuracy", dict(req.reuse_accuracy or {}))
         self.metadata.setdefault("items_per_request", {})
         self.metadata.setdefault("variants", {})
+        self.metadata.setdefault("conditions", {})
+        self.metadata["conditions_note"] = (
+            "per point: process CPU seconds vs wall seconds per batch (cpu_share = their ratio; about "
+            "the threads used when the host is idle, far less when other work competes for the cores) and "
+            "the host's CPU pressure (PSI some avg10) when the point finished")
         self.metadata["memory_method"] = (
             "peak RSS (VmHWM) of a fresh measuring process per (variant, hardware), reset just before the "
             "model is built, minus the RSS at that moment: weights + runtime + activations of the largest "
@@ -192,6 +200,8 @@ def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | 
     _check_names(req)
     existing = _existing(req)
     keys = plan(req.spec, req.batches, [h.label for h in req.hardware], req.stages, req.variants)
+    if req.only is not None:
+        keys = [k for k in keys if k in req.only]
     todo = missing(keys, existing.points if existing else ())
     run = _Run(req, existing, keys)
     summary = RunSummary(profile=existing or Profile(req.spec.name, ()), skipped=len(keys) - len(todo))
@@ -225,9 +235,16 @@ def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | 
                 if on_point is not None:
                     on_point(p)
 
+            def heard(batch: int, conditions: dict, key_of=key_of) -> None:
+                k = key_of[batch]
+                cond = {name: (round(v, 6) if isinstance(v, float) else v) for name, v in conditions.items()}
+                cond["cpu_share"] = round(conditions["cpu_s_per_batch"] / conditions["wall_s_per_batch"], 3)
+                run.metadata["conditions"][f"{k.stage}/{k.variant}/{k.hardware}/b{k.batch}"] = cond
+
             payloads = payloads_for_stage(req.spec, stage_name, inputs)
             try:
-                measure_variant(spec, by_label[hw], payloads, batches, req.policy, landed, isolate=req.isolate)
+                measure_variant(spec, by_label[hw], payloads, batches, req.policy, landed, isolate=req.isolate,
+                                on_conditions=heard)
             except MeasureError as e:
                 summary.failed[f"{stage_name}/{variant_name}/{hw}"] = str(e).splitlines()[0]
                 log.error("%s", str(e).splitlines()[0])

@@ -1,0 +1,160 @@
+"""Quick vs full profile, and repeatability of the profiler (issue 5's performance targets).
+
+    python benchmarks/profile_quick.py [--quick-profile FILE] [--pipeline vision-caption]
+
+1. Duration of a ``--quick`` profile of the whole flagship: read from the
+   metadata (``duration_s``) of ``--quick-profile`` (a file the tool made, e.g.
+   the shipped profiler/profiles/vision-caption.json), or measured by running
+   one when no file is given. Target: < 600 s.
+2. Repeatability: the named 20-point subset ``SUBSET_20`` is profiled twice in
+   full mode (200 samples for batch <= 4, 60 s time box above); per point the
+   spread of p50 is |a - b| / min(a, b). Target: <= 10 % for every point.
+3. Quick vs full p99: the same subset profiled in quick mode, its p99 compared
+   per point with the mean of the two full runs' p99. Target: within 20 %.
+   (On the subset, not on the whole flagship: a full flagship profile takes
+   hours on this 2-core machine; see benchmarks/README.md.)
+
+Prints and writes JSON to benchmarks/results/profile_quick.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Targets of issue 5.
+QUICK_DURATION_TARGET_S = 600.0
+REPEAT_P50_TOLERANCE = 0.10
+QUICK_P99_TOLERANCE = 0.20
+
+# The named 20-point subset: every stage, small and large variants, both
+# hardware units, batch 1..16; chosen so a full-mode run of it takes minutes.
+SUBSET_20 = (
+    ("detector", "yolov3-tiny-320", "cpu:1", (1, 2, 4)),
+    ("detector", "yolov3-tiny-416", "cpu:2", (1, 2)),
+    ("detector", "yolov3-tiny-608", "cpu:1", (1,)),
+    ("classifier", "mobilenet-v2", "cpu:1", (1, 2, 4, 8, 16)),
+    ("classifier", "efficientnet-lite0", "cpu:2", (1, 2, 4)),
+    ("classifier", "efficientnet-lite1", "cpu:1", (1, 2, 4)),
+    ("classifier", "efficientnet-lite2", "cpu:1", (1, 2)),
+    ("llm", "smollm2-135m", "cpu:1", (1,)),
+)
+
+
+def subset_keys():
+    from varipipe.profiler.plan import PointKey
+
+    keys = frozenset(PointKey(s, v, b, h) for s, v, h, bs in SUBSET_20 for b in bs)
+    assert len(keys) == 20, len(keys)
+    return keys
+
+
+def _run(spec, out: Path, policy, keys, reuse_accuracy, label: str):
+    from varipipe.profiler.measure import cpu_hardware
+    from varipipe.profiler.run import ProfileRequest, run_profile
+
+    print(f"[{label}] profiling {len(keys)} points ({policy.name}) -> {out}", flush=True)
+    req = ProfileRequest(spec=spec, out=out, batches=(1, 2, 4, 8, 16), hardware=(cpu_hardware(1), cpu_hardware(2)),
+                         policy=policy, command=f"benchmarks/profile_quick.py ({label})", only=keys,
+                         reuse_accuracy=reuse_accuracy)
+    t0 = time.monotonic()
+    summary = run_profile(req)
+    return {p.key: p for p in summary.profile.points}, time.monotonic() - t0
+
+
+def _quick_duration(args, spec) -> dict:
+    from varipipe.profiler.store import load_profile
+
+    if args.quick_profile:
+        prof = load_profile(args.quick_profile, pipeline=spec.name)
+        if prof.metadata.get("mode") != "quick":
+            raise SystemExit(f"{args.quick_profile}: metadata.mode is {prof.metadata.get('mode')!r}, not 'quick'")
+        return {"source": str(args.quick_profile), "command": prof.metadata.get("command"),
+                "duration_s": prof.metadata.get("duration_s"), "points": len(prof.points)}
+    import subprocess
+
+    out = Path(tempfile.mkdtemp()) / "quick.json"
+    cmd = ["varipipe", "profile", "--pipeline", spec.name, "--quick", "--no-progress", "--out", str(out)]
+    t0 = time.monotonic()
+    subprocess.run(cmd, check=False)
+    return {"source": "measured now", "command": shlex.join(cmd), "duration_s": round(time.monotonic() - t0, 1)}
+
+
+def _key_name(k) -> str:
+    return f"{k[0]}/{k[1]}/{k[3]}/b{k[2]}"
+
+
+def main() -> int:
+    from varipipe.profiler.plan import FULL, QUICK
+    from varipipe.profiler.store import default_profile_path, load_profile
+    from varipipe.spec import find_spec
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", default="vision-caption")
+    parser.add_argument("--quick-profile", type=Path, help="a quick profile made by the tool (its duration is used)")
+    parser.add_argument("--work", type=Path, help="folder for the intermediate profiles (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile_quick.json")
+    args = parser.parse_args()
+
+    spec = find_spec(args.pipeline)
+    work = args.work or Path(tempfile.mkdtemp(prefix="profile-quick-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shipped = default_profile_path(spec.name)
+    reuse = load_profile(shipped).metadata.get("accuracy") if shipped.exists() else None
+    keys = subset_keys()
+
+    quick_duration = _quick_duration(args, spec)
+    full_a, sec_a = _run(spec, work / "full-a.json", FULL, keys, reuse, "full A")
+    full_b, sec_b = _run(spec, work / "full-b.json", FULL, keys, reuse, "full B")
+    quick, sec_q = _run(spec, work / "quick.json", QUICK, keys, reuse, "quick")
+
+    rows = []
+    for k in sorted(full_a):
+        a, b, q = full_a[k], full_b.get(k), quick.get(k)
+        if b is None or q is None:
+            continue
+        p50_spread = abs(a.latency_p50_s - b.latency_p50_s) / min(a.latency_p50_s, b.latency_p50_s)
+        p99_full = (a.latency_p99_s + b.latency_p99_s) / 2
+        rows.append({"point": _key_name(k), "p50_a_s": a.latency_p50_s, "p50_b_s": b.latency_p50_s,
+                     "p50_spread": p50_spread, "p99_full_s": p99_full, "p99_quick_s": q.latency_p99_s,
+                     "p99_quick_rel_error": abs(q.latency_p99_s - p99_full) / p99_full,
+                     "samples_full": [a.samples, b.samples], "samples_quick": q.samples})
+    spreads = [r["p50_spread"] for r in rows]
+    errors = [r["p99_quick_rel_error"] for r in rows]
+    result = {
+        "benchmark": "profile_quick",
+        "command": "python " + shlex.join(sys.argv),
+        "pipeline": spec.name,
+        "host": load_profile(work / "full-a.json").metadata.get("host_cpu"),
+        "quick_profile": quick_duration,
+        "quick_duration_target_s": QUICK_DURATION_TARGET_S,
+        "quick_duration_ok": (quick_duration.get("duration_s") or 1e9) < QUICK_DURATION_TARGET_S,
+        "subset": [_key_name((k.stage, k.variant, k.batch, k.hardware)) for k in sorted(keys)],
+        "subset_seconds": {"full_a": round(sec_a, 1), "full_b": round(sec_b, 1), "quick": round(sec_q, 1)},
+        "repeatability": {"max_p50_spread": max(spreads), "mean_p50_spread": sum(spreads) / len(spreads),
+                          "points_within_10pct": sum(s <= REPEAT_P50_TOLERANCE for s in spreads),
+                          "points": len(spreads)},
+        "quick_vs_full_p99": {"max_rel_error": max(errors), "mean_rel_error": sum(errors) / len(errors),
+                              "points_within_20pct": sum(e <= QUICK_P99_TOLERANCE for e in errors),
+                              "points": len(errors)},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['point']:45s} p50 {r['p50_a_s'] * 1e3:8.1f} / {r['p50_b_s'] * 1e3:8.1f} ms "
+              f"(spread {r['p50_spread']:6.1%})   p99 full {r['p99_full_s'] * 1e3:8.1f} quick "
+              f"{r['p99_quick_s'] * 1e3:8.1f} ms ({r['p99_quick_rel_error']:6.1%})")
+    print(json.dumps({k: result[k] for k in ("quick_profile", "quick_duration_ok", "subset_seconds",
+                                             "repeatability", "quick_vs_full_p99")}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
