@@ -32,17 +32,19 @@ QUICK_DURATION_TARGET_S = 600.0
 REPEAT_P50_TOLERANCE = 0.10
 QUICK_P99_TOLERANCE = 0.20
 
-# The named 20-point subset: every stage, small and large variants, both
-# hardware units, batch 1..16; chosen so a full-mode run of it takes minutes.
+# The named 20-point subset: detector and classifier variants small and large,
+# both hardware units, batch 1..16. The LLM is left out: 200 samples of one
+# caption take 2-10 minutes on this shared 2-core host, per point, per run.
 SUBSET_20 = (
-    ("detector", "yolov3-tiny-320", "cpu:1", (1, 2, 4)),
-    ("detector", "yolov3-tiny-416", "cpu:2", (1, 2)),
-    ("detector", "yolov3-tiny-608", "cpu:1", (1,)),
+    ("detector", "yolov3-tiny-320", "cpu:1", (1, 2)),
+    ("detector", "yolov3-tiny-320", "cpu:2", (1,)),
+    ("detector", "yolov3-tiny-416", "cpu:2", (1,)),
     ("classifier", "mobilenet-v2", "cpu:1", (1, 2, 4, 8, 16)),
-    ("classifier", "efficientnet-lite0", "cpu:2", (1, 2, 4)),
-    ("classifier", "efficientnet-lite1", "cpu:1", (1, 2, 4)),
-    ("classifier", "efficientnet-lite2", "cpu:1", (1, 2)),
-    ("llm", "smollm2-135m", "cpu:1", (1,)),
+    ("classifier", "mobilenet-v2", "cpu:2", (1, 2, 4)),
+    ("classifier", "efficientnet-lite0", "cpu:1", (1, 2)),
+    ("classifier", "efficientnet-lite0", "cpu:2", (1, 2)),
+    ("classifier", "efficientnet-lite1", "cpu:1", (1, 2)),
+    ("classifier", "efficientnet-lite2", "cpu:2", (1, 2)),
 )
 
 

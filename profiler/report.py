@@ -24,14 +24,22 @@ def points_table(profile: Profile) -> str:
     meta = profile.metadata
     head = (f"profile {profile.pipeline}: {len(profile.points)} points, mode {meta.get('mode', '?')}, "
             f"{meta.get('host_cpu', '?')} ({meta.get('cpu_count', '?')} cores), {meta.get('date', '?')}")
+    conditions = meta.get("conditions", {}) if isinstance(meta.get("conditions"), dict) else {}
+
+    def share(p) -> str:
+        c = conditions.get(f"{p.stage}/{p.variant}/{p.hardware}/b{p.batch}", {})
+        return f"{c['cpu_share'] * 100:.0f}%" if "cpu_share" in c else "-"
+
     rows = [
         [f"{p.stage}/{p.variant}", p.hardware, str(p.batch), f"{p.latency_p50_s * 1e3:.1f}",
          f"{p.latency_p95_s * 1e3:.1f}", f"{p.latency_p99_s * 1e3:.1f}" + ("*" if p.p99_low_samples else ""),
-         f"{p.throughput_rps:.1f}", f"{p.memory_mb:.0f}", str(p.samples), f"{p.accuracy:.3f}", p.accuracy_kind]
+         f"{p.throughput_rps:.1f}", f"{p.memory_mb:.0f}", str(p.samples), share(p), f"{p.accuracy:.3f}",
+         p.accuracy_kind]
         for p in profile.points
     ]
-    header = ["stage/variant", "hw", "batch", "p50 ms", "p95 ms", "p99 ms", "rps", "MB", "n", "acc", "kind"]
-    return head + "\n" + _table(header, rows) + "\n(* p99 from fewer than 100 samples)"
+    header = ["stage/variant", "hw", "batch", "p50 ms", "p95 ms", "p99 ms", "rps", "MB", "n", "cpu", "acc", "kind"]
+    return (head + "\n" + _table(header, rows) + "\n(* p99 from fewer than 100 samples; cpu: CPU time / wall "
+            "time while timing, ~100% per thread on an idle host)")
 
 
 def _pct(v: float | None) -> str:
