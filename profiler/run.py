@@ -183,6 +183,10 @@ def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: l
         failed.update({f"{name}/{v}": e for v, e in errors.items()})
         result[name] = stage_accuracy(stage, payloads, outputs)
         run.metadata["accuracy"][name] = result[name].to_metadata()
+        for variant, outs in outputs.items():
+            tokens = [o.tokens for o in outs if isinstance(getattr(o, "tokens", None), int)]
+            if tokens:  # generated length per request (the budget is params.max_tokens)
+                run.metadata.setdefault("output_tokens_mean", {})[f"{name}/{variant}"] = sum(tokens) / len(tokens)
         default = outputs.get(stage.default_variant)
         if default:
             run.metadata["items_per_request"][name] = round(items_per_request(default), 4)
