@@ -18,7 +18,12 @@ The folders follow the profiling loop:
 Only light modules are imported here; measuring pulls in the runtimes lazily.
 """
 
-from varipipe.profiler.latency_model import LatencyFit, fit_profile, fits_from_metadata, predict_latency
+from varipipe.profiler.latency_model import (
+    LatencyFit,
+    fit_profile,
+    fits_from_metadata,
+    predict_latency,
+)
 from varipipe.profiler.store import default_profile_path, load_profile, save_profile
 
 __all__ = [
