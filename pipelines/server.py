@@ -58,7 +58,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
+        # "local": always a new embedded instance. With no address Ray would join any
+        # cluster that `ray start` left running on this machine (RAY_ADDRESS or
+        # /tmp/ray/ray_current_cluster), and stopping that would stop someone else's.
+        ray.init(address="local", num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
     return True
 
 
