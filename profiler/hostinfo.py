@@ -14,7 +14,7 @@ import subprocess
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-__all__ = ["LIBRARIES", "cpu_model", "gpu_model", "library_versions", "host_metadata"]
+__all__ = ["LIBRARIES", "cpu_model", "gpu_model", "gpu_runtimes", "library_versions", "host_metadata"]
 
 # Distributions whose versions change measured latencies (runtimes) or the
 # numbers' meaning (numpy, ray).
@@ -50,6 +50,26 @@ def gpu_model() -> str | None:
     return names[0] if names else None
 
 
+def gpu_runtimes() -> list[str]:
+    """Installed runtimes that can use a GPU: onnxruntime's CUDA provider, llama.cpp GPU offload."""
+    found = []
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            found.append("onnxruntime-cuda")
+    except ImportError:
+        pass
+    try:
+        import llama_cpp
+
+        if llama_cpp.llama_supports_gpu_offload():
+            found.append("llama_cpp-gpu-offload")
+    except (ImportError, AttributeError, OSError):
+        pass
+    return found
+
+
 def library_versions() -> dict[str, str]:
     versions = {}
     for name in LIBRARIES:
@@ -65,7 +85,8 @@ def host_metadata(command: str) -> dict[str, Any]:
     return {
         "host_cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "gpu": gpu_model(),
+        "gpu": (gpu := gpu_model()),
+        "gpu_runtimes": gpu_runtimes() if gpu else [],
         "platform": platform.platform(),
         "python": platform.python_version(),
         "libraries": library_versions(),

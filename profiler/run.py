@@ -133,7 +133,7 @@ class _Run:
         fresh = host_metadata(req.command)
         self.metadata.setdefault("created", fresh)
         self.metadata.update({k: fresh[k] for k in ("host_cpu", "cpu_count", "gpu", "libraries", "date",
-                                                    "command", "platform", "python", "loadavg_at_start")})
+                                                    "command", "platform", "python", "loadavg_at_start", "gpu_runtimes")})
         self.metadata["tool_version"] = fresh["libraries"].get("varipipe", "unknown")
         self.metadata["sampling"] = asdict(req.policy)
         self.metadata["mode"] = req.policy.name

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _hardware(args: argparse.Namespace):
     from varipipe.errors import VaripipeError
-    from varipipe.profiler.hostinfo import gpu_model
+    from varipipe.profiler.hostinfo import gpu_model, gpu_runtimes
     from varipipe.profiler.measure import cpu_hardware, gpu_hardware
     from varipipe.profiler.plan import DEFAULT_CORES
 
@@ -68,6 +68,9 @@ def _hardware(args: argparse.Namespace):
         model = gpu_model()
         if model is None:
             raise VaripipeError("--gpu: no NVIDIA GPU found (nvidia-smi absent or reports none)")
+        if not gpu_runtimes():
+            raise VaripipeError(f"--gpu: {model} is present, but no installed runtime can use it: install "
+                                "onnxruntime-gpu (CUDAExecutionProvider) or llama-cpp-python built with CUDA")
         units.append(gpu_hardware(model))
     return tuple(units)
 
