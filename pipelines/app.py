@@ -8,6 +8,7 @@
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,9 +18,10 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from varipipe.errors import BadInputError
 from varipipe.pipelines.controller_logic import ControllerState
 from varipipe.pipelines.flusher import Flusher
-from varipipe.pipelines.ingress_logic import IngressCore
+from varipipe.pipelines.ingress_logic import UNAUTHORIZED, IngressCore, control_request
 from varipipe.pipelines.metrics import BatchRecord
 from varipipe.pipelines.serve_config import CONTROLLER, INGRESS, AppOptions, stage_deployment_name
 from varipipe.pipelines.stage import StageConfig, StageCore
@@ -30,6 +32,8 @@ __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
+# Environment variable that carries the bearer token where the manifest must not (KubeRay).
+TOKEN_ENV = "VARIPIPE_TOKEN"
 # CPU reservation of the ingress and the controller (logical CPUs; they mostly wait).
 LIGHT_NUM_CPUS = 0.1
 
@@ -137,7 +141,15 @@ class Ingress:
         opts = AppOptions.from_args(args)
         spec = find_spec(opts.pipeline)
         deadline_s = opts.deadline_sla_factor * (opts.sla_s or spec.sla.latency_s)
-        self.core = IngressCore(spec, stages, controller, opts.auth_token, deadline_s)
+        # On a cluster (KubeRay) the token comes from the environment, never from the manifest.
+        token = opts.auth_token or os.environ.get(TOKEN_ENV, "")
+        self.core = IngressCore(spec, stages, controller, token, deadline_s)
+
+    def _denied(self, request: Request) -> JSONResponse | None:
+        """401 unless the request carries the bearer token (when one is set)."""
+        if self.core.authorized(request):
+            return None
+        return JSONResponse(UNAUTHORIZED, status_code=401, headers={"www-authenticate": "Bearer"})
 
     @app.get("/healthz")
     async def healthz(self):
@@ -145,21 +157,41 @@ class Ingress:
                 "uptime_s": round(time.time() - self.core.started, 3)}
 
     @app.get("/config")
-    async def config(self):
+    async def config(self, request: Request):
+        if denied := self._denied(request):
+            return denied
         return await self.core.controller.config.remote()
 
     @app.get("/metrics")
-    async def metrics(self):
+    async def metrics(self, request: Request):
+        if denied := self._denied(request):
+            return denied
         text = await self.core.controller.metrics_text.remote()
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/replicas")
-    async def replicas(self):
+    async def replicas(self, request: Request):
+        if denied := self._denied(request):
+            return denied
         return await self.core.replica_reports()
 
     @app.get("/api/history")
-    async def history(self, since: float = 0.0):
+    async def history(self, request: Request, since: float = 0.0):
+        if denied := self._denied(request):
+            return denied
         return await self.core.controller.history.remote(since)
+
+    @app.post("/api/control")
+    async def control(self, request: Request):
+        """Pin a stage to a variant, unpin it, or turn the adapter's dry run on/off."""
+        if denied := self._denied(request):
+            return denied
+        try:
+            action, value = await control_request(request, self.core.spec)
+        except BadInputError as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        reply = await self.core.controller.control.remote(action, value)
+        return JSONResponse(reply, status_code=200 if reply.get("ok") else 409)
 
     @app.post("/{pipeline}")
     async def infer(self, pipeline: str, request: Request):

@@ -143,7 +143,7 @@ class ControllerState:
                 "generation": self.generation,
                 "decision": self.decision.to_dict() if self.decision else None,
                 "policy": self.opts.policy or None,
-                "dry_run": self.opts.dry_run,
+                "dry_run": self.loop.dry_run if self.loop is not None else self.opts.dry_run,
                 "adapter": self._loop_status(),
                 "replica_errors": errors,
                 "decision_log": list(self.decision_log)[-20:],
@@ -165,11 +165,14 @@ class ControllerState:
     def control(self, action: str, value: Any = None) -> dict[str, Any]:
         if self.loop is None:
             return {"ok": False, "error": "no adapter loop is running (start with --policy)"}
-        handler = getattr(self.loop, action, None)
-        if action not in ("pin", "unpin", "set_dry_run") or handler is None:
+        args = value if isinstance(value, list | tuple) else [value]
+        if action == "set_dry_run":  # ControlLoop keeps dry_run as a plain attribute
+            self.loop.dry_run = bool(args[0])
+        elif action in ("pin", "unpin"):
+            getattr(self.loop, action)(*args)
+        else:
             return {"ok": False, "error": f"unknown control action {action!r}"}
-        handler(*(value if isinstance(value, list | tuple) else [value]))
-        return {"ok": True}
+        return {"ok": True, "dry_run": self.loop.dry_run, "pins": dict(self.loop.pins)}
 
     # --- periodic work ------------------------------------------------------------
     def tick(self) -> Observation:

@@ -28,7 +28,8 @@ from varipipe.pipelines.metrics import RequestRecord, StageTiming
 from varipipe.pipelines.variant import Payload
 from varipipe.records import PipelineSpec
 
-__all__ = ["IngressCore", "DEADLINE_HEADER"]
+__all__ = ["IngressCore", "DEADLINE_HEADER", "CONTROL_ACTIONS", "parse_control", "control_request",
+           "UNAUTHORIZED"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,47 @@ def parse_deadline(request: Request, now: float) -> float | None:
     if not 0 < ms <= MAX_DEADLINE_MS:
         raise BadInputError(f"header {DEADLINE_HEADER}: {raw!r} must be in (0, {MAX_DEADLINE_MS}] ms")
     return now + ms / 1000.0
+
+
+# A control request is a few dozen bytes of JSON; a kilobyte leaves room for long names.
+CONTROL_MAX_BYTES = 1024
+# POST /api/control actions -> the controller's ControllerState.control() action names.
+CONTROL_ACTIONS = {"pin": "pin", "unpin": "unpin", "dry_run": "set_dry_run"}
+UNAUTHORIZED = {"error": "this endpoint needs the header 'Authorization: Bearer <token>' "
+                         "(the token varipipe serve was started with)"}
+
+
+def parse_control(doc: Any, spec: PipelineSpec) -> tuple[str, list[Any]]:
+    """``{"action": "pin", "stage", "variant"}`` | ``{"action": "unpin", "stage"}`` |
+    ``{"action": "dry_run", "value": bool}`` -> (controller action, arguments)."""
+    if not isinstance(doc, dict) or doc.get("action") not in CONTROL_ACTIONS:
+        raise BadInputError(f'body must be a JSON object with "action" one of {sorted(CONTROL_ACTIONS)}, '
+                            f"got {doc.get('action') if isinstance(doc, dict) else doc!r}")
+    action = doc["action"]
+    if action == "dry_run":
+        if not isinstance(doc.get("value"), bool):
+            raise BadInputError(f'"value" must be true or false, got {doc.get("value")!r}')
+        return CONTROL_ACTIONS[action], [doc["value"]]
+    stage = doc.get("stage")
+    if stage not in spec.stage_names:
+        raise BadInputError(f'"stage" must be one of {list(spec.stage_names)}, got {stage!r}')
+    if action == "unpin":
+        return CONTROL_ACTIONS[action], [stage]
+    variant = doc.get("variant")
+    if variant not in spec.stage(stage).variant_names:
+        raise BadInputError(f'"variant" of stage {stage!r} must be one of {list(spec.stage(stage).variant_names)}, '
+                            f"got {variant!r}")
+    return CONTROL_ACTIONS[action], [stage, variant]
+
+
+async def control_request(request: Request, spec: PipelineSpec) -> tuple[str, list[Any]]:
+    """Read and check a ``POST /api/control`` body; every problem is a ``BadInputError``."""
+    raw = await _read_body(request, CONTROL_MAX_BYTES)
+    try:
+        doc = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"body is not valid JSON: {e}") from e
+    return parse_control(doc, spec)
 
 
 class IngressCore:
