@@ -12,6 +12,12 @@ overhead of serving, nothing per token; the batching benchmark shows it.
 Spec params: ``model`` (weights name), ``max_tokens`` (the token budget is part
 of the variant), ``prompt_style`` ("chatml" for instruction-tuned models,
 "completion" for base models), ``n_ctx``.
+
+Other pipelines reuse this variant with their own prompt: ``instruction`` is a
+template with ``{labels}`` (upstream labels), ``{context}`` (the ``context()``
+text of upstream outputs, e.g. recognised document text or retrieved passages,
+cut to ``max_context_chars``) and ``{text}`` (the request's text); ``primer``
+starts the answer and ``system`` replaces the system message.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from varipipe.pipelines.variants._base import ModelVariant
 from varipipe.pipelines.variants.outputs import Caption, collect_labels
 from varipipe.records import VariantSpec
 
-__all__ = ["LlamaCaptioner", "make", "build_prompt", "first_sentence", "prompt_labels", "PRIMER"]
+__all__ = ["LlamaCaptioner", "make", "build_prompt", "build_instruction_prompt", "first_sentence",
+           "prompt_labels", "prompt_context", "PRIMER"]
 
 # The answer is started for the model: it keeps small models on topic and makes even an
 # 8-token budget yield a sentence about the scene. The primer is part of the caption.
@@ -38,6 +45,9 @@ MAX_TOKENS = 24  # default budget: one short sentence of a caption
 N_CTX = 512  # context tokens: prompt (< 100 tokens) plus the answer, with room to spare
 SEED = 0  # fixed; greedy decoding does not sample, but llama.cpp wants a seed
 NOTHING_FOUND = "nothing recognisable"
+SYSTEM = "You are a helpful assistant that describes photos in one short sentence."
+# About 300 tokens of upstream text: the prompt must fit N_CTX with the answer.
+MAX_CONTEXT_CHARS = 1200
 STYLES = ("chatml", "completion")
 # Stop at the end of the first sentence or turn: a caption is one sentence, and a base
 # model would otherwise spend the whole token budget on more.
@@ -56,12 +66,32 @@ def prompt_labels(payload: Payload) -> list[str]:
     return [NOTHING_FOUND]
 
 
+def prompt_context(payload: Payload, max_chars: int = MAX_CONTEXT_CHARS) -> str:
+    """The ``context()`` text of every upstream output that has one, in stage order, cut to ``max_chars``."""
+    parts = [o.context() for o in payload.outputs.values() if callable(getattr(o, "context", None))]
+    text = " ".join(p for p in parts if p)
+    return text[:max_chars] if text else NOTHING_FOUND
+
+
+def build_instruction_prompt(instruction: str, payload: Payload, style: str, system: str = SYSTEM,
+                             primer: str = PRIMER, max_context_chars: int = MAX_CONTEXT_CHARS) -> str:
+    """A spec's ``instruction`` template filled from the request, in the model's prompt style."""
+    user = instruction.format(labels=", ".join(prompt_labels(payload)), text=(payload.text or "").strip(),
+                              context=prompt_context(payload, max_context_chars))
+    if style == "chatml":
+        return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+                f"<|im_start|>assistant\n{primer}")
+    if style == "completion":
+        return f"{user}\n{primer}"
+    raise ValueError(f"prompt_style must be one of {STYLES}, got {style!r}")
+
+
 def build_prompt(labels: Sequence[str], style: str) -> str:
     """The prompt for one caption, ending with ``PRIMER`` so the model continues the sentence."""
     things = ", ".join(labels)
     if style == "chatml":  # SmolLM2-Instruct's chat template (ChatML)
         return (
-            "<|im_start|>system\nYou are a helpful assistant that describes photos in one short sentence.<|im_end|>\n"
+            f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
             f"<|im_start|>user\nA photo contains: {things}. Describe the photo in one short sentence.<|im_end|>\n"
             f"<|im_start|>assistant\n{PRIMER}"
         )
@@ -70,9 +100,9 @@ def build_prompt(labels: Sequence[str], style: str) -> str:
     raise ValueError(f"prompt_style must be one of {STYLES}, got {style!r}")
 
 
-def first_sentence(generated: str, stopped: bool = False) -> str:
-    """PRIMER + the generated text, cut after the first sentence; a full stop where it stopped."""
-    text = " ".join(f"{PRIMER}{generated}".split())
+def first_sentence(generated: str, stopped: bool = False, primer: str = PRIMER) -> str:
+    """``primer`` + the generated text, cut after the first sentence; a full stop where it stopped."""
+    text = " ".join(f"{primer}{generated}".split())
     end = _SENTENCE_END.search(text)
     if end:
         return text[: end.start() + 1]
@@ -118,6 +148,12 @@ class LlamaCaptioner(ModelVariant):
             raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.prompt_style",
                             f"must be one of {STYLES}, got {self.style!r}")
         self.n_ctx = int(self.param("n_ctx", N_CTX))
+        self.instruction = self.param("instruction", None)
+        if self.instruction is not None:
+            _check_template(spec, str(self.instruction))
+        self.primer = str(self.param("primer", PRIMER))
+        self.system = str(self.param("system", SYSTEM))
+        self.max_context_chars = int(self.param("max_context_chars", MAX_CONTEXT_CHARS))
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -136,14 +172,30 @@ class LlamaCaptioner(ModelVariant):
         llm = self._require_loaded()
         return [self._caption(llm, p) for p in batch]  # llama.cpp: one sequence at a time
 
+    def _prompt(self, payload: Payload) -> tuple[str, list[str]]:
+        if self.instruction is None:
+            labels = prompt_labels(payload)
+            return build_prompt(labels, self.style), labels
+        return build_instruction_prompt(str(self.instruction), payload, self.style, self.system, self.primer,
+                                        self.max_context_chars), []
+
     def _caption(self, llm, payload: Payload) -> Caption:  # type: ignore[no-untyped-def]
-        labels = prompt_labels(payload)
+        prompt, labels = self._prompt(payload)
         llm.reset()  # no KV reuse across requests: outputs independent of batch order
-        result = llm.create_completion(build_prompt(labels, self.style), max_tokens=self.max_tokens,
+        result = llm.create_completion(prompt, max_tokens=self.max_tokens,
                                        temperature=0.0, top_k=1, repeat_penalty=1.0, stop=_STOP)
         choice = result["choices"][0]
-        text = first_sentence(choice["text"], stopped=choice["finish_reason"] == "stop")
+        text = first_sentence(choice["text"], stopped=choice["finish_reason"] == "stop", primer=self.primer)
         return Caption(text, int(result["usage"]["completion_tokens"]), tuple(labels))
+
+
+def _check_template(spec: VariantSpec, template: str) -> None:
+    try:
+        template.format(labels="", context="", text="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.instruction",
+                        f"template may use only {{labels}}, {{context}} and {{text}}; {type(e).__name__}: {e} "
+                        f"in {template!r}") from e
 
 
 def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> LlamaCaptioner:
