@@ -93,7 +93,7 @@ class LocalServer:
     ) -> None:
         self.opts = opts
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port  # 0: chosen in start(), after Ray has taken its own ports
         self.spec = find_spec(opts.pipeline)
         self.decision = decision or default_decision(self.spec)
         self.address = address
@@ -112,6 +112,7 @@ class LocalServer:
         from ray import serve
 
         self._owns_ray = start_ray(self.address)
+        self.port = self.port or free_port(self.host)
         serve.start(http_options={"host": self.host, "port": self.port})
         self.applier.deploy_initial(self.decision)
         self._wait_ready()
