@@ -14,12 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from varipipe.errors import BadInputError
 from varipipe.pipelines.controller_logic import ControllerState
+from varipipe.pipelines.dashboard import dashboard_html
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.ingress_logic import UNAUTHORIZED, IngressCore, control_request
 from varipipe.pipelines.metrics import BatchRecord
@@ -156,6 +157,11 @@ class Ingress:
         return {"status": "ok", "pipeline": self.core.spec.name,
                 "uptime_s": round(time.time() - self.core.started, 3)}
 
+    @app.get("/dashboard")
+    async def dashboard(self):
+        """The live adaptation dashboard (static; it polls /api/history and /config)."""
+        return HTMLResponse(dashboard_html())
+
     @app.get("/config")
     async def config(self, request: Request):
         if denied := self._denied(request):
@@ -212,6 +218,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     for s in spec.stages:
         num_cpus = opts.stage_num_cpus if opts.stage_num_cpus is not None else s.num_cpus
         stages[s.name] = StageServer.options(
-            name=stage_deployment_name(s.name), ray_actor_options={"num_cpus": num_cpus}
+            name=stage_deployment_name(s.name),
+            ray_actor_options={"num_cpus": num_cpus, "resources": dict(opts.stage_resources.get(s.name, {}))},
         ).bind(opts.pipeline, s.name, controller)
     return Ingress.options(name=INGRESS).bind(opts.to_args(), stages, controller)

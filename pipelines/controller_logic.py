@@ -40,7 +40,8 @@ class ControllerState:
         self.clock = clock
         self.spec = find_spec(opts.pipeline)
         self.sla_s = opts.sla_s or self.spec.sla.latency_s
-        self.metrics = MetricsAggregator(self.spec.name, self.spec.stage_names, self.sla_s, clock())
+        self.started = clock()  # a new value means a new controller: the dashboard knows history restarted
+        self.metrics = MetricsAggregator(self.spec.name, self.spec.stage_names, self.sla_s, self.started)
         self.decision: Decision | None = None
         self.generation = -1
         self.stage_generation: dict[str, int] = {}
@@ -74,6 +75,7 @@ class ControllerState:
                 "from": _summary(previous), "to": _summary(decision),
                 "policy": decision.policy, "status": decision.status.value,
                 "reason": decision.reason, "explanation": decision.explanation,
+                "binding_constraints": list(decision.binding_constraints),
             })
         log.info("decision %d: %s (%s)", self.generation, _summary(decision), decision.reason)
         if previous is None and self.opts.policy and self.loop is None and not self.loop_error:
@@ -206,7 +208,7 @@ class ControllerState:
         with self.lock:
             points = [p for p in self.points if p["t"] > since]
             return {"pipeline": self.spec.name, "sla_s": self.sla_s, "window_s": WINDOW_S,
-                    "now": self.clock(), "points": points}
+                    "now": self.clock(), "started": self.started, "points": points}
 
     def _run(self) -> None:
         while not self._stop.wait(WINDOW_S):
