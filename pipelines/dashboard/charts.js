@@ -162,7 +162,7 @@ const VP = (() => {
       text(f.svg, M.left - 6, y + laneH / 2 + 4, lane.name, { class: "tick lane-name", "text-anchor": "end" });
       for (const s of lane.segs) {
         const x0 = sx(s.x0), x1 = Math.max(sx(s.x1), x0 + 1);
-        const g = el("g", { class: "segment", "data-label": s.label }, f.svg);
+        const g = el("g", { class: "segment", "data-lane": lane.name, "data-label": s.label }, f.svg);
         el("rect", { x: x0, y: y + 3, width: x1 - x0, height: laneH - 6, fill: color(s.key || s.label), rx: 2 }, g);
         el("title", {}, g).textContent = `${lane.name}: ${s.label}`;
         if (x1 - x0 > s.label.length * 6.2) text(g, x0 + 4, y + laneH / 2 + 4, s.label, { class: "seg-label" });

@@ -6,6 +6,7 @@
   const POLL_MS = 1500;            // issue 9: refresh every 1-2 s
   const MAX_POINTS = 1800;         // as ControllerState's HISTORY_LEN (30 min of 1 s windows)
   const MAX_LOG_ROWS = 200;        // as the controller's DECISION_LOG_LEN
+  const MIN_SPAN_S = 60;           // narrowest time axis, so the first seconds are not stretched
   // The app may be mounted under a route prefix: API paths are relative to the page's.
   const BASE = location.pathname.replace(/\/dashboard\/?$/, "");
   // A server started with --token wants "Authorization: Bearer ..." on /config and /api/history.
@@ -131,9 +132,10 @@
   // ------------------------------------------------------------------------- data
 
   function visible() {
-    const span = Number($("span").value);
     const end = S.points.length ? S.points[S.points.length - 1].t : Date.now() / 1000;
-    return { pts: S.points.filter((p) => p.t > end - span), xMin: end - span, xMax: end };
+    // "all kept" (0): from the first point kept, but at least MIN_SPAN_S wide.
+    const span = Number($("span").value) || Math.max(MIN_SPAN_S, S.points.length ? end - S.points[0].t : 0);
+    return { pts: S.points.filter((p) => p.t >= end - span), xMin: end - span, xMax: end };
   }
 
   function attainment(pts, windowS) {
