@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         write_results,
     )
     from varipipe.loadgen.report import plot_all
+    from varipipe.loadgen.report_html import write_report
     from varipipe.loadgen.runs import SimSettings
     from varipipe.loadgen.traces import arrival_times
     from varipipe.profiler.store import load_profile
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     plots = plot_all(outcomes, args.out)
     _print_table(outcomes)
     print(f"wrote {paths['csv']}, {paths['json']}, " + ", ".join(str(p) for p in plots))
+    print(f"report (opens offline): {write_report(args.out)}")
     return 0
 
 
