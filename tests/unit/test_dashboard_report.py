@@ -82,3 +82,21 @@ def test_report_writer_imports_neither_pipelines_nor_ray(results_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.slow  # a short simulation and the runner's matplotlib plots: ~4 s
+def test_experiment_command_writes_the_report(tmp_path, capsys):
+    from pathlib import Path
+
+    from varipipe.cli import main
+
+    profile = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
+    trace = tmp_path / "trace.txt"
+    trace.write_text("\n".join(["2"] * 60 + ["6"] * 60))
+    out = tmp_path / "exp"
+    rc = main(["experiment", "--profiles", str(profile), "--trace", str(trace), "--sla", "4", "--policies", "fa2-low",
+               "--solver", "dp", "--cost-mode", "reserved", "--cluster-cores", "40", "--out", str(out)])
+    assert rc == 0 and str(out / REPORT_NAME) in capsys.readouterr().out
+    data = _embedded((out / REPORT_NAME).read_text(encoding="utf-8"))
+    assert data["results"][0]["policy"] == "fa2-low" and data["series"]["sla-4s"]["fa2-low"]["arrivals"]
+    assert {f["name"] for f in data["figures"]} == {"summary.png", "load.png", "over_time_sla-4s.png"}
