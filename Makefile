@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint
+.PHONY: setup demo test test-fast lint browser
 
 $(STAMP): pyproject.toml requirements-models.txt
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/varipipe demo
 
-test: setup
+# Debian's chromium for the dashboard's browser test (playwright drives it; never `playwright install`).
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: setup browser
 	$(BIN)/pytest --durations=25
 
 test-fast: $(STAMP)
