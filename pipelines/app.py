@@ -218,6 +218,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     for s in spec.stages:
         num_cpus = opts.stage_num_cpus if opts.stage_num_cpus is not None else s.num_cpus
         stages[s.name] = StageServer.options(
-            name=stage_deployment_name(s.name), ray_actor_options={"num_cpus": num_cpus}
+            name=stage_deployment_name(s.name),
+            ray_actor_options={"num_cpus": num_cpus, "resources": dict(opts.stage_resources.get(s.name, {}))},
         ).bind(opts.pipeline, s.name, controller)
     return Ingress.options(name=INGRESS).bind(opts.to_args(), stages, controller)

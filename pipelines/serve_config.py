@@ -70,6 +70,9 @@ class AppOptions:
     pins: dict[str, str] = field(default_factory=dict)
     state_file: str = ""  # where the controller keeps the last decision across restarts
     stage_num_cpus: float | None = None  # override the spec's per-replica CPU reservation
+    # Custom Ray resources each replica of a stage needs, {"stage": {"resource": amount}}:
+    # places stages on labelled nodes of a cluster (`ray start --resources`); {} = anywhere.
+    stage_resources: dict[str, dict[str, float]] = field(default_factory=dict)
     auth_token: str = ""  # required on control endpoints when set
     # Requests without an x-deadline-ms header get a deadline of this many SLAs; 0 = none.
     deadline_sla_factor: float = 0.0

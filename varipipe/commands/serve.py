@@ -49,9 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: start an embedded Ray)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
                         help=f"bearer token for control endpoints (or ${TOKEN_ENV}); required off loopback")
+    parser.add_argument("--stage-resources", type=_resources, default={}, metavar="JSON",
+                        help='custom Ray resources per stage replica, e.g. \'{"llm": {"gpu_node": 1}}\': '
+                             "places stages on nodes started with `ray start --resources` (default: anywhere)")
     parser.add_argument("--state-file", default=None,
                         help="keep the last applied decision here across restarts "
                              "(default: ~/.cache/varipipe/state/<pipeline>.json)")
+
+
+def _resources(text: str) -> dict[str, dict[str, float]]:
+    try:
+        doc = json.loads(text)
+        out = {str(st): {str(r): float(n) for r, n in res.items()} for st, res in doc.items()}
+    except (ValueError, TypeError, AttributeError) as e:
+        raise argparse.ArgumentTypeError(f'expected JSON {{"stage": {{"resource": amount}}}}, got {text!r}') from e
+    return out
 
 
 def parse_pins(pins: list[str]) -> dict[str, str]:
@@ -83,7 +95,7 @@ def app_options(args: argparse.Namespace, state_file: str = ""):
         pipeline=args.pipeline, policy=policy, predictor=args.predictor, interval_s=args.interval,
         sla_s=args.sla, profile=args.profiles, cost_mode=args.cost_mode, cluster_cores=args.cluster_cores,
         max_replicas=args.max_replicas, dry_run=args.dry_run, pins=parse_pins(args.pin), state_file=state_file,
-        auth_token=getattr(args, "token", ""),
+        auth_token=getattr(args, "token", ""), stage_resources=getattr(args, "stage_resources", {}),
     )
 
 
