@@ -183,8 +183,8 @@
       ["p99 latency / SLA", `${fmtS(p99)} / ${fmtS(S.sla)}`],
       [`SLA attainment (${$("att").value} s)`, fmtP(attNow)],
       ["drops / errors (shown)", `${drops} / ${errors}`],
-      ["cost (predicted)", d ? num(d.predicted_cost, 3) : "–"],
-      ["end-to-end accuracy", d ? num(d.predicted_accuracy, 3) : "–"],
+      ["cost (predicted)", d && d.predicted_cost > 0 ? num(d.predicted_cost, 3) : "–"],
+      ["end-to-end accuracy", d && d.predicted_accuracy > 0 ? num(d.predicted_accuracy, 3) : "–"],
       ["generation", S.config ? String(S.config.generation) : "–"],
     ];
     const box = $("cards");
@@ -216,11 +216,13 @@
     VP.lineChart($("chart-attainment"), { ...common, yMin: 0, yMax: 1.02, yFormat: (x) => `${Math.round(x * 100)}%`,
       yLabel: "within SLA", empty: emptyText("no completed requests in this window"),
       series: [{ name: `answered within SLA / answered, last ${attWin} s`, pts: attainment(S.points, attWin).filter((p) => p[0] > v.xMin) }] });
-    VP.lineChart($("chart-cost"), { ...common, height: 120, yLabel: "cost", empty: waitingText() || "no decision yet",
-      series: [{ name: "cost", pts: v.pts.filter((p) => p.cost !== null).map((p) => [p.t, p.cost]), step: true }] });
+    // A cost or accuracy of 0 means "not predicted" (the default configuration carries no prediction).
+    const unpredicted = waitingText() || "no prediction: the configuration in force was not chosen by a policy";
+    VP.lineChart($("chart-cost"), { ...common, height: 120, yLabel: "cost", empty: unpredicted,
+      series: [{ name: "cost", pts: v.pts.filter((p) => p.cost > 0).map((p) => [p.t, p.cost]), step: true }] });
     VP.lineChart($("chart-accuracy"), { ...common, height: 120, yLabel: "accuracy", yMin: 0, yMax: 1,
-      empty: waitingText() || "no decision yet",
-      series: [{ name: "accuracy", pts: v.pts.filter((p) => p.accuracy !== null).map((p) => [p.t, p.accuracy]), step: true, color: "#2ca02c" }] });
+      empty: unpredicted,
+      series: [{ name: "accuracy", pts: v.pts.filter((p) => p.accuracy > 0).map((p) => [p.t, p.accuracy]), step: true, color: "#2ca02c" }] });
     const names = v.pts.length ? v.pts[v.pts.length - 1].stages.map((s) => s.stage) : [];
     VP.swimlanes($("chart-config"), { ...common, empty: waitingText() || "no configuration deployed yet",
       lanes: names.map((name) => ({ name, segs: VP.segments(v.pts.flatMap((p) => {

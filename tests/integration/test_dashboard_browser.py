@@ -12,7 +12,9 @@ to docs/dashboard.png for the README.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,11 +42,22 @@ LOAD_STEPS = ((3, 8), (30, 12), (3, 14))
 POLL_WAIT_MS = 20_000  # how long the page may take to show what the test expects
 
 
-def _browser():
+@contextlib.contextmanager
+def browser_page(errors: list[str]):
+    """A page in a throwaway headless Chromium; console errors and page errors go to ``errors``."""
     playwright = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (make browser installs Debian's)")
-    return playwright
+    with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile_dir:
+        ctx = p.chromium.launch_persistent_context(profile_dir, executable_path=CHROMIUM, headless=True,
+                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page
+        finally:
+            ctx.close()
 
 
 def _applied(config: dict) -> list[dict]:
@@ -75,28 +88,19 @@ def test_dashboard_shows_the_adapter_at_work(steered):
     assert all(r.status == 200 for r in results)
     applied = _applied(config)
     assert applied, f"the adapter applied nothing: {config['adapter']}"
-    sync_api = _browser()
     errors: list[str] = []
-    with sync_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile_dir:
-        ctx = p.chromium.launch_persistent_context(profile_dir, executable_path=CHROMIUM, headless=True,
-                                                   args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-        try:
-            page = ctx.new_page()
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(srv.url + "/dashboard")
-            for chart in ("chart-rate", "chart-latency", "chart-attainment", "chart-cost", "chart-accuracy"):
-                page.wait_for_function(
-                    f"() => Number(document.querySelector('#{chart} svg')?.getAttribute('data-points')) > 0",
-                    timeout=POLL_WAIT_MS)
-            # Two configurations of the first stage at least: the adapter moved it.
-            page.wait_for_function("() => document.querySelectorAll('#chart-config .segment[data-lane=first]')"
-                                   ".length >= 2", timeout=POLL_WAIT_MS)
-            log = page.inner_text("#decisions")
-            banner = page.inner_text("#banners")
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            ctx.close()
+    with browser_page(errors) as page:
+        page.goto(srv.url + "/dashboard")
+        for chart in ("chart-rate", "chart-latency", "chart-attainment", "chart-cost", "chart-accuracy"):
+            page.wait_for_function(
+                f"() => Number(document.querySelector('#{chart} svg')?.getAttribute('data-points')) > 0",
+                timeout=POLL_WAIT_MS)
+        # Two configurations of the first stage at least: the adapter moved it.
+        page.wait_for_function("() => document.querySelectorAll('#chart-config .segment[data-lane=first]')"
+                               ".length >= 2", timeout=POLL_WAIT_MS)
+        log = page.inner_text("#decisions")
+        banner = page.inner_text("#banners")
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert not errors, errors
     new = applied[-1]["decision"]["stages"][0]
     assert f"first={new['variant']} b{new['batch']} x{new['replicas']}" in log
@@ -112,3 +116,69 @@ def test_dashboard_page_is_served_without_a_browser(steered):
     assert "{{" not in r.text and "api/history" in r.text
     hist = httpx.get(srv.url + "/api/history").json()
     assert hist["started"] <= hist["points"][0]["t"] and len({p["generation"] for p in hist["points"]}) >= 2
+
+
+def _json(doc: dict):
+    return lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(doc))
+
+
+def _wait_text(page, selector: str, words: str) -> None:
+    page.wait_for_function("([sel, words]) => document.querySelector(sel).innerText.includes(words)",
+                           arg=[selector, words], timeout=POLL_WAIT_MS)
+
+
+def test_dashboard_says_what_is_wrong(steered):
+    """Empty and failing states, each answered by the real page from altered JSON (playwright routes)."""
+    srv, _, config = steered
+    history = httpx.get(srv.url + "/api/history").json()
+    quiet = dict(history, points=[dict(p, arrival_rps=0.0, predicted_rps=None, completed=0, within_sla=0, errors=0,
+                                       drops=0) for p in history["points"]])
+    off = dict(config, policy=None, adapter={"enabled": False, "error": ""})
+    failing = dict(config, adapter=dict(config["adapter"], last_error="decide failed: RuntimeError: solver crashed",
+                                        consecutive_failures=2, last_error_time_s=history["now"]))
+    restarted = dict(history, started=history["started"] + 60, points=[])
+    hist_url, config_url = re.compile(r"/api/history"), re.compile(r"/config$")
+    errors: list[str] = []
+    with browser_page(errors) as page:
+        page.route(hist_url, _json(quiet))
+        page.route(config_url, _json(off))
+        page.goto(srv.url + "/dashboard")
+        _wait_text(page, "#banners", "adapter off: started without --policy")
+        for chart in ("chart-rate", "chart-latency", "chart-attainment"):
+            assert "no requests yet" in page.get_attribute(f"#{chart} svg", "data-empty")
+        page.unroute(hist_url)
+        page.unroute(config_url)
+        page.route(config_url, _json(failing))
+        _wait_text(page, "#banners", "adapter failing")
+        assert "solver crashed" in page.inner_text("#banners")
+        page.route(hist_url, _json(restarted))
+        _wait_text(page, "#banners", "the server restarted")
+        assert "waiting for the first metrics window" in page.get_attribute("#chart-rate svg", "data-empty")
+        assert not errors, errors  # every state above is said in words, with no script error
+        page.route(re.compile(r"/(api/history|config)"), lambda route: route.abort())
+        _wait_text(page, "#banners", "cannot reach the server")
+    assert not [e for e in errors if "Failed to load resource" not in e], errors
+
+
+def test_report_page_in_a_browser(tmp_path):
+    """``varipipe experiment`` (a short simulation) writes report.html; it draws offline, from a file."""
+    from varipipe.cli import main
+
+    profile = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
+    trace = tmp_path / "trace.txt"
+    trace.write_text("\n".join(["2"] * 120 + ["8"] * 120 + ["3"] * 120))
+    out = tmp_path / "exp"
+    assert main(["experiment", "--profiles", str(profile), "--trace", str(trace), "--sla", "3,6",
+                 "--policies", "ipa,fa2-low,fa2-high", "--solver", "dp", "--cost-mode", "reserved",
+                 "--cluster-cores", "40", "--out", str(out)]) == 0
+    errors: list[str] = []
+    with browser_page(errors) as page:
+        page.route(re.compile(r"^https?://"), lambda route: route.abort())  # offline: any fetch would fail
+        page.goto((out / "report.html").as_uri())
+        for chart in ("chart-load", "chart-attainment", "chart-p99", "chart-cost", "chart-accuracy"):
+            assert int(page.get_attribute(f"#{chart} svg", "data-points")) > 0, chart
+        assert page.locator("#summary tbody tr").count() == 3
+        assert page.locator("#figures img").count() == 4  # summary, load, one per SLA
+        page.select_option("#sla", "sla-6s")
+        assert "sla-6s" in page.inner_text("#sla") and page.locator("#summary tbody tr").count() == 3
+    assert not errors, errors
