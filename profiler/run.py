@@ -19,6 +19,7 @@ from varipipe.errors import ProfileError, UnknownNameError
 from varipipe.profiler.evaluate import (
     StageAccuracy,
     items_per_request,
+    load_evaluation,
     stage_accuracy,
     stage_outputs,
 )
@@ -62,6 +63,8 @@ class ProfileRequest:
     only: frozenset[PointKey] | None = None  # measure just these points of the plan (benchmarks)
     # metadata["accuracy"] of an earlier profile of the same spec: reuse its figures, skip the runs
     reuse_accuracy: Mapping[str, Any] | None = None
+    # Autogroup nice of each measuring process (measure.raise_priority); 0 leaves it as is.
+    nice: int = 0
 
 
 @dataclass
@@ -171,6 +174,7 @@ class _Run:
 def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: list,
                 threads: int, failed: dict[str, str]) -> dict[str, StageAccuracy]:
     result = {}
+    evaluation = load_evaluation(req.spec)
     for name in stages:
         stored = run.metadata["accuracy"].get(name)
         if stored:
@@ -181,7 +185,7 @@ def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: l
         log.info("accuracy: running %d variants of %s on %d inputs", len(stage.variants), name, len(payloads))
         outputs, errors = stage_outputs(stage, payloads, threads)
         failed.update({f"{name}/{v}": e for v, e in errors.items()})
-        result[name] = stage_accuracy(stage, payloads, outputs)
+        result[name] = stage_accuracy(stage, payloads, outputs, evaluation)
         run.metadata["accuracy"][name] = result[name].to_metadata()
         for variant, outs in outputs.items():
             tokens = [o.tokens for o in outs if isinstance(getattr(o, "tokens", None), int)]
@@ -248,7 +252,7 @@ def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | 
             payloads = payloads_for_stage(req.spec, stage_name, inputs)
             try:
                 measure_variant(spec, by_label[hw], payloads, batches, req.policy, landed, isolate=req.isolate,
-                                on_conditions=heard)
+                                on_conditions=heard, nice=req.nice)
             except MeasureError as e:
                 summary.failed[f"{stage_name}/{variant_name}/{hw}"] = str(e).splitlines()[0]
                 log.error("%s", str(e).splitlines()[0])
