@@ -155,6 +155,7 @@ class _Run:
             "model is built, minus the RSS at that moment: weights + runtime + activations of the largest "
             "batch so far; interpreter and library code excluded" if req.isolate else
             "RSS growth of the profiling process from before load to after the batch (in-process mode)")
+        self.metadata["measuring_nice"] = req.nice if req.isolate else 0
         self.metadata["throughput_method"] = ("batch / mean batch latency, batches run back to back on one "
                                               "replica (saturation)")
 
