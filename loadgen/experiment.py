@@ -31,7 +31,7 @@ from varipipe.loadgen.simulator import SimSeries
 from varipipe.records import Decision, Profile, hardware_cores
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
-           "file_sha256", "StartLive", "SUMMARY_FIELDS"]
+           "file_sha256", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
 
 StartLive = Callable[[str, float], AbstractContextManager[str]]
 
@@ -59,6 +59,7 @@ class RunOutcome:
     decisions: int
     wall_s: float
     series: SimSeries
+    timeline: tuple[Decision, ...] = ()  # decisions in force over the run (time_s from its start)
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SUMMARY_FIELDS}
@@ -69,7 +70,7 @@ def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings]) -> RunOutc
     r = run_policy(profile, arrivals, policy, settings)
     return RunOutcome(policy, sla_name, settings.sla_s, "sim", r.requests, r.completed, r.dropped,
                       r.sla_attainment, r.p99_latency_s, r.mean_latency_s, r.mean_accuracy, r.mean_cost,
-                      r.cost_unit, r.decisions, r.wall_s, r.series)
+                      r.cost_unit, r.decisions, r.wall_s, r.series, r.timeline)
 
 
 def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
@@ -230,9 +231,21 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def timeline_rows(timeline: Sequence[Decision]) -> list[dict[str, Any]]:
+    """The configuration changes of a run (for the report's per-stage view): time, stages, cost, accuracy."""
+    rows: list[dict[str, Any]] = []
+    for d in timeline:
+        stages = [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas} for s in d.stages]
+        if not rows or rows[-1]["stages"] != stages:
+            rows.append({"t": d.time_s, "stages": stages, "cost": _clean(d.predicted_cost),
+                         "accuracy": _clean(d.predicted_accuracy), "status": d.status.value})
+    return rows
+
+
 def write_results(out_dir: str | Path, outcomes: Sequence[RunOutcome], meta: Mapping[str, Any],
                   series_step_s: int = 60) -> dict[str, Path]:
-    """results.csv, results.json (rows + metadata) and series/<sla>/<policy>.json."""
+    """results.csv, results.json (rows + metadata), series/<sla>/<policy>.json and, where the run
+    kept its decisions, series/<sla>/<policy>.timeline.json (configuration changes)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "results.csv", "json": out / "results.json"}
@@ -247,4 +260,6 @@ def write_results(out_dir: str | Path, outcomes: Sequence[RunOutcome], meta: Map
         p = out / "series" / o.sla / f"{o.policy.replace(':', '_')}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(o.series.to_dict(series_step_s)), encoding="utf-8")
+        if o.timeline:
+            p.with_suffix(".timeline.json").write_text(json.dumps(timeline_rows(o.timeline)), encoding="utf-8")
     return paths
