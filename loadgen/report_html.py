@@ -71,15 +71,18 @@ def report_data(out_dir: str | Path) -> dict[str, Any]:
         raise VaripipeError(f"{out / 'results.json'}: expected {{'meta': ..., 'results': [...]}}")
     notes: list[str] = []
     series: dict[str, dict[str, Any]] = {}
+    timelines: dict[str, dict[str, Any]] = {}
     for row in doc["results"]:
         path = _series_file(out, row["sla"], row["policy"])
         if path.exists():
             series.setdefault(row["sla"], {})[row["policy"]] = _read_json(path)
         else:
             notes.append(f"no series for {row['sla']}/{row['policy']} ({path.relative_to(out)} is missing)")
+        if path.with_suffix(".timeline.json").exists():  # configuration changes, when the runner kept them
+            timelines.setdefault(row["sla"], {})[row["policy"]] = _read_json(path.with_suffix(".timeline.json"))
     meta = doc.get("meta", {})
     title = f"varipipe experiment: {', '.join(dict.fromkeys(r['policy'] for r in doc['results']))}"
-    return _finite({"title": title, "meta": meta, "results": doc["results"], "series": series,
+    return _finite({"title": title, "meta": meta, "results": doc["results"], "series": series, "timelines": timelines,
                     "figures": _figures(out, list(dict.fromkeys(r["sla"] for r in doc["results"])), notes), "notes": notes})
 
 

@@ -96,6 +96,34 @@
       empty: "no replica series (live runs record none)" });
   }
 
+  // One swimlane chart per policy: its configuration changes (series/<sla>/<policy>.timeline.json).
+  function timelines(sla) {
+    const box = $("timelines");
+    box.textContent = "";
+    const runs = results.filter((r) => r.sla === sla);
+    const kept = (D.timelines || {})[sla] || {};
+    if (!runs.some((r) => kept[r.policy])) {
+      box.innerHTML = '<p class="empty-note"></p>';
+      box.firstChild.textContent = "the results folder has no decision timelines for this SLA (written by the runner next to each series)";
+      return;
+    }
+    for (const r of runs) {
+      const rows = kept[r.policy];
+      const s = ((D.series || {})[sla] || {})[r.policy];
+      const step = s && s.step_s ? s.step_s[0] : 1;
+      const end = s ? (s.arrivals.length * step) / 3600 : Math.max(...(rows || [{ t: 0 }]).map((x) => x.t / 3600));
+      box.appendChild(document.createElement("h2")).textContent = `${r.policy} (${rows ? rows.length : 0} configurations)`;
+      const div = box.appendChild(document.createElement("div"));
+      div.id = `timeline-${r.policy}`;
+      const names = rows && rows.length ? rows[0].stages.map((x) => x.stage) : [];
+      VP.swimlanes(div, { xMin: 0, xMax: end, xFormat: (x) => `${+x.toFixed(2)} h`, empty: "no decision timeline for this policy",
+        lanes: names.map((name) => ({ name, segs: VP.segments((rows || []).flatMap((row) => {
+          const st = row.stages.find((x) => x.stage === name);
+          return st ? [[row.t / 3600, `${st.variant} b${st.batch} ×${st.replicas}`, st.variant]] : [];
+        }), end) })) });
+    }
+  }
+
   function figures() {
     const box = $("figures");
     const figs = D.figures || [];
@@ -127,7 +155,7 @@
     const r = results.find((x) => x.sla === s);
     opt.textContent = `${s} (${r.sla_s} s)`;
   }
-  const draw = () => { if (select.value) { summary(select.value); charts(select.value); } };
+  const draw = () => { if (select.value) { summary(select.value); charts(select.value); timelines(select.value); } };
   select.addEventListener("change", draw);
   window.addEventListener("resize", draw);
   draw();

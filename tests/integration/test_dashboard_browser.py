@@ -179,6 +179,8 @@ def test_report_page_in_a_browser(tmp_path):
             assert int(page.get_attribute(f"#{chart} svg", "data-points")) > 0, chart
         assert page.locator("#summary tbody tr").count() == 3
         assert page.locator("#figures img").count() == 4  # summary, load, one per SLA
+        lanes = page.eval_on_selector_all("#timelines svg", "els => els.map(e => Number(e.dataset.points))")
+        assert len(lanes) == 3 and min(lanes) > 0, lanes  # each policy's configuration over time
         page.select_option("#sla", "sla-6s")
         assert "sla-6s" in page.inner_text("#sla") and page.locator("#summary tbody tr").count() == 3
     assert not errors, errors

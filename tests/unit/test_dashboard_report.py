@@ -39,6 +39,9 @@ def results_dir(tmp_path):
         p = tmp_path / "series" / "tight" / f"{policy}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(_series(10, cost)))  # json writes NaN, as the runner does
+    (tmp_path / "series" / "tight" / "ipa.timeline.json").write_text(json.dumps(
+        [{"t": 0.0, "stages": [{"stage": "a", "variant": "v1", "batch": 1, "replicas": 1}], "cost": 1.0,
+          "accuracy": 0.5, "status": "optimal"}]))
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
     (tmp_path / "summary.png").write_bytes(buf.getvalue())
@@ -65,6 +68,18 @@ def test_report_is_one_offline_file(results_dir):
     assert [f["name"] for f in data["figures"]] == ["summary.png"]
     assert data["figures"][0]["src"].startswith("data:image/png;base64,")
     assert any("tight/rim" in n for n in data["notes"])
+    assert list(data["timelines"]["tight"]) == ["ipa"]
+
+
+def test_timeline_rows_keep_configuration_changes_only():
+    from varipipe.loadgen.experiment import timeline_rows
+    from varipipe.records import Decision, StageDecision
+
+    def d(t, replicas, cost):
+        return Decision(stages=(StageDecision("a", "v1", 2, replicas, "cpu:1", 0.0),), predicted_cost=cost, time_s=t)
+
+    rows = timeline_rows([d(0, 1, 1.0), d(10, 1, 1.5), d(20, 2, math.nan)])
+    assert [(r["t"], r["stages"][0]["replicas"], r["cost"]) for r in rows] == [(0, 1, 1.0), (20, 2, None)]
 
 
 def test_report_data_names_a_missing_results_file(tmp_path):
@@ -100,3 +115,4 @@ def test_experiment_command_writes_the_report(tmp_path, capsys):
     data = _embedded((out / REPORT_NAME).read_text(encoding="utf-8"))
     assert data["results"][0]["policy"] == "fa2-low" and data["series"]["sla-4s"]["fa2-low"]["arrivals"]
     assert {f["name"] for f in data["figures"]} == {"summary.png", "load.png", "over_time_sla-4s.png"}
+    assert data["timelines"]["sla-4s"]["fa2-low"][0]["stages"]
