@@ -203,7 +203,8 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
             unit = "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
             res = RunOutcome(policy, sla_name, sla_s, "live", m["requests"], m["completed"], m["dropped"],
                              m["sla_attainment"], m["p99_latency_s"], m["mean_latency_s"], m["mean_accuracy"],
-                             m["mean_cost"], unit, changes, time.perf_counter() - started, series)
+                             m["mean_cost"], unit, changes, time.perf_counter() - started, series,
+                             tuple(replace(d, time_s=t) for t, d in decisions))
             out.append(res)
             if on_done:
                 on_done(res)
