@@ -76,8 +76,16 @@ def _quick_duration(args, spec) -> dict:
         prof = load_profile(args.quick_profile, pipeline=spec.name)
         if prof.metadata.get("mode") != "quick":
             raise SystemExit(f"{args.quick_profile}: metadata.mode is {prof.metadata.get('mode')!r}, not 'quick'")
+        from varipipe.profiler.plan import FULL, QUICK
+
+        sampling_quick = full_duration_estimate(prof, QUICK)
+        overhead = max(float(prof.metadata.get("duration_s", 0)) - sampling_quick, 0.0)
         return {"source": str(args.quick_profile), "command": prof.metadata.get("command"),
-                "duration_s": prof.metadata.get("duration_s"), "points": len(prof.points)}
+                "duration_s": prof.metadata.get("duration_s"), "points": len(prof.points),
+                "full_profile_estimate_s": round(full_duration_estimate(prof, FULL) + overhead, 0),
+                "full_profile_estimate_note": "sum over the points of the full policy's sampling time at the "
+                                              "quick profile's mean latencies, plus the quick run's overhead "
+                                              "(accuracy runs, process starts, model loads)"}
     import subprocess
 
     out = Path(tempfile.mkdtemp()) / "quick.json"
@@ -85,6 +93,24 @@ def _quick_duration(args, spec) -> dict:
     t0 = time.monotonic()
     subprocess.run(cmd, check=False)
     return {"source": "measured now", "command": shlex.join(cmd), "duration_s": round(time.monotonic() - t0, 1)}
+
+
+def full_duration_estimate(profile, policy) -> float:
+    """Seconds a full profile of the points of ``profile`` would take, from its mean latencies.
+
+    Per point: warm-up batches plus the samples the full policy needs (at least
+    ``min_samples`` and ``min_seconds`` for small batches; the time box above),
+    plus one model load per (variant, hardware) as measured (``load_s`` is not
+    stored, so the quick run's per-group overhead is used). An estimate, not a run.
+    """
+    total = 0.0
+    for p in profile.points:
+        mean = p.mean_latency_s
+        need = max(policy.min_samples * mean, policy.min_seconds)
+        if policy.time_boxed(p.batch):
+            need = min(need, max(policy.max_seconds, policy.floor_samples * mean))
+        total += need + policy.warmup_batches * mean
+    return total
 
 
 def _key_name(k) -> str:
