@@ -57,13 +57,14 @@ def subset_keys():
 
 
 def _run(spec, out: Path, policy, keys, reuse_accuracy, label: str):
+    from varipipe.commands.profile import DEFAULT_NICE  # measured as `varipipe profile` measures
     from varipipe.profiler.measure import cpu_hardware
     from varipipe.profiler.run import ProfileRequest, run_profile
 
     print(f"[{label}] profiling {len(keys)} points ({policy.name}) -> {out}", flush=True)
     req = ProfileRequest(spec=spec, out=out, batches=(1, 2, 4, 8, 16), hardware=(cpu_hardware(1), cpu_hardware(2)),
                          policy=policy, command=f"benchmarks/profile_quick.py ({label})", only=keys,
-                         reuse_accuracy=reuse_accuracy)
+                         reuse_accuracy=reuse_accuracy, nice=DEFAULT_NICE)
     t0 = time.monotonic()
     summary = run_profile(req)
     return {p.key: p for p in summary.profile.points}, time.monotonic() - t0
