@@ -5,8 +5,9 @@ accurate variant cannot carry the peak (the live adapter test's profile). A
 stepped open-loop HTTP load makes the adapter reconfigure by itself; nothing
 injects a decision. Headless Chromium (Debian's, driven by playwright) opens
 /dashboard: the charts must hold data points, the decision log must show the
-reconfiguration, and the console must stay free of errors. The screenshot goes
-to docs/dashboard.png for the README.
+reconfiguration, and the console must stay free of errors. The screenshot is
+the README's docs/dashboard.png: written there when that file is missing or
+VARIPIPE_UPDATE_SCREENSHOT=1 (so test runs leave the checkout clean).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -39,7 +41,7 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 INTERVAL_S = 2.0  # adapter interval: short, so a step in load is answered within seconds
 # (rate req/s, seconds): quiet, a peak the accurate variant cannot carry, quiet again.
 LOAD_STEPS = ((3, 8), (30, 12), (3, 14))
-POLL_WAIT_MS = 20_000  # how long the page may take to show what the test expects
+POLL_WAIT_MS = 45_000  # how long the page may take to show what the test expects (a loaded 2-core host)
 
 
 @contextlib.contextmanager
@@ -83,8 +85,9 @@ def steered(serve_port, png_bytes, tmp_path_factory):
         yield srv, results, httpx.get(srv.url + "/config").json()
 
 
-def test_dashboard_shows_the_adapter_at_work(steered):
+def test_dashboard_shows_the_adapter_at_work(steered, tmp_path):
     srv, results, config = steered
+    shot = tmp_path / "dashboard.png"
     assert all(r.status == 200 for r in results)
     applied = _applied(config)
     assert applied, f"the adapter applied nothing: {config['adapter']}"
@@ -100,13 +103,16 @@ def test_dashboard_shows_the_adapter_at_work(steered):
                                ".length >= 2", timeout=POLL_WAIT_MS)
         log = page.inner_text("#decisions")
         banner = page.inner_text("#banners")
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
     new = applied[-1]["decision"]["stages"][0]
     assert f"first={new['variant']} b{new['batch']} x{new['replicas']}" in log
     assert "applied" in log and "ipa / optimal" in log and "runner-up" in log
     assert "adapter ipa" in banner and "failing" not in banner
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("VARIPIPE_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
 
 
 def test_dashboard_page_is_served_without_a_browser(steered):
