@@ -224,7 +224,8 @@ class MetricsAggregator:
             stages=stages,
             e2e_p99_s=percentile(w.e2e, 99),
             drops=w.drops,
-            history_rps=tuple(self.history_rps(now)),
+            # No per-second history here: windows are kept by the thousand, and the loop
+            # asks history_rps() once per step (merge_observations).
         )
         self.last_window = WindowStats(
             time=now, interval_s=interval, arrivals=w.arrivals, completed=len(w.e2e),

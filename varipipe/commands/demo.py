@@ -96,11 +96,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"starting {spec.name} on an embedded Ray (adapter: {opts.policy or 'off'}, every {opts.interval_s:g}s)...")
     with LocalServer(opts, port=args.port) as srv:
         print(f"serving at {srv.endpoint}   config: {srv.url}/config   metrics: {srv.url}/metrics")
+        print(f"watch the adapter live: {srv.url}/dashboard")
         per_phase = args.duration / len(LOAD_SHAPE)
         for i, frac in enumerate(LOAD_SHAPE):
             _phase(srv.endpoint, srv.url, PHOTOS[i % len(PHOTOS)], max(0.2, frac * args.peak_rps), per_phase)
         _print_decisions(srv.url)
         if args.keep_serving:
-            print(f"still serving at {srv.endpoint}; Ctrl-C to stop.")
+            print(f"still serving at {srv.endpoint} (dashboard: {srv.url}/dashboard); Ctrl-C to stop.")
             wait_for_signal()
     return 0

@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     with LocalServer(opts, host=args.host, port=args.port, decision=decision, address=args.address) as srv:
         print(f"serving {spec.name} at {srv.endpoint}")
         print(f"  try:     curl -s -X POST --data-binary @photo.jpg -H 'content-type: image/jpeg' {srv.endpoint}")
+        print(f"  watch:   {srv.url}/dashboard" + (f"#token={opts.auth_token}" if opts.auth_token else ""))
         print(f"  config:  {srv.url}/config    metrics: {srv.url}/metrics    health: {srv.url}/healthz")
         print(f"  adapter: {opts.policy or 'off'}" + (" (dry run)" if opts.dry_run else ""))
         print("Ctrl-C to stop.")
