@@ -29,7 +29,7 @@ from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
 from varipipe.profiler.measure import Hardware, MeasureError, PointResult, measure_variant
 from varipipe.profiler.plan import PointKey, SamplingPolicy, missing, plan
 from varipipe.profiler.store import SCHEMA_VERSION, load_profile, save_profile
-from varipipe.records import PipelineSpec, Profile, ProfilePoint
+from varipipe.records import Accuracy, PipelineSpec, Profile, ProfilePoint
 
 __all__ = ["ProfileRequest", "RunSummary", "run_profile", "group_by_variant", "order_points"]
 
@@ -204,6 +204,41 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="point", disable=not enabled, dynamic_ncols=True)
 
 
+def _measure_group(run: _Run, summary: RunSummary, bar, group: tuple, figure: Accuracy, payloads: list,
+                   on_point: Callable[[ProfilePoint], None] | None) -> None:
+    """One (variant, hardware): measure its batch sizes, saving the file as each point lands."""
+    stage_name, variant_name, hardware, batches = group
+    req = run.req
+    key_of = {b: PointKey(stage_name, variant_name, b, hardware.label) for b in batches}
+    spec = req.spec.stage(stage_name).variant(variant_name)
+    run.metadata["variants"][f"{stage_name}/{variant_name}"] = {
+        "runtime": spec.runtime, "source": spec.source, "input_size": spec.input_size,
+        "native_batching": spec.native_batching, "params": dict(spec.params)}
+
+    def landed(r: PointResult) -> None:
+        p = _point(key_of[r.batch], r, figure)
+        run.points[key_of[r.batch]] = p
+        run.save()
+        summary.measured += 1
+        bar.update(1)
+        if on_point is not None:
+            on_point(p)
+
+    def heard(batch: int, conditions: dict) -> None:
+        k = key_of[batch]
+        cond = {name: (round(v, 6) if isinstance(v, float) else v) for name, v in conditions.items()}
+        cond["cpu_share"] = round(conditions["cpu_s_per_batch"] / conditions["wall_s_per_batch"], 3)
+        run.metadata["conditions"][f"{k.stage}/{k.variant}/{k.hardware}/b{k.batch}"] = cond
+
+    try:
+        measure_variant(spec, hardware, payloads, batches, req.policy, landed, isolate=req.isolate,
+                        on_conditions=heard, nice=req.nice)
+    except MeasureError as e:
+        summary.failed[f"{stage_name}/{variant_name}/{hardware.label}"] = str(e).splitlines()[0]
+        log.error("%s", str(e).splitlines()[0])
+        bar.update(len([b for b in batches if key_of[b] not in run.points]))
+
+
 def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | None = None) -> RunSummary:
     """Measure what ``req.out`` lacks, saving after every point; returns the final profile."""
     _check_names(req)
@@ -224,40 +259,14 @@ def run_profile(req: ProfileRequest, on_point: Callable[[ProfilePoint], None] | 
     by_label = {h.label: h for h in req.hardware}
     with _progress(len(todo), req.progress) as bar:
         for stage_name, variant_name, hw, batches in group_by_variant(todo):
-            key_of = {b: PointKey(stage_name, variant_name, b, hw) for b in batches}
             figure = figures[stage_name].figures.get(variant_name)
             if figure is None or f"{stage_name}/{variant_name}" in summary.failed:
                 bar.update(len(batches))
                 continue
-            spec = req.spec.stage(stage_name).variant(variant_name)
-            run.metadata["variants"][f"{stage_name}/{variant_name}"] = {
-                "runtime": spec.runtime, "source": spec.source, "input_size": spec.input_size,
-                "native_batching": spec.native_batching, "params": dict(spec.params)}
             bar.set_postfix_str(f"{stage_name}/{variant_name} {hw}")
-
-            def landed(r: PointResult, key_of=key_of, figure=figure) -> None:
-                p = _point(key_of[r.batch], r, figure)
-                run.points[key_of[r.batch]] = p
-                run.save()
-                summary.measured += 1
-                bar.update(1)
-                if on_point is not None:
-                    on_point(p)
-
-            def heard(batch: int, conditions: dict, key_of=key_of) -> None:
-                k = key_of[batch]
-                cond = {name: (round(v, 6) if isinstance(v, float) else v) for name, v in conditions.items()}
-                cond["cpu_share"] = round(conditions["cpu_s_per_batch"] / conditions["wall_s_per_batch"], 3)
-                run.metadata["conditions"][f"{k.stage}/{k.variant}/{k.hardware}/b{k.batch}"] = cond
-
             payloads = payloads_for_stage(req.spec, stage_name, inputs)
-            try:
-                measure_variant(spec, by_label[hw], payloads, batches, req.policy, landed, isolate=req.isolate,
-                                on_conditions=heard, nice=req.nice)
-            except MeasureError as e:
-                summary.failed[f"{stage_name}/{variant_name}/{hw}"] = str(e).splitlines()[0]
-                log.error("%s", str(e).splitlines()[0])
-                bar.update(len([b for b in batches if key_of[b] not in run.points]))
+            _measure_group(run, summary, bar, (stage_name, variant_name, by_label[hw], batches), figure, payloads,
+                           on_point)
     run.metadata["failed"] = dict(summary.failed)
     run.save()
     summary.profile = run.profile()
