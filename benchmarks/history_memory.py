@@ -63,7 +63,9 @@ def run(rate: int, minutes: int) -> dict:
         if second % DECISION_EVERY_S == 1:
             st.set_decision_config({"decision": _decision(second // DECISION_EVERY_S).to_dict(),
                                     "generation": second // DECISION_EVERY_S})
-        st.metrics.add_requests(_requests(now[0], rate))
+        recs = _requests(now[0], rate)
+        st.metrics.add_arrivals(r.time for r in recs)
+        st.metrics.add_requests(recs)
         now[0] += 1.0
         st.tick()
         if second % 60 == 0 and second // 60 in SAMPLE_AT_MIN:

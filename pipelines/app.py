@@ -52,6 +52,9 @@ class Controller:
     async def record_requests(self, records: list) -> None:
         self.state.metrics.add_requests(records)
 
+    async def record_arrivals(self, times: list[float]) -> None:
+        self.state.metrics.add_arrivals(times)
+
     async def record_batches(self, records: list) -> None:
         self.state.metrics.add_batches(records)
 

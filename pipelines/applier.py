@@ -82,8 +82,27 @@ class ServeApplier:
         """First deploy: every deployment is created."""
         return self.apply(decision, wait=wait, force=True)
 
-    def apply(self, decision: Decision, wait: bool = True, force: bool = False) -> ApplyResult:
+    def sync(self, decision: Decision | None, generation: int, stage_generation: dict[str, int]) -> None:
+        """Continue from the live config (whoever applied it: this object, the adapter, an operator)."""
+        if generation >= self.generation:
+            self.current, self.generation, self.stage_generation = decision, generation, dict(stage_generation)
+
+    def _sync_from_controller(self) -> None:
+        from ray import serve
+
+        try:
+            cfg = serve.get_deployment_handle(CONTROLLER, self.opts.app_name).config.remote().result()
+        except Exception:  # noqa: BLE001 - no app yet: nothing to continue from
+            return
+        if cfg.get("decision") is not None:
+            self.sync(Decision.from_dict(cfg["decision"]), int(cfg["generation"]),
+                      {k: int(v) for k, v in cfg.get("stage_generation", {}).items()})
+
+    def apply(self, decision: Decision, wait: bool = True, force: bool = False, sync: bool = True) -> ApplyResult:
+        """Apply ``decision`` as a diff against the live config; ``sync=False`` trusts ``self.current``."""
         t0 = time.perf_counter()
+        if sync and not force:
+            self._sync_from_controller()
         changed = self._changed(decision)
         if not changed and not force:
             return ApplyResult(self.generation, (), 0.0)
@@ -140,7 +159,11 @@ class ServeApplier:
         controller = serve.get_deployment_handle(CONTROLLER, self.opts.app_name)
         reports = controller.replicas.remote().result()
         errors = []
-        ready = controller.config.remote().result()["generation"] == self.generation
+        live = controller.config.remote().result()["generation"]
+        if live > self.generation:  # the adapter already applied a newer decision: ours is history
+            log.info("generation %d superseded by %d before it was confirmed", self.generation, live)
+            return True, []
+        ready = live == self.generation
         for s in decision.stages:
             dep = status.deployments.get(stage_deployment_name(s.stage))
             running = dep.replica_states.get("RUNNING", 0) if dep else 0

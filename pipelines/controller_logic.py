@@ -120,9 +120,8 @@ class ControllerState:
 
         applier = ServeApplier(self.opts)
         with self.lock:  # continue from the config that is live now, whoever applied it
-            applier.current, applier.generation = self.decision, self.generation
-            applier.stage_generation = dict(self.stage_generation)
-        applier.apply(decision)
+            applier.sync(self.decision, self.generation, self.stage_generation)
+        applier.apply(decision, sync=False)
 
     # --- replicas -----------------------------------------------------------------
     def report_replica(self, status: ReplicaStatus) -> None:
@@ -143,6 +142,7 @@ class ControllerState:
                 "pipeline": self.spec.name,
                 "sla_s": self.sla_s,
                 "generation": self.generation,
+                "stage_generation": dict(self.stage_generation),
                 "decision": self.decision.to_dict() if self.decision else None,
                 "policy": self.opts.policy or None,
                 "dry_run": self.loop.dry_run if self.loop is not None else self.opts.dry_run,

@@ -156,6 +156,9 @@ class IngressCore:
         self.controller = controller
         self.auth_token = auth_token
         self._records = Flusher(lambda recs: controller.record_requests.remote(recs))
+        # Arrivals are counted when requests arrive, not when they are answered: under
+        # overload answers lag, and the adapter must see the load, not the throughput.
+        self._arrivals = Flusher(lambda times: controller.record_arrivals.remote(times))
         self.started = time.time()
 
     def authorized(self, request: Request) -> bool:
@@ -167,6 +170,7 @@ class IngressCore:
     async def handle(self, request: Request) -> tuple[int, dict[str, Any]]:
         arrival = time.time()
         t0 = time.perf_counter()
+        self._arrivals.add(arrival)
         try:
             deadline = parse_deadline(request, arrival)
             data = await image_bytes(request)

@@ -104,7 +104,7 @@ class MetricsAggregator:
         self.registry = CollectorRegistry()
         self._window = _Window()
         self._window_start = start_time
-        self._per_second: deque[tuple[int, int]] = deque(maxlen=HISTORY_SECONDS)  # (second, arrivals)
+        self._per_second: dict[int, int] = {}  # whole second -> arrivals, the last HISTORY_SECONDS
         self.total_requests = 0
         self.batch_sizes: dict[str, deque[int]] = {s: deque(maxlen=1000) for s in self.stages}
         self.last_window: WindowStats | None = None
@@ -142,8 +142,6 @@ class MetricsAggregator:
         w = self._window
         for rec in records:
             self.total_requests += 1
-            w.arrivals += 1
-            self._count_second(rec.time)
             self.m_requests.labels(p, str(rec.status)).inc()
             ok = rec.status == 200
             if ok:
@@ -163,15 +161,15 @@ class MetricsAggregator:
                 w.stage_latency.setdefault(st.stage, []).append(st.seconds)
                 w.stage_count[st.stage] = w.stage_count.get(st.stage, 0) + 1
 
-    def _count_second(self, t: float) -> None:
-        sec = int(t)
-        if self._per_second and self._per_second[-1][0] == sec:
-            self._per_second[-1] = (sec, self._per_second[-1][1] + 1)
-            return
-        last = self._per_second[-1][0] if self._per_second else sec - 1
-        for missing in range(max(last + 1, sec - HISTORY_SECONDS), sec):  # seconds with no arrivals
-            self._per_second.append((missing, 0))
-        self._per_second.append((sec, 1))
+    def add_arrivals(self, times: Iterable[float]) -> None:
+        """Requests as they *arrive* at the ingress (answers come later, or never)."""
+        for t in times:
+            sec = int(t)
+            self._window.arrivals += 1
+            self._per_second[sec] = self._per_second.get(sec, 0) + 1
+        if len(self._per_second) > 2 * HISTORY_SECONDS:
+            newest = max(self._per_second)
+            self._per_second = {k: v for k, v in self._per_second.items() if k > newest - HISTORY_SECONDS}
 
     def add_batches(self, records: Iterable[BatchRecord]) -> None:
         for rec in records:
@@ -200,10 +198,9 @@ class MetricsAggregator:
     def history_rps(self, now: float) -> list[float]:
         """Arrivals per whole second up to (not including) the current second."""
         current = int(now)
-        counts = dict(self._per_second)
-        first = current - HISTORY_SECONDS
-        start = min((s for s in counts), default=current)
-        return [float(counts.get(s, 0)) for s in range(max(first, start), current)]
+        counts = self._per_second
+        start = max(current - HISTORY_SECONDS, min(counts, default=current))
+        return [float(counts.get(s, 0)) for s in range(start, current)]
 
     def observe(self, now: float) -> Observation:
         """Summarise the interval since the last call and start a new one."""

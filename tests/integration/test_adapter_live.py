@@ -59,7 +59,7 @@ def test_loop_follows_a_stepped_load(serve_port, png_bytes, tmp_path):
             results = []
             for rate, seconds in ((3, 10), (30, 14), (3, 16)):
                 results += await open_loop(srv.endpoint, png_bytes, rate, seconds)
-                if rate == 30:
+                if rate > 3:
                     at_peak = httpx.get(srv.url + "/config").json()
             return results, at_peak
 
@@ -75,3 +75,30 @@ def test_loop_follows_a_stepped_load(serve_port, png_bytes, tmp_path):
     assert "fast" in seq and seq.index("fast") < len(seq) - 1 - seq[::-1].index("slow")
     served = {s["variant"] for r in results for s in r.body["stages"][:1]}
     assert served == {"fast", "slow"}  # both configurations really served traffic
+
+
+def test_loop_adapts_the_real_pipeline_with_its_shipped_profile(serve_port, chelsea_jpeg):
+    """vision-caption-ci with the profile the profiler shipped: by its numbers the
+    416 detector fits the 1 s SLA at low load and the 320 one is needed past ~3 req/s."""
+    opts = AppOptions(pipeline="vision-caption-ci", app_name="adapter-real", policy="ipa", interval_s=3.0,
+                      cluster_cores=2.0)
+    with LocalServer(opts, port=serve_port) as srv:
+
+        async def stepped():
+            results = []
+            for rate, seconds in ((0.5, 12), (3.5, 15), (0.5, 30)):
+                results += await open_loop(srv.endpoint, chelsea_jpeg, rate, seconds, timeout_s=300)
+                if rate > 1:
+                    at_peak = httpx.get(srv.url + "/config").json()
+            return results, at_peak
+
+        results, at_peak = asyncio.run(stepped())
+        final = httpx.get(srv.url + "/config").json()
+
+    failed = [r for r in results if r.status != 200]
+    assert not failed, f"{len(failed)} failed: {failed[:3]}"
+    assert final["adapter"]["enabled"] and not final["adapter"]["last_error"], final["adapter"]
+    detectors = [e["decision"]["stages"][0]["variant"] for e in final["adapter"]["log"] if e["action"] == "applied"]
+    assert at_peak["decision"]["stages"][0]["variant"] == "yolov3-tiny-320", detectors
+    assert final["decision"]["stages"][0]["variant"] == "yolov3-tiny-416", detectors
+    assert "yolov3-tiny-320" in {r.body["stages"][0]["variant"] for r in results}

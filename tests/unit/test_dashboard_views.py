@@ -46,6 +46,7 @@ def _second(st, n_ok=0, n_late=0, n_drop=0):
     recs = [RequestRecord(t + 0.1, 0.05, 200, ()) for _ in range(n_ok)]
     recs += [RequestRecord(t + 0.2, 5.0, 200, ()) for _ in range(n_late)]
     recs += [RequestRecord(t + 0.3, 0.0, 504, (), dropped_at="first") for _ in range(n_drop)]
+    st.metrics.add_arrivals(r.time for r in recs)
     st.metrics.add_requests(recs)
     st.test_clock.t += 1.0
     st.tick()

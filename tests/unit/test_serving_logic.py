@@ -95,6 +95,7 @@ def test_metrics_observation_and_prometheus():
             for i in range(20)]
     recs.append(RequestRecord(101.0, 0.5, 200, ()))
     recs.append(RequestRecord(101.5, 0.0, 400, ()))
+    m.add_arrivals(r.time for r in recs)
     m.add_requests(recs)
     m.add_batches([BatchRecord("a", "x", 2, 0.01, 101.0)])
     obs = m.observe(102.0)
@@ -134,8 +135,10 @@ def test_controller_history_and_config_views():
     clock = iter([100.0, 101.0, 102.0, 103.0, 104.0, 105.0]).__next__
     st = ControllerState(AppOptions(pipeline="identity-chain"), clock=clock, start_thread=False)
     st.set_decision_config({"decision": _decision().to_dict(), "generation": 1, "stage_generation": {"first": 1}})
-    st.metrics.add_requests([RequestRecord(100.5, 0.1, 200, ()), RequestRecord(100.6, 0.9, 200, ()),
-                             RequestRecord(100.7, 0.0, 504, (), dropped_at="first")])
+    recs = [RequestRecord(100.5, 0.1, 200, ()), RequestRecord(100.6, 0.9, 200, ()),
+            RequestRecord(100.7, 0.0, 504, (), dropped_at="first")]
+    st.metrics.add_arrivals(r.time for r in recs)
+    st.metrics.add_requests(recs)
     st.tick()
     view = st.history_view()
     (point,) = view["points"]
