@@ -46,8 +46,19 @@ def _check_rayservice(doc: dict) -> dict:
     return serve_cfg
 
 
-def test_render_without_profile_uses_the_default_decision_and_says_so(capsys):
-    doc, err = _render(capsys, "--pipeline", "vision-caption-ci", "--image", "example.org/varipipe:1")
+def test_render_uses_the_shipped_profile_when_there_is_one(capsys):
+    from varipipe.profiler.store import default_profile_path
+
+    if not default_profile_path("vision-caption-ci").exists():
+        pytest.skip("no shipped vision-caption-ci profile")
+    doc, err = _render(capsys, "--pipeline", "vision-caption-ci")
+    assert "optimizer decision" in err and "vision-caption-ci.json" in err
+    _check_rayservice(doc)
+
+
+def test_render_without_profile_uses_the_default_decision_and_says_so(tmp_path, capsys):
+    doc, err = _render(capsys, "--pipeline", "vision-caption-ci", "--image", "example.org/varipipe:1",
+                       "--profiles", str(tmp_path / "none.json"))
     serve_cfg = _check_rayservice(doc)
     assert "no profile" in err and "default configuration" in err
     app = serve_cfg["applications"][0]
