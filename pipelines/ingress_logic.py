@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from fastapi import Request
+from ray.exceptions import RayActorError
 
 from varipipe.errors import BadInputError
 from varipipe.pipelines.flusher import Flusher
@@ -184,7 +185,13 @@ class IngressCore:
         timings = []
         for stage in self.spec.stage_names:
             s0 = time.perf_counter()
-            payload = await self.stages[stage].remote(payload)
+            try:
+                payload = await self.stages[stage].remote(payload)
+            except RayActorError as e:  # the replica died with this request inside (Serve replaces it)
+                log.warning("stage %s: replica lost request %s: %s", stage, payload.request_id, e)
+                self._record(arrival, time.perf_counter() - t0, 503, tuple(timings))
+                return 503, {"error": f"stage {stage!r}: the replica serving this request died "
+                                      f"({type(e).__name__}); a replacement is starting, retry", "stage": stage}
             if payload.dropped_at:
                 latency = time.perf_counter() - t0
                 self._record(arrival, latency, 504, tuple(timings), payload.dropped_at)
