@@ -105,7 +105,8 @@ class TestLive:
         failed = [r for r in results if r.status != 200]
         # Only requests that were inside the killed process can fail: at most a couple of batches.
         assert len(failed) <= 2 * 8, f"{len(failed)} of {len(results)} failed: {failed[:3]}"
-        assert all(r.status != 0 for r in failed), "a request got no HTTP answer at all"
+        # A request inside the killed process is answered 503 (retry), never dropped silently.
+        assert {r.status for r in failed} <= {503}, f"unexpected statuses: {failed[:3]}"
         settled = killed["t"] - results[0].sent_at + killed["recovered_s"] + 1.0
         late = [r for r in results if r.sent_at > settled and r.status != 200]
         assert not late, f"requests still failing after recovery: {late[:3]}"
