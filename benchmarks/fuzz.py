@@ -1,0 +1,66 @@
+"""More fuzz cases against the HTTP API than CI runs: how many, and how many unexpected 5xx.
+
+    python benchmarks/fuzz.py [--examples 400]
+
+Runs tests/integration/test_fuzz_http.py (hypothesis, a real app of identity
+stages on a local Ray Serve) with ``--examples`` cases per fuzz test (5 tests),
+against CI's 60. The test fails on any 5xx other than the deliberate 503/504,
+on a crashed or restarted replica (actor ids compared), or on replica memory
+growing by 150 MB or more. Baseline in the same run: CI's case count, run first.
+Writes benchmarks/results/fuzz.json with the status counts, the replicas
+before/after and their RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "fuzz.json"
+TEST = "tests/integration/test_fuzz_http.py"
+CI_EXAMPLES = 60  # the test's default per fuzz test
+
+
+def run(examples: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="vp-fuzz-") as tmp:
+        report = Path(tmp) / "report.json"
+        env = {**os.environ, "VARIPIPE_FUZZ_EXAMPLES": str(examples), "VARIPIPE_FUZZ_REPORT": str(report)}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST], cwd=ROOT,
+                              env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        data = json.loads(report.read_text()) if report.exists() else {}
+    stats = data.get("stats", {})
+    unexpected = sum(n for k, n in stats.items() if k.startswith("status_5") and k not in ("status_503", "status_504"))
+    return {"examples_per_test": examples, "passed": proc.returncode == 0, "cases": stats.get("cases", 0),
+            "unexpected_5xx": unexpected, "wall_s": round(wall, 1), **data,
+            "pytest_tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else []}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", type=int, default=400, help="cases per fuzz test (5 tests)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args()
+    runs = {}
+    for name, n in (("ci_baseline", CI_EXAMPLES), ("benchmark", args.examples)):
+        runs[name] = run(n)
+        print(name, json.dumps({k: v for k, v in runs[name].items() if k != "rss_growth_mb"}))
+    result = {"benchmark": "fuzz", "command": f"python benchmarks/fuzz.py --examples {args.examples}",
+              "host": {"machine": platform.machine(), "python": platform.python_version()}, "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(r["passed"] for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
