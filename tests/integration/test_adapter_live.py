@@ -48,6 +48,11 @@ def first_variants(config: dict) -> list[str]:
     return [e["decision"]["stages"][0]["variant"] for e in config["adapter"]["log"] if e["action"] == "applied"]
 
 
+def moved_and_came_back(applied: list[str], fast: str, accurate: str) -> bool:
+    """The loop applied ``fast`` at some point and ``accurate`` again after it."""
+    return fast in applied and accurate in applied[applied.index(fast) + 1:]
+
+
 def test_loop_follows_a_stepped_load(serve_port, png_bytes, tmp_path):
     path = tmp_path / "identity-chain.json"
     path.write_text(json.dumps(profile_to_dict(identity_profile())))
@@ -59,20 +64,16 @@ def test_loop_follows_a_stepped_load(serve_port, png_bytes, tmp_path):
             results = []
             for rate, seconds in ((3, 10), (30, 14), (3, 16)):
                 results += await open_loop(srv.endpoint, png_bytes, rate, seconds)
-                if rate > 3:
-                    at_peak = httpx.get(srv.url + "/config").json()
-            return results, at_peak
+            return results
 
-        results, at_peak = asyncio.run(stepped())
+        results = asyncio.run(stepped())
         final = httpx.get(srv.url + "/config").json()
 
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed: {failed[:3]}"
     assert final["adapter"]["enabled"] and not final["adapter"]["last_error"], final["adapter"]
-    assert at_peak["decision"]["stages"][0]["variant"] == "fast", first_variants(at_peak)
+    assert moved_and_came_back(first_variants(final), fast="fast", accurate="slow")
     assert final["decision"]["stages"][0]["variant"] == "slow", first_variants(final)
-    seq = first_variants(final)
-    assert "fast" in seq and seq.index("fast") < len(seq) - 1 - seq[::-1].index("slow")
     served = {s["variant"] for r in results for s in r.body["stages"][:1]}
     assert served == {"fast", "slow"}  # both configurations really served traffic
 
@@ -88,17 +89,15 @@ def test_loop_adapts_the_real_pipeline_with_its_shipped_profile(serve_port, chel
             results = []
             for rate, seconds in ((0.5, 12), (3.5, 15), (0.5, 30)):
                 results += await open_loop(srv.endpoint, chelsea_jpeg, rate, seconds, timeout_s=300)
-                if rate > 1:
-                    at_peak = httpx.get(srv.url + "/config").json()
-            return results, at_peak
+            return results
 
-        results, at_peak = asyncio.run(stepped())
+        results = asyncio.run(stepped())
         final = httpx.get(srv.url + "/config").json()
 
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed: {failed[:3]}"
     assert final["adapter"]["enabled"] and not final["adapter"]["last_error"], final["adapter"]
     detectors = [e["decision"]["stages"][0]["variant"] for e in final["adapter"]["log"] if e["action"] == "applied"]
-    assert at_peak["decision"]["stages"][0]["variant"] == "yolov3-tiny-320", detectors
+    assert moved_and_came_back(detectors, fast="yolov3-tiny-320", accurate="yolov3-tiny-416"), detectors
     assert final["decision"]["stages"][0]["variant"] == "yolov3-tiny-416", detectors
     assert "yolov3-tiny-320" in {r.body["stages"][0]["variant"] for r in results}
