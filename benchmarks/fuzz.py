@@ -42,7 +42,8 @@ def run(examples: int) -> dict:
     unexpected = sum(n for k, n in stats.items() if k.startswith("status_5") and k not in ("status_503", "status_504"))
     return {"examples_per_test": examples, "passed": proc.returncode == 0, "cases": stats.get("cases", 0),
             "unexpected_5xx": unexpected, "wall_s": round(wall, 1), **data,
-            "pytest_tail": proc.stdout.strip().splitlines()[-1:] if proc.stdout else []}
+            "pytest_tail": [ln for ln in proc.stdout.splitlines() if ln.startswith(("E   ", "FAILED"))][:20]
+            + proc.stdout.strip().splitlines()[-1:]}
 
 
 def main() -> int:
