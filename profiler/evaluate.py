@@ -4,21 +4,58 @@ The running (``stage_outputs``) is I/O; the choice of figures
 (``stage_accuracy``) is pure given the outputs, and follows the order of
 ``accuracy``'s docstring: measured, else declared, else agreement x the
 reference's declared figure.
+
+A pipeline spec may name an ``evaluation`` ("module:callable") that returns an
+``EvaluationSet``: inputs with known answers and a per-stage score. Stages it
+scores get *measured* figures (the mean score, upstream stages on their
+default variants), whatever their output type; this is how a new pipeline
+gets measured accuracy without code here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from varipipe.errors import SpecError
 from varipipe.pipelines.variant import Payload, StageOutput, Variant, build_variant
 from varipipe.profiler import accuracy as acc
 from varipipe.profiler.eval_set import references_for
-from varipipe.records import Accuracy, AccuracyKind, StageSpec
+from varipipe.records import Accuracy, AccuracyKind, PipelineSpec, StageSpec
 
-__all__ = ["StageAccuracy", "output_kind", "stage_outputs", "stage_accuracy", "items_per_request"]
+__all__ = ["StageAccuracy", "EvaluationSet", "load_evaluation", "output_kind", "stage_outputs", "stage_accuracy",
+           "items_per_request"]
+
+
+class EvaluationSet(Protocol):
+    """A pipeline's labelled inputs and how each stage's output is scored against them."""
+
+    def payloads(self) -> list[Payload]:
+        """Fresh input payloads with unique request ids (the profiler's inputs for every stage)."""
+        ...
+
+    def metric(self, stage: str) -> str:
+        """What ``score`` measures for ``stage``; "" when this set does not score that stage."""
+        ...
+
+    def score(self, stage: str, payload: Payload, output: StageOutput) -> float | None:
+        """The stage's task metric for one input in [0, 1]; None where the input has no known answer."""
+        ...
+
+
+def load_evaluation(spec: PipelineSpec) -> EvaluationSet | None:
+    """Build the spec's ``evaluation`` ("module:callable"), or None when it names none."""
+    if not spec.evaluation:
+        return None
+    import importlib
+
+    module_name, _, attr = spec.evaluation.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SpecError(spec.source_file or "<spec>", "evaluation", f"cannot import {spec.evaluation!r}: {e}") from e
+    return factory()
 
 
 @dataclass(frozen=True)
@@ -109,8 +146,10 @@ def _missing_figure(stage: StageSpec, name: str, why: str) -> SpecError:
 
 
 def stage_accuracy(stage: StageSpec, payloads: Sequence[Payload], outputs: Mapping[str, Sequence[StageOutput]],
-                   ) -> StageAccuracy:
+                   evaluation: EvaluationSet | None = None) -> StageAccuracy:
     """The figure of every variant of ``stage`` from its outputs on ``payloads``."""
+    if evaluation is not None and evaluation.metric(stage.name):
+        return _measured_by(evaluation, stage, payloads, outputs)
     first = next(iter(outputs.values()), [])
     kind = output_kind(first[0]) if first else "other"
     if kind == "caption":
@@ -151,3 +190,23 @@ def _measured_captions(stage: StageSpec, payloads: Sequence[Payload],
                                  f"mean {_METRICS['caption']} on the {len(labelled)} bundled photos of "
                                  f"profiler/EVAL_SET.md (upstream: default variants)")
     return StageAccuracy(stage.name, figures, None, {}, measured, _METRICS["caption"], len(labelled))
+
+
+def _measured_by(evaluation: EvaluationSet, stage: StageSpec, payloads: Sequence[Payload],
+                 outputs: Mapping[str, Sequence[StageOutput]]) -> StageAccuracy:
+    """Mean of the evaluation set's per-input score for every variant that ran."""
+    metric = evaluation.metric(stage.name)
+    measured: dict[str, float] = {}
+    figures: dict[str, Accuracy] = {}
+    items = 0
+    for name, outs in outputs.items():
+        scores = [s for p, o in zip(payloads, outs, strict=True)
+                  if (s := evaluation.score(stage.name, p, o)) is not None]
+        if not scores:
+            raise _missing_figure(stage, name, f"the evaluation set scored none of the {len(payloads)} inputs")
+        items = len(scores)
+        measured[name] = sum(scores) / len(scores)
+        figures[name] = Accuracy(max(measured[name], acc.MIN_ACCURACY), AccuracyKind.MEASURED,
+                                 f"mean {metric} on {len(scores)} labelled inputs of the pipeline's evaluation set "
+                                 f"(upstream: default variants)")
+    return StageAccuracy(stage.name, figures, None, {}, measured, metric, items)

@@ -77,7 +77,12 @@ def stage_inputs(
     images: Sequence[tuple[str, np.ndarray]] | None = None,
 ) -> list[Payload]:
     """Payloads carrying every stage's default-variant output (the upstream of any stage)."""
-    if spec.input_kind == "text":
+    from varipipe.profiler.evaluate import load_evaluation
+
+    evaluation = load_evaluation(spec)
+    if evaluation is not None and images is None:  # the pipeline's own labelled inputs
+        payloads = evaluation.payloads()
+    elif spec.input_kind == "text":
         payloads = [Payload(request_id=n, text=t) for n, t in text_inputs()]
     else:
         payloads = [Payload(request_id=n, image=img) for n, img in (images or bundled_images())]

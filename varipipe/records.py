@@ -121,6 +121,9 @@ class PipelineSpec:
     description: str = ""
     input_kind: str = "image"  # "image" | "text"
     source_file: str = ""
+    # "module:callable" returning the pipeline's evaluation set (inputs with known
+    # answers and a per-stage score), used by the profiler to *measure* accuracy.
+    evaluation: str = ""
 
     def stage(self, name: str) -> StageSpec:
         from varipipe.errors import UnknownNameError

@@ -71,6 +71,7 @@ class _PipelineModel(_Strict):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
     description: str = ""
     input: str = "image"
+    evaluation: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     sla: _SLAModel
     stages: list[_StageModel] = Field(min_length=1)
 
@@ -123,6 +124,7 @@ def _to_record(m: _PipelineModel, source_file: str) -> PipelineSpec:
         description=m.description,
         input_kind=m.input,
         source_file=source_file,
+        evaluation=m.evaluation or "",
     )
 
 
