@@ -17,7 +17,8 @@ Other pipelines reuse this variant with their own prompt: ``instruction`` is a
 template with ``{labels}`` (upstream labels), ``{context}`` (the ``context()``
 text of upstream outputs, e.g. recognised document text or retrieved passages,
 cut to ``max_context_chars``) and ``{text}`` (the request's text); ``primer``
-starts the answer and ``system`` replaces the system message.
+starts the answer, ``system`` replaces the system message and ``stop`` the
+stop strings (an answer naming ``json.loads`` must not stop at its dot).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ class LlamaCaptioner(ModelVariant):
         self.primer = str(self.param("primer", PRIMER))
         self.system = str(self.param("system", SYSTEM))
         self.max_context_chars = int(self.param("max_context_chars", MAX_CONTEXT_CHARS))
+        self.stop = [str(s) for s in self.param("stop", _STOP)]
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -183,7 +185,7 @@ class LlamaCaptioner(ModelVariant):
         prompt, labels = self._prompt(payload)
         llm.reset()  # no KV reuse across requests: outputs independent of batch order
         result = llm.create_completion(prompt, max_tokens=self.max_tokens,
-                                       temperature=0.0, top_k=1, repeat_penalty=1.0, stop=_STOP)
+                                       temperature=0.0, top_k=1, repeat_penalty=1.0, stop=self.stop)
         choice = result["choices"][0]
         text = first_sentence(choice["text"], stopped=choice["finish_reason"] == "stop", primer=self.primer)
         return Caption(text, int(result["usage"]["completion_tokens"]), tuple(labels))

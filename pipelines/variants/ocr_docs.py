@@ -39,6 +39,13 @@ DOCUMENTS: dict[str, tuple[str, ...]] = {
     "warning": ("CAUTION", "High voltage inside", "Do not open this panel", "Authorised staff only"),
 }
 FLIPPED = frozenset({"ticket", "warning"})  # rendered upside down (rotated 180 degrees)
+# Printed small, blurred and noisy, as a poor phone photo of a page: where variants differ.
+SMALL = {"small-print": ("Terms and conditions apply to all orders.", "Returns are accepted within 14 days",
+                         "if the goods are unused and in their box.", "Refunds take up to 10 working days.",
+                         "Contact support@example.com for help.")}
+SMALL_FONT_SIZE = 13  # px
+NOISE_SIGMA = 12.0  # grey levels of Gaussian noise
+NOISE_SEED = 7  # fixed: the documents are the same on every run
 
 
 @dataclass(frozen=True)
@@ -83,9 +90,21 @@ def render(name: str, lines: tuple[str, ...], angle: int = 0, font_size: int = F
     return RenderedDoc(name, np.asarray(page, dtype=np.uint8).copy(), lines, tuple(boxes), angle)  # type: ignore[arg-type]
 
 
+def degrade(doc: RenderedDoc, sigma: float = NOISE_SIGMA, seed: int = NOISE_SEED) -> RenderedDoc:
+    """The document blurred (half-size and back) with Gaussian noise: same text and boxes."""
+    import cv2
+
+    h, w = doc.image.shape[:2]
+    blurred = cv2.resize(cv2.resize(doc.image, (w // 2, h // 2), interpolation=cv2.INTER_AREA), (w, h))
+    noise = np.random.default_rng(seed).normal(0.0, sigma, blurred.shape)
+    image = np.clip(blurred.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+    return RenderedDoc(doc.name, image, doc.lines, doc.boxes, doc.angle)
+
+
 def rendered_docs() -> list[RenderedDoc]:
-    """Every document of ``DOCUMENTS``, those in ``FLIPPED`` upside down."""
-    return [render(n, lines, 180 if n in FLIPPED else 0) for n, lines in DOCUMENTS.items()]
+    """Every document of ``DOCUMENTS`` (``FLIPPED`` upside down), then the degraded small print."""
+    docs = [render(n, lines, 180 if n in FLIPPED else 0) for n, lines in DOCUMENTS.items()]
+    return docs + [degrade(render(n, lines, 0, SMALL_FONT_SIZE)) for n, lines in SMALL.items()]
 
 
 def text_photos() -> list[tuple[str, np.ndarray]]:

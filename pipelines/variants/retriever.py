@@ -150,6 +150,8 @@ class Retriever(ModelVariant):
 
             self._bm25 = BM25Okapi([tokens(t) for _, t in corpus()])
         if self.method in ("dense", "hybrid"):
+            import scipy.special  # noqa: F401 - imported now, not on the first request (1-2 s)
+
             from varipipe.pipelines.variants._minilm import MiniLM
 
             self._encoder = MiniLM()
