@@ -12,14 +12,16 @@ HELP = "run a pipeline on one image in-process and print each stage's output and
 DESCRIPTION = (
     "Run a pipeline on one image without Ray and print what every stage produced and how long it took. "
     "IMAGE is a file (PNG, JPEG, ...) or the name of a photo bundled with scikit-image "
-    "(chelsea, astronaut, coffee, rocket, ...)."
+    "(chelsea, astronaut, coffee, rocket, ...). For a pipeline whose spec says `input: text` "
+    "(rag-qa), IMAGE is the request's text instead."
 )
 # Colour photographs bundled with scikit-image (skimage.data; no download needed).
 SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="image file, or a bundled sample: " + ", ".join(SAMPLES))
+    parser.add_argument("image", metavar="IMAGE", help="image file, or a bundled sample: " + ", ".join(SAMPLES)
+                        + "; the request text for a text-input pipeline")
     parser.add_argument("--pipeline", default="vision-caption", help="pipeline name or spec YAML (default vision-caption)")
     parser.add_argument("--variants", default="", type=parse_variants, metavar="STAGE=NAME,...",
                         help="variant per stage, e.g. detector=yolov3-tiny-608,llm=gemma3-270m (default: each stage's default)")
@@ -81,11 +83,18 @@ def run(args: argparse.Namespace) -> int:
 
     spec = find_spec(args.pipeline)
     runner = PipelineRunner(spec, args.variants, threads=args.threads)  # unknown names fail before loading
-    image = load_image(args.image)
-    request_id = Path(args.image).name
+    if spec.input_kind == "text":
+        def payload() -> Payload:
+            return Payload(request_id="text", text=args.image)
+    else:
+        image = load_image(args.image)
+        request_id = Path(args.image).name
+
+        def payload() -> Payload:
+            return Payload(request_id=request_id, image=image.copy())
     with runner:
         if args.warmup:
-            runner.run(Payload(request_id=request_id, image=image.copy()))
-        result = runner.run(Payload(request_id=request_id, image=image))
+            runner.run(payload())
+        result = runner.run(payload())
     print(json.dumps(result.to_json(), indent=1) if args.json else format_result(result))
     return 0
