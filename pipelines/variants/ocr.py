@@ -20,8 +20,8 @@ time and are therefore not offered.
 Stages: the detector returns ``TextBoxes`` in reading order (one box per text
 line: the pipeline's fan-out); the classifier returns one ``Orientation`` per
 box; the recogniser crops every box (turning those the classifier found upside
-down), and reads all lines of all requests of a batch in sub-batches of similar
-width. Spec params: ``weights``; detector ``box_thresh``, ``unclip_ratio``
+down), and reads all lines of all requests of a batch in sub-batches of the same
+padded width. Spec params: ``weights``; detector ``box_thresh``, ``unclip_ratio``
 (input_size = longest side fed to the detector); classifier ``enabled``
 (false = a pass-through variant that assumes every line is upright).
 """
@@ -65,7 +65,8 @@ CLS_WIDTH = 192  # the v2 classifier's input width (cls_image_shape [3, 48, 192]
 CLS_THRESH = 0.9  # RapidOCR's cls_thresh: turn a line only when this sure it is upside down
 CLS_LABELS = (0, 180)
 REC_WIDTH = 320  # rec_img_shape [3, 48, 320]: the narrowest padded width of a sub-batch
-REC_SUB_BATCH = 6  # RapidOCR's rec_batch_num: lines of similar width read together
+REC_SUB_BATCH = 6  # RapidOCR's rec_batch_num: lines of the same padded width read together
+WIDTH_STEP = 160  # padded line widths are multiples of this: similar lines share a runtime call
 
 
 def weights_path(name: str) -> Path:
@@ -230,16 +231,17 @@ class TextRecognizer(_OnnxVariant):
         return [RecognizedText(tuple(items)) for items in _split(lines, counts)]
 
     def _read(self, session, crops: list[np.ndarray]) -> list[tuple[str, float]]:  # type: ignore[no-untyped-def]
-        ratios = [c.shape[1] / max(c.shape[0], 1) for c in crops]
-        order = np.argsort(ratios, kind="stable")
+        """Lines grouped by padded width, which depends on the line alone: batch-invariant results."""
+        widths = [_padded_width(c) for c in crops]
         out: list[tuple[str, float]] = [("", 0.0)] * len(crops)
-        for start in range(0, len(crops), self.sub_batch):
-            idx = order[start:start + self.sub_batch]
-            width = max(REC_WIDTH, int(_ocr.LINE_HEIGHT * max(ratios[i] for i in idx)))
-            x = np.stack([_ocr.line_input(crops[i], width) for i in idx])
-            (probs,) = session.run(None, {session.get_inputs()[0].name: x})
-            for i, row in zip(idx, probs, strict=True):
-                out[i] = self._decode(row)
+        for width in sorted(set(widths)):
+            same = [i for i, w in enumerate(widths) if w == width]
+            for start in range(0, len(same), self.sub_batch):
+                idx = same[start:start + self.sub_batch]
+                x = np.stack([_ocr.line_input(crops[i], width) for i in idx])
+                (probs,) = session.run(None, {session.get_inputs()[0].name: x})
+                for i, row in zip(idx, probs, strict=True):
+                    out[i] = self._decode(row)
         return out
 
     def _decode(self, probs: np.ndarray) -> tuple[str, float]:
@@ -250,6 +252,12 @@ class TextRecognizer(_OnnxVariant):
         keep &= best != 0
         text = "".join(self.characters[i] if i < len(self.characters) else "" for i in best[keep])
         return text, float(conf[keep].mean()) if keep.any() else 0.0
+
+
+def _padded_width(crop: np.ndarray) -> int:
+    """The line's width at LINE_HEIGHT, rounded up to a multiple of WIDTH_STEP (at least REC_WIDTH)."""
+    width = _ocr.LINE_HEIGHT * crop.shape[1] / max(crop.shape[0], 1)
+    return max(REC_WIDTH, int(np.ceil(width / WIDTH_STEP)) * WIDTH_STEP)
 
 
 def make_detector(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> TextDetector:
