@@ -1,7 +1,8 @@
 """HTTP ingress: parse and validate requests, walk the stages, answer JSON.
 
 Routes: ``POST /<pipeline>`` (raw image bytes, multipart field ``image``, or
-JSON ``{"image": "<base64>"}``), ``GET /healthz``, ``GET /config``,
+JSON ``{"image": "<base64>"}``; for an ``input: text`` pipeline JSON ``{"text": ...}``
+or a text/plain body), ``GET /healthz``, ``GET /config``,
 ``GET /metrics`` (Prometheus text), ``GET /api/replicas``. Every bad input is
 a 4xx with a message saying what was wrong; nothing a client sends can crash
 the replica.
@@ -84,6 +85,36 @@ async def image_bytes(request: Request) -> bytes:
             raise BadInputError('multipart body needs a file field named "image"')
         return await field.read()
     return await _read_body(request, MAX_BYTES)
+
+
+MAX_TEXT_CHARS = 4000  # a question or prompt; longer text only fills the LLM's context
+
+
+async def request_text(request: Request) -> str:
+    """The text of a request to an ``input: text`` pipeline: JSON ``{"text": ...}`` or a text/plain body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await _read_body(request, MAX_JSON_BYTES)
+    if ctype == "application/json":
+        try:
+            doc = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BadInputError(f"body is not valid JSON: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+            raise BadInputError('JSON body must be an object with a string field "text"')
+        text = doc["text"]
+    elif ctype in ("text/plain", ""):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"text/plain body is not UTF-8: {e}") from e
+    else:
+        raise BadInputError(f"this pipeline takes text: send JSON {{\"text\": ...}} or text/plain, not {ctype!r}",
+                            status=415)
+    if not text.strip():
+        raise BadInputError('field "text" is empty')
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadInputError(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}", status=413)
+    return text
 
 
 async def _read_body_limit_only(request: Request) -> None:
@@ -174,14 +205,18 @@ class IngressCore:
         self._arrivals.add(arrival)
         try:
             deadline = parse_deadline(request, arrival)
-            data = await image_bytes(request)
-            image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
+            image, text = None, None
+            if self.spec.input_kind == "text":
+                text = await request_text(request)
+            else:
+                data = await image_bytes(request)
+                image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
         except BadInputError as e:
             self._record(arrival, time.perf_counter() - t0, e.status, ())
             return e.status, {"error": str(e)}
         if deadline is None and self.deadline_s:
             deadline = arrival + self.deadline_s
-        payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, deadline=deadline)
+        payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, text=text, deadline=deadline)
         timings = []
         for stage in self.spec.stage_names:
             s0 = time.perf_counter()
