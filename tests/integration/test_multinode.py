@@ -38,6 +38,7 @@ APP = "varipipe"
 # Node start is ~10 s here; Serve with three model-loading stages ~30-60 s on a busy 2-core CI box.
 NODE_TIMEOUT_S = 120
 SERVE_TIMEOUT_S = 300
+CLIENT_SERVER_START_S = 120
 # `ray start --block` shuts its children down on SIGTERM; past this, SIGKILL.
 STOP_GRACE_S = 10
 # The object store is not used by this pipeline's small payloads: 100 MB per node is plenty.
@@ -55,6 +56,9 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A throwaway loopback cluster: no token auth (the session Ray's driver may have set it on).
     env["RAY_AUTH_MODE"] = "disabled"
+    # The head's Ray Client proxy gives a new client's server 30 s to come up (proxier.py,
+    # CHECK_CHANNEL_TIMEOUT_S); on a busy 2-core CI box that start alone can take longer.
+    env["RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S"] = str(CLIENT_SERVER_START_S)
     return env
 
 
@@ -65,6 +69,7 @@ class TwoNodeCluster:
         self.root = root
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.client_address = f"ray://127.0.0.1:{free_port()}"  # Ray Client server on the head
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, name: str, cpus: int, resource: str, extra: list[str]) -> None:
@@ -81,7 +86,7 @@ class TwoNodeCluster:
 
     def start(self) -> None:
         self._start("head", 2, HEAD_RESOURCE, ["--head", f"--port={self.port}", "--include-dashboard=false",
-                                               f"--ray-client-server-port={free_port()}"])
+                                               f"--ray-client-server-port={self.client_address.rsplit(':', 1)[1]}"])
         self._wait_nodes(1)
         self._start("worker", 2, WORKER_RESOURCE, [f"--address={self.address}"])
         self._wait_nodes(2)
@@ -168,33 +173,56 @@ def cluster() -> Iterator[TwoNodeCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def start_serve(cluster: TwoNodeCluster, address: str, pipeline: str, name: str, *extra: str, port: int = 0):
+    """``varipipe serve --address ADDRESS`` in its own process group; returns (process, URL, log path)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "varipipe.cli", "serve", "--address", address, "--pipeline", pipeline,
+           "--policy", "none", "--state-file", str(cluster.root / f"{name}-state.json"), "--port", str(port), *extra]
+    log = cluster.root / f"{name}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
 @pytest.fixture(scope="module")
 def served(cluster) -> Iterator[str]:
     """``varipipe serve --address`` joined to the two-node cluster; yields its base URL."""
     decision = cluster.root / "decision.json"
     decision.write_text(json.dumps(DECISION.to_dict()))
-    port = free_port()
-    cmd = [sys.executable, "-m", "varipipe.cli", "serve", "--address", cluster.address, "--pipeline", PIPELINE,
-           "--policy", "none", "--decision", str(decision), "--state-file", str(cluster.root / "state.json"),
-           "--port", str(port), "--stage-resources", json.dumps(STAGE_RESOURCES)]
-    log = open(cluster.root / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = serve_healthy(cluster, cluster.address, PIPELINE, "serve", "--decision", str(decision),
+                              "--stage-resources", json.dumps(STAGE_RESOURCES))
     try:
-        _wait_healthy(url, proc, cluster.root / "serve.log")
         yield url
     finally:
         stop_process_groups([proc])
-        log.close()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+def serve_healthy(cluster: TwoNodeCluster, address: str, pipeline: str, name: str, *extra: str, port: int = 0):
+    """:func:`start_serve` until it serves; one retry when ``ray.init`` itself failed to connect.
+
+    Seen here under load: Ray's client connect scanning host processes trips over a zombie
+    (psutil.ZombieProcess) and the driver exits before it joins; a second start works.
+    """
+    for attempt in (1, 2):
+        proc, url, log = start_serve(cluster, address, pipeline, f"{name}-{attempt}", *extra, port=port)
+        try:
+            _wait_healthy(url, proc, log, pipeline)
+            return proc, url
+        except AssertionError:
+            stop_process_groups([proc])
+            text = log.read_text(errors="replace")
+            if attempt == 2 or "in start_ray" not in text:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, pipeline: str) -> None:
     deadline = time.monotonic() + SERVE_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"varipipe serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         # `varipipe serve` prints this once every stage runs the decision (the applier waited for it).
-        if f"serving {PIPELINE} at" in log.read_text(errors="replace"):
+        if f"serving {pipeline} at" in log.read_text(errors="replace"):
             assert httpx.get(url + "/healthz", timeout=30).status_code == 200
             return
         time.sleep(1)
@@ -234,3 +262,19 @@ def test_replicas_land_on_both_nodes_and_requests_succeed(cluster, served, chels
         pids_by_node.setdefault(node_of.get(a["node"]), set()).add(a["pid"])
     nodes_reporting = {n for r in reports for n, pids in pids_by_node.items() if r["pid"] in pids}
     assert nodes_reporting == {HEAD_RESOURCE, WORKER_RESOURCE}
+
+
+def test_serve_over_ray_client_address(cluster, served, png_bytes):
+    """``--address ray://HEAD:PORT`` (Ray Client) serves too.
+
+    Runs last: Serve already listens on the first app's port in this cluster (its HTTP
+    options are fixed at its first start) and a declarative deploy replaces the
+    cluster's applications, so this app takes the first one's place on the same port.
+    """
+    port = int(served.rsplit(":", 1)[1])
+    proc, url = serve_healthy(cluster, cluster.client_address, "identity-chain", "serve-client", port=port)
+    try:
+        r = httpx.post(url + "/identity-chain", content=png_bytes, timeout=60)
+        assert r.status_code == 200 and [s["stage"] for s in r.json()["stages"]] == ["first", "second"]
+    finally:
+        stop_process_groups([proc])
