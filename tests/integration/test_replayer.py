@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from aiohttp import web
+
 from varipipe.loadgen.replayer import read_records, replay
 
 
