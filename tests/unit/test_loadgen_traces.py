@@ -6,6 +6,8 @@ import gzip
 
 import numpy as np
 import pytest
+
+from varipipe.errors import TraceError
 from varipipe.loadgen.traces import (
     Trace,
     arrival_times,
@@ -16,8 +18,6 @@ from varipipe.loadgen.traces import (
     sinusoid_trace,
     step_trace,
 )
-
-from varipipe.errors import TraceError
 
 
 def test_reads_whitespace_text(tmp_path):
