@@ -26,6 +26,11 @@ TOLERANCE = 1e-9
 # MIP gaps: prove optimality, so the ILP equals brute-force enumeration exactly.
 _GAP_REL = 1e-9
 _GAP_ABS = 1e-9
+# CBC's integer preprocessing (2.10.x bundled with PuLP 3.3) reported "Optimal" for a
+# provably worse choice on a 3-stage multiple-choice knapsack (hypothesis found it:
+# tests/unit/test_adapter_optimizer.py, seed 1506); with it off CBC matches brute force.
+# Our models are a few hundred binaries, so the preprocessing buys nothing.
+_CBC_OPTIONS = ["preprocess off"]
 
 Key = tuple[str, str, int, str]
 
@@ -168,7 +173,8 @@ def _pulp_solver(solver: str, time_limit_s: float):
     import pulp
 
     if solver == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS)
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
+                                 options=_CBC_OPTIONS)
     _highs_banner_to_stderr()
     return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
                       log_to_console=False, output_flag=False)

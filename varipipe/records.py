@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class AccuracyKind(str, enum.Enum):
+class AccuracyKind(enum.StrEnum):
     """Where an accuracy figure comes from (issue 5: the profile says which)."""
 
     MEASURED = "measured"  # the stage's task metric on a labelled set we built
@@ -201,7 +201,7 @@ class Profile:
         return tuple(p for p in self.points if p.stage == stage)
 
 
-class DecisionStatus(str, enum.Enum):
+class DecisionStatus(enum.StrEnum):
     OPTIMAL = "optimal"
     INFEASIBLE = "infeasible"
     TIMED_OUT = "timed_out"

@@ -63,15 +63,3 @@ def test_experiment_sim_writes_table_and_plots(tmp_path, capsys):
         ("fa2-low", "sla-4s"), ("ray", "sla-4s"), ("fa2-low", "sla-8s"), ("ray", "sla-8s")}
     assert len({r["requests"] for r in doc["results"]}) == 1
     assert (out / "results.csv").exists() and (out / "summary.png").exists() and (out / "load.png").exists()
-
-
-def test_experiment_live_without_server_is_a_clear_error(tmp_path, capsys):
-    import importlib.util
-
-    if importlib.util.find_spec("varipipe.pipelines.server") is not None:
-        import pytest
-
-        pytest.skip("the live server exists: live mode is exercised by the integration tests")
-    rc = main(["experiment", "--profiles", PROFILE, "--trace", _trace(tmp_path), "--sla", "4", "--mode", "live",
-               "--out", str(tmp_path / "x")])
-    assert rc == 2 and "LocalServer" in capsys.readouterr().err
