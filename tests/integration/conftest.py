@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 
@@ -13,6 +14,7 @@ from varipipe.pipelines.server import free_port, start_ray
 def serve_port():
     from ray import serve
 
+    _refuse_gevent_patching()
     owns = start_ray()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -22,6 +24,14 @@ def serve_port():
 
         serve.shutdown()
         ray.shutdown()
+
+
+def _refuse_gevent_patching() -> None:
+    """A test module that imports locust patches this process with gevent, and Ray
+    then hangs without a word; say so instead."""
+    if "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].is_module_patched("socket"):
+        raise RuntimeError("gevent has monkey-patched this pytest process (a test imported locust?); "
+                           "Ray cannot start here: run locust in a subprocess")
 
 
 @pytest.fixture(scope="session")

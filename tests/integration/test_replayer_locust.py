@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,7 +13,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-pytest.importorskip("locust")
+# Never `import locust` here: it monkey-patches socket and threading with gevent for
+# the whole pytest process, and every later Ray start then hangs. locust runs below
+# in its own process.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("locust is not installed", allow_module_level=True)
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadgen" / "locustfile.py"
 
