@@ -52,7 +52,9 @@ def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float
     def start(policy: str, sla_s: float) -> Iterator[str]:
         opts = AppOptions(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, cost_mode=cost_mode,
                           cluster_cores=cores, predictor=predictor, profile=profile,
-                          policy_options=dict(policy_options) if policy != "ray" else {})
+                          policy_options=dict(policy_options) if policy != "ray" else {},
+                          # Shed a request once its SLA has passed, as the simulator does.
+                          deadline_sla_factor=1.0)
         with LocalServer(opts, port=0) as server:
             yield server.endpoint
 

@@ -1,0 +1,232 @@
+"""Simulator fidelity (issue 7): the same short trace live and simulated.
+
+1. Policies (default ``fa2-low,ipa``) on a stepped load that stays under ~70 % of
+   the pipeline's measured capacity: the live pipeline (real Ray Serve, real
+   models, the open-loop replayer) and the simulator on the *same* arrival times,
+   the same profile, SLA, interval and cost mode. Reported per policy: p99
+   latency (relative difference, target within 15 %), SLA attainment (difference
+   in points, target within 2) and mean cost (relative difference).
+2. The ``ray`` policy on a stepped overload: live Ray Serve's own autoscaler
+   against the simulator's rendering of Ray's rule (adapter/policies.py
+   RayPolicy). Live replica counts are read every second from ``serve.status()``
+   (RUNNING + STARTING, i.e. what the autoscaler asked for); the simulated ones
+   from the run's decision timeline. Target: within ±1 replica per stage.
+
+Both sides shed a request whose SLA has passed (live: ``deadline_sla_factor=1``;
+the simulator's ``shed_late``). No calibration constant is fitted: the simulator runs on the shipped profile as
+it is. Writes ``benchmarks/results/fidelity.json``.
+
+    python benchmarks/fidelity.py            # about 15 min on the 2-core host
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from varipipe.loadgen.experiment import run_live, run_sim
+from varipipe.loadgen.replayer import load_image
+from varipipe.loadgen.runs import SimSettings
+from varipipe.loadgen.traces import arrival_times, step_trace
+from varipipe.pipelines.serve_config import AppOptions
+from varipipe.pipelines.server import LocalServer
+from varipipe.profiler.store import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+# benchmarks/README.md, "The full flagship pipeline": 1.32 req/s sustained with the
+# smallest variants (the CI pipeline's 8-token LLM is faster still). 70 % of that:
+MEASURED_CAPACITY_RPS = 1.32
+TARGET_P99_REL = 0.15  # issue 7
+TARGET_ATTAINMENT_POINTS = 2.0  # issue 7
+TARGET_RAY_REPLICAS = 1  # issue 7: ±1
+
+
+def _ray_options(downscale_delay_s: float) -> dict:
+    # Ray's default downscale delay is 600 s; a shorter one lets a short run see both directions.
+    return {"downscale_delay_s": downscale_delay_s}
+
+
+@contextlib.contextmanager
+def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, replica_log: list, policy_options: dict):
+    """``start(policy, sla_s)`` for run_live; also records replica counts per stage every second."""
+
+    @contextlib.contextmanager
+    def start(policy: str, sla_s: float):
+        from ray import serve
+
+        opts = AppOptions(pipeline=pipeline, app_name="fidelity", policy=policy, sla_s=sla_s, interval_s=interval_s,
+                          cost_mode="shared", cluster_cores=2.0, profile=profile, max_replicas=max_replicas,
+                          policy_options=dict(policy_options.get(policy, {})),
+                          # Shed a request once its SLA has passed, as the simulator does (shed_late).
+                          deadline_sla_factor=1.0)
+        with LocalServer(opts, port=0) as server:
+            stop = threading.Event()
+            t0 = time.monotonic()
+            rows: list[tuple[float, dict[str, int]]] = []
+
+            def poll() -> None:
+                while not stop.wait(1.0):
+                    try:
+                        deps = serve.status().applications["fidelity"].deployments
+                    except Exception:  # noqa: BLE001 - a missed sample is only a gap
+                        continue
+                    counts = {name: sum(n for state, n in d.replica_states.items()
+                                        if str(state).split(".")[-1] in ("RUNNING", "STARTING"))
+                              for name, d in deps.items()}
+                    rows.append((time.monotonic() - t0, counts))
+
+            th = threading.Thread(target=poll, daemon=True)
+            th.start()
+            try:
+                yield server.endpoint
+            finally:
+                stop.set()
+                th.join(5)
+                replica_log.append((policy, rows))
+
+    yield start
+
+
+def _sim_replicas(outcome, stages: list[str], duration_s: int) -> dict[str, list[int]]:
+    """Replicas per stage at each whole second, from the simulated decision timeline."""
+    out = {s: [] for s in stages}
+    timeline = sorted(outcome.timeline, key=lambda d: d.time_s)
+    for t in range(duration_s):
+        current = None
+        for d in timeline:
+            if d.time_s <= t:
+                current = d
+        for s in stages:
+            n = next((sd.replicas for sd in current.stages if sd.stage == s), 1) if current else 1
+            out[s].append(int(n))
+    return out
+
+
+def _live_replicas(rows, stages: list[str], duration_s: int) -> dict[str, list[int | None]]:
+    out = {s: [] for s in stages}
+    for t in range(duration_s):
+        near = [c for ts, c in rows if t <= ts < t + 1]
+        for s in stages:
+            out[s].append(near[-1].get(s) if near else None)
+    return out
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / b if b else float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pipeline", default="vision-caption-ci")
+    ap.add_argument("--profiles", default=str(ROOT / "profiler" / "profiles" / "vision-caption-ci.json"))
+    ap.add_argument("--policies", default="fa2-low,ipa")
+    ap.add_argument("--sla", type=float, default=None, help="SLA seconds (default: the pipeline spec's)")
+    ap.add_argument("--low-rps", type=float, default=0.3)
+    ap.add_argument("--high-fraction", type=float, default=0.65, help="peak as a fraction of the measured capacity")
+    ap.add_argument("--step-s", type=int, default=60)
+    ap.add_argument("--interval", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ray-high-rps", type=float, default=4.0, help="ray check: an overload that makes Ray scale")
+    ap.add_argument("--ray-step-s", type=int, default=90)
+    ap.add_argument("--ray-downscale-delay", type=float, default=30.0)
+    ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--image", default="chelsea")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity.json"))
+    args = ap.parse_args()
+
+    from varipipe.spec import find_spec
+
+    spec = find_spec(args.pipeline)
+    sla_s = args.sla or spec.sla.latency_s
+    profile = load_profile(args.profiles)
+    body, ctype = load_image(args.image)
+    stages = list(spec.stage_names)
+    max_replicas = 4
+    high = args.high_fraction * MEASURED_CAPACITY_RPS
+    trace = step_trace([args.low_rps, high, args.low_rps], args.step_s)
+    times = arrival_times(trace, "poisson", args.seed)
+    policies = args.policies.split(",")
+    base = SimSettings(sla_s=sla_s, interval_s=args.interval, cost_mode="shared", cluster_cores=2.0,
+                       max_replicas=max_replicas, seed=args.seed)
+    slas = {"sla": sla_s}
+    print(f"fidelity: {args.pipeline}, SLA {sla_s:g}s, {len(times)} requests over {trace.duration_s}s "
+          f"(steps {args.low_rps:g} / {high:.2f} / {args.low_rps:g} req/s)", flush=True)
+
+    replica_log: list = []
+    with _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {}) as start:
+        live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
+                        on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
+                                                f"{o.sla_attainment:.4f} cost {o.mean_cost:.3f}", flush=True))
+    sim = run_sim(profile, times, policies, slas, base)
+    rows = []
+    for lo, so in zip(live, sim, strict=True):
+        row = {
+            "policy": lo.policy, "requests": lo.requests,
+            "live": {k: getattr(lo, k) for k in ("p99_latency_s", "sla_attainment", "mean_cost", "completed",
+                                                 "dropped", "decisions", "mean_accuracy")},
+            "sim": {k: getattr(so, k) for k in ("p99_latency_s", "sla_attainment", "mean_cost", "completed",
+                                                "dropped", "decisions", "mean_accuracy")},
+            "p99_rel_diff": _rel(so.p99_latency_s, lo.p99_latency_s),
+            "attainment_diff_points": 100 * abs(so.sla_attainment - lo.sla_attainment),
+            "cost_rel_diff": _rel(so.mean_cost, lo.mean_cost),
+        }
+        row["p99_met"] = row["p99_rel_diff"] <= TARGET_P99_REL
+        row["attainment_met"] = row["attainment_diff_points"] <= TARGET_ATTAINMENT_POINTS
+        rows.append(row)
+        print(f"  {lo.policy}: p99 live {lo.p99_latency_s:.3f}s sim {so.p99_latency_s:.3f}s "
+              f"({100 * row['p99_rel_diff']:.1f} %), attainment live {lo.sla_attainment:.4f} "
+              f"sim {so.sla_attainment:.4f} ({row['attainment_diff_points']:.2f} pts), cost live "
+              f"{lo.mean_cost:.3f} sim {so.mean_cost:.3f} ({100 * row['cost_rel_diff']:.1f} %)", flush=True)
+
+    ray = None
+    if not args.skip_ray:
+        rtrace = step_trace([args.low_rps, args.ray_high_rps, args.low_rps], args.ray_step_s)
+        rtimes = arrival_times(rtrace, "poisson", args.seed)
+        ropts = _ray_options(args.ray_downscale_delay)
+        replica_log.clear()
+        print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
+              f"{args.ray_step_s}s each", flush=True)
+        with _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts}) as start:
+            run_live(start, profile, rtimes, body, ctype, ["ray"], slas, "shared", args.interval)
+        [rsim] = run_sim(profile, rtimes, ["ray"], slas, replace(base, policy_options=ropts))
+        live_r = _live_replicas(replica_log[0][1], stages, rtrace.duration_s)
+        sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)
+        per_stage = {}
+        for s in stages:
+            pairs = [(a, b) for a, b in zip(live_r[s], sim_r[s], strict=True) if a is not None]
+            diffs = [abs(a - b) for a, b in pairs]
+            per_stage[s] = {"seconds": len(pairs), "max_abs_diff": max(diffs) if diffs else None,
+                            "within_1_fraction": float(np.mean([d <= TARGET_RAY_REPLICAS for d in diffs]))
+                            if diffs else None,
+                            "live_max": max(a for a, _ in pairs) if pairs else None,
+                            "sim_max": max(b for _, b in pairs) if pairs else None}
+            print(f"  ray {s}: live max {per_stage[s]['live_max']}, sim max {per_stage[s]['sim_max']}, "
+                  f"max |diff| {per_stage[s]['max_abs_diff']}, within ±1 "
+                  f"{per_stage[s]['within_1_fraction']}", flush=True)
+        ray = {"trace_rps": [args.low_rps, args.ray_high_rps, args.low_rps], "step_s": args.ray_step_s,
+               "policy_options": ropts, "per_stage": per_stage,
+               "series": {"live": live_r, "sim": sim_r}}
+
+    doc = {"pipeline": args.pipeline, "profile": args.profiles, "sla_s": sla_s, "interval_s": args.interval,
+           "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
+           "trace_rps": [args.low_rps, high, args.low_rps], "step_s": args.step_s,
+           "measured_capacity_rps": MEASURED_CAPACITY_RPS, "calibration": "none",
+           "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
+                       "ray_replicas": TARGET_RAY_REPLICAS},
+           "policies": rows, "ray": ray, "command": " ".join(sys.argv)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
