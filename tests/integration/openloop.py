@@ -18,17 +18,18 @@ class Result:
     error: str = ""
 
 
-async def _one(client: httpx.AsyncClient, url: str, data: bytes, t0: float) -> Result:
+async def _one(client: httpx.AsyncClient, url: str, data: bytes, t0: float, content_type: str) -> Result:
     start = time.perf_counter()
     try:
-        r = await client.post(url, content=data, headers={"content-type": "image/png"})
+        r = await client.post(url, content=data, headers={"content-type": content_type})
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else None
         return Result(start - t0, r.status_code, time.perf_counter() - start, body)
     except httpx.HTTPError as e:
         return Result(start - t0, 0, time.perf_counter() - start, None, f"{type(e).__name__}: {e}")
 
 
-async def open_loop(url: str, data: bytes, rate_rps: float, duration_s: float, timeout_s: float = 60.0) -> list[Result]:
+async def open_loop(url: str, data: bytes, rate_rps: float, duration_s: float, timeout_s: float = 60.0,
+                    content_type: str = "image/png") -> list[Result]:
     """Send ``rate_rps`` requests per second for ``duration_s`` regardless of replies."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -39,7 +40,7 @@ async def open_loop(url: str, data: bytes, rate_rps: float, duration_s: float, t
             delay = t0 + i / rate_rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(client, url, data, t0)))
+            tasks.append(asyncio.create_task(_one(client, url, data, t0, content_type)))
         return list(await asyncio.gather(*tasks))
 
 
