@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_runs_end_to_end():
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, "-m", "varipipe.cli", "demo", "--duration", "30", "--port", str(port)],
         capture_output=True, text=True, timeout=900, env=env,

@@ -53,7 +53,8 @@ DECISION = Decision(stages=(StageDecision("detector", "yolov3-tiny-320", 1, 2, "
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Without PYTHONUNBUFFERED, as in CI: `varipipe serve` must flush its "serving ... at" line itself.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONUNBUFFERED")}
     # A throwaway loopback cluster: no token auth (the session Ray's driver may have set it on).
     env["RAY_AUTH_MODE"] = "disabled"
     # The head's Ray Client proxy gives a new client's server 30 s to come up (proxier.py,

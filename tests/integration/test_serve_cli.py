@@ -22,8 +22,9 @@ def test_serve_then_sigterm(png_bytes, tmp_path):
     port = free_port()
     cmd = [sys.executable, "-m", "varipipe.cli", "serve", "--pipeline", "identity-chain", "--port", str(port),
            "--policy", "none", "--state-file", str(tmp_path / "state.json")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # Without PYTHONUNBUFFERED, as in CI: stdout to a pipe is block-buffered unless serve flushes.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -80,11 +80,13 @@ def _print_decisions(url: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varipipe.commands.serve import app_options, wait_for_signal
+    from varipipe.commands.serve import app_options, line_buffered_stdout, wait_for_signal
     from varipipe.pipelines import models
     from varipipe.pipelines.server import LocalServer
     from varipipe.profiler.store import default_profile_path
     from varipipe.spec import find_spec
+
+    line_buffered_stdout()
 
     spec = find_spec(args.pipeline)
     print(f"preparing models for {spec.name}...")

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -132,10 +133,20 @@ def wait_for_signal() -> None:
     stop.wait()
 
 
+def line_buffered_stdout() -> None:
+    """A long-running server's status lines must show when printed, also through a pipe
+    or into a log file (where Python would otherwise buffer them by the block)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from varipipe.errors import ConfigError
     from varipipe.pipelines.server import LocalServer
     from varipipe.spec import find_spec
+
+    line_buffered_stdout()
 
     if not is_loopback(args.host) and not args.token:
         raise ConfigError("--host", args.host, f"binding beyond loopback needs --token (or ${TOKEN_ENV}): "
