@@ -267,6 +267,7 @@ class ControlLoop:
         try:
             self._apply(new)
         except Exception as e:
+            log.warning("control loop: apply failed", exc_info=True)
             self._record_error(f"apply failed: {type(e).__name__}: {e}", t)
             return LoopEntry(t, "failed", new, forecast.rps, self._clock() - t, note=f"apply: {e}")
         took = self._clock() - t
