@@ -60,8 +60,13 @@ class ServeApplier:
         deploy: Callable[[dict[str, Any]], None] = deploy_config,
         timeout_s: float = APPLY_TIMEOUT_S,
         autoscaling: dict[str, dict[str, Any]] | None = None,
+        local: Callable[[], tuple[list[Any], int]] | None = None,
     ) -> None:
         self.opts = opts
+        # Inside the controller replica: its own replica reports and live generation, read
+        # directly. A Serve handle call from the controller to itself sometimes failed in
+        # ray.get with "owner is unknown" (Ray 2.60), which failed the whole apply.
+        self._local = local
         self._deploy = deploy
         self.timeout_s = timeout_s
         self.autoscaling = autoscaling
@@ -156,10 +161,13 @@ class ServeApplier:
         ctrl = status.deployments.get(CONTROLLER)
         if ctrl is None or ctrl.replica_states.get("RUNNING", 0) < 1:
             return False, []
-        controller = serve.get_deployment_handle(CONTROLLER, self.opts.app_name)
-        reports = controller.replicas.remote().result()
+        if self._local is not None:
+            reports, live = self._local()
+        else:
+            controller = serve.get_deployment_handle(CONTROLLER, self.opts.app_name)
+            reports = controller.replicas.remote().result()
+            live = controller.config.remote().result()["generation"]
         errors = []
-        live = controller.config.remote().result()["generation"]
         if live > self.generation:  # the adapter already applied a newer decision: ours is history
             log.info("generation %d superseded by %d before it was confirmed", self.generation, live)
             return True, []

@@ -118,10 +118,15 @@ class ControllerState:
     def _apply(self, decision: Decision) -> None:
         from varipipe.pipelines.applier import ServeApplier
 
-        applier = ServeApplier(self.opts)
+        applier = ServeApplier(self.opts, local=self._local_state)
         with self.lock:  # continue from the config that is live now, whoever applied it
             applier.sync(self.decision, self.generation, self.stage_generation)
         applier.apply(decision, sync=False)
+
+    def _local_state(self) -> tuple[list[ReplicaStatus], int]:
+        """Replica reports and the live generation, for an applier running in this replica."""
+        with self.lock:
+            return list(self.replicas.values()), self.generation
 
     # --- replicas -----------------------------------------------------------------
     def report_replica(self, status: ReplicaStatus) -> None:
