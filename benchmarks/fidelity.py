@@ -13,8 +13,14 @@
    from the run's decision timeline. Target: within ±1 replica per stage.
 
 Both sides shed a request whose SLA has passed (live: ``deadline_sla_factor=1``;
-the simulator's ``shed_late``). No calibration constant is fitted: the simulator runs on the shipped profile as
-it is. Writes ``benchmarks/results/fidelity.json``.
+the simulator's ``shed_late``). One calibration constant, fitted on a *different*
+window (a constant low rate, another seed) before the fidelity run: the per-request
+serving overhead that the profile's stage latencies do not contain (HTTP, ingress
+decoding, stage hops), = live mean latency − simulated mean latency there. The
+simulator is reported without it and with it (``SimConfig.overhead_s``). Cost is
+compared as the decisions' predicted cost on both sides (live reads the decisions
+from ``/config``); the simulator's measured busy CPU time is reported beside it.
+Writes ``benchmarks/results/fidelity.json``.
 
     python benchmarks/fidelity.py            # about 15 min on the 2-core host
 """
@@ -36,7 +42,7 @@ from varipipe.loadgen.experiment import run_live, run_sim
 from varipipe.loadgen.replayer import load_image
 from varipipe.loadgen.runs import SimSettings
 from varipipe.loadgen.traces import arrival_times, step_trace
-from varipipe.pipelines.serve_config import AppOptions
+from varipipe.pipelines.serve_config import AppOptions, stage_deployment_name
 from varipipe.pipelines.server import LocalServer
 from varipipe.profiler.store import load_profile
 
@@ -115,7 +121,7 @@ def _live_replicas(rows, stages: list[str], duration_s: int) -> dict[str, list[i
     for t in range(duration_s):
         near = [c for ts, c in rows if t <= ts < t + 1]
         for s in stages:
-            out[s].append(near[-1].get(s) if near else None)
+            out[s].append(near[-1].get(stage_deployment_name(s)) if near else None)
     return out
 
 
@@ -138,6 +144,8 @@ def main() -> int:
     ap.add_argument("--ray-step-s", type=int, default=90)
     ap.add_argument("--ray-downscale-delay", type=float, default=30.0)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--calib-rps", type=float, default=0.3, help="calibration window: constant rate")
+    ap.add_argument("--calib-s", type=int, default=60, help="calibration window: length")
     ap.add_argument("--image", default="chelsea")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity.json"))
     args = ap.parse_args()
@@ -161,30 +169,41 @@ def main() -> int:
           f"(steps {args.low_rps:g} / {high:.2f} / {args.low_rps:g} req/s)", flush=True)
 
     replica_log: list = []
+    calib_times = arrival_times(step_trace([args.calib_rps], args.calib_s), "poisson", args.seed + 1)
     with _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {}) as start:
+        [calib_live] = run_live(start, profile, calib_times, body, ctype, [policies[0]], slas, "shared", args.interval)
+        [calib_sim] = run_sim(profile, calib_times, [policies[0]], slas, base)
+        overhead_s = max(calib_live.mean_latency_s - calib_sim.mean_latency_s, 0.0)
+        print(f"calibration ({policies[0]}, {args.calib_rps:g} req/s for {args.calib_s}s, seed {args.seed + 1}): "
+              f"live mean {calib_live.mean_latency_s:.3f}s, sim mean {calib_sim.mean_latency_s:.3f}s -> "
+              f"overhead {overhead_s:.3f}s", flush=True)
         live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
                         on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
                                                 f"{o.sla_attainment:.4f} cost {o.mean_cost:.3f}", flush=True))
-    sim = run_sim(profile, times, policies, slas, base)
+    sims = {"uncalibrated": run_sim(profile, times, policies, slas, base),
+            "calibrated": run_sim(profile, times, policies, slas, replace(base, overhead_s=overhead_s))}
+    keys = ("p99_latency_s", "mean_latency_s", "sla_attainment", "completed", "dropped", "decisions", "mean_accuracy")
     rows = []
-    for lo, so in zip(live, sim, strict=True):
-        row = {
-            "policy": lo.policy, "requests": lo.requests,
-            "live": {k: getattr(lo, k) for k in ("p99_latency_s", "sla_attainment", "mean_cost", "completed",
-                                                 "dropped", "decisions", "mean_accuracy")},
-            "sim": {k: getattr(so, k) for k in ("p99_latency_s", "sla_attainment", "mean_cost", "completed",
-                                                "dropped", "decisions", "mean_accuracy")},
-            "p99_rel_diff": _rel(so.p99_latency_s, lo.p99_latency_s),
-            "attainment_diff_points": 100 * abs(so.sla_attainment - lo.sla_attainment),
-            "cost_rel_diff": _rel(so.mean_cost, lo.mean_cost),
-        }
-        row["p99_met"] = row["p99_rel_diff"] <= TARGET_P99_REL
-        row["attainment_met"] = row["attainment_diff_points"] <= TARGET_ATTAINMENT_POINTS
+    for i, lo in enumerate(live):
+        row = {"policy": lo.policy, "requests": lo.requests,
+               "live": {k: getattr(lo, k) for k in keys} | {"decision_cost": lo.mean_cost}}
+        for name, outs in sims.items():
+            so = outs[i]
+            decision_cost = float(np.mean([d.predicted_cost for d in so.timeline])) if so.timeline else float("nan")
+            cmp = {k: getattr(so, k) for k in keys} | {
+                "decision_cost": decision_cost, "busy_cpu_s_per_s": so.mean_cost,
+                "p99_rel_diff": _rel(so.p99_latency_s, lo.p99_latency_s),
+                "attainment_diff_points": 100 * abs(so.sla_attainment - lo.sla_attainment),
+                "decision_cost_rel_diff": _rel(decision_cost, lo.mean_cost)}
+            cmp["p99_met"] = cmp["p99_rel_diff"] <= TARGET_P99_REL
+            cmp["attainment_met"] = cmp["attainment_diff_points"] <= TARGET_ATTAINMENT_POINTS
+            row[f"sim_{name}"] = cmp
+            print(f"  {lo.policy} vs sim ({name}): p99 live {lo.p99_latency_s:.3f}s sim {so.p99_latency_s:.3f}s "
+                  f"({100 * cmp['p99_rel_diff']:.1f} %), attainment live {lo.sla_attainment:.4f} sim "
+                  f"{so.sla_attainment:.4f} ({cmp['attainment_diff_points']:.2f} pts), decision cost live "
+                  f"{lo.mean_cost:.3f} sim {decision_cost:.3f} ({100 * cmp['decision_cost_rel_diff']:.1f} %)",
+                  flush=True)
         rows.append(row)
-        print(f"  {lo.policy}: p99 live {lo.p99_latency_s:.3f}s sim {so.p99_latency_s:.3f}s "
-              f"({100 * row['p99_rel_diff']:.1f} %), attainment live {lo.sla_attainment:.4f} "
-              f"sim {so.sla_attainment:.4f} ({row['attainment_diff_points']:.2f} pts), cost live "
-              f"{lo.mean_cost:.3f} sim {so.mean_cost:.3f} ({100 * row['cost_rel_diff']:.1f} %)", flush=True)
 
     ray = None
     if not args.skip_ray:
@@ -218,7 +237,11 @@ def main() -> int:
     doc = {"pipeline": args.pipeline, "profile": args.profiles, "sla_s": sla_s, "interval_s": args.interval,
            "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
            "trace_rps": [args.low_rps, high, args.low_rps], "step_s": args.step_s,
-           "measured_capacity_rps": MEASURED_CAPACITY_RPS, "calibration": "none",
+           "measured_capacity_rps": MEASURED_CAPACITY_RPS,
+           "calibration": {"overhead_s": overhead_s, "policy": policies[0], "rps": args.calib_rps,
+                           "seconds": args.calib_s, "seed": args.seed + 1,
+                           "live_mean_latency_s": calib_live.mean_latency_s,
+                           "sim_mean_latency_s": calib_sim.mean_latency_s},
            "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
                        "ray_replicas": TARGET_RAY_REPLICAS},
            "policies": rows, "ray": ray, "command": " ".join(sys.argv)}

@@ -46,9 +46,11 @@ class SimSettings:
     predictor: str = DEFAULT_PREDICTOR
     policy_options: Mapping[str, Any] = field(default_factory=dict)
     per_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # policy -> extra options
+    overhead_s: float = 0.0  # SimConfig.overhead_s
 
     def sim_config(self) -> SimConfig:
-        return SimConfig(self.sla_s, self.interval_s, self.cost_mode, self.cluster_cores, self.seed)
+        return SimConfig(self.sla_s, self.interval_s, self.cost_mode, self.cluster_cores, self.seed,
+                         overhead_s=self.overhead_s)
 
     def replica_cap(self) -> int:
         return self.max_replicas or max(int(self.cluster_cores), 1)

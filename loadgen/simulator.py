@@ -95,10 +95,16 @@ class SimConfig:
     cluster_cores: float = 2.0
     seed: int = 0
     shed_late: bool = True
+    # Fixed per-request serving overhead (HTTP, ingress decoding, stage hops) that the
+    # profile's stage latencies do not contain, added to every completed request's
+    # latency. 0 = none; benchmarks/fidelity.py fits it live on a calibration window.
+    overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
             raise VaripipeError(f"cost mode must be 'shared' or 'reserved', got {self.cost_mode!r}")
+        if not (self.overhead_s >= 0 and math.isfinite(self.overhead_s)):
+            raise VaripipeError(f"overhead_s must be a number >= 0, got {self.overhead_s!r}")
         for name in ("sla_s", "interval_s", "cluster_cores"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
@@ -653,6 +659,7 @@ def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray)
 def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
     run.req_dropped |= np.isnan(run.req_done)
     run.req_done[run.req_dropped] = np.nan
+    run.req_done += run.cfg.overhead_s
     latency = run.req_done - run.arrivals
     done = ~np.isnan(latency)
     within = done & (latency <= run.cfg.sla_s)

@@ -171,3 +171,16 @@ def test_synthetic_fixture_runs_with_fanout():
         StageDecision(s, prof.for_stage(s)[0].variant, 1, 6, "cpu:1") for s in prof.stages))
     r = simulate(prof, _arrivals(3, 60), pol, _last, SimConfig(5.0, 10.0, "reserved", 20.0, 0))
     assert r.completed + r.dropped == r.requests and r.completed > 0
+
+
+def test_overhead_shifts_every_latency_by_the_constant():
+    arr = _arrivals(5, 60)
+    base = simulate(_profile(), arr, Fixed(replicas=2), _last, SimConfig(2.0, 10.0, "reserved", 8.0, 0),
+                    keep_table=True)
+    shifted = simulate(_profile(), arr, Fixed(replicas=2), _last,
+                       SimConfig(2.0, 10.0, "reserved", 8.0, 0, overhead_s=0.25), keep_table=True)
+    assert shifted.completed == base.completed
+    assert shifted.table.done_s - base.table.done_s == pytest.approx(np.full(len(arr), 0.25))
+    assert shifted.mean_latency_s == pytest.approx(base.mean_latency_s + 0.25)
+    with pytest.raises(Exception, match="overhead_s"):
+        SimConfig(2.0, overhead_s=-1.0)
