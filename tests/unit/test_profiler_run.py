@@ -15,19 +15,10 @@ from varipipe.profiler.run import (
     order_points,
 )
 from varipipe.profiler.store import save_profile
-from varipipe.records import Profile, ProfilePoint
+from varipipe.records import Profile
 from varipipe.spec import find_spec
 
-
-def point(stage="det", variant="small", batch=1, hardware="cpu:1", latency=0.01, **kw) -> ProfilePoint:
-    fields = dict(
-        stage=stage, variant=variant, batch=batch, hardware=hardware,
-        latency_p50_s=latency, latency_p95_s=latency * 1.1, latency_p99_s=latency * 1.2,
-        throughput_rps=batch / latency, memory_mb=10.0, samples=200, accuracy=0.5,
-        accuracy_kind="declared", accuracy_source="test figure", latency_mean_s=latency,
-    )
-    fields.update(kw)
-    return ProfilePoint(**fields)
+from .profile_points import point
 
 
 def test_group_by_variant_keeps_first_seen_order():
