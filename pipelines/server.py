@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -90,8 +91,12 @@ class LocalServer:
         port: int = 0,
         decision: Decision | None = None,
         address: str | None = None,
+        on_ray_started: Callable[[], None] | None = None,
     ) -> None:
         self.opts = opts
+        # Called once Ray runs, before the application is deployed: where a CLI installs
+        # its signal handlers (ray.init installs Ray's own, which abort on SIGTERM).
+        self.on_ray_started = on_ray_started
         self.host = host
         self.port = port  # 0: chosen in start(), after Ray has taken its own ports
         self.spec = find_spec(opts.pipeline)
@@ -112,6 +117,8 @@ class LocalServer:
         from ray import serve
 
         self._owns_ray = start_ray(self.address)
+        if self.on_ray_started is not None:
+            self.on_ray_started()
         self.port = self.port or free_port(self.host)
         serve.start(http_options={"host": self.host, "port": self.port})
         self.applier.deploy_initial(self.decision)

@@ -126,10 +126,15 @@ def check_decision(spec, decision) -> None:
         spec.stage(s.stage).variant(s.variant)
 
 
-def wait_for_signal() -> None:
-    stop = threading.Event()
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``stop``: the server then shuts down cleanly."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    install_stop_handlers(stop)
     stop.wait()
 
 
@@ -157,13 +162,17 @@ def run(args: argparse.Namespace) -> int:
     check_decision(spec, decision)
     opts = app_options(args, state_file)
     print(f"starting {spec.name} ({len(spec.stages)} stages) on {'Ray at ' + args.address if args.address else 'an embedded Ray'}...")
-    with LocalServer(opts, host=args.host, port=args.port, decision=decision, address=args.address) as srv:
+    # Handlers go in as soon as Ray runs (its own abort on SIGTERM): a signal that arrives
+    # while the application deploys, or once /healthz answers, still stops it cleanly.
+    stop = threading.Event()
+    with LocalServer(opts, host=args.host, port=args.port, decision=decision, address=args.address,
+                     on_ray_started=lambda: install_stop_handlers(stop)) as srv:
         print(f"serving {spec.name} at {srv.endpoint}")
         print(f"  try:     curl -s -X POST --data-binary @photo.jpg -H 'content-type: image/jpeg' {srv.endpoint}")
         print(f"  watch:   {srv.url}/dashboard" + (f"#token={opts.auth_token}" if opts.auth_token else ""))
         print(f"  config:  {srv.url}/config    metrics: {srv.url}/metrics    health: {srv.url}/healthz")
         print(f"  adapter: {opts.policy or 'off'}" + (" (dry run)" if opts.dry_run else ""))
         print("Ctrl-C to stop.")
-        wait_for_signal()
+        wait_for_signal(stop)
         print("stopping...")
     return 0
