@@ -60,7 +60,6 @@ def _ray_options(downscale_delay_s: float) -> dict:
     return {"downscale_delay_s": downscale_delay_s}
 
 
-@contextlib.contextmanager
 def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, replica_log: list, policy_options: dict):
     """``start(policy, sla_s)`` for run_live; also records replica counts per stage every second."""
 
@@ -98,7 +97,7 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
                 th.join(5)
                 replica_log.append((policy, rows))
 
-    yield start
+    return start
 
 
 def _sim_replicas(outcome, stages: list[str], duration_s: int) -> dict[str, list[int]]:
@@ -170,16 +169,16 @@ def main() -> int:
 
     replica_log: list = []
     calib_times = arrival_times(step_trace([args.calib_rps], args.calib_s), "poisson", args.seed + 1)
-    with _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {}) as start:
-        [calib_live] = run_live(start, profile, calib_times, body, ctype, [policies[0]], slas, "shared", args.interval)
-        [calib_sim] = run_sim(profile, calib_times, [policies[0]], slas, base)
-        overhead_s = max(calib_live.mean_latency_s - calib_sim.mean_latency_s, 0.0)
-        print(f"calibration ({policies[0]}, {args.calib_rps:g} req/s for {args.calib_s}s, seed {args.seed + 1}): "
-              f"live mean {calib_live.mean_latency_s:.3f}s, sim mean {calib_sim.mean_latency_s:.3f}s -> "
-              f"overhead {overhead_s:.3f}s", flush=True)
-        live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
-                        on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
-                                                f"{o.sla_attainment:.4f} cost {o.mean_cost:.3f}", flush=True))
+    start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {})
+    [calib_live] = run_live(start, profile, calib_times, body, ctype, [policies[0]], slas, "shared", args.interval)
+    [calib_sim] = run_sim(profile, calib_times, [policies[0]], slas, base)
+    overhead_s = max(calib_live.mean_latency_s - calib_sim.mean_latency_s, 0.0)
+    print(f"calibration ({policies[0]}, {args.calib_rps:g} req/s for {args.calib_s}s, seed {args.seed + 1}): "
+          f"live mean {calib_live.mean_latency_s:.3f}s, sim mean {calib_sim.mean_latency_s:.3f}s -> "
+          f"overhead {overhead_s:.3f}s", flush=True)
+    live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
+                    on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
+                                            f"{o.sla_attainment:.4f} cost {o.mean_cost:.3f}", flush=True))
     sims = {"uncalibrated": run_sim(profile, times, policies, slas, base),
             "calibrated": run_sim(profile, times, policies, slas, replace(base, overhead_s=overhead_s))}
     keys = ("p99_latency_s", "mean_latency_s", "sla_attainment", "completed", "dropped", "decisions", "mean_accuracy")
@@ -213,8 +212,8 @@ def main() -> int:
         replica_log.clear()
         print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
               f"{args.ray_step_s}s each", flush=True)
-        with _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts}) as start:
-            run_live(start, profile, rtimes, body, ctype, ["ray"], slas, "shared", args.interval)
+        start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
+        run_live(start, profile, rtimes, body, ctype, ["ray"], slas, "shared", args.interval)
         [rsim] = run_sim(profile, rtimes, ["ray"], slas, replace(base, policy_options=ropts))
         live_r = _live_replicas(replica_log[0][1], stages, rtrace.duration_s)
         sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)

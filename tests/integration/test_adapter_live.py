@@ -71,8 +71,7 @@ def test_loop_follows_a_stepped_load(serve_port, png_bytes, tmp_path):
 
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed: {failed[:3]}"
-    # A failed apply is retried at the next step; the loop must have recovered by the end.
-    assert final["adapter"]["enabled"] and final["adapter"]["consecutive_failures"] == 0, final["adapter"]
+    assert final["adapter"]["enabled"] and not final["adapter"]["last_error"], final["adapter"]
     assert moved_and_came_back(first_variants(final), fast="fast", accurate="slow")
     assert final["decision"]["stages"][0]["variant"] == "slow", first_variants(final)
     served = {s["variant"] for r in results for s in r.body["stages"][:1]}
@@ -97,8 +96,7 @@ def test_loop_adapts_the_real_pipeline_with_its_shipped_profile(serve_port, chel
 
     failed = [r for r in results if r.status != 200]
     assert not failed, f"{len(failed)} failed: {failed[:3]}"
-    # A failed apply is retried at the next step; the loop must have recovered by the end.
-    assert final["adapter"]["enabled"] and final["adapter"]["consecutive_failures"] == 0, final["adapter"]
+    assert final["adapter"]["enabled"] and not final["adapter"]["last_error"], final["adapter"]
     detectors = [e["decision"]["stages"][0]["variant"] for e in final["adapter"]["log"] if e["action"] == "applied"]
     assert moved_and_came_back(detectors, fast="yolov3-tiny-320", accurate="yolov3-tiny-416"), detectors
     assert final["decision"]["stages"][0]["variant"] == "yolov3-tiny-416", detectors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,10 +14,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_runs_end_to_end():
     port = free_port()
-    env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, "-m", "varipipe.cli", "demo", "--duration", "30", "--port", str(port)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True, text=True, timeout=900,
     )
     out = proc.stdout
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"

@@ -132,8 +132,8 @@ def install_stop_handlers(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
-def wait_for_signal(stop: threading.Event | None = None) -> None:
-    stop = stop or threading.Event()
+def wait_for_signal() -> None:
+    stop = threading.Event()
     install_stop_handlers(stop)
     stop.wait()
 
@@ -173,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  config:  {srv.url}/config    metrics: {srv.url}/metrics    health: {srv.url}/healthz")
         print(f"  adapter: {opts.policy or 'off'}" + (" (dry run)" if opts.dry_run else ""))
         print("Ctrl-C to stop.")
-        wait_for_signal(stop)
+        stop.wait()
         print("stopping...")
     return 0
