@@ -25,7 +25,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 test: setup browser
-	$(BIN)/pytest --durations=25
+	$(BIN)/pytest --durations=25 --hypothesis-profile=ci
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m 'not slow' -q
