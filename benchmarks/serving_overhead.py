@@ -6,7 +6,7 @@ varipipe runs ``identity-chain`` with batch 1 and no batch wait (the fair
 setting: the baseline does not batch). Both run in the same Ray, one after the
 other, twice each in alternation, on the same machine; ratios are reported.
 
-    python benchmarks/serving_overhead.py [--seconds 15] [--clients 8]
+    python benchmarks/serving_overhead.py [--seconds 15] [--clients 8] [--out FILE]
 
 Targets (issue 4): p50 within 1.15x, throughput at least 0.9x of the baseline.
 """
@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes (default: %(default)s)")
     args = ap.parse_args()
     start_ray()
     port = free_port()
@@ -132,8 +133,8 @@ def main() -> None:
     }
     print(f"p50 ratio {summary['p50_ratio']:.2f} (target <= 1.15), "
           f"throughput ratio {summary['throughput_ratio']:.2f} (target >= 0.9)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
     serve.shutdown()
 
 

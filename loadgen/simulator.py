@@ -8,8 +8,9 @@ batch when ``batch`` items wait or the first waiting item has waited
 the profiled latency distribution of (variant, batch, hardware)
 (:mod:`varipipe.loadgen.service`). A stage may fan out: a request becomes ``k``
 items there (``k`` around ``profile.fanout[stage]``), and moves on when its last
-item is done. A request whose deadline (arrival + SLA) has passed when a batch
-would take it is shed (dropped), as the live admission control does.
+item is done. A request whose deadline (arrival + SLA) would pass before the
+batch that would take it is expected to finish is shed (dropped), by the same
+rule and moving average of batch times as the live stages (:mod:`varipipe.admission`).
 
 Every ``interval_s`` the simulator builds an :class:`Observation`, asks the
 forecaster for the next interval's load and calls the policy -- the same
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from varipipe.adapter.policy import Forecast, Policy
+from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.records import (
@@ -94,7 +96,7 @@ class SimConfig:
     cost_mode: str = "shared"
     cluster_cores: float = 2.0
     seed: int = 0
-    shed_late: bool = True
+    shed_late: bool = True  # deadline admission control, as live (varipipe.admission)
     # Fixed per-request serving overhead (HTTP, ingress decoding, stage hops) that the
     # profile's stage latencies do not contain, added to every completed request's
     # latency. 0 = none; benchmarks/fidelity.py fits it live on a calibration window.
@@ -247,6 +249,7 @@ class _Stage:
     b_model: list[int] = field(default_factory=list)
     models: list[ServiceModel] = field(default_factory=list)  # append-only; b_model indexes it
     model_id: int = -1
+    expected: float = 0.0  # moving average of batch times: admission control's estimate
     pending: tuple[np.ndarray, np.ndarray] | None = None  # done here, not yet due at the next stage
     left: np.ndarray | None = None  # fan-out: items still to finish, per request
     last: np.ndarray | None = None  # fan-out: latest item completion, per request
@@ -290,11 +293,12 @@ def _run_stage(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarr
     ids: list[int] = []
     b_end = st.b_end
     exp = math.exp
+    expected = st.expected
     while h < n_q and free:
         f = free[0]
         first = q_t[h]
         start = first if first > f else f
-        if shed and q_dl[h] < start:
+        if shed and would_miss(start, expected, q_dl[h]):
             dropped_pos.append(h)
             h += 1
             continue
@@ -311,6 +315,7 @@ def _run_stage(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarr
         if close >= t_end:
             break
         s = med[n] * exp(sig[n] * st.z()) * slow
+        expected = update_expected(expected, s)
         end = close + s
         heapq.heapreplace(free, end)
         firsts.append(h)
@@ -322,6 +327,7 @@ def _run_stage(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarr
             _add_busy(busy, close, end, threads)
         h += n
     st.head = h
+    st.expected = expected
     return h0, firsts, sizes, ids
 
 

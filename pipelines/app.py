@@ -82,7 +82,7 @@ class Controller:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class StageServer:
-    """One stage: a variant behind ``@serve.batch``; batches run on a worker thread."""
+    """One stage: a variant behind ``@serve.batch`` (bypassed at batch size 1); batches run on a worker thread."""
 
     def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle) -> None:
         import ray
@@ -116,12 +116,20 @@ class StageServer:
         return self.core.status(time.time())
 
     async def __call__(self, payload: Payload) -> Payload:
-        return await self._batched((payload, time.time()))
+        arrival = time.time()
+        cfg = self.core.config
+        if cfg is not None and cfg.max_batch_size <= 1:
+            # Batch size 1: nothing to gather, so skip @serve.batch's queue and task
+            # switch. The single infer thread still runs one request at a time, as the
+            # batcher would. (1-client p50 against plain Serve: 1.17x -> 0.95x; benchmarks/README.md)
+            return (await self._run([payload], [arrival]))[0]
+        return await self._batched((payload, arrival))
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
     async def _batched(self, items: list[tuple[Payload, float]]) -> list[Payload]:
-        payloads = [p for p, _ in items]
-        arrivals = [t for _, t in items]
+        return await self._run([p for p, _ in items], [t for _, t in items])
+
+    async def _run(self, payloads: list[Payload], arrivals: list[float]) -> list[Payload]:
         t0 = time.perf_counter()
         out = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.core.infer, payloads, arrivals)
         if self._batches is None:

@@ -16,17 +16,13 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from varipipe.admission import update_expected, would_miss
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
 from varipipe.records import StageSpec
 
 __all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb"]
 
 log = logging.getLogger(__name__)
-
-# Weight of the newest batch in the moving average of batch time used to judge
-# deadlines: about the last five batches count, so a variant switch shows up fast.
-EWMA_WEIGHT = 0.2
-
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -154,18 +150,19 @@ class StageCore:
         if variant is None:
             raise RuntimeError(f"stage {self.stage.name} has no loaded variant: {self.error}")
         start = time.time()
-        live = [p for p in payloads if p.deadline is None or start + self.expected_batch_s <= p.deadline]
+        live = []
         for p in payloads:
-            if p.deadline is not None and start + self.expected_batch_s > p.deadline:
+            if would_miss(start, self.expected_batch_s, p.deadline):
                 p.dropped_at = self.stage.name
+            else:
+                live.append(p)
         t0 = time.perf_counter()
         outputs = variant.infer(live) if live else []
         compute = time.perf_counter() - t0
         if len(outputs) != len(live):
             raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(live)} inputs")
         if live:
-            self.expected_batch_s = compute if not self.expected_batch_s else (
-                EWMA_WEIGHT * compute + (1 - EWMA_WEIGHT) * self.expected_batch_s)
+            self.expected_batch_s = update_expected(self.expected_batch_s, compute)
         queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}
         for p, out in zip(live, outputs, strict=True):
             p.outputs[self.stage.name] = out

@@ -184,3 +184,17 @@ def test_overhead_shifts_every_latency_by_the_constant():
     assert shifted.mean_latency_s == pytest.approx(base.mean_latency_s + 0.25)
     with pytest.raises(Exception, match="overhead_s"):
         SimConfig(2.0, overhead_s=-1.0)
+
+
+def test_sheds_a_request_whose_batch_is_expected_to_end_after_its_deadline():
+    # 0.1 s per request and stage, one replica each, three requests at t=0, SLA 0.25 s.
+    # 1st: a 0-0.1, b 0.1-0.2, done. 2nd: a 0.1-0.2; at b it would end at 0.3 > 0.25:
+    # shed there, as the live stage does (it used to run and finish late). 3rd: shed at a.
+    profile = Profile("test", tuple(_point(s, "v", 1, 0.1) for s in ("a", "b")))
+    r = simulate(profile, np.zeros(3), Fixed(), _last, SimConfig(0.25, 10.0, "reserved", 8.0, 0), keep_table=True)
+    assert (r.completed, r.dropped) == (1, 2)
+    assert r.table.done_s[0] == pytest.approx(0.2)
+    assert r.sla_attainment == pytest.approx(1 / 3)
+    t = r.table
+    assert not np.isnan(t.item_done_s[0][1]) and np.isnan(t.item_done_s[1][1])  # 2nd ran at a, shed at b
+    assert np.isnan(t.item_done_s[0][2])  # 3rd shed at a
