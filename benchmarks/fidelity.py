@@ -12,8 +12,9 @@
    (RUNNING + STARTING, i.e. what the autoscaler asked for); the simulated ones
    from the run's decision timeline. Target: within ±1 replica per stage.
 
-Both sides shed a request whose SLA has passed (live: ``deadline_sla_factor=1``;
-the simulator's ``shed_late``). One calibration constant, fitted on a *different*
+Both sides shed a request by the same rule (``varipipe.admission``: its stage's
+batch is expected to end past the SLA; live: ``deadline_sla_factor=1``, the
+simulator's ``shed_late``). One calibration constant, fitted on a *different*
 window (a constant low rate, another seed) before the fidelity run: the per-request
 serving overhead that the profile's stage latencies do not contain (HTTP, ingress
 decoding, stage hops), = live mean latency − simulated mean latency there. The
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import threading
 import time
@@ -70,7 +72,7 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
         opts = AppOptions(pipeline=pipeline, app_name="fidelity", policy=policy, sla_s=sla_s, interval_s=interval_s,
                           cost_mode="shared", cluster_cores=2.0, profile=profile, max_replicas=max_replicas,
                           policy_options=dict(policy_options.get(policy, {})),
-                          # Shed a request once its SLA has passed, as the simulator does (shed_late).
+                          # Deadline = the SLA, as in the simulator (shed_late, varipipe.admission).
                           deadline_sla_factor=1.0)
         with LocalServer(opts, port=0) as server:
             stop = threading.Event()
@@ -122,6 +124,12 @@ def _live_replicas(rows, stages: list[str], duration_s: int) -> dict[str, list[i
         for s in stages:
             out[s].append(near[-1].get(stage_deployment_name(s)) if near else None)
     return out
+
+
+def _relative(path: str) -> str:
+    """A path inside the checkout as the README writes it, not this machine's absolute path."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
 
 
 def _rel(a: float, b: float) -> float:
@@ -233,7 +241,7 @@ def main() -> int:
                "policy_options": ropts, "per_stage": per_stage,
                "series": {"live": live_r, "sim": sim_r}}
 
-    doc = {"pipeline": args.pipeline, "profile": args.profiles, "sla_s": sla_s, "interval_s": args.interval,
+    doc = {"pipeline": args.pipeline, "profile": _relative(args.profiles), "sla_s": sla_s, "interval_s": args.interval,
            "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
            "trace_rps": [args.low_rps, high, args.low_rps], "step_s": args.step_s,
            "measured_capacity_rps": MEASURED_CAPACITY_RPS,
@@ -243,7 +251,7 @@ def main() -> int:
                            "sim_mean_latency_s": calib_sim.mean_latency_s},
            "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
                        "ray_replicas": TARGET_RAY_REPLICAS},
-           "policies": rows, "ray": ray, "command": " ".join(sys.argv)}
+           "policies": rows, "ray": ray, "command": "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")

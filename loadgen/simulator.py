@@ -99,7 +99,8 @@ class SimConfig:
     shed_late: bool = True  # deadline admission control, as live (varipipe.admission)
     # Fixed per-request serving overhead (HTTP, ingress decoding, stage hops) that the
     # profile's stage latencies do not contain, added to every completed request's
-    # latency. 0 = none; benchmarks/fidelity.py fits it live on a calibration window.
+    # latency (and taken off the stages' shedding deadline). 0 = none;
+    # benchmarks/fidelity.py fits it live on a calibration window.
     overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -393,7 +394,9 @@ class _Run:
                 k = np.bincount(np.repeat(np.arange(self.n), k), weights=per_item, minlength=self.n).astype(np.int64)
             parent = np.arange(self.n, dtype=np.int64) if (k == 1).all() else np.repeat(np.arange(self.n), k)
             m = len(parent)
-            stages.append(_Stage(name=name, index=i, parent=parent, deadline=self.arrivals[parent] + self.cfg.sla_s,
+            # The serving overhead is added after the stages, so they must be done that much earlier.
+            deadline = self.arrivals[parent] + self.cfg.sla_s - self.cfg.overhead_s
+            stages.append(_Stage(name=name, index=i, parent=parent, deadline=deadline,
                                  arr=np.full(m, np.nan), done=np.full(m, np.nan),
                                  batch_of=np.full(m, -1, dtype=np.int64),
                                  rng=np.random.default_rng([self.cfg.seed, i]), identity=bool((k == 1).all())))

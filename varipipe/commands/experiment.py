@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import shlex
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"git_commit": git_commit(), "profile": profile_path, "profile_sha256": file_sha256(profile_path),
             "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
             "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "requests": int(len(times)),
-            "scenario": args.scenario, "resolved": plan["resolved"], "command": " ".join(sys.argv),
+            "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)
     plots = plot_all(outcomes, args.out)
