@@ -25,7 +25,7 @@ from varipipe.pipelines.serve_config import (
 )
 from varipipe.records import Decision
 
-__all__ = ["ApplyResult", "ServeApplier", "deploy_config"]
+__all__ = ["ApplyResult", "ServeApplier", "app_is_live", "deploy_config"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # 2.3-8.2 s here (RAY_SERVE_FACTS) and a model load adds a few seconds more.
 APPLY_TIMEOUT_S = 120.0
 POLL_S = 0.1
+# ray.serve.schema.ApplicationStatus.DELETING (a str enum; ray is imported lazily here).
+DELETING = "DELETING"
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,36 @@ class ApplyResult:
 
 
 def deploy_config(app_config: dict[str, Any]) -> None:
-    """Hand one application's full config to the running Serve controller (in process)."""
+    """Hand one application's full config to the running Serve controller (in process).
+
+    Serve's ``apply_config`` takes the whole set of config-deployed applications and
+    deletes those missing from it, so the others go along as they were last deployed
+    (all but those being deleted). Without this, applying one varipipe application
+    deleted every other one in the cluster (tests/integration/test_two_apps.py).
+    """
     from ray import serve
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
 
     client = serve.context._get_global_client()
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}))
+    details = ServeInstanceDetails.model_validate(client.get_serve_details())
+    prefix = app_config.get("route_prefix", "/")
+    clash = sorted(name for name, a in details.applications.items()
+                   if name != app_config["name"] and a.route_prefix == prefix and a.status != DELETING)
+    if clash:
+        raise ReconfigurationError(f"route prefix {prefix!r} is already served by application {clash[0]!r} in this Ray "
+                          f"cluster; give {app_config['name']!r} another route prefix, or delete {clash[0]!r}")
+    others = [a.deployed_app_config.model_dump(exclude_unset=True) for name, a in details.applications.items()
+              if name != app_config["name"] and a.deployed_app_config is not None
+              and a.status != DELETING]
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [*others, app_config]}))
+
+
+def app_is_live(app_name: str) -> bool:
+    """True while ``app_name`` exists and is not being deleted."""
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    return status is not None and status.status != DELETING
 
 
 class ServeApplier:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.metrics import MetricsAggregator, merge_observations
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.stage import ReplicaStatus
@@ -118,10 +119,20 @@ class ControllerState:
     def _apply(self, decision: Decision) -> None:
         from varipipe.pipelines.applier import ServeApplier
 
-        applier = ServeApplier(self.opts, local=self._local_state)
+        applier = ServeApplier(self.opts, local=self._local_state, deploy=self._deploy_while_live)
         with self.lock:  # continue from the config that is live now, whoever applied it
             applier.sync(self.decision, self.generation, self.stage_generation)
         applier.apply(decision, sync=False)
+
+    def _deploy_while_live(self, app_config: dict[str, Any]) -> None:
+        """Deploy, unless this application is gone or being deleted: a deploy would bring
+        it back (and, before ``deploy_config`` kept the others, deleted the next app; CI)."""
+        from varipipe.pipelines.applier import app_is_live, deploy_config
+
+        if self._stop.is_set() or not app_is_live(self.opts.app_name):
+            self._stop.set()  # the application is going away: so does the adapter
+            raise ReconfigurationError(f"application {self.opts.app_name!r} is being deleted; not applying")
+        deploy_config(app_config)
 
     def _local_state(self) -> tuple[list[ReplicaStatus], int]:
         """Replica reports and the live generation, for an applier running in this replica."""

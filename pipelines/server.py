@@ -107,11 +107,12 @@ class LocalServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The application's base URL (its route prefix included): /healthz, /config ... hang off it."""
+        return f"http://{self.host}:{self.port}{self.opts.route_prefix.rstrip('/')}"
 
     @property
     def endpoint(self) -> str:
-        return f"{self.url}{self.opts.route_prefix.rstrip('/')}/{self.spec.name}"
+        return f"{self.url}/{self.spec.name}"
 
     def start(self) -> LocalServer:
         from ray import serve

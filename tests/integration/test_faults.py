@@ -125,8 +125,9 @@ class TestLive:
             self, serve_port, png_bytes, tmp_path):
         profile = tmp_path / "identity.json"
         profile.write_text(json.dumps(identity_profile()))
-        opts = AppOptions(pipeline="identity-chain", app_name="faults-adapter", policy="ipa", profile=str(profile),
-                          interval_s=2.0, cluster_cores=2.0)
+        # Its own route prefix: the class's app still serves "/".
+        opts = AppOptions(pipeline="identity-chain", app_name="faults-adapter", route_prefix="/adapter", policy="ipa",
+                          profile=str(profile), interval_s=2.0, cluster_cores=2.0)
         with LocalServer(opts, port=serve_port, decision=decision(r1=1)) as srv:
             stop = threading.Event()
             statuses: list[int] = []
