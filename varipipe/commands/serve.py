@@ -42,6 +42,12 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
     parser.add_argument("--decision", default=None, help="initial decision JSON (e.g. from `varipipe solve --json`)")
 
 
+def _route_prefix(text: str) -> str:
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"a route prefix starts with '/' and has no spaces, got {text!r}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_serving_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -53,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage-resources", type=_resources, default={}, metavar="JSON",
                         help='custom Ray resources per stage replica, e.g. \'{"llm": {"gpu_node": 1}}\': '
                              "places stages on nodes started with `ray start --resources` (default: anywhere)")
+    parser.add_argument("--app-name", default="varipipe",
+                        help="Serve application name; give each pipeline sharing a cluster its own "
+                             "(default: %(default)s)")
+    parser.add_argument("--route-prefix", type=_route_prefix, default="/",
+                        help="URL prefix of this application, e.g. /ocr beside another pipeline on / "
+                             "(default: %(default)s)")
     parser.add_argument("--state-file", default=None,
                         help="keep the last applied decision here across restarts "
                              "(default: ~/.cache/varipipe/state/<pipeline>.json)")
@@ -97,6 +109,7 @@ def app_options(args: argparse.Namespace, state_file: str = ""):
         sla_s=args.sla, profile=args.profiles, cost_mode=args.cost_mode, cluster_cores=args.cluster_cores,
         max_replicas=args.max_replicas, dry_run=args.dry_run, pins=parse_pins(args.pin), state_file=state_file,
         auth_token=getattr(args, "token", ""), stage_resources=getattr(args, "stage_resources", {}),
+        app_name=getattr(args, "app_name", "varipipe"), route_prefix=getattr(args, "route_prefix", "/"),
     )
 
 
