@@ -176,16 +176,21 @@ async def _replay_and_poll(url: str, times: np.ndarray, body: bytes, ctype: str,
 
 
 def _config_url(url: str) -> str:
+    """The app's /config beside its inference endpoint (``.../<pipeline>``), route prefix kept."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/config", "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/").rsplit("/", 1)[0] + "/config", "", ""))
 
 
 def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: bytes, ctype: str,
              policies: Sequence[str], slas: Mapping[str, float], cost_mode: str, interval_s: float,
-             on_done: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
-    """Start the live pipeline per (SLA, policy), replay ``times`` against it, measure from the records."""
+             on_done: Callable[[RunOutcome], None] | None = None,
+             records_dir: Path | None = None) -> list[RunOutcome]:
+    """Start the live pipeline per (SLA, policy), replay ``times`` against it, measure from the records.
+
+    ``records_dir``: also write every request record there, ``<sla>-<policy>.jsonl``
+    (the replayer's format: ``varipipe simulate --replay-log`` and ``read_records`` take it)."""
     import time
 
     duration = float(np.ceil(times[-1])) if len(times) else 1.0
@@ -196,6 +201,10 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
             with start_live(policy, sla_s) as url:
                 records, decisions = asyncio.run(
                     _replay_and_poll(url, times, body, ctype, _config_url(url), interval_s))
+            if records_dir is not None:
+                records_dir.mkdir(parents=True, exist_ok=True)
+                (records_dir / f"{sla_name}-{policy}.jsonl").write_text(
+                    "".join(r.to_json() + "\n" for r in records), encoding="utf-8")
             cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
             pred = [(t, d.load_rps) for t, d in decisions]
             changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))

@@ -11,6 +11,7 @@ import numpy as np
 from aiohttp import web
 
 from varipipe.loadgen.experiment import run_live
+from varipipe.loadgen.replayer import read_records
 from varipipe.profiler.store import load_profile
 from varipipe.records import Decision, StageDecision
 
@@ -56,7 +57,7 @@ def _app(policy: str, sla_s: float):
         th.join(5)
 
 
-def test_run_live_measures_from_records():
+def test_run_live_measures_from_records(tmp_path):
     prof = load_profile(PROFILE)
     started = []
 
@@ -67,8 +68,12 @@ def test_run_live_measures_from_records():
             yield url
 
     times = np.linspace(0, 1.5, 30)
-    outs = run_live(start, prof, times, b"img", "image/jpeg", ["ipa", "ray"], {"s": 1.0}, "reserved", 0.5)
+    outs = run_live(start, prof, times, b"img", "image/jpeg", ["ipa", "ray"], {"s": 1.0}, "reserved", 0.5,
+                    records_dir=tmp_path)
     assert started == [("ipa", 1.0), ("ray", 1.0)]
+    for policy in ("ipa", "ray"):  # every request kept, in the replayer's format
+        kept = read_records(tmp_path / f"s-{policy}.jsonl")
+        assert [r.index for r in kept] == list(range(30)) and all(r.ok for r in kept)
     for o in outs:
         assert o.mode == "live" and o.requests == 30 and o.completed == 30 and o.sla_attainment == 1.0
         assert abs(o.mean_accuracy - 0.55 * 0.72 * 0.6) < 1e-9

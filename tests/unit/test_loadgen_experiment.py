@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from varipipe.errors import ConfigError
-from varipipe.loadgen.experiment import metrics_from_records, run_sim, write_results
+from varipipe.loadgen.experiment import _config_url, metrics_from_records, run_sim, write_results
 from varipipe.loadgen.replayer import RequestRecord
 from varipipe.loadgen.report import plot_all
 from varipipe.loadgen.runs import SimSettings
@@ -94,3 +94,11 @@ def test_metrics_from_records():
     assert m["mean_accuracy"] == pytest.approx(0.55 * 0.72 * 0.6)
     assert m["mean_cost"] == pytest.approx(3.0)
     assert s.arrivals.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("endpoint,config", [
+    ("http://127.0.0.1:8000/vision-caption", "http://127.0.0.1:8000/config"),
+    ("http://127.0.0.1:8000/ocr/doc-ocr", "http://127.0.0.1:8000/ocr/config"),
+])
+def test_config_url_sits_beside_the_endpoint_under_its_route_prefix(endpoint, config):
+    assert _config_url(endpoint) == config

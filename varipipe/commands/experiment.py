@@ -8,6 +8,7 @@ import math
 import shlex
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from varipipe.commands.load import add_trace_arguments
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                                   profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}))
             body, ctype = load_image(args.image)
             outcomes = run_live(start, profile, times, body, ctype, policies, plan["slas"], cost_mode, interval,
-                                on_done=done)
+                                on_done=done, records_dir=Path(args.out) / "records")
     meta = {"git_commit": git_commit(), "profile": profile_path, "profile_sha256": file_sha256(profile_path),
             "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
             "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "requests": int(len(times)),
