@@ -61,11 +61,11 @@ def deploy_config(app_config: dict[str, Any]) -> None:
     clash = sorted(name for name, a in details.applications.items()
                    if name != app_config["name"] and a.route_prefix == prefix and a.status != DELETING)
     if clash:
-        raise ReconfigurationError(f"route prefix {prefix!r} is already served by application {clash[0]!r} in this Ray "
-                          f"cluster; give {app_config['name']!r} another route prefix, or delete {clash[0]!r}")
+        raise ReconfigurationError(
+            f"route prefix {prefix!r} is already served by application {clash[0]!r} in this Ray cluster; "
+            f"give {app_config['name']!r} another route prefix, or delete {clash[0]!r}")
     others = [a.deployed_app_config.model_dump(exclude_unset=True) for name, a in details.applications.items()
-              if name != app_config["name"] and a.deployed_app_config is not None
-              and a.status != DELETING]
+              if name != app_config["name"] and a.deployed_app_config is not None and a.status != DELETING]
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [*others, app_config]}))
 
 
