@@ -55,7 +55,7 @@ def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float
         opts = AppOptions(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, cost_mode=cost_mode,
                           cluster_cores=cores, predictor=predictor, profile=profile,
                           policy_options=dict(policy_options) if policy != "ray" else {},
-                          # Shed a request once its SLA has passed, as the simulator does.
+                          # Deadline = the SLA; shed by the same rule as the simulator (varipipe.admission).
                           deadline_sla_factor=1.0)
         with LocalServer(opts, port=0) as server:
             yield server.endpoint
