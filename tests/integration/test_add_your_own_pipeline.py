@@ -63,8 +63,10 @@ def test_run_profile_solve_serve(folder, env):
     assert {(p["stage"], p["variant"]) for p in stored["points"]} == {
         ("normalise", "lower"), ("normalise", "asis"), ("count", "split")}
 
-    decision = json.loads(_cli(env, "solve", "--profiles", str(profile), "--rps", "5", "--sla", "0.5", "--json"))
+    # As the README writes it: no --sla, so the spec's (0.5 s) applies.
+    decision = json.loads(_cli(env, "solve", "--profiles", str(profile), "--rps", "5", "--json"))
     assert "normalise" in json.dumps(decision) and "count" in json.dumps(decision)
+    assert decision["status"] == "optimal" and decision["predicted"]["latency_s"] <= 0.5
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -77,3 +77,25 @@ def test_write_lp_dumps_named_constraints(capsys, tmp_path):
     solve_json(capsys, "--profiles", str(FIXTURES / "tiny.json"), "--rps", "5", "--sla", "1", "--write-lp", str(lp))
     text = lp.read_text()
     assert "sla_end_to_end" in text and "cluster_capacity" in text and "one_config_stage0" in text
+
+
+def test_sla_defaults_to_the_pipeline_spec(capsys):
+    from varipipe.spec import find_spec
+
+    out = solve_json(capsys, "--profiles", str(FIXTURES / "vision-caption-synthetic.json"), "--rps", "1",
+                     "--cluster-cores", "2")
+    sla = find_spec("vision-caption").sla.latency_s
+    assert out["status"] == "optimal" and out["predicted"]["latency_s"] <= sla
+    assert main(["solve", "--profiles", str(FIXTURES / "vision-caption-synthetic.json"), "--rps", "1",
+                 "--cluster-cores", "2"]) == 0
+    assert f"SLA {sla:g}s" in capsys.readouterr().out
+
+
+def test_no_sla_and_no_spec_is_a_clear_error(capsys, tmp_path):
+    doc = json.loads((FIXTURES / "vision-caption-synthetic.json").read_text())
+    doc["pipeline"] = "not-a-bundled-pipeline"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    assert main(["solve", "--profiles", str(path), "--rps", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "--sla" in err and "not-a-bundled-pipeline" in err

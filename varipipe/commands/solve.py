@@ -24,7 +24,8 @@ def _pin(text: str) -> tuple[str, str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profiles", metavar="FILE", help="profile store JSON (default: the shipped vision-caption profile)")
     p.add_argument("--rps", type=float, required=True, help="predicted load, requests/s")
-    p.add_argument("--sla", type=float, required=True, metavar="SECONDS", help="end-to-end p99 latency target")
+    p.add_argument("--sla", type=float, default=None, metavar="SECONDS",
+                   help="end-to-end p99 latency target (default: the SLA in the profiled pipeline's spec)")
     p.add_argument("--accuracy", choices=("multiply", "sum", "average"), default="multiply",
                    help="how stage accuracies combine (default: multiply)")
     p.add_argument("--objective", choices=("weighted", "min-cost", "max-accuracy"), default="weighted")
@@ -93,6 +94,18 @@ def _limits(args: argparse.Namespace):
         raise ConfigError("command line", "limits", str(e)) from e
 
 
+def _spec_sla(pipeline: str):
+    """The SLA written in the bundled spec of the profile's pipeline."""
+    from varipipe.errors import ConfigError, VaripipeError
+    from varipipe.spec import find_spec
+
+    try:
+        return find_spec(pipeline).sla
+    except VaripipeError as e:
+        raise ConfigError("command line", "--sla", f"no --sla given and the profile's pipeline {pipeline!r} has no "
+                          f"bundled spec to take one from ({e}); pass --sla SECONDS") from e
+
+
 def run(args: argparse.Namespace) -> int:
     from varipipe.adapter.optimizer import solve
     from varipipe.errors import ConfigError
@@ -100,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = _load(args)
     try:
-        sla = SLA(latency_s=args.sla)
+        sla = SLA(latency_s=args.sla) if args.sla is not None else _spec_sla(profile.pipeline)
         decision = solve(profile, args.rps, sla, _limits(args), accuracy=args.accuracy, objective=args.objective,
                          min_accuracy=args.min_accuracy, max_cost=args.max_cost, solver=args.solver,
                          lp_path=args.write_lp)
@@ -109,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(decision_json(decision), indent=1))
         return 0
-    print(f"{decision.status.value.upper()} for {args.rps:g} rps, SLA {args.sla:g}s ({decision.solver},"
+    print(f"{decision.status.value.upper()} for {args.rps:g} rps, SLA {sla.latency_s:g}s ({decision.solver},"
           f" {decision.solve_time_s * 1e3:.1f} ms)")
     for s in decision.stages:
         print(f"  {s.stage:<12} {s.variant:<22} batch {s.batch:<3} x{s.replicas} {s.hardware:<6}"
