@@ -16,7 +16,7 @@ from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.server import LocalServer
 from varipipe.records import Decision, StageDecision
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def decision(batch: int) -> Decision:
