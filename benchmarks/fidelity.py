@@ -187,7 +187,8 @@ def main() -> int:
           f"live mean {calib_live.mean_latency_s:.3f}s, sim mean {calib_sim.mean_latency_s:.3f}s -> "
           f"overhead {overhead_s:.3f}s", flush=True)
     live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
-                    records_dir=args.records, on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
+                    records_dir=args.records,
+                    on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
                                             f"{o.sla_attainment:.4f} cost {o.mean_cost:.3f}", flush=True))
     sims = {"uncalibrated": run_sim(profile, times, policies, slas, base),
             "calibrated": run_sim(profile, times, policies, slas, replace(base, overhead_s=overhead_s))}

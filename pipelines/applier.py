@@ -25,7 +25,7 @@ from varipipe.pipelines.serve_config import (
 )
 from varipipe.records import Decision
 
-__all__ = ["ApplyResult", "ServeApplier", "app_is_live", "deploy_config"]
+__all__ = ["ApplyResult", "ServeApplier", "deploy_config"]
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +44,36 @@ class ApplyResult:
     seconds: float  # from the call until every changed stage serves the new config
 
 
-def deploy_config(app_config: dict[str, Any]) -> None:
+def deploy_config(app_config: dict[str, Any], only_if_live: bool = False) -> bool:
     """Hand one application's full config to the running Serve controller (in process).
 
     Serve's ``apply_config`` takes the whole set of config-deployed applications and
     deletes those missing from it, so the others go along as they were last deployed
     (all but those being deleted). Without this, applying one varipipe application
     deleted every other one in the cluster (tests/integration/test_two_apps.py).
+
+    ``only_if_live``: deploy only while this application exists and is not being
+    deleted (a deploy would bring it back); returns False when it did not deploy.
     """
     from ray import serve
     from ray.serve.schema import ServeDeploySchema, ServeInstanceDetails
 
     client = serve.context._get_global_client()
-    details = ServeInstanceDetails.model_validate(client.get_serve_details())
+    apps = ServeInstanceDetails.model_validate(client.get_serve_details()).applications
+    name = app_config["name"]
+    if only_if_live and (name not in apps or apps[name].status == DELETING):
+        return False
+    others = {n: a for n, a in apps.items() if n != name and a.status != DELETING}
     prefix = app_config.get("route_prefix", "/")
-    clash = sorted(name for name, a in details.applications.items()
-                   if name != app_config["name"] and a.route_prefix == prefix and a.status != DELETING)
+    clash = sorted(n for n, a in others.items() if a.route_prefix == prefix)
     if clash:
         raise ReconfigurationError(
             f"route prefix {prefix!r} is already served by application {clash[0]!r} in this Ray cluster; "
-            f"give {app_config['name']!r} another route prefix, or delete {clash[0]!r}")
-    others = [a.deployed_app_config.model_dump(exclude_unset=True) for name, a in details.applications.items()
-              if name != app_config["name"] and a.deployed_app_config is not None and a.status != DELETING]
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [*others, app_config]}))
-
-
-def app_is_live(app_name: str) -> bool:
-    """True while ``app_name`` exists and is not being deleted."""
-    from ray import serve
-
-    status = serve.status().applications.get(app_name)
-    return status is not None and status.status != DELETING
+            f"give {name!r} another route prefix, or delete {clash[0]!r}")
+    kept = [a.deployed_app_config.model_dump(exclude_unset=True) for a in others.values()
+            if a.deployed_app_config is not None]
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [*kept, app_config]}))
+    return True
 
 
 class ServeApplier:
@@ -83,7 +82,7 @@ class ServeApplier:
     def __init__(
         self,
         opts: AppOptions,
-        deploy: Callable[[dict[str, Any]], None] = deploy_config,
+        deploy: Callable[[dict[str, Any]], object] = deploy_config,
         timeout_s: float = APPLY_TIMEOUT_S,
         autoscaling: dict[str, dict[str, Any]] | None = None,
         local: Callable[[], tuple[list[Any], int]] | None = None,

@@ -127,12 +127,11 @@ class ControllerState:
     def _deploy_while_live(self, app_config: dict[str, Any]) -> None:
         """Deploy, unless this application is gone or being deleted: a deploy would bring
         it back (and, before ``deploy_config`` kept the others, deleted the next app; CI)."""
-        from varipipe.pipelines.applier import app_is_live, deploy_config
+        from varipipe.pipelines.applier import deploy_config
 
-        if self._stop.is_set() or not app_is_live(self.opts.app_name):
+        if self._stop.is_set() or not deploy_config(app_config, only_if_live=True):
             self._stop.set()  # the application is going away: so does the adapter
             raise ReconfigurationError(f"application {self.opts.app_name!r} is being deleted; not applying")
-        deploy_config(app_config)
 
     def _local_state(self) -> tuple[list[ReplicaStatus], int]:
         """Replica reports and the live generation, for an applier running in this replica."""

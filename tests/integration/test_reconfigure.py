@@ -14,18 +14,13 @@ import pytest
 from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.server import LocalServer
-from varipipe.records import Decision, StageDecision
 
+from .identity_chain import decision
 from .openloop import closed_loop_capacity, open_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 APP = "reconf-test"
-
-
-def decision(first="fast", b1=4, r1=1, second="fast", b2=4, r2=1, wait=0.005) -> Decision:
-    return Decision(stages=(StageDecision("first", first, b1, r1, "cpu:1", wait),
-                            StageDecision("second", second, b2, r2, "cpu:1", wait)), policy="test")
 
 
 def replica_ids(stage: str) -> set[str]:

@@ -14,14 +14,14 @@ import pytest
 from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.server import LocalServer
-from varipipe.records import Decision, StageDecision
+
+from .identity_chain import decision
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def decision(batch: int) -> Decision:
-    return Decision(stages=(StageDecision("first", "fast", batch, 1, "cpu:1", 0.005),
-                            StageDecision("second", "fast", batch, 1, "cpu:1", 0.005)), policy="test")
+def batch(n: int):
+    return decision(b1=n, b2=n)
 
 
 def apps() -> dict[str, str]:
@@ -33,10 +33,10 @@ def apps() -> dict[str, str]:
 def test_applying_one_app_leaves_the_other_serving(serve_port, png_bytes):
     one = AppOptions(pipeline="identity-chain", app_name="two-apps-one", route_prefix="/one")
     two = AppOptions(pipeline="identity-chain", app_name="two-apps-two", route_prefix="/two")
-    with LocalServer(one, port=serve_port, decision=decision(1)) as a:
-        with LocalServer(two, port=serve_port, decision=decision(1)) as b:
-            b.apply(decision(4))
-            a.apply(decision(2))
+    with LocalServer(one, port=serve_port, decision=batch(1)) as a:
+        with LocalServer(two, port=serve_port, decision=batch(1)) as b:
+            b.apply(batch(4))
+            a.apply(batch(2))
             assert {"two-apps-one", "two-apps-two"} <= set(apps())
             for srv in (a, b):
                 r = httpx.post(srv.endpoint, content=png_bytes, timeout=30)
@@ -46,7 +46,7 @@ def test_applying_one_app_leaves_the_other_serving(serve_port, png_bytes):
             assert sizes == {"two-apps-one": [2, 2], "two-apps-two": [4, 4]}
         assert "two-apps-two" not in apps()
         # the survivor still serves and still takes changes
-        a.apply(decision(1))
+        a.apply(batch(1))
         assert httpx.post(a.endpoint, content=png_bytes, timeout=30).status_code == 200
     assert "two-apps-one" not in apps()
 
@@ -54,8 +54,8 @@ def test_applying_one_app_leaves_the_other_serving(serve_port, png_bytes):
 def test_a_second_app_on_a_taken_route_prefix_is_a_clear_error(serve_port):
     first = AppOptions(pipeline="identity-chain", app_name="prefix-first", route_prefix="/same")
     second = AppOptions(pipeline="identity-chain", app_name="prefix-second", route_prefix="/same")
-    with LocalServer(first, port=serve_port, decision=decision(1)):
+    with LocalServer(first, port=serve_port, decision=batch(1)):
         with pytest.raises(ReconfigurationError, match="'/same' is already served by application 'prefix-first'"):
-            with LocalServer(second, port=serve_port, decision=decision(1)):
+            with LocalServer(second, port=serve_port, decision=batch(1)):
                 pass
         assert "prefix-first" in apps() and "prefix-second" not in apps()
