@@ -33,25 +33,31 @@ from varipipe.adapter.configurations import (
 from varipipe.adapter.optimizer import solve
 from varipipe.adapter.policy import Forecast, Policy, PolicyContext
 from varipipe.errors import ConfigError, UnknownNameError
-from varipipe.records import Decision, DecisionStatus, Observation, StageDecision
+from varipipe.records import Decision, DecisionStatus, Observation, Profile, StageDecision
 
 __all__ = ["POLICIES", "make_policy", "price_decision", "default_variant", "StaticPolicy", "SolverPolicy",
-           "RayPolicy", "OraclePolicy", "RAY_DEFAULTS"]
+           "RayPolicy", "OraclePolicy", "RAY_DEFAULTS", "ranked_variants"]
 
 
 def default_variant(ctx: PolicyContext, stage: str) -> str:
     """The spec's default variant of a stage, else the profile's most accurate one."""
     if ctx.spec is not None and stage in ctx.spec.stage_names:
         return ctx.spec.stage(stage).default_variant
-    return _ranked_variants(ctx, stage)[-1]
+    return max(ctx.profile.for_stage(stage), key=lambda p: (p.accuracy, -p.latency_p99_s)).variant
 
 
-def _ranked_variants(ctx: PolicyContext, stage: str) -> list[str]:
-    """Variants of a stage from smallest to largest: by accuracy, then by batch-1 latency."""
+def ranked_variants(profile: Profile, stage: str) -> list[str]:
+    """Variants of a stage from lightest to heaviest: by batch-1 latency (its best hardware), then accuracy.
+
+    FA2-low / FA2-high run the lightest / heaviest variants (IPA's baselines). Size is
+    read from compute, not from the accuracy figures: those need not grow with size
+    (an agreement score ranks a variant by how much it agrees with the reference,
+    so a larger input than the reference's can score lower).
+    """
     best: dict[str, tuple[float, float]] = {}
-    for p in ctx.profile.for_stage(stage):
-        acc, lat = best.get(p.variant, (p.accuracy, math.inf))
-        best[p.variant] = (max(acc, p.accuracy), min(lat, p.latency_p99_s) if p.batch == 1 else lat)
+    for p in profile.for_stage(stage):
+        lat, acc = best.get(p.variant, (math.inf, p.accuracy))
+        best[p.variant] = (min(lat, p.latency_p99_s) if p.batch == 1 else lat, max(acc, p.accuracy))
     return sorted(best, key=lambda v: best[v])
 
 
@@ -154,7 +160,7 @@ class SolverPolicy:
 def _fa2(which: str) -> Callable[..., Policy]:
     def build(ctx: PolicyContext, **options: Any) -> Policy:
         pick = 0 if which == "low" else -1
-        pins = {s: _ranked_variants(ctx, s)[pick] for s in ctx.profile.stages}
+        pins = {s: ranked_variants(ctx.profile, s)[pick] for s in ctx.profile.stages}
         return SolverPolicy(ctx, name=f"fa2-{which}", pinned=pins, **options)
 
     return build

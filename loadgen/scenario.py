@@ -154,15 +154,16 @@ def fastest_path_s(profile: Profile, statistic: str) -> float:
 
 
 def _largest_fits(profile: Profile, stage: str, sla_s: float) -> list[ProfilePoint]:
-    pts = profile.for_stage(stage)
-    best_acc = max(p.accuracy for p in pts)
-    largest = [p for p in pts if p.accuracy == best_acc]
+    from varipipe.adapter.policies import ranked_variants
+
+    heaviest = ranked_variants(profile, stage)[-1]  # the variant fa2-high runs
+    largest = [p for p in profile.for_stage(stage) if p.variant == heaviest]
     return [p for p in largest if p.latency_p99_s <= sla_s] or [min(largest, key=lambda p: p.latency_p99_s)]
 
 
 def peak_replicas_largest(profile: Profile, peak_rps: float, sla_s: float,
                           rho_max: float) -> dict[str, tuple[int, float]]:
-    """Per stage, (replicas, cores per replica) the largest (most accurate) variant needs at ``peak_rps``.
+    """Per stage, (replicas, cores per replica) the largest (heaviest, as fa2-high) variant needs at ``peak_rps``.
 
     The configuration (batch, hardware) of that variant whose p99 fits the SLA
     and needs the fewest cores, ``ceil(λ_s / (ρ_max·h)) · cores``, with λ_s the

@@ -61,6 +61,20 @@ def test_fa2_fixes_smallest_and_largest_variants():
     assert [s.variant for s in high.stages] == ["yolov3-tiny-608", "efficientnet-lite2", "gemma3-270m"]
 
 
+def test_fa2_ranks_by_size_not_by_accuracy_figure():
+    # An agreement score can rank the heaviest variant lowest (the detector at 608 agrees
+    # less with the 416 reference than 320 does): FA2-high still runs the heaviest.
+    import dataclasses
+
+    pts = tuple(dataclasses.replace(p, accuracy=0.05) if p.variant == "yolov3-tiny-608" else p
+                for p in PROFILE.points)
+    ctx = dataclasses.replace(CTX, profile=dataclasses.replace(PROFILE, points=pts))
+    low = make_policy("fa2-low", ctx).decide(obs(0.5), Forecast(0.5), EMPTY)
+    high = make_policy("fa2-high", ctx).decide(obs(0.5), Forecast(0.5), EMPTY)
+    assert low.stage("detector").variant == "yolov3-tiny-320"
+    assert high.stage("detector").variant == "yolov3-tiny-608"
+
+
 def test_rim_keeps_replicas_fixed():
     d = make_policy("rim", CTX, replicas=2).decide(obs(1.0), Forecast(1.0), EMPTY)
     assert all(s.replicas == 2 for s in d.stages)
