@@ -31,7 +31,7 @@ from varipipe.loadgen.simulator import SimSeries
 from varipipe.records import Decision, Profile, hardware_cores
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
-           "file_sha256", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
+           "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
 
 StartLive = Callable[[str, float], AbstractContextManager[str]]
 
@@ -231,6 +231,13 @@ def git_commit(repo: Path | None = None) -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def checkout_relative(path: str | Path) -> str:
+    """``path`` relative to this checkout when it lies inside it (results name no machine's paths)."""
+    root = Path(__file__).resolve().parents[1]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from varipipe.loadgen.experiment import (
+        checkout_relative,
         file_sha256,
         git_commit,
         run_live,
@@ -158,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
             body, ctype = load_image(args.image)
             outcomes = run_live(start, profile, times, body, ctype, policies, plan["slas"], cost_mode, interval,
                                 on_done=done, records_dir=Path(args.out) / "records")
-    meta = {"git_commit": git_commit(), "profile": profile_path, "profile_sha256": file_sha256(profile_path),
-            "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
+    meta = {"git_commit": git_commit(), "profile": checkout_relative(profile_path),
+            "profile_sha256": file_sha256(profile_path), "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
             "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "requests": int(len(times)),
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
