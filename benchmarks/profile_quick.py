@@ -67,7 +67,8 @@ def _run(spec, out: Path, policy, keys, reuse_accuracy, label: str):
                          reuse_accuracy=reuse_accuracy, nice=DEFAULT_NICE)
     t0 = time.monotonic()
     summary = run_profile(req)
-    return {p.key: p for p in summary.profile.points}, time.monotonic() - t0
+    refs = {k: c.get("host_speed_ref_s") for k, c in summary.profile.metadata.get("conditions", {}).items()}
+    return {p.key: p for p in summary.profile.points}, refs, time.monotonic() - t0
 
 
 def _quick_duration(args, spec) -> dict:
@@ -138,9 +139,9 @@ def main() -> int:
     keys = subset_keys()
 
     quick_duration = _quick_duration(args, spec)
-    full_a, sec_a = _run(spec, work / "full-a.json", FULL, keys, reuse, "full A")
-    full_b, sec_b = _run(spec, work / "full-b.json", FULL, keys, reuse, "full B")
-    quick, sec_q = _run(spec, work / "quick.json", QUICK, keys, reuse, "quick")
+    full_a, ref_a, sec_a = _run(spec, work / "full-a.json", FULL, keys, reuse, "full A")
+    full_b, ref_b, sec_b = _run(spec, work / "full-b.json", FULL, keys, reuse, "full B")
+    quick, _, sec_q = _run(spec, work / "quick.json", QUICK, keys, reuse, "quick")
 
     rows = []
     for k in sorted(full_a):
@@ -149,10 +150,16 @@ def main() -> int:
             continue
         p50_spread = abs(a.latency_p50_s - b.latency_p50_s) / min(a.latency_p50_s, b.latency_p50_s)
         p99_full = (a.latency_p99_s + b.latency_p99_s) / 2
-        rows.append({"point": _key_name(k), "p50_a_s": a.latency_p50_s, "p50_b_s": b.latency_p50_s,
-                     "p50_spread": p50_spread, "p99_full_s": p99_full, "p99_quick_s": q.latency_p99_s,
-                     "p99_quick_rel_error": abs(q.latency_p99_s - p99_full) / p99_full,
-                     "samples_full": [a.samples, b.samples], "samples_quick": q.samples})
+        row = {"point": _key_name(k), "p50_a_s": a.latency_p50_s, "p50_b_s": b.latency_p50_s,
+               "p50_spread": p50_spread, "p99_full_s": p99_full, "p99_quick_s": q.latency_p99_s,
+               "p99_quick_rel_error": abs(q.latency_p99_s - p99_full) / p99_full,
+               "samples_full": [a.samples, b.samples], "samples_quick": q.samples}
+        ra, rb = ref_a.get(_key_name(k)), ref_b.get(_key_name(k))
+        if ra and rb:  # diagnostic: how fast the host itself ran during each run of the point
+            row["host_ref_ratio_b_over_a"] = rb / ra
+            pa, pb = a.latency_p50_s / ra, b.latency_p50_s / rb
+            row["p50_spread_per_host_speed"] = abs(pa - pb) / min(pa, pb)
+        rows.append(row)
     spreads = [r["p50_spread"] for r in rows]
     errors = [r["p99_quick_rel_error"] for r in rows]
     result = {
@@ -171,14 +178,26 @@ def main() -> int:
         "quick_vs_full_p99": {"max_rel_error": max(errors), "mean_rel_error": sum(errors) / len(errors),
                               "points_within_20pct": sum(e <= QUICK_P99_TOLERANCE for e in errors),
                               "points": len(errors)},
+        "host_speed_note": ("diagnostic, not the target: host_ref_ratio_b_over_a is how much slower the "
+                            "host's core ran a fixed reference loop around the point in run B than in run A; "
+                            "p50_spread_per_host_speed is the spread of p50 / reference"),
         "rows": rows,
     }
+    adjusted = [r["p50_spread_per_host_speed"] for r in rows if "p50_spread_per_host_speed" in r]
+    if adjusted:
+        result["repeatability"]["per_host_speed"] = {
+            "max_p50_spread": max(adjusted), "mean_p50_spread": sum(adjusted) / len(adjusted),
+            "points_within_10pct": sum(s <= REPEAT_P50_TOLERANCE for s in adjusted), "points": len(adjusted),
+            "max_host_ref_change": max(abs(r["host_ref_ratio_b_over_a"] - 1) for r in rows
+                                       if "host_ref_ratio_b_over_a" in r)}
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for r in rows:
         print(f"{r['point']:45s} p50 {r['p50_a_s'] * 1e3:8.1f} / {r['p50_b_s'] * 1e3:8.1f} ms "
               f"(spread {r['p50_spread']:6.1%})   p99 full {r['p99_full_s'] * 1e3:8.1f} quick "
-              f"{r['p99_quick_s'] * 1e3:8.1f} ms ({r['p99_quick_rel_error']:6.1%})")
+              f"{r['p99_quick_s'] * 1e3:8.1f} ms ({r['p99_quick_rel_error']:6.1%})"
+              + (f"   host B/A {r['host_ref_ratio_b_over_a']:5.2f}" if "host_ref_ratio_b_over_a" in r else ""))
     print(json.dumps({k: result[k] for k in ("quick_profile", "quick_duration_ok", "subset_seconds",
                                              "repeatability", "quick_vs_full_p99")}, indent=1))
     print(f"wrote {args.out}")

@@ -137,8 +137,29 @@ def cpu_pressure() -> float | None:
         return None
 
 
+# Host-speed reference: a fixed pure-Python loop (about 20 ms on this machine kind),
+# timed REFERENCE_REPEATS times just before and just after each point. On a shared
+# or virtualised host the core itself runs faster or slower from minute to minute;
+# the reference shows that drift next to the point's latencies (``conditions``).
+_REFERENCE_LOOP = 50_000
+REFERENCE_REPEATS = 5
+
+
+def host_speed_reference_s() -> float:
+    """Median seconds of the fixed reference loop: larger means the host is slower right now."""
+    times = []
+    for _ in range(REFERENCE_REPEATS):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(_REFERENCE_LOOP):
+            total += i * i
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: SamplingPolicy,
                 ) -> tuple[list[float], float, dict]:
+    ref_before = host_speed_reference_s()
     start = time.perf_counter()
     for w in range(policy.warmup_batches):
         variant.infer(make_batch(inputs, batch, w * batch))
@@ -153,9 +174,11 @@ def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: Sampling
         variant.infer(payloads)
         samples.append(time.perf_counter() - t0)
         busy += time.process_time() - c0
+    seconds = time.perf_counter() - start
     conditions = {"cpu_s_per_batch": busy / len(samples), "wall_s_per_batch": sum(samples) / len(samples),
-                  "cpu_pressure_some_avg10": cpu_pressure()}
-    return samples, time.perf_counter() - start, conditions
+                  "cpu_pressure_some_avg10": cpu_pressure(),
+                  "host_speed_ref_s": (ref_before + host_speed_reference_s()) / 2}
+    return samples, seconds, conditions
 
 
 def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payload], batches: Sequence[int],

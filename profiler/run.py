@@ -149,7 +149,9 @@ class _Run:
         self.metadata["conditions_note"] = (
             "per point: process CPU seconds vs wall seconds per batch (cpu_share = their ratio; about "
             "the threads used when the host is idle, far less when other work competes for the cores) and "
-            "the host's CPU pressure (PSI some avg10) when the point finished")
+            "the host's CPU pressure (PSI some avg10) when the point finished; host_speed_ref_s: median "
+            "seconds of a fixed pure-Python loop run just before and after the point (mean of the two), "
+            "larger when the host's cores run slower")
         self.metadata["memory_method"] = (
             "peak RSS (VmHWM) of a fresh measuring process per (variant, hardware), reset just before the "
             "model is built, minus the RSS at that moment: weights + runtime + activations of the largest "

@@ -41,6 +41,8 @@ def test_cli_profiles_identity_chain_in_separate_processes(tmp_path, capsys):
     meta = prof.metadata
     assert meta["mode"] == "quick" and "peak RSS" in meta["memory_method"] and meta["failed"]
     assert {f["variant"] for f in meta["latency_model"]["p99"]["fits"]} == {"fast", "slow"}
+    cond = meta["conditions"]["first/slow/cpu:1/b1"]  # how contended the host was while measuring
+    assert cond["wall_s_per_batch"] >= 0.004 and 0 <= cond["cpu_share"] and cond["host_speed_ref_s"] > 0
 
 
 @pytest.mark.slow
