@@ -143,13 +143,20 @@ def _same_shape(a: Decision, b: Decision | None) -> bool:
 class ControlLoop:
     """Runs a policy against a live or simulated pipeline; see the module docstring."""
 
-    def __init__(self, policy: Policy, predictor: Predictor, apply: Callable[[Decision], None],
+    def __init__(self, policy: Policy, predictor: Predictor | None, apply: Callable[[Decision], None],
                  observe: Callable[[], Observation], clock: Callable[[], float], *,
                  sleep: Callable[[float], None] | None = None, store: DecisionStore | None = None,
                  initial: Decision | None = None, dry_run: bool = False, pins: Mapping[str, str] | None = None,
                  hold_intervals: int = HOLD_INTERVALS, load_drop_fraction: float = LOAD_DROP_FRACTION,
-                 log_size: int = LOG_SIZE) -> None:
+                 log_size: int = LOG_SIZE, forecast: Callable[[Observation], Forecast] | None = None,
+                 verbose: bool = True) -> None:
+        """``forecast(observation)``, when given, replaces ``predictor`` (the simulator's
+        forecasters see the time, e.g. the oracle's); ``verbose=False`` keeps applies out of
+        the INFO log (a simulated day applies thousands of times)."""
+        if predictor is None and forecast is None:
+            raise ValueError("ControlLoop needs a predictor or a forecast function")
         self.policy, self.predictor = policy, predictor
+        self._forecast_fn, self.verbose = forecast, verbose
         self._apply, self._observe, self._clock, self._sleep = apply, observe, clock, sleep
         self.store = store
         self.dry_run = dry_run
@@ -202,6 +209,9 @@ class ControlLoop:
         log.warning("control loop: %s (serving continues on the last decision)", message)
 
     def _forecast(self, obs: Observation) -> Forecast:
+        if self._forecast_fn is not None:
+            return self._forecast_fn(obs)
+        assert self.predictor is not None
         history = list(obs.history_rps)
         if not history:
             self._history.append(obs.arrival_rps)
@@ -273,7 +283,9 @@ class ControlLoop:
         took = self._clock() - t
         self.applied, self._held, self._failures = new, 0, 0
         self._applies += 1
-        log.info("control loop applied (%s, %.2fs): %s", new.status.value, took, new.explanation.replace("\n", " | "))
+        if self.verbose:
+            log.info("control loop applied (%s, %.2fs): %s", new.status.value, took,
+                     new.explanation.replace("\n", " | "))
         if self.store is not None:
             try:
                 self.store.save(new)

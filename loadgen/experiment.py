@@ -224,11 +224,14 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The checkout's HEAD commit, '' when not in a git checkout."""
+    """The checkout's HEAD commit, with ``+dirty`` when tracked files differ from it; '' outside git."""
     try:
         cwd = repo or Path(__file__).resolve().parents[1]
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + "+dirty" if head and changed else head
     except (OSError, subprocess.SubprocessError):
         return ""
 

@@ -13,9 +13,13 @@ batch that would take it is expected to finish is shed (dropped), by the same
 rule and moving average of batch times as the live stages (:mod:`varipipe.admission`).
 
 Every ``interval_s`` the simulator builds an :class:`Observation`, asks the
-forecaster for the next interval's load and calls the policy -- the same
-``Policy`` objects the live control loop uses. A changed decision takes effect
-after the reconfiguration delays measured on Ray Serve (below).
+forecaster for the next interval's load and steps the live adapter's
+:class:`~varipipe.adapter.loop.ControlLoop` with them: the same ``Policy``
+objects and the same rules for when a decision is applied (a batch-wait change
+alone is not; capacity is given back only after the hysteresis). Ray's own
+autoscaler (policy ``ray``) runs without that loop, as it does live. An
+applied decision takes effect after the reconfiguration delays measured on Ray
+Serve (below).
 
 Time advances in segments in which every configuration is fixed; within a
 segment stages are processed in pipeline order, which is exact because a batch
@@ -23,8 +27,10 @@ that starts inside a segment depends only on arrivals before its start. In
 ``shared`` cost mode all replicas share the host's cores (processor sharing):
 during each ``SHARED_SLICE_S`` slice every batch runs slower by
 ``max(1, busy threads / cores)`` of the previous slice (a mean-field
-approximation with one slice of lag). In ``reserved`` mode each replica owns
-its cores.
+approximation with one slice of lag). A reconfiguration adds its own CPU there
+(a replica start, a model load; measured on Ray Serve) over its delay, as
+replica processes starting on the same cores do live. In ``reserved`` mode each
+replica owns its cores.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import Forecast, Policy
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
@@ -62,6 +69,8 @@ __all__ = [
     "REPLICA_REMOVE_S",
     "BATCH_CHANGE_S",
     "VARIANT_SWITCH_S",
+    "REPLICA_START_CPU_S",
+    "VARIANT_SWITCH_CPU_S",
 ]
 
 # Reconfiguration delays, ../shared/RAY_SERVE_FACTS.md ("Which call changes what"),
@@ -72,6 +81,11 @@ BATCH_CHANGE_S = 0.8  # user_config with batch settings, set_max_batch_size in r
 USER_CONFIG_S = 0.4  # a plain user_config change reaches live replicas in 0.4 s
 MODEL_LOAD_S = 2.0  # "2.4 s with a 2 s model load": the load measured there
 VARIANT_SWITCH_S = USER_CONFIG_S + MODEL_LOAD_S  # variant switch = reconfigure + model load
+# CPU that a change burns on the host while it takes effect (shared mode only: the
+# cores serving replicas run on). Not charged yet (0): benchmarks/replica_start_cpu.py
+# measures them on vision-caption-ci.
+REPLICA_START_CPU_S = 0.0  # a new replica process: Ray worker, runtime import, model load
+VARIANT_SWITCH_CPU_S = 0.0  # per replica: loading the new variant beside the serving one
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
@@ -380,6 +394,13 @@ class _Run:
         self.interval_obs: list[list] = [[[], [], 0, 0] for _ in self.stages]  # sojourns, counts, drops, arrivals
         self.e2e_window: list[np.ndarray] = []
         self.initial = initial
+        # The live adapter's control loop, with the same gating (a batch-wait change alone is
+        # not applied; hysteresis before giving capacity back). Not for Ray's autoscaler,
+        # which live runs inside Serve without varipipe's loop (controller_logic.build_loop).
+        self._now, self._step_in = 0.0, None
+        self.loop = None if hasattr(policy, "autoscaling_config") else ControlLoop(
+            policy, None, self._apply, observe=lambda: self._step_in[0], clock=lambda: self._now,
+            initial=initial, forecast=lambda _obs: self._step_in[1], verbose=False, log_size=1)
 
     def _make_stages(self) -> list[_Stage]:
         """Items per request multiply along the chain (the adapter's ``stage_loads``): a stage
@@ -420,17 +441,25 @@ class _Run:
         self.current = decision
 
     def _schedule(self, new: Decision, t: float) -> None:
-        """Queue the changes from the current decision to ``new`` with their delays."""
+        """Queue the changes from the current decision to ``new`` with their delays; in shared
+        mode the CPU they burn meanwhile (model loads, replica starts) slows the running batches."""
         for st, old, sd in zip(self.stages, self.current.stages, new.stages, strict=True):
             if (old.variant, old.hardware) != (sd.variant, sd.hardware):
                 self._push(t + VARIANT_SWITCH_S, st.index, "model", sd)
+                self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas) * VARIANT_SWITCH_CPU_S)
             elif (old.batch, old.batch_wait_s) != (sd.batch, sd.batch_wait_s):
                 self._push(t + BATCH_CHANGE_S, st.index, "batch", sd)
             if sd.replicas > old.replicas:
                 self._push(t + REPLICA_ADD_S, st.index, "add", sd.replicas - old.replicas)
+                self._charge(t, REPLICA_ADD_S, (sd.replicas - old.replicas) * REPLICA_START_CPU_S)
             elif sd.replicas < old.replicas:
                 self._push(t + REPLICA_REMOVE_S, st.index, "remove", old.replicas - sd.replicas)
         self.current = new
+
+    def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
+        """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
+        if self.busy is not None and cpu_s > 0:
+            _add_busy(self.busy, t, t + seconds, cpu_s / seconds)
 
     def _push(self, t: float, stage: int, kind: str, value: object) -> None:
         heapq.heappush(self.events, (t, self.seq, stage, kind, value))
@@ -587,19 +616,32 @@ class _Run:
             fc = Forecast(rps=float(self.counts[:max(iv, 1)].mean()), predictor="warm-start")
         else:
             fc = self.forecaster(t, obs.history_rps)
-        cur = self.current or self.initial or Decision(stages=())
-        new = self.policy.decide(obs, fc, cur)
+        lo, hi = int(t), min(int(t + self.cfg.interval_s), len(self.pred))
+        self.pred[lo:hi] = fc.rps
+        self._now, self._step_in = t, (obs, fc)
+        if self.loop is None:  # Ray's own autoscaler: every decision applies, as Serve scales itself
+            new = self.policy.decide(obs, fc, self.current or self.initial or Decision(stages=()))
+            if self.current is None or not new.same_config(self.current):
+                self._apply(new)
+        else:
+            entry = self.loop.step()
+            if entry.action == "failed":
+                raise VaripipeError(f"policy {self.policy.name!r} at t={t:.0f} s: {entry.note}")
+            if self.current is None:  # the initial decision was kept: it goes in force now
+                assert self.loop.applied is not None
+                self._apply(self.loop.applied)
+        self.timeline.append(self.current)
+
+    def _apply(self, new: Decision) -> None:
+        """The control loop's ``apply``: the first decision at once, later ones with their delays."""
         if [s.stage for s in new.stages] != list(self.profile.stages):
             raise VaripipeError(f"policy {self.policy.name!r} returned stages {[s.stage for s in new.stages]}, "
                                 f"expected {list(self.profile.stages)}")
-        self.timeline.append(new)
-        lo, hi = int(t), min(int(t + self.cfg.interval_s), len(self.pred))
-        self.pred[lo:hi] = fc.rps
-        if first:
-            self._apply_now(new, t)
-        elif not new.same_config(self.current):
+        if self.current is None:
+            self._apply_now(new, self._now)
+        else:
             self.changes += 1
-            self._schedule(new, t)
+            self._schedule(new, self._now)
 
     def run(self) -> None:
         t, iv = 0.0, self.cfg.interval_s

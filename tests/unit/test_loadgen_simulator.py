@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from varipipe.adapter.policy import Forecast
-from varipipe.loadgen.simulator import REPLICA_ADD_S, SimConfig, simulate
+from varipipe.loadgen import simulator
+from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.profiler.store import load_profile
 from varipipe.records import Decision, Observation, Profile, ProfilePoint, StageDecision
@@ -141,6 +142,76 @@ def test_shared_mode_processor_sharing_slows_batches():
     assert shared.mean_latency_s > 1.5 * reserved.mean_latency_s
     assert shared.mean_cost <= 1.0 + 1e-9  # CPU-seconds per second, at most the host's cores
     assert shared.cost_unit != reserved.cost_unit
+
+
+def test_shared_mode_charges_a_replica_start_its_cpu(monkeypatch):
+    # Both stages go from 1 to 2 replicas at t=10; the starts burn CPU for REPLICA_ADD_S.
+    arr = _arrivals(3, 30)
+
+    def run(start_cpu_s: float, cores: float):
+        monkeypatch.setattr(simulator, "REPLICA_START_CPU_S", start_cpu_s)
+        return _run(arr, Fixed(replicas=1, later={10.0: 2}), mode="shared", cores=cores, sla=60.0)
+
+    free, charged = run(0.0, 8.0), run(6.0, 8.0)
+    extra = charged.series.cost - free.series.cost  # CPU-seconds per second (below the 8-core cap)
+    assert extra.sum() == pytest.approx(2 * 6.0)  # two new replicas, 6 CPU-s each
+    assert np.flatnonzero(extra > 1e-9).tolist() == list(range(10, 10 + int(np.ceil(REPLICA_ADD_S))))
+    # On one core the batches running meanwhile slow down; before the change nothing differs.
+    free, charged = run(0.0, 1.0), run(6.0, 1.0)
+    lat_free, lat_charged = free.table.latency_s, charged.table.latency_s
+    before = arr < 10.0
+    assert lat_charged[before] == pytest.approx(lat_free[before])
+    during = (arr >= 11.0) & (arr < 10.0 + REPLICA_ADD_S)
+    assert lat_charged[during].mean() > 1.5 * lat_free[during].mean()
+
+
+def test_shared_mode_charges_a_variant_switch_per_replica(monkeypatch):
+    class Switch(Fixed):
+        def decide(self, observation, forecast, current):
+            variant = "w" if observation.time_s >= 10.0 else "v"
+            return Decision(tuple(StageDecision(s, variant, 1, 3, "cpu:1") for s in ("a", "b")))
+
+    profile = Profile("test", tuple(_point(s, v, 1, 0.1) for s in ("a", "b") for v in ("v", "w")))
+    arr = _arrivals(2, 30)
+    runs = []
+    for cpu in (0.0, 1.5):
+        monkeypatch.setattr(simulator, "VARIANT_SWITCH_CPU_S", cpu)
+        runs.append(simulate(profile, arr, Switch(), _last, SimConfig(60.0, 10.0, "shared", 8.0, 0)))
+    extra = runs[1].series.cost - runs[0].series.cost
+    assert extra.sum() == pytest.approx(2 * 3 * 1.5)  # two stages, three replicas each load the new model
+    assert extra[:10].sum() == 0 and extra[10 + int(np.ceil(VARIANT_SWITCH_S)):].sum() == pytest.approx(0)
+
+
+class Scripted:
+    """Stand-in policy: (replicas, batch wait, load) per decision step, then the last one again."""
+
+    name = "scripted"
+
+    def __init__(self, steps: list[tuple[int, float, float]]) -> None:
+        self.steps, self.i = steps, 0
+
+    def decide(self, observation, forecast, current) -> Decision:
+        reps, wait, load = self.steps[min(self.i, len(self.steps) - 1)]
+        self.i += 1
+        return Decision(tuple(StageDecision(s, "v", 4, reps, "cpu:1", wait) for s in ("a", "b")),
+                        load_rps=load, predicted_latency_s=1.0, time_s=observation.time_s)
+
+
+def test_a_batch_wait_change_alone_is_not_applied_as_live():
+    # The wait follows the load every interval (as the solver's does); the shape never changes.
+    r = _run(_arrivals(5, 60), Scripted([(2, 0.05 + 0.01 * i, 5.0) for i in range(6)]))
+    assert r.decisions == 0
+    assert {d.stages[0].batch_wait_s for d in r.timeline} == {0.05}  # the first one stays in force
+
+
+def test_capacity_is_given_back_after_the_live_hysteresis():
+    from varipipe.adapter.loop import HOLD_INTERVALS
+
+    # 3 replicas for load 5, then a proposal of 2 for load 4.5 (a 10 % fall: held) from t=10.
+    r = _run(_arrivals(5, 80), Scripted([(3, 0.0, 5.0), (2, 0.0, 4.5)]))
+    replicas = [d.stages[0].replicas for d in r.timeline]
+    assert replicas[:HOLD_INTERVALS] == [3] * HOLD_INTERVALS  # t=0 and the held proposals
+    assert replicas[HOLD_INTERVALS] == 2 and r.decisions == 1
 
 
 def test_policy_sees_observations_and_history():
