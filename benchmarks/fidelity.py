@@ -136,7 +136,7 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / b if b else float("inf")
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", default="vision-caption-ci")
     ap.add_argument("--profiles", default=str(ROOT / "profiler" / "profiles" / "vision-caption-ci.json"))
@@ -150,42 +150,39 @@ def main() -> int:
     ap.add_argument("--ray-high-rps", type=float, default=4.0, help="ray check: an overload that makes Ray scale")
     ap.add_argument("--ray-step-s", type=int, default=90)
     ap.add_argument("--ray-downscale-delay", type=float, default=30.0)
+    ap.add_argument("--ray-sla", type=float, default=30.0,
+                    help="ray check's SLA: long, so that admission control sheds little and the queue that "
+                         "Ray's autoscaler reacts to builds up (with the pipeline's own SLA Ray never scaled)")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--only-ray", action="store_true", help="the ray check alone (no calibration, no policies)")
     ap.add_argument("--calib-rps", type=float, default=0.3, help="calibration window: constant rate")
     ap.add_argument("--calib-s", type=int, default=60, help="calibration window: length")
     ap.add_argument("--image", default="chelsea")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity.json"))
     ap.add_argument("--records", type=Path, default=None,
                     help="write the live runs' request records (JSON lines) into this folder")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from varipipe.spec import find_spec
 
-    spec = find_spec(args.pipeline)
-    sla_s = args.sla or spec.sla.latency_s
-    profile = load_profile(args.profiles)
-    body, ctype = load_image(args.image)
-    stages = list(spec.stage_names)
-    max_replicas = 4
-    high = args.high_fraction * MEASURED_CAPACITY_RPS
-    trace = step_trace([args.low_rps, high, args.low_rps], args.step_s)
-    times = arrival_times(trace, "poisson", args.seed)
-    policies = args.policies.split(",")
-    base = SimSettings(sla_s=sla_s, interval_s=args.interval, cost_mode="shared", cluster_cores=2.0,
-                       max_replicas=max_replicas, seed=args.seed)
-    slas = {"sla": sla_s}
-    print(f"fidelity: {args.pipeline}, SLA {sla_s:g}s, {len(times)} requests over {trace.duration_s}s "
-          f"(steps {args.low_rps:g} / {high:.2f} / {args.low_rps:g} req/s)", flush=True)
-
-    replica_log: list = []
+def _calibrate(args, profile, body, ctype, policy, slas, base, max_replicas) -> dict:
+    """The one calibration constant, fitted on its own window: live minus simulated mean latency."""
     calib_times = arrival_times(step_trace([args.calib_rps], args.calib_s), "poisson", args.seed + 1)
-    start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {})
-    [calib_live] = run_live(start, profile, calib_times, body, ctype, [policies[0]], slas, "shared", args.interval)
-    [calib_sim] = run_sim(profile, calib_times, [policies[0]], slas, base)
+    start = _live(args.pipeline, args.profiles, args.interval, max_replicas, [], {})
+    [calib_live] = run_live(start, profile, calib_times, body, ctype, [policy], slas, "shared", args.interval)
+    [calib_sim] = run_sim(profile, calib_times, [policy], slas, base)
     overhead_s = max(calib_live.mean_latency_s - calib_sim.mean_latency_s, 0.0)
-    print(f"calibration ({policies[0]}, {args.calib_rps:g} req/s for {args.calib_s}s, seed {args.seed + 1}): "
+    print(f"calibration ({policy}, {args.calib_rps:g} req/s for {args.calib_s}s, seed {args.seed + 1}): "
           f"live mean {calib_live.mean_latency_s:.3f}s, sim mean {calib_sim.mean_latency_s:.3f}s -> "
           f"overhead {overhead_s:.3f}s", flush=True)
+    return {"overhead_s": overhead_s, "policy": policy, "rps": args.calib_rps, "seconds": args.calib_s,
+            "seed": args.seed + 1, "live_mean_latency_s": calib_live.mean_latency_s,
+            "sim_mean_latency_s": calib_sim.mean_latency_s}
+
+
+def _compare_policies(args, profile, times, body, ctype, policies, slas, base, max_replicas,
+                      overhead_s: float) -> list[dict]:
+    """Each policy live and simulated (without and with the calibration) on the same arrivals."""
+    start = _live(args.pipeline, args.profiles, args.interval, max_replicas, [], {})
     live = run_live(start, profile, times, body, ctype, policies, slas, "shared", args.interval,
                     records_dir=args.records,
                     on_done=lambda o: print(f"  live {o.policy}: p99 {o.p99_latency_s:.3f}s attainment "
@@ -214,18 +211,49 @@ def main() -> int:
                   f"{lo.mean_cost:.3f} sim {decision_cost:.3f} ({100 * cmp['decision_cost_rel_diff']:.1f} %)",
                   flush=True)
         rows.append(row)
+    return rows
+
+
+def main() -> int:
+    args = _args()
+    from varipipe.spec import find_spec
+
+    spec = find_spec(args.pipeline)
+    sla_s = args.sla or spec.sla.latency_s
+    profile = load_profile(args.profiles)
+    body, ctype = load_image(args.image)
+    stages = list(spec.stage_names)
+    max_replicas = 4
+    high = args.high_fraction * MEASURED_CAPACITY_RPS
+    trace = step_trace([args.low_rps, high, args.low_rps], args.step_s)
+    times = arrival_times(trace, "poisson", args.seed)
+    policies = args.policies.split(",")
+    base = SimSettings(sla_s=sla_s, interval_s=args.interval, cost_mode="shared", cluster_cores=2.0,
+                       max_replicas=max_replicas, seed=args.seed)
+    slas = {"sla": sla_s}
+    print(f"fidelity: {args.pipeline}, SLA {sla_s:g}s, {len(times)} requests over {trace.duration_s}s "
+          f"(steps {args.low_rps:g} / {high:.2f} / {args.low_rps:g} req/s)", flush=True)
+
+    replica_log: list = []
+    rows: list[dict] = []
+    calibration = None
+    if not args.only_ray:
+        calibration = _calibrate(args, profile, body, ctype, policies[0], slas, base, max_replicas)
+        rows = _compare_policies(args, profile, times, body, ctype, policies, slas, base, max_replicas,
+                                 calibration["overhead_s"])
 
     ray = None
     if not args.skip_ray:
         rtrace = step_trace([args.low_rps, args.ray_high_rps, args.low_rps], args.ray_step_s)
         rtimes = arrival_times(rtrace, "poisson", args.seed)
         ropts = _ray_options(args.ray_downscale_delay)
-        replica_log.clear()
+        rslas = {"ray-sla": args.ray_sla}
         print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
-              f"{args.ray_step_s}s each", flush=True)
+              f"{args.ray_step_s}s each, SLA {args.ray_sla:g}s", flush=True)
         start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
-        run_live(start, profile, rtimes, body, ctype, ["ray"], slas, "shared", args.interval)
-        [rsim] = run_sim(profile, rtimes, ["ray"], slas, replace(base, policy_options=ropts))
+        run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
+        [rsim] = run_sim(profile, rtimes, ["ray"], rslas,
+                         replace(base, sla_s=args.ray_sla, policy_options=ropts))
         live_r = _live_replicas(replica_log[0][1], stages, rtrace.duration_s)
         sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)
         per_stage = {}
@@ -241,17 +269,14 @@ def main() -> int:
                   f"max |diff| {per_stage[s]['max_abs_diff']}, within ±1 "
                   f"{per_stage[s]['within_1_fraction']}", flush=True)
         ray = {"trace_rps": [args.low_rps, args.ray_high_rps, args.low_rps], "step_s": args.ray_step_s,
-               "policy_options": ropts, "per_stage": per_stage,
+               "sla_s": args.ray_sla, "policy_options": ropts, "per_stage": per_stage,
                "series": {"live": live_r, "sim": sim_r}}
 
     doc = {"pipeline": args.pipeline, "profile": _relative(args.profiles), "sla_s": sla_s, "interval_s": args.interval,
            "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
            "trace_rps": [args.low_rps, high, args.low_rps], "step_s": args.step_s,
            "measured_capacity_rps": MEASURED_CAPACITY_RPS,
-           "calibration": {"overhead_s": overhead_s, "policy": policies[0], "rps": args.calib_rps,
-                           "seconds": args.calib_s, "seed": args.seed + 1,
-                           "live_mean_latency_s": calib_live.mean_latency_s,
-                           "sim_mean_latency_s": calib_sim.mean_latency_s},
+           "calibration": calibration,
            "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
                        "ray_replicas": TARGET_RAY_REPLICAS},
            "policies": rows, "ray": ray, "command": "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])}

@@ -14,6 +14,11 @@
    (On the subset, not on the whole flagship: a full flagship profile takes
    hours on this 2-core machine; see benchmarks/README.md.)
 
+4. With ``--full-profile FILE`` (a full profile of the whole flagship made by the
+   tool) it measures nothing: it reports that profile's duration (target < 3 h)
+   and compares every point's p99 with the quick profile's (target within 20 %),
+   writing benchmarks/results/profile_quick_vs_full.json.
+
 Prints and writes JSON to benchmarks/results/profile_quick.json.
 """
 
@@ -31,6 +36,7 @@ from pathlib import Path
 QUICK_DURATION_TARGET_S = 600.0
 REPEAT_P50_TOLERANCE = 0.10
 QUICK_P99_TOLERANCE = 0.20
+FULL_DURATION_TARGET_S = 3 * 3600.0
 
 # The named 20-point subset: detector and classifier variants small and large,
 # both hardware units, batch 1..16. The LLM is left out: 200 samples of one
@@ -115,6 +121,35 @@ def full_duration_estimate(profile, policy) -> float:
     return total
 
 
+def compare_whole(quick_path: Path, full_path: Path, pipeline: str) -> dict:
+    """Every point of a quick profile against the same point of a full profile (both made by the tool)."""
+    from varipipe.profiler.store import load_profile
+
+    quick, full = load_profile(quick_path, pipeline=pipeline), load_profile(full_path, pipeline=pipeline)
+    if full.metadata.get("mode") != "full":
+        raise SystemExit(f"{full_path}: metadata.mode is {full.metadata.get('mode')!r}, not 'full'")
+    by_key = {p.key: p for p in full.points}
+    rows = []
+    for q in quick.points:
+        f = by_key.get(q.key)
+        if f is None:
+            continue
+        rows.append({"point": _key_name(q.key), "p99_full_s": f.latency_p99_s, "p99_quick_s": q.latency_p99_s,
+                     "p99_quick_rel_error": abs(q.latency_p99_s - f.latency_p99_s) / f.latency_p99_s,
+                     "samples_full": f.samples, "samples_quick": q.samples})
+    errors = [r["p99_quick_rel_error"] for r in rows]
+    duration = full.metadata.get("duration_s")
+    return {"full_profile": {"source": str(full_path), "command": full.metadata.get("command"),
+                             "duration_s": duration, "points": len(full.points),
+                             "duration_target_s": FULL_DURATION_TARGET_S,
+                             "duration_ok": duration is not None and duration < FULL_DURATION_TARGET_S},
+            "quick_vs_full_p99": {"max_rel_error": max(errors), "mean_rel_error": sum(errors) / len(errors),
+                                  "median_rel_error": sorted(errors)[len(errors) // 2],
+                                  "points_within_20pct": sum(e <= QUICK_P99_TOLERANCE for e in errors),
+                                  "points": len(errors)},
+            "rows": rows}
+
+
 def _key_name(k) -> str:
     return f"{k[0]}/{k[1]}/{k[3]}/b{k[2]}"
 
@@ -129,7 +164,25 @@ def main() -> int:
     parser.add_argument("--quick-profile", type=Path, help="a quick profile made by the tool (its duration is used)")
     parser.add_argument("--work", type=Path, help="folder for the intermediate profiles (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "profile_quick.json")
+    parser.add_argument("--full-profile", type=Path,
+                        help="a full profile of the whole pipeline made by the tool: compare every point of "
+                             "--quick-profile with it (no measuring), written to --whole-out")
+    parser.add_argument("--whole-out", type=Path,
+                        default=Path(__file__).parent / "results" / "profile_quick_vs_full.json")
     args = parser.parse_args()
+    if args.full_profile:
+        if not args.quick_profile:
+            parser.error("--full-profile needs --quick-profile")
+        result = {"benchmark": "profile_quick_vs_full", "command": "python " + shlex.join(sys.argv),
+                  "pipeline": args.pipeline, **compare_whole(args.quick_profile, args.full_profile, args.pipeline)}
+        args.whole_out.parent.mkdir(parents=True, exist_ok=True)
+        args.whole_out.write_text(json.dumps(result, indent=1) + "\n")
+        for r in result["rows"]:
+            print(f"{r['point']:45s} p99 full {r['p99_full_s'] * 1e3:9.1f} ms ({r['samples_full']:4d})  quick "
+                  f"{r['p99_quick_s'] * 1e3:9.1f} ms ({r['samples_quick']:3d})  {r['p99_quick_rel_error']:6.1%}")
+        print(json.dumps({k: result[k] for k in ("full_profile", "quick_vs_full_p99")}, indent=1))
+        print(f"wrote {args.whole_out}")
+        return 0
 
     spec = find_spec(args.pipeline)
     work = args.work or Path(tempfile.mkdtemp(prefix="profile-quick-"))
