@@ -82,10 +82,10 @@ USER_CONFIG_S = 0.4  # a plain user_config change reaches live replicas in 0.4 s
 MODEL_LOAD_S = 2.0  # "2.4 s with a 2 s model load": the load measured there
 VARIANT_SWITCH_S = USER_CONFIG_S + MODEL_LOAD_S  # variant switch = reconfigure + model load
 # CPU that a change burns on the host while it takes effect (shared mode only: the
-# cores serving replicas run on). Not charged yet (0): benchmarks/replica_start_cpu.py
-# measures them on vision-caption-ci.
-REPLICA_START_CPU_S = 0.0  # a new replica process: Ray worker, runtime import, model load
-VARIANT_SWITCH_CPU_S = 0.0  # per replica: loading the new variant beside the serving one
+# cores serving replicas run on), measured by benchmarks/replica_start_cpu.py on Ray
+# Serve 2.60 with vision-caption-ci (results/replica_start_cpu.json, 3 repeats):
+REPLICA_START_CPU_S = 3.5  # a new replica process (worker, runtime import, model load): medians 3.0 / 3.6 / 3.5 CPU-s
+VARIANT_SWITCH_CPU_S = 0.6  # per replica, loading the new variant in place: medians 0.64 (detector), 0.54 (classifier)
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
