@@ -7,6 +7,7 @@ Solver crashes raise :class:`SolverError`; infeasibility is a return value.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -70,6 +71,7 @@ class Outcome:
     timed_out: bool = False
 
 
+@functools.cache  # what is installed does not change while the process runs; listSolvers probes PATH
 def available_solvers() -> tuple[str, ...]:
     import pulp
 
