@@ -102,3 +102,28 @@ def test_metrics_from_records():
 ])
 def test_config_url_sits_beside_the_endpoint_under_its_route_prefix(endpoint, config):
     assert _config_url(endpoint) == config
+
+
+def test_results_name_the_commit_and_say_when_the_checkout_was_modified(tmp_path):
+    import subprocess
+
+    from varipipe.loadgen.experiment import checkout_relative, git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "one")
+    head = git_commit(tmp_path)
+    assert len(head) == 40 and "+" not in head
+    (tmp_path / "new.txt").write_text("untracked files do not count")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "f.txt").write_text("b")
+    assert git_commit(tmp_path) == head + "+dirty"
+    assert git_commit(tmp_path / "no-such-dir") == ""
+    root = Path(__file__).resolve().parents[2]
+    assert checkout_relative(root / "profiler" / "profiles" / "x.json") == "profiler/profiles/x.json"
+    assert checkout_relative(tmp_path / "f.txt") == str(tmp_path / "f.txt")
