@@ -47,17 +47,21 @@ def default_variant(ctx: PolicyContext, stage: str) -> str:
 
 
 def ranked_variants(profile: Profile, stage: str) -> list[str]:
-    """Variants of a stage from lightest to heaviest: by batch-1 latency (its best hardware), then accuracy.
+    """Variants of a stage from lightest to heaviest: by memory, then batch-1 latency, then accuracy.
 
     FA2-low / FA2-high run the lightest / heaviest variants (IPA's baselines). Size is
-    read from compute, not from the accuracy figures: those need not grow with size
-    (an agreement score ranks a variant by how much it agrees with the reference,
-    so a larger input than the reference's can score lower).
+    the variant's smallest measured footprint (``memory_mb``: weights, runtime and the
+    activations of its input size), with its best batch-1 latency to break ties (a
+    profile without memory figures). Accuracy figures are no measure of size: an
+    agreement score ranks a variant by how much it agrees with the reference (the
+    608 detector scores below 320 against 416), and latency alone can rank a larger
+    LLM first when it writes shorter captions.
     """
-    best: dict[str, tuple[float, float]] = {}
+    best: dict[str, tuple[float, float, float]] = {}
     for p in profile.for_stage(stage):
-        lat, acc = best.get(p.variant, (math.inf, p.accuracy))
-        best[p.variant] = (min(lat, p.latency_p99_s) if p.batch == 1 else lat, max(acc, p.accuracy))
+        mem, lat, acc = best.get(p.variant, (math.inf, math.inf, p.accuracy))
+        best[p.variant] = (min(mem, p.memory_mb), min(lat, p.latency_p99_s) if p.batch == 1 else lat,
+                           max(acc, p.accuracy))
     return sorted(best, key=lambda v: best[v])
 
 

@@ -73,6 +73,15 @@ def test_fa2_ranks_by_size_not_by_accuracy_figure():
     high = make_policy("fa2-high", ctx).decide(obs(0.5), Forecast(0.5), EMPTY)
     assert low.stage("detector").variant == "yolov3-tiny-320"
     assert high.stage("detector").variant == "yolov3-tiny-608"
+    # Memory (the model's footprint) comes before latency: a bigger LLM that answers faster
+    # (shorter captions) is still the heavy one.
+    pts = tuple(dataclasses.replace(p, memory_mb=500.0 if p.variant == "gemma3-270m" else 200.0,
+                                    latency_p50_s=p.latency_p50_s / 4 if p.variant == "gemma3-270m" else p.latency_p50_s,
+                                    latency_p99_s=p.latency_p99_s / 4 if p.variant == "gemma3-270m" else p.latency_p99_s)
+                if p.stage == "llm" else p for p in PROFILE.points)
+    ctx = dataclasses.replace(CTX, profile=dataclasses.replace(PROFILE, points=pts))
+    assert make_policy("fa2-high", ctx).decide(obs(0.5), Forecast(0.5), EMPTY).stage("llm").variant == "gemma3-270m"
+    assert make_policy("fa2-low", ctx).decide(obs(0.5), Forecast(0.5), EMPTY).stage("llm").variant == "smollm2-135m"
 
 
 def test_rim_keeps_replicas_fixed():
