@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -222,6 +223,8 @@ class RayPolicy:
     after it was wanted for more than ``upscale_delay_s`` in a row (a scale-down after
     ``downscale_delay_s``), a change of direction resetting the counter. Ray counts
     control-loop periods of 0.1 s; here each ``decide`` call counts as ``ctx.interval_s``.
+    The ongoing-request count is averaged over ``look_back_period_s`` (Ray averages the
+    replicas' reports over that window), here over the observations of that window.
     Variants and batch sizes never change: they stay as in ``current`` (or each stage's
     default variant at batch 1 when ``current`` is empty).
     """
@@ -236,6 +239,7 @@ class RayPolicy:
         self.config = {**RAY_DEFAULTS, "max_replicas": ctx.max_replicas, **config}
         self.batch = int(config.get("batch", 1))
         self.counters_s: dict[str, float] = {}
+        self.looked_back: dict[str, deque[tuple[float, float]]] = {}  # stage -> (time, ongoing)
 
     def autoscaling_config(self) -> dict[str, Any]:
         """The ``autoscaling_config`` dict the live app passes to each Serve deployment."""
@@ -284,10 +288,19 @@ class RayPolicy:
         self.counters_s[stage] = counter
         return current
 
+    def _averaged(self, stage: str, time_s: float, ongoing: float) -> float:
+        """Mean ongoing requests over the observations of the last ``look_back_period_s``."""
+        window = self.looked_back.setdefault(stage, deque())
+        window.append((time_s, ongoing))
+        while window and window[0][0] <= time_s - float(self.config["look_back_period_s"]):
+            window.popleft()
+        return sum(v for _, v in window) / len(window)
+
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
         stages = []
         for sd in self._base(current):
-            want = self.desired(self._ongoing(observation, sd), sd.replicas)
+            ongoing = self._averaged(sd.stage, observation.time_s, self._ongoing(observation, sd))
+            want = self.desired(ongoing, sd.replicas)
             stages.append(dataclasses.replace(sd, replicas=self._delayed(sd.stage, want, sd.replicas)))
         return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=observation.time_s)
 

@@ -160,16 +160,32 @@ def test_ray_scales_up_only_after_the_upscale_delay():
 
 
 def test_ray_scales_down_after_the_downscale_delay_and_resets_on_direction_change():
-    p = make_policy("ray", CTX, downscale_delay_s=20.0)
+    p = make_policy("ray", CTX, downscale_delay_s=20.0, look_back_period_s=1.0)  # no averaging here
     current = Decision(stages=tuple(StageDecision(s, v, 1, 4) for s, v in
                                     zip(PROFILE.stages, ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"], strict=True)))
-    current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
-    current = p.decide(obs(0.1, queue=20.0), Forecast(0.0), current)  # up wish resets the down counter
+    clock = iter(range(0, 1000, 10))
+
+    def step(queue: float) -> Decision:
+        return p.decide(obs(0.1, t=float(next(clock)), queue=queue), Forecast(0.0), current)
+
+    current = step(0.5)
+    current = step(20.0)  # up wish resets the down counter
     for _ in range(2):
-        current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
+        current = step(0.5)
     assert current.stage("llm").replicas == 4
-    current = p.decide(obs(0.1, queue=0.5), Forecast(0.0), current)
+    current = step(0.5)
     assert current.stage("llm").replicas == RAY_DEFAULTS["min_replicas"]
+
+
+def test_ray_averages_ongoing_requests_over_the_look_back_period():
+    # 10 s interval, look-back 30 s: a burst of 8 ongoing requests stays in the average for
+    # three observations, so giving the replicas back waits for it to leave the window.
+    p = make_policy("ray", CTX, upscale_delay_s=0.0, downscale_delay_s=0.0)
+    current, replicas = EMPTY, []
+    for t, queue in [(0, 8.0), (10, 0.0), (20, 0.0), (30, 0.0), (40, 0.0)]:
+        current = p.decide(obs(0.0, t=float(t), queue=queue), Forecast(0.0), current)
+        replicas.append(current.stage("llm").replicas)
+    assert replicas == [4, 2, 2, 1, 1]  # means 8, 4, 2.67, 0 (the burst left the window), 0
 
 
 def test_ray_desired_matches_rays_rule():
