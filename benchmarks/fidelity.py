@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from varipipe.loadgen.experiment import run_live, run_sim
+from varipipe.loadgen.experiment import checkout_relative, run_live, run_sim
 from varipipe.loadgen.replayer import load_image
 from varipipe.loadgen.runs import SimSettings
 from varipipe.loadgen.traces import arrival_times, step_trace
@@ -124,12 +124,6 @@ def _live_replicas(rows, stages: list[str], duration_s: int) -> dict[str, list[i
         for s in stages:
             out[s].append(near[-1].get(stage_deployment_name(s)) if near else None)
     return out
-
-
-def _relative(path: str) -> str:
-    """A path inside the checkout as the README writes it, not this machine's absolute path."""
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
 
 
 def _rel(a: float, b: float) -> float:
@@ -272,7 +266,7 @@ def main() -> int:
                "sla_s": args.ray_sla, "policy_options": ropts, "per_stage": per_stage,
                "series": {"live": live_r, "sim": sim_r}}
 
-    doc = {"pipeline": args.pipeline, "profile": _relative(args.profiles), "sla_s": sla_s, "interval_s": args.interval,
+    doc = {"pipeline": args.pipeline, "profile": checkout_relative(args.profiles), "sla_s": sla_s, "interval_s": args.interval,
            "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
            "trace_rps": [args.low_rps, high, args.low_rps], "step_s": args.step_s,
            "measured_capacity_rps": MEASURED_CAPACITY_RPS,
