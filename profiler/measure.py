@@ -177,7 +177,8 @@ def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: Sampling
     seconds = time.perf_counter() - start
     conditions = {"cpu_s_per_batch": busy / len(samples), "wall_s_per_batch": sum(samples) / len(samples),
                   "cpu_pressure_some_avg10": cpu_pressure(),
-                  "host_speed_ref_s": (ref_before + host_speed_reference_s()) / 2}
+                  "host_speed_ref_s": (ref_before + host_speed_reference_s()) / 2,
+                  "latencies_s": samples}
     return samples, seconds, conditions
 
 
@@ -298,7 +299,8 @@ def measure_variant(
 
     ``on_conditions(batch, dict)`` hears, just before each point, the process CPU
     seconds per batch next to the wall seconds per batch and the host's CPU
-    pressure: on a host shared with other work, wall time >> CPU time / threads.
+    pressure: on a host shared with other work, wall time >> CPU time / threads;
+    ``latencies_s`` holds the point's raw per-batch latencies in measuring order.
     ``nice`` (isolated mode): the measuring process's autogroup nice, see ``raise_priority``.
     """
     if not inputs:

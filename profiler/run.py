@@ -8,6 +8,7 @@ silently mixed into: resuming it is an error that names the field.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -65,6 +66,8 @@ class ProfileRequest:
     reuse_accuracy: Mapping[str, Any] | None = None
     # Autogroup nice of each measuring process (measure.raise_priority); 0 leaves it as is.
     nice: int = 0
+    # Append every point's raw per-batch latencies here as JSON lines (re-analysis, estimator checks).
+    samples_out: Path | None = None
 
 
 @dataclass
@@ -206,6 +209,15 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="point", disable=not enabled, dynamic_ncols=True)
 
 
+def _append_samples(path: Path, key: PointKey, latencies: Sequence[float]) -> None:
+    """One JSON line per point: its key and raw per-batch latencies (seconds, measuring order)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = {"stage": key.stage, "variant": key.variant, "batch": key.batch, "hardware": key.hardware,
+            "latencies_s": [round(v, 7) for v in latencies]}
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def _measure_group(run: _Run, summary: RunSummary, bar, group: tuple, figure: Accuracy, payloads: list,
                    on_point: Callable[[ProfilePoint], None] | None) -> None:
     """One (variant, hardware): measure its batch sizes, saving the file as each point lands."""
@@ -228,6 +240,10 @@ def _measure_group(run: _Run, summary: RunSummary, bar, group: tuple, figure: Ac
 
     def heard(batch: int, conditions: dict) -> None:
         k = key_of[batch]
+        conditions = dict(conditions)
+        latencies = conditions.pop("latencies_s", None)
+        if req.samples_out is not None and latencies is not None:
+            _append_samples(req.samples_out, k, latencies)
         cond = {name: (round(v, 6) if isinstance(v, float) else v) for name, v in conditions.items()}
         cond["cpu_share"] = round(conditions["cpu_s_per_batch"] / conditions["wall_s_per_batch"], 3)
         run.metadata["conditions"][f"{k.stage}/{k.variant}/{k.hardware}/b{k.batch}"] = cond

@@ -2,7 +2,7 @@
 
     varipipe profile --pipeline vision-caption [--stages ...] [--variants ...]
                      [--batch 1,2,4,8,16] [--cores 1,2] [--gpu] [--quick]
-                     [--max-seconds-per-point S] --out FILE
+                     [--max-seconds-per-point S] [--samples-out FILE] --out FILE
     varipipe profile show FILE [--plots DIR] [--json]
 """
 
@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"autogroup nice of each measuring process (default {DEFAULT_NICE}; 0: as is): on a "
                              "host shared with other sessions, gives it the CPU share a dedicated replica has")
     parser.add_argument("--out", help="profile JSON to write (resumed if it exists)")
+    parser.add_argument("--samples-out", help="also append every point's raw per-batch latencies to this JSON-lines "
+                                              "file (for re-analysis; the profile keeps only percentiles)")
     parser.add_argument("--plots", help="show: folder to write PNG plots into")
     parser.add_argument("--json", action="store_true", help="show: print the fits as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -95,7 +97,7 @@ def _measure(args: argparse.Namespace) -> int:
         spec=find_spec(args.pipeline), out=Path(args.out), batches=args.batch or DEFAULT_BATCHES,
         hardware=_hardware(args), policy=policy, command="varipipe " + shlex.join(sys.argv[1:]),
         stages=args.stages, variants=args.variants, isolate=not args.in_process, progress=not args.no_progress,
-        nice=args.nice,
+        nice=args.nice, samples_out=Path(args.samples_out) if args.samples_out else None,
     )
     summary = run_profile(req)
     print(f"{args.out}: {summary.measured} points measured, {summary.skipped} already there, "
