@@ -213,21 +213,74 @@ RAY_DEFAULTS: dict[str, Any] = {
 }
 
 
+# How Ray 2.60 feeds its autoscaler (python/ray/serve/_private/router.py, constants.py,
+# autoscaling_state.py): each handle records its ongoing requests (queued + sent to
+# replicas) every min(look_back_period_s x RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR,
+# metrics_interval_s) seconds and pushes the points of the last look_back_period_s to the
+# controller every RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S; the controller's
+# figure is the time-weighted mean of the pushed series from its first point to now, the
+# last point held until now (_merge_and_aggregate_timeseries).
+RAY_RECORD_INTERVAL_FACTOR = 0.2  # RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR default
+RAY_METRICS_INTERVAL_S = 10.0  # AutoscalingConfig.metrics_interval_s default (deprecated field)
+RAY_METRICS_PUSH_INTERVAL_S = 10.0  # RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S default
+# Ray's controller loop runs every 0.1 s (CONTROL_LOOP_INTERVAL_S); the simulator asks the
+# simulated rule every second, which places Ray's 6 s / 10 s timers and its 30 s delays
+# to within a second while keeping day-long simulations fast.
+RAY_SIM_CONTROL_PERIOD_S = 1.0
+
+
+class _RayMetrics:
+    """One deployment's ongoing-request figure as Ray's controller sees it (see above)."""
+
+    def __init__(self, look_back_s: float) -> None:
+        self.look_back_s = look_back_s
+        self.record_s = min(look_back_s * RAY_RECORD_INTERVAL_FACTOR, RAY_METRICS_INTERVAL_S)
+        self.recorded: deque[tuple[float, float]] = deque()
+        self.pushed: tuple[tuple[float, float], ...] = ()
+        self.next_record = 0.0
+        self.next_push = RAY_METRICS_PUSH_INTERVAL_S
+
+    def update(self, time_s: float, ongoing: float) -> float:
+        """Record and push as the timers say, then return the controller's figure at ``time_s``."""
+        if time_s >= self.next_record:
+            self.recorded.append((time_s, ongoing))
+            self.next_record += self.record_s * (1 + math.floor((time_s - self.next_record) / self.record_s))
+        while self.recorded and self.recorded[0][0] < time_s - self.look_back_s:
+            self.recorded.popleft()
+        if time_s >= self.next_push:
+            self.pushed = tuple(self.recorded)
+            self.next_push += RAY_METRICS_PUSH_INTERVAL_S * (
+                1 + math.floor((time_s - self.next_push) / RAY_METRICS_PUSH_INTERVAL_S))
+        return self.mean(time_s)
+
+    def mean(self, time_s: float) -> float:
+        points = self.pushed
+        if not points:
+            return 0.0
+        span = time_s - points[0][0]
+        if span <= 0:
+            return points[-1][1]
+        total = sum(v * (t1 - t0) for (t0, v), (t1, _) in zip(points, points[1:], strict=False))
+        return (total + points[-1][1] * (time_s - points[-1][0])) / span
+
+
 class RayPolicy:
     """Ray Serve's default autoscaling rule, for the simulator (live, Ray runs it itself).
 
     Ray 2.60, python/ray/serve/autoscaling_policy.py: ``_core_replica_queue_length_policy``
     wants ``current · total_ongoing / (target_ongoing_requests · current)`` replicas;
     ``_apply_scaling_factors`` moves ``ceil(current + factor · (desired − current))``;
-    ``_apply_bounds`` clips to [min, max]; ``_apply_delay_logic`` applies a scale-up only
-    after it was wanted for more than ``upscale_delay_s`` in a row (a scale-down after
-    ``downscale_delay_s``), a change of direction resetting the counter. Ray counts
-    control-loop periods of 0.1 s; here each ``decide`` call counts as ``ctx.interval_s``.
-    The ongoing-request count is averaged over ``look_back_period_s`` (Ray averages the
-    replicas' reports over that window), here over the observations of that window.
+    ``_apply_bounds`` clips to [min, max]; ``_apply_delay_logic`` applies a scale-up once
+    it has been wanted without a break for ``upscale_delay_s`` of wall-clock time (a
+    scale-down after ``downscale_delay_s``), a change of direction restarting the clock.
+    ``total_ongoing`` is what the controller has been sent: handle samples every 6 s,
+    pushed every 10 s, averaged over ``look_back_period_s`` (``_RayMetrics``). The
+    simulator calls ``decide`` every ``control_period_s``.
     Variants and batch sizes never change: they stay as in ``current`` (or each stage's
     default variant at batch 1 when ``current`` is empty).
     """
+
+    control_period_s = RAY_SIM_CONTROL_PERIOD_S
 
     def __init__(self, ctx: PolicyContext, **config: Any) -> None:
         unknown = set(config) - set(RAY_DEFAULTS) - {"max_replicas", "batch"}
@@ -238,8 +291,8 @@ class RayPolicy:
         self.ctx = ctx
         self.config = {**RAY_DEFAULTS, "max_replicas": ctx.max_replicas, **config}
         self.batch = int(config.get("batch", 1))
-        self.counters_s: dict[str, float] = {}
-        self.looked_back: dict[str, deque[tuple[float, float]]] = {}  # stage -> (time, ongoing)
+        self.wanted_since: dict[str, tuple[int, float]] = {}  # stage -> (direction, first time wanted)
+        self.metrics: dict[str, _RayMetrics] = {}
 
     def autoscaling_config(self) -> dict[str, Any]:
         """The ``autoscaling_config`` dict the live app passes to each Serve deployment."""
@@ -270,39 +323,34 @@ class RayPolicy:
             scaled -= 1
         return max(int(self.config["min_replicas"]), min(int(self.config["max_replicas"]), scaled))
 
-    def _delayed(self, stage: str, want: int, current: int) -> int:
-        counter = self.counters_s.get(stage, 0.0)
-        step = self.ctx.interval_s
-        if want > current:
-            counter = max(counter, 0.0) + step
-            if counter > self.config["upscale_delay_s"]:
-                self.counters_s[stage] = 0.0
-                return want
-        elif want < current:
-            counter = min(counter, 0.0) - step
-            if counter < -self.config["downscale_delay_s"]:
-                self.counters_s[stage] = 0.0
-                return want
-        else:
-            counter = 0.0
-        self.counters_s[stage] = counter
+    def _delayed(self, stage: str, want: int, current: int, time_s: float) -> int:
+        direction = (want > current) - (want < current)
+        if direction == 0:
+            self.wanted_since.pop(stage, None)
+            return current
+        since = self.wanted_since.get(stage)
+        if since is None or since[0] != direction:
+            since = (direction, time_s)
+            self.wanted_since[stage] = since
+        delay = self.config["upscale_delay_s"] if direction > 0 else self.config["downscale_delay_s"]
+        if time_s - since[1] + _DELAY_EPS_S >= delay:
+            self.wanted_since.pop(stage, None)
+            return want
         return current
-
-    def _averaged(self, stage: str, time_s: float, ongoing: float) -> float:
-        """Mean ongoing requests over the observations of the last ``look_back_period_s``."""
-        window = self.looked_back.setdefault(stage, deque())
-        window.append((time_s, ongoing))
-        while window and window[0][0] <= time_s - float(self.config["look_back_period_s"]):
-            window.popleft()
-        return sum(v for _, v in window) / len(window)
 
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
         stages = []
         for sd in self._base(current):
-            ongoing = self._averaged(sd.stage, observation.time_s, self._ongoing(observation, sd))
+            metrics = self.metrics.setdefault(sd.stage, _RayMetrics(float(self.config["look_back_period_s"])))
+            ongoing = metrics.update(observation.time_s, self._ongoing(observation, sd))
             want = self.desired(ongoing, sd.replicas)
-            stages.append(dataclasses.replace(sd, replicas=self._delayed(sd.stage, want, sd.replicas)))
+            stages.append(dataclasses.replace(sd, replicas=self._delayed(sd.stage, want, sd.replicas,
+                                                                         observation.time_s)))
         return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=observation.time_s)
+
+
+# Ray's _DELAY_ELAPSED_EPS_S: a delay counts as elapsed this close to it (float clocks).
+_DELAY_EPS_S = 1e-6
 
 
 # ------------------------------------------------------------------ factory

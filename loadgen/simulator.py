@@ -17,7 +17,8 @@ forecaster for the next interval's load and steps the live adapter's
 :class:`~varipipe.adapter.loop.ControlLoop` with them: the same ``Policy``
 objects and the same rules for when a decision is applied (a batch-wait change
 alone is not; capacity is given back only after the hysteresis). Ray's own
-autoscaler (policy ``ray``) runs without that loop, as it does live. An
+autoscaler (policy ``ray``) runs without that loop, as it does live, and on its
+own control period (``RayPolicy.control_period_s``, 1 s) rather than ``interval_s``. An
 applied decision takes effect after the reconfiguration delays measured on Ray
 Serve (below).
 
@@ -398,6 +399,8 @@ class _Run:
         # not applied; hysteresis before giving capacity back). Not for Ray's autoscaler,
         # which live runs inside Serve without varipipe's loop (controller_logic.build_loop).
         self._now, self._step_in = 0.0, None
+        # A policy may run on a control period of its own (Ray's autoscaler: RayPolicy.control_period_s).
+        self.period_s = float(getattr(policy, "control_period_s", None) or config.interval_s)
         self.loop = None if hasattr(policy, "autoscaling_config") else ControlLoop(
             policy, None, self._apply, observe=lambda: self._step_in[0], clock=lambda: self._now,
             initial=initial, forecast=lambda _obs: self._step_in[1], verbose=False, log_size=1)
@@ -589,7 +592,7 @@ class _Run:
     # ---- control loop
 
     def _observe(self, t: float) -> Observation:
-        iv = self.cfg.interval_s
+        iv = self.period_s
         stages = []
         drops = 0
         for st, (soj, _, nd, na) in zip(self.stages, self.interval_obs, strict=True):
@@ -616,7 +619,7 @@ class _Run:
             fc = Forecast(rps=float(self.counts[:max(iv, 1)].mean()), predictor="warm-start")
         else:
             fc = self.forecaster(t, obs.history_rps)
-        lo, hi = int(t), min(int(t + self.cfg.interval_s), len(self.pred))
+        lo, hi = int(t), min(int(math.ceil(t + self.period_s)), len(self.pred))
         self.pred[lo:hi] = fc.rps
         self._now, self._step_in = t, (obs, fc)
         if self.loop is None:  # Ray's own autoscaler: every decision applies, as Serve scales itself
@@ -644,7 +647,7 @@ class _Run:
             self._schedule(new, self._now)
 
     def run(self) -> None:
-        t, iv = 0.0, self.cfg.interval_s
+        t, iv = 0.0, self.period_s
         end = float(self.seconds - 1)
         next_decision = 0.0
         slice_s = SHARED_SLICE_S if self.busy is not None else iv

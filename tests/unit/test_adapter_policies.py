@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from varipipe.adapter.policies import POLICIES, RAY_DEFAULTS, RayPolicy, make_policy
+from varipipe.adapter.policies import POLICIES, RAY_DEFAULTS, RayPolicy, _RayMetrics, make_policy
 from varipipe.adapter.policy import Forecast, Policy, PolicyContext
 from varipipe.adapter.synthetic import vision_caption_like
 from varipipe.errors import ConfigError, UnknownNameError
@@ -148,44 +148,41 @@ def test_ray_autoscaling_config_uses_ray_defaults():
         RayPolicy(CTX, bogus=1)
 
 
-def test_ray_scales_up_only_after_the_upscale_delay():
-    p = make_policy("ray", CTX)  # interval 10 s, upscale delay 30 s: the 4th consecutive wish applies
-    current = EMPTY
-    replicas = []
-    for _ in range(5):
-        current = p.decide(obs(1.0, queue=8.0), Forecast(0.0), current)
-        replicas.append(current.stage("llm").replicas)
-    assert replicas == [1, 1, 1, 4, 4]  # 8 ongoing / target 2 = 4
+def test_ray_metrics_follow_rays_record_and_push_timers():
+    # look-back 30 s: the handle records every 6 s and pushes every 10 s; the load that
+    # starts at t=20 is first recorded at 24 and reaches the controller with the push at 30.
+    m = _RayMetrics(look_back_s=30.0)
+    seen = {t: m.update(float(t), 0.0 if t < 20 else 8.0) for t in range(0, 31)}
+    assert m.record_s == 6.0
+    assert all(v == 0.0 for t, v in seen.items() if t < 30)
+    # pushed (0,0) (6,0) (12,0) (18,0) (24,8) (30,8): time-weighted mean over [0, 30]
+    assert seen[30] == pytest.approx(8.0 * 6 / 30)
+    assert m.mean(35.0) == pytest.approx((8.0 * 6 + 8.0 * 5) / 35)  # the last point holds until now
+
+
+def test_ray_scales_up_once_wanted_for_the_upscale_delay():
+    p = make_policy("ray", CTX)  # upscale delay 30 s; first push (t=10) shows 8 ongoing: 4 wanted
+    current, first_four = EMPTY, None
+    for t in range(0, 50):
+        current = p.decide(obs(1.0, t=float(t), queue=8.0), Forecast(0.0), current)
+        if first_four is None and current.stage("llm").replicas == 4:
+            first_four = t
+    assert first_four == 40  # wanted from 10, for 30 s of wall-clock time
     assert all(s.variant == current.stage(s.stage).variant for s in current.stages)
 
 
-def test_ray_scales_down_after_the_downscale_delay_and_resets_on_direction_change():
-    p = make_policy("ray", CTX, downscale_delay_s=20.0, look_back_period_s=1.0)  # no averaging here
+def test_ray_scales_down_after_the_downscale_delay_and_restarts_on_direction_change():
+    # look-back 1 s: every second is recorded, the controller sees the last second at each push.
+    p = make_policy("ray", CTX, downscale_delay_s=20.0, look_back_period_s=1.0)
     current = Decision(stages=tuple(StageDecision(s, v, 1, 4) for s, v in
                                     zip(PROFILE.stages, ["yolov3-tiny-320", "mobilenetv2", "smollm2-135m"], strict=True)))
-    clock = iter(range(0, 1000, 10))
-
-    def step(queue: float) -> Decision:
-        return p.decide(obs(0.1, t=float(next(clock)), queue=queue), Forecast(0.0), current)
-
-    current = step(0.5)
-    current = step(20.0)  # up wish resets the down counter
-    for _ in range(2):
-        current = step(0.5)
-    assert current.stage("llm").replicas == 4
-    current = step(0.5)
-    assert current.stage("llm").replicas == RAY_DEFAULTS["min_replicas"]
-
-
-def test_ray_averages_ongoing_requests_over_the_look_back_period():
-    # 10 s interval, look-back 30 s: a burst of 8 ongoing requests stays in the average for
-    # three observations, so giving the replicas back waits for it to leave the window.
-    p = make_policy("ray", CTX, upscale_delay_s=0.0, downscale_delay_s=0.0)
-    current, replicas = EMPTY, []
-    for t, queue in [(0, 8.0), (10, 0.0), (20, 0.0), (30, 0.0), (40, 0.0)]:
-        current = p.decide(obs(0.0, t=float(t), queue=queue), Forecast(0.0), current)
-        replicas.append(current.stage("llm").replicas)
-    assert replicas == [4, 2, 2, 1, 1]  # means 8, 4, 2.67, 0 (the burst left the window), 0
+    replicas = {}
+    for t in range(0, 60):
+        queue = 20.0 if 15 <= t <= 20 else 0.5  # pushed at 10 (down wish), 20 (up: restart), 30 (down again)
+        current = p.decide(obs(0.1, t=float(t), queue=queue), Forecast(0.0), current)
+        replicas[t] = current.stage("llm").replicas
+    assert replicas[49] == 4  # without the up wish at 20 it would have gone at 30
+    assert replicas[50] == RAY_DEFAULTS["min_replicas"]
 
 
 def test_ray_desired_matches_rays_rule():

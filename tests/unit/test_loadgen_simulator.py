@@ -226,6 +226,16 @@ def test_policy_sees_observations_and_history():
     assert pol.seen[0][1].predictor == "warm-start"
 
 
+def test_a_policy_with_its_own_control_period_is_asked_that_often():
+    # Ray's autoscaler runs on its own loop, not on the adapter's interval (RayPolicy.control_period_s).
+    pol = Fixed(replicas=2)
+    pol.control_period_s = 1.0
+    _run(_arrivals(5, 30), pol)  # interval 10 s
+    times = [o.time_s for o, _ in pol.seen]
+    assert times[:4] == [0.0, 1.0, 2.0, 3.0]
+    assert pol.seen[5][0].interval_s == 1.0
+
+
 def test_series_adds_up():
     arr = _arrivals(5, 60)
     r = _run(arr, Fixed(replicas=2))
