@@ -10,7 +10,10 @@
    against the simulator's rendering of Ray's rule (adapter/policies.py
    RayPolicy). Live replica counts are read every second from ``serve.status()``
    (RUNNING + STARTING, i.e. what the autoscaler asked for); the simulated ones
-   from the run's decision timeline. Target: within ±1 replica per stage.
+   from the run's decision timeline. Target: within ±1 replica per stage. ``--ray-runs 2``
+   (default) repeats the live run on the same arrivals, which shows how closely live
+   Ray Serve agrees with itself; each stage also reports when its count changed and
+   where it settled in each step of the load.
 
 Both sides shed a request by the same rule (``varipipe.admission``: its stage's
 batch is expected to end past the SLA; live: ``deadline_sla_factor=1``, the
@@ -40,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from varipipe.adapter.policies import RAY_SIM_CONTROL_PERIOD_S
 from varipipe.loadgen.experiment import checkout_relative, run_live, run_sim
 from varipipe.loadgen.replayer import load_image
 from varipipe.loadgen.runs import SimSettings
@@ -147,6 +151,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--ray-sla", type=float, default=30.0,
                     help="ray check's SLA: long, so that admission control sheds little and the queue that "
                          "Ray's autoscaler reacts to builds up (with the pipeline's own SLA Ray never scaled)")
+    ap.add_argument("--ray-runs", type=int, default=2,
+                    help="ray check: live runs on the same arrivals (2: also reports live-vs-live agreement)")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--only-ray", action="store_true", help="the ray check alone (no calibration, no policies)")
     ap.add_argument("--calib-rps", type=float, default=0.3, help="calibration window: constant rate")
@@ -208,6 +214,77 @@ def _compare_policies(args, profile, times, body, ctype, policies, slas, base, m
     return rows
 
 
+def _agreement(a: list, b: list) -> dict:
+    """Per-second agreement of two replica series (None: no sample that second)."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    diffs = [abs(x - y) for x, y in pairs]
+    if not diffs:
+        return {"seconds": 0, "max_abs_diff": None, "within_1_fraction": None}
+    return {"seconds": len(pairs), "max_abs_diff": max(diffs),
+            "within_1_fraction": float(np.mean([d <= TARGET_RAY_REPLICAS for d in diffs]))}
+
+
+def _changes(series: list) -> list[tuple[int, int]]:
+    """(second, new count) at every change of a replica series, gaps skipped."""
+    out, last = [], None
+    for t, n in enumerate(series):
+        if n is not None and n != last:
+            if last is not None:
+                out.append((t, n))
+            last = n
+    return out
+
+
+def _step_levels(series: list, step_s: int, steps: int) -> list:
+    """The count at the last sampled second of each step of the load: where Ray settled."""
+    levels = []
+    for k in range(steps):
+        seen = [n for n in series[k * step_s:(k + 1) * step_s] if n is not None]
+        levels.append(seen[-1] if seen else None)
+    return levels
+
+
+def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list[str]) -> dict:
+    """Live Ray Serve's autoscaler vs the simulated rule on a stepped overload, ``--ray-runs`` live runs."""
+    levels_rps = [args.low_rps, args.ray_high_rps, args.low_rps]
+    rtrace = step_trace(levels_rps, args.ray_step_s)
+    rtimes = arrival_times(rtrace, "poisson", args.seed)
+    ropts = _ray_options(args.ray_downscale_delay)
+    rslas = {"ray-sla": args.ray_sla}
+    print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
+          f"{args.ray_step_s}s each, SLA {args.ray_sla:g}s, {args.ray_runs} live run(s)", flush=True)
+    [rsim] = run_sim(profile, rtimes, ["ray"], rslas, replace(base, sla_s=args.ray_sla, policy_options=ropts))
+    sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)
+    lives = []
+    for _ in range(args.ray_runs):
+        replica_log: list = []
+        start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
+        run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
+        lives.append(_live_replicas(replica_log[0][1], stages, rtrace.duration_s))
+    per_stage = {}
+    for s in stages:
+        runs = []
+        for i, live_r in enumerate(lives):
+            row = _agreement(live_r[s], sim_r[s])
+            row |= {"live_max": max((n for n in live_r[s] if n is not None), default=None),
+                    "sim_max": max(sim_r[s]), "live_changes": _changes(live_r[s]), "sim_changes": _changes(sim_r[s]),
+                    "live_step_levels": _step_levels(live_r[s], args.ray_step_s, len(levels_rps)),
+                    "sim_step_levels": _step_levels(sim_r[s], args.ray_step_s, len(levels_rps))}
+            runs.append(row)
+            print(f"  ray {s} run {i + 1}: within ±1 {row['within_1_fraction']}, max |diff| {row['max_abs_diff']}; "
+                  f"changes live {row['live_changes']} sim {row['sim_changes']}; per-step levels live "
+                  f"{row['live_step_levels']} sim {row['sim_step_levels']}", flush=True)
+        entry = {"runs": runs}
+        if len(lives) > 1:  # how closely live Ray Serve agrees with itself on the same arrivals
+            entry["live_vs_live"] = _agreement(lives[0][s], lives[1][s])
+            print(f"  ray {s} live run 1 vs run 2: within ±1 {entry['live_vs_live']['within_1_fraction']}",
+                  flush=True)
+        per_stage[s] = entry
+    return {"trace_rps": levels_rps, "step_s": args.ray_step_s, "sla_s": args.ray_sla, "policy_options": ropts,
+            "sim_control_period_s": RAY_SIM_CONTROL_PERIOD_S, "per_stage": per_stage,
+            "series": {"live": lives, "sim": sim_r}}
+
+
 def main() -> int:
     args = _args()
     from varipipe.spec import find_spec
@@ -228,7 +305,6 @@ def main() -> int:
     print(f"fidelity: {args.pipeline}, SLA {sla_s:g}s, {len(times)} requests over {trace.duration_s}s "
           f"(steps {args.low_rps:g} / {high:.2f} / {args.low_rps:g} req/s)", flush=True)
 
-    replica_log: list = []
     rows: list[dict] = []
     calibration = None
     if not args.only_ray:
@@ -236,35 +312,7 @@ def main() -> int:
         rows = _compare_policies(args, profile, times, body, ctype, policies, slas, base, max_replicas,
                                  calibration["overhead_s"])
 
-    ray = None
-    if not args.skip_ray:
-        rtrace = step_trace([args.low_rps, args.ray_high_rps, args.low_rps], args.ray_step_s)
-        rtimes = arrival_times(rtrace, "poisson", args.seed)
-        ropts = _ray_options(args.ray_downscale_delay)
-        rslas = {"ray-sla": args.ray_sla}
-        print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
-              f"{args.ray_step_s}s each, SLA {args.ray_sla:g}s", flush=True)
-        start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
-        run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
-        [rsim] = run_sim(profile, rtimes, ["ray"], rslas,
-                         replace(base, sla_s=args.ray_sla, policy_options=ropts))
-        live_r = _live_replicas(replica_log[0][1], stages, rtrace.duration_s)
-        sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)
-        per_stage = {}
-        for s in stages:
-            pairs = [(a, b) for a, b in zip(live_r[s], sim_r[s], strict=True) if a is not None]
-            diffs = [abs(a - b) for a, b in pairs]
-            per_stage[s] = {"seconds": len(pairs), "max_abs_diff": max(diffs) if diffs else None,
-                            "within_1_fraction": float(np.mean([d <= TARGET_RAY_REPLICAS for d in diffs]))
-                            if diffs else None,
-                            "live_max": max(a for a, _ in pairs) if pairs else None,
-                            "sim_max": max(b for _, b in pairs) if pairs else None}
-            print(f"  ray {s}: live max {per_stage[s]['live_max']}, sim max {per_stage[s]['sim_max']}, "
-                  f"max |diff| {per_stage[s]['max_abs_diff']}, within ±1 "
-                  f"{per_stage[s]['within_1_fraction']}", flush=True)
-        ray = {"trace_rps": [args.low_rps, args.ray_high_rps, args.low_rps], "step_s": args.ray_step_s,
-               "sla_s": args.ray_sla, "policy_options": ropts, "per_stage": per_stage,
-               "series": {"live": live_r, "sim": sim_r}}
+    ray = None if args.skip_ray else _ray_check(args, profile, body, ctype, base, max_replicas, stages)
 
     doc = {"pipeline": args.pipeline, "profile": checkout_relative(args.profiles), "sla_s": sla_s, "interval_s": args.interval,
            "seed": args.seed, "cost_mode": "shared", "cluster_cores": 2.0,
