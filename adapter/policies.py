@@ -293,6 +293,7 @@ class RayPolicy:
         self.batch = int(config.get("batch", 1))
         self.wanted_since: dict[str, tuple[int, float]] = {}  # stage -> (direction, first time wanted)
         self.metrics: dict[str, _RayMetrics] = {}
+        self.priced_at_s = -math.inf
 
     def autoscaling_config(self) -> dict[str, Any]:
         """The ``autoscaling_config`` dict the live app passes to each Serve deployment."""
@@ -339,14 +340,20 @@ class RayPolicy:
         return current
 
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
-        stages = []
+        t = observation.time_s
+        replicas = []
         for sd in self._base(current):
             metrics = self.metrics.setdefault(sd.stage, _RayMetrics(float(self.config["look_back_period_s"])))
-            ongoing = metrics.update(observation.time_s, self._ongoing(observation, sd))
-            want = self.desired(ongoing, sd.replicas)
-            stages.append(dataclasses.replace(sd, replicas=self._delayed(sd.stage, want, sd.replicas,
-                                                                         observation.time_s)))
-        return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=observation.time_s)
+            ongoing = metrics.update(t, self._ongoing(observation, sd))
+            replicas.append(self._delayed(sd.stage, self.desired(ongoing, sd.replicas), sd.replicas, t))
+        unchanged = current.stages and [sd.replicas for sd in current.stages] == replicas
+        if unchanged and current.policy == "ray" and t - self.priced_at_s < self.ctx.interval_s:
+            # Asked every second; pricing (the predicted latency, accuracy and cost at the
+            # load) is redone on a change or once per adapter interval, as for other policies.
+            return dataclasses.replace(current, time_s=t)
+        stages = [dataclasses.replace(sd, replicas=n) for sd, n in zip(self._base(current), replicas, strict=True)]
+        self.priced_at_s = t
+        return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=t)
 
 
 # Ray's _DELAY_ELAPSED_EPS_S: a delay counts as elapsed this close to it (float clocks).

@@ -11,6 +11,7 @@ from varipipe.profiler.hostinfo import gpu_model
 from varipipe.profiler.measure import cpu_hardware, gpu_hardware
 from varipipe.profiler.plan import QUICK, PointKey
 from varipipe.profiler.run import ProfileRequest, run_profile
+from varipipe.profiler.stats import percentile
 from varipipe.profiler.store import load_profile
 from varipipe.spec import find_spec
 
@@ -81,6 +82,19 @@ def test_show_prints_points_and_fit_errors_and_writes_plots(tmp_path, capsys):
                     "identity-chain-second-latency.png", "identity-chain-second-pareto.png"]
     assert main(["profile", "show", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["fits"]
+
+
+def test_samples_out_keeps_every_points_raw_latencies(tmp_path):
+    samples = tmp_path / "raw" / "samples.jsonl"
+    prof = run_profile(_req(tmp_path / "ic.json", variants=("fast",), isolate=False, samples_out=samples)).profile
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(lines) == len(prof.points)
+    by_key = {(d["stage"], d["variant"], d["batch"], d["hardware"]): d["latencies_s"] for d in lines}
+    for p in prof.points:
+        raw = by_key[(p.stage, p.variant, p.batch, p.hardware)]
+        assert len(raw) == p.samples and min(raw) > 0
+        assert percentile(sorted(raw), 50) == pytest.approx(p.latency_p50_s, abs=1e-6)  # stored to 0.1 µs
+    assert "latencies_s" not in json.dumps(prof.metadata["conditions"])  # the profile keeps only percentiles
 
 
 def test_gpu_flag_without_a_gpu_is_a_clear_error(tmp_path, capsys):

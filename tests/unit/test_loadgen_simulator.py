@@ -279,3 +279,9 @@ def test_sheds_a_request_whose_batch_is_expected_to_end_after_its_deadline():
     t = r.table
     assert not np.isnan(t.item_done_s[0][1]) and np.isnan(t.item_done_s[1][1])  # 2nd ran at a, shed at b
     assert np.isnan(t.item_done_s[0][2])  # 3rd shed at a
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1001])
+def test_p99_helper_equals_numpys_linear_percentile(n):
+    values = np.random.default_rng(n).exponential(size=n)
+    assert simulator._p99(values) == pytest.approx(float(np.percentile(values, 99)), abs=1e-12)
