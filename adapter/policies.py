@@ -227,6 +227,8 @@ RAY_METRICS_PUSH_INTERVAL_S = 10.0  # RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_I
 # simulated rule every second, which places Ray's 6 s / 10 s timers and its 30 s delays
 # to within a second while keeping day-long simulations fast.
 RAY_SIM_CONTROL_PERIOD_S = 1.0
+# Ray's _DELAY_ELAPSED_EPS_S (autoscaling_policy.py): a delay counts as elapsed this close to it.
+_DELAY_EPS_S = 1e-6
 
 
 class _RayMetrics:
@@ -354,10 +356,6 @@ class RayPolicy:
         stages = [dataclasses.replace(sd, replicas=n) for sd, n in zip(self._base(current), replicas, strict=True)]
         self.priced_at_s = t
         return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=t)
-
-
-# Ray's _DELAY_ELAPSED_EPS_S: a delay counts as elapsed this close to it (float clocks).
-_DELAY_EPS_S = 1e-6
 
 
 # ------------------------------------------------------------------ factory
