@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-from varipipe.adapter.policies import RAY_SIM_CONTROL_PERIOD_S
+from varipipe.adapter.policies import RAY_SIM_CONTROL_PERIOD_S, RayPolicy
 from varipipe.loadgen.experiment import checkout_relative, run_live, run_sim
 from varipipe.loadgen.replayer import load_image
-from varipipe.loadgen.runs import SimSettings
+from varipipe.loadgen.runs import SimSettings, policy_context, run_policy
 from varipipe.loadgen.traces import arrival_times, step_trace
 from varipipe.pipelines.serve_config import AppOptions, stage_deployment_name
 from varipipe.pipelines.server import LocalServer
@@ -64,6 +64,23 @@ TARGET_RAY_REPLICAS = 1  # issue 7: ±1
 def _ray_options(downscale_delay_s: float) -> dict:
     # Ray's default downscale delay is 600 s; a shorter one lets a short run see both directions.
     return {"downscale_delay_s": downscale_delay_s}
+
+
+def _controller_ongoing(deployments: list[str]) -> dict[str, float]:
+    """Total ongoing requests per deployment as Ray's controller aggregates them for its
+    autoscaler, through the controller's test hook (``_get_total_num_requests_for_deployment
+    _for_testing``, Ray 2.60); {} where the hook is missing (a diagnostic only)."""
+    try:
+        import ray
+        from ray.serve._private.common import DeploymentID
+        from ray.serve.context import _get_global_client
+
+        controller = _get_global_client()._controller
+        refs = {d: controller._get_total_num_requests_for_deployment_for_testing.remote(
+            DeploymentID(name=d, app_name="fidelity")) for d in deployments}
+        return {d: float(ray.get(r, timeout=2)) for d, r in refs.items()}
+    except Exception:  # noqa: BLE001 - a private hook; its absence only loses the diagnostic
+        return {}
 
 
 def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, replica_log: list, policy_options: dict):
@@ -92,7 +109,7 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
                     counts = {name: sum(n for state, n in d.replica_states.items()
                                         if str(state).split(".")[-1] in ("RUNNING", "STARTING"))
                               for name, d in deps.items()}
-                    rows.append((time.monotonic() - t0, counts))
+                    rows.append((time.monotonic() - t0, counts, _controller_ongoing(list(deps))))
 
             th = threading.Thread(target=poll, daemon=True)
             th.start()
@@ -121,10 +138,12 @@ def _sim_replicas(outcome, stages: list[str], duration_s: int) -> dict[str, list
     return out
 
 
-def _live_replicas(rows, stages: list[str], duration_s: int) -> dict[str, list[int | None]]:
+def _live_replicas(rows, stages: list[str], duration_s: int, column: int = 1) -> dict[str, list]:
+    """Per stage and whole second, the last polled replica count (``column`` 2: the
+    controller's total ongoing requests); None where no poll landed in that second."""
     out = {s: [] for s in stages}
     for t in range(duration_s):
-        near = [c for ts, c in rows if t <= ts < t + 1]
+        near = [row[column] for row in rows if t <= row[0] < t + 1]
         for s in stages:
             out[s].append(near[-1].get(stage_deployment_name(s)) if near else None)
     return out
@@ -244,6 +263,24 @@ def _step_levels(series: list, step_s: int, steps: int) -> list:
     return levels
 
 
+class _WatchedRay(RayPolicy):
+    """The simulated Ray rule, keeping the controller's figure it acted on at every step."""
+
+    def __init__(self, ctx, **config) -> None:
+        super().__init__(ctx, **config)
+        self.seen: list[tuple[float, dict[str, float]]] = []
+
+    def decide(self, observation, forecast, current):
+        decision = super().decide(observation, forecast, current)
+        self.seen.append((observation.time_s, {s: m.mean(observation.time_s) for s, m in self.metrics.items()}))
+        return decision
+
+
+def _first_above(series: list, level: float, after: int) -> int | None:
+    """First second at or after ``after`` whose value exceeds ``level``."""
+    return next((t for t, v in enumerate(series) if t >= after and v is not None and v > level), None)
+
+
 def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list[str]) -> dict:
     """Live Ray Serve's autoscaler vs the simulated rule on a stepped overload, ``--ray-runs`` live runs."""
     levels_rps = [args.low_rps, args.ray_high_rps, args.low_rps]
@@ -253,14 +290,25 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
     rslas = {"ray-sla": args.ray_sla}
     print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
           f"{args.ray_step_s}s each, SLA {args.ray_sla:g}s, {args.ray_runs} live run(s)", flush=True)
-    [rsim] = run_sim(profile, rtimes, ["ray"], rslas, replace(base, sla_s=args.ray_sla, policy_options=ropts))
+    settings = replace(base, sla_s=args.ray_sla, policy_options=ropts)
+    watched = _WatchedRay(policy_context(profile, settings), **ropts)
+    rsim = run_policy(profile, rtimes, "ray", settings, policy=watched)
     sim_r = _sim_replicas(rsim, stages, rtrace.duration_s)
-    lives = []
+    # The ongoing-request figure the (simulated) controller acted on, per whole second.
+    seen = dict(watched.seen)
+    sim_ongoing = {s: [seen.get(float(t), {}).get(s) for t in range(rtrace.duration_s)] for s in stages}
+    lives, live_ongoing = [], []
     for _ in range(args.ray_runs):
         replica_log: list = []
         start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
         run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
         lives.append(_live_replicas(replica_log[0][1], stages, rtrace.duration_s))
+        live_ongoing.append(_live_replicas(replica_log[0][1], stages, rtrace.duration_s, column=2))
+    target = float(watched.config["target_ongoing_requests"])
+    for s in stages:  # when the controller's figure first asked for a second replica after the step up
+        print(f"  ray {s}: controller's ongoing first above {target:g} after t={args.ray_step_s}s: live "
+              f"{[_first_above(lo[s], target, args.ray_step_s) for lo in live_ongoing]}, sim "
+              f"{_first_above(sim_ongoing[s], target, args.ray_step_s)}", flush=True)
     per_stage = {}
     for s in stages:
         runs = []
@@ -282,7 +330,8 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
         per_stage[s] = entry
     return {"trace_rps": levels_rps, "step_s": args.ray_step_s, "sla_s": args.ray_sla, "policy_options": ropts,
             "sim_control_period_s": RAY_SIM_CONTROL_PERIOD_S, "per_stage": per_stage,
-            "series": {"live": lives, "sim": sim_r}}
+            "series": {"live": lives, "sim": sim_r, "live_controller_ongoing": live_ongoing,
+                       "sim_controller_ongoing": sim_ongoing}}
 
 
 def main() -> int:

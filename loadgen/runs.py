@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from varipipe.adapter.policy import PolicyContext
+from varipipe.adapter.policy import Policy, PolicyContext
 from varipipe.loadgen.simulator import (
     RequestTable,
     SimConfig,
@@ -24,7 +24,7 @@ from varipipe.loadgen.simulator import (
 )
 from varipipe.records import SLA, Profile
 
-__all__ = ["SimSettings", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
+__all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
 
 # Policies built on the adapter's ILP (adapter/policies.py), and the options only they take.
 SOLVER_POLICIES = frozenset({"ipa", "fa2-low", "fa2-high", "rim", "oracle"})
@@ -66,16 +66,23 @@ def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> d
     return opts
 
 
+def policy_context(profile: Profile, settings: SimSettings) -> PolicyContext:
+    """The context every simulated policy of a run is built with."""
+    return PolicyContext(spec=None, profile=profile, sla=SLA(settings.sla_s), cost_mode=settings.cost_mode,
+                         cluster_cores=settings.cluster_cores, max_replicas=settings.replica_cap(),
+                         interval_s=settings.interval_s)
+
+
 def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, settings: SimSettings,
-               keep_table: bool = False) -> SimResult:
-    """Simulate ``arrivals`` under the adapter's policy ``policy_name``."""
+               keep_table: bool = False, policy: Policy | None = None) -> SimResult:
+    """Simulate ``arrivals`` under the adapter's policy ``policy_name`` (or ``policy``, built
+    by the caller with :func:`policy_context`, e.g. to watch its internals)."""
     from varipipe.adapter.policies import make_policy
     from varipipe.adapter.predictors import make_predictor
 
-    ctx = PolicyContext(spec=None, profile=profile, sla=SLA(settings.sla_s), cost_mode=settings.cost_mode,
-                        cluster_cores=settings.cluster_cores, max_replicas=settings.replica_cap(),
-                        interval_s=settings.interval_s)
-    policy = make_policy(policy_name, ctx, **_policy_options(policy_name, settings, arrivals))
+    if policy is None:
+        policy = make_policy(policy_name, policy_context(profile, settings),
+                             **_policy_options(policy_name, settings, arrivals))
     forecaster = predictor_forecaster(make_predictor(settings.predictor), horizon_s=settings.interval_s)
     return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table)
 
