@@ -78,9 +78,15 @@ def _controller_ongoing(deployments: list[str]) -> dict[str, float]:
         controller = _get_global_client()._controller
         refs = {d: controller._get_total_num_requests_for_deployment_for_testing.remote(
             DeploymentID(name=d, app_name="fidelity")) for d in deployments}
-        return {d: float(ray.get(r, timeout=2)) for d, r in refs.items()}
     except Exception:  # noqa: BLE001 - a private hook; its absence only loses the diagnostic
         return {}
+    out = {}
+    for d, ref in refs.items():
+        try:
+            out[d] = float(ray.get(ref, timeout=2))
+        except Exception:  # noqa: BLE001 - a deployment without autoscaling (the ingress) has no figure
+            continue
+    return out
 
 
 def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, replica_log: list, policy_options: dict):
@@ -90,6 +96,10 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
     def start(policy: str, sla_s: float):
         from ray import serve
 
+        from varipipe.spec import find_spec
+
+        # Ray's autoscaler runs on the stage deployments (not the ingress) under the ray policy.
+        autoscaled = {stage_deployment_name(s) for s in find_spec(pipeline).stage_names} if policy == "ray" else set()
         opts = AppOptions(pipeline=pipeline, app_name="fidelity", policy=policy, sla_s=sla_s, interval_s=interval_s,
                           cost_mode="shared", cluster_cores=2.0, profile=profile, max_replicas=max_replicas,
                           policy_options=dict(policy_options.get(policy, {})),
@@ -109,7 +119,8 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
                     counts = {name: sum(n for state, n in d.replica_states.items()
                                         if str(state).split(".")[-1] in ("RUNNING", "STARTING"))
                               for name, d in deps.items()}
-                    rows.append((time.monotonic() - t0, counts, _controller_ongoing(list(deps))))
+                    stages = [d for d in deps if d in autoscaled]
+                    rows.append((time.monotonic() - t0, counts, _controller_ongoing(stages)))
 
             th = threading.Thread(target=poll, daemon=True)
             th.start()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import yaml
 
+from varipipe.adapter.policies import RayPolicy
 from varipipe.errors import ConfigError
 from varipipe.loadgen.experiment import _config_url, metrics_from_records, run_sim, write_results
 from varipipe.loadgen.replayer import RequestRecord
 from varipipe.loadgen.report import plot_all
-from varipipe.loadgen.runs import SimSettings
+from varipipe.loadgen.runs import SimSettings, policy_context, run_policy
 from varipipe.loadgen.scenario import (
     fastest_path_s,
     load_scenario,
@@ -65,6 +66,18 @@ def test_resolve_on_another_trace(tmp_path):
 def test_peak_cores_grow_with_load():
     prof = load_profile(PROFILE)
     assert peak_cores_largest(prof, 40, 5.0, 0.8) > peak_cores_largest(prof, 4, 5.0, 0.8)
+
+
+def test_run_policy_takes_a_policy_built_by_the_caller():
+    prof = load_profile(PROFILE)
+    times = arrival_times(Trace(np.full(60, 3.0)), "poisson", 1)
+    settings = SimSettings(sla_s=2.0, cost_mode="reserved", cluster_cores=40, seed=1)
+    mine = RayPolicy(policy_context(prof, settings))
+    result = run_policy(prof, times, "ray", settings, policy=mine)
+    assert set(mine.metrics) == set(prof.stages)  # the simulation stepped this very object
+    assert result.requests == len(times)
+    default = run_policy(prof, times, "ray", settings)
+    assert default.sla_attainment == result.sla_attainment  # same rule, same seed
 
 
 def test_run_sim_same_arrivals_for_every_policy(tmp_path):
