@@ -269,6 +269,17 @@ class _Stage:
     pending: tuple[np.ndarray, np.ndarray] | None = None  # done here, not yet due at the next stage
     left: np.ndarray | None = None  # fan-out: items still to finish, per request
     last: np.ndarray | None = None  # fan-out: latest item completion, per request
+    # Items in the stage (queued or in a running batch) = entered - finished: what a Serve
+    # handle counts as ongoing requests. Batches are formed ahead of their end, so their
+    # ends wait in a heap of (end time, items) until the clock passes them.
+    entered: int = 0
+    finished: int = 0
+    ending: list[tuple[float, int]] = field(default_factory=list)
+
+    def in_system(self, t: float) -> int:
+        while self.ending and self.ending[0][0] <= t:
+            self.finished += heapq.heappop(self.ending)[1]
+        return self.entered - self.finished
 
     def z(self) -> float:
         if self.noise_i >= len(self.noise):
@@ -535,6 +546,7 @@ class _Run:
         if st.identity:
             items = reqs
             st.enqueue(times, items)
+            st.entered += len(items)
             self.interval_obs[st.index][3] += len(items)
             return np.empty(0), np.empty(0, np.int64)
         lo = np.searchsorted(st.parent, reqs, side="left")
@@ -542,6 +554,7 @@ class _Run:
         k = hi - lo
         items = np.repeat(lo, k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
         st.enqueue(np.repeat(times, k), items.astype(np.int64))
+        st.entered += len(items)
         self.interval_obs[st.index][3] += len(items)
         skip = k == 0
         return times[skip], reqs[skip]
@@ -556,6 +569,9 @@ class _Run:
             d_items = st.q_ids[np.asarray(dropped_pos, dtype=np.int64)]
             self.req_dropped[st.parent[d_items]] = True
             obs[2] += len(d_items)
+            st.finished += len(d_items)  # shed when its batch would have formed: gone now
+        for bid, size in zip(bids, sizes, strict=True):
+            heapq.heappush(st.ending, (st.b_end[bid], size))
         if not firsts:
             return self._release(st, np.empty(0), np.empty(0, np.int64), t1)
         pos = _expand(h0, firsts, sizes)
@@ -610,7 +626,7 @@ class _Run:
             s = np.concatenate(soj) if soj else np.empty(0)
             stages.append(StageObservation(
                 stage=st.name, arrival_rps=na / iv,
-                queue_length=float(s.sum() / iv) if len(s) else float(st.queued),  # Little's law: mean in system
+                queue_length=float(st.in_system(t)),  # queued + in a running batch, now (as live reports it)
                 p99_latency_s=_p99(s) if len(s) else 0.0, drops=nd, replicas=len(st.free)))
             drops += nd
         e2e = np.concatenate(self.e2e_window) if self.e2e_window else np.empty(0)

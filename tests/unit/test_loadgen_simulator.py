@@ -285,3 +285,17 @@ def test_sheds_a_request_whose_batch_is_expected_to_end_after_its_deadline():
 def test_p99_helper_equals_numpys_linear_percentile(n):
     values = np.random.default_rng(n).exponential(size=n)
     assert simulator._p99(values) == pytest.approx(float(np.percentile(values, 99)), abs=1e-12)
+
+
+def test_observed_queue_length_is_the_items_in_the_stage_now():
+    # Stage a serves one request per 0.1 s: at 20 req/s its queue grows by about 10 a second.
+    # What the policy is shown must be what a Serve handle counts: arrived and not yet finished.
+    pol = Fixed(replicas=1)
+    arr = _arrivals(20, 30)
+    res = simulate(_profile(), arr, pol, _last, SimConfig(1000.0, 10.0, "reserved", 8.0, 0, shed_late=False),
+                   keep_table=True)
+    a_in, a_done = res.table.item_arrival_s[0], res.table.item_done_s[0]
+    for obs, _ in pol.seen[1:3]:
+        t = obs.time_s
+        expected = int(np.sum(a_in <= t) - np.sum(a_done <= t))
+        assert obs.stages[0].queue_length == expected > 50
