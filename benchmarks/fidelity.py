@@ -68,8 +68,9 @@ def _ray_options(downscale_delay_s: float) -> dict:
 
 def _controller_ongoing(deployments: list[str]) -> dict[str, float]:
     """Total ongoing requests per deployment as Ray's controller aggregates them for its
-    autoscaler, through the controller's test hook (``_get_total_num_requests_for_deployment
-    _for_testing``, Ray 2.60); {} where the hook is missing (a diagnostic only)."""
+    autoscaler, through the controller's test hook (Ray 2.60:
+    ``_get_total_num_requests_for_deployment_for_testing``); {} where the hook is missing
+    (a diagnostic only)."""
     try:
         import ray
         from ray.serve._private.common import DeploymentID
