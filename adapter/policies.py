@@ -231,6 +231,11 @@ RAY_SIM_CONTROL_PERIOD_S = 1.0
 _DELAY_EPS_S = 1e-6
 
 
+def _next_tick(tick: float, period: float, time_s: float) -> float:
+    """The first tick of a timer firing every ``period`` from ``tick`` that lies after ``time_s``."""
+    return tick + period * (1 + math.floor((time_s - tick) / period))
+
+
 class _RayMetrics:
     """One deployment's ongoing-request figure as Ray's controller sees it (see above)."""
 
@@ -246,13 +251,12 @@ class _RayMetrics:
         """Record and push as the timers say, then return the controller's figure at ``time_s``."""
         if time_s >= self.next_record:
             self.recorded.append((time_s, ongoing))
-            self.next_record += self.record_s * (1 + math.floor((time_s - self.next_record) / self.record_s))
+            self.next_record = _next_tick(self.next_record, self.record_s, time_s)
         while self.recorded and self.recorded[0][0] < time_s - self.look_back_s:
             self.recorded.popleft()
         if time_s >= self.next_push:
             self.pushed = tuple(self.recorded)
-            self.next_push += RAY_METRICS_PUSH_INTERVAL_S * (
-                1 + math.floor((time_s - self.next_push) / RAY_METRICS_PUSH_INTERVAL_S))
+            self.next_push = _next_tick(self.next_push, RAY_METRICS_PUSH_INTERVAL_S, time_s)
         return self.mean(time_s)
 
     def mean(self, time_s: float) -> float:
@@ -343,8 +347,9 @@ class RayPolicy:
 
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
         t = observation.time_s
+        base = self._base(current)
         replicas = []
-        for sd in self._base(current):
+        for sd in base:
             metrics = self.metrics.setdefault(sd.stage, _RayMetrics(float(self.config["look_back_period_s"])))
             ongoing = metrics.update(t, self._ongoing(observation, sd))
             replicas.append(self._delayed(sd.stage, self.desired(ongoing, sd.replicas), sd.replicas, t))
@@ -353,7 +358,7 @@ class RayPolicy:
             # Asked every second; pricing (the predicted latency, accuracy and cost at the
             # load) is redone on a change or once per adapter interval, as for other policies.
             return dataclasses.replace(current, time_s=t)
-        stages = [dataclasses.replace(sd, replicas=n) for sd, n in zip(self._base(current), replicas, strict=True)]
+        stages = [dataclasses.replace(sd, replicas=n) for sd, n in zip(base, replicas, strict=True)]
         self.priced_at_s = t
         return price_decision(self.ctx, stages, observation.arrival_rps, policy="ray", time_s=t)
 

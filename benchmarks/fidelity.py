@@ -150,7 +150,7 @@ def _sim_replicas(outcome, stages: list[str], duration_s: int) -> dict[str, list
     return out
 
 
-def _live_replicas(rows, stages: list[str], duration_s: int, column: int = 1) -> dict[str, list]:
+def _live_series(rows, stages: list[str], duration_s: int, column: int = 1) -> dict[str, list]:
     """Per stage and whole second, the last polled replica count (``column`` 2: the
     controller's total ongoing requests); None where no poll landed in that second."""
     out = {s: [] for s in stages}
@@ -314,8 +314,8 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
         replica_log: list = []
         start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
         run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
-        lives.append(_live_replicas(replica_log[0][1], stages, rtrace.duration_s))
-        live_ongoing.append(_live_replicas(replica_log[0][1], stages, rtrace.duration_s, column=2))
+        lives.append(_live_series(replica_log[0][1], stages, rtrace.duration_s))
+        live_ongoing.append(_live_series(replica_log[0][1], stages, rtrace.duration_s, column=2))
     target = float(watched.config["target_ongoing_requests"])
     for s in stages:  # when the controller's figure first asked for a second replica after the step up
         print(f"  ray {s}: controller's ongoing first above {target:g} after t={args.ray_step_s}s: live "

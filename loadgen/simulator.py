@@ -294,6 +294,7 @@ class _Stage:
             del self.q_dl[: self.head]
             self.q_ids = self.q_ids[self.head:]
             self.head = 0
+        self.entered += len(items)
         if len(items):
             self.arr[items] = times
             self.q_t.extend(times.tolist())
@@ -345,6 +346,7 @@ def _run_stage(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarr
         expected = update_expected(expected, s)
         end = close + s
         heapq.heapreplace(free, end)
+        heapq.heappush(st.ending, (end, n))
         firsts.append(h)
         sizes.append(n)
         ids.append(len(b_end))
@@ -546,7 +548,6 @@ class _Run:
         if st.identity:
             items = reqs
             st.enqueue(times, items)
-            st.entered += len(items)
             self.interval_obs[st.index][3] += len(items)
             return np.empty(0), np.empty(0, np.int64)
         lo = np.searchsorted(st.parent, reqs, side="left")
@@ -554,7 +555,6 @@ class _Run:
         k = hi - lo
         items = np.repeat(lo, k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
         st.enqueue(np.repeat(times, k), items.astype(np.int64))
-        st.entered += len(items)
         self.interval_obs[st.index][3] += len(items)
         skip = k == 0
         return times[skip], reqs[skip]
@@ -570,8 +570,6 @@ class _Run:
             self.req_dropped[st.parent[d_items]] = True
             obs[2] += len(d_items)
             st.finished += len(d_items)  # shed when its batch would have formed: gone now
-        for bid, size in zip(bids, sizes, strict=True):
-            heapq.heappush(st.ending, (st.b_end[bid], size))
         if not firsts:
             return self._release(st, np.empty(0), np.empty(0, np.int64), t1)
         pos = _expand(h0, firsts, sizes)
