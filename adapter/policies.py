@@ -229,6 +229,10 @@ RAY_METRICS_PUSH_INTERVAL_S = 10.0  # RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_I
 RAY_SIM_CONTROL_PERIOD_S = 1.0
 # Ray's _DELAY_ELAPSED_EPS_S (autoscaling_policy.py): a delay counts as elapsed this close to it.
 _DELAY_EPS_S = 1e-6
+# Options of the simulated rule beyond Ray's autoscaling_config: the replicas cap, the
+# batch size it keeps, and where the handles' metric timers stand at t = 0 (seconds
+# since they started; live this phase is arbitrary, so the fidelity check sweeps it).
+_RAY_SIM_OPTIONS = ("max_replicas", "batch", "metrics_phase_s")
 
 
 def _next_tick(tick: float, period: float, time_s: float) -> float:
@@ -239,13 +243,17 @@ def _next_tick(tick: float, period: float, time_s: float) -> float:
 class _RayMetrics:
     """One deployment's ongoing-request figure as Ray's controller sees it (see above)."""
 
-    def __init__(self, look_back_s: float) -> None:
+    def __init__(self, look_back_s: float, phase_s: float = 0.0) -> None:
+        """``phase_s``: how long before t = 0 the handle started its timers (0: at t = 0).
+        Live, a handle starts them when it is made, some arbitrary time before the load."""
         self.look_back_s = look_back_s
         self.record_s = min(look_back_s * RAY_RECORD_INTERVAL_FACTOR, RAY_METRICS_INTERVAL_S)
         self.recorded: deque[tuple[float, float]] = deque()
         self.pushed: tuple[tuple[float, float], ...] = ()
-        self.next_record = 0.0
-        self.next_push = RAY_METRICS_PUSH_INTERVAL_S
+        # The timers' first ticks at or after t = 0 (record) and after t = 0 (push): with
+        # phase 0, a record at 0 and the first push at 10 s.
+        self.next_record = -phase_s + self.record_s * math.ceil(phase_s / self.record_s)
+        self.next_push = _next_tick(-phase_s, RAY_METRICS_PUSH_INTERVAL_S, 0.0)
 
     def update(self, time_s: float, ongoing: float) -> float:
         """Record and push as the timers say, then return the controller's figure at ``time_s``."""
@@ -289,10 +297,10 @@ class RayPolicy:
     control_period_s = RAY_SIM_CONTROL_PERIOD_S
 
     def __init__(self, ctx: PolicyContext, **config: Any) -> None:
-        unknown = set(config) - set(RAY_DEFAULTS) - {"max_replicas", "batch"}
+        unknown = set(config) - set(RAY_DEFAULTS) - set(_RAY_SIM_OPTIONS)
         if unknown:
             raise ConfigError("ray policy options", ", ".join(sorted(unknown)),
-                              f"unknown; known: {', '.join(sorted(RAY_DEFAULTS))}, max_replicas, batch")
+                              f"unknown; known: {', '.join(sorted(RAY_DEFAULTS) + list(_RAY_SIM_OPTIONS))}")
         self.name = "ray"
         self.ctx = ctx
         self.config = {**RAY_DEFAULTS, "max_replicas": ctx.max_replicas, **config}
@@ -350,7 +358,10 @@ class RayPolicy:
         base = self._base(current)
         replicas = []
         for sd in base:
-            metrics = self.metrics.setdefault(sd.stage, _RayMetrics(float(self.config["look_back_period_s"])))
+            metrics = self.metrics.get(sd.stage)
+            if metrics is None:
+                metrics = self.metrics[sd.stage] = _RayMetrics(float(self.config["look_back_period_s"]),
+                                                               float(self.config.get("metrics_phase_s", 0.0)))
             ongoing = metrics.update(t, self._ongoing(observation, sd))
             replicas.append(self._delayed(sd.stage, self.desired(ongoing, sd.replicas), sd.replicas, t))
         unchanged = current.stages and [sd.replicas for sd in current.stages] == replicas

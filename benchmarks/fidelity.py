@@ -10,10 +10,13 @@
    against the simulator's rendering of Ray's rule (adapter/policies.py
    RayPolicy). Live replica counts are read every second from ``serve.status()``
    (RUNNING + STARTING, i.e. what the autoscaler asked for); the simulated ones
-   from the run's decision timeline. Target: within ±1 replica per stage. ``--ray-runs 2``
+   from the run's decision timeline. Target: within ±1 replica per stage, read as the
+   count each stage settles at in each step of the load (the steps, ``--ray-step-s``,
+   outlast Ray's delays); agreement at every second is reported beside it. ``--ray-runs 2``
    (default) repeats the live run on the same arrivals, which shows how closely live
-   Ray Serve agrees with itself; each stage also reports when its count changed and
-   where it settled in each step of the load.
+   Ray Serve agrees with itself; each stage also reports when its count changed.
+   ``--ray-phases`` reruns the simulated rule at each phase of the handles' metric
+   timers (arbitrary live), giving the range of change times the rule allows.
 
 Both sides shed a request by the same rule (``varipipe.admission``: its stage's
 batch is expected to end past the SLA; live: ``deadline_sla_factor=1``, the
@@ -177,7 +180,15 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ray-high-rps", type=float, default=4.0, help="ray check: an overload that makes Ray scale")
-    ap.add_argument("--ray-step-s", type=int, default=90)
+    ap.add_argument("--ray-step-s", default="60,120,150",
+                    help="ray check: seconds of the low, high and low steps (one number: all three). The "
+                         "high step outlasts Ray's 30 s upscale delay after the queues build; the last "
+                         "drains the queues and outlasts the 30 s look-back and downscale delay, so that "
+                         "each step shows where Ray settles")
+    ap.add_argument("--ray-phases", type=int, default=30,
+                    help="ray check: also simulate with the handles' metric timers started 0..N-1 s before "
+                         "the load (6 s record and 10 s push timers repeat every 30 s; live the phase is "
+                         "arbitrary)")
     ap.add_argument("--ray-downscale-delay", type=float, default=30.0)
     ap.add_argument("--ray-sla", type=float, default=30.0,
                     help="ray check's SLA: long, so that admission control sheds little and the queue that "
@@ -266,12 +277,14 @@ def _changes(series: list) -> list[tuple[int, int]]:
     return out
 
 
-def _step_levels(series: list, step_s: int, steps: int) -> list:
-    """The count at the last sampled second of each step of the load: where Ray settled."""
-    levels = []
-    for k in range(steps):
-        seen = [n for n in series[k * step_s:(k + 1) * step_s] if n is not None]
+def _step_levels(series: list, bounds: list[int]) -> list:
+    """The count at the last sampled second of each step of the load (steps end at
+    ``bounds``): where Ray settled."""
+    levels, start = [], 0
+    for end in bounds:
+        seen = [n for n in series[start:end] if n is not None]
         levels.append(seen[-1] if seen else None)
+        start = end
     return levels
 
 
@@ -293,15 +306,43 @@ def _first_above(series: list, level: float, after: int) -> int | None:
     return next((t for t, v in enumerate(series) if t >= after and v is not None and v > level), None)
 
 
+def _phase_sweep(profile, rtimes, settings, ropts: dict, stages: list[str], duration_s: int, phases: int,
+                 bounds: list[int], lives: list[dict]) -> dict:
+    """The simulated rule with its metric timers at each whole-second phase: where its changes
+    fall, where it settles, and how well a run at an arbitrary phase agrees with each live run."""
+    if phases <= 0:
+        return {"phases_s": [], "per_stage": {s: None for s in stages}}
+    runs = []
+    for phase in range(phases):
+        opts = {**ropts, "metrics_phase_s": float(phase)}
+        out = run_policy(profile, rtimes, "ray", replace(settings, policy_options=opts))
+        runs.append(_sim_replicas(out, stages, duration_s))
+    per_stage = {}
+    for s in stages:
+        changes = [_changes(r[s]) for r in runs]
+        per_stage[s] = {
+            "change_times_s": {"min": [min(c[k][0] for c in changes) for k in range(min(map(len, changes)))],
+                               "max": [max(c[k][0] for c in changes) for k in range(min(map(len, changes)))]},
+            "change_counts": sorted({tuple(n for _, n in c) for c in changes}),
+            "step_levels": sorted({tuple(_step_levels(r[s], bounds)) for r in runs}),
+            "within_1_vs_live_mean": [float(np.mean([_agreement(lo[s], r[s])["within_1_fraction"] for r in runs]))
+                                      for lo in lives],
+        }
+    return {"phases_s": list(range(phases)), "per_stage": per_stage}
+
+
 def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list[str]) -> dict:
     """Live Ray Serve's autoscaler vs the simulated rule on a stepped overload, ``--ray-runs`` live runs."""
     levels_rps = [args.low_rps, args.ray_high_rps, args.low_rps]
-    rtrace = step_trace(levels_rps, args.ray_step_s)
+    step_s = [int(x) for x in str(args.ray_step_s).split(",")]
+    step_s = step_s * len(levels_rps) if len(step_s) == 1 else step_s
+    bounds = [int(b) for b in np.cumsum(step_s)]
+    rtrace = step_trace(levels_rps, step_s)
     rtimes = arrival_times(rtrace, "poisson", args.seed)
     ropts = _ray_options(args.ray_downscale_delay)
     rslas = {"ray-sla": args.ray_sla}
-    print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s, "
-          f"{args.ray_step_s}s each, SLA {args.ray_sla:g}s, {args.ray_runs} live run(s)", flush=True)
+    print(f"ray: steps {args.low_rps:g} / {args.ray_high_rps:g} / {args.low_rps:g} req/s for {step_s} s, "
+          f"SLA {args.ray_sla:g}s, {args.ray_runs} live run(s)", flush=True)
     settings = replace(base, sla_s=args.ray_sla, policy_options=ropts)
     watched = _WatchedRay(policy_context(profile, settings), **ropts)
     rsim = run_policy(profile, rtimes, "ray", settings, policy=watched)
@@ -310,17 +351,19 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
     seen = dict(watched.seen)
     sim_ongoing = {s: [seen.get(float(t), {}).get(s) for t in range(rtrace.duration_s)] for s in stages}
     lives, live_ongoing = [], []
-    for _ in range(args.ray_runs):
+    for run in range(args.ray_runs):
         replica_log: list = []
         start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
-        run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval)
+        run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval,
+                 records_dir=args.records / f"ray-run{run + 1}" if args.records else None)
         lives.append(_live_series(replica_log[0][1], stages, rtrace.duration_s))
         live_ongoing.append(_live_series(replica_log[0][1], stages, rtrace.duration_s, column=2))
     target = float(watched.config["target_ongoing_requests"])
     for s in stages:  # when the controller's figure first asked for a second replica after the step up
-        print(f"  ray {s}: controller's ongoing first above {target:g} after t={args.ray_step_s}s: live "
-              f"{[_first_above(lo[s], target, args.ray_step_s) for lo in live_ongoing]}, sim "
-              f"{_first_above(sim_ongoing[s], target, args.ray_step_s)}", flush=True)
+        print(f"  ray {s}: controller's ongoing first above {target:g} after t={bounds[0]}s: live "
+              f"{[_first_above(lo[s], target, bounds[0]) for lo in live_ongoing]}, sim "
+              f"{_first_above(sim_ongoing[s], target, bounds[0])}", flush=True)
+    sweep = _phase_sweep(profile, rtimes, settings, ropts, stages, rtrace.duration_s, args.ray_phases, bounds, lives)
     per_stage = {}
     for s in stages:
         runs = []
@@ -328,20 +371,28 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
             row = _agreement(live_r[s], sim_r[s])
             row |= {"live_max": max((n for n in live_r[s] if n is not None), default=None),
                     "sim_max": max(sim_r[s]), "live_changes": _changes(live_r[s]), "sim_changes": _changes(sim_r[s]),
-                    "live_step_levels": _step_levels(live_r[s], args.ray_step_s, len(levels_rps)),
-                    "sim_step_levels": _step_levels(sim_r[s], args.ray_step_s, len(levels_rps))}
+                    "live_step_levels": _step_levels(live_r[s], bounds),
+                    "sim_step_levels": _step_levels(sim_r[s], bounds)}
+            row["step_levels_within_1"] = all(
+                a is not None and abs(a - b) <= TARGET_RAY_REPLICAS
+                for a, b in zip(row["live_step_levels"], row["sim_step_levels"], strict=True))
             runs.append(row)
             print(f"  ray {s} run {i + 1}: within ±1 {row['within_1_fraction']}, max |diff| {row['max_abs_diff']}; "
                   f"changes live {row['live_changes']} sim {row['sim_changes']}; per-step levels live "
                   f"{row['live_step_levels']} sim {row['sim_step_levels']}", flush=True)
-        entry = {"runs": runs}
+        entry = {"runs": runs, "phase_sweep": sweep["per_stage"][s]}
         if len(lives) > 1:  # how closely live Ray Serve agrees with itself on the same arrivals
             entry["live_vs_live"] = _agreement(lives[0][s], lives[1][s])
             print(f"  ray {s} live run 1 vs run 2: within ±1 {entry['live_vs_live']['within_1_fraction']}",
                   flush=True)
+        ps = sweep["per_stage"][s]
+        if ps is not None:
+            print(f"  ray {s} sim over {args.ray_phases} timer phases: changes at {ps['change_times_s']['min']}.."
+                  f"{ps['change_times_s']['max']} s to {ps['change_counts']}, step levels {ps['step_levels']}, "
+                  f"within ±1 of each live run (mean over phases) {ps['within_1_vs_live_mean']}", flush=True)
         per_stage[s] = entry
-    return {"trace_rps": levels_rps, "step_s": args.ray_step_s, "sla_s": args.ray_sla, "policy_options": ropts,
-            "sim_control_period_s": RAY_SIM_CONTROL_PERIOD_S, "per_stage": per_stage,
+    return {"trace_rps": levels_rps, "step_s": step_s, "sla_s": args.ray_sla, "policy_options": ropts,
+            "sim_control_period_s": RAY_SIM_CONTROL_PERIOD_S, "phases_s": sweep["phases_s"], "per_stage": per_stage,
             "series": {"live": lives, "sim": sim_r, "live_controller_ongoing": live_ongoing,
                        "sim_controller_ongoing": sim_ongoing}}
 

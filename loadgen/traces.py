@@ -161,9 +161,13 @@ def read_trace(
 # ---- synthetic shapes -------------------------------------------------------------
 
 
-def step_trace(levels: list[float], step_s: int) -> Trace:
-    """Constant levels, each held for ``step_s`` seconds (e.g. [10, 40, 10])."""
-    return Trace(np.repeat(np.asarray(levels, dtype=np.float64), step_s), f"step{list(levels)}")
+def step_trace(levels: list[float], step_s: int | list[int]) -> Trace:
+    """Constant levels, each held for ``step_s`` seconds (e.g. [10, 40, 10]); a list
+    gives each level its own length (e.g. [60, 120, 150])."""
+    lengths = np.broadcast_to(np.asarray(step_s, dtype=np.int64), (len(levels),))
+    if (lengths <= 0).any():
+        raise TraceError("<step>", 0, f"step lengths must be positive seconds, got {np.atleast_1d(step_s).tolist()}")
+    return Trace(np.repeat(np.asarray(levels, dtype=np.float64), lengths), f"step{list(levels)}")
 
 
 def ramp_trace(start_rps: float, end_rps: float, duration_s: int) -> Trace:

@@ -160,6 +160,17 @@ def test_ray_metrics_follow_rays_record_and_push_timers():
     assert m.mean(35.0) == pytest.approx((8.0 * 6 + 8.0 * 5) / 35)  # the last point holds until now
 
 
+def test_ray_metric_timers_can_start_before_the_load():
+    # Handle made 4 s before t=0: records at -4, 2, 8, ... and pushes at 6, 16, ...
+    m = _RayMetrics(look_back_s=30.0, phase_s=4.0)
+    assert (m.next_record, m.next_push) == (2.0, 6.0)
+    seen = {t: m.update(float(t), 0.0 if t < 5 else 8.0) for t in range(0, 17)}
+    assert seen[15] == 0.0  # recorded at 8 and 14, but pushed only at 16
+    assert seen[16] == pytest.approx(8.0 * (16 - 8) / (16 - 2))  # pushed (2,0) (8,8) (14,8), held to 16
+    assert (_RayMetrics(30.0, phase_s=0.0).next_record, _RayMetrics(30.0, phase_s=0.0).next_push) == (0.0, 10.0)
+    assert make_policy("ray", CTX, metrics_phase_s=4.0).autoscaling_config().keys().isdisjoint({"metrics_phase_s"})
+
+
 def test_ray_scales_up_once_wanted_for_the_upscale_delay():
     p = make_policy("ray", CTX)  # upscale delay 30 s; first push (t=10) shows 8 ongoing: 4 wanted
     current, first_four = EMPTY, None

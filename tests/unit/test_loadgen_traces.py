@@ -87,6 +87,9 @@ def test_window_and_scale(tmp_path):
 
 def test_synthetic_shapes():
     assert step_trace([1, 5], 2).rates.tolist() == [1, 1, 5, 5]
+    assert step_trace([1, 5, 2], [1, 3, 2]).rates.tolist() == [1, 5, 5, 5, 2, 2]
+    with pytest.raises(TraceError, match="positive"):
+        step_trace([1, 5], [2, 0])
     assert ramp_trace(0, 10, 11).rates[5] == pytest.approx(5)
     s = sinusoid_trace(10, 20, 4, 100)
     assert s.rates.min() == 0 and s.rates.max() == pytest.approx(30)
