@@ -218,8 +218,13 @@ RAY_DEFAULTS: dict[str, Any] = {
 # replicas) every min(look_back_period_s x RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR,
 # metrics_interval_s) seconds and pushes the points of the last look_back_period_s to the
 # controller every RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S; the controller's
-# figure is the time-weighted mean of the pushed series from its first point to now, the
-# last point held until now (_merge_and_aggregate_timeseries).
+# figure is the time-weighted mean of the pushed series, the last point held until now
+# (_merge_and_aggregate_timeseries). The controller first merges the handle's series (its
+# queued requests and one running series per replica: always two or more) into their
+# change points from a baseline of 0 (autoscaling_metrics_merge.py,
+# merge_instantaneous_total_arrays), so leading zeros vanish: the mean runs from the
+# first non-zero point to now, and after an idle spell the first busy sample alone is the
+# figure until the next push.
 RAY_RECORD_INTERVAL_FACTOR = 0.2  # RAY_SERVE_AUTOSCALING_METRIC_RECORD_INTERVAL_FACTOR default
 RAY_METRICS_INTERVAL_S = 10.0  # AutoscalingConfig.metrics_interval_s default (deprecated field)
 RAY_METRICS_PUSH_INTERVAL_S = 10.0  # RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S default
@@ -268,9 +273,12 @@ class _RayMetrics:
         return self.mean(time_s)
 
     def mean(self, time_s: float) -> float:
+        # Leading zeros are not change points in Ray's merge: the window opens at the first non-zero.
         points = self.pushed
-        if not points:
+        first = next((i for i, (_, v) in enumerate(points) if v != 0), None)
+        if first is None:
             return 0.0
+        points = points[first:]
         span = time_s - points[0][0]
         if span <= 0:
             return points[-1][1]

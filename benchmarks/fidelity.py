@@ -195,6 +195,9 @@ def _args() -> argparse.Namespace:
                          "Ray's autoscaler reacts to builds up (with the pipeline's own SLA Ray never scaled)")
     ap.add_argument("--ray-runs", type=int, default=2,
                     help="ray check: live runs on the same arrivals (2: also reports live-vs-live agreement)")
+    ap.add_argument("--ray-live-from", type=Path, default=None,
+                    help="ray check: take the live runs from this earlier result file (same steps and seed) "
+                         "instead of running them; only the simulated side is recomputed")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--only-ray", action="store_true", help="the ray check alone (no calibration, no policies)")
     ap.add_argument("--calib-rps", type=float, default=0.3, help="calibration window: constant rate")
@@ -351,7 +354,17 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
     seen = dict(watched.seen)
     sim_ongoing = {s: [seen.get(float(t), {}).get(s) for t in range(rtrace.duration_s)] for s in stages}
     lives, live_ongoing = [], []
-    for run in range(args.ray_runs):
+    live_command = "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])
+    if args.ray_live_from is not None:
+        earlier = json.loads(args.ray_live_from.read_text(encoding="utf-8"))
+        kept = earlier["ray"]
+        if (kept["trace_rps"], kept["step_s"], earlier["seed"]) != (levels_rps, step_s, args.seed):
+            raise SystemExit(f"{args.ray_live_from}: its ray check ran other steps or another seed "
+                             f"({kept['trace_rps']} for {kept['step_s']} s, seed {earlier['seed']})")
+        lives, live_ongoing = kept["series"]["live"], kept["series"]["live_controller_ongoing"]
+        live_command = kept.get("live_runs_by", earlier["command"])
+        print(f"ray: live runs taken from {args.ray_live_from}", flush=True)
+    for run in range(0 if args.ray_live_from is not None else args.ray_runs):
         replica_log: list = []
         start = _live(args.pipeline, args.profiles, args.interval, max_replicas, replica_log, {"ray": ropts})
         run_live(start, profile, rtimes, body, ctype, ["ray"], rslas, "shared", args.interval,
@@ -393,6 +406,7 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
         per_stage[s] = entry
     return {"trace_rps": levels_rps, "step_s": step_s, "sla_s": args.ray_sla, "policy_options": ropts,
             "sim_control_period_s": RAY_SIM_CONTROL_PERIOD_S, "phases_s": sweep["phases_s"], "per_stage": per_stage,
+            "live_runs_by": live_command,
             "series": {"live": lives, "sim": sim_r, "live_controller_ongoing": live_ongoing,
                        "sim_controller_ongoing": sim_ongoing}}
 

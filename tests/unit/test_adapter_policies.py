@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from varipipe.adapter.policies import POLICIES, RAY_DEFAULTS, RayPolicy, _RayMetrics, make_policy
@@ -149,24 +150,44 @@ def test_ray_autoscaling_config_uses_ray_defaults():
 
 
 def test_ray_metrics_follow_rays_record_and_push_timers():
-    # look-back 30 s: the handle records every 6 s and pushes every 10 s; the load that
-    # starts at t=20 is first recorded at 24 and reaches the controller with the push at 30.
+    # look-back 30 s: the handle records every 6 s and pushes every 10 s; the load in
+    # [20, 25) is recorded at 24 only and reaches the controller with the push at 30.
     m = _RayMetrics(look_back_s=30.0)
-    seen = {t: m.update(float(t), 0.0 if t < 20 else 8.0) for t in range(0, 31)}
+    seen = {t: m.update(float(t), 8.0 if 20 <= t < 25 else 0.0) for t in range(0, 36)}
     assert m.record_s == 6.0
     assert all(v == 0.0 for t, v in seen.items() if t < 30)
-    # pushed (0,0) (6,0) (12,0) (18,0) (24,8) (30,8): time-weighted mean over [0, 30]
-    assert seen[30] == pytest.approx(8.0 * 6 / 30)
-    assert m.mean(35.0) == pytest.approx((8.0 * 6 + 8.0 * 5) / 35)  # the last point holds until now
+    # pushed (0,0) (6,0) (12,0) (18,0) (24,8) (30,0): the leading zeros are no change
+    # points in Ray's merge, so the mean runs from 24; the zero at 30 counts.
+    assert seen[30] == pytest.approx(8.0)
+    assert seen[35] == pytest.approx(8.0 * 6 / 11)  # the last point (0) holds until now
+    assert _RayMetrics(look_back_s=30.0).mean(5.0) == 0.0
+
+
+def test_ray_metrics_mean_is_rays_own_merge():
+    # Ray's columnar kernel (what the controller runs on handle reports): the handle's
+    # queued series and a replica's running series, both recorded at the same ticks.
+    merge = pytest.importorskip("ray.serve._private.autoscaling_metrics_merge")
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        ts = np.sort(rng.choice(np.arange(0.0, 30.0, 0.5), size=6, replace=False)) + 1000.0
+        running = rng.choice([0.0, 0.0, 1.0, 2.0, 5.0], size=6)
+        queued = np.zeros(6)
+        now = ts[-1] + rng.uniform(0.0, 10.0)
+        m = _RayMetrics(look_back_s=30.0)
+        m.pushed = tuple(zip(ts.tolist(), (running + queued).tolist(), strict=True))
+        theirs = merge.merge_and_aggregate_arrays(np.concatenate([ts, ts]),
+                                                  np.concatenate([queued, running]),
+                                                  np.array([0, 6, 12]), float(now), "mean")
+        assert m.mean(float(now)) == pytest.approx(theirs, abs=1e-9)
 
 
 def test_ray_metric_timers_can_start_before_the_load():
     # Handle made 4 s before t=0: records at -4, 2, 8, ... and pushes at 6, 16, ...
     m = _RayMetrics(look_back_s=30.0, phase_s=4.0)
     assert (m.next_record, m.next_push) == (2.0, 6.0)
-    seen = {t: m.update(float(t), 0.0 if t < 5 else 8.0) for t in range(0, 17)}
+    seen = {t: m.update(float(t), 0.0 if t < 5 or t > 12 else 8.0) for t in range(0, 17)}
     assert seen[15] == 0.0  # recorded at 8 and 14, but pushed only at 16
-    assert seen[16] == pytest.approx(8.0 * (16 - 8) / (16 - 2))  # pushed (2,0) (8,8) (14,8), held to 16
+    assert seen[16] == pytest.approx(8.0 * (14 - 8) / (16 - 8))  # pushed (2,0) (8,8) (14,0), held to 16
     assert (_RayMetrics(30.0, phase_s=0.0).next_record, _RayMetrics(30.0, phase_s=0.0).next_push) == (0.0, 10.0)
     assert make_policy("ray", CTX, metrics_phase_s=4.0).autoscaling_config().keys().isdisjoint({"metrics_phase_s"})
 
