@@ -329,13 +329,10 @@ class RayPolicy:
         return StaticPolicy(self.ctx, batch=self.batch, replicas=int(self.config["min_replicas"])).stages
 
     def _ongoing(self, observation: Observation, sd: StageDecision) -> float:
-        for so in observation.stages:
-            if so.stage == sd.stage:
-                if so.queue_length > 0:
-                    return so.queue_length
-                # Little's law with the profile's service time when the queue is not reported.
-                return so.arrival_rps * (sd.latency_s or 0.0)
-        return 0.0
+        # The stage's requests queued or in a batch now, as a Serve handle counts them
+        # (the simulator and the live metrics both report it). A true 0 stays 0: Ray's
+        # controller drops leading zeros from its mean (_RayMetrics.mean).
+        return next((so.queue_length for so in observation.stages if so.stage == sd.stage), 0.0)
 
     def desired(self, ongoing: float, current: int) -> int:
         """Scaling factors and bounds applied to ongoing / target (Ray's rule, no delay)."""
