@@ -396,8 +396,11 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
         entry = {"runs": runs, "phase_sweep": sweep["per_stage"][s]}
         if len(lives) > 1:  # how closely live Ray Serve agrees with itself on the same arrivals
             entry["live_vs_live"] = _agreement(lives[0][s], lives[1][s])
-            print(f"  ray {s} live run 1 vs run 2: within ±1 {entry['live_vs_live']['within_1_fraction']}",
-                  flush=True)
+            entry["live_pairs"] = [{"runs": [i + 1, j + 1]} | _agreement(lives[i][s], lives[j][s])
+                                   for i in range(len(lives)) for j in range(i + 1, len(lives))]
+            print(f"  ray {s} live vs live: within ±1 "
+                  + ", ".join(f"runs {p['runs'][0]}-{p['runs'][1]} {p['within_1_fraction']}"
+                              for p in entry["live_pairs"]), flush=True)
         ps = sweep["per_stage"][s]
         if ps is not None:
             print(f"  ray {s} sim over {args.ray_phases} timer phases: changes at {ps['change_times_s']['min']}.."

@@ -164,9 +164,11 @@ def read_trace(
 def step_trace(levels: list[float], step_s: int | list[int]) -> Trace:
     """Constant levels, each held for ``step_s`` seconds (e.g. [10, 40, 10]); a list
     gives each level its own length (e.g. [60, 120, 150])."""
-    lengths = np.broadcast_to(np.asarray(step_s, dtype=np.int64), (len(levels),))
-    if (lengths <= 0).any():
-        raise TraceError("<step>", 0, f"step lengths must be positive seconds, got {np.atleast_1d(step_s).tolist()}")
+    given = np.atleast_1d(np.asarray(step_s, dtype=np.int64))
+    if given.size not in (1, len(levels)) or (given <= 0).any():
+        raise TraceError("<step>", 0, f"step lengths must be positive seconds, one or one per level "
+                                      f"({len(levels)}), got {given.tolist()}")
+    lengths = np.broadcast_to(given, (len(levels),))
     return Trace(np.repeat(np.asarray(levels, dtype=np.float64), lengths), f"step{list(levels)}")
 
 

@@ -90,6 +90,8 @@ def test_synthetic_shapes():
     assert step_trace([1, 5, 2], [1, 3, 2]).rates.tolist() == [1, 5, 5, 5, 2, 2]
     with pytest.raises(TraceError, match="positive"):
         step_trace([1, 5], [2, 0])
+    with pytest.raises(TraceError, match="one per level"):
+        step_trace([1, 5], [2, 3, 4])
     assert ramp_trace(0, 10, 11).rates[5] == pytest.approx(5)
     s = sinusoid_trace(10, 20, 4, 100)
     assert s.rates.min() == 0 and s.rates.max() == pytest.approx(30)
