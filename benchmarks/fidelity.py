@@ -29,7 +29,7 @@ compared as the decisions' predicted cost on both sides (live reads the decision
 from ``/config``); the simulator's measured busy CPU time is reported beside it.
 Writes ``benchmarks/results/fidelity.json``.
 
-    python benchmarks/fidelity.py            # about 15 min on the 2-core host
+    python benchmarks/fidelity.py            # about 30 min on the 2-core host (the ray check: 2 live runs of 330 s)
 """
 
 from __future__ import annotations
