@@ -96,6 +96,13 @@ class StageCore:
         self._build = builder or (lambda spec, threads: build_variant(spec, threads=threads))
         self.replica_id = replica_id
         self._lock = threading.Lock()  # serialises configuration changes
+        # Held while a batch runs. A model replaced by a switch is released only when no
+        # batch runs: llama.cpp's close() under a running generation crashed the replica
+        # (SIGSEGV), failing its requests. The switch never waits for a batch: if one is
+        # running, that batch releases the retired model when it ends.
+        self._batch_lock = threading.Lock()
+        self._retired: list[Variant] = []
+        self._retired_lock = threading.Lock()
         self.variant: Variant | None = None
         self.config: StageConfig | None = None
         self.error = ""
@@ -132,11 +139,12 @@ class StageCore:
             log.error(msg)
             self.error = msg if not keep_error else self.error or msg
             return
-        old, self.variant = self.variant, new
+        old, self.variant = self.variant, new  # batches that start from now on run on the new model
         if old is not None:
-            old.unload()
+            with self._retired_lock:
+                self._retired.append(old)
             del old
-            gc.collect()
+            self._release_retired()
         self.last_switch_s = time.perf_counter() - t0
         log.info("stage %s now serves %s (switch took %.2fs)", self.stage.name, name, self.last_switch_s)
 
@@ -146,6 +154,27 @@ class StageCore:
         A request whose deadline would pass before this batch finishes is not run:
         it is marked ``dropped_at`` this stage (admission control, answered 504).
         """
+        with self._batch_lock:  # a replaced model is released only after this batch
+            out = self._infer(payloads, arrivals)
+        self._release_retired()
+        return out
+
+    def _release_retired(self) -> None:
+        """Unload the models that switches replaced, unless a batch is running (it calls this when done)."""
+        if not self._retired or not self._batch_lock.acquire(blocking=False):
+            return
+        try:
+            with self._retired_lock:
+                retired, self._retired = self._retired, []
+            for variant in retired:
+                variant.unload()
+        finally:
+            self._batch_lock.release()
+        if retired:
+            del variant, retired
+            gc.collect()
+
+    def _infer(self, payloads: Sequence[Payload], arrivals: Sequence[float] | None) -> list[Payload]:
         variant = self.variant  # one reference for the whole batch, even if a switch lands now
         if variant is None:
             raise RuntimeError(f"stage {self.stage.name} has no loaded variant: {self.error}")

@@ -24,7 +24,7 @@ def test_demo_runs_end_to_end():
     import re
 
     errors = [int(n) for n in re.findall(r"errors\s+(\d+)", out)]
-    assert errors and not any(errors), errors
+    assert errors and not any(errors), f"{errors}\nstdout:\n{out[-4000:]}"
     assert "configurations used:" in out
     assert "chelsea: 'The photo shows" in out or "chelsea: '" in out  # a real caption came back
     for stage in ("detector:", "classifier:", "llm:"):

@@ -148,3 +148,46 @@ def test_controller_history_and_config_views():
     cfg = st.config_view()
     assert cfg["generation"] == 1 and cfg["adapter"]["enabled"] is False
     assert cfg["decision_log"][-1]["to"].startswith("first=fast b4 x1")
+
+
+def test_switch_releases_the_old_model_only_after_its_running_batch(spec):
+    # A runtime that breaks when its model is released mid-batch, as llama.cpp does
+    # (close() under a running generation crashed the replica with SIGSEGV).
+    import threading
+    import time
+
+    from varipipe.pipelines.variants.identity import IdentityVariant
+
+    class Fragile(IdentityVariant):
+        def infer(self, batch):
+            time.sleep(1.0)  # longer than "slow"'s 0.5 s load, so the switch lands mid-batch
+            if not self.loaded:
+                raise RuntimeError(f"{self.name}: model released under a running batch")
+            return super().infer(batch)
+
+    built: list[Fragile] = []
+
+    def builder(variant_spec, threads):
+        built.append(Fragile(variant_spec, threads))
+        return built[-1]
+
+    core = StageCore(spec.stage("first"), builder=builder)
+    core.configure(StageConfig("fast", 1, 0.0, 1))
+    result: dict = {}
+
+    def run_batch():
+        try:
+            result["out"] = core.infer([Payload()], [0.0])
+        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+            result["error"] = e
+
+    batch = threading.Thread(target=run_batch)
+    batch.start()
+    time.sleep(0.1)  # the batch is now running on "fast"
+    core.configure(StageConfig("slow", 1, 0.0, 2))  # does not wait for the batch
+    assert built[0].loaded  # still in use by the running batch
+    batch.join()
+    assert "error" not in result, result.get("error")
+    assert result["out"][0].trace[-1].variant == "fast"  # finished on the model it started on
+    assert [v.name for v in built] == ["fast", "slow"] and not built[0].loaded and built[1].loaded
+    assert core.infer([Payload()], [0.0])[0].trace[-1].variant == "slow"

@@ -56,9 +56,13 @@ def _phase(endpoint: str, url: str, photo: str, rate: float, seconds: float) -> 
 
     body, ctype = load_image(photo)
     n = max(1, int(rate * seconds))
-    summary, _ = replay_sync(endpoint, np.arange(n) / rate, body, ctype)
+    summary, records = replay_sync(endpoint, np.arange(n) / rate, body, ctype)
     print(f"  {rate:4.1f} req/s  {photo:10s} sent {summary.sent:4d}  ok {summary.ok:4d}  errors {summary.errors:3d}  "
           f"p50 {summary.latency_p50_s * 1000:6.0f} ms  p99 {summary.latency_p99_s * 1000:6.0f} ms")
+    failed = [r for r in records if not r.ok]
+    if failed:  # say what went wrong, not just how often
+        codes = ", ".join(f"HTTP {code} x{k}" for code, k in sorted(summary.status_counts.items()) if code != "200")
+        print(f"      errors: {codes}; first: {failed[0].error or '(no message)'}"[:300])
     print(f"      config now: {_config_line(url)}")
     print(f"      {photo}: {_sample(endpoint, body)}")
 

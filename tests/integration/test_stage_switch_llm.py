@@ -1,0 +1,48 @@
+"""An LLM variant switch while a batch is generating: the batch finishes, nothing crashes.
+
+Real llama.cpp weights (the flagship's two LLM variants). Before the stage waited for
+the running batch, the switch closed the old model under the generation and the
+process died with SIGSEGV (a replica death, failing its requests; seen in a demo
+run). The race runs in a subprocess so that a crash is a failed assertion, not a
+dead test runner.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = [pytest.mark.slow]
+
+SCRIPT = textwrap.dedent("""
+    import threading, time
+    import numpy as np
+    from varipipe.pipelines import models
+    from varipipe.pipelines.stage import StageConfig, StageCore
+    from varipipe.pipelines.variant import Payload
+    from varipipe.spec import find_spec
+
+    spec = find_spec("vision-caption")
+    models.prepare(spec)
+    core = StageCore(spec.stage("llm"))
+    core.configure(StageConfig("smollm2-135m", 4, 0.0, 1))
+    batch = [Payload(request_id=str(i), image=np.zeros((64, 64, 3), np.uint8)) for i in range(4)]
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault("out", core.infer(batch)))
+    worker.start()
+    time.sleep(0.3)  # four captions take well over a second: the switch lands mid-batch
+    core.configure(StageConfig("gemma3-270m", 4, 0.0, 2))
+    worker.join()
+    print("BATCH", [p.trace[-1].variant for p in done["out"]], all("llm" in p.outputs for p in done["out"]))
+    print("NOW", core.infer(batch[:1])[0].trace[-1].variant, core.status(0.0).loaded_variants)
+""")
+
+
+def test_llm_switch_under_a_running_batch():
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode} (-11: SIGSEGV)\n{proc.stderr[-2000:]}"
+    assert "BATCH ['smollm2-135m', 'smollm2-135m', 'smollm2-135m', 'smollm2-135m'] True" in proc.stdout, proc.stdout
+    assert "NOW gemma3-270m ('gemma3-270m',)" in proc.stdout, proc.stdout
