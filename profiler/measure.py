@@ -4,9 +4,12 @@ Each (variant, hardware) is measured in a fresh process of its own (``spawn``),
 as a Ray Serve replica is: the same ``build_variant(spec, threads=t)`` and the
 same ``variant.infer(batch)`` call that ``StageCore`` makes in serving, with
 ``OMP_NUM_THREADS`` set to the replica's threads. The child loads the model,
-then for each batch size warms up and times back-to-back batches until the
-``SamplingPolicy`` says stop, and streams every finished point back, so the
-caller can save after each one.
+then for each batch size warms up and times back-to-back batches in windows
+until they agree or the point's time cap is reached (``plan.WindowPolicy``,
+perf_analyzer's scheme), and streams every finished point back, so the caller
+can save after each one. The variant's own batch-1
+call on a fixed input (``reference_seconds``) is timed between the points, so
+each point carries the host's drift while it was measured.
 
 Memory: ``memory_mb`` is the child's peak resident set (``VmHWM``, reset to
 the current RSS just before the model is built, after the runtime library was
@@ -31,15 +34,15 @@ from dataclasses import dataclass
 
 from varipipe.errors import VaripipeError
 from varipipe.pipelines.variant import Payload, build_variant
-from varipipe.profiler.plan import SamplingPolicy
+from varipipe.profiler.plan import SampledPoint, WindowPolicy
 from varipipe.profiler.stats import LatencyStats, summarize
 from varipipe.records import VariantSpec
 
-__all__ = ["Hardware", "PointResult", "VariantMeasurement", "MeasureError", "cpu_hardware", "gpu_hardware",
-           "measure_variant", "make_batch"]
+__all__ = ["Hardware", "PointResult", "Stability", "VariantMeasurement", "MeasureError", "cpu_hardware",
+           "gpu_hardware", "measure_variant", "make_batch", "reference_seconds"]
 
 # A child that sends nothing for this long is stuck (a batch of the slowest
-# variant takes seconds; a point's time box is 60 s by default).
+# variant takes seconds; a point's time cap is 75 s by default, plan.FULL_POINT_CAP_S).
 _CHILD_SILENCE_LIMIT_S = 900.0
 
 
@@ -67,13 +70,28 @@ def gpu_hardware(model: str, threads: int = 1) -> Hardware:
 
 
 @dataclass(frozen=True)
+class Stability:
+    """How steady a point's windows were (``plan.PointSampler``)."""
+
+    windows: int  # windows measured, all window sizes together
+    stable: bool  # the last windows agreed within the policy's tolerance before the time cap
+    latency_cv: float  # coefficient of variation of the final windows' latency percentile
+    throughput_cv: float  # ... and of their throughput
+    window_batches: int  # batches per window at the end (after widening)
+    widened: int
+
+
+@dataclass(frozen=True)
 class PointResult:
     """One batch size of one variant on one hardware unit."""
 
     batch: int
-    stats: LatencyStats
+    stats: LatencyStats  # of the final windows' batches
     memory_mb: float
-    seconds: float  # wall time spent sampling this point (warm-up included)
+    seconds: float  # wall time spent on this point (warm-up included, reference calls not)
+    stability: Stability
+    reference_before_s: float | None = None  # reference_seconds just before the point ...
+    reference_after_s: float | None = None  # ... and just after it
 
 
 @dataclass(frozen=True)
@@ -137,55 +155,61 @@ def cpu_pressure() -> float | None:
         return None
 
 
-# Host-speed reference: a fixed pure-Python loop (about 20 ms on this machine kind),
-# timed REFERENCE_REPEATS times just before and just after each point. On a shared
-# or virtualised host the core itself runs faster or slower from minute to minute;
-# the reference shows that drift next to the point's latencies (``conditions``).
-_REFERENCE_LOOP = 50_000
-REFERENCE_REPEATS = 5
+def reference_seconds(variant, inputs: Sequence[Payload], calls: int) -> float | None:
+    """Median seconds of ``calls`` batch-1 calls on the first input: the host's speed as this model feels it.
 
-
-def host_speed_reference_s() -> float:
-    """Median seconds of the fixed reference loop: larger means the host is slower right now."""
+    A fixed workload of the same runtime, model and process as the points around it (the variant's
+    own batch-1 call on one input that never changes; the LLM decodes greedily and resets its cache
+    per request, so the work is the same every time). Timed before the first point and after each
+    point of a measuring process, it shows how much the host moved while a point was measured; a
+    separate reference program would feel a noisy neighbour differently (a scalar Python loop did:
+    benchmarks/README.md, Profiler). None when ``calls`` is 0.
+    """
+    if calls <= 0:
+        return None
     times = []
-    for _ in range(REFERENCE_REPEATS):
+    for _ in range(calls):
+        payloads = make_batch(inputs, 1, 0)
         t0 = time.perf_counter()
-        total = 0
-        for i in range(_REFERENCE_LOOP):
-            total += i * i
+        variant.infer(payloads)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
 
-def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: SamplingPolicy,
-                ) -> tuple[list[float], float, dict]:
-    ref_before = host_speed_reference_s()
+def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: WindowPolicy,
+                ) -> tuple[SampledPoint, float, dict]:
+    """Warm up, then time back-to-back batches in windows until ``policy``'s sampler says done."""
     start = time.perf_counter()
+    warm = 0.0
     for w in range(policy.warmup_batches):
+        t0 = time.perf_counter()
         variant.infer(make_batch(inputs, batch, w * batch))
-    samples: list[float] = []
+        warm = time.perf_counter() - t0  # the last warm-up batch sizes the windows
+    sampler = policy.sampler(batch, warm, time.perf_counter())
     busy = 0.0
-    sampling_start = time.perf_counter()
     offset = 0
-    while not policy.done(batch, len(samples), time.perf_counter() - sampling_start):
+    while not sampler.done:
         payloads = make_batch(inputs, batch, offset)
         offset += batch
         c0, t0 = time.process_time(), time.perf_counter()
         variant.infer(payloads)
-        samples.append(time.perf_counter() - t0)
+        t1 = time.perf_counter()
         busy += time.process_time() - c0
+        sampler.add(t1 - t0, t1)
+    sampled = sampler.result()
     seconds = time.perf_counter() - start
-    conditions = {"cpu_s_per_batch": busy / len(samples), "wall_s_per_batch": sum(samples) / len(samples),
-                  "cpu_pressure_some_avg10": cpu_pressure(),
-                  "host_speed_ref_s": (ref_before + host_speed_reference_s()) / 2,
-                  "latencies_s": samples}
-    return samples, seconds, conditions
+    n = len(sampled.latencies_s)
+    conditions = {"cpu_s_per_batch": busy / n, "wall_s_per_batch": sum(sampled.latencies_s) / n,
+                  "cpu_pressure_some_avg10": cpu_pressure()}
+    return sampled, seconds, conditions
 
 
 def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payload], batches: Sequence[int],
-                  policy: SamplingPolicy, peak_memory: bool) -> Iterator[tuple]:
+                  policy: WindowPolicy, peak_memory: bool) -> Iterator[tuple]:
     """Yields ("loaded", load_s, baseline_mb), then per batch size ("conditions", batch, dict) and
-    ("point", PointResult): the conditions say how contended the host was while it was measured."""
+    ("point", PointResult): the conditions say how contended the host was while it was measured.
+    The reference calls run before the first point and after each one (interleaved), so each
+    point has the reference just before and just after it."""
     importlib.import_module(spec.factory.partition(":")[0])  # library memory is not the model's
     peak_memory = peak_memory and _reset_peak_rss()
     baseline = _rss_mb()
@@ -194,13 +218,22 @@ def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payloa
     variant.load()
     yield ("loaded", time.perf_counter() - t0, baseline)
     try:
+        before = reference_seconds(variant, inputs, policy.reference_calls)
         for b in batches:
-            samples, seconds, conditions = _time_point(variant, inputs, b, policy)
+            sampled, seconds, conditions = _time_point(variant, inputs, b, policy)
             used = (_peak_rss_mb() if peak_memory else _rss_mb()) - baseline
-            yield ("conditions", b, conditions)
-            yield ("point", PointResult(b, summarize(samples, b), max(used, 0.0), seconds))
+            after = reference_seconds(variant, inputs, policy.reference_calls)
+            yield ("conditions", b, {**conditions, "sampled": sampled})
+            yield ("point", PointResult(b, summarize(sampled.point_latencies_s, b), max(used, 0.0), seconds,
+                                        _stability(sampled), before, after))
+            before = after
     finally:
         variant.unload()
+
+
+def _stability(s: SampledPoint) -> Stability:
+    return Stability(windows=len(s.windows), stable=s.stable, latency_cv=s.latency_cv,
+                     throughput_cv=s.throughput_cv, window_batches=s.window_batches, widened=s.widened)
 
 
 def raise_priority(nice: int) -> int | None:
@@ -289,7 +322,7 @@ def measure_variant(
     hardware: Hardware,
     inputs: Sequence[Payload],
     batches: Sequence[int],
-    policy: SamplingPolicy,
+    policy: WindowPolicy,
     on_point: Callable[[PointResult], None] | None = None,
     isolate: bool = True,
     on_conditions: Callable[[int, dict], None] | None = None,
@@ -300,7 +333,7 @@ def measure_variant(
     ``on_conditions(batch, dict)`` hears, just before each point, the process CPU
     seconds per batch next to the wall seconds per batch and the host's CPU
     pressure: on a host shared with other work, wall time >> CPU time / threads;
-    ``latencies_s`` holds the point's raw per-batch latencies in measuring order.
+    ``sampled`` holds the point's ``SampledPoint`` (raw latencies and windows).
     ``nice`` (isolated mode): the measuring process's autogroup nice, see ``raise_priority``.
     """
     if not inputs:

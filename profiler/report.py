@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from varipipe.profiler.latency_model import LatencyFit
-from varipipe.records import Profile
+from varipipe.records import Profile, ProfilePoint
 
 __all__ = ["points_table", "fit_table"]
 
@@ -33,13 +33,27 @@ def points_table(profile: Profile) -> str:
     rows = [
         [f"{p.stage}/{p.variant}", p.hardware, str(p.batch), f"{p.latency_p50_s * 1e3:.1f}",
          f"{p.latency_p95_s * 1e3:.1f}", f"{p.latency_p99_s * 1e3:.1f}" + ("*" if p.p99_low_samples else ""),
-         f"{p.throughput_rps:.1f}", f"{p.memory_mb:.0f}", str(p.samples), share(p), f"{p.accuracy:.3f}",
-         p.accuracy_kind]
+         f"{p.throughput_rps:.1f}", f"{p.memory_mb:.0f}", str(p.samples), share(p), *_steadiness(p),
+         f"{p.accuracy:.3f}", p.accuracy_kind]
         for p in profile.points
     ]
-    header = ["stage/variant", "hw", "batch", "p50 ms", "p95 ms", "p99 ms", "rps", "MB", "n", "cpu", "acc", "kind"]
+    header = ["stage/variant", "hw", "batch", "p50 ms", "p95 ms", "p99 ms", "rps", "MB", "n", "cpu", "win",
+              "cv", "drift", "acc", "kind"]
+    unstable = [p for p in profile.points if p.stable is False]
     return (head + "\n" + _table(header, rows) + "\n(* p99 from fewer than 100 samples; cpu: CPU time / wall "
-            "time while timing, ~100% per thread on an idle host)")
+            "time while timing, ~100% per thread on an idle host; win: measurement windows, ! = not stable "
+            "(the time cap came before 3 windows agreed); cv: coefficient of variation of the final "
+            "windows' p50; drift: the variant's fixed batch-1 reference after / before the point - 1)"
+            + (f"\n{len(unstable)} of {len(profile.points)} points not stable: their figures are used as "
+               "measured; read them with their cv and drift" if unstable else ""))
+
+
+def _steadiness(p: ProfilePoint) -> list[str]:
+    """win, cv and drift cells; '-' for points measured before windows."""
+    win = "-" if p.windows is None else f"{p.windows}{'!' if p.stable is False else ''}"
+    cv = "-" if p.latency_cv is None else f"{p.latency_cv * 100:.1f}%"
+    drift = "-" if p.host_drift is None else f"{p.host_drift * 100:+.0f}%"
+    return [win, cv, drift]
 
 
 def _pct(v: float | None) -> str:

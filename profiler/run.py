@@ -28,7 +28,7 @@ from varipipe.profiler.hostinfo import host_metadata
 from varipipe.profiler.inputs import payloads_for_stage, stage_inputs
 from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
 from varipipe.profiler.measure import Hardware, MeasureError, PointResult, measure_variant
-from varipipe.profiler.plan import PointKey, SamplingPolicy, missing, plan
+from varipipe.profiler.plan import PointKey, SampledPoint, WindowPolicy, missing, plan
 from varipipe.profiler.store import SCHEMA_VERSION, load_profile, save_profile
 from varipipe.records import Accuracy, PipelineSpec, Profile, ProfilePoint
 
@@ -55,7 +55,7 @@ class ProfileRequest:
     out: Path
     batches: tuple[int, ...]
     hardware: tuple[Hardware, ...]
-    policy: SamplingPolicy
+    policy: WindowPolicy
     command: str
     stages: tuple[str, ...] | None = None
     variants: tuple[str, ...] | None = None
@@ -107,11 +107,16 @@ def _existing(req: ProfileRequest) -> Profile | None:
     if not req.out.exists():
         return None
     prof = load_profile(req.out, pipeline=req.spec.name)
-    mode = prof.metadata.get("sampling", {}).get("name") if isinstance(prof.metadata.get("sampling"), dict) else None
+    sampling = prof.metadata.get("sampling")
+    mode = sampling.get("name") if isinstance(sampling, dict) else None
     if mode is not None and mode != req.policy.name:
         raise ProfileError(str(req.out), "metadata.sampling.name",
                            f"file was measured in {mode!r} mode; resuming it in {req.policy.name!r} mode would "
                            "mix the two: use the same mode or another --out file")
+    if isinstance(sampling, dict) and "window_batches" not in sampling:
+        raise ProfileError(str(req.out), "metadata.sampling",
+                           "file was measured by sample counts, before the profiler measured in windows; "
+                           "resuming it would mix the two schemes: use another --out file")
     return prof
 
 
@@ -123,6 +128,9 @@ def _point(key: PointKey, r: PointResult, figure: Any) -> ProfilePoint:
         throughput_rps=s.throughput_rps, memory_mb=r.memory_mb, samples=s.samples,
         accuracy=figure.value, accuracy_kind=figure.kind.value, accuracy_source=figure.source,
         latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
+        windows=r.stability.windows, stable=r.stability.stable, latency_cv=round(r.stability.latency_cv, 5),
+        throughput_cv=round(r.stability.throughput_cv, 5), reference_before_s=r.reference_before_s,
+        reference_after_s=r.reference_after_s,
     )
 
 
@@ -151,10 +159,17 @@ class _Run:
         self.metadata.setdefault("conditions", {})
         self.metadata["conditions_note"] = (
             "per point: process CPU seconds vs wall seconds per batch (cpu_share = their ratio; about "
-            "the threads used when the host is idle, far less when other work competes for the cores) and "
-            "the host's CPU pressure (PSI some avg10) when the point finished; host_speed_ref_s: median "
-            "seconds of a fixed pure-Python loop run just before and after the point (mean of the two), "
-            "larger when the host's cores run slower")
+            "the threads used when the host is idle, far less when other work competes for the cores), "
+            "the host's CPU pressure (PSI some avg10) when the point finished, and every measurement "
+            "window (latency_s: the window's stability percentile; throughput_rps; batches; seconds)")
+        self.metadata["stability_note"] = (
+            "per point: windows = measurement windows taken; stable = the last 3 windows agreed within "
+            "the tolerance (max/min - 1) on the latency percentile and the throughput before the time cap "
+            "(metadata.sampling); latency_cv / throughput_cv = coefficient of variation (sample std / "
+            "mean) of those final windows' latency percentile and throughput; the point's figures are "
+            "the final windows' batches merged. reference_before_s / reference_after_s = median of the "
+            "variant's own batch-1 call on one fixed input, timed just before and after the point in "
+            "the same process (after/before - 1 = the host's drift while the point was measured)")
         self.metadata["memory_method"] = (
             "peak RSS (VmHWM) of a fresh measuring process per (variant, hardware), reset just before the "
             "model is built, minus the RSS at that moment: weights + runtime + activations of the largest "
@@ -209,11 +224,14 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="point", disable=not enabled, dynamic_ncols=True)
 
 
-def _append_samples(path: Path, key: PointKey, latencies: Sequence[float]) -> None:
-    """One JSON line per point: its key and raw per-batch latencies (seconds, measuring order)."""
+def _append_samples(path: Path, key: PointKey, sampled: SampledPoint) -> None:
+    """One JSON line per point: its key, raw per-batch latencies (seconds, measuring order), the
+    batches of each window, and which latencies make the point's figures ([point_from, point_to))."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = {"stage": key.stage, "variant": key.variant, "batch": key.batch, "hardware": key.hardware,
-            "latencies_s": [round(v, 7) for v in latencies]}
+            "latencies_s": [round(v, 7) for v in sampled.latencies_s],
+            "window_batches": [w.batches for w in sampled.windows],
+            "point_from": sampled.final_from, "point_to": sampled.final_to, "stable": sampled.stable}
     with path.open("a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -241,11 +259,14 @@ def _measure_group(run: _Run, summary: RunSummary, bar, group: tuple, figure: Ac
     def heard(batch: int, conditions: dict) -> None:
         k = key_of[batch]
         conditions = dict(conditions)
-        latencies = conditions.pop("latencies_s", None)
-        if req.samples_out is not None and latencies is not None:
-            _append_samples(req.samples_out, k, latencies)
+        sampled: SampledPoint = conditions.pop("sampled")
+        if req.samples_out is not None:
+            _append_samples(req.samples_out, k, sampled)
         cond = {name: (round(v, 6) if isinstance(v, float) else v) for name, v in conditions.items()}
         cond["cpu_share"] = round(conditions["cpu_s_per_batch"] / conditions["wall_s_per_batch"], 3)
+        cond["windows"] = [{"latency_s": round(w.latency_s, 6), "throughput_rps": round(w.throughput_rps, 4),
+                            "batches": w.batches, "seconds": round(w.seconds, 3)} for w in sampled.windows]
+        cond["window_batches"], cond["widened"] = sampled.window_batches, sampled.widened
         run.metadata["conditions"][f"{k.stage}/{k.variant}/{k.hardware}/b{k.batch}"] = cond
 
     try:

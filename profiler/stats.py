@@ -1,8 +1,13 @@
-"""Latency statistics of one profile point: percentiles, mean, throughput. Pure.
+"""Latency statistics of one profile point and of its measurement windows. Pure.
 
 Percentiles use linear interpolation between order statistics (numpy's
 default "linear" method), so p99 of 200 samples lies between the 198th and
 199th smallest, and a point's p50 <= p95 <= p99 always holds.
+
+A point is measured in windows (``plan.PointSampler``); ``WindowStats`` is one
+window's figures, ``relative_spread`` the agreement test perf_analyzer applies
+to its last three windows, ``coefficient_of_variation`` the steadiness the
+profile stores.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["LOW_SAMPLE_P99", "LatencyStats", "percentile", "summarize"]
+__all__ = ["LOW_SAMPLE_P99", "LatencyStats", "WindowStats", "coefficient_of_variation", "percentile",
+           "relative_spread", "summarize", "window_stats"]
 
 # A p99 from fewer than 100 samples rests on its single largest sample or an
 # interpolation beyond it; issue 5 asks for such points to be flagged.
@@ -73,3 +79,38 @@ def summarize(latencies_s: Sequence[float], batch: int) -> LatencyStats:
         samples=len(values),
         batch=batch,
     )
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """One measurement window of a point: what its stability is judged on."""
+
+    latency_s: float  # the window's latency percentile (the policy's ``stability_percentile``)
+    throughput_rps: float  # batch / mean batch latency over the window, as the profile's throughput
+    batches: int
+    seconds: float  # wall time the window spanned
+
+
+def window_stats(latencies_s: Sequence[float], batch: int, q: float, seconds: float) -> WindowStats:
+    """The q-th percentile and the throughput of one window's per-batch latencies."""
+    s = summarize(latencies_s, batch)
+    return WindowStats(percentile(sorted(latencies_s), q), s.throughput_rps, s.samples, seconds)
+
+
+def relative_spread(values: Sequence[float]) -> float:
+    """max / min - 1 of positive values: perf_analyzer's stability measure over its last windows."""
+    if not values or min(values) <= 0:
+        raise ValueError(f"spread needs positive values, got {list(values)!r}")
+    return max(values) / min(values) - 1.0
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1) over the mean; 0 for a single value."""
+    if not values:
+        raise ValueError("coefficient of variation of no values")
+    n = len(values)
+    mean = math.fsum(values) / n
+    if n == 1:
+        return 0.0
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return math.sqrt(var) / mean

@@ -5,9 +5,14 @@
      "points": [{"stage", "variant", "batch", "hardware",
                  "latency_p50_s", "latency_p95_s", "latency_p99_s",
                  "throughput_rps", "memory_mb", "samples",
-                 "accuracy", "accuracy_kind", "accuracy_source", ...}]}
+                 "accuracy", "accuracy_kind", "accuracy_source", ...,
+                 "windows", "stable", "latency_cv", "throughput_cv",   # optional: how steady
+                 "reference_before_s", "reference_after_s"}]}          # optional: host drift
 
 Loading checks every field and names the file, the point and the field on error.
+The stability fields were added without a schema bump: they are optional (absent
+in older files, read as None) and older readers ignore them, so files stay
+readable both ways.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def _point(raw: Any, file: str, i: int) -> ProfilePoint:
     if not raw["latency_p50_s"] <= raw["latency_p95_s"] <= raw["latency_p99_s"]:
         raise ProfileError(file, f"{where}.latency_p99_s", "percentiles must satisfy p50 <= p95 <= p99")
     mean = raw.get("latency_mean_s")
+    steadiness = _steadiness(raw, file, where)
     return ProfilePoint(
         stage=raw["stage"], variant=raw["variant"], batch=raw["batch"], hardware=raw["hardware"],
         latency_p50_s=float(raw["latency_p50_s"]), latency_p95_s=float(raw["latency_p95_s"]),
@@ -70,7 +76,33 @@ def _point(raw: Any, file: str, i: int) -> ProfilePoint:
         accuracy_kind=raw["accuracy_kind"], accuracy_source=raw["accuracy_source"],
         latency_mean_s=float(mean) if isinstance(mean, int | float) else None,
         p99_low_samples=bool(raw.get("p99_low_samples", False)),
+        **steadiness,
     )
+
+
+def _steadiness(raw: dict, file: str, where: str) -> dict[str, Any]:
+    """The optional stability fields (absent in profiles made before the profiler used windows)."""
+    out: dict[str, Any] = {}
+    windows = raw.get("windows")
+    if windows is not None and (not isinstance(windows, int) or isinstance(windows, bool) or windows < 1):
+        raise ProfileError(file, f"{where}.windows", f"must be an integer >= 1 or absent, got {windows!r}")
+    out["windows"] = windows
+    stable = raw.get("stable")
+    if stable is not None and not isinstance(stable, bool):
+        raise ProfileError(file, f"{where}.stable", f"must be true, false or absent, got {stable!r}")
+    out["stable"] = stable
+    for k, low in (("latency_cv", 0.0), ("throughput_cv", 0.0), ("reference_before_s", None),
+                   ("reference_after_s", None)):
+        v = raw.get(k)
+        if v is None:
+            out[k] = None
+            continue
+        bad = not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v)
+        if bad or (v < low if low is not None else v <= 0):
+            rule = ">= 0" if low is not None else "> 0"
+            raise ProfileError(file, f"{where}.{k}", f"must be a finite number {rule} or absent, got {v!r}")
+        out[k] = float(v)
+    return out
 
 
 def profile_from_dict(data: Any, file: str = "<profile>", pipeline: str | None = None) -> Profile:

@@ -165,10 +165,26 @@ class ProfilePoint:
     accuracy_source: str
     latency_mean_s: float | None = None
     p99_low_samples: bool = False  # p99 from fewer than 100 samples
+    # How steady the point was while measured (profiler.plan.WindowPolicy); None in profiles made
+    # before the profiler measured in windows.
+    windows: int | None = None  # measurement windows taken, all window sizes together
+    stable: bool | None = None  # the last 3 windows agreed within 10 %; False: the time cap came first
+    latency_cv: float | None = None  # coefficient of variation of the final windows' p50
+    throughput_cv: float | None = None  # ... and of their throughput
+    # The variant's own batch-1 call on a fixed input, timed just before and just after the point.
+    reference_before_s: float | None = None
+    reference_after_s: float | None = None
 
     @property
     def key(self) -> tuple[str, str, int, str]:
         return (self.stage, self.variant, self.batch, self.hardware)
+
+    @property
+    def host_drift(self) -> float | None:
+        """Reference after / before - 1: how much slower (> 0) the host ran by the end of the point."""
+        if self.reference_before_s is None or self.reference_after_s is None:
+            return None
+        return self.reference_after_s / self.reference_before_s - 1.0
 
     @property
     def mean_latency_s(self) -> float:

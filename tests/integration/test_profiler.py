@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -15,8 +16,8 @@ from varipipe.profiler.stats import percentile
 from varipipe.profiler.store import load_profile
 from varipipe.spec import find_spec
 
-# Tiny time box: identity stages take ~1-4 ms, so a point is a few hundred samples.
-_BOX = QUICK.with_max_seconds(0.2)
+# Tiny windows and cap: identity stages take ~1-4 ms, so a point is a few hundred samples in 3+ windows.
+_BOX = replace(QUICK, window_min_s=0.05, max_seconds=0.2)
 
 
 _CPU1 = (cpu_hardware(1),)
@@ -38,12 +39,21 @@ def test_cli_profiles_identity_chain_in_separate_processes(tmp_path, capsys):
     assert {(p.stage, p.variant) for p in prof.points} == {("first", "fast"), ("first", "slow"), ("second", "fast")}
     slow = {p.batch: p for p in prof.points if p.variant == "slow"}
     assert slow[1].latency_p50_s >= 0.004  # params.service_s of the spec, really slept
-    assert all(p.accuracy_kind == "declared" and p.samples >= QUICK.floor_samples for p in prof.points)
+    assert all(p.accuracy_kind == "declared" for p in prof.points)
+    for p in prof.points:  # every point says how steady it was and how the host moved around it
+        assert p.windows >= QUICK.stable_windows and p.stable is not None and p.latency_cv >= 0
+        assert p.reference_before_s > 0 and p.reference_after_s > 0
+        assert p.samples >= QUICK.stable_windows * QUICK.min_window_batches  # the last 3 windows merged
+    by_batch = {p.batch: p for p in prof.points if p.variant == "slow"}
+    assert by_batch[1].reference_after_s == by_batch[2].reference_before_s  # one probe between two points
+    assert by_batch[1].reference_before_s >= 0.004  # the slow variant's own batch-1 call, really run
     meta = prof.metadata
     assert meta["mode"] == "quick" and "peak RSS" in meta["memory_method"] and meta["failed"]
     assert {f["variant"] for f in meta["latency_model"]["p99"]["fits"]} == {"fast", "slow"}
     cond = meta["conditions"]["first/slow/cpu:1/b1"]  # how contended the host was while measuring
-    assert cond["wall_s_per_batch"] >= 0.004 and 0 <= cond["cpu_share"] and cond["host_speed_ref_s"] > 0
+    assert cond["wall_s_per_batch"] >= 0.004 and 0 <= cond["cpu_share"]
+    assert len(cond["windows"]) == by_batch[1].windows and cond["windows"][0]["batches"] >= QUICK.min_window_batches
+    assert meta["sampling"]["window_batches"] == QUICK.window_batches and meta["sampling"]["max_seconds"] == 0.2
 
 
 @pytest.mark.slow
@@ -89,11 +99,15 @@ def test_samples_out_keeps_every_points_raw_latencies(tmp_path):
     prof = run_profile(_req(tmp_path / "ic.json", variants=("fast",), isolate=False, samples_out=samples)).profile
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(lines) == len(prof.points)
-    by_key = {(d["stage"], d["variant"], d["batch"], d["hardware"]): d["latencies_s"] for d in lines}
+    by_key = {(d["stage"], d["variant"], d["batch"], d["hardware"]): d for d in lines}
     for p in prof.points:
-        raw = by_key[(p.stage, p.variant, p.batch, p.hardware)]
-        assert len(raw) == p.samples and min(raw) > 0
-        assert percentile(sorted(raw), 50) == pytest.approx(p.latency_p50_s, abs=1e-6)  # stored to 0.1 µs
+        line = by_key[(p.stage, p.variant, p.batch, p.hardware)]
+        raw = line["latencies_s"]
+        assert min(raw) > 0 and len(line["window_batches"]) == p.windows and line["stable"] == p.stable
+        assert len(raw) >= sum(line["window_batches"])  # every batch timed, the final windows among them
+        mine = raw[line["point_from"]:line["point_to"]]
+        assert len(mine) == p.samples == sum(line["window_batches"][-QUICK.stable_windows:])
+        assert percentile(sorted(mine), 50) == pytest.approx(p.latency_p50_s, abs=1e-6)  # stored to 0.1 µs
     assert "latencies_s" not in json.dumps(prof.metadata["conditions"])  # the profile keeps only percentiles
 
 

@@ -1,11 +1,14 @@
+from dataclasses import replace
+
 import pytest
 
 from varipipe.profiler.plan import (
     FULL,
+    FULL_POINT_CAP_S,
     QUICK,
+    QUICK_POINT_CAP_S,
     SEQUENTIAL_MAX_BATCH,
     PointKey,
-    SamplingPolicy,
     missing,
     plan,
     variant_batches,
@@ -49,27 +52,18 @@ def test_missing_keeps_order_and_skips_measured_points():
     assert left == [k for k in keys if k not in {PointKey.of(p) for p in done}]
 
 
-def test_full_policy_needs_200_samples_for_small_batches_whatever_the_time():
-    assert not FULL.done(batch=4, samples=199, elapsed_s=1e6)
-    assert FULL.done(batch=4, samples=200, elapsed_s=FULL.min_seconds)
-    assert not FULL.done(batch=4, samples=200, elapsed_s=0.1)  # min_seconds not yet reached
-
-
-def test_full_policy_time_boxes_large_batches_above_a_floor():
-    assert FULL.done(batch=8, samples=FULL.floor_samples, elapsed_s=FULL.max_seconds)
-    assert not FULL.done(batch=8, samples=FULL.floor_samples - 1, elapsed_s=FULL.max_seconds * 10)
-    assert not FULL.done(batch=8, samples=50, elapsed_s=FULL.max_seconds / 2)
-
-
-def test_quick_policy_time_boxes_everything():
-    assert QUICK.done(batch=1, samples=QUICK.floor_samples, elapsed_s=QUICK.max_seconds)
-    assert QUICK.done(batch=1, samples=QUICK.min_samples, elapsed_s=0.0)
+def test_full_and_quick_follow_perf_analyzers_defaults():
+    assert (FULL.window_batches, FULL.window_min_s, FULL.stable_windows, FULL.tolerance, FULL.max_windows) == (
+        50, 1.0, 3, 0.10, 10)
+    assert QUICK.stable_windows == 3 and QUICK.window_batches < FULL.window_batches
+    assert QUICK.max_seconds == QUICK_POINT_CAP_S and FULL.max_seconds == FULL_POINT_CAP_S
     assert QUICK.with_max_seconds(10.0).max_seconds == 10.0
     assert QUICK.with_max_seconds(None) is QUICK
 
 
-def test_policy_validates():
-    with pytest.raises(ValueError):
-        SamplingPolicy("bad", min_samples=0, max_seconds=1)
-    with pytest.raises(ValueError):
-        SamplingPolicy("bad", min_samples=1, max_seconds=0)
+@pytest.mark.parametrize("bad", [dict(window_batches=0), dict(min_window_batches=60), dict(max_seconds=0),
+                                 dict(stable_windows=1), dict(stable_windows=11), dict(widen_factor=1.0),
+                                 dict(tolerance=0.0), dict(stability_percentile=101)])
+def test_policy_validates(bad):
+    with pytest.raises(ValueError, match="window policy"):
+        replace(FULL, **bad)

@@ -1,5 +1,6 @@
 """Resumability logic of a profile run (no models, no processes)."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,20 @@ def _req(out: Path, policy=QUICK, **kw) -> ProfileRequest:
 
 def test_resuming_in_another_sampling_mode_is_refused(tmp_path):
     out = tmp_path / "p.json"
-    save_profile(Profile("identity-chain", (point("first", "fast"),), {"sampling": {"name": "quick"}}), out)
+    save_profile(Profile("identity-chain", (point("first", "fast"),), {"sampling": asdict(QUICK)}), out)
     assert _existing(_req(out, QUICK)).points[0].variant == "fast"
     with pytest.raises(ProfileError) as e:
         _existing(_req(out, FULL))
     assert e.value.field == "metadata.sampling.name"
+
+
+def test_resuming_a_profile_measured_before_windows_is_refused(tmp_path):
+    out = tmp_path / "p.json"
+    old_sampling = {"name": "quick", "min_samples": 30, "max_seconds": 3.0}
+    save_profile(Profile("identity-chain", (point("first", "fast"),), {"sampling": old_sampling}), out)
+    with pytest.raises(ProfileError, match="before the profiler measured in windows") as e:
+        _existing(_req(out, QUICK))
+    assert e.value.field == "metadata.sampling"
 
 
 def test_resuming_a_file_of_another_pipeline_is_refused(tmp_path):

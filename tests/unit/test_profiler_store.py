@@ -15,9 +15,13 @@ from varipipe.records import Profile
 
 from .profile_points import point
 
+_STEADY = dict(windows=4, stable=True, latency_cv=0.03, throughput_cv=0.02, reference_before_s=0.01,
+               reference_after_s=0.012)
+
 
 def _profile():
-    pts = (point(batch=1), point(batch=2, p99_low_samples=True), point(stage="llm", variant="tiny", hardware="cpu:2"))
+    pts = (point(batch=1, **_STEADY), point(batch=2, p99_low_samples=True, windows=12, stable=False),
+           point(stage="llm", variant="tiny", hardware="cpu:2"))
     return Profile("p", pts, metadata={"host_cpu": "x", "command": "varipipe profile"}, fanout={"llm": 1.0})
 
 
@@ -50,6 +54,11 @@ def _doc():
         (lambda d: d["points"].append(dict(d["points"][0])), "points[3]"),
         (lambda d: d.update(fanout={"llm": -1}), "fanout"),
         (lambda d: d.update(metadata=[]), "metadata"),
+        (lambda d: d["points"][0].update(windows=0), "points[0].windows"),
+        (lambda d: d["points"][0].update(stable="yes"), "points[0].stable"),
+        (lambda d: d["points"][0].update(latency_cv=-0.1), "points[0].latency_cv"),
+        (lambda d: d["points"][0].update(throughput_cv=float("nan")), "points[0].throughput_cv"),
+        (lambda d: d["points"][0].update(reference_after_s=0), "points[0].reference_after_s"),
     ],
 )
 def test_broken_documents_name_the_field(mutate, field):
@@ -59,6 +68,20 @@ def test_broken_documents_name_the_field(mutate, field):
         profile_from_dict(doc, "prof.json")
     assert e.value.file == "prof.json" and e.value.field == field
     assert str(e.value).startswith(f"prof.json: {field}:")
+
+
+def test_a_profile_from_before_windows_loads_with_unknown_steadiness():
+    doc = _doc()
+    for raw in doc["points"]:
+        for k in (*_STEADY, "windows", "stable"):
+            raw.pop(k, None)
+    old = profile_from_dict(doc, "old.json")
+    assert all(p.windows is None and p.stable is None and p.host_drift is None for p in old.points)
+    assert old.points[0].latency_p50_s == _profile().points[0].latency_p50_s
+
+
+def test_host_drift_is_the_reference_after_over_before():
+    assert _profile().points[0].host_drift == pytest.approx(0.2)
 
 
 def test_mismatched_pipeline_is_an_error(tmp_path):

@@ -50,9 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default 1,2,4,8,16)")
     parser.add_argument("--cores", type=_int_list, default=None, help="threads per replica (default 1,2)")
     parser.add_argument("--gpu", action="store_true", help="also profile on the GPU (error if none is present)")
-    parser.add_argument("--quick", action="store_true", help="30 samples or 3 s per point (minutes, not hours)")
+    parser.add_argument("--quick", action="store_true",
+                        help="windows of 10 batches and >= 0.25 s, at most 3 s a point (minutes, not hours); "
+                             "default: windows of 50 batches and >= 1 s until 3 agree within 10 %%, at most "
+                             "75 s a point")
     parser.add_argument("--max-seconds-per-point", type=float, default=None,
-                        help="time box of a time-boxed point (default: 60 full, 3 quick)")
+                        help="a point's time cap: past it a point that has not settled is stored stable=false "
+                             "(default: 75 full, 3 quick)")
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process instead of one fresh process per variant (memory less exact)")
     parser.add_argument("--nice", type=int, default=DEFAULT_NICE,
