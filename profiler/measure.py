@@ -223,7 +223,7 @@ def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payloa
             sampled, seconds, conditions = _time_point(variant, inputs, b, policy)
             used = (_peak_rss_mb() if peak_memory else _rss_mb()) - baseline
             after = reference_seconds(variant, inputs, policy.reference_calls)
-            yield ("conditions", b, {**conditions, "sampled": sampled})
+            yield ("conditions", b, {**conditions, "seconds": seconds, "sampled": sampled})
             yield ("point", PointResult(b, summarize(sampled.point_latencies_s, b), max(used, 0.0), seconds,
                                         _stability(sampled), before, after))
             before = after

@@ -85,16 +85,17 @@ def summarize(latencies_s: Sequence[float], batch: int) -> LatencyStats:
 class WindowStats:
     """One measurement window of a point: what its stability is judged on."""
 
-    latency_s: float  # the window's latency percentile (the policy's ``stability_percentile``)
+    latency_s: float  # the window's latency percentile (the policy's ``stability_percentile``; None: mean)
     throughput_rps: float  # batch / mean batch latency over the window, as the profile's throughput
     batches: int
     seconds: float  # wall time the window spanned
 
 
-def window_stats(latencies_s: Sequence[float], batch: int, q: float, seconds: float) -> WindowStats:
-    """The q-th percentile and the throughput of one window's per-batch latencies."""
+def window_stats(latencies_s: Sequence[float], batch: int, q: float | None, seconds: float) -> WindowStats:
+    """The q-th percentile (None: the mean, perf_analyzer's default) and the throughput of one window."""
     s = summarize(latencies_s, batch)
-    return WindowStats(percentile(sorted(latencies_s), q), s.throughput_rps, s.samples, seconds)
+    latency = s.mean_s if q is None else percentile(sorted(latencies_s), q)
+    return WindowStats(latency, s.throughput_rps, s.samples, seconds)
 
 
 def relative_spread(values: Sequence[float]) -> float:
