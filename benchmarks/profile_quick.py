@@ -128,27 +128,30 @@ def _quick_duration(args, spec) -> dict:
             "windows": True}
 
 
-def full_duration_estimate(profile, policy, stable_share: float | None = None) -> dict:
+def full_duration_estimate(profile, policy, mean_windows: float | None = None) -> dict:
     """Seconds a profile of the points of ``profile`` would take under ``policy``, from its mean latencies.
 
     Per point ``plan.point_seconds``: warm-up, one reference probe (the variant's batch-1 mean), then
-    3 windows at best and the time cap at worst. ``expected`` weighs the two by ``stable_share`` (the
-    share of points that settled in a measured run; they are charged 3 windows, the others the cap).
-    Model loads and accuracy runs are not included (under a minute in the shipped profiles).
-    An estimate from the plan, not a run.
+    3 windows at best and the time cap at worst; ``expected`` charges each point ``mean_windows``
+    windows (the mean a measured run needed), capped. Model loads and accuracy runs are not included
+    (under a minute in the shipped profiles). An estimate from the plan, not a run.
     """
     from varipipe.profiler.plan import point_seconds
 
     b1 = {(p.stage, p.variant, p.hardware): p.mean_latency_s for p in profile.points if p.batch == 1}
-    best = worst = 0.0
+    best = worst = expected = 0.0
     for p in profile.points:
-        fast, slow = point_seconds(policy, p.mean_latency_s, b1.get((p.stage, p.variant, p.hardware),
-                                                                      p.mean_latency_s / p.batch))
+        batch_s, ref_s = p.mean_latency_s, b1.get((p.stage, p.variant, p.hardware), p.mean_latency_s / p.batch)
+        fast, slow = point_seconds(policy, batch_s, ref_s)
         best, worst = best + fast, worst + slow
+        if mean_windows is not None:
+            window = max(policy.window_count(batch_s) * batch_s, policy.window_min_s)
+            fixed = fast - policy.stable_windows * window
+            expected += fixed + min(max(mean_windows, policy.stable_windows) * window, slow - fixed)
     out = {"points": len(profile.points), "best_s": round(best), "worst_s": round(worst)}
-    if stable_share is not None:
-        out["expected_s"] = round(best + (1 - stable_share) * (worst - best))
-        out["stable_share_used"] = round(stable_share, 3)
+    if mean_windows is not None:
+        out["expected_s"] = round(expected)
+        out["mean_windows_used"] = round(mean_windows, 2)
     return out
 
 
@@ -234,7 +237,7 @@ def main() -> int:
                  {n: c.get(_key_name(_t(k)), {}) for n, c in run["conditions"].items()}) for k in keys]
     repeat = _repeatability(rows)
     full_rows = [x for r in rows for x in (r["a"], r["b"])]
-    stable_share = sum(x["stable"] for x in full_rows) / len(full_rows)
+    mean_windows = sum(x["windows"] for x in full_rows) / len(full_rows)
     errors = [r["p99_quick_rel_error"] for r in rows]
     result = {
         "benchmark": "profile_quick",
@@ -255,7 +258,7 @@ def main() -> int:
                               "points": len(errors)},
         "full_profile_estimate": {
             "source": f"mean latencies of the shipped {default_profile_path(spec.name).name}",
-            **full_duration_estimate(shipped, FULL, stable_share),
+            **full_duration_estimate(shipped, FULL, mean_windows),
             "target_s": FULL_DURATION_TARGET_S},
         "quick_profile_estimate": full_duration_estimate(shipped, QUICK),
         "drift_note": ("reference = the variant's own batch-1 call on one fixed input, median of a few, timed "

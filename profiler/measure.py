@@ -218,6 +218,8 @@ def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payloa
     variant.load()
     yield ("loaded", time.perf_counter() - t0, baseline)
     try:
+        for _ in range(policy.warmup_batches if policy.reference_calls else 0):
+            variant.infer(make_batch(inputs, 1, 0))  # the first reference must not time a cold model
         before = reference_seconds(variant, inputs, policy.reference_calls)
         for b in batches:
             sampled, seconds, conditions = _time_point(variant, inputs, b, policy)
