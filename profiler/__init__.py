@@ -2,10 +2,10 @@
 
 The folders follow the profiling loop:
 
-    plan.py           the grid of points, sampling budgets, what is missing (pure)
+    plan.py           the grid of points, measurement windows and stability, what is missing (pure)
     inputs.py         real inputs per stage: bundled photos through the upstream stages
     measure.py        time ``variant.infer(batch)`` in a fresh process per (variant, hardware)
-    stats.py          percentiles, mean, throughput of one point (pure)
+    stats.py          percentiles, mean, throughput of one point and of its windows (pure)
     accuracy.py       agreement and caption scores, reference choice (pure)
     eval_set.py       the caption stage's labelled set (EVAL_SET.md)
     evaluate.py       run a stage's variants on the inputs, choose its accuracy figures
