@@ -114,10 +114,16 @@ def reading_order(boxes: Sequence[tuple[np.ndarray, float]]) -> list[tuple[np.nd
 
 
 def crop_line(bgr: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """The quad's pixels warped upright into a rectangle; tall crops turned to lie flat."""
+    """The quad's pixels warped upright into a rectangle; tall crops turned to lie flat.
+
+    The quad is clipped to the image first (db_boxes already does so), so a box from any
+    detector gives a crop of 1 px to the image's size, never an unbounded one.
+    """
     import cv2
 
-    quad = np.asarray(quad, dtype=np.float32)
+    h_img, w_img = bgr.shape[:2]
+    quad = np.nan_to_num(np.asarray(quad, dtype=np.float32))
+    quad = np.clip(quad, 0, [w_img - 1, h_img - 1]).astype(np.float32)
     w = int(max(np.linalg.norm(quad[0] - quad[1]), np.linalg.norm(quad[2] - quad[3])))
     h = int(max(np.linalg.norm(quad[0] - quad[3]), np.linalg.norm(quad[1] - quad[2])))
     w, h = max(w, 1), max(h, 1)

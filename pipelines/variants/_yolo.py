@@ -12,7 +12,7 @@ import numpy as np
 
 from varipipe.pipelines.variants.outputs import Box
 
-__all__ = ["Letterbox", "letterbox", "letterbox_geometry", "decode", "nms", "iou"]
+__all__ = ["Letterbox", "letterbox", "letterbox_geometry", "fitted_size", "decode", "nms", "iou"]
 
 # Darknet pads letterboxed images with 0.5 grey (image.c, letterbox_image).
 PAD_VALUE = 127
@@ -41,10 +41,20 @@ class Letterbox:
         return (float(xs[0]), float(ys[0]), float(xs[1]), float(ys[1]))
 
 
+def fitted_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """The image's width and height once scaled to fit a size x size square, each 1..size.
+
+    A side that would round to 0 (an image over 2 x size times longer than wide, e.g. 10000 x 1)
+    is kept at 1 px: cv2.resize refuses a 0 side. Boxes on that axis are clipped to the image.
+    """
+    scale = size / max(width, height)
+    return min(size, max(1, round(width * scale))), min(size, max(1, round(height * scale)))
+
+
 def letterbox_geometry(width: int, height: int, size: int) -> Letterbox:
     """Aspect-preserving fit of a width x height image into a size x size square, centred."""
     scale = size / max(width, height)
-    new_w, new_h = round(width * scale), round(height * scale)
+    new_w, new_h = fitted_size(width, height, size)
     return Letterbox(size, scale, (size - new_w) // 2, (size - new_h) // 2, width, height)
 
 
@@ -54,7 +64,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
 
     h, w = image.shape[:2]
     geo = letterbox_geometry(w, h, size)
-    new_w, new_h = round(w * geo.scale), round(h * geo.scale)
+    new_w, new_h = fitted_size(w, h, size)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if geo.scale < 1 else cv2.INTER_LINEAR)
     canvas[geo.pad_y:geo.pad_y + new_h, geo.pad_x:geo.pad_x + new_w] = resized

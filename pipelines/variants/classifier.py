@@ -21,7 +21,7 @@ from varipipe.pipelines.variants._base import ModelVariant
 from varipipe.pipelines.variants.outputs import Box, Classification, Classifications, Detections
 from varipipe.records import VariantSpec
 
-__all__ = ["OnnxClassifier", "make", "select_crops", "preprocess", "MAX_CROPS"]
+__all__ = ["OnnxClassifier", "make", "select_crops", "crop", "preprocess", "MAX_CROPS"]
 
 MAX_CROPS = 3  # default crops per image: a caption needs the few main objects
 # ImageNet evaluation transform: resize the short side to size / 0.875 then take the
@@ -29,6 +29,10 @@ MAX_CROPS = 3  # default crops per image: a caption needs the few main objects
 CROP_FRACTION = 0.875
 MIN_CROP_SIDE = 8  # pixels; smaller boxes carry no information worth classifying
 DEFAULT_INPUT = 224
+# Longest side the short-side resize may produce (8192 x 256 x 3 bytes = 6 MB): every image
+# the ingress accepts (aspect <= 20, pipelines/images.py) and every crop up to 32:1 stays on
+# the standard transform; thinner ones take the crop-first path in ``preprocess``.
+MAX_RESIZED_SIDE = 8192
 
 
 def select_crops(outputs: Mapping[str, object], width: int, height: int, max_crops: int) -> list[Box | None]:
@@ -44,21 +48,37 @@ def select_crops(outputs: Mapping[str, object], width: int, height: int, max_cro
     return boxes or [None]
 
 
-def _crop(image: np.ndarray, box: Box | None) -> np.ndarray:
+def crop(image: np.ndarray, box: Box | None) -> np.ndarray:
+    """The box's pixels (the whole image for ``None``): at least 1 x 1, whatever the box.
+
+    ``select_crops`` only passes boxes of 8 px or more inside the image; a box at the
+    border or under 1 px wide after rounding still gives the pixel it touches.
+    """
     if box is None:
         return image
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    return image[y1:y2, x1:x2]
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) if np.isfinite(v) else 0 for v in box)
+    x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
+    return image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
 
 
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 RGB -> 3 x size x size float32 in [0, 255]: short side resize, centre crop."""
+    """HxWx3 uint8 RGB -> 3 x size x size float32 in [0, 255]: short side resize, centre crop.
+
+    A thin image's resized long side would be huge (a 10000 x 1 image: 2,560,000 x 256 px,
+    2 GB and 25 s), so past ``MAX_RESIZED_SIDE`` the centre square is cut first and resized
+    alone: the same region, sampled at a slightly different phase.
+    """
     import cv2
 
     h, w = image.shape[:2]
     short = size / CROP_FRACTION
     scale = short / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if max(new_w, new_h) > MAX_RESIZED_SIDE:
+        side = max(1, round(min(h, w) * CROP_FRACTION))
+        top, left = (h - side) // 2, (w - side) // 2
+        image, new_w, new_h = image[top:top + side, left:left + side], size, size
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return resized[top:top + size, left:left + size].transpose(2, 0, 1).astype(np.float32)
@@ -91,7 +111,7 @@ class OnnxClassifier(ModelVariant):
         if not batch:
             return []
         plans = [self._plan(p) for p in batch]
-        inputs = np.stack([preprocess(_crop(img, box), self.size) for img, boxes in plans for box in boxes])
+        inputs = np.stack([preprocess(crop(img, box), self.size) for img, boxes in plans for box in boxes])
         (probs,) = session.run(None, {"image": inputs})
         out: list[StageOutput] = []
         row = 0

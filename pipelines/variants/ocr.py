@@ -67,6 +67,10 @@ CLS_LABELS = (0, 180)
 REC_WIDTH = 320  # rec_img_shape [3, 48, 320]: the narrowest padded width of a sub-batch
 REC_SUB_BATCH = 6  # RapidOCR's rec_batch_num: lines of the same padded width read together
 WIDTH_STEP = 160  # padded line widths are multiples of this: similar lines share a runtime call
+# Widest padded line: 4x the widest line of the evaluation documents (800 px). A thin box
+# on a wide image would otherwise ask for any width (a 28000 x 5 px box: 269,000 px, 50 MB
+# per line); wider lines are squeezed into this width.
+MAX_LINE_WIDTH = 3200
 
 
 def weights_path(name: str) -> Path:
@@ -255,9 +259,9 @@ class TextRecognizer(_OnnxVariant):
 
 
 def _padded_width(crop: np.ndarray) -> int:
-    """The line's width at LINE_HEIGHT, rounded up to a multiple of WIDTH_STEP (at least REC_WIDTH)."""
+    """The line's width at LINE_HEIGHT, rounded up to a multiple of WIDTH_STEP, in REC_WIDTH..MAX_LINE_WIDTH."""
     width = _ocr.LINE_HEIGHT * crop.shape[1] / max(crop.shape[0], 1)
-    return max(REC_WIDTH, int(np.ceil(width / WIDTH_STEP)) * WIDTH_STEP)
+    return min(MAX_LINE_WIDTH, max(REC_WIDTH, int(np.ceil(width / WIDTH_STEP)) * WIDTH_STEP))
 
 
 def make_detector(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> TextDetector:

@@ -8,7 +8,7 @@ from varipipe.errors import BadInputError
 from varipipe.pipelines.images import decode_image
 
 
-def _png(w=8, h=6):
+def _png(w=10, h=8):
     buf = io.BytesIO()
     Image.new("RGB", (w, h), (10, 20, 30)).save(buf, "PNG")
     return buf.getvalue()
@@ -16,7 +16,7 @@ def _png(w=8, h=6):
 
 def test_decodes_rgb():
     arr = decode_image(_png())
-    assert arr.shape == (6, 8, 3) and arr.dtype == np.uint8 and tuple(arr[0, 0]) == (10, 20, 30)
+    assert arr.shape == (8, 10, 3) and arr.dtype == np.uint8 and tuple(arr[0, 0]) == (10, 20, 30)
 
 
 @pytest.mark.parametrize("data,status,words", [
