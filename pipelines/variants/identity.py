@@ -2,7 +2,8 @@
 
 Used by the framework-overhead benchmark and by tests that need a stage with
 no model. ``params.service_s`` is a per-batch sleep, ``params.per_item_s`` a
-per-item one, so a test can give a stage a known latency.
+per-item one, so a test can give a stage a known latency. ``params.fail_load`` and
+``params.fail_infer`` make loading or every batch raise: an injected stage fault.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class IdentityVariant:
         service += float(self.spec.params.get("per_item_s", 0.0)) * len(batch)
         if service > 0:
             time.sleep(service)
+        if self.spec.params.get("fail_infer"):
+            raise RuntimeError(f"variant {self.spec.name} is configured to fail every batch")
         return [Echo(self.spec.stage, self.spec.name, len(batch)) for _ in batch]
 
 
