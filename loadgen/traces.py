@@ -232,12 +232,19 @@ def arrival_times(trace: Trace, process: str = "poisson", seed: int = 0) -> np.n
     return np.sort(seconds + rng.random(total))
 
 
+# Users beyond the rate's need: a Poisson second can bring more requests than its rate,
+# and a spare user sends the extra one at its time instead of after a reply.
+SPARE_USERS = 1
+
+
 def shape_tick(rates: np.ndarray, elapsed_s: float, per_user_rps: float) -> tuple[int, float] | None:
-    """Locust ``LoadTestShape.tick`` for a trace: users so that each, pacing ``per_user_rps``
-    requests per second, together send the trace's rate; ``None`` ends the test."""
+    """Locust ``LoadTestShape.tick`` for a trace whose send times are dispatched open loop
+    (``loadgen/locustfile.py``): enough users that each sends at most ``per_user_rps``
+    requests a second at this second's or the next one's rate, plus ``SPARE_USERS``, all
+    spawned within a second; ``None`` ends the test."""
     i = int(elapsed_s)
     if i >= len(rates):
         return None
-    users = math.ceil(float(rates[i]) / per_user_rps - 1e-9)
-    # Spawn the whole step within one second so the rate follows the trace second by second.
-    return users, float(max(users, 1))
+    peak = float(np.max(rates[i:i + 2]))
+    users = math.ceil(peak / per_user_rps - 1e-9) + SPARE_USERS
+    return users, float(users)
