@@ -37,13 +37,14 @@ SHAPE_STATUS = 422
 def check_shape(width: int, height: int, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT) -> None:
     """``BadInputError`` (422) unless both sides are at least ``min_side`` and the long side is
     at most ``max_aspect`` times the short one."""
+    rule = f"accepted: both sides >= {min_side} px, aspect ratio up to {max_aspect}:1"
     if min(width, height) < min_side:
-        raise BadInputError(f"image of {width}x{height} is too small: both sides must be at least {min_side} px",
-                            status=SHAPE_STATUS)
+        raise BadInputError(f"image of {width}x{height} is too small: both sides must be at least {min_side} px "
+                            f"({rule})", status=SHAPE_STATUS)
     if max(width, height) > max_aspect * min(width, height):
         raise BadInputError(f"image of {width}x{height} is too thin: its aspect ratio "
-                            f"{max(width, height) / min(width, height):.1f}:1 exceeds the limit of {max_aspect}:1",
-                            status=SHAPE_STATUS)
+                            f"{max(width, height) / min(width, height):.1f}:1 exceeds the limit of {max_aspect}:1 "
+                            f"({rule})", status=SHAPE_STATUS)
 
 
 def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
