@@ -258,13 +258,17 @@ def real_server(request, serve_port):
 
 
 def _side_pairs() -> st.SearchStrategy[tuple[int, int]]:
-    """(long, short) sides: anything up to a megapixel, thin strips, and the rule's edges."""
+    """(long, short) sides: anything up to a megapixel, thin strips, the rule's edges, and
+    shapes inside the rule (about half the cases: those must come back 200)."""
     any_long = st.integers(1, LONG_SIDE)
     anything = any_long.flatmap(lambda n: st.tuples(st.just(n), st.integers(1, max(1, min(n, MAX_SHAPE_PIXELS // n)))))
     thin = st.tuples(any_long, st.integers(1, 3))
     edge = st.tuples(st.integers(MIN_SIDE - 1, 40), st.integers(-1, 1)).map(
         lambda t: (t[0] * MAX_ASPECT + t[1], t[0]))
-    return anything | thin | edge | st.tuples(st.integers(MIN_SIDE - 1, MIN_SIDE + 1), st.integers(1, MIN_SIDE + 1))
+    small = st.tuples(st.integers(MIN_SIDE - 1, MIN_SIDE + 1), st.integers(1, MIN_SIDE + 1))
+    inside = st.integers(MIN_SIDE, 1000).flatmap(lambda short: st.tuples(
+        st.integers(short, max(short, min(MAX_ASPECT * short, LONG_SIDE, MAX_SHAPE_PIXELS // short))), st.just(short)))
+    return st.one_of(inside, anything, inside, thin, inside, edge, small)
 
 
 shapes = st.tuples(_side_pairs(), st.booleans()).map(lambda t: (t[0][1], t[0][0]) if t[1] else t[0])
