@@ -16,11 +16,13 @@ How the rate is kept: the send times are ``varipipe load``'s (``traces.arrival_t
 same trace, arrivals and seed, same times). A dispatcher releases each send when its
 time comes; locust's users are the connection pool that takes them, a free user sending
 at once. The shape (``traces.shape_tick``) keeps enough users that each sends at most
-``--per-user-rps`` requests a second, so the trace's rate is met whenever replies come
-back within ``1 / per-user-rps`` seconds (2 s by default). When they are slower, sends
-wait for a free user and the rate falls behind: raise the user count by lowering
-``--per-user-rps``, or use ``varipipe load`` (open loop, no users). One locust process
-only: the dispatcher lives with the shape, so ``--processes``/``--master`` is refused.
+``--per-user-rps`` requests a second at the highest rate so far, and never lowers the
+count mid-run (locust stops a user by killing it, request and all). So the trace's rate
+is met whenever replies come back within ``1 / per-user-rps`` seconds (2 s by default).
+When they are slower, sends wait for a free user and the rate falls behind: lower
+``--per-user-rps`` for more users, or use ``varipipe load`` (open loop, no users). One
+locust process only: the dispatcher lives with the shape, so ``--processes``/``--master``
+is refused.
 The trace parsing is :mod:`varipipe.loadgen.traces`, as for the replayer and the simulator.
 """
 

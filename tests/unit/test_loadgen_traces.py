@@ -125,12 +125,12 @@ def test_poisson_counts_follow_rate_and_seed():
     assert np.array_equal(per_sec, counts_per_second(t, "poisson", seed=1))
 
 
-def test_shape_tick_has_users_for_this_and_the_next_second_plus_a_spare():
+def test_shape_tick_has_users_for_the_highest_rate_so_far_and_the_next_second_plus_a_spare():
     from varipipe.loadgen.traces import SPARE_USERS, shape_tick
 
     rates = np.array([1.0, 2.5, 0.0])
     assert shape_tick(rates, 0.5, 0.5) == (5 + SPARE_USERS, 5.0 + SPARE_USERS)  # the next second's 2.5 req/s
     assert shape_tick(rates, 1.2, 0.5) == (5 + SPARE_USERS, 5.0 + SPARE_USERS)
-    assert shape_tick(rates, 2.0, 0.5)[0] == SPARE_USERS
+    assert shape_tick(rates, 2.0, 0.5)[0] == 5 + SPARE_USERS  # never fewer: a stopped user is a killed one
     assert shape_tick(np.array([0.9]), 0.0, 0.5)[0] == 2 + SPARE_USERS  # users carry the rate, never pace it
     assert shape_tick(rates, 3.0, 0.5) is None
