@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from varipipe.records import SLA, Decision, Observation, PipelineSpec, Profile
 
-__all__ = ["Forecast", "PolicyContext", "Policy"]
+__all__ = ["Forecast", "PolicyContext", "Policy", "delegates_to_ray"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,11 @@ class Policy(Protocol):
     name: str
 
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision: ...
+
+
+def delegates_to_ray(policy: object) -> bool:
+    """True when ``policy`` hands scaling to Ray Serve's own autoscaler: it has an
+    ``autoscaling_config()`` (the built-in ``ray`` policy, or a user's). Live, Serve then
+    scales the stages with that config and varipipe runs no control loop; simulated, its
+    ``decide`` stands in for Ray's rule and every decision applies."""
+    return callable(getattr(policy, "autoscaling_config", None))

@@ -52,6 +52,7 @@ class ControllerState:
         self.points: deque[dict[str, Any]] = deque(maxlen=HISTORY_LEN)  # what /api/history serves
         self.lock = threading.RLock()
         self.loop = None  # the adapter's control loop, when a policy is configured
+        self.poller = None  # what observes and steps it every interval
         self.loop_error = ""
         self._ticks = 0  # windows closed so far
         self._loop_cursor = 0  # windows already handed to the loop
@@ -85,14 +86,15 @@ class ControllerState:
     # --- the adapter --------------------------------------------------------------
     def _start_loop(self, initial: Decision) -> None:
         try:
-            self.loop = build_loop(self.opts, self.spec, self.sla_s, initial, self._apply, self._observe_interval,
-                                   self.clock)
+            self.poller = build_loop(self.opts, self.spec, self.sla_s, initial, self._apply, self._observe_interval,
+                                     self.clock)
         except Exception as e:  # noqa: BLE001 - a bad policy/profile must not stop serving
             self.loop_error = f"adapter not started: {type(e).__name__}: {e}"
             log.error(self.loop_error)
             return
-        if self.loop is None:
+        if self.poller is None:
             return
+        self.loop = self.poller.loop
         if self._start_threads:
             threading.Thread(target=self._run_loop, name="varipipe-adapter", daemon=True).start()
 
@@ -101,7 +103,7 @@ class ControllerState:
             self.loop_step()
 
     def loop_step(self):
-        entry = self.loop.step()
+        entry = self.poller.poll()
         if entry.action == "failed":
             self.metrics.loop_error()
         return entry
@@ -237,10 +239,10 @@ class ControllerState:
 
 
 def build_loop(opts: AppOptions, spec, sla_s: float, initial: Decision, apply, observe, clock):
-    """The adapter's ControlLoop for ``opts.policy``; None for ``ray`` (Ray Serve scales itself)."""
+    """The adapter's ControlLoop for ``opts.policy`` and its Poller; None for ``ray`` (Ray Serve scales itself)."""
     from pathlib import Path
 
-    from varipipe.adapter.loop import ControlLoop, FileDecisionStore
+    from varipipe.adapter.loop import ControlLoop, FileDecisionStore, Poller
     from varipipe.adapter.policies import make_policy
     from varipipe.adapter.policy import PolicyContext
     from varipipe.adapter.predictors import make_predictor
@@ -255,8 +257,9 @@ def build_loop(opts: AppOptions, spec, sla_s: float, initial: Decision, apply, o
         log.info("policy %s: Ray Serve's own autoscaler scales the stages; no varipipe loop", opts.policy)
         return None
     store = FileDecisionStore(Path(opts.state_file)) if opts.state_file else None
-    return ControlLoop(policy, make_predictor(opts.predictor), apply=apply, observe=observe, clock=clock,
-                       store=store, initial=initial, dry_run=opts.dry_run, pins=opts.pins)
+    loop = ControlLoop(policy, apply, clock=clock, store=store, initial=initial, dry_run=opts.dry_run,
+                       pins=opts.pins)
+    return Poller(loop, observe, make_predictor(opts.predictor), clock)
 
 
 def _summary(d: Decision | None) -> str:

@@ -29,6 +29,8 @@ __all__ = [
     "StageObservation",
     "Observation",
     "hardware_cores",
+    "replica_price",
+    "GPU_REPLICA_PRICE_CORES",
 ]
 
 
@@ -144,6 +146,21 @@ def hardware_cores(hardware: str) -> float:
     if kind == "cpu":
         return float(amount or 1)
     return 0.0
+
+
+# What one GPU replica costs in ``reserved`` mode, in cores: the on-demand price of a
+# GPU over that of a core in one public price list, AWS EC2 us-east-1 (Linux): a
+# g4dn.xlarge (1 NVIDIA T4 + 4 vCPUs) at $0.526/h less a c5.xlarge (4 vCPUs) at $0.17/h
+# leaves $0.356/h for the GPU, 8.4 times a c5 vCPU's $0.0425/h; rounded down to 8.
+# A T4 is the common inference GPU there; a bigger GPU costs many more cores.
+GPU_REPLICA_PRICE_CORES = 8.0
+
+
+def replica_price(hardware: str) -> float:
+    """What one replica on ``hardware`` costs in ``reserved`` mode, in cores: its cores
+    (``cpu:2`` -> 2.0), or :data:`GPU_REPLICA_PRICE_CORES` for a GPU. The one price the
+    optimizer, the simulator and the experiment runner use."""
+    return hardware_cores(hardware) if hardware.partition(":")[0] == "cpu" else GPU_REPLICA_PRICE_CORES
 
 
 @dataclass(frozen=True)
