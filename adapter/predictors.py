@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from varipipe.errors import UnknownNameError
 
 __all__ = [
+    "DEFAULT_PREDICTOR",
     "Predictor",
     "Reactive",
     "MovingMax",
@@ -23,6 +24,8 @@ __all__ = [
     "make_predictor",
 ]
 
+# The predictor when none is named (serve, simulate, experiment): Reactive.
+DEFAULT_PREDICTOR = "reactive"
 # Reactive: the peak of the last control interval (DESIGN §4 default interval, 10 s).
 REACTIVE_WINDOW_S = 10
 # Moving max: the peak of the last minute, a cautious over-provisioning baseline.

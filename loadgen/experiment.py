@@ -28,7 +28,7 @@ import numpy as np
 from varipipe.loadgen.replayer import RequestRecord, replay
 from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.simulator import SimSeries
-from varipipe.records import Decision, Profile, hardware_cores
+from varipipe.records import Decision, Profile, replica_price
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
            "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
@@ -95,16 +95,17 @@ def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], sla
 # ------------------------------------------------------------------------ live
 
 
-def _accuracy_table(profile: Profile) -> dict[tuple[str, str], float]:
-    acc: dict[tuple[str, str], float] = {}
-    for p in profile.points:
-        acc.setdefault((p.stage, p.variant), p.accuracy)
-    return acc
+def _accuracy(profile: Profile, stage: str, variant: str) -> float:
+    """The profile's figure for a variant that served a request; NaN for one it never measured."""
+    try:
+        return profile.variant_accuracy(stage, variant)
+    except KeyError:
+        return math.nan
 
 
 def _decision_cost(d: Decision, cost_mode: str) -> float:
     if cost_mode == "reserved":
-        return float(sum(s.replicas * max(hardware_cores(s.hardware), 1.0) for s in d.stages))
+        return float(sum(s.replicas * replica_price(s.hardware) for s in d.stages))
     return float(d.predicted_cost)
 
 
@@ -114,12 +115,11 @@ def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile
     """The simulator's metrics from a replayer log: attainment over *all* requests, p99 over
     answered ones, accuracy from the variants that served each reply (profile accuracies)."""
     n_sec = max(int(math.ceil(duration_s)), 1)
-    acc_of = _accuracy_table(profile)
     sec = np.minimum(np.array([int(r.scheduled_s) for r in records], dtype=np.int64), n_sec - 1)
     ok = np.array([r.ok for r in records], dtype=bool)
     lat = np.array([r.latency_s for r in records])
     within = ok & (lat <= sla_s)
-    acc = np.array([math.prod(acc_of.get((s, v), math.nan) for s, v in r.variants.items()) if r.ok and r.variants
+    acc = np.array([math.prod(_accuracy(profile, s, v) for s, v in r.variants.items()) if r.ok and r.variants
                     else math.nan for r in records])
     has_acc = ok & ~np.isnan(acc)
     cost = np.full(n_sec, np.nan)

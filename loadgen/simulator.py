@@ -44,12 +44,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.loop import ControlLoop
-from varipipe.adapter.policy import Forecast, Policy, delegates_to_ray
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.service import ServiceModel, service_model
-from varipipe.observation import StageCounters, StageState, observe
+from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import Decision, Observation, Profile, StageDecision, replica_price
 
 __all__ = [
@@ -84,9 +85,6 @@ VARIANT_SWITCH_CPU_S = 0.6  # per replica, loading the new variant in place: med
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
-# Observations carry the last hour of per-second arrivals: the predictors look at
-# most a few minutes back (adapter/predictors.py windows are 10-60 s; the LSTM's input is shorter).
-HISTORY_WINDOW_S = 3600
 # Standard normals drawn per refill of a stage's service-time noise buffer.
 _NOISE_CHUNK = 1 << 16
 # After the last arrival, keep simulating this many SLAs for queues to drain;
@@ -101,9 +99,9 @@ class SimConfig:
     """Run settings: SLA, control interval, cost mode and cluster size, seed."""
 
     sla_s: float
-    interval_s: float = 10.0
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
+    interval_s: float = DEFAULT_INTERVAL_S
+    cost_mode: str = DEFAULT_COST_MODE
+    cluster_cores: float = DEFAULT_CLUSTER_CORES
     seed: int = 0
     shed_late: bool = True  # deadline admission control, as live (varipipe.admission)
     # Fixed per-request serving overhead (HTTP, ingress decoding, stage hops) that the
@@ -289,6 +287,27 @@ class _Occupancy:
 
 
 @dataclass
+class _Departures:
+    """Items of batches formed but maybe not ended: each leaves the stage, and is counted with
+    its time there, once its batch ends (live, the ingress counts it when the call returns)."""
+
+    chunks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (ends, times in the stage)
+
+    def until(self, t: float, counters: StageCounters) -> None:
+        """Count the items whose batch has ended by ``t``."""
+        waiting = []
+        for ends, spent in self.chunks:
+            gone = ends <= t
+            if gone.all():
+                counters.left(spent)
+            else:
+                if gone.any():
+                    counters.left(spent[gone])
+                waiting.append((ends[~gone], spent[~gone]))
+        self.chunks = waiting
+
+
+@dataclass
 class _FanIn:
     """A fan-out stage's join: a request moves on when its last item is done."""
 
@@ -327,6 +346,7 @@ class _Stage:
     # State.
     queue: _Queue = field(default_factory=_Queue)
     occupancy: _Occupancy = field(default_factory=_Occupancy)
+    departures: _Departures = field(default_factory=_Departures)
     expected_batch_s: float = 0.0  # moving average of batch times: admission control's estimate
     outbox: tuple[np.ndarray, np.ndarray] | None = None  # (times, requests) done here, not yet due downstream
     # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
@@ -632,6 +652,8 @@ class _Run:
         for st in self.stages:
             times, reqs = self._feed(st, times, reqs)
             times, reqs = self._process(st, t1, slow)
+            if st.departures.chunks:
+                st.departures.until(t1, self.interval.stages[st.name])
         if len(reqs):
             self.req_done[reqs] = times
             self.interval.e2e.append(times - self.arrivals[reqs])
@@ -675,7 +697,7 @@ class _Run:
         ends = np.repeat(np.asarray(st.batch_end_s[bids[0]: bids[-1] + 1], dtype=np.float64), sizes)
         st.done_s[items] = ends
         st.batch_of[items] = np.repeat(np.asarray(bids, dtype=np.int64), sizes)
-        counters.left(ends - st.entered_s[items])
+        st.departures.chunks.append((ends, ends - st.entered_s[items]))
         return self._release(st, ends, items, t1)
 
     def _release(self, st: _Stage, ends: np.ndarray, items: np.ndarray, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -712,7 +734,7 @@ class _Run:
         state = {st.name: StageState(st.occupancy.now(t), len(st.replica_free_s)) for st in self.stages}
         interval, self.interval = self.interval, _Interval.fresh(self.profile.stages)
         e2e = np.concatenate(interval.e2e) if interval.e2e else np.empty(0)
-        lo = max(0, int(t) - HISTORY_WINDOW_S)
+        lo = max(0, int(t) - HISTORY_S)
         return observe(t, iv, int(self.counts[max(0, int(t - iv)):int(t)].sum()), interval.stages, state, e2e,
                        history_rps=self.counts[lo:int(t)].astype(np.float64))
 

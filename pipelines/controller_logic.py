@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from varipipe.errors import ReconfigurationError
@@ -22,7 +22,7 @@ from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, Observation
 from varipipe.spec import find_spec
 
-__all__ = ["ControllerState", "HISTORY_LEN"]
+__all__ = ["ControllerState", "HISTORY_LEN", "build_policy", "build_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ WINDOW_S = 1.0
 
 
 class ControllerState:
-    def __init__(self, opts: AppOptions, clock: Callable[[], float], start_thread: bool = True) -> None:
+    def __init__(self, opts: AppOptions, clock: Callable[[], float], start_thread: bool = True,
+                 running_replicas: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """``running_replicas()``: each stage's running replicas now (live: Serve's status);
+        without it, the replicas of the decision in force."""
         self.opts = opts
         self.clock = clock
+        self._running_replicas = running_replicas
         self.spec = find_spec(opts.pipeline)
         self.sla_s = opts.sla_s or self.spec.sla.latency_s
         self.started = clock()  # a new value means a new controller: the dashboard knows history restarted
@@ -56,6 +60,7 @@ class ControllerState:
         self.loop_error = ""
         self._ticks = 0  # windows closed so far
         self._loop_cursor = 0  # windows already handed to the loop
+        self._last_replicas: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_threads = start_thread
@@ -86,8 +91,7 @@ class ControllerState:
     # --- the adapter --------------------------------------------------------------
     def _start_loop(self, initial: Decision) -> None:
         try:
-            self.poller = build_loop(self.opts, self.spec, self.sla_s, initial, self._apply, self._observe_interval,
-                                     self.clock)
+            self.poller = build_loop(self.opts, self.spec, initial, self._apply, self._observe_interval, self.clock)
         except Exception as e:  # noqa: BLE001 - a bad policy/profile must not stop serving
             self.loop_error = f"adapter not started: {type(e).__name__}: {e}"
             log.error(self.loop_error)
@@ -196,12 +200,23 @@ class ControllerState:
     # --- periodic work ------------------------------------------------------------
     def tick(self) -> Observation:
         """Close the current metrics window (called every WINDOW_S)."""
+        replicas = self._replicas()
         with self.lock:
-            obs = self.metrics.observe(self.clock())
+            obs = self.metrics.observe(self.clock(), replicas)
             self.history.append(obs)
             self.points.append(self._point(obs))
             self._ticks += 1
         return obs
+
+    def _replicas(self) -> Mapping[str, int]:
+        if self._running_replicas is not None:
+            try:
+                self._last_replicas = dict(self._running_replicas())
+            except Exception as e:  # noqa: BLE001 - a status call that fails keeps the last counts
+                log.warning("could not read the running replicas: %s", e)
+            return self._last_replicas
+        d = self.decision
+        return {s.stage: s.replicas for s in d.stages} if d is not None else {}
 
     def _point(self, obs: Observation) -> dict[str, Any]:
         """One history point: load, latency, SLA and the configuration in force."""
@@ -212,7 +227,7 @@ class ControllerState:
             "t": round(obs.time_s, 3), "interval_s": round(obs.interval_s, 3),
             "arrival_rps": round(obs.arrival_rps, 3), "predicted_rps": forecast,
             "completed": w.completed if w else 0, "within_sla": w.within_sla if w else 0,
-            "errors": w.errors if w else 0, "drops": obs.drops,
+            "errors": w.errors if w else 0, "drops": w.drops if w else 0,
             "e2e_p50_s": round(w.e2e_p50_s, 4) if w else 0.0, "e2e_p99_s": round(obs.e2e_p99_s, 4),
             "generation": self.generation,
             "stages": [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas}
@@ -238,22 +253,29 @@ class ControllerState:
         self._stop.set()
 
 
-def build_loop(opts: AppOptions, spec, sla_s: float, initial: Decision, apply, observe, clock):
-    """The adapter's ControlLoop for ``opts.policy`` and its Poller; None for ``ray`` (Ray Serve scales itself)."""
+def build_policy(opts: AppOptions, spec):
+    """The live policy of ``opts``: its context from the one factory the simulator uses
+    (``adapter.policy.policy_context``), on the profile ``opts`` names or the shipped one."""
+    from varipipe.adapter.policies import make_policy, policy_options
+    from varipipe.adapter.policy import policy_context
+    from varipipe.profiler.store import default_profile_path, load_profile
+
+    profile = load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
+    return make_policy(opts.policy, policy_context(spec, profile, opts), **policy_options(opts.policy,
+                                                                                         opts.policy_options))
+
+
+def build_loop(opts: AppOptions, spec, initial: Decision, apply, observe, clock):
+    """The adapter's ControlLoop for ``opts.policy`` and its Poller; None for a policy that hands
+    scaling to Ray Serve's autoscaler (Serve scales the stages itself)."""
     from pathlib import Path
 
     from varipipe.adapter.loop import ControlLoop, FileDecisionStore, Poller
-    from varipipe.adapter.policies import make_policy
-    from varipipe.adapter.policy import PolicyContext
+    from varipipe.adapter.policy import delegates_to_ray
     from varipipe.adapter.predictors import make_predictor
-    from varipipe.profiler.store import default_profile_path, load_profile
-    from varipipe.records import SLA
 
-    profile = load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
-    ctx = PolicyContext(spec, profile, SLA(sla_s), opts.cost_mode, opts.cluster_cores, opts.max_replicas,
-                        opts.interval_s)
-    policy = make_policy(opts.policy, ctx, **opts.policy_options)
-    if hasattr(policy, "autoscaling_config"):
+    policy = build_policy(opts, spec)
+    if delegates_to_ray(policy):
         log.info("policy %s: Ray Serve's own autoscaler scales the stages; no varipipe loop", opts.policy)
         return None
     store = FileDecisionStore(Path(opts.state_file)) if opts.state_file else None

@@ -19,7 +19,11 @@ import numpy as np
 
 from varipipe.records import Observation, StageObservation
 
-__all__ = ["StageCounters", "StageState", "observe", "percentile"]
+__all__ = ["StageCounters", "StageState", "observe", "percentile", "HISTORY_S"]
+
+# Per-second arrivals an observation carries for the predictors, newest last: the longest
+# window any of them reads (the LSTM's 10 minutes, adapter/lstm.py; IPA's).
+HISTORY_S = 600
 
 
 def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:

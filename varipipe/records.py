@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -232,6 +233,22 @@ class Profile:
 
     def for_stage(self, stage: str) -> tuple[ProfilePoint, ...]:
         return tuple(p for p in self.points if p.stage == stage)
+
+    def variant_accuracy(self, stage: str, variant: str) -> float:
+        """A variant's accuracy: one figure per variant, which every point of it carries (the
+        profile store rejects a file whose points of one variant disagree). The one way the
+        optimizer, the policies, the simulator and the experiment runner read it."""
+        try:
+            return self._accuracies[(stage, variant)]
+        except KeyError:
+            raise KeyError(f"no profile point for variant {variant!r} of stage {stage!r}") from None
+
+    @functools.cached_property
+    def _accuracies(self) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for p in self.points:
+            out.setdefault((p.stage, p.variant), p.accuracy)
+        return out
 
 
 class DecisionStatus(enum.StrEnum):
