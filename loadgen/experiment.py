@@ -14,6 +14,7 @@ import asyncio
 import csv
 import hashlib
 import json
+import logging
 import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from varipipe.errors import LiveMeasurementError
 from varipipe.loadgen.replayer import RequestRecord, replay
 from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.simulator import SimSeries
@@ -32,6 +34,8 @@ from varipipe.records import Decision, Profile, replica_price
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
            "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
+
+log = logging.getLogger(__name__)
 
 StartLive = Callable[[str, float], AbstractContextManager[str]]
 
@@ -145,8 +149,18 @@ def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile
     return summary, series
 
 
-async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tuple[float, Decision]]) -> None:
-    """GET ``url`` every interval; keep each Decision the app reports (absent or broken: skipped)."""
+@dataclass
+class _Polls:
+    """What polling the app's /config gave: the decisions in force, and the polls that failed."""
+
+    samples: list[tuple[float, Decision]]
+    failed: list[str]
+
+
+async def _poll_config(url: str, interval_s: float, t0: float, polls: _Polls) -> None:
+    """GET ``url`` every interval and keep each Decision the app reports. A poll that gets no
+    answer in time (the app busy or restarting) is counted and the next one tries again; an
+    answer other than 200 (401: the app wants a token) raises: no later poll would differ."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -154,25 +168,49 @@ async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tup
         while True:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=interval_s)) as resp:
-                    data = await resp.json() if resp.status == 200 else None
-                    if isinstance(data, dict) and isinstance(data.get("decision"), dict):
-                        data = data["decision"]  # the app's /config: {"decision": {...}, ...}
-                    if isinstance(data, dict) and data.get("stages"):
-                        samples.append((loop.time() - t0, Decision.from_dict(data)))
-            except Exception:  # noqa: BLE001 -- cost is optional; the replay goes on
-                pass
+                    if resp.status != 200:
+                        hint = " (the app wants its bearer token)" if resp.status in (401, 403) else ""
+                        raise LiveMeasurementError(f"GET {url} answered {resp.status}{hint}: "
+                                                   f"{(await resp.text())[:200]!r}; the run's cost and "
+                                                   "decisions cannot be read")
+                    data = await resp.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                polls.failed.append(f"{type(e).__name__}: {e}")
+            else:
+                if isinstance(data, dict) and isinstance(data.get("decision"), dict):
+                    data = data["decision"]  # the app's /config: {"decision": {...}, ...}
+                if isinstance(data, dict) and data.get("stages"):
+                    polls.samples.append((loop.time() - t0, Decision.from_dict(data)))
             await asyncio.sleep(interval_s)
 
 
 async def _replay_and_poll(url: str, times: np.ndarray, body: bytes, ctype: str, config_url: str,
-                           interval_s: float) -> tuple[list[RequestRecord], list[tuple[float, Decision]]]:
-    samples: list[tuple[float, Decision]] = []
-    poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), samples))
+                           interval_s: float) -> tuple[list[RequestRecord], _Polls]:
+    """Replay ``times`` while polling /config; a poller that fails stops the replay and raises."""
+    polls = _Polls([], [])
+    poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), polls))
+    replaying = asyncio.create_task(replay(url, times, body, ctype))
     try:
-        _, records = await replay(url, times, body, ctype)
+        await asyncio.wait({poller, replaying}, return_when=asyncio.FIRST_COMPLETED)
+        if poller.done():  # it only ends by raising
+            poller.result()
+        _, records = replaying.result()
     finally:
-        poller.cancel()
-    return records, samples
+        for task in (poller, replaying):
+            task.cancel()
+        await asyncio.gather(poller, replaying, return_exceptions=True)
+    return records, polls
+
+
+def _decisions(polls: _Polls, url: str, interval_s: float) -> list[tuple[float, Decision]]:
+    """The decisions polled; a run in which no poll was answered cannot report a cost: it raises."""
+    if polls.failed:
+        log.warning("GET %s: %d of %d polls got no answer (first: %s)", url, len(polls.failed),
+                    len(polls.failed) + len(polls.samples), polls.failed[0])
+    if not polls.samples:
+        raise LiveMeasurementError(f"GET {url} gave no decision during the whole run (polled every {interval_s:g} s; "
+                                   f"{len(polls.failed)} polls failed, first: {polls.failed[0] if polls.failed else '-'})")
+    return polls.samples
 
 
 def _config_url(url: str) -> str:
@@ -199,12 +237,13 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
         for policy in policies:
             started = time.perf_counter()
             with start_live(policy, sla_s) as url:
-                records, decisions = asyncio.run(
+                records, polls = asyncio.run(
                     _replay_and_poll(url, times, body, ctype, _config_url(url), interval_s))
             if records_dir is not None:
                 records_dir.mkdir(parents=True, exist_ok=True)
                 (records_dir / f"{sla_name}-{policy}.jsonl").write_text(
                     "".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+            decisions = _decisions(polls, _config_url(url), interval_s)
             cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
             pred = [(t, d.load_rps) for t, d in decisions]
             changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))

@@ -13,7 +13,10 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from varipipe.errors import SpecError
 
 __all__ = [
     "AccuracyKind",
@@ -71,6 +74,14 @@ class VariantSpec:
     native_batching: bool = True
     accuracy: Accuracy | None = None  # declared figure, used when no profile measures it
     params: Mapping[str, Any] = field(default_factory=dict)
+    spec_file: str = ""  # the pipeline spec YAML it was read from ("" when built in code)
+
+    def spec_error(self, field_path: str, problem: str) -> SpecError:
+        """A :class:`SpecError` naming this variant's spec file and ``stages.<stage>.variants.<name><field_path>``."""
+        from varipipe.errors import SpecError
+
+        return SpecError(self.spec_file or "<pipeline spec>", f"stages.{self.stage}.variants.{self.name}{field_path}",
+                         problem)
 
 
 @dataclass(frozen=True)
