@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 from varipipe.errors import LiveMeasurementError
 from varipipe.loadgen.replayer import RequestRecord, replay
 from varipipe.loadgen.runs import SimSettings, run_policy
-from varipipe.loadgen.simulator import SimSeries
+from varipipe.loadgen.simulator import RunMetrics, SimSeries
 from varipipe.records import Decision, Profile, replica_price
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
@@ -44,23 +44,13 @@ SUMMARY_FIELDS = ("policy", "sla", "sla_s", "mode", "requests", "completed", "dr
 
 
 @dataclass(frozen=True, eq=False)
-class RunOutcome:
+class RunOutcome(RunMetrics):
     """One (policy, SLA) run: summary metrics and the per-second series."""
 
     policy: str
     sla: str
     sla_s: float
     mode: str
-    requests: int
-    completed: int
-    dropped: int
-    sla_attainment: float
-    p99_latency_s: float
-    mean_latency_s: float
-    mean_accuracy: float
-    mean_cost: float
-    cost_unit: str
-    decisions: int
     wall_s: float
     series: SimSeries
     timeline: tuple[Decision, ...] = ()  # decisions in force over the run (time_s from its start)
@@ -72,9 +62,9 @@ class RunOutcome:
 def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings]) -> RunOutcome:
     profile, arrivals, policy, sla_name, settings = args
     r = run_policy(profile, arrivals, policy, settings)
-    return RunOutcome(policy, sla_name, settings.sla_s, "sim", r.requests, r.completed, r.dropped,
-                      r.sla_attainment, r.p99_latency_s, r.mean_latency_s, r.mean_accuracy, r.mean_cost,
-                      r.cost_unit, r.decisions, r.wall_s, r.series, r.timeline)
+    metrics = {f.name: getattr(r, f.name) for f in fields(RunMetrics)}
+    return RunOutcome(**metrics, policy=policy, sla=sla_name, sla_s=settings.sla_s, mode="sim", wall_s=r.wall_s,
+                      series=r.series, timeline=r.timeline)
 
 
 def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
@@ -115,9 +105,11 @@ def _decision_cost(d: Decision, cost_mode: str) -> float:
 
 def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile: Profile, duration_s: float,
                          cost_samples: Sequence[tuple[float, float]] = (),
-                         predicted: Sequence[tuple[float, float]] = ()) -> tuple[dict[str, Any], SimSeries]:
-    """The simulator's metrics from a replayer log: attainment over *all* requests, p99 over
-    answered ones, accuracy from the variants that served each reply (profile accuracies)."""
+                         predicted: Sequence[tuple[float, float]] = (), cost_mode: str = "shared",
+                         decisions: int = 0) -> tuple[dict[str, Any], SimSeries]:
+    """The simulator's metrics (``RunMetrics.measure``) from a replayer log: attainment over
+    *all* requests, p99 over answered ones, accuracy from the variants that served each reply
+    (profile accuracies)."""
     n_sec = max(int(math.ceil(duration_s)), 1)
     sec = np.minimum(np.array([int(r.scheduled_s) for r in records], dtype=np.int64), n_sec - 1)
     ok = np.array([r.ok for r in records], dtype=bool)
@@ -137,16 +129,8 @@ def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile
         accuracy_sum=np.bincount(sec[has_acc], weights=acc[has_acc], minlength=n_sec),
         completed=np.bincount(sec, weights=has_acc, minlength=n_sec), cost=cost, predicted_rps=pred,
         replicas=np.zeros(n_sec), p99_latency_s=np.full(n_sec, np.nan))
-    n = len(records)
-    summary = {
-        "requests": n, "completed": int(ok.sum()), "dropped": int(n - ok.sum()),
-        "sla_attainment": float(within.sum() / n) if n else 1.0,
-        "p99_latency_s": float(np.percentile(lat[ok], 99)) if ok.any() else math.nan,
-        "mean_latency_s": float(lat[ok].mean()) if ok.any() else math.nan,
-        "mean_accuracy": float(acc[has_acc].mean()) if has_acc.any() else math.nan,
-        "mean_cost": float(np.nanmean(cost)) if not np.isnan(cost).all() else math.nan,
-    }
-    return summary, series
+    answered = np.where(ok, lat, np.nan)
+    return RunMetrics.measure(answered, sla_s, acc, cost, cost_mode, decisions), series
 
 
 @dataclass
@@ -247,12 +231,10 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
             cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
             pred = [(t, d.load_rps) for t, d in decisions]
             changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))
-            m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred)
-            unit = "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
-            res = RunOutcome(policy, sla_name, sla_s, "live", m["requests"], m["completed"], m["dropped"],
-                             m["sla_attainment"], m["p99_latency_s"], m["mean_latency_s"], m["mean_accuracy"],
-                             m["mean_cost"], unit, changes, time.perf_counter() - started, series,
-                             tuple(replace(d, time_s=t) for t, d in decisions))
+            m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred, cost_mode, changes)
+            res = RunOutcome(**m, policy=policy, sla=sla_name, sla_s=sla_s, mode="live",
+                             wall_s=time.perf_counter() - started, series=series,
+                             timeline=tuple(replace(d, time_s=t) for t, d in decisions))
             out.append(res)
             if on_done:
                 on_done(res)

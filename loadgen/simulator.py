@@ -41,6 +41,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,8 @@ from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import Decision, Observation, Profile, StageDecision, replica_price
 
 __all__ = [
+    "RunMetrics",
+    "cost_unit",
     "SimConfig",
     "SimResult",
     "SimSeries",
@@ -187,11 +190,16 @@ class SimSeries:
         return out
 
 
-@dataclass(frozen=True, eq=False)
-class SimResult:
-    """Summary metrics, the per-second series, the decision timeline and the request table."""
+def cost_unit(cost_mode: str) -> str:
+    """What a run's cost is counted in."""
+    return "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
 
-    policy: str
+
+@dataclass(frozen=True, eq=False)
+class RunMetrics:
+    """What one run of a policy measured, simulated (:class:`SimResult`) or live
+    (``experiment.RunOutcome``): made by :meth:`measure` on both sides."""
+
     requests: int
     completed: int
     dropped: int
@@ -202,6 +210,34 @@ class SimResult:
     mean_cost: float
     cost_unit: str
     decisions: int
+
+    @staticmethod
+    def measure(latency_s: np.ndarray, sla_s: float, accuracy: np.ndarray, cost: np.ndarray, cost_mode: str,
+                decisions: int) -> dict[str, Any]:
+        """The fields, from per-request latencies (NaN: not answered: dropped or failed) and
+        end-to-end accuracies (NaN: unknown) and the per-second cost (NaN: unknown). Attainment
+        counts every request; latencies, accuracy and cost only what is known."""
+        n = len(latency_s)
+        done = ~np.isnan(latency_s)
+        within = done & (latency_s <= sla_s)
+        known_acc = ~np.isnan(accuracy)
+        known_cost = cost[~np.isnan(cost)]
+        nan = float("nan")
+        return dict(
+            requests=n, completed=int(done.sum()), dropped=int((~done).sum()),
+            sla_attainment=float(within.sum() / n) if n else 1.0,
+            p99_latency_s=float(np.percentile(latency_s[done], 99)) if done.any() else nan,
+            mean_latency_s=float(latency_s[done].mean()) if done.any() else nan,
+            mean_accuracy=float(np.nanmean(accuracy)) if known_acc.any() else nan,
+            mean_cost=float(known_cost.mean()) if len(known_cost) else nan,
+            cost_unit=cost_unit(cost_mode), decisions=decisions)
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult(RunMetrics):
+    """Summary metrics, the per-second series, the decision timeline and the request table."""
+
+    policy: str
     duration_s: float
     sla_s: float
     cost_mode: str
@@ -836,8 +872,7 @@ def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
     run.req_done[run.req_dropped] = np.nan
     run.req_done += run.cfg.overhead_s
     latency = run.req_done - run.arrivals
-    done = ~np.isnan(latency)
-    within = done & (latency <= run.cfg.sla_s)
+    within = ~np.isnan(latency) & (latency <= run.cfg.sla_s)
     acc = _accuracy(run)
     series = _series(run, latency, within, acc)
     span = max(run.horizon, 1e-9)
@@ -847,16 +882,10 @@ def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
         table = RequestTable(run.arrivals, run.req_done, run.req_dropped, acc, tuple(s.name for s in run.stages),
                              tuple(s.parent for s in run.stages), tuple(s.entered_s for s in run.stages),
                              tuple(s.done_s for s in run.stages), tuple(s.batch_of for s in run.stages))
-    return SimResult(
-        policy=run.policy.name, requests=run.n, completed=int(done.sum()), dropped=int((~done).sum()),
-        sla_attainment=float(within.sum() / run.n) if run.n else 1.0,
-        p99_latency_s=float(np.percentile(latency[done], 99)) if done.any() else float("nan"),
-        mean_latency_s=float(latency[done].mean()) if done.any() else float("nan"),
-        mean_accuracy=float(np.nanmean(acc)) if done.any() else float("nan"),
-        mean_cost=float(cost[: int(span) or 1].mean()),
-        cost_unit="reserved cores" if run.cfg.cost_mode == "reserved" else "CPU-seconds per second",
-        decisions=run.applied, duration_s=run.horizon, sla_s=run.cfg.sla_s, cost_mode=run.cfg.cost_mode,
-        series=series, timeline=tuple(run.timeline), table=table, wall_s=wall_s)
+    metrics = RunMetrics.measure(latency, run.cfg.sla_s, acc, cost[: int(span) or 1], run.cfg.cost_mode, run.applied)
+    return SimResult(**metrics, policy=run.policy.name, duration_s=run.horizon, sla_s=run.cfg.sla_s,
+                     cost_mode=run.cfg.cost_mode, series=series, timeline=tuple(run.timeline), table=table,
+                     wall_s=wall_s)
 
 
 def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: Policy, forecaster: Forecaster,
