@@ -24,7 +24,6 @@ from varipipe.loadgen.scenario import (
 )
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.profiler.store import load_profile
-from varipipe.records import Decision, StageDecision
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "tests" / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
@@ -142,83 +141,3 @@ def test_results_name_the_commit_and_say_when_the_checkout_was_modified(tmp_path
     assert checkout_relative(root / "profiler" / "profiles" / "x.json") == "profiler/profiles/x.json"
     assert checkout_relative(tmp_path / "f.txt") == str(tmp_path / "f.txt")
 
-
-class _App:
-    """A stand-in app on 127.0.0.1:0 in a thread: POST /p answers like a pipeline, GET /config
-    with ``config_status`` (and a decision when 200). Counts the requests it got."""
-
-    def __init__(self, config_status: int) -> None:
-        import asyncio
-        import threading
-
-        from aiohttp import web
-
-        self.config_status, self.posts = config_status, 0
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def post(request):
-            self.posts += 1
-            return web.json_response({"stages": [{"stage": "s", "variant": "v", "seconds": 0.01}]})
-
-        async def config(request):
-            if self.config_status != 200:
-                return web.Response(status=self.config_status, text="token needed")
-            d = Decision(stages=(StageDecision("s", "v", 1, 2),), predicted_cost=1.5, load_rps=3.0)
-            return web.json_response({"decision": d.to_dict()})
-
-        async def start():
-            app = web.Application()
-            app.add_routes([web.post("/p", post), web.get("/config", config)])
-            self.runner = web.AppRunner(app)
-            await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(start(), self.loop)
-        ready.wait(10)
-
-    def close(self) -> None:
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def _run_against(app: _App, times: np.ndarray, cost_mode: str = "shared"):
-    import contextlib
-
-    from varipipe.loadgen.experiment import run_live
-
-    @contextlib.contextmanager
-    def start(policy, sla_s):
-        yield f"http://127.0.0.1:{app.port}/p"
-
-    return run_live(start, load_profile(PROFILE), times, b"x", "image/png", ["ipa"], {"s": 1.0}, cost_mode, 0.1)
-
-
-def test_live_run_reads_cost_and_decisions_from_config():
-    app = _App(200)
-    try:
-        (out,) = _run_against(app, np.arange(0.0, 1.0, 0.1))
-    finally:
-        app.close()
-    assert out.requests == 10 and out.mean_cost == 1.5 and out.timeline[0].stages[0].replicas == 2
-
-
-def test_live_run_stops_with_a_specific_error_when_config_refuses():
-    """A 401 from /config used to become a NaN cost in silence."""
-    from varipipe.errors import LiveMeasurementError
-
-    app = _App(401)
-    try:
-        with pytest.raises(LiveMeasurementError, match=r"answered 401 \(the app wants its bearer token\)"):
-            _run_against(app, np.arange(0.0, 30.0, 0.1))
-    finally:
-        app.close()
-    assert app.posts < 300  # the replay stopped when the poll was refused
