@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from varipipe.errors import ReconfigurationError
-from varipipe.pipelines.metrics import MetricsAggregator, merge_observations
+from varipipe.pipelines.metrics import MetricsAggregator
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, Observation
@@ -58,8 +58,6 @@ class ControllerState:
         self.loop = None  # the adapter's control loop, when a policy is configured
         self.poller = None  # what observes and steps it every interval
         self.loop_error = ""
-        self._ticks = 0  # windows closed so far
-        self._loop_cursor = 0  # windows already handed to the loop
         self._last_replicas: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,14 +111,9 @@ class ControllerState:
         return entry
 
     def _observe_interval(self) -> Observation:
+        replicas = self._replicas()
         with self.lock:
-            new = self._ticks - self._loop_cursor
-            self._loop_cursor = self._ticks
-            windows = list(self.history)[-new:] if new > 0 else []
-            history = self.metrics.history_rps(self.clock())
-        if not windows:
-            raise RuntimeError("no metrics window closed since the last step")
-        return merge_observations(windows, history)
+            return self.metrics.observe_interval(self.clock(), replicas)
 
     def _apply(self, decision: Decision) -> None:
         from varipipe.pipelines.applier import ServeApplier
@@ -205,7 +198,6 @@ class ControllerState:
             obs = self.metrics.observe(self.clock(), replicas)
             self.history.append(obs)
             self.points.append(self._point(obs))
-            self._ticks += 1
         return obs
 
     def _replicas(self) -> Mapping[str, int]:

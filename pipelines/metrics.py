@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe, percentile
-from varipipe.records import Decision, Observation, StageObservation
+from varipipe.records import Decision, Observation
 
 __all__ = ["RequestRecord", "BatchRecord", "StageTiming", "StageEntry", "StageExit", "WindowStats",
-           "MetricsAggregator", "merge_observations", "percentile"]
+           "MetricsAggregator", "percentile"]
 
 # Latency buckets (s): 5 ms .. 60 s, roughly x2 apart, covering an identity stage
 # (~1 ms) to a full LLM caption on two cores (seconds).
@@ -118,8 +118,9 @@ class MetricsAggregator:
         self.stages = tuple(stages)
         self.sla_s = sla_s
         self.registry = CollectorRegistry()
-        self._window = self._new_window()
-        self._window_start = start_time
+        self._window = self._new_window()  # the dashboard's window, closed every second or so
+        self._interval = self._new_window()  # the control loop's, closed at each of its steps
+        self._window_start = self._interval_start = start_time
         self._first_second = int(start_time)  # history starts here: no arrival is an observation too
         self._in_stage = dict.fromkeys(self.stages, 0)  # items sent to each stage and not back yet
         self._per_second: dict[int, int] = {}  # whole second -> arrivals, the last HISTORY_S
@@ -157,46 +158,51 @@ class MetricsAggregator:
     # --- ingestion -------------------------------------------------------------
     def add_requests(self, records: Iterable[RequestRecord]) -> None:
         p = self.pipeline
-        w = self._window
         for rec in records:
             self.total_requests += 1
             self.m_requests.labels(p, str(rec.status)).inc()
             ok = rec.status == 200
             if ok:
                 self.m_e2e.labels(p).observe(rec.latency_s)
-                w.e2e.append(rec.latency_s)
             if not ok or rec.latency_s > self.sla_s:
                 self.m_sla.labels(p).inc()
-            if not ok and not rec.dropped_at:
-                w.errors += 1
-            if rec.dropped_at:
-                w.drops += 1
+            for w in (self._window, self._interval):
+                if ok:
+                    w.e2e.append(rec.latency_s)
+                if not ok and not rec.dropped_at:
+                    w.errors += 1
+                if rec.dropped_at:
+                    w.drops += 1
 
     def add_stage_events(self, events: Iterable[StageEntry | StageExit]) -> None:
         """Requests entering and leaving stages, in the order the ingress saw them."""
         p = self.pipeline
         for e in events:
-            counters = self._window.stages.get(e.stage)
-            if counters is None:
+            if e.stage not in self._in_stage:
                 continue  # not a stage of this pipeline
+            both = (self._window.stages[e.stage], self._interval.stages[e.stage])
             if isinstance(e, StageEntry):
-                counters.entered += e.items
                 self._in_stage[e.stage] += e.items
+                for counters in both:
+                    counters.entered += e.items
                 continue
             self._in_stage[e.stage] -= e.items
             if e.dropped or e.lost:
-                counters.drops += e.items
                 self.m_drops.labels(p, e.stage).inc(e.items)
+                for counters in both:
+                    counters.drops += e.items
             else:
-                counters.left_one(e.latency_s)
                 self.m_stage_requests.labels(p, e.stage).inc(e.items)
                 self.m_stage_latency.labels(p, e.stage).observe(e.latency_s)
+                for counters in both:
+                    counters.left_one(e.latency_s)
 
     def add_arrivals(self, times: Iterable[float]) -> None:
         """Requests as they *arrive* at the ingress (answers come later, or never)."""
         for t in times:
             sec = int(t)
             self._window.arrivals += 1
+            self._interval.arrivals += 1
             self._per_second[sec] = self._per_second.get(sec, 0) + 1
         if len(self._per_second) > 2 * HISTORY_S:
             newest = max(self._per_second)
@@ -235,22 +241,31 @@ class MetricsAggregator:
         return [float(counts.get(s, 0)) for s in range(start, current)]
 
     def observe(self, now: float, replicas: Mapping[str, int] | None = None) -> Observation:
-        """Summarise the interval since the last call and start a new one. ``replicas``: each
-        stage's running replicas now (Serve's status)."""
-        w, interval = self._window, max(1e-9, now - self._window_start)
-        running = replicas or {}
-        state = {s: StageState(self._in_stage[s], int(running.get(s, 0))) for s in self.stages}
-        # No per-second history here: windows are kept by the thousand, and the loop asks
-        # history_rps() once per step (merge_observations).
-        obs = observe(now, interval, w.arrivals, w.stages, state, w.e2e)
+        """Close the dashboard's window (since the last call) and start a new one; ``replicas``:
+        each stage's running replicas now (Serve's status). No per-second history: windows are
+        kept by the thousand for ``/api/history``."""
+        w = self._window
+        obs = self._observation(w, self._window_start, now, replicas, ())
         self.last_window = WindowStats(
-            time=now, interval_s=interval, arrivals=w.arrivals, completed=len(w.e2e),
+            time=now, interval_s=obs.interval_s, arrivals=w.arrivals, completed=len(w.e2e),
             within_sla=sum(1 for x in w.e2e if x <= self.sla_s), errors=w.errors, drops=w.drops,
             e2e_p50_s=percentile(w.e2e, 50), e2e_p99_s=obs.e2e_p99_s,
         )
-        self._window = self._new_window()
-        self._window_start = now
+        self._window, self._window_start = self._new_window(), now
         return obs
+
+    def observe_interval(self, now: float, replicas: Mapping[str, int] | None = None) -> Observation:
+        """The control loop's observation of the interval since its last call, with the
+        per-second history: counted over the whole interval, as the simulator observes."""
+        obs = self._observation(self._interval, self._interval_start, now, replicas, self.history_rps(now))
+        self._interval, self._interval_start = self._new_window(), now
+        return obs
+
+    def _observation(self, w: _Window, start: float, now: float, replicas: Mapping[str, int] | None,
+                     history: Sequence[float]) -> Observation:
+        running = replicas or {}
+        state = {s: StageState(self._in_stage[s], int(running.get(s, 0))) for s in self.stages}
+        return observe(now, max(1e-9, now - start), w.arrivals, w.stages, state, w.e2e, history)
 
     def _new_window(self) -> _Window:
         return _Window({s: StageCounters() for s in self.stages})
@@ -258,33 +273,3 @@ class MetricsAggregator:
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 
-
-def merge_observations(windows: Sequence[Observation], history_rps: Sequence[float] = ()) -> Observation:
-    """Combine consecutive short windows into one interval's observation.
-
-    Rates are time-weighted means; a p99 over several windows is approximated by
-    the largest window p99 (an upper bound, the safe side for an adapter).
-    """
-    if not windows:
-        raise ValueError("no windows to merge")
-    total = sum(w.interval_s for w in windows) or 1e-9
-    stages = []
-    for i, s in enumerate(windows[-1].stages):
-        per = [w.stages[i] for w in windows if i < len(w.stages) and w.stages[i].stage == s.stage]
-        stages.append(StageObservation(
-            stage=s.stage,
-            arrival_rps=sum(p.arrival_rps * w.interval_s for p, w in zip(per, windows, strict=False)) / total,
-            queue_length=per[-1].queue_length,
-            p99_latency_s=max(p.p99_latency_s for p in per),
-            drops=sum(p.drops for p in per),
-            replicas=per[-1].replicas,
-        ))
-    return Observation(
-        time_s=windows[-1].time_s,
-        interval_s=total,
-        arrival_rps=sum(w.arrival_rps * w.interval_s for w in windows) / total,
-        stages=tuple(stages),
-        e2e_p99_s=max(w.e2e_p99_s for w in windows),
-        drops=sum(w.drops for w in windows),
-        history_rps=tuple(history_rps),
-    )
