@@ -533,6 +533,33 @@ class _Accounts:
     predicted_rps: np.ndarray  # the forecast in force
 
 
+@dataclass(frozen=True, eq=False)
+class _Arrivals:
+    """The requests' send times, sorted, and the run's span in whole seconds."""
+
+    times: np.ndarray
+    n: int
+    horizon_s: float  # the last arrival's second, rounded up
+    seconds: int  # simulated: the horizon and DRAIN_SLAS SLAs for queues to drain
+    per_second: np.ndarray  # arrivals in each second of ``seconds``
+
+    @classmethod
+    def of(cls, arrivals: np.ndarray, sla_s: float) -> _Arrivals:
+        times = np.sort(np.asarray(arrivals, dtype=np.float64))
+        horizon = float(math.ceil(times[-1] + 1e-9)) if len(times) else 0.0
+        seconds = int(horizon + sla_s * DRAIN_SLAS) + 2
+        return cls(times, len(times), horizon, seconds,
+                   np.bincount(times.astype(np.int64), minlength=seconds)[:seconds])
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """Per request: when it left the last stage (NaN: not yet, or never) and whether it was shed."""
+
+    done_s: np.ndarray
+    dropped: np.ndarray
+
+
 @dataclass
 class _Interval:
     """What the stages counted since the last observation, and the end-to-end latencies."""
@@ -551,18 +578,14 @@ class _Run:
     def __init__(self, profile: Profile, arrivals: np.ndarray, policy: Policy, forecaster: Forecaster,
                  config: SimConfig, initial: Decision | None) -> None:
         self.profile, self.policy, self.forecaster, self.cfg = profile, policy, forecaster, config
-        self.arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
-        self.n = len(self.arrivals)
-        self.horizon = float(math.ceil(self.arrivals[-1] + 1e-9)) if self.n else 0.0
-        self.seconds = int(self.horizon + config.sla_s * DRAIN_SLAS) + 2
-        self.counts = np.bincount(self.arrivals.astype(np.int64), minlength=self.seconds)[: self.seconds]
+        self.arrivals = _Arrivals.of(arrivals, config.sla_s)
         self.rng = np.random.default_rng(config.seed)
-        self.req_dropped = np.zeros(self.n, dtype=bool)
-        self.req_done = np.full(self.n, np.nan)
+        n = self.arrivals.n
+        self.outcome = _Outcome(done_s=np.full(n, np.nan), dropped=np.zeros(n, dtype=bool))
         self.stages = self._make_stages()
-        self.accounts = _Accounts(busy=np.zeros(self.seconds + 1) if config.cost_mode == "shared" else None,
-                                  reserved=np.zeros(self.seconds + 1), replicas=np.zeros(self.seconds + 1),
-                                  predicted_rps=np.zeros(self.seconds + 1))
+        self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if config.cost_mode == "shared" else None,
+                                  reserved=np.zeros(self.arrivals.seconds + 1), replicas=np.zeros(self.arrivals.seconds + 1),
+                                  predicted_rps=np.zeros(self.arrivals.seconds + 1))
         self.changes = _Reconfigurations()
         self.interval = _Interval.fresh(profile.stages)
         self.now = 0.0  # the simulated clock: where the run stands
@@ -582,18 +605,19 @@ class _Run:
         """Items per request multiply along the chain (the adapter's ``stage_loads``): a stage
         with fan-out ``f`` turns each upstream item into floor(f) items, plus one with
         probability frac(f), so the mean is ``f`` per upstream item."""
-        k = np.ones(self.n, dtype=np.int64)
+        n = self.arrivals.n
+        k = np.ones(n, dtype=np.int64)
         stages = []
         for i, name in enumerate(self.profile.stages):
             fan = float(self.profile.fanout.get(name, 1.0))
             if fan != 1.0:
                 per_item = math.floor(fan) + (self.rng.random(int(k.sum())) < fan - math.floor(fan))
-                k = np.bincount(np.repeat(np.arange(self.n), k), weights=per_item, minlength=self.n).astype(np.int64)
+                k = np.bincount(np.repeat(np.arange(n), k), weights=per_item, minlength=n).astype(np.int64)
             one_each = bool((k == 1).all())
-            parent = np.arange(self.n, dtype=np.int64) if one_each else np.repeat(np.arange(self.n), k)
+            parent = np.arange(n, dtype=np.int64) if one_each else np.repeat(np.arange(n), k)
             m = len(parent)
             # The serving overhead is added after the stages, so they must be done that much earlier.
-            deadline = self.arrivals[parent] + self.cfg.sla_s - self.cfg.overhead_s
+            deadline = self.arrivals.times[parent] + self.cfg.sla_s - self.cfg.overhead_s
             stages.append(_Stage(name=name, index=i, parent=parent, deadline_s=deadline,
                                  entered_s=np.full(m, np.nan), done_s=np.full(m, np.nan),
                                  batch_of=np.full(m, -1, dtype=np.int64),
@@ -683,16 +707,16 @@ class _Run:
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
         slow = self._slowdown(t0)
-        lo, hi = np.searchsorted(self.arrivals, [t0, t1], side="left")
-        times, reqs = self.arrivals[lo:hi], np.arange(lo, hi, dtype=np.int64)
+        lo, hi = np.searchsorted(self.arrivals.times, [t0, t1], side="left")
+        times, reqs = self.arrivals.times[lo:hi], np.arange(lo, hi, dtype=np.int64)
         for st in self.stages:
             times, reqs = self._feed(st, times, reqs)
             times, reqs = self._process(st, t1, slow)
             if st.departures.chunks:
                 st.departures.until(t1, self.interval.stages[st.name])
         if len(reqs):
-            self.req_done[reqs] = times
-            self.interval.e2e.append(times - self.arrivals[reqs])
+            self.outcome.done_s[reqs] = times
+            self.interval.e2e.append(times - self.arrivals.times[reqs])
         cores, reps = self._provisioned()
         if self.cfg.cost_mode == "reserved":
             _add_busy(self.accounts.reserved, t0, t1, cores)
@@ -724,7 +748,7 @@ class _Run:
         counters = self.interval.stages[st.name]
         if shed_pos:
             shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)]
-            self.req_dropped[st.parent[shed]] = True
+            self.outcome.dropped[st.parent[shed]] = True
             counters.drops += len(shed)
             st.occupancy.finished += len(shed)  # shed when its batch would have formed: gone now
         if not firsts:
@@ -746,9 +770,9 @@ class _Run:
                 new_r, new_t = reqs, ends
             else:
                 if st.fan_in is None:
-                    st.fan_in = _FanIn(np.bincount(st.parent, minlength=self.n), np.zeros(self.n))
+                    st.fan_in = _FanIn(np.bincount(st.parent, minlength=self.arrivals.n), np.zeros(self.arrivals.n))
                 new_r, new_t = st.fan_in.done(reqs, ends)
-            keep = ~self.req_dropped[new_r]
+            keep = ~self.outcome.dropped[new_r]
             new_r, new_t = new_r[keep], new_t[keep]
             if waiting is not None:
                 new_t = np.concatenate([waiting[0], new_t])
@@ -771,14 +795,14 @@ class _Run:
         interval, self.interval = self.interval, _Interval.fresh(self.profile.stages)
         e2e = np.concatenate(interval.e2e) if interval.e2e else np.empty(0)
         lo = max(0, int(t) - HISTORY_S)
-        return observe(t, iv, int(self.counts[max(0, int(t - iv)):int(t)].sum()), interval.stages, state, e2e,
-                       history_rps=self.counts[lo:int(t)].astype(np.float64))
+        return observe(t, iv, int(self.arrivals.per_second[max(0, int(t - iv)):int(t)].sum()), interval.stages, state, e2e,
+                       history_rps=self.arrivals.per_second[lo:int(t)].astype(np.float64))
 
     def _decide(self, t: float, first: bool) -> None:
         obs = self._observe(t)
         if first:  # warm start, the same for every policy: the first interval's mean load
             iv = int(self.cfg.interval_s)
-            fc = Forecast(rps=float(self.counts[:max(iv, 1)].mean()), predictor="warm-start")
+            fc = Forecast(rps=float(self.arrivals.per_second[:max(iv, 1)].mean()), predictor="warm-start")
         else:
             fc = self.forecaster(t, obs.history_rps)
         lo, hi = int(t), min(int(math.ceil(t + self.period_s)), len(self.accounts.predicted_rps))
@@ -798,7 +822,7 @@ class _Run:
 
     def run(self) -> None:
         iv = self.period_s
-        end = float(self.seconds - 1)
+        end = float(self.arrivals.seconds - 1)
         next_decision = 0.0
         slice_s = SHARED_SLICE_S if self.accounts.busy is not None else iv
         while self.now < end:
@@ -812,7 +836,7 @@ class _Run:
                 nxt = min(nxt, self.changes.next_at())
             self._segment(t, nxt)
             self.now = nxt
-            if nxt >= self.horizon and not self._busy_left():
+            if nxt >= self.arrivals.horizon_s and not self._busy_left():
                 break
 
     def _busy_left(self) -> bool:
@@ -823,7 +847,7 @@ class _Run:
 
 
 def _accuracy(run: _Run) -> np.ndarray:
-    acc = np.ones(run.n)
+    acc = np.ones(run.arrivals.n)
     for st in run.stages:
         ok = st.batch_of >= 0
         item_acc = np.full(len(st.parent), np.nan)
@@ -833,10 +857,10 @@ def _accuracy(run: _Run) -> np.ndarray:
         if st.one_per_request:
             acc *= np.nan_to_num(item_acc, nan=1.0)
         else:
-            worst = np.ones(run.n)
+            worst = np.ones(run.arrivals.n)
             np.minimum.at(worst, st.parent, np.nan_to_num(item_acc, nan=1.0))
             acc *= worst
-    acc[np.isnan(run.req_done)] = np.nan
+    acc[np.isnan(run.outcome.done_s)] = np.nan
     return acc
 
 
@@ -847,14 +871,14 @@ def _cost_series(run: _Run) -> np.ndarray:
 
 
 def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray) -> SimSeries:
-    n_sec = max(int(run.horizon), 1)
-    sec = np.minimum(run.arrivals.astype(np.int64), n_sec - 1)
+    n_sec = max(int(run.arrivals.horizon_s), 1)
+    sec = np.minimum(run.arrivals.times.astype(np.int64), n_sec - 1)
     done = ~np.isnan(latency)
     cost = _cost_series(run)
     iv = max(int(run.cfg.interval_s), 1)
     p99 = np.full(n_sec, np.nan)
     for lo in range(0, n_sec, iv):
-        a, b = np.searchsorted(run.arrivals, [lo, lo + iv])
+        a, b = np.searchsorted(run.arrivals.times, [lo, lo + iv])
         lat = latency[a:b][done[a:b]]
         if len(lat):
             p99[lo:lo + iv] = np.percentile(lat, 99)
@@ -868,22 +892,22 @@ def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray)
 
 
 def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
-    run.req_dropped |= np.isnan(run.req_done)
-    run.req_done[run.req_dropped] = np.nan
-    run.req_done += run.cfg.overhead_s
-    latency = run.req_done - run.arrivals
+    run.outcome.dropped |= np.isnan(run.outcome.done_s)
+    run.outcome.done_s[run.outcome.dropped] = np.nan
+    run.outcome.done_s += run.cfg.overhead_s
+    latency = run.outcome.done_s - run.arrivals.times
     within = ~np.isnan(latency) & (latency <= run.cfg.sla_s)
     acc = _accuracy(run)
     series = _series(run, latency, within, acc)
-    span = max(run.horizon, 1e-9)
+    span = max(run.arrivals.horizon_s, 1e-9)
     cost = _cost_series(run)
     table = None
     if keep_table:
-        table = RequestTable(run.arrivals, run.req_done, run.req_dropped, acc, tuple(s.name for s in run.stages),
+        table = RequestTable(run.arrivals.times, run.outcome.done_s, run.outcome.dropped, acc, tuple(s.name for s in run.stages),
                              tuple(s.parent for s in run.stages), tuple(s.entered_s for s in run.stages),
                              tuple(s.done_s for s in run.stages), tuple(s.batch_of for s in run.stages))
     metrics = RunMetrics.measure(latency, run.cfg.sla_s, acc, cost[: int(span) or 1], run.cfg.cost_mode, run.applied)
-    return SimResult(**metrics, policy=run.policy.name, duration_s=run.horizon, sla_s=run.cfg.sla_s,
+    return SimResult(**metrics, policy=run.policy.name, duration_s=run.arrivals.horizon_s, sla_s=run.cfg.sla_s,
                      cost_mode=run.cfg.cost_mode, series=series, timeline=tuple(run.timeline), table=table,
                      wall_s=wall_s)
 
@@ -900,6 +924,6 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
 
     started = time.perf_counter()
     run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial)
-    if run.n:
+    if run.arrivals.n:
         run.run()
     return _result(run, time.perf_counter() - started, keep_table)
