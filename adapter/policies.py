@@ -117,7 +117,8 @@ def _hardware_of(ctx: PolicyContext, stage: str, variant: str) -> str:
 
 
 class StaticPolicy:
-    """One fixed decision: ``decision=`` given, else each stage's default variant, batch 1, 1 replica."""
+    """One fixed decision: ``decision=`` given, else each stage's :func:`default_variant` (the
+    profile's most accurate), batch 1, 1 replica."""
 
     def __init__(self, ctx: PolicyContext, decision: Decision | None = None, batch: int = 1,
                  replicas: int = 1, name: str = "static") -> None:
@@ -302,7 +303,8 @@ class RayPolicy:
     pushed every 10 s, averaged over ``look_back_period_s`` (``_RayMetrics``). The
     simulator calls ``decide`` every ``control_period_s``.
     Variants and batch sizes never change: they stay as in ``current`` (or each stage's
-    default variant at batch 1 when ``current`` is empty).
+    :func:`default_variant` at batch 1 when ``current`` is empty; live, Serve starts from that
+    same decision: ``pipelines.server.delegated_scaling``).
     """
 
     control_period_s = RAY_SIM_CONTROL_PERIOD_S

@@ -91,7 +91,9 @@ class AppOptions:
 
 
 def default_decision(spec: PipelineSpec, batch: int = DEFAULT_BATCH) -> Decision:
-    """Every stage on its default variant, one replica, a small batch."""
+    """Every stage on its spec's ``default_variant``, one replica, a small batch: what ``serve``
+    starts on before a policy decides (a policy that delegates to Ray's autoscaler starts on its
+    own first decision instead, as in the simulator)."""
     return Decision(
         stages=tuple(
             StageDecision(s.name, s.default_variant, batch, 1, f"cpu:{s.threads}", DEFAULT_BATCH_WAIT_S)
