@@ -10,6 +10,7 @@ and, when a policy is configured, runs the adapter's control loop on it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -59,6 +60,7 @@ class ControllerState:
         self.poller = None  # what observes and steps it every interval
         self.loop_error = ""
         self._last_replicas: dict[str, int] = {}
+        self._replicas_read_at = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_threads = start_thread
@@ -192,23 +194,29 @@ class ControllerState:
 
     # --- periodic work ------------------------------------------------------------
     def tick(self) -> Observation:
-        """Close the current metrics window (called every WINDOW_S)."""
-        replicas = self._replicas()
+        """Close the current metrics window (called every WINDOW_S). Serve's status is asked for
+        the running replicas once an adapter interval, not every window (and at each loop step)."""
+        replicas = self._replicas(refresh=False)
         with self.lock:
             obs = self.metrics.observe(self.clock(), replicas)
             self.history.append(obs)
             self.points.append(self._point(obs))
         return obs
 
-    def _replicas(self) -> Mapping[str, int]:
-        if self._running_replicas is not None:
+    def _replicas(self, refresh: bool = True) -> Mapping[str, int]:
+        """Each stage's running replicas (``running_replicas()``; without it, the decision's);
+        ``refresh=False``: the counts last read, unless they are an adapter interval old."""
+        if self._running_replicas is None:
+            d = self.decision
+            return {s.stage: s.replicas for s in d.stages} if d is not None else {}
+        now = self.clock()
+        if refresh or now - self._replicas_read_at >= self.opts.interval_s:
+            self._replicas_read_at = now
             try:
                 self._last_replicas = dict(self._running_replicas())
             except Exception as e:  # noqa: BLE001 - a status call that fails keeps the last counts
                 log.warning("could not read the running replicas: %s", e)
-            return self._last_replicas
-        d = self.decision
-        return {s.stage: s.replicas for s in d.stages} if d is not None else {}
+        return self._last_replicas
 
     def _point(self, obs: Observation) -> dict[str, Any]:
         """One history point: load, latency, SLA and the configuration in force."""
