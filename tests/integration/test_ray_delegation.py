@@ -50,7 +50,7 @@ def test_a_user_policy_with_autoscaling_config_is_scaled_by_serve(serve_port, pn
     for stage in ("first", "second"):
         scaling = deployments[stage_deployment_name(stage)].deployment_config.autoscaling_config
         assert scaling is not None, f"{stage}: no autoscaling_config reached Serve"
-        assert (scaling.max_replicas, scaling.target_ongoing_requests) == (2, 3)
+        assert (scaling["max_replicas"], scaling["target_ongoing_requests"]) == (2, 3)
     # No varipipe loop beside Serve's autoscaler, and nothing went wrong building the policy.
     assert config["adapter"] == {"enabled": False, "error": ""}
     assert config["decision"]["policy"] == "delegating"
