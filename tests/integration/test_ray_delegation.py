@@ -15,7 +15,7 @@ from varipipe.profiler.store import profile_to_dict
 
 from .test_adapter_live import identity_profile
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 3, "upscale_delay_s": 1.0}
 
