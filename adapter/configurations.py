@@ -6,7 +6,7 @@ arrival rate ``λ_s`` every quantity the program needs is a constant of k:
     n_k = ceil(λ_s / (ρ_max · h_k))          cheapest replica count with headroom
     w_k = min((b − 1) · n_k / λ_s, w_max)    batch-formation wait (the timeout set)
     latency_k = l_k (p99 of a batch of b) + w_k
-    cost_k   = c_k · n_k                     (reserved: cores or price reserved)
+    cost_k   = c_k · n_k                     (reserved: c_k = records.replica_price, cores or a GPU's price)
              = λ_s · t_k · l̄_k / b           (shared: CPU-seconds per second)
 
 Fan-out: ``profile.fanout[s]`` is the mean number of items stage s processes per
@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 
 from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.errors import UnknownNameError
-from varipipe.records import Profile, ProfilePoint, hardware_cores
+from varipipe.records import Profile, ProfilePoint, hardware_cores, replica_price
 
 __all__ = [
     "COST_MODES",
     "ACCURACY_MODES",
     "OBJECTIVES",
+    "DEFAULT_COST_MODE",
+    "DEFAULT_CLUSTER_CORES",
+    "default_max_replicas",
     "Limits",
     "Weights",
     "Configuration",
@@ -50,10 +53,18 @@ DEFAULT_RHO_MAX = 0.8
 # @serve.batch default is 0.01 s; we allow 0.1 s so medium batches can fill at
 # moderate load, and count every second of it in the latency constraint.
 DEFAULT_MAX_BATCH_WAIT_S = 0.1
-# Price of one GPU replica in the units of cores, for the reserved cost mode.
-DEFAULT_GPU_COST = 4.0
-# Default replica cap per stage (PolicyContext.max_replicas uses the same figure).
-DEFAULT_MAX_REPLICAS = 8
+# The capacity limit when none is given: the 2-core host this project is built and
+# measured on (DESIGN §5: on it only shared mode makes a three-stage decision feasible).
+DEFAULT_COST_MODE = "shared"
+DEFAULT_CLUSTER_CORES = 2.0
+
+
+def default_max_replicas(cluster_cores: float) -> int:
+    """The replica cap per stage when none is given: the cluster's whole cores (at least 1).
+    Reserved, a CPU replica holds at least one core, so no stage can use more; shared,
+    replicas share the host's cores and more replicas than cores add no capacity."""
+    return max(1, int(cluster_cores))
+
 # Default cap on one solver call; CBC / HiGHS return their incumbent after it.
 DEFAULT_TIME_LIMIT_S = 10.0
 # Guard against ceil(2.0000000001) = 3 from float noise in λ/(ρ·h).
@@ -64,16 +75,15 @@ _CEIL_EPS = 1e-9
 class Limits:
     """The capacity limit and the operator's constraints on a decision."""
 
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
-    max_replicas: int = DEFAULT_MAX_REPLICAS
+    cost_mode: str = DEFAULT_COST_MODE
+    cluster_cores: float = DEFAULT_CLUSTER_CORES
+    max_replicas: int | None = None  # None: default_max_replicas(cluster_cores)
     rho_max: float = DEFAULT_RHO_MAX
     max_batch_wait_s: float = DEFAULT_MAX_BATCH_WAIT_S
     batch_sizes: tuple[int, ...] | None = None  # None: the batch sizes the profile measured
     hardware: tuple[str, ...] | None = None  # None: every hardware label in the profile
     pinned: Mapping[str, str] = field(default_factory=dict)  # stage -> variant
     fixed_replicas: Mapping[str, int] = field(default_factory=dict)  # stage -> replicas (rim)
-    gpu_cost: float = DEFAULT_GPU_COST
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
 
     def __post_init__(self) -> None:
@@ -81,6 +91,8 @@ class Limits:
             raise ValueError(f"cost_mode must be one of {COST_MODES}, got {self.cost_mode!r}")
         if not self.cluster_cores > 0:
             raise ValueError(f"cluster_cores must be > 0, got {self.cluster_cores!r}")
+        if self.max_replicas is None:
+            object.__setattr__(self, "max_replicas", default_max_replicas(self.cluster_cores))
         if not isinstance(self.max_replicas, int) or self.max_replicas < 1:
             raise ValueError(f"max_replicas must be an integer >= 1, got {self.max_replicas!r}")
         if not 0 < self.rho_max <= 1:
@@ -209,7 +221,7 @@ def _group_points(points: tuple[ProfilePoint, ...]) -> dict[tuple[str, str], dic
     return groups
 
 
-def _priced_group(variant: str, hardware: str, by_batch: dict[int, ProfilePoint],
+def _priced_group(variant: str, hardware: str, by_batch: dict[int, ProfilePoint], accuracy: float,
                   batch_sizes: tuple[int, ...] | None) -> list[_Priced]:
     measured = sorted(by_batch)
     wanted = sorted(set(batch_sizes)) if batch_sizes is not None else measured
@@ -219,20 +231,15 @@ def _priced_group(variant: str, hardware: str, by_batch: dict[int, ProfilePoint]
         if b in by_batch:
             p = by_batch[b]
             out.append(_Priced(variant, b, hardware, p.latency_p99_s, p.mean_latency_s,
-                               p.throughput_rps, p.accuracy, False))
+                               p.throughput_rps, accuracy, False))
     if missing and len(measured) >= 2:
         pts = [by_batch[b] for b in measured]
         p99 = fit_latency_model(measured, [p.latency_p99_s for p in pts])
         mean = fit_latency_model(measured, [p.mean_latency_s for p in pts])
-        acc = sum(p.accuracy for p in pts) / len(pts)
         for b in missing:
             m = mean.latency(b)
-            out.append(_Priced(variant, b, hardware, max(p99.latency(b), m), m, b / m, acc, True))
+            out.append(_Priced(variant, b, hardware, max(p99.latency(b), m), m, b / m, accuracy, True))
     return sorted(out, key=lambda q: q.batch)
-
-
-def _replica_cost(hardware: str, limits: Limits) -> float:
-    return hardware_cores(hardware) if hardware.startswith("cpu") else limits.gpu_cost
 
 
 def _price(stage: str, q: _Priced, load: float, limits: Limits) -> Configuration:
@@ -248,7 +255,7 @@ def _price(stage: str, q: _Priced, load: float, limits: Limits) -> Configuration
     else:
         wait = min((q.batch - 1) * n / load, limits.max_batch_wait_s)
     if limits.cost_mode == "reserved":
-        cost = _replica_cost(q.hardware, limits) * n
+        cost = replica_price(q.hardware) * n
     else:
         cost = load * hardware_cores(q.hardware) * q.mean / q.batch
     return Configuration(stage, q.variant, q.batch, q.hardware, q.p99, q.mean, q.throughput,
@@ -274,7 +281,8 @@ def stage_configurations(profile: Profile, stage: str, load_rps: float, limits: 
             continue
         if limits.hardware is not None and hardware not in limits.hardware:
             continue
-        for q in _priced_group(variant, hardware, by_batch, limits.batch_sizes):
+        for q in _priced_group(variant, hardware, by_batch, profile.variant_accuracy(stage, variant),
+                               limits.batch_sizes):
             configs.append(_price(stage, q, load_rps, limits))
     return configs
 

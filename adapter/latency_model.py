@@ -2,12 +2,16 @@
 
 Fitted per (stage, variant, hardware) from the profile's measured batch sizes
 by ordinary least squares, so the optimizer can price a batch size the
-profiler did not measure. The profiler fits the same form; this copy keeps the
-adapter free of profiler imports. Pure: numbers in, numbers out.
+profiler did not measure. The one fit of this form in varipipe: the profiler
+(``profiler/latency_model.py``, its held-back errors and stored fits) and the
+simulator's service times (``loadgen/service.py``) call this one; it lives
+with the optimizer, whose model it is (DESIGN §5), and imports nothing of
+theirs. Pure: numbers in, numbers out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,28 +29,28 @@ class LatencyModel:
         return self.alpha + self.beta * batch
 
 
-def fit_latency_model(batches: Sequence[int], latencies_s: Sequence[float]) -> LatencyModel:
-    """Least-squares fit over at least two distinct batch sizes.
+def fit_latency_model(batches: Sequence[float], latencies_s: Sequence[float]) -> LatencyModel:
+    """Least-squares fit over at least two distinct batch sizes (sums by ``math.fsum``).
 
-    A negative slope or intercept (noise on a flat curve) is clamped to zero and
-    the other coefficient refitted, so predictions never fall below zero or shrink
-    as batches grow.
+    A negative slope (noise on a flat curve) becomes a flat line at the mean; a
+    negative intercept becomes a line through the origin, so predictions never
+    fall below zero or shrink as batches grow.
     """
     if len(batches) != len(latencies_s):
         raise ValueError(f"{len(batches)} batch sizes but {len(latencies_s)} latencies")
     if len(set(batches)) < 2:
-        raise ValueError(f"need at least two distinct batch sizes to fit l(b)=a+b*batch, got {list(batches)}")
+        raise ValueError(f"need at least two distinct batch sizes to fit l(b)=alpha+beta*b, got {list(batches)}")
     n = len(batches)
-    mean_b = sum(batches) / n
-    mean_l = sum(latencies_s) / n
-    var_b = sum((b - mean_b) ** 2 for b in batches)
-    cov = sum((b - mean_b) * (lat - mean_l) for b, lat in zip(batches, latencies_s, strict=True))
+    mean_b = math.fsum(batches) / n
+    mean_l = math.fsum(latencies_s) / n
+    var_b = math.fsum((b - mean_b) ** 2 for b in batches)
+    cov = math.fsum((b - mean_b) * (v - mean_l) for b, v in zip(batches, latencies_s, strict=True))
     beta = cov / var_b
     alpha = mean_l - beta * mean_b
     if beta < 0:
         return LatencyModel(alpha=max(mean_l, 0.0), beta=0.0)
-    if alpha < 0:
-        # Regression through the origin: l = beta * b.
-        beta = sum(b * lat for b, lat in zip(batches, latencies_s, strict=True)) / sum(b * b for b in batches)
-        return LatencyModel(alpha=0.0, beta=max(beta, 0.0))
+    if alpha < 0:  # regression through the origin: l = beta * b
+        through_origin = math.fsum(b * v for b, v in zip(batches, latencies_s, strict=True)) / math.fsum(
+            b * b for b in batches)
+        return LatencyModel(alpha=0.0, beta=max(through_origin, 0.0))
     return LatencyModel(alpha=alpha, beta=beta)

@@ -1,10 +1,13 @@
 """The control loop: observe → predict → decide → apply, every interval (DESIGN §4).
 
-Everything with a side effect is injected: ``observe()`` returns the last
-interval's :class:`Observation`, ``apply(decision)`` reconfigures the pipeline
-(live: a declarative Serve update; simulator: the model of it), ``clock()``
-gives the time in seconds, ``sleep(s)`` waits, and an optional ``store``
-persists the applied decision across restarts. No Ray here.
+:class:`ControlLoop` is the decision half: ``step(observation, forecast)``
+asks the policy and applies its decision through the injected
+``apply(decision)`` (live: a declarative Serve update; simulator: the model of
+it); an optional ``store`` persists the applied decision across restarts. The
+simulator calls ``step`` with what it computed. Live, a thin :class:`Poller`
+adds the side that pulls: ``observe()`` returns the last interval's
+:class:`Observation`, a predictor makes the forecast, ``clock()`` and
+``sleep(s)`` pace the steps. No Ray here.
 
 Behaviour:
 
@@ -31,6 +34,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +46,7 @@ from varipipe.adapter.predictors import Predictor
 from varipipe.errors import ConfigError
 from varipipe.records import Decision, Observation
 
-__all__ = ["ControlLoop", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
+__all__ = ["ControlLoop", "Poller", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
            "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,9 @@ LOAD_DROP_FRACTION = 0.3
 # Decision log entries kept in memory (a day of 10 s intervals is 8,640; the
 # dashboard shows recent history, the JSON-lines log on disk keeps the rest).
 LOG_SIZE = 1000
+# Arrival rates a Poller keeps for its predictor when observations carry no history
+# (an hour of 1 s steps; the predictors look back at most a few minutes).
+HISTORY_LEN = 3600
 
 
 class DecisionStore(Protocol):
@@ -141,29 +148,26 @@ def _same_shape(a: Decision, b: Decision | None) -> bool:
 
 
 class ControlLoop:
-    """Runs a policy against a live or simulated pipeline; see the module docstring."""
+    """Decides and applies, one :meth:`step` per interval; see the module docstring.
 
-    def __init__(self, policy: Policy, predictor: Predictor | None, apply: Callable[[Decision], None],
-                 observe: Callable[[], Observation], clock: Callable[[], float], *,
-                 sleep: Callable[[float], None] | None = None, store: DecisionStore | None = None,
+    The simulator calls :meth:`step` with the observation and forecast it computed;
+    live, a :class:`Poller` observes, predicts and sleeps around it.
+    """
+
+    def __init__(self, policy: Policy, apply: Callable[[Decision], None], *,
+                 clock: Callable[[], float] = time.monotonic, store: DecisionStore | None = None,
                  initial: Decision | None = None, dry_run: bool = False, pins: Mapping[str, str] | None = None,
                  hold_intervals: int = HOLD_INTERVALS, load_drop_fraction: float = LOAD_DROP_FRACTION,
-                 log_size: int = LOG_SIZE, forecast: Callable[[Observation], Forecast] | None = None,
-                 verbose: bool = True) -> None:
-        """``forecast(observation)``, when given, replaces ``predictor`` (the simulator's
-        forecasters see the time, e.g. the oracle's); ``verbose=False`` keeps applies out of
-        the INFO log (a simulated day applies thousands of times)."""
-        if predictor is None and forecast is None:
-            raise ValueError("ControlLoop needs a predictor or a forecast function")
-        self.policy, self.predictor = policy, predictor
-        self._forecast_fn, self.verbose = forecast, verbose
-        self._apply, self._observe, self._clock, self._sleep = apply, observe, clock, sleep
+                 log_size: int = LOG_SIZE, verbose: bool = True) -> None:
+        """``clock`` times ``apply`` (the log's apply duration); ``verbose=False`` keeps applies
+        out of the INFO log (a simulated day applies thousands of times)."""
+        self.policy, self.verbose = policy, verbose
+        self._apply, self._clock = apply, clock
         self.store = store
         self.dry_run = dry_run
         self.hold_intervals, self.load_drop_fraction = hold_intervals, load_drop_fraction
         self.entries: deque[LoopEntry] = deque(maxlen=log_size)
         self._lock = threading.Lock()
-        self._history: deque[float] = deque(maxlen=3600)  # one arrival rate per step, when observe has none
         self._held = 0
         self._steps = self._applies = self._failures = 0
         self._last_error, self._last_error_t, self._last_step_t = "", None, None
@@ -208,17 +212,6 @@ class ControlLoop:
         self._last_error, self._last_error_t = message, t
         log.warning("control loop: %s (serving continues on the last decision)", message)
 
-    def _forecast(self, obs: Observation) -> Forecast:
-        if self._forecast_fn is not None:
-            return self._forecast_fn(obs)
-        assert self.predictor is not None
-        history = list(obs.history_rps)
-        if not history:
-            self._history.append(obs.arrival_rps)
-            history = list(self._history)
-        return Forecast(rps=float(self.predictor.predict(history)), predictor=self.predictor.name,
-                        horizon_s=obs.interval_s)
-
     def _pinned(self, d: Decision) -> Decision:
         if not self.pins or hasattr(self.policy, "set_pinned"):
             return d
@@ -239,27 +232,32 @@ class ControlLoop:
             return ""
         return f"slower move held {self._held}/{self.hold_intervals} (load {new.load_rps:.1f} vs {cur.load_rps:.1f})"
 
-    def step(self) -> LoopEntry:
-        """One observe → predict → decide → apply round; never raises."""
+    def step(self, observation: Observation, forecast: Forecast) -> LoopEntry:
+        """Decide on ``observation`` and ``forecast`` and apply if the gates allow; never raises."""
         with self._lock:
-            entry = self._step()
-            self.entries.append(entry)
-            self._steps += 1
-            return entry
+            entry = self._step(observation, forecast)
+            return self._log(entry)
 
-    def _step(self) -> LoopEntry:
-        t = self._clock()
+    def failed(self, time_s: float, phase: str, error: Exception) -> LoopEntry:
+        """Record a step that failed before deciding (observe / predict); the decision stays."""
+        with self._lock:
+            self._last_step_t = time_s
+            self._record_error(f"{phase} failed: {type(error).__name__}: {error}", time_s)
+            return self._log(LoopEntry(time_s, "failed", None, note=f"{phase}: {error}"))
+
+    def _log(self, entry: LoopEntry) -> LoopEntry:
+        self.entries.append(entry)
+        self._steps += 1
+        return entry
+
+    def _step(self, obs: Observation, forecast: Forecast) -> LoopEntry:
+        t = obs.time_s
         self._last_step_t = t
-        phase = "observe"
         try:
-            obs = self._observe()
-            phase = "predict"
-            forecast = self._forecast(obs)
-            phase = "decide"
             new = self._pinned(self.policy.decide(obs, forecast, self.applied or Decision(stages=())))
         except Exception as e:
-            self._record_error(f"{phase} failed: {type(e).__name__}: {e}", t)
-            return LoopEntry(t, "failed", None, note=f"{phase}: {e}")
+            self._record_error(f"decide failed: {type(e).__name__}: {e}", t)
+            return LoopEntry(t, "failed", None, note=f"decide: {e}")
         if _same_shape(new, self.applied):
             self._held, self._failures = 0, 0
             return LoopEntry(t, "unchanged", new, forecast.rps)
@@ -274,13 +272,14 @@ class ControlLoop:
         return self._do_apply(t, new, forecast)
 
     def _do_apply(self, t: float, new: Decision, forecast: Forecast) -> LoopEntry:
+        started = self._clock()
         try:
             self._apply(new)
         except Exception as e:
             log.warning("control loop: apply failed", exc_info=True)
             self._record_error(f"apply failed: {type(e).__name__}: {e}", t)
-            return LoopEntry(t, "failed", new, forecast.rps, self._clock() - t, note=f"apply: {e}")
-        took = self._clock() - t
+            return LoopEntry(t, "failed", new, forecast.rps, self._clock() - started, note=f"apply: {e}")
+        took = self._clock() - started
         self.applied, self._held, self._failures = new, 0, 0
         self._applies += 1
         if self.verbose:
@@ -293,14 +292,47 @@ class ControlLoop:
                 self._record_error(f"saving the decision failed: {e}", t)
         return LoopEntry(t, "applied", new, forecast.rps, took, note=new.explanation)
 
-    # ----------------------------------------------------------------- run
+
+
+class Poller:
+    """The live side of the loop: observe, predict, :meth:`ControlLoop.step`, sleep.
+
+    ``observe()`` returns the last interval's :class:`Observation`; ``predictor``
+    turns its per-second history (or, when it has none, the arrival rates of the
+    steps so far) into the forecast; ``clock`` and ``sleep`` pace the steps.
+    """
+
+    def __init__(self, loop: ControlLoop, observe: Callable[[], Observation], predictor: Predictor,
+                 clock: Callable[[], float], sleep: Callable[[float], None] | None = None) -> None:
+        self.loop, self.predictor = loop, predictor
+        self._observe, self._clock, self._sleep = observe, clock, sleep
+        self._history: deque[float] = deque(maxlen=HISTORY_LEN)  # one arrival rate per step
+
+    def poll(self) -> LoopEntry:
+        """One observe → predict → step round; never raises."""
+        phase = "observe"
+        try:
+            obs = self._observe()
+            phase = "predict"
+            forecast = self.forecast(obs)
+        except Exception as e:
+            return self.loop.failed(self._clock(), phase, e)
+        return self.loop.step(obs, forecast)
+
+    def forecast(self, obs: Observation) -> Forecast:
+        history = list(obs.history_rps)
+        if not history:
+            self._history.append(obs.arrival_rps)
+            history = list(self._history)
+        return Forecast(rps=float(self.predictor.predict(history)), predictor=self.predictor.name,
+                        horizon_s=obs.interval_s)
 
     def run(self, stop_event: threading.Event, interval_s: float, max_steps: int | None = None) -> None:
-        """Step every ``interval_s`` (by the injected clock) until ``stop_event`` is set."""
+        """Poll every ``interval_s`` (by the injected clock) until ``stop_event`` is set."""
         done = 0
         while not stop_event.is_set() and (max_steps is None or done < max_steps):
             started = self._clock()
-            self.step()
+            self.poll()
             done += 1
             remaining = max(0.0, interval_s - (self._clock() - started))
             if self._sleep is not None:

@@ -36,15 +36,19 @@ from varipipe.adapter.policy import Forecast, Policy, PolicyContext
 from varipipe.errors import ConfigError, UnknownNameError
 from varipipe.records import Decision, DecisionStatus, Observation, Profile, StageDecision
 
-__all__ = ["POLICIES", "make_policy", "price_decision", "default_variant", "StaticPolicy", "SolverPolicy",
-           "RayPolicy", "OraclePolicy", "RAY_DEFAULTS", "ranked_variants"]
+__all__ = ["POLICIES", "SOLVER_POLICIES", "SOLVER_OPTIONS", "policy_options", "make_policy", "price_decision",
+           "default_variant", "StaticPolicy", "SolverPolicy", "RayPolicy", "OraclePolicy", "RAY_DEFAULTS",
+           "ranked_variants"]
 
 
 def default_variant(ctx: PolicyContext, stage: str) -> str:
-    """The spec's default variant of a stage, else the profile's most accurate one."""
-    if ctx.spec is not None and stage in ctx.spec.stage_names:
-        return ctx.spec.stage(stage).default_variant
-    return max(ctx.profile.for_stage(stage), key=lambda p: (p.accuracy, -p.latency_p99_s)).variant
+    """The variant a policy that does not choose variants runs (``static``, ``ray``): the
+    profile's most accurate one, the fastest (p99) of them on a tie. One rule, live and
+    simulated; it needs only the profile every policy has (a spec's ``default_variant`` is
+    what ``serve`` starts on before any policy decides)."""
+    profile = ctx.profile
+    return max(profile.for_stage(stage),
+               key=lambda p: (profile.variant_accuracy(stage, p.variant), -p.latency_p99_s)).variant
 
 
 def ranked_variants(profile: Profile, stage: str) -> list[str]:
@@ -60,9 +64,8 @@ def ranked_variants(profile: Profile, stage: str) -> list[str]:
     """
     best: dict[str, tuple[float, float, float]] = {}
     for p in profile.for_stage(stage):
-        mem, lat, acc = best.get(p.variant, (math.inf, math.inf, p.accuracy))
-        best[p.variant] = (min(mem, p.memory_mb), min(lat, p.latency_p99_s) if p.batch == 1 else lat,
-                           max(acc, p.accuracy))
+        mem, lat, acc = best.get(p.variant, (math.inf, math.inf, profile.variant_accuracy(stage, p.variant)))
+        best[p.variant] = (min(mem, p.memory_mb), min(lat, p.latency_p99_s) if p.batch == 1 else lat, acc)
     return sorted(best, key=lambda v: best[v])
 
 
@@ -114,7 +117,8 @@ def _hardware_of(ctx: PolicyContext, stage: str, variant: str) -> str:
 
 
 class StaticPolicy:
-    """One fixed decision: ``decision=`` given, else each stage's default variant, batch 1, 1 replica."""
+    """One fixed decision: ``decision=`` given, else each stage's :func:`default_variant` (the
+    profile's most accurate), batch 1, 1 replica."""
 
     def __init__(self, ctx: PolicyContext, decision: Decision | None = None, batch: int = 1,
                  replicas: int = 1, name: str = "static") -> None:
@@ -299,7 +303,8 @@ class RayPolicy:
     pushed every 10 s, averaged over ``look_back_period_s`` (``_RayMetrics``). The
     simulator calls ``decide`` every ``control_period_s``.
     Variants and batch sizes never change: they stay as in ``current`` (or each stage's
-    default variant at batch 1 when ``current`` is empty).
+    :func:`default_variant` at batch 1 when ``current`` is empty; live, Serve starts from that
+    same decision: ``pipelines.server.delegated_scaling``).
     """
 
     control_period_s = RAY_SIM_CONTROL_PERIOD_S
@@ -390,6 +395,19 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "ray": RayPolicy,
     "oracle": OraclePolicy,
 }
+
+
+# The policies built on the ILP, and the options only they take (SolverPolicy's own).
+SOLVER_POLICIES = frozenset({"ipa", "fa2-low", "fa2-high", "rim", "oracle"})
+SOLVER_OPTIONS = frozenset({"solver", "objective", "accuracy", "weights", "min_accuracy", "max_cost"})
+
+
+def policy_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of a run (a scenario's, the command line's) that policy ``name`` takes: the
+    solver's only for the policies built on it. One rule for serve, simulate and experiment."""
+    if name in SOLVER_POLICIES:
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in SOLVER_OPTIONS}
 
 
 def _user_policy(spec: str, ctx: PolicyContext, **options: Any) -> Policy:

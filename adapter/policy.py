@@ -11,9 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from varipipe.adapter.configurations import (
+    DEFAULT_CLUSTER_CORES,
+    DEFAULT_COST_MODE,
+    default_max_replicas,
+)
+from varipipe.errors import ConfigError
 from varipipe.records import SLA, Decision, Observation, PipelineSpec, Profile
 
-__all__ = ["Forecast", "PolicyContext", "Policy"]
+__all__ = ["Forecast", "PolicyContext", "ContextOptions", "policy_context", "Policy", "delegates_to_ray",
+           "DEFAULT_INTERVAL_S"]
+
+# The adaptation interval when none is given: observe, predict and decide every 10 s, as
+# IPA's adapter did; the hysteresis (loop.HOLD_INTERVALS) and the predictors' windows are
+# counted in it.
+DEFAULT_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -31,16 +43,52 @@ class PolicyContext:
 
     ``cost_mode`` is "shared" (one host, DESIGN §5) or "reserved" (a cluster);
     ``cluster_cores`` is the capacity limit in that mode; ``max_replicas`` caps
-    replicas per stage.
+    replicas per stage (None: ``default_max_replicas(cluster_cores)``). Build it
+    with :func:`policy_context`, as ``serve``, ``simulate`` and ``experiment`` do.
     """
 
     spec: PipelineSpec | None
     profile: Profile
     sla: SLA
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
-    max_replicas: int = 8
-    interval_s: float = 10.0
+    cost_mode: str = DEFAULT_COST_MODE
+    cluster_cores: float = DEFAULT_CLUSTER_CORES
+    max_replicas: int | None = None  # None: default_max_replicas(cluster_cores), set on construction
+    interval_s: float = DEFAULT_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        if self.max_replicas is None:
+            object.__setattr__(self, "max_replicas", default_max_replicas(self.cluster_cores))
+
+
+class ContextOptions(Protocol):
+    """The settings a user gives ``serve`` (``AppOptions``), ``simulate`` and ``experiment``
+    (``SimSettings``) that go into a policy's context."""
+
+    @property
+    def sla_s(self) -> float | None: ...  # None: the spec's SLA
+
+    @property
+    def cost_mode(self) -> str: ...
+
+    @property
+    def cluster_cores(self) -> float: ...
+
+    @property
+    def max_replicas(self) -> int | None: ...  # None: default_max_replicas(cluster_cores)
+
+    @property
+    def interval_s(self) -> float: ...
+
+
+def policy_context(spec: PipelineSpec | None, profile: Profile, options: ContextOptions) -> PolicyContext:
+    """The one way a policy's context is made, live and simulated, so both get the same
+    defaults: the SLA given, else the spec's; the replica cap given, else the cluster's cores."""
+    sla_s = options.sla_s if options.sla_s is not None else (spec.sla.latency_s if spec is not None else None)
+    if sla_s is None:
+        raise ConfigError("policy context", "sla_s", "no SLA given and no pipeline spec to take it from")
+    return PolicyContext(spec=spec, profile=profile, sla=SLA(sla_s), cost_mode=options.cost_mode,
+                         cluster_cores=options.cluster_cores, max_replicas=options.max_replicas,
+                         interval_s=options.interval_s)
 
 
 @runtime_checkable
@@ -50,3 +98,11 @@ class Policy(Protocol):
     name: str
 
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision: ...
+
+
+def delegates_to_ray(policy: object) -> bool:
+    """True when ``policy`` hands scaling to Ray Serve's own autoscaler: it has an
+    ``autoscaling_config()`` (the built-in ``ray`` policy, or a user's). Live, Serve then
+    scales the stages with that config and varipipe runs no control loop; simulated, its
+    ``decide`` stands in for Ray's rule and every decision applies."""
+    return callable(getattr(policy, "autoscaling_config", None))

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from varipipe.errors import UnknownNameError
 
 __all__ = [
+    "DEFAULT_PREDICTOR",
     "Predictor",
     "Reactive",
     "MovingMax",
@@ -23,6 +24,8 @@ __all__ = [
     "make_predictor",
 ]
 
+# The predictor when none is named (serve, simulate, experiment): Reactive.
+DEFAULT_PREDICTOR = "reactive"
 # Reactive: the peak of the last control interval (DESIGN §4 default interval, 10 s).
 REACTIVE_WINDOW_S = 10
 # Moving max: the peak of the last minute, a cautious over-provisioning baseline.
@@ -47,20 +50,8 @@ def _tail(history: Sequence[float], n: int) -> Sequence[float]:
 
 
 @dataclass(frozen=True)
-class Reactive:
-    """Assume the next interval looks like the last one: max of the last window."""
-
-    window_s: int = REACTIVE_WINDOW_S
-    name: str = "reactive"
-
-    def predict(self, history_rps: Sequence[float]) -> float:
-        tail = _tail(history_rps, self.window_s)
-        return float(max(tail)) if len(tail) else 0.0
-
-
-@dataclass(frozen=True)
 class MovingMax:
-    """Max over a longer window than the interval: slow to scale down, quick up."""
+    """The peak of the last ``window_s`` seconds: slow to scale down, quick up."""
 
     window_s: int = MOVING_MAX_WINDOW_S
     name: str = "moving-max"
@@ -68,6 +59,14 @@ class MovingMax:
     def predict(self, history_rps: Sequence[float]) -> float:
         tail = _tail(history_rps, self.window_s)
         return float(max(tail)) if len(tail) else 0.0
+
+
+@dataclass(frozen=True)
+class Reactive(MovingMax):
+    """Assume the next interval looks like the last one: the moving max over one interval."""
+
+    window_s: int = REACTIVE_WINDOW_S
+    name: str = "reactive"
 
 
 @dataclass(frozen=True)

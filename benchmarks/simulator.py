@@ -37,7 +37,7 @@ STATIC_REPLICAS = 60  # per stage: carries day 1's peak with the smallest varian
 
 def _static(profile, arrivals, seed: int) -> float:
     ctx = PolicyContext(spec=None, profile=profile, sla=SLA(SLA_S), cost_mode="reserved",
-                        cluster_cores=CLUSTER_CORES, max_replicas=int(CLUSTER_CORES), interval_s=10.0)
+                        cluster_cores=CLUSTER_CORES)
     policy = make_policy("static", ctx, replicas=STATIC_REPLICAS)
 
     class _Last:
@@ -48,7 +48,7 @@ def _static(profile, arrivals, seed: int) -> float:
 
     started = time.perf_counter()
     simulate(profile, arrivals, policy, predictor_forecaster(_Last()),
-             SimConfig(SLA_S, 10.0, "reserved", CLUSTER_CORES, seed))
+             SimConfig(SLA_S, cost_mode="reserved", cluster_cores=CLUSTER_CORES, seed=seed))
     return time.perf_counter() - started
 
 

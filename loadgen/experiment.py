@@ -14,24 +14,28 @@ import asyncio
 import csv
 import hashlib
 import json
+import logging
 import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from varipipe.errors import LiveMeasurementError
 from varipipe.loadgen.replayer import RequestRecord, replay
 from varipipe.loadgen.runs import SimSettings, run_policy
-from varipipe.loadgen.simulator import SimSeries
-from varipipe.records import Decision, Profile, hardware_cores
+from varipipe.loadgen.simulator import RunMetrics, SimSeries
+from varipipe.records import Decision, Profile, replica_price
 
 __all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
            "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
+
+log = logging.getLogger(__name__)
 
 StartLive = Callable[[str, float], AbstractContextManager[str]]
 
@@ -40,23 +44,13 @@ SUMMARY_FIELDS = ("policy", "sla", "sla_s", "mode", "requests", "completed", "dr
 
 
 @dataclass(frozen=True, eq=False)
-class RunOutcome:
+class RunOutcome(RunMetrics):
     """One (policy, SLA) run: summary metrics and the per-second series."""
 
     policy: str
     sla: str
     sla_s: float
     mode: str
-    requests: int
-    completed: int
-    dropped: int
-    sla_attainment: float
-    p99_latency_s: float
-    mean_latency_s: float
-    mean_accuracy: float
-    mean_cost: float
-    cost_unit: str
-    decisions: int
     wall_s: float
     series: SimSeries
     timeline: tuple[Decision, ...] = ()  # decisions in force over the run (time_s from its start)
@@ -68,9 +62,9 @@ class RunOutcome:
 def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings]) -> RunOutcome:
     profile, arrivals, policy, sla_name, settings = args
     r = run_policy(profile, arrivals, policy, settings)
-    return RunOutcome(policy, sla_name, settings.sla_s, "sim", r.requests, r.completed, r.dropped,
-                      r.sla_attainment, r.p99_latency_s, r.mean_latency_s, r.mean_accuracy, r.mean_cost,
-                      r.cost_unit, r.decisions, r.wall_s, r.series, r.timeline)
+    metrics = {f.name: getattr(r, f.name) for f in fields(RunMetrics)}
+    return RunOutcome(**metrics, policy=policy, sla=sla_name, sla_s=settings.sla_s, mode="sim", wall_s=r.wall_s,
+                      series=r.series, timeline=r.timeline)
 
 
 def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
@@ -95,31 +89,33 @@ def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], sla
 # ------------------------------------------------------------------------ live
 
 
-def _accuracy_table(profile: Profile) -> dict[tuple[str, str], float]:
-    acc: dict[tuple[str, str], float] = {}
-    for p in profile.points:
-        acc.setdefault((p.stage, p.variant), p.accuracy)
-    return acc
+def _accuracy(profile: Profile, stage: str, variant: str) -> float:
+    """The profile's figure for a variant that served a request; NaN for one it never measured."""
+    try:
+        return profile.variant_accuracy(stage, variant)
+    except KeyError:
+        return math.nan
 
 
 def _decision_cost(d: Decision, cost_mode: str) -> float:
     if cost_mode == "reserved":
-        return float(sum(s.replicas * max(hardware_cores(s.hardware), 1.0) for s in d.stages))
+        return float(sum(s.replicas * replica_price(s.hardware) for s in d.stages))
     return float(d.predicted_cost)
 
 
 def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile: Profile, duration_s: float,
                          cost_samples: Sequence[tuple[float, float]] = (),
-                         predicted: Sequence[tuple[float, float]] = ()) -> tuple[dict[str, Any], SimSeries]:
-    """The simulator's metrics from a replayer log: attainment over *all* requests, p99 over
-    answered ones, accuracy from the variants that served each reply (profile accuracies)."""
+                         predicted: Sequence[tuple[float, float]] = (), cost_mode: str = "shared",
+                         decisions: int = 0) -> tuple[dict[str, Any], SimSeries]:
+    """The simulator's metrics (``RunMetrics.measure``) from a replayer log: attainment over
+    *all* requests, p99 over answered ones, accuracy from the variants that served each reply
+    (profile accuracies)."""
     n_sec = max(int(math.ceil(duration_s)), 1)
-    acc_of = _accuracy_table(profile)
     sec = np.minimum(np.array([int(r.scheduled_s) for r in records], dtype=np.int64), n_sec - 1)
     ok = np.array([r.ok for r in records], dtype=bool)
     lat = np.array([r.latency_s for r in records])
     within = ok & (lat <= sla_s)
-    acc = np.array([math.prod(acc_of.get((s, v), math.nan) for s, v in r.variants.items()) if r.ok and r.variants
+    acc = np.array([math.prod(_accuracy(profile, s, v) for s, v in r.variants.items()) if r.ok and r.variants
                     else math.nan for r in records])
     has_acc = ok & ~np.isnan(acc)
     cost = np.full(n_sec, np.nan)
@@ -133,20 +129,22 @@ def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile
         accuracy_sum=np.bincount(sec[has_acc], weights=acc[has_acc], minlength=n_sec),
         completed=np.bincount(sec, weights=has_acc, minlength=n_sec), cost=cost, predicted_rps=pred,
         replicas=np.zeros(n_sec), p99_latency_s=np.full(n_sec, np.nan))
-    n = len(records)
-    summary = {
-        "requests": n, "completed": int(ok.sum()), "dropped": int(n - ok.sum()),
-        "sla_attainment": float(within.sum() / n) if n else 1.0,
-        "p99_latency_s": float(np.percentile(lat[ok], 99)) if ok.any() else math.nan,
-        "mean_latency_s": float(lat[ok].mean()) if ok.any() else math.nan,
-        "mean_accuracy": float(acc[has_acc].mean()) if has_acc.any() else math.nan,
-        "mean_cost": float(np.nanmean(cost)) if not np.isnan(cost).all() else math.nan,
-    }
-    return summary, series
+    answered = np.where(ok, lat, np.nan)
+    return RunMetrics.measure(answered, sla_s, acc, cost, cost_mode, decisions), series
 
 
-async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tuple[float, Decision]]) -> None:
-    """GET ``url`` every interval; keep each Decision the app reports (absent or broken: skipped)."""
+@dataclass
+class _Polls:
+    """What polling the app's /config gave: the decisions in force, and the polls that failed."""
+
+    samples: list[tuple[float, Decision]]
+    failed: list[str]
+
+
+async def _poll_config(url: str, interval_s: float, t0: float, polls: _Polls) -> None:
+    """GET ``url`` every interval and keep each Decision the app reports. A poll that gets no
+    answer in time (the app busy or restarting) is counted and the next one tries again; an
+    answer other than 200 (401: the app wants a token) raises: no later poll would differ."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -154,25 +152,49 @@ async def _poll_config(url: str, interval_s: float, t0: float, samples: list[tup
         while True:
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=interval_s)) as resp:
-                    data = await resp.json() if resp.status == 200 else None
-                    if isinstance(data, dict) and isinstance(data.get("decision"), dict):
-                        data = data["decision"]  # the app's /config: {"decision": {...}, ...}
-                    if isinstance(data, dict) and data.get("stages"):
-                        samples.append((loop.time() - t0, Decision.from_dict(data)))
-            except Exception:  # noqa: BLE001 -- cost is optional; the replay goes on
-                pass
+                    if resp.status != 200:
+                        hint = " (the app wants its bearer token)" if resp.status in (401, 403) else ""
+                        raise LiveMeasurementError(f"GET {url} answered {resp.status}{hint}: "
+                                                   f"{(await resp.text())[:200]!r}; the run's cost and "
+                                                   "decisions cannot be read")
+                    data = await resp.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                polls.failed.append(f"{type(e).__name__}: {e}")
+            else:
+                if isinstance(data, dict) and isinstance(data.get("decision"), dict):
+                    data = data["decision"]  # the app's /config: {"decision": {...}, ...}
+                if isinstance(data, dict) and data.get("stages"):
+                    polls.samples.append((loop.time() - t0, Decision.from_dict(data)))
             await asyncio.sleep(interval_s)
 
 
 async def _replay_and_poll(url: str, times: np.ndarray, body: bytes, ctype: str, config_url: str,
-                           interval_s: float) -> tuple[list[RequestRecord], list[tuple[float, Decision]]]:
-    samples: list[tuple[float, Decision]] = []
-    poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), samples))
+                           interval_s: float) -> tuple[list[RequestRecord], _Polls]:
+    """Replay ``times`` while polling /config; a poller that fails stops the replay and raises."""
+    polls = _Polls([], [])
+    poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), polls))
+    replaying = asyncio.create_task(replay(url, times, body, ctype))
     try:
-        _, records = await replay(url, times, body, ctype)
+        await asyncio.wait({poller, replaying}, return_when=asyncio.FIRST_COMPLETED)
+        if poller.done():  # it only ends by raising
+            poller.result()
+        _, records = replaying.result()
     finally:
-        poller.cancel()
-    return records, samples
+        for task in (poller, replaying):
+            task.cancel()
+        await asyncio.gather(poller, replaying, return_exceptions=True)
+    return records, polls
+
+
+def _decisions(polls: _Polls, url: str, interval_s: float) -> list[tuple[float, Decision]]:
+    """The decisions polled; a run in which no poll was answered cannot report a cost: it raises."""
+    if polls.failed:
+        log.warning("GET %s: %d of %d polls got no answer (first: %s)", url, len(polls.failed),
+                    len(polls.failed) + len(polls.samples), polls.failed[0])
+    if not polls.samples:
+        raise LiveMeasurementError(f"GET {url} gave no decision during the whole run (polled every {interval_s:g} s; "
+                                   f"{len(polls.failed)} polls failed, first: {polls.failed[0] if polls.failed else '-'})")
+    return polls.samples
 
 
 def _config_url(url: str) -> str:
@@ -199,21 +221,20 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
         for policy in policies:
             started = time.perf_counter()
             with start_live(policy, sla_s) as url:
-                records, decisions = asyncio.run(
+                records, polls = asyncio.run(
                     _replay_and_poll(url, times, body, ctype, _config_url(url), interval_s))
             if records_dir is not None:
                 records_dir.mkdir(parents=True, exist_ok=True)
                 (records_dir / f"{sla_name}-{policy}.jsonl").write_text(
                     "".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+            decisions = _decisions(polls, _config_url(url), interval_s)
             cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
             pred = [(t, d.load_rps) for t, d in decisions]
             changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))
-            m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred)
-            unit = "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
-            res = RunOutcome(policy, sla_name, sla_s, "live", m["requests"], m["completed"], m["dropped"],
-                             m["sla_attainment"], m["p99_latency_s"], m["mean_latency_s"], m["mean_accuracy"],
-                             m["mean_cost"], unit, changes, time.perf_counter() - started, series,
-                             tuple(replace(d, time_s=t) for t, d in decisions))
+            m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred, cost_mode, changes)
+            res = RunOutcome(**m, policy=policy, sla=sla_name, sla_s=sla_s, mode="live",
+                             wall_s=time.perf_counter() - started, series=series,
+                             timeline=tuple(replace(d, time_s=t) for t, d in decisions))
             out.append(res)
             if on_done:
                 on_done(res)

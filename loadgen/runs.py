@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from varipipe.adapter.policies import policy_options
 from varipipe.adapter.policy import Policy, PolicyContext
+from varipipe.adapter.policy import policy_context as _context
+from varipipe.adapter.predictors import DEFAULT_PREDICTOR
 from varipipe.loadgen.simulator import (
     RequestTable,
     SimConfig,
@@ -22,44 +25,28 @@ from varipipe.loadgen.simulator import (
     predictor_forecaster,
     simulate,
 )
-from varipipe.records import SLA, Profile
+from varipipe.records import Profile
 
 __all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
 
-# Policies built on the adapter's ILP (adapter/policies.py), and the options only they take.
-SOLVER_POLICIES = frozenset({"ipa", "fa2-low", "fa2-high", "rim", "oracle"})
-SOLVER_OPTIONS = frozenset({"solver", "objective", "accuracy", "weights", "min_accuracy", "max_cost"})
-# The live control loop's default predictor (adapter/predictors.py: the peak of the last interval).
-DEFAULT_PREDICTOR = "reactive"
 
 
 @dataclass(frozen=True)
-class SimSettings:
-    """Everything a simulated run needs besides the profile, arrivals and policy name."""
+class SimSettings(SimConfig):
+    """Everything a simulated run needs besides the profile, arrivals and policy name: the
+    simulator's :class:`SimConfig` and how the policy and its forecaster are built."""
 
-    sla_s: float
-    interval_s: float = 10.0
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
-    max_replicas: int | None = None  # None: as many as the cluster's cores allow
-    seed: int = 0
+    max_replicas: int | None = None  # None: the policy context's default (the cluster's cores)
     predictor: str = DEFAULT_PREDICTOR
     policy_options: Mapping[str, Any] = field(default_factory=dict)
     per_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # policy -> extra options
-    overhead_s: float = 0.0  # SimConfig.overhead_s
 
     def sim_config(self) -> SimConfig:
-        return SimConfig(self.sla_s, self.interval_s, self.cost_mode, self.cluster_cores, self.seed,
-                         overhead_s=self.overhead_s)
-
-    def replica_cap(self) -> int:
-        return self.max_replicas or max(int(self.cluster_cores), 1)
+        return SimConfig(**{f.name: getattr(self, f.name) for f in fields(SimConfig)})
 
 
 def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> dict[str, Any]:
-    opts = {**settings.policy_options, **settings.per_policy.get(name, {})}
-    if name not in SOLVER_POLICIES:  # ray, static, user policies: no solver options
-        opts = {k: v for k, v in opts.items() if k not in SOLVER_OPTIONS}
+    opts = policy_options(name, {**settings.policy_options, **settings.per_policy.get(name, {})})
     if name == "oracle":  # the true per-second arrivals of this very run
         seconds = int(np.ceil(arrivals[-1])) + 1 if len(arrivals) else 1
         opts["trace"] = np.bincount(arrivals.astype(np.int64), minlength=seconds).astype(np.float64)
@@ -67,10 +54,8 @@ def _policy_options(name: str, settings: SimSettings, arrivals: np.ndarray) -> d
 
 
 def policy_context(profile: Profile, settings: SimSettings) -> PolicyContext:
-    """The context every simulated policy of a run is built with."""
-    return PolicyContext(spec=None, profile=profile, sla=SLA(settings.sla_s), cost_mode=settings.cost_mode,
-                         cluster_cores=settings.cluster_cores, max_replicas=settings.replica_cap(),
-                         interval_s=settings.interval_s)
+    """The context every simulated policy of a run is built with (the live one's factory)."""
+    return _context(None, profile, settings)
 
 
 def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, settings: SimSettings,

@@ -18,9 +18,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S
+from varipipe.adapter.predictors import DEFAULT_PREDICTOR
 from varipipe.errors import ConfigError
 from varipipe.loadgen.traces import Trace, read_trace
-from varipipe.records import Profile, ProfilePoint, hardware_cores
+from varipipe.records import Profile, ProfilePoint, replica_price
 
 __all__ = ["Scenario", "SlaRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
            "fastest_path_s", "peak_cores_largest", "peak_replicas_largest", "find_repo_file"]
@@ -52,7 +55,7 @@ class LiveSettings(_Strict):
     peak_rps: float = Field(default=2.0, gt=0)
     pipeline: str = "vision-caption"
     cost_mode: Literal["reserved", "shared"] = "shared"
-    cluster_cores: float = Field(default=2.0, gt=0)
+    cluster_cores: float = Field(default=DEFAULT_CLUSTER_CORES, gt=0)
 
 
 class Scenario(_Strict):
@@ -65,8 +68,8 @@ class Scenario(_Strict):
     target_peak_rps: float = Field(gt=0)
     cluster_peak_fraction: float = Field(ge=0.8, le=1.0)
     cost_mode: Literal["reserved", "shared"] = "reserved"
-    interval_s: float = Field(default=10.0, gt=0)
-    predictor: str = "reactive"
+    interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0)
+    predictor: str = DEFAULT_PREDICTOR
     policies: list[str] = Field(min_length=1)
     policy_options: dict[str, Any] = Field(default_factory=dict)
     sla: list[SlaRule] = Field(min_length=1)
@@ -163,7 +166,7 @@ def _largest_fits(profile: Profile, stage: str, sla_s: float) -> list[ProfilePoi
 
 def peak_replicas_largest(profile: Profile, peak_rps: float, sla_s: float,
                           rho_max: float) -> dict[str, tuple[int, float]]:
-    """Per stage, (replicas, cores per replica) the largest (heaviest, as fa2-high) variant needs at ``peak_rps``.
+    """Per stage, (replicas, price per replica in cores) the largest (heaviest, as fa2-high) variant needs at ``peak_rps``.
 
     The configuration (batch, hardware) of that variant whose p99 fits the SLA
     and needs the fewest cores, ``ceil(λ_s / (ρ_max·h)) · cores``, with λ_s the
@@ -173,7 +176,7 @@ def peak_replicas_largest(profile: Profile, peak_rps: float, sla_s: float,
     rate = peak_rps
     for stage in profile.stages:
         rate *= profile.fanout.get(stage, 1.0)
-        options = [(math.ceil(rate / (rho_max * p.throughput_rps) - 1e-9), max(hardware_cores(p.hardware), 1.0))
+        options = [(math.ceil(rate / (rho_max * p.throughput_rps) - 1e-9), replica_price(p.hardware))
                    for p in _largest_fits(profile, stage, sla_s)]
         out[stage] = min(options, key=lambda o: o[0] * o[1])
     return out

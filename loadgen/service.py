@@ -71,4 +71,4 @@ def service_model(profile: Profile, stage: str, variant: str, hardware: str, max
     p99 = np.maximum(_curve(pts, "latency_p99_s", sizes), p50)
     sigma = np.log(p99 / p50) / Z99
     return ServiceModel(stage, variant, hardware, tuple(p50.tolist()), tuple(sigma.tolist()),
-                        accuracy=pts[0].accuracy, threads=max(hardware_cores(hardware), 1.0))
+                        accuracy=profile.variant_accuracy(stage, variant), threads=max(hardware_cores(hardware), 1.0))

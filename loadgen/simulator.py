@@ -41,24 +41,22 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.loop import ControlLoop
-from varipipe.adapter.policy import Forecast, Policy
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.service import ServiceModel, service_model
-from varipipe.records import (
-    Decision,
-    Observation,
-    Profile,
-    StageDecision,
-    StageObservation,
-    hardware_cores,
-)
+from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
+from varipipe.records import Decision, Observation, Profile, StageDecision, replica_price
 
 __all__ = [
+    "RunMetrics",
+    "cost_unit",
     "SimConfig",
     "SimResult",
     "SimSeries",
@@ -90,9 +88,6 @@ VARIANT_SWITCH_CPU_S = 0.6  # per replica, loading the new variant in place: med
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
-# Observations carry the last hour of per-second arrivals: the predictors look at
-# most a few minutes back (adapter/predictors.py windows are 10-60 s; the LSTM's input is shorter).
-HISTORY_WINDOW_S = 3600
 # Standard normals drawn per refill of a stage's service-time noise buffer.
 _NOISE_CHUNK = 1 << 16
 # After the last arrival, keep simulating this many SLAs for queues to drain;
@@ -107,9 +102,9 @@ class SimConfig:
     """Run settings: SLA, control interval, cost mode and cluster size, seed."""
 
     sla_s: float
-    interval_s: float = 10.0
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
+    interval_s: float = DEFAULT_INTERVAL_S
+    cost_mode: str = DEFAULT_COST_MODE
+    cluster_cores: float = DEFAULT_CLUSTER_CORES
     seed: int = 0
     shed_late: bool = True  # deadline admission control, as live (varipipe.admission)
     # Fixed per-request serving overhead (HTTP, ingress decoding, stage hops) that the
@@ -195,11 +190,16 @@ class SimSeries:
         return out
 
 
-@dataclass(frozen=True, eq=False)
-class SimResult:
-    """Summary metrics, the per-second series, the decision timeline and the request table."""
+def cost_unit(cost_mode: str) -> str:
+    """What a run's cost is counted in."""
+    return "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
 
-    policy: str
+
+@dataclass(frozen=True, eq=False)
+class RunMetrics:
+    """What one run of a policy measured, simulated (:class:`SimResult`) or live
+    (``experiment.RunOutcome``): made by :meth:`measure` on both sides."""
+
     requests: int
     completed: int
     dropped: int
@@ -210,6 +210,34 @@ class SimResult:
     mean_cost: float
     cost_unit: str
     decisions: int
+
+    @staticmethod
+    def measure(latency_s: np.ndarray, sla_s: float, accuracy: np.ndarray, cost: np.ndarray, cost_mode: str,
+                decisions: int) -> dict[str, Any]:
+        """The fields, from per-request latencies (NaN: not answered: dropped or failed) and
+        end-to-end accuracies (NaN: unknown) and the per-second cost (NaN: unknown). Attainment
+        counts every request; latencies, accuracy and cost only what is known."""
+        n = len(latency_s)
+        done = ~np.isnan(latency_s)
+        within = done & (latency_s <= sla_s)
+        known_acc = ~np.isnan(accuracy)
+        known_cost = cost[~np.isnan(cost)]
+        nan = float("nan")
+        return dict(
+            requests=n, completed=int(done.sum()), dropped=int((~done).sum()),
+            sla_attainment=float(within.sum() / n) if n else 1.0,
+            p99_latency_s=float(np.percentile(latency_s[done], 99)) if done.any() else nan,
+            mean_latency_s=float(latency_s[done].mean()) if done.any() else nan,
+            mean_accuracy=float(np.nanmean(accuracy)) if known_acc.any() else nan,
+            mean_cost=float(known_cost.mean()) if len(known_cost) else nan,
+            cost_unit=cost_unit(cost_mode), decisions=decisions)
+
+
+@dataclass(frozen=True, eq=False)
+class SimResult(RunMetrics):
+    """Summary metrics, the per-second series, the decision timeline and the request table."""
+
+    policy: str
     duration_s: float
     sla_s: float
     cost_mode: str
@@ -238,137 +266,192 @@ def predictor_forecaster(predictor: object, horizon_s: float = 0.0) -> Forecaste
 # --------------------------------------------------------------------------- stages
 
 
-@dataclass
-class _Stage:
-    """Mutable state of one stage during a run."""
+class _Noise:
+    """Standard normals for one stage's service times, drawn from its own generator in chunks."""
 
-    name: str
-    index: int
-    parent: np.ndarray  # request of each item
-    deadline: np.ndarray  # per item
-    arr: np.ndarray
-    done: np.ndarray
-    batch_of: np.ndarray
-    rng: np.random.Generator
-    identity: bool = True  # one item per request (item id == request id)
-    model: ServiceModel | None = None
-    batch: int = 1
-    wait: float = 0.0
-    free: list[float] = field(default_factory=list)  # heap of replica free times
-    q_t: list[float] = field(default_factory=list)
-    q_dl: list[float] = field(default_factory=list)
-    q_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    head: int = 0
-    noise: list[float] = field(default_factory=list)
-    noise_i: int = 0
-    b_end: list[float] = field(default_factory=list)
-    b_model: list[int] = field(default_factory=list)
-    models: list[ServiceModel] = field(default_factory=list)  # append-only; b_model indexes it
-    model_id: int = -1
-    expected: float = 0.0  # moving average of batch times: admission control's estimate
-    pending: tuple[np.ndarray, np.ndarray] | None = None  # done here, not yet due at the next stage
-    left: np.ndarray | None = None  # fan-out: items still to finish, per request
-    last: np.ndarray | None = None  # fan-out: latest item completion, per request
-    # Items in the stage (queued or in a running batch) = entered - finished: what a Serve
-    # handle counts as ongoing requests. Batches are formed ahead of their end, so their
-    # ends wait in a heap of (end time, items) until the clock passes them.
+    __slots__ = ("rng", "buffer", "next")
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng, self.buffer, self.next = rng, [], 0
+
+    def draw(self) -> float:
+        if self.next >= len(self.buffer):
+            self.buffer = self.rng.standard_normal(_NOISE_CHUNK).tolist()
+            self.next = 0
+        self.next += 1
+        return self.buffer[self.next - 1]
+
+
+@dataclass
+class _Queue:
+    """A stage's FIFO of waiting items: entry times, deadlines and item ids from ``head`` on."""
+
+    times: list[float] = field(default_factory=list)
+    deadlines: list[float] = field(default_factory=list)
+    items: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    head: int = 0  # first item still waiting; those before it are gone (in a batch or shed)
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def push(self, times: np.ndarray, deadlines: np.ndarray, items: np.ndarray) -> None:
+        if self.head:  # drop what left before appending
+            del self.times[: self.head]
+            del self.deadlines[: self.head]
+            self.items = self.items[self.head:]
+            self.head = 0
+        if len(items):
+            self.times.extend(times.tolist())
+            self.deadlines.extend(deadlines.tolist())
+            self.items = np.concatenate([self.items, items])
+
+
+@dataclass
+class _Occupancy:
+    """Items in a stage (queued or in a running batch), what a Serve handle counts as ongoing
+    requests: entered - finished. Batches are formed ahead of their end, so their ends wait in
+    a heap of (end time, items) until the clock passes them."""
+
     entered: int = 0
     finished: int = 0
     ending: list[tuple[float, int]] = field(default_factory=list)
 
-    def in_system(self, t: float) -> int:
+    def now(self, t: float) -> int:
         while self.ending and self.ending[0][0] <= t:
             self.finished += heapq.heappop(self.ending)[1]
         return self.entered - self.finished
 
-    def z(self) -> float:
-        if self.noise_i >= len(self.noise):
-            self.noise = self.rng.standard_normal(_NOISE_CHUNK).tolist()
-            self.noise_i = 0
-        self.noise_i += 1
-        return self.noise[self.noise_i - 1]
 
-    def enqueue(self, times: np.ndarray, items: np.ndarray) -> None:
-        if self.head:
-            del self.q_t[: self.head]
-            del self.q_dl[: self.head]
-            self.q_ids = self.q_ids[self.head:]
-            self.head = 0
-        self.entered += len(items)
+@dataclass
+class _Departures:
+    """Items of batches formed but maybe not ended: each leaves the stage, and is counted with
+    its time there, once its batch ends (live, the ingress counts it when the call returns)."""
+
+    chunks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (ends, times in the stage)
+
+    def until(self, t: float, counters: StageCounters) -> None:
+        """Count the items whose batch has ended by ``t``."""
+        waiting = []
+        for ends, spent in self.chunks:
+            gone = ends <= t
+            if gone.all():
+                counters.left(spent)
+            else:
+                if gone.any():
+                    counters.left(spent[gone])
+                waiting.append((ends[~gone], spent[~gone]))
+        self.chunks = waiting
+
+
+@dataclass
+class _FanIn:
+    """A fan-out stage's join: a request moves on when its last item is done."""
+
+    items_left: np.ndarray  # per request
+    last_done_s: np.ndarray  # per request: latest item completion so far
+
+    def done(self, reqs: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Requests whose last item is among ``reqs`` / ``ends``, and when that item ended."""
+        np.maximum.at(self.last_done_s, reqs, ends)
+        np.subtract.at(self.items_left, reqs, 1)
+        u = np.unique(reqs)
+        complete = u[self.items_left[u] == 0]
+        return complete, self.last_done_s[complete]
+
+
+@dataclass
+class _Stage:
+    """One stage during a run: its items, queue, replicas, configuration and batches."""
+
+    name: str
+    index: int
+    parent: np.ndarray  # per item: its request
+    deadline_s: np.ndarray  # per item
+    entered_s: np.ndarray  # per item: when it entered the stage (NaN: never)
+    done_s: np.ndarray  # per item: when its batch ended (NaN: never)
+    batch_of: np.ndarray  # per item: the batch it joined (-1: none)
+    noise: _Noise
+    one_per_request: bool = True  # item id == request id
+    fan_in: _FanIn | None = None  # set on first use when items are not one per request
+    # Configuration in force.
+    model: ServiceModel | None = None
+    model_id: int = -1  # index in ``models``
+    batch: int = 1
+    batch_wait_s: float = 0.0
+    replica_free_s: list[float] = field(default_factory=list)  # heap: when each replica is next free
+    # State.
+    queue: _Queue = field(default_factory=_Queue)
+    occupancy: _Occupancy = field(default_factory=_Occupancy)
+    departures: _Departures = field(default_factory=_Departures)
+    expected_batch_s: float = 0.0  # moving average of batch times: admission control's estimate
+    outbox: tuple[np.ndarray, np.ndarray] | None = None  # (times, requests) done here, not yet due downstream
+    # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
+    batch_end_s: list[float] = field(default_factory=list)
+    batch_model: list[int] = field(default_factory=list)
+    models: list[ServiceModel] = field(default_factory=list)
+
+    def enter(self, times: np.ndarray, items: np.ndarray) -> None:
+        self.occupancy.entered += len(items)
         if len(items):
-            self.arr[items] = times
-            self.q_t.extend(times.tolist())
-            self.q_dl.extend(self.deadline[items].tolist())
-            self.q_ids = np.concatenate([self.q_ids, items])
-
-    @property
-    def queued(self) -> int:
-        return len(self.q_t) - self.head
+            self.entered_s[items] = times
+        self.queue.push(times, self.deadline_s[items], items)
 
 
-def _run_stage(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
-               dropped_pos: list[int]) -> tuple[int, list[int], list[int], list[int]]:
-    """Form and run batches that start before ``t_end``. Returns (first queue position,
-    batch first positions, batch sizes, batch ids) for the caller to vectorise."""
-    q_t, q_dl, free = st.q_t, st.q_dl, st.free
-    n_q, h, h0 = len(q_t), st.head, st.head
-    b, wait, m = st.batch, st.wait, st.model
+def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
+                 shed_pos: list[int]) -> tuple[int, list[int], list[int], list[int]]:
+    """Form and run the batches that start before ``t_end`` (the hot loop). Appends the queue
+    positions of shed items to ``shed_pos``; returns (first queue position, batch first
+    positions, batch sizes, batch ids) for the caller to vectorise."""
+    q = st.queue
+    times, deadlines, free = q.times, q.deadlines, st.replica_free_s
+    n_q, h, h0 = len(times), q.head, q.head
+    b, wait, m = st.batch, st.batch_wait_s, st.model
     med, sig = m.median_s, m.sigma
     threads = m.threads
     model_id = st.model_id
     firsts: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
-    b_end = st.b_end
+    batch_end, batch_model, ending = st.batch_end_s, st.batch_model, st.occupancy.ending
+    draw = st.noise.draw
     exp = math.exp
-    expected = st.expected
+    expected = st.expected_batch_s
     while h < n_q and free:
         f = free[0]
-        first = q_t[h]
+        first = times[h]
         start = first if first > f else f
-        if shed and would_miss(start, expected, q_dl[h]):
-            dropped_pos.append(h)
+        if shed and would_miss(start, expected, deadlines[h]):
+            shed_pos.append(h)
             h += 1
             continue
         last = h + b - 1
         limit = first + wait
-        if last < n_q and q_t[last] <= (start if start > limit else limit):
-            close = q_t[last] if q_t[last] > start else start
+        if last < n_q and times[last] <= (start if start > limit else limit):
+            close = times[last] if times[last] > start else start
             n = b
         else:
             close = limit if limit > f else f
             if close >= t_end:
                 break
-            n = bisect_right(q_t, close, h, min(h + b, n_q)) - h
+            n = bisect_right(times, close, h, min(h + b, n_q)) - h
         if close >= t_end:
             break
-        s = med[n] * exp(sig[n] * st.z()) * slow
+        s = med[n] * exp(sig[n] * draw()) * slow
         expected = update_expected(expected, s)
         end = close + s
         heapq.heapreplace(free, end)
-        heapq.heappush(st.ending, (end, n))
+        heapq.heappush(ending, (end, n))
         firsts.append(h)
         sizes.append(n)
-        ids.append(len(b_end))
-        b_end.append(end)
-        st.b_model.append(model_id)
+        ids.append(len(batch_end))
+        batch_end.append(end)
+        batch_model.append(model_id)
         if busy is not None:
             _add_busy(busy, close, end, threads)
         h += n
-    st.head = h
-    st.expected = expected
+    q.head = h
+    st.expected_batch_s = expected
     return h0, firsts, sizes, ids
-
-
-def _p99(values: np.ndarray) -> float:
-    """``np.percentile(values, 99)`` (linear interpolation) by partial sort: the control
-    loop takes it per stage every period, where np.percentile's overhead dominated."""
-    n = len(values)
-    pos = (n - 1) * 0.99
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    part = np.partition(values, (lo, hi))
-    return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
 
 
 def _add_busy(busy: np.ndarray, t0: float, t1: float, weight: float) -> None:
@@ -389,65 +472,156 @@ def _expand(h0: int, firsts: list[int], sizes: list[int]) -> np.ndarray:
     return starts + np.arange(int(n.sum()), dtype=np.int64)
 
 
+# ----------------------------------------------------------------- reconfigurations
+
+
+@dataclass(frozen=True, order=True)
+class _Change:
+    """One part of an applied decision, due at ``at_s`` (the delays measured on Ray Serve)."""
+
+    at_s: float
+    seq: int  # keeps changes due at the same time in the order they were made
+    stage: int = field(compare=False)
+    kind: str = field(compare=False)  # "model" | "batch" (decision), "add" | "remove" (replicas)
+    decision: StageDecision | None = field(default=None, compare=False)
+    replicas: int = field(default=0, compare=False)
+
+
+@dataclass
+class _Reconfigurations:
+    """The changes applied decisions have scheduled and that have not taken effect yet."""
+
+    pending: list[_Change] = field(default_factory=list)  # heap by (at_s, seq)
+    made: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    def next_at(self) -> float:
+        return self.pending[0].at_s
+
+    def schedule(self, at_s: float, stage: int, kind: str, decision: StageDecision | None = None,
+                 replicas: int = 0) -> None:
+        heapq.heappush(self.pending, _Change(at_s, self.made, stage, kind, decision, replicas))
+        self.made += 1
+
+    def due(self, t: float) -> list[_Change]:
+        out = []
+        while self.pending and self.pending[0].at_s <= t + 1e-12:
+            out.append(heapq.heappop(self.pending))
+        return out
+
+    def starting(self) -> dict[int, int]:
+        """Per stage, replicas added but not running yet (they are provisioned already)."""
+        out: dict[int, int] = {}
+        for c in self.pending:
+            if c.kind == "add":
+                out[c.stage] = out.get(c.stage, 0) + c.replicas
+        return out
+
+
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class _Accounts:
+    """Per-second series the run accumulates (index = second from the start)."""
+
+    busy: np.ndarray | None  # shared mode: CPU-seconds in use per second (None in reserved mode)
+    reserved: np.ndarray  # reserved mode: cores (or their price) provisioned
+    replicas: np.ndarray  # replicas provisioned
+    predicted_rps: np.ndarray  # the forecast in force
+
+
+@dataclass(frozen=True, eq=False)
+class _Arrivals:
+    """The requests' send times, sorted, and the run's span in whole seconds."""
+
+    times: np.ndarray
+    n: int
+    horizon_s: float  # the last arrival's second, rounded up
+    seconds: int  # simulated: the horizon and DRAIN_SLAS SLAs for queues to drain
+    per_second: np.ndarray  # arrivals in each second of ``seconds``
+
+    @classmethod
+    def of(cls, arrivals: np.ndarray, sla_s: float) -> _Arrivals:
+        times = np.sort(np.asarray(arrivals, dtype=np.float64))
+        horizon = float(math.ceil(times[-1] + 1e-9)) if len(times) else 0.0
+        seconds = int(horizon + sla_s * DRAIN_SLAS) + 2
+        return cls(times, len(times), horizon, seconds,
+                   np.bincount(times.astype(np.int64), minlength=seconds)[:seconds])
+
+
+@dataclass(eq=False)
+class _Outcome:
+    """Per request: when it left the last stage (NaN: not yet, or never) and whether it was shed."""
+
+    done_s: np.ndarray
+    dropped: np.ndarray
+
+
+@dataclass
+class _Interval:
+    """What the stages counted since the last observation, and the end-to-end latencies."""
+
+    stages: dict[str, StageCounters]
+    e2e: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, names: Sequence[str]) -> _Interval:
+        return cls({name: StageCounters() for name in names})
+
+
 class _Run:
-    """One simulation: arrivals, stages, the control loop and the bookkeeping."""
+    """One simulation: the arrivals, the stages, the policy's control and the bookkeeping."""
 
     def __init__(self, profile: Profile, arrivals: np.ndarray, policy: Policy, forecaster: Forecaster,
                  config: SimConfig, initial: Decision | None) -> None:
         self.profile, self.policy, self.forecaster, self.cfg = profile, policy, forecaster, config
-        self.arrivals = np.sort(np.asarray(arrivals, dtype=np.float64))
-        self.n = len(self.arrivals)
-        self.horizon = float(math.ceil(self.arrivals[-1] + 1e-9)) if self.n else 0.0
-        self.seconds = int(self.horizon + config.sla_s * DRAIN_SLAS) + 2
-        self.counts = np.bincount(self.arrivals.astype(np.int64), minlength=self.seconds)[: self.seconds]
+        self.arrivals = _Arrivals.of(arrivals, config.sla_s)
         self.rng = np.random.default_rng(config.seed)
-        self.req_dropped = np.zeros(self.n, dtype=bool)
-        self.req_done = np.full(self.n, np.nan)
+        n = self.arrivals.n
+        self.outcome = _Outcome(done_s=np.full(n, np.nan), dropped=np.zeros(n, dtype=bool))
         self.stages = self._make_stages()
-        self.busy = np.zeros(self.seconds + 1) if config.cost_mode == "shared" else None
-        self.cost = np.zeros(self.seconds + 1)
-        self.replica_s = np.zeros(self.seconds + 1)
-        self.pred = np.zeros(self.seconds + 1)
-        self.events: list[tuple[float, int, int, str, object]] = []  # (time, seq, stage, kind, value)
-        self.seq = 0
+        self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if config.cost_mode == "shared" else None,
+                                  reserved=np.zeros(self.arrivals.seconds + 1), replicas=np.zeros(self.arrivals.seconds + 1),
+                                  predicted_rps=np.zeros(self.arrivals.seconds + 1))
+        self.changes = _Reconfigurations()
+        self.interval = _Interval.fresh(profile.stages)
+        self.now = 0.0  # the simulated clock: where the run stands
         self.current: Decision | None = None
-        self.timeline: list[Decision] = []
-        self.changes = 0
-        self.interval_obs: list[list] = [[[], [], 0, 0] for _ in self.stages]  # sojourns, counts, drops, arrivals
-        self.e2e_window: list[np.ndarray] = []
         self.initial = initial
-        # The live adapter's control loop, with the same gating (a batch-wait change alone is
-        # not applied; hysteresis before giving capacity back). Not for Ray's autoscaler,
-        # which live runs inside Serve without varipipe's loop (controller_logic.build_loop).
-        self._now, self._step_in = 0.0, None
+        self.timeline: list[Decision] = []
+        self.applied = 0  # decisions applied after the first
         # A policy may run on a control period of its own (Ray's autoscaler: RayPolicy.control_period_s).
         self.period_s = float(getattr(policy, "control_period_s", None) or config.interval_s)
-        self.loop = None if hasattr(policy, "autoscaling_config") else ControlLoop(
-            policy, None, self._apply, observe=lambda: self._step_in[0], clock=lambda: self._now,
-            initial=initial, forecast=lambda _obs: self._step_in[1], verbose=False, log_size=1)
+        # The live adapter's control loop, with the same gating (a batch-wait change alone is not
+        # applied; hysteresis before giving capacity back); not for a policy that hands scaling to
+        # Ray's autoscaler, which live runs inside Serve without varipipe's loop.
+        self.loop = None if delegates_to_ray(policy) else ControlLoop(
+            policy, self._apply, initial=initial, verbose=False, log_size=1)
 
     def _make_stages(self) -> list[_Stage]:
         """Items per request multiply along the chain (the adapter's ``stage_loads``): a stage
         with fan-out ``f`` turns each upstream item into floor(f) items, plus one with
         probability frac(f), so the mean is ``f`` per upstream item."""
-        k = np.ones(self.n, dtype=np.int64)
+        n = self.arrivals.n
+        k = np.ones(n, dtype=np.int64)
         stages = []
         for i, name in enumerate(self.profile.stages):
             fan = float(self.profile.fanout.get(name, 1.0))
             if fan != 1.0:
                 per_item = math.floor(fan) + (self.rng.random(int(k.sum())) < fan - math.floor(fan))
-                k = np.bincount(np.repeat(np.arange(self.n), k), weights=per_item, minlength=self.n).astype(np.int64)
-            parent = np.arange(self.n, dtype=np.int64) if (k == 1).all() else np.repeat(np.arange(self.n), k)
+                k = np.bincount(np.repeat(np.arange(n), k), weights=per_item, minlength=n).astype(np.int64)
+            one_each = bool((k == 1).all())
+            parent = np.arange(n, dtype=np.int64) if one_each else np.repeat(np.arange(n), k)
             m = len(parent)
             # The serving overhead is added after the stages, so they must be done that much earlier.
-            deadline = self.arrivals[parent] + self.cfg.sla_s - self.cfg.overhead_s
-            stages.append(_Stage(name=name, index=i, parent=parent, deadline=deadline,
-                                 arr=np.full(m, np.nan), done=np.full(m, np.nan),
+            deadline = self.arrivals.times[parent] + self.cfg.sla_s - self.cfg.overhead_s
+            stages.append(_Stage(name=name, index=i, parent=parent, deadline_s=deadline,
+                                 entered_s=np.full(m, np.nan), done_s=np.full(m, np.nan),
                                  batch_of=np.full(m, -1, dtype=np.int64),
-                                 rng=np.random.default_rng([self.cfg.seed, i]), identity=bool((k == 1).all())))
+                                 noise=_Noise(np.random.default_rng([self.cfg.seed, i])), one_per_request=one_each))
         return stages
 
     # ---- configuration
@@ -460,205 +634,9 @@ class _Run:
         st.models.append(service_model(self.profile, st.name, sd.variant, sd.hardware, max(sd.batch, 1)))
         st.model, st.model_id = st.models[-1], len(st.models) - 1
 
-    def _apply_now(self, decision: Decision, t: float) -> None:
-        for st, sd in zip(self.stages, decision.stages, strict=True):
-            self._set_model(st, sd)
-            st.batch, st.wait = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
-            st.free = [t] * sd.replicas
-        self.current = decision
-
-    def _schedule(self, new: Decision, t: float) -> None:
-        """Queue the changes from the current decision to ``new`` with their delays; in shared
-        mode the CPU they burn meanwhile (model loads, replica starts) slows the running batches."""
-        for st, old, sd in zip(self.stages, self.current.stages, new.stages, strict=True):
-            if (old.variant, old.hardware) != (sd.variant, sd.hardware):
-                self._push(t + VARIANT_SWITCH_S, st.index, "model", sd)
-                self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas) * VARIANT_SWITCH_CPU_S)
-            elif (old.batch, old.batch_wait_s) != (sd.batch, sd.batch_wait_s):
-                self._push(t + BATCH_CHANGE_S, st.index, "batch", sd)
-            if sd.replicas > old.replicas:
-                self._push(t + REPLICA_ADD_S, st.index, "add", sd.replicas - old.replicas)
-                self._charge(t, REPLICA_ADD_S, (sd.replicas - old.replicas) * REPLICA_START_CPU_S)
-            elif sd.replicas < old.replicas:
-                self._push(t + REPLICA_REMOVE_S, st.index, "remove", old.replicas - sd.replicas)
-        self.current = new
-
-    def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
-        """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
-        if self.busy is not None and cpu_s > 0:
-            _add_busy(self.busy, t, t + seconds, cpu_s / seconds)
-
-    def _push(self, t: float, stage: int, kind: str, value: object) -> None:
-        heapq.heappush(self.events, (t, self.seq, stage, kind, value))
-        self.seq += 1
-
-    def _fire_events(self, t: float) -> None:
-        while self.events and self.events[0][0] <= t + 1e-12:
-            at, _, i, kind, value = heapq.heappop(self.events)
-            st = self.stages[i]
-            if kind in ("model", "batch"):
-                self._set_model(st, value)  # type: ignore[arg-type]
-                st.batch, st.wait = max(value.batch, 1), max(value.batch_wait_s, 0.0)  # type: ignore[attr-defined]
-            elif kind == "add":
-                for _ in range(int(value)):  # type: ignore[call-overload]
-                    heapq.heappush(st.free, at)
-            else:  # remove the replicas that free up first; in-flight batches finish
-                for _ in range(min(int(value), len(st.free))):  # type: ignore[call-overload]
-                    heapq.heappop(st.free)
-
-    def _provisioned(self) -> tuple[float, int]:
-        """Reserved cores and replicas, counting replicas that are starting or draining."""
-        cores, reps = 0.0, 0
-        pending = {}
-        for _, _, i, kind, value in self.events:
-            if kind in ("add", "remove"):
-                pending[i] = pending.get(i, 0) + (int(value) if kind == "add" else 0)
-        for st in self.stages:
-            r = len(st.free) + pending.get(st.index, 0)
-            cores += r * max(hardware_cores(st.model.hardware), 1.0)
-            reps += r
-        return cores, reps
-
-    # ---- segments
-
-    def _slowdown(self, t: float) -> float:
-        if self.busy is None:
-            return 1.0
-        i = int(t) - 1
-        return max(1.0, self.busy[i] / self.cfg.cluster_cores) if i >= 0 else 1.0
-
-    def _segment(self, t0: float, t1: float) -> None:
-        slow = self._slowdown(t0)
-        lo, hi = np.searchsorted(self.arrivals, [t0, t1], side="left")
-        ids = np.arange(lo, hi, dtype=np.int64)
-        times, reqs = self.arrivals[lo:hi], ids
-        for k, st in enumerate(self.stages):
-            times, reqs = self._feed(st, times, reqs, t1)
-            times, reqs = self._process(st, t1, slow, k)
-        if len(reqs):
-            self.req_done[reqs] = times
-            self.e2e_window.append(times - self.arrivals[reqs])
-        cores, reps = self._provisioned()
-        if self.cfg.cost_mode == "reserved":
-            _add_busy(self.cost, t0, t1, cores)
-        _add_busy(self.replica_s, t0, t1, reps)
-
-    def _feed(self, st: _Stage, times: np.ndarray, reqs: np.ndarray, t1: float) -> tuple[np.ndarray, np.ndarray]:
-        """Requests entering a stage become its items; requests with no items there pass through."""
-        if st.identity:
-            items = reqs
-            st.enqueue(times, items)
-            self.interval_obs[st.index][3] += len(items)
-            return np.empty(0), np.empty(0, np.int64)
-        lo = np.searchsorted(st.parent, reqs, side="left")
-        hi = np.searchsorted(st.parent, reqs, side="right")
-        k = hi - lo
-        items = np.repeat(lo, k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
-        st.enqueue(np.repeat(times, k), items.astype(np.int64))
-        self.interval_obs[st.index][3] += len(items)
-        skip = k == 0
-        return times[skip], reqs[skip]
-
-    def _process(self, st: _Stage, t1: float, slow: float, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if st.model is None:
-            return np.empty(0), np.empty(0, np.int64)
-        dropped_pos: list[int] = []
-        h0, firsts, sizes, bids = _run_stage(st, t1, slow, self.cfg.shed_late, self.busy, dropped_pos)
-        obs = self.interval_obs[st.index]
-        if dropped_pos:
-            d_items = st.q_ids[np.asarray(dropped_pos, dtype=np.int64)]
-            self.req_dropped[st.parent[d_items]] = True
-            obs[2] += len(d_items)
-            st.finished += len(d_items)  # shed when its batch would have formed: gone now
-        if not firsts:
-            return self._release(st, np.empty(0), np.empty(0, np.int64), t1)
-        pos = _expand(h0, firsts, sizes)
-        items = st.q_ids[h0:][pos]
-        ends = np.repeat(np.asarray(st.b_end[bids[0]: bids[-1] + 1], dtype=np.float64), sizes)
-        st.done[items] = ends
-        st.batch_of[items] = np.repeat(np.asarray(bids, dtype=np.int64), sizes)
-        obs[0].append(ends - st.arr[items])
-        return self._release(st, ends, items, t1)
-
-    def _release(self, st: _Stage, ends: np.ndarray, items: np.ndarray, t1: float) -> tuple[np.ndarray, np.ndarray]:
-        """Requests whose items at this stage are all done, that were not dropped, by done time."""
-        pend = st.pending
-        if len(items):
-            reqs = st.parent[items]
-            if not st.identity:  # fan-out: a request is done when its last item is
-                new_r, new_t = self._joined(st, reqs, ends)
-            else:
-                new_r, new_t = reqs, ends
-            keep = ~self.req_dropped[new_r]
-            new_r, new_t = new_r[keep], new_t[keep]
-            if pend is not None:
-                new_t = np.concatenate([pend[0], new_t])
-                new_r = np.concatenate([pend[1], new_r])
-        elif pend is not None:
-            new_t, new_r = pend
-        else:
-            return np.empty(0), np.empty(0, np.int64)
-        order = np.argsort(new_t, kind="stable")
-        new_t, new_r = new_t[order], new_r[order]
-        cut = int(np.searchsorted(new_t, t1, side="left"))
-        st.pending = (new_t[cut:], new_r[cut:]) if cut < len(new_t) else None
-        return new_t[:cut], new_r[:cut]
-
-    def _joined(self, st: _Stage, reqs: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if st.left is None or st.last is None:
-            st.left = np.bincount(st.parent, minlength=self.n)
-            st.last = np.zeros(self.n)
-        np.maximum.at(st.last, reqs, ends)
-        np.subtract.at(st.left, reqs, 1)
-        u = np.unique(reqs)
-        done = u[st.left[u] == 0]
-        return done, st.last[done]
-
-    # ---- control loop
-
-    def _observe(self, t: float) -> Observation:
-        iv = self.period_s
-        stages = []
-        drops = 0
-        for st, (soj, _, nd, na) in zip(self.stages, self.interval_obs, strict=True):
-            s = np.concatenate(soj) if soj else np.empty(0)
-            stages.append(StageObservation(
-                stage=st.name, arrival_rps=na / iv,
-                queue_length=float(st.in_system(t)),  # queued + in a running batch, now (as live reports it)
-                p99_latency_s=_p99(s) if len(s) else 0.0, drops=nd, replicas=len(st.free)))
-            drops += nd
-        e2e = np.concatenate(self.e2e_window) if self.e2e_window else np.empty(0)
-        self.interval_obs = [[[], [], 0, 0] for _ in self.stages]
-        self.e2e_window = []
-        lo = max(0, int(t) - HISTORY_WINDOW_S)
-        hist = self.counts[lo:int(t)].astype(np.float64)
-        arrived = float(self.counts[max(0, int(t - iv)):int(t)].sum()) / iv
-        return Observation(time_s=t, interval_s=iv, arrival_rps=arrived, stages=tuple(stages),
-                           e2e_p99_s=_p99(e2e) if len(e2e) else 0.0, drops=drops,
-                           history_rps=hist)
-
-    def _decide(self, t: float, first: bool) -> None:
-        obs = self._observe(t)
-        if first:  # warm start, the same for every policy: the first interval's mean load
-            iv = int(self.cfg.interval_s)
-            fc = Forecast(rps=float(self.counts[:max(iv, 1)].mean()), predictor="warm-start")
-        else:
-            fc = self.forecaster(t, obs.history_rps)
-        lo, hi = int(t), min(int(math.ceil(t + self.period_s)), len(self.pred))
-        self.pred[lo:hi] = fc.rps
-        self._now, self._step_in = t, (obs, fc)
-        if self.loop is None:  # Ray's own autoscaler: every decision applies, as Serve scales itself
-            new = self.policy.decide(obs, fc, self.current or self.initial or Decision(stages=()))
-            if self.current is None or not new.same_config(self.current):
-                self._apply(new)
-        else:
-            entry = self.loop.step()
-            if entry.action == "failed":
-                raise VaripipeError(f"policy {self.policy.name!r} at t={t:.0f} s: {entry.note}")
-            if self.current is None:  # the initial decision was kept: it goes in force now
-                assert self.loop.applied is not None
-                self._apply(self.loop.applied)
-        self.timeline.append(self.current)
+    def _configure(self, st: _Stage, sd: StageDecision) -> None:
+        self._set_model(st, sd)
+        st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:
         """The control loop's ``apply``: the first decision at once, later ones with their delays."""
@@ -666,64 +644,241 @@ class _Run:
             raise VaripipeError(f"policy {self.policy.name!r} returned stages {[s.stage for s in new.stages]}, "
                                 f"expected {list(self.profile.stages)}")
         if self.current is None:
-            self._apply_now(new, self._now)
+            for st, sd in zip(self.stages, new.stages, strict=True):
+                self._configure(st, sd)
+                st.replica_free_s = [self.now] * sd.replicas
         else:
-            self.changes += 1
-            self._schedule(new, self._now)
+            self.applied += 1
+            self._schedule(new, self.now)
+        self.current = new
+
+    def _schedule(self, new: Decision, t: float) -> None:
+        """Queue the changes from the current decision to ``new`` with their delays; in shared
+        mode the CPU they burn meanwhile (model loads, replica starts) slows the running batches."""
+        for st, old, sd in zip(self.stages, self.current.stages, new.stages, strict=True):
+            if (old.variant, old.hardware) != (sd.variant, sd.hardware):
+                self.changes.schedule(t + VARIANT_SWITCH_S, st.index, "model", decision=sd)
+                self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas) * VARIANT_SWITCH_CPU_S)
+            elif (old.batch, old.batch_wait_s) != (sd.batch, sd.batch_wait_s):
+                self.changes.schedule(t + BATCH_CHANGE_S, st.index, "batch", decision=sd)
+            if sd.replicas > old.replicas:
+                self.changes.schedule(t + REPLICA_ADD_S, st.index, "add", replicas=sd.replicas - old.replicas)
+                self._charge(t, REPLICA_ADD_S, (sd.replicas - old.replicas) * REPLICA_START_CPU_S)
+            elif sd.replicas < old.replicas:
+                self.changes.schedule(t + REPLICA_REMOVE_S, st.index, "remove", replicas=old.replicas - sd.replicas)
+
+    def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
+        """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
+        if self.accounts.busy is not None and cpu_s > 0:
+            _add_busy(self.accounts.busy, t, t + seconds, cpu_s / seconds)
+
+    def _take_effect(self, t: float) -> None:
+        for c in self.changes.due(t):
+            st = self.stages[c.stage]
+            if c.decision is not None:  # model or batch
+                self._configure(st, c.decision)
+            elif c.kind == "add":
+                for _ in range(c.replicas):
+                    heapq.heappush(st.replica_free_s, c.at_s)
+            else:  # remove the replicas that free up first; in-flight batches finish
+                for _ in range(min(c.replicas, len(st.replica_free_s))):
+                    heapq.heappop(st.replica_free_s)
+
+    def _provisioned(self) -> tuple[float, int]:
+        """Reserved cores (GPUs at their price) and replicas, counting replicas that are starting
+        (a removed replica is gone from the count at once: it only finishes its batch)."""
+        cores, reps = 0.0, 0
+        starting = self.changes.starting()
+        for st in self.stages:
+            r = len(st.replica_free_s) + starting.get(st.index, 0)
+            cores += r * replica_price(st.model.hardware)
+            reps += r
+        return cores, reps
+
+    # ---- segments
+
+    def _slowdown(self, t: float) -> float:
+        busy = self.accounts.busy
+        if busy is None:
+            return 1.0
+        i = int(t) - 1
+        return max(1.0, busy[i] / self.cfg.cluster_cores) if i >= 0 else 1.0
+
+    def _segment(self, t0: float, t1: float) -> None:
+        """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
+        slow = self._slowdown(t0)
+        lo, hi = np.searchsorted(self.arrivals.times, [t0, t1], side="left")
+        times, reqs = self.arrivals.times[lo:hi], np.arange(lo, hi, dtype=np.int64)
+        for st in self.stages:
+            times, reqs = self._feed(st, times, reqs)
+            times, reqs = self._process(st, t1, slow)
+            if st.departures.chunks:
+                st.departures.until(t1, self.interval.stages[st.name])
+        if len(reqs):
+            self.outcome.done_s[reqs] = times
+            self.interval.e2e.append(times - self.arrivals.times[reqs])
+        cores, reps = self._provisioned()
+        if self.cfg.cost_mode == "reserved":
+            _add_busy(self.accounts.reserved, t0, t1, cores)
+        _add_busy(self.accounts.replicas, t0, t1, reps)
+
+    def _feed(self, st: _Stage, times: np.ndarray, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Requests entering a stage become its items; requests with no items there pass through.
+        Items are counted once, as they enter."""
+        counters = self.interval.stages[st.name]
+        if st.one_per_request:
+            st.enter(times, reqs)
+            counters.entered += len(reqs)
+            return np.empty(0), np.empty(0, np.int64)
+        lo = np.searchsorted(st.parent, reqs, side="left")
+        hi = np.searchsorted(st.parent, reqs, side="right")
+        k = hi - lo
+        items = np.repeat(lo, k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
+        st.enter(np.repeat(times, k), items.astype(np.int64))
+        counters.entered += len(items)
+        skip = k == 0
+        return times[skip], reqs[skip]
+
+    def _process(self, st: _Stage, t1: float, slow: float) -> tuple[np.ndarray, np.ndarray]:
+        """Run the stage's batches up to ``t1``; the requests done here that are due downstream."""
+        if st.model is None:
+            return np.empty(0), np.empty(0, np.int64)
+        shed_pos: list[int] = []
+        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, self.accounts.busy, shed_pos)
+        counters = self.interval.stages[st.name]
+        if shed_pos:
+            shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)]
+            self.outcome.dropped[st.parent[shed]] = True
+            counters.drops += len(shed)
+            st.occupancy.finished += len(shed)  # shed when its batch would have formed: gone now
+        if not firsts:
+            return self._release(st, np.empty(0), np.empty(0, np.int64), t1)
+        items = st.queue.items[h0:][_expand(h0, firsts, sizes)]
+        ends = np.repeat(np.asarray(st.batch_end_s[bids[0]: bids[-1] + 1], dtype=np.float64), sizes)
+        st.done_s[items] = ends
+        st.batch_of[items] = np.repeat(np.asarray(bids, dtype=np.int64), sizes)
+        st.departures.chunks.append((ends, ends - st.entered_s[items]))
+        return self._release(st, ends, items, t1)
+
+    def _release(self, st: _Stage, ends: np.ndarray, items: np.ndarray, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        """Requests whose items at this stage are all done, that were not dropped, by done time;
+        those due after ``t1`` wait in the stage's outbox."""
+        waiting = st.outbox
+        if len(items):
+            reqs = st.parent[items]
+            if st.one_per_request:
+                new_r, new_t = reqs, ends
+            else:
+                if st.fan_in is None:
+                    st.fan_in = _FanIn(np.bincount(st.parent, minlength=self.arrivals.n), np.zeros(self.arrivals.n))
+                new_r, new_t = st.fan_in.done(reqs, ends)
+            keep = ~self.outcome.dropped[new_r]
+            new_r, new_t = new_r[keep], new_t[keep]
+            if waiting is not None:
+                new_t = np.concatenate([waiting[0], new_t])
+                new_r = np.concatenate([waiting[1], new_r])
+        elif waiting is not None:
+            new_t, new_r = waiting
+        else:
+            return np.empty(0), np.empty(0, np.int64)
+        order = np.argsort(new_t, kind="stable")
+        new_t, new_r = new_t[order], new_r[order]
+        cut = int(np.searchsorted(new_t, t1, side="left"))
+        st.outbox = (new_t[cut:], new_r[cut:]) if cut < len(new_t) else None
+        return new_t[:cut], new_r[:cut]
+
+    # ---- control
+
+    def _observe(self, t: float) -> Observation:
+        iv = self.period_s
+        state = {st.name: StageState(st.occupancy.now(t), len(st.replica_free_s)) for st in self.stages}
+        interval, self.interval = self.interval, _Interval.fresh(self.profile.stages)
+        e2e = np.concatenate(interval.e2e) if interval.e2e else np.empty(0)
+        lo = max(0, int(t) - HISTORY_S)
+        return observe(t, iv, int(self.arrivals.per_second[max(0, int(t - iv)):int(t)].sum()), interval.stages, state, e2e,
+                       history_rps=self.arrivals.per_second[lo:int(t)].astype(np.float64))
+
+    def _decide(self, t: float, first: bool) -> None:
+        obs = self._observe(t)
+        if first:  # warm start, the same for every policy: the first interval's mean load
+            iv = int(self.cfg.interval_s)
+            fc = Forecast(rps=float(self.arrivals.per_second[:max(iv, 1)].mean()), predictor="warm-start")
+        else:
+            fc = self.forecaster(t, obs.history_rps)
+        lo, hi = int(t), min(int(math.ceil(t + self.period_s)), len(self.accounts.predicted_rps))
+        self.accounts.predicted_rps[lo:hi] = fc.rps
+        if self.loop is None:  # Ray's own autoscaler: every decision applies, as Serve scales itself
+            new = self.policy.decide(obs, fc, self.current or self.initial or Decision(stages=()))
+            if self.current is None or not new.same_config(self.current):
+                self._apply(new)
+        else:
+            entry = self.loop.step(obs, fc)
+            if entry.action == "failed":
+                raise VaripipeError(f"policy {self.policy.name!r} at t={t:.0f} s: {entry.note}")
+            if self.current is None:  # the initial decision was kept: it goes in force now
+                assert self.loop.applied is not None
+                self._apply(self.loop.applied)
+        self.timeline.append(self.current)
 
     def run(self) -> None:
-        t, iv = 0.0, self.period_s
-        end = float(self.seconds - 1)
+        iv = self.period_s
+        end = float(self.arrivals.seconds - 1)
         next_decision = 0.0
-        slice_s = SHARED_SLICE_S if self.busy is not None else iv
-        while t < end:
+        slice_s = SHARED_SLICE_S if self.accounts.busy is not None else iv
+        while self.now < end:
+            t = self.now
             if t >= next_decision - 1e-9:
                 self._decide(t, first=next_decision == 0.0)
                 next_decision += iv
-            self._fire_events(t)
+            self._take_effect(t)
             nxt = min(next_decision, math.floor(t / slice_s + 1e-9) * slice_s + slice_s, end)
-            if self.events:
-                nxt = min(nxt, self.events[0][0])
+            if self.changes:
+                nxt = min(nxt, self.changes.next_at())
             self._segment(t, nxt)
-            t = nxt
-            if t >= self.horizon and not self._busy_left():
+            self.now = nxt
+            if nxt >= self.arrivals.horizon_s and not self._busy_left():
                 break
-        self.end_s = t
 
     def _busy_left(self) -> bool:
-        return any(st.queued or st.pending is not None for st in self.stages)
+        return any(len(st.queue) or st.outbox is not None for st in self.stages)
 
 
 # --------------------------------------------------------------------------- results
 
 
 def _accuracy(run: _Run) -> np.ndarray:
-    acc = np.ones(run.n)
+    acc = np.ones(run.arrivals.n)
     for st in run.stages:
         ok = st.batch_of >= 0
         item_acc = np.full(len(st.parent), np.nan)
         model_acc = np.array([m.accuracy for m in st.models] or [np.nan])
         if ok.any():
-            item_acc[ok] = model_acc[np.asarray(st.b_model, dtype=np.int64)[st.batch_of[ok]]]
-        if st.identity:
+            item_acc[ok] = model_acc[np.asarray(st.batch_model, dtype=np.int64)[st.batch_of[ok]]]
+        if st.one_per_request:
             acc *= np.nan_to_num(item_acc, nan=1.0)
         else:
-            worst = np.ones(run.n)
+            worst = np.ones(run.arrivals.n)
             np.minimum.at(worst, st.parent, np.nan_to_num(item_acc, nan=1.0))
             acc *= worst
-    acc[np.isnan(run.req_done)] = np.nan
+    acc[np.isnan(run.outcome.done_s)] = np.nan
     return acc
 
 
+def _cost_series(run: _Run) -> np.ndarray:
+    """Cores reserved (reserved mode), or CPU-seconds per second used, at most the host's (shared)."""
+    busy = run.accounts.busy
+    return run.accounts.reserved if busy is None else np.minimum(busy, run.cfg.cluster_cores)
+
+
 def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray) -> SimSeries:
-    n_sec = max(int(run.horizon), 1)
-    sec = np.minimum(run.arrivals.astype(np.int64), n_sec - 1)
+    n_sec = max(int(run.arrivals.horizon_s), 1)
+    sec = np.minimum(run.arrivals.times.astype(np.int64), n_sec - 1)
     done = ~np.isnan(latency)
-    cost = run.cost if run.busy is None else np.minimum(run.busy, run.cfg.cluster_cores)
+    cost = _cost_series(run)
     iv = max(int(run.cfg.interval_s), 1)
     p99 = np.full(n_sec, np.nan)
     for lo in range(0, n_sec, iv):
-        a, b = np.searchsorted(run.arrivals, [lo, lo + iv])
+        a, b = np.searchsorted(run.arrivals.times, [lo, lo + iv])
         lat = latency[a:b][done[a:b]]
         if len(lat):
             p99[lo:lo + iv] = np.percentile(lat, 99)
@@ -732,35 +887,29 @@ def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray)
         dropped=np.bincount(sec, weights=~done, minlength=n_sec),
         accuracy_sum=np.bincount(sec[done], weights=acc[done], minlength=n_sec),
         completed=np.bincount(sec, weights=done, minlength=n_sec), cost=cost[:n_sec],
-        predicted_rps=run.pred[:n_sec], replicas=run.replica_s[:n_sec], p99_latency_s=p99)
+        predicted_rps=run.accounts.predicted_rps[:n_sec], replicas=run.accounts.replicas[:n_sec],
+        p99_latency_s=p99)
 
 
 def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
-    run.req_dropped |= np.isnan(run.req_done)
-    run.req_done[run.req_dropped] = np.nan
-    run.req_done += run.cfg.overhead_s
-    latency = run.req_done - run.arrivals
-    done = ~np.isnan(latency)
-    within = done & (latency <= run.cfg.sla_s)
+    run.outcome.dropped |= np.isnan(run.outcome.done_s)
+    run.outcome.done_s[run.outcome.dropped] = np.nan
+    run.outcome.done_s += run.cfg.overhead_s
+    latency = run.outcome.done_s - run.arrivals.times
+    within = ~np.isnan(latency) & (latency <= run.cfg.sla_s)
     acc = _accuracy(run)
     series = _series(run, latency, within, acc)
-    span = max(run.horizon, 1e-9)
-    cost = run.cost if run.busy is None else np.minimum(run.busy, run.cfg.cluster_cores)
+    span = max(run.arrivals.horizon_s, 1e-9)
+    cost = _cost_series(run)
     table = None
     if keep_table:
-        table = RequestTable(run.arrivals, run.req_done, run.req_dropped, acc, tuple(s.name for s in run.stages),
-                             tuple(s.parent for s in run.stages), tuple(s.arr for s in run.stages),
-                             tuple(s.done for s in run.stages), tuple(s.batch_of for s in run.stages))
-    return SimResult(
-        policy=run.policy.name, requests=run.n, completed=int(done.sum()), dropped=int((~done).sum()),
-        sla_attainment=float(within.sum() / run.n) if run.n else 1.0,
-        p99_latency_s=float(np.percentile(latency[done], 99)) if done.any() else float("nan"),
-        mean_latency_s=float(latency[done].mean()) if done.any() else float("nan"),
-        mean_accuracy=float(np.nanmean(acc)) if done.any() else float("nan"),
-        mean_cost=float(cost[: int(span) or 1].mean()),
-        cost_unit="reserved cores" if run.cfg.cost_mode == "reserved" else "CPU-seconds per second",
-        decisions=run.changes, duration_s=run.horizon, sla_s=run.cfg.sla_s, cost_mode=run.cfg.cost_mode,
-        series=series, timeline=tuple(run.timeline), table=table, wall_s=wall_s)
+        table = RequestTable(run.arrivals.times, run.outcome.done_s, run.outcome.dropped, acc, tuple(s.name for s in run.stages),
+                             tuple(s.parent for s in run.stages), tuple(s.entered_s for s in run.stages),
+                             tuple(s.done_s for s in run.stages), tuple(s.batch_of for s in run.stages))
+    metrics = RunMetrics.measure(latency, run.cfg.sla_s, acc, cost[: int(span) or 1], run.cfg.cost_mode, run.applied)
+    return SimResult(**metrics, policy=run.policy.name, duration_s=run.arrivals.horizon_s, sla_s=run.cfg.sla_s,
+                     cost_mode=run.cfg.cost_mode, series=series, timeline=tuple(run.timeline), table=table,
+                     wall_s=wall_s)
 
 
 def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: Policy, forecaster: Forecaster,
@@ -775,6 +924,6 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
 
     started = time.perf_counter()
     run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial)
-    if run.n:
+    if run.arrivals.n:
         run.run()
     return _result(run, time.perf_counter() - started, keep_table)

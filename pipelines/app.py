@@ -39,12 +39,27 @@ TOKEN_ENV = "VARIPIPE_TOKEN"
 LIGHT_NUM_CPUS = 0.1
 
 
+def _running_replicas(app_name: str, spec):
+    """Each stage's RUNNING replicas, as Serve's status reports them (what the simulator's
+    stages serve with: a replica starting or gone does not count)."""
+
+    def count() -> dict[str, int]:
+        app_status = serve.status().applications.get(app_name)
+        deployments = app_status.deployments if app_status is not None else {}
+        return {s: deployments[d].replica_states.get("RUNNING", 0) if d in deployments else 0
+                for s, d in ((s, stage_deployment_name(s)) for s in spec.stage_names)}
+
+    return count
+
+
 @serve.deployment(ray_actor_options={"num_cpus": LIGHT_NUM_CPUS})
 class Controller:
     """Aggregates metrics, holds the current decision, runs the control loop."""
 
     def __init__(self, args: dict[str, Any]) -> None:
-        self.state = ControllerState(AppOptions.from_args(args), clock=time.time)
+        opts = AppOptions.from_args(args)
+        self.state = ControllerState(opts, clock=time.time,
+                                     running_replicas=_running_replicas(opts.app_name, find_spec(opts.pipeline)))
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.state.set_decision_config(user_config)
@@ -54,6 +69,9 @@ class Controller:
 
     async def record_arrivals(self, times: list[float]) -> None:
         self.state.metrics.add_arrivals(times)
+
+    async def record_stage_events(self, events: list) -> None:
+        self.state.metrics.add_stage_events(events)
 
     async def record_batches(self, records: list) -> None:
         self.state.metrics.add_batches(records)

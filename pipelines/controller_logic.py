@@ -10,19 +10,20 @@ and, when a policy is configured, runs the adapter's control loop on it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from varipipe.errors import ReconfigurationError
-from varipipe.pipelines.metrics import MetricsAggregator, merge_observations
+from varipipe.pipelines.metrics import MetricsAggregator
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, Observation
 from varipipe.spec import find_spec
 
-__all__ = ["ControllerState", "HISTORY_LEN"]
+__all__ = ["ControllerState", "HISTORY_LEN", "build_policy", "build_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,13 @@ WINDOW_S = 1.0
 
 
 class ControllerState:
-    def __init__(self, opts: AppOptions, clock: Callable[[], float], start_thread: bool = True) -> None:
+    def __init__(self, opts: AppOptions, clock: Callable[[], float], start_thread: bool = True,
+                 running_replicas: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """``running_replicas()``: each stage's running replicas now (live: Serve's status);
+        without it, the replicas of the decision in force."""
         self.opts = opts
         self.clock = clock
+        self._running_replicas = running_replicas
         self.spec = find_spec(opts.pipeline)
         self.sla_s = opts.sla_s or self.spec.sla.latency_s
         self.started = clock()  # a new value means a new controller: the dashboard knows history restarted
@@ -52,9 +57,10 @@ class ControllerState:
         self.points: deque[dict[str, Any]] = deque(maxlen=HISTORY_LEN)  # what /api/history serves
         self.lock = threading.RLock()
         self.loop = None  # the adapter's control loop, when a policy is configured
+        self.poller = None  # what observes and steps it every interval
         self.loop_error = ""
-        self._ticks = 0  # windows closed so far
-        self._loop_cursor = 0  # windows already handed to the loop
+        self._last_replicas: dict[str, int] = {}
+        self._replicas_read_at = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_threads = start_thread
@@ -85,14 +91,14 @@ class ControllerState:
     # --- the adapter --------------------------------------------------------------
     def _start_loop(self, initial: Decision) -> None:
         try:
-            self.loop = build_loop(self.opts, self.spec, self.sla_s, initial, self._apply, self._observe_interval,
-                                   self.clock)
+            self.poller = build_loop(self.opts, self.spec, initial, self._apply, self._observe_interval, self.clock)
         except Exception as e:  # noqa: BLE001 - a bad policy/profile must not stop serving
             self.loop_error = f"adapter not started: {type(e).__name__}: {e}"
             log.error(self.loop_error)
             return
-        if self.loop is None:
+        if self.poller is None:
             return
+        self.loop = self.poller.loop
         if self._start_threads:
             threading.Thread(target=self._run_loop, name="varipipe-adapter", daemon=True).start()
 
@@ -101,20 +107,15 @@ class ControllerState:
             self.loop_step()
 
     def loop_step(self):
-        entry = self.loop.step()
+        entry = self.poller.poll()
         if entry.action == "failed":
             self.metrics.loop_error()
         return entry
 
     def _observe_interval(self) -> Observation:
+        replicas = self._replicas()
         with self.lock:
-            new = self._ticks - self._loop_cursor
-            self._loop_cursor = self._ticks
-            windows = list(self.history)[-new:] if new > 0 else []
-            history = self.metrics.history_rps(self.clock())
-        if not windows:
-            raise RuntimeError("no metrics window closed since the last step")
-        return merge_observations(windows, history)
+            return self.metrics.observe_interval(self.clock(), replicas)
 
     def _apply(self, decision: Decision) -> None:
         from varipipe.pipelines.applier import ServeApplier
@@ -193,13 +194,29 @@ class ControllerState:
 
     # --- periodic work ------------------------------------------------------------
     def tick(self) -> Observation:
-        """Close the current metrics window (called every WINDOW_S)."""
+        """Close the current metrics window (called every WINDOW_S). Serve's status is asked for
+        the running replicas once an adapter interval, not every window (and at each loop step)."""
+        replicas = self._replicas(refresh=False)
         with self.lock:
-            obs = self.metrics.observe(self.clock())
+            obs = self.metrics.observe(self.clock(), replicas)
             self.history.append(obs)
             self.points.append(self._point(obs))
-            self._ticks += 1
         return obs
+
+    def _replicas(self, refresh: bool = True) -> Mapping[str, int]:
+        """Each stage's running replicas (``running_replicas()``; without it, the decision's);
+        ``refresh=False``: the counts last read, unless they are an adapter interval old."""
+        if self._running_replicas is None:
+            d = self.decision
+            return {s.stage: s.replicas for s in d.stages} if d is not None else {}
+        now = self.clock()
+        if refresh or now - self._replicas_read_at >= self.opts.interval_s:
+            self._replicas_read_at = now
+            try:
+                self._last_replicas = dict(self._running_replicas())
+            except Exception as e:  # noqa: BLE001 - a status call that fails keeps the last counts
+                log.warning("could not read the running replicas: %s", e)
+        return self._last_replicas
 
     def _point(self, obs: Observation) -> dict[str, Any]:
         """One history point: load, latency, SLA and the configuration in force."""
@@ -210,7 +227,7 @@ class ControllerState:
             "t": round(obs.time_s, 3), "interval_s": round(obs.interval_s, 3),
             "arrival_rps": round(obs.arrival_rps, 3), "predicted_rps": forecast,
             "completed": w.completed if w else 0, "within_sla": w.within_sla if w else 0,
-            "errors": w.errors if w else 0, "drops": obs.drops,
+            "errors": w.errors if w else 0, "drops": w.drops if w else 0,
             "e2e_p50_s": round(w.e2e_p50_s, 4) if w else 0.0, "e2e_p99_s": round(obs.e2e_p99_s, 4),
             "generation": self.generation,
             "stages": [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas}
@@ -236,27 +253,35 @@ class ControllerState:
         self._stop.set()
 
 
-def build_loop(opts: AppOptions, spec, sla_s: float, initial: Decision, apply, observe, clock):
-    """The adapter's ControlLoop for ``opts.policy``; None for ``ray`` (Ray Serve scales itself)."""
-    from pathlib import Path
-
-    from varipipe.adapter.loop import ControlLoop, FileDecisionStore
-    from varipipe.adapter.policies import make_policy
-    from varipipe.adapter.policy import PolicyContext
-    from varipipe.adapter.predictors import make_predictor
+def build_policy(opts: AppOptions, spec):
+    """The live policy of ``opts``: its context from the one factory the simulator uses
+    (``adapter.policy.policy_context``), on the profile ``opts`` names or the shipped one."""
+    from varipipe.adapter.policies import make_policy, policy_options
+    from varipipe.adapter.policy import policy_context
     from varipipe.profiler.store import default_profile_path, load_profile
-    from varipipe.records import SLA
 
     profile = load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
-    ctx = PolicyContext(spec, profile, SLA(sla_s), opts.cost_mode, opts.cluster_cores, opts.max_replicas,
-                        opts.interval_s)
-    policy = make_policy(opts.policy, ctx, **opts.policy_options)
-    if hasattr(policy, "autoscaling_config"):
+    return make_policy(opts.policy, policy_context(spec, profile, opts), **policy_options(opts.policy,
+                                                                                         opts.policy_options))
+
+
+def build_loop(opts: AppOptions, spec, initial: Decision, apply, observe, clock):
+    """The adapter's ControlLoop for ``opts.policy`` and its Poller; None for a policy that hands
+    scaling to Ray Serve's autoscaler (Serve scales the stages itself)."""
+    from pathlib import Path
+
+    from varipipe.adapter.loop import ControlLoop, FileDecisionStore, Poller
+    from varipipe.adapter.policy import delegates_to_ray
+    from varipipe.adapter.predictors import make_predictor
+
+    policy = build_policy(opts, spec)
+    if delegates_to_ray(policy):
         log.info("policy %s: Ray Serve's own autoscaler scales the stages; no varipipe loop", opts.policy)
         return None
     store = FileDecisionStore(Path(opts.state_file)) if opts.state_file else None
-    return ControlLoop(policy, make_predictor(opts.predictor), apply=apply, observe=observe, clock=clock,
-                       store=store, initial=initial, dry_run=opts.dry_run, pins=opts.pins)
+    loop = ControlLoop(policy, apply, clock=clock, store=store, initial=initial, dry_run=opts.dry_run,
+                       pins=opts.pins)
+    return Poller(loop, observe, make_predictor(opts.predictor), clock)
 
 
 def _summary(d: Decision | None) -> str:

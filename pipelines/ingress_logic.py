@@ -26,7 +26,7 @@ from ray.exceptions import RayActorError
 from varipipe.errors import BadInputError
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.images import MAX_BYTES, decode_image
-from varipipe.pipelines.metrics import RequestRecord, StageTiming
+from varipipe.pipelines.metrics import RequestRecord, StageEntry, StageExit, StageTiming
 from varipipe.pipelines.variant import Payload
 from varipipe.records import PipelineSpec
 
@@ -191,6 +191,9 @@ class IngressCore:
         # Arrivals are counted when requests arrive, not when they are answered: under
         # overload answers lag, and the adapter must see the load, not the throughput.
         self._arrivals = Flusher(lambda times: controller.record_arrivals.remote(times))
+        # Each request entering and leaving each stage, as this handle sees it: the stage's
+        # arrivals (counted once, on entry) and its queue (sent and not back) for the adapter.
+        self._stage_events = Flusher(lambda events: controller.record_stage_events.remote(events))
         self.started = time.time()
 
     def authorized(self, request: Request) -> bool:
@@ -220,13 +223,20 @@ class IngressCore:
         timings = []
         for stage in self.spec.stage_names:
             s0 = time.perf_counter()
+            self._stage_events.add(StageEntry(stage, time.time()))
             try:
                 payload = await self.stages[stage].remote(payload)
             except RayActorError as e:  # the replica died with this request inside (Serve replaces it)
                 log.warning("stage %s: replica lost request %s: %s", stage, payload.request_id, e)
+                self._stage_events.add(StageExit(stage, time.time(), time.perf_counter() - s0, lost=True))
                 self._record(arrival, time.perf_counter() - t0, 503, tuple(timings))
                 return 503, {"error": f"stage {stage!r}: the replica serving this request died "
                                       f"({type(e).__name__}); a replacement is starting, retry", "stage": stage}
+            except BaseException:  # any other failure (or a cancelled request) also leaves the stage
+                self._stage_events.add(StageExit(stage, time.time(), time.perf_counter() - s0, lost=True))
+                raise
+            self._stage_events.add(StageExit(stage, time.time(), time.perf_counter() - s0,
+                                             dropped=payload.dropped_at == stage))
             if payload.dropped_at:
                 latency = time.perf_counter() - t0
                 self._record(arrival, latency, 504, tuple(timings), payload.dropped_at)

@@ -3,30 +3,35 @@
 Ingress and stage replicas buffer small typed records and push them here about
 once a second; this class turns them into Prometheus metrics (its own
 registry: metrics inside separate replica processes are scraped by nobody,
-DESIGN §4) and into the per-interval ``Observation`` the control loop reads.
-Pure apart from prometheus-client; time comes in as an argument.
+DESIGN §4) and into the per-interval ``Observation`` the control loop reads,
+built by the simulator's function (``varipipe.observation.observe``) from the
+same counts: the ingress reports each request entering and leaving each stage
+(:class:`StageEntry`, :class:`StageExit`), so a stage's arrivals are counted
+once, when they enter, and its queue is what the ingress's Serve handle counts
+(requests sent to the stage and not yet back). A stage deployment takes one
+call per request: a request is one item at every stage, the unit in which the
+profiler states every shipped stage's throughput (``Profile.fanout`` = 1,
+``profiler/run.py``). Pure apart from prometheus-client; time comes in as an argument.
 """
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from varipipe.records import Decision, Observation, StageObservation
+from varipipe.observation import HISTORY_S, StageCounters, StageState, observe, percentile
+from varipipe.records import Decision, Observation
 
-__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "WindowStats", "MetricsAggregator", "merge_observations",
-           "percentile"]
+__all__ = ["RequestRecord", "BatchRecord", "StageTiming", "StageEntry", "StageExit", "WindowStats",
+           "MetricsAggregator", "percentile"]
 
 # Latency buckets (s): 5 ms .. 60 s, roughly x2 apart, covering an identity stage
 # (~1 ms) to a full LLM caption on two cores (seconds).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Per-second arrival history kept for predictors: IPA's LSTM looks at 10 minutes.
-HISTORY_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -59,13 +64,26 @@ class BatchRecord:
     time: float
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+@dataclass(frozen=True)
+class StageEntry:
+    """A request sent to a stage by the ingress (``items`` of it: 1, one call per request)."""
+
+    stage: str
+    time: float
+    items: int = 1
+
+
+@dataclass(frozen=True)
+class StageExit:
+    """A request back from a stage: done after ``latency_s`` there (queue + batch + transfer),
+    shed by it (``dropped``), or lost with a replica that died (``lost``)."""
+
+    stage: str
+    time: float
+    latency_s: float
+    items: int = 1
+    dropped: bool = False
+    lost: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,13 +103,11 @@ class WindowStats:
 
 @dataclass
 class _Window:
+    stages: dict[str, StageCounters]
     arrivals: int = 0
-    drops: int = 0
+    drops: int = 0  # requests answered as dropped (a stage shed them)
     errors: int = 0
     e2e: list[float] = field(default_factory=list)
-    stage_latency: dict[str, list[float]] = field(default_factory=dict)
-    stage_count: dict[str, int] = field(default_factory=dict)
-    stage_drops: dict[str, int] = field(default_factory=dict)
 
 
 class MetricsAggregator:
@@ -102,9 +118,12 @@ class MetricsAggregator:
         self.stages = tuple(stages)
         self.sla_s = sla_s
         self.registry = CollectorRegistry()
-        self._window = _Window()
-        self._window_start = start_time
-        self._per_second: dict[int, int] = {}  # whole second -> arrivals, the last HISTORY_SECONDS
+        self._window = self._new_window()  # the dashboard's window, closed every second or so
+        self._interval = self._new_window()  # the control loop's, closed at each of its steps
+        self._window_start = self._interval_start = start_time
+        self._first_second = int(start_time)  # history starts here: no arrival is an observation too
+        self._in_stage = dict.fromkeys(self.stages, 0)  # items sent to each stage and not back yet
+        self._per_second: dict[int, int] = {}  # whole second -> arrivals, the last HISTORY_S
         self.total_requests = 0
         self.batch_sizes: dict[str, deque[int]] = {s: deque(maxlen=1000) for s in self.stages}
         self.last_window: WindowStats | None = None
@@ -139,37 +158,55 @@ class MetricsAggregator:
     # --- ingestion -------------------------------------------------------------
     def add_requests(self, records: Iterable[RequestRecord]) -> None:
         p = self.pipeline
-        w = self._window
         for rec in records:
             self.total_requests += 1
             self.m_requests.labels(p, str(rec.status)).inc()
             ok = rec.status == 200
             if ok:
                 self.m_e2e.labels(p).observe(rec.latency_s)
-                w.e2e.append(rec.latency_s)
             if not ok or rec.latency_s > self.sla_s:
                 self.m_sla.labels(p).inc()
-            if not ok and not rec.dropped_at:
-                w.errors += 1
-            if rec.dropped_at:
-                w.drops += 1
-                w.stage_drops[rec.dropped_at] = w.stage_drops.get(rec.dropped_at, 0) + 1
-                self.m_drops.labels(p, rec.dropped_at).inc()
-            for st in rec.stages:
-                self.m_stage_requests.labels(p, st.stage).inc()
-                self.m_stage_latency.labels(p, st.stage).observe(st.seconds)
-                w.stage_latency.setdefault(st.stage, []).append(st.seconds)
-                w.stage_count[st.stage] = w.stage_count.get(st.stage, 0) + 1
+            for w in (self._window, self._interval):
+                if ok:
+                    w.e2e.append(rec.latency_s)
+                if not ok and not rec.dropped_at:
+                    w.errors += 1
+                if rec.dropped_at:
+                    w.drops += 1
+
+    def add_stage_events(self, events: Iterable[StageEntry | StageExit]) -> None:
+        """Requests entering and leaving stages, in the order the ingress saw them."""
+        p = self.pipeline
+        for e in events:
+            if e.stage not in self._in_stage:
+                continue  # not a stage of this pipeline
+            both = (self._window.stages[e.stage], self._interval.stages[e.stage])
+            if isinstance(e, StageEntry):
+                self._in_stage[e.stage] += e.items
+                for counters in both:
+                    counters.entered += e.items
+                continue
+            self._in_stage[e.stage] -= e.items
+            if e.dropped or e.lost:
+                self.m_drops.labels(p, e.stage).inc(e.items)
+                for counters in both:
+                    counters.drops += e.items
+            else:
+                self.m_stage_requests.labels(p, e.stage).inc(e.items)
+                self.m_stage_latency.labels(p, e.stage).observe(e.latency_s)
+                for counters in both:
+                    counters.left_one(e.latency_s)
 
     def add_arrivals(self, times: Iterable[float]) -> None:
         """Requests as they *arrive* at the ingress (answers come later, or never)."""
         for t in times:
             sec = int(t)
             self._window.arrivals += 1
+            self._interval.arrivals += 1
             self._per_second[sec] = self._per_second.get(sec, 0) + 1
-        if len(self._per_second) > 2 * HISTORY_SECONDS:
+        if len(self._per_second) > 2 * HISTORY_S:
             newest = max(self._per_second)
-            self._per_second = {k: v for k, v in self._per_second.items() if k > newest - HISTORY_SECONDS}
+            self._per_second = {k: v for k, v in self._per_second.items() if k > newest - HISTORY_S}
 
     def add_batches(self, records: Iterable[BatchRecord]) -> None:
         for rec in records:
@@ -196,73 +233,43 @@ class MetricsAggregator:
 
     # --- reading ---------------------------------------------------------------
     def history_rps(self, now: float) -> list[float]:
-        """Arrivals per whole second up to (not including) the current second."""
+        """Arrivals per whole second since this aggregator started, the last ``HISTORY_S`` at
+        most, up to (not including) the current second: as the simulator's observations carry."""
         current = int(now)
         counts = self._per_second
-        start = max(current - HISTORY_SECONDS, min(counts, default=current))
+        start = max(current - HISTORY_S, self._first_second)
         return [float(counts.get(s, 0)) for s in range(start, current)]
 
-    def observe(self, now: float) -> Observation:
-        """Summarise the interval since the last call and start a new one."""
-        w, interval = self._window, max(1e-9, now - self._window_start)
-        stages = tuple(
-            StageObservation(
-                stage=s,
-                arrival_rps=w.stage_count.get(s, 0) / interval,
-                p99_latency_s=percentile(w.stage_latency.get(s, []), 99),
-                drops=w.stage_drops.get(s, 0),
-            )
-            for s in self.stages
-        )
-        obs = Observation(
-            time_s=now,
-            interval_s=interval,
-            arrival_rps=w.arrivals / interval,
-            stages=stages,
-            e2e_p99_s=percentile(w.e2e, 99),
-            drops=w.drops,
-            # No per-second history here: windows are kept by the thousand, and the loop
-            # asks history_rps() once per step (merge_observations).
-        )
+    def observe(self, now: float, replicas: Mapping[str, int] | None = None) -> Observation:
+        """Close the dashboard's window (since the last call) and start a new one; ``replicas``:
+        each stage's running replicas now (Serve's status). No per-second history: windows are
+        kept by the thousand for ``/api/history``."""
+        w = self._window
+        obs = self._observation(w, self._window_start, now, replicas, ())
         self.last_window = WindowStats(
-            time=now, interval_s=interval, arrivals=w.arrivals, completed=len(w.e2e),
+            time=now, interval_s=obs.interval_s, arrivals=w.arrivals, completed=len(w.e2e),
             within_sla=sum(1 for x in w.e2e if x <= self.sla_s), errors=w.errors, drops=w.drops,
             e2e_p50_s=percentile(w.e2e, 50), e2e_p99_s=obs.e2e_p99_s,
         )
-        self._window = _Window()
-        self._window_start = now
+        self._window, self._window_start = self._new_window(), now
         return obs
+
+    def observe_interval(self, now: float, replicas: Mapping[str, int] | None = None) -> Observation:
+        """The control loop's observation of the interval since its last call, with the
+        per-second history: counted over the whole interval, as the simulator observes."""
+        obs = self._observation(self._interval, self._interval_start, now, replicas, self.history_rps(now))
+        self._interval, self._interval_start = self._new_window(), now
+        return obs
+
+    def _observation(self, w: _Window, start: float, now: float, replicas: Mapping[str, int] | None,
+                     history: Sequence[float]) -> Observation:
+        running = replicas or {}
+        state = {s: StageState(self._in_stage[s], int(running.get(s, 0))) for s in self.stages}
+        return observe(now, max(1e-9, now - start), w.arrivals, w.stages, state, w.e2e, history)
+
+    def _new_window(self) -> _Window:
+        return _Window({s: StageCounters() for s in self.stages})
 
     def prometheus_text(self) -> bytes:
         return generate_latest(self.registry)
 
-
-def merge_observations(windows: Sequence[Observation], history_rps: Sequence[float] = ()) -> Observation:
-    """Combine consecutive short windows into one interval's observation.
-
-    Rates are time-weighted means; a p99 over several windows is approximated by
-    the largest window p99 (an upper bound, the safe side for an adapter).
-    """
-    if not windows:
-        raise ValueError("no windows to merge")
-    total = sum(w.interval_s for w in windows) or 1e-9
-    stages = []
-    for i, s in enumerate(windows[-1].stages):
-        per = [w.stages[i] for w in windows if i < len(w.stages) and w.stages[i].stage == s.stage]
-        stages.append(StageObservation(
-            stage=s.stage,
-            arrival_rps=sum(p.arrival_rps * w.interval_s for p, w in zip(per, windows, strict=False)) / total,
-            queue_length=per[-1].queue_length,
-            p99_latency_s=max(p.p99_latency_s for p in per),
-            drops=sum(p.drops for p in per),
-            replicas=per[-1].replicas,
-        ))
-    return Observation(
-        time_s=windows[-1].time_s,
-        interval_s=total,
-        arrival_rps=sum(w.arrival_rps * w.interval_s for w in windows) / total,
-        stages=tuple(stages),
-        e2e_p99_s=max(w.e2e_p99_s for w in windows),
-        drops=sum(w.drops for w in windows),
-        history_rps=tuple(history_rps),
-    )

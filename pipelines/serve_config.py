@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S
+from varipipe.adapter.predictors import DEFAULT_PREDICTOR
 from varipipe.pipelines.stage import StageConfig
 from varipipe.records import Decision, PipelineSpec, StageDecision
 
@@ -59,13 +62,13 @@ class AppOptions:
     route_prefix: str = "/"
     policy: str = ""  # "" = no control loop
     policy_options: dict[str, Any] = field(default_factory=dict)
-    predictor: str = "reactive"
-    interval_s: float = 10.0
+    predictor: str = DEFAULT_PREDICTOR
+    interval_s: float = DEFAULT_INTERVAL_S
     sla_s: float | None = None  # None = the spec's SLA
     profile: str = ""  # profile store path; "" = the shipped default if any
-    cost_mode: str = "shared"
-    cluster_cores: float = 2.0
-    max_replicas: int = 4
+    cost_mode: str = DEFAULT_COST_MODE
+    cluster_cores: float = DEFAULT_CLUSTER_CORES
+    max_replicas: int | None = None  # None = the policy context's default (the cluster's whole cores)
     dry_run: bool = False
     pins: dict[str, str] = field(default_factory=dict)
     state_file: str = ""  # where the controller keeps the last decision across restarts
@@ -88,7 +91,9 @@ class AppOptions:
 
 
 def default_decision(spec: PipelineSpec, batch: int = DEFAULT_BATCH) -> Decision:
-    """Every stage on its default variant, one replica, a small batch."""
+    """Every stage on its spec's ``default_variant``, one replica, a small batch: what ``serve``
+    starts on before a policy decides (a policy that delegates to Ray's autoscaler starts on its
+    own first decision instead, as in the simulator)."""
     return Decision(
         stages=tuple(
             StageDecision(s.name, s.default_variant, batch, 1, f"cpu:{s.threads}", DEFAULT_BATCH_WAIT_S)

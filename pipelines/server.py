@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,7 +25,8 @@ from varipipe.pipelines.serve_config import AppOptions, default_decision
 from varipipe.records import Decision
 from varipipe.spec import find_spec
 
-__all__ = ["LocalServer", "free_port", "start_ray", "EMBEDDED_LOGICAL_CPUS"]
+__all__ = ["LocalServer", "free_port", "start_ray", "delegated_scaling", "DelegatedScaling",
+           "EMBEDDED_LOGICAL_CPUS"]
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +68,38 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def ray_autoscaling(opts: AppOptions, spec) -> dict[str, dict[str, Any]] | None:
-    """Per-stage Ray Serve ``autoscaling_config`` when the policy is ``ray``, else None."""
-    if opts.policy != "ray":
-        return None
-    from varipipe.adapter.policies import make_policy
-    from varipipe.adapter.policy import PolicyContext
-    from varipipe.records import SLA, Profile
+@dataclass(frozen=True)
+class DelegatedScaling:
+    """A policy that hands scaling to Ray Serve's autoscaler (``adapter.policy.delegates_to_ray``):
+    the ``autoscaling_config`` of each stage and the decision the stages start from."""
 
-    # The ray policy needs no profile to say how Ray should scale.
-    ctx = PolicyContext(spec, Profile(spec.name, ()), SLA(opts.sla_s or spec.sla.latency_s), opts.cost_mode,
-                        opts.cluster_cores, opts.max_replicas, opts.interval_s)
-    config = make_policy("ray", ctx, **opts.policy_options).autoscaling_config()
-    return {s.name: dict(config) for s in spec.stages}
+    autoscaling: dict[str, dict[str, Any]]
+    start: Decision
+
+
+def delegated_scaling(opts: AppOptions, spec) -> DelegatedScaling | None:
+    """For a policy that delegates to Ray's autoscaler (the built-in ``ray`` or a user's), what
+    Serve is deployed with: its ``autoscaling_config()`` on every stage, starting from the
+    decision the simulator starts it from (its ``decide`` on an empty pipeline at t = 0). None
+    for any other policy, or none; a policy that cannot be built here is left to the
+    controller, which reports why (serving starts either way)."""
+    if not opts.policy:
+        return None
+    from varipipe.adapter.policy import Forecast, delegates_to_ray
+    from varipipe.pipelines.controller_logic import build_policy
+    from varipipe.records import Observation
+
+    try:
+        policy = build_policy(opts, spec)
+    except Exception as e:  # noqa: BLE001 - the controller builds it again and reports the error
+        log.warning("policy %s not built here (%s); the controller will report it", opts.policy, e)
+        return None
+    if not delegates_to_ray(policy):
+        return None
+    config = policy.autoscaling_config()  # type: ignore[attr-defined]
+    start = policy.decide(Observation(time_s=0.0, interval_s=opts.interval_s, arrival_rps=0.0), Forecast(0.0),
+                          Decision(stages=()))
+    return DelegatedScaling({s.name: dict(config) for s in spec.stages}, start)
 
 
 class LocalServer:
@@ -100,9 +121,11 @@ class LocalServer:
         self.host = host
         self.port = port  # 0: chosen in start(), after Ray has taken its own ports
         self.spec = find_spec(opts.pipeline)
-        self.decision = decision or default_decision(self.spec)
+        delegated = delegated_scaling(opts, self.spec)
+        start = delegated.start if delegated is not None else default_decision(self.spec)
+        self.decision = decision or start
         self.address = address
-        self.applier = ServeApplier(opts, autoscaling=ray_autoscaling(opts, self.spec))
+        self.applier = ServeApplier(opts, autoscaling=delegated.autoscaling if delegated is not None else None)
         self._owns_ray = False
 
     @property

@@ -15,7 +15,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from varipipe.errors import SpecError
 from varipipe.records import VariantSpec
 
 __all__ = ["Payload", "StageOutput", "StageTrace", "Variant", "build_variant"]
@@ -82,6 +81,5 @@ def build_variant(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> V
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.factory",
-                        f"cannot import {spec.factory!r}: {e}") from e
+        raise spec.spec_error(".factory", f"cannot import {spec.factory!r}: {e}") from e
     return factory(spec, threads=threads, device=device)

@@ -23,12 +23,12 @@ and kept in the profile metadata, as a check on the declared numbers.
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from varipipe.records import Accuracy, AccuracyKind, VariantSpec
+from varipipe.text import content_words
 
 __all__ = [
     "MIN_ACCURACY",
@@ -39,7 +39,8 @@ __all__ = [
     "average_precision",
     "detection_agreement",
     "top1_agreement",
-    "content_words",
+    "caption_words",
+    "CAPTION_STOPWORDS",
     "caption_f1",
     "choose_reference",
     "agreement_accuracy",
@@ -132,32 +133,24 @@ def top1_agreement(predicted: Sequence[str], reference: Sequence[str]) -> float 
 
 
 # Function words carry no content: a caption is judged on what it names.
-_STOPWORDS = frozenset(
+CAPTION_STOPWORDS = frozenset(
     "a an the of in on at to and or with by for from is are was were be been it its this that these those "
     "there here as into onto over under near next some one two three photo picture image shows show showing "
     "which who while has have his her their our your my we you he she they them very".split()
 )
-_WORD = re.compile(r"[a-z]+")
 
 
-def _stem(word: str) -> str:
-    for suffix in ("ing", "es", "s"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
-
-
-def content_words(text: str) -> set[str]:
-    """Lower-cased, crudely stemmed words of a text, function words removed."""
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+def caption_words(text: str) -> set[str]:
+    """The caption metric's words of a text: lower-cased, crudely stemmed, function words removed."""
+    return set(content_words(text, CAPTION_STOPWORDS, stemmed=True))
 
 
 def caption_f1(caption: str, references: Sequence[str]) -> float:
     """Best content-word F1 of a caption against any of its reference captions."""
-    got = content_words(caption)
+    got = caption_words(caption)
     best = 0.0
     for ref in references:
-        want = content_words(ref)
+        want = caption_words(ref)
         common = len(got & want)
         if common:
             p, r = common / len(got), common / len(want)

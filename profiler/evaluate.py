@@ -141,8 +141,7 @@ _METRICS = {"detections": f"mAP@{acc.IOU_THRESHOLD:g}", "classifications": "top-
 
 
 def _missing_figure(stage: StageSpec, name: str, why: str) -> SpecError:
-    return SpecError(stage.variants[0].source or "<spec>", f"stages.{stage.name}.variants.{name}.accuracy",
-                     f"no accuracy figure: {why}; declare one with its source")
+    return stage.variant(name).spec_error(".accuracy", f"no accuracy figure: {why}; declare one with its source")
 
 
 def stage_accuracy(stage: StageSpec, payloads: Sequence[Payload], outputs: Mapping[str, Sequence[StageOutput]],

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.records import Profile, ProfilePoint
 
 __all__ = [
@@ -57,31 +58,10 @@ class LatencyFit:
 
 
 def fit_line(batches: Sequence[float], latencies_s: Sequence[float]) -> tuple[float, float]:
-    """Least-squares ``(alpha, beta)`` with both kept >= 0.
-
-    A negative slope (noise on a flat curve) becomes a flat line at the mean; a
-    negative intercept becomes a line through the origin, so predictions never
-    fall below zero or shrink as batches grow.
-    """
-    if len(batches) != len(latencies_s):
-        raise ValueError(f"{len(batches)} batch sizes but {len(latencies_s)} latencies")
-    if len(set(batches)) < 2:
-        raise ValueError(f"need at least two distinct batch sizes to fit l(b)=alpha+beta*b, got {list(batches)}")
-    n = len(batches)
-    mean_b = math.fsum(batches) / n
-    mean_l = math.fsum(latencies_s) / n
-    var_b = math.fsum((b - mean_b) ** 2 for b in batches)
-    cov = math.fsum((b - mean_b) * (v - mean_l) for b, v in zip(batches, latencies_s, strict=True))
-    beta = cov / var_b
-    alpha = mean_l - beta * mean_b
-    if beta < 0:
-        return max(mean_l, 0.0), 0.0
-    if alpha < 0:
-        through_origin = math.fsum(b * v for b, v in zip(batches, latencies_s, strict=True)) / math.fsum(
-            b * b for b in batches
-        )
-        return 0.0, max(through_origin, 0.0)
-    return alpha, beta
+    """Least-squares ``(alpha, beta)``, both >= 0: the optimizer's one fit
+    (:func:`varipipe.adapter.latency_model.fit_latency_model`), as a pair."""
+    model = fit_latency_model(batches, latencies_s)
+    return model.alpha, model.beta
 
 
 def _rel(pred: float, actual: float) -> float:

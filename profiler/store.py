@@ -105,6 +105,17 @@ def _steadiness(raw: dict, file: str, where: str) -> dict[str, Any]:
     return out
 
 
+def _check_one_accuracy_per_variant(points: tuple[ProfilePoint, ...], file: str) -> None:
+    """A variant has one accuracy figure (``Profile.variant_accuracy``): its points must agree."""
+    first: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(points):
+        j = first.setdefault((p.stage, p.variant), i)
+        if points[j].accuracy != p.accuracy:
+            raise ProfileError(file, f"points[{i}].accuracy",
+                               f"{p.accuracy!r} differs from {points[j].accuracy!r} at points[{j}], the same "
+                               f"variant ({p.stage}/{p.variant}): a variant has one accuracy figure")
+
+
 def profile_from_dict(data: Any, file: str = "<profile>", pipeline: str | None = None) -> Profile:
     """Validate a parsed profile document; ``pipeline`` checks it is the one expected."""
     if not isinstance(data, dict):
@@ -126,6 +137,7 @@ def profile_from_dict(data: Any, file: str = "<profile>", pipeline: str | None =
         if p.key in seen:
             raise ProfileError(file, f"points[{i}]", f"duplicate point {p.key}")
         seen.add(p.key)
+    _check_one_accuracy_per_variant(points, file)
     fanout = data.get("fanout", {}) or {}
     if not isinstance(fanout, dict) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in fanout.values()

@@ -3,6 +3,7 @@
 from varipipe.errors import (
     BadInputError,
     ConfigError,
+    LiveMeasurementError,
     ModelUnavailableError,
     ProfileError,
     ReconfigurationError,
@@ -36,6 +37,7 @@ __all__ = [
     "AccuracyKind",
     "BadInputError",
     "ConfigError",
+    "LiveMeasurementError",
     "Decision",
     "DecisionStatus",
     "ModelUnavailableError",

@@ -10,7 +10,8 @@
     ├── BadInputError             a request payload that cannot be served (-> HTTP 4xx)
     ├── ModelUnavailableError     weights missing; says which package/command brings them
     ├── SolverError               the solver itself failed (infeasible is a *status*, not this)
-    └── ReconfigurationError      applying a decision to the live app failed
+    ├── ReconfigurationError      applying a decision to the live app failed
+    └── LiveMeasurementError      a live run's own figures (its /config) cannot be read
 
 Third-party errors are wrapped with ``raise ... from e`` so the cause stays visible.
 """
@@ -80,3 +81,8 @@ class SolverError(VaripipeError):
 
 class ReconfigurationError(VaripipeError):
     """A decision could not be applied to the running application."""
+
+
+class LiveMeasurementError(VaripipeError):
+    """A live experiment cannot read what it measures from the app (``GET /config`` refused or
+    never answered): its cost and decisions would be missing, so the run stops and says why."""

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from varipipe.errors import SpecError
 
 __all__ = [
     "AccuracyKind",
@@ -29,6 +33,8 @@ __all__ = [
     "StageObservation",
     "Observation",
     "hardware_cores",
+    "replica_price",
+    "GPU_REPLICA_PRICE_CORES",
 ]
 
 
@@ -68,6 +74,14 @@ class VariantSpec:
     native_batching: bool = True
     accuracy: Accuracy | None = None  # declared figure, used when no profile measures it
     params: Mapping[str, Any] = field(default_factory=dict)
+    spec_file: str = ""  # the pipeline spec YAML it was read from ("" when built in code)
+
+    def spec_error(self, field_path: str, problem: str) -> SpecError:
+        """A :class:`SpecError` naming this variant's spec file and ``stages.<stage>.variants.<name><field_path>``."""
+        from varipipe.errors import SpecError
+
+        return SpecError(self.spec_file or "<pipeline spec>", f"stages.{self.stage}.variants.{self.name}{field_path}",
+                         problem)
 
 
 @dataclass(frozen=True)
@@ -146,6 +160,21 @@ def hardware_cores(hardware: str) -> float:
     return 0.0
 
 
+# What one GPU replica costs in ``reserved`` mode, in cores: the on-demand price of a
+# GPU over that of a core in one public price list, AWS EC2 us-east-1 (Linux): a
+# g4dn.xlarge (1 NVIDIA T4 + 4 vCPUs) at $0.526/h less a c5.xlarge (4 vCPUs) at $0.17/h
+# leaves $0.356/h for the GPU, 8.4 times a c5 vCPU's $0.0425/h; rounded down to 8.
+# A T4 is the common inference GPU there; a bigger GPU costs many more cores.
+GPU_REPLICA_PRICE_CORES = 8.0
+
+
+def replica_price(hardware: str) -> float:
+    """What one replica on ``hardware`` costs in ``reserved`` mode, in cores: its cores
+    (``cpu:2`` -> 2.0), or :data:`GPU_REPLICA_PRICE_CORES` for a GPU. The one price the
+    optimizer, the simulator and the experiment runner use."""
+    return hardware_cores(hardware) if hardware.partition(":")[0] == "cpu" else GPU_REPLICA_PRICE_CORES
+
+
 @dataclass(frozen=True)
 class ProfilePoint:
     """Measured behaviour of (stage, variant, batch, hardware); times in seconds."""
@@ -215,6 +244,22 @@ class Profile:
 
     def for_stage(self, stage: str) -> tuple[ProfilePoint, ...]:
         return tuple(p for p in self.points if p.stage == stage)
+
+    def variant_accuracy(self, stage: str, variant: str) -> float:
+        """A variant's accuracy: one figure per variant, which every point of it carries (the
+        profile store rejects a file whose points of one variant disagree). The one way the
+        optimizer, the policies, the simulator and the experiment runner read it."""
+        try:
+            return self._accuracies[(stage, variant)]
+        except KeyError:
+            raise KeyError(f"no profile point for variant {variant!r} of stage {stage!r}") from None
+
+    @functools.cached_property
+    def _accuracies(self) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for p in self.points:
+            out.setdefault((p.stage, p.variant), p.accuracy)
+        return out
 
 
 class DecisionStatus(enum.StrEnum):

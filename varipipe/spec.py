@@ -104,6 +104,7 @@ def _to_record(m: _PipelineModel, source_file: str) -> PipelineSpec:
                 native_batching=v.native_batching,
                 accuracy=Accuracy(v.accuracy.value, v.accuracy.kind, v.accuracy.source) if v.accuracy else None,
                 params=dict(v.params),
+                spec_file=source_file,
             )
             for v in s.variants
         )

@@ -6,7 +6,6 @@ import ctypes
 import gc
 from typing import Any
 
-from varipipe.errors import SpecError
 from varipipe.records import VariantSpec
 
 __all__ = ["ModelVariant"]
@@ -25,8 +24,7 @@ class ModelVariant:
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         if device != "cpu":
-            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}",
-                            f"device {device!r} is not supported by runtime {spec.runtime!r}; use 'cpu'")
+            raise spec.spec_error("", f"device {device!r} is not supported by runtime {spec.runtime!r}; use 'cpu'")
         self.spec = spec
         self.threads = max(1, int(threads))
         self._model: Any = None
@@ -51,8 +49,8 @@ class ModelVariant:
         try:
             return str(self.spec.params["model"])
         except KeyError:
-            raise SpecError(self.spec.source or "<spec>", f"stages.{self.spec.stage}.variants.{self.name}.params.model",
-                            "missing: name the weights (see varipipe.pipelines.models.SOURCES)") from None
+            raise self.spec.spec_error(".params.model",
+                                       "missing: name the weights (see varipipe.pipelines.models.SOURCES)") from None
 
     def unload(self) -> None:
         """Drop the runtime object so its memory is freed (native buffers included)."""

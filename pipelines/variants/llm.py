@@ -28,7 +28,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from varipipe.errors import SpecError
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._base import ModelVariant
@@ -146,8 +145,7 @@ class LlamaCaptioner(ModelVariant):
         self.max_tokens = int(self.param("max_tokens", MAX_TOKENS))
         self.style = str(self.param("prompt_style", "chatml"))
         if self.style not in STYLES:
-            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.prompt_style",
-                            f"must be one of {STYLES}, got {self.style!r}")
+            raise spec.spec_error(".params.prompt_style", f"must be one of {STYLES}, got {self.style!r}")
         self.n_ctx = int(self.param("n_ctx", N_CTX))
         self.instruction = self.param("instruction", None)
         if self.instruction is not None:
@@ -195,9 +193,9 @@ def _check_template(spec: VariantSpec, template: str) -> None:
     try:
         template.format(labels="", context="", text="")
     except (KeyError, IndexError, ValueError) as e:
-        raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.instruction",
-                        f"template may use only {{labels}}, {{context}} and {{text}}; {type(e).__name__}: {e} "
-                        f"in {template!r}") from e
+        raise spec.spec_error(".params.instruction",
+                              f"template may use only {{labels}}, {{context}} and {{text}}; {type(e).__name__}: {e} "
+                              f"in {template!r}") from e
 
 
 def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> LlamaCaptioner:

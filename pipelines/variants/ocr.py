@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from varipipe.errors import BadInputError, ModelUnavailableError, SpecError
+from varipipe.errors import BadInputError, ModelUnavailableError
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants import _ocr
 from varipipe.pipelines.variants._base import ModelVariant
@@ -129,8 +129,7 @@ class _OnnxVariant(ModelVariant):
     def _weights(self) -> str:
         name = self.spec.params.get("weights")
         if name not in WEIGHTS:
-            raise SpecError(self.spec.source or "<spec>", f"stages.{self.spec.stage}.variants.{self.name}.params.weights",
-                            f"must be one of {sorted(WEIGHTS)}, got {name!r}")
+            raise self.spec.spec_error(".params.weights", f"must be one of {sorted(WEIGHTS)}, got {name!r}")
         return str(name)
 
     def load(self) -> None:

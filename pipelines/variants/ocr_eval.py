@@ -16,12 +16,11 @@ Scores per stage, each in [0, 1]:
 
 from __future__ import annotations
 
-import re
-
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants.ocr_docs import RenderedDoc, rendered_docs, text_photos
+from varipipe.text import content_words
 
-__all__ = ["OcrEvaluation", "make", "cer", "line_f1", "content_words", "SUMMARY_PRIMER", "IOU_THRESHOLD"]
+__all__ = ["OcrEvaluation", "make", "cer", "line_f1", "summary_words", "SUMMARY_PRIMER", "IOU_THRESHOLD"]
 
 IOU_THRESHOLD = 0.5  # PASCAL VOC box matching
 SUMMARY_PRIMER = "The document"  # doc-ocr.yaml's llm primer: the summary starts with it
@@ -107,21 +106,20 @@ class OcrEvaluation:
         return None
 
 
-_WORD = re.compile(r"[a-z0-9]+")
-# Function words carry no content (the caption metric's list, varipipe.profiler.accuracy).
-_STOPWORDS = frozenset("a an the of in on at to and or with by for from is are was were be been it its this that "
+# Function words carry no content (after the caption metric's list, varipipe.profiler.accuracy).
+SUMMARY_STOPWORDS = frozenset("a an the of in on at to and or with by for from is are was were be been it its this that "
                        "these those there here as into onto over under it's has have will can may must not no "
                        "all any some one".split())
 
 
-def content_words(text: str) -> set[str]:
-    """Lower-cased words and numbers of a text, function words removed."""
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
+def summary_words(text: str) -> set[str]:
+    """The summary metric's words of a text: lower-cased words and numbers, function words removed."""
+    return set(content_words(text, SUMMARY_STOPWORDS, digits=True))
 
 
 def _grounded_share(summary: str, document: str) -> float:
-    said = content_words(summary.removeprefix(SUMMARY_PRIMER))
-    return len(said & content_words(document)) / len(said) if said else 0.0
+    said = summary_words(summary.removeprefix(SUMMARY_PRIMER))
+    return len(said & summary_words(document)) / len(said) if said else 0.0
 
 
 def make() -> OcrEvaluation:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from varipipe.errors import BadInputError, SpecError
+from varipipe.errors import BadInputError
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._base import ModelVariant
 from varipipe.records import VariantSpec
+from varipipe.text import content_words
 
 __all__ = ["Passage", "Passages", "Retriever", "make", "corpus", "corpus_digest", "tokens", "rrf",
            "METHODS", "TOP_K", "embeddings_file"]
@@ -44,8 +44,8 @@ METHODS = ("bm25", "dense", "hybrid")
 TOP_K = 3  # passages handed to the LLM: three fit its context (MAX_CONTEXT_CHARS) with the question
 RRF_K = 60  # reciprocal rank fusion constant (Cormack, Clarke, Buettcher, SIGIR 2009)
 CANDIDATES = 50  # depth of each ranking that the fusion looks at
-_WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset("a an the of to in on for and or is are be by it its as at with from this that "
+# Function words of a question, left out of its search terms.
+QUERY_STOPWORDS = frozenset("a an the of to in on for and or is are be by it its as at with from this that "
                        "how do i can which what does into my me".split())
 
 
@@ -103,7 +103,7 @@ def embeddings_file() -> Path:
 
 def tokens(text: str) -> list[str]:
     """Lower-cased word tokens without stop words; ``os.path.basename`` also yields os, path, basename."""
-    return [w for w in _WORD.findall(text.lower().replace("_", " ")) if w not in _STOPWORDS]
+    return content_words(text.replace("_", " "), QUERY_STOPWORDS, digits=True)
 
 
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
@@ -137,8 +137,7 @@ class Retriever(ModelVariant):
         super().__init__(spec, threads, device)
         self.method = str(self.param("method", "bm25"))
         if self.method not in METHODS:
-            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.method",
-                            f"must be one of {METHODS}, got {self.method!r}")
+            raise spec.spec_error(".params.method", f"must be one of {METHODS}, got {self.method!r}")
         self.k = int(self.param("k", TOP_K))
         self._bm25: Any = None
         self._encoder: Any = None

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from varipipe.adapter.loop import ControlLoop, FileDecisionStore, MemoryDecisionStore
+from varipipe.adapter.loop import ControlLoop, FileDecisionStore, MemoryDecisionStore, Poller
 from varipipe.adapter.policies import make_policy
-from varipipe.adapter.policy import PolicyContext
+from varipipe.adapter.policy import Forecast, PolicyContext
 from varipipe.adapter.predictors import Reactive
 from varipipe.adapter.synthetic import vision_caption_like
 from varipipe.errors import ConfigError
@@ -56,8 +56,11 @@ class Harness:
         self.policy = ScriptedPolicy(script)
         self.fail_apply = False
         self.fail_observe = False
-        self.loop = ControlLoop(self.policy, Reactive(), self.apply, self.observe, self.clock,
-                                sleep=self.clock.sleep, **kw)
+        self.loop = ControlLoop(self.policy, self.apply, clock=self.clock, **kw)
+        self.poller = Poller(self.loop, self.observe, Reactive(), self.clock, sleep=self.clock.sleep)
+
+    def step(self):
+        return self.poller.poll()
 
     def apply(self, d: Decision) -> None:
         if self.fail_apply:
@@ -77,7 +80,7 @@ SLOW = decision("accurate", load=5, latency=0.5)
 
 def test_apply_only_when_the_decision_changes():
     h = Harness([FAST, FAST, FAST])
-    actions = [h.loop.step().action for _ in range(3)]
+    actions = [h.step().action for _ in range(3)]
     assert actions == ["applied", "unchanged", "unchanged"]
     assert h.applied == [FAST]
     assert h.policy.seen_current[1] is FAST  # the policy sees what is applied
@@ -88,13 +91,13 @@ def test_batch_wait_only_change_is_not_applied():
 
     other_wait = dataclasses.replace(FAST, stages=(dataclasses.replace(FAST.stages[0], batch_wait_s=0.05),))
     h = Harness([FAST, other_wait])
-    assert [h.loop.step().action for _ in range(2)] == ["applied", "unchanged"]
+    assert [h.step().action for _ in range(2)] == ["applied", "unchanged"]
 
 
 def test_faster_move_is_immediate_slower_move_waits_for_hold_intervals():
     h = Harness([SLOW, FAST, decision("accurate", 18, 0.5), decision("accurate", 18, 0.5),
                  decision("accurate", 18, 0.5)], hold_intervals=3, load_drop_fraction=0.9)
-    actions = [h.loop.step().action for _ in range(5)]
+    actions = [h.step().action for _ in range(5)]
     assert actions == ["applied", "applied", "held", "held", "applied"]
     assert [d.stages[0].variant for d in h.applied] == ["accurate", "fast", "accurate"]
     assert h.loop.log()[2].note.startswith("slower move held 1/3")
@@ -102,42 +105,42 @@ def test_faster_move_is_immediate_slower_move_waits_for_hold_intervals():
 
 def test_large_load_drop_skips_the_hold():
     h = Harness([FAST, SLOW], hold_intervals=5, load_drop_fraction=0.3)
-    assert [h.loop.step().action for _ in range(2)] == ["applied", "applied"]
+    assert [h.step().action for _ in range(2)] == ["applied", "applied"]
 
 
 def test_dry_run_decides_and_logs_but_never_applies():
     h = Harness([FAST, SLOW], dry_run=True)
-    entries = [h.loop.step() for _ in range(2)]
+    entries = [h.step() for _ in range(2)]
     assert [e.action for e in entries] == ["dry-run", "dry-run"]
     assert h.applied == [] and entries[0].decision is FAST
 
 
 def test_crashes_are_isolated_and_visible():
     h = Harness([FAST, RuntimeError("solver died"), SLOW, FAST])
-    h.loop.step()
-    failed = h.loop.step()
+    h.step()
+    failed = h.step()
     assert failed.action == "failed" and "solver died" in failed.note
     st = h.loop.status()
     assert st.consecutive_failures == 1 and "decide failed" in st.last_error and st.applied is FAST
     h.fail_apply = True
-    assert h.loop.step().action == "failed"  # SLOW could not be applied
+    assert h.step().action == "failed"  # SLOW could not be applied
     assert h.loop.status().consecutive_failures == 2 and h.loop.status().applied is FAST
     h.fail_apply = False
     h.fail_observe = True
-    assert h.loop.step().action == "failed"
+    assert h.step().action == "failed"
     assert "observe failed" in h.loop.status().last_error
     h.fail_observe = False
-    assert h.loop.step().action == "unchanged"  # FAST again, still applied
+    assert h.step().action == "unchanged"  # FAST again, still applied
     assert h.loop.status().consecutive_failures == 0
 
 
 def test_persistence_restores_the_last_applied_decision(tmp_path):
     store = FileDecisionStore(tmp_path / "decision.json")
     h = Harness([SLOW], store=store)
-    h.loop.step()
+    h.step()
     restored = Harness([SLOW], store=FileDecisionStore(tmp_path / "decision.json"))
     assert restored.loop.applied.same_config(SLOW)
-    assert restored.loop.step().action == "unchanged"
+    assert restored.step().action == "unchanged"
     assert restored.applied == []
 
 
@@ -148,29 +151,29 @@ def test_corrupt_store_is_reported_not_fatal(tmp_path):
         FileDecisionStore(path).load()
     h = Harness([FAST], store=FileDecisionStore(path))
     assert h.loop.applied is None and "restore failed" in h.loop.status().last_error
-    assert h.loop.step().action == "applied"
+    assert h.step().action == "applied"
 
 
 def test_log_records_time_apply_duration_and_explanation():
     h = Harness([FAST], log_size=2)
-    e = h.loop.step()
+    e = h.step()
     assert e.time_s == 0.0 and e.apply_duration_s == pytest.approx(0.5) and e.forecast_rps == 10.0
     assert e.to_dict()["decision"]["stages"][0]["variant"] == "fast"
 
 
 def test_run_steps_on_the_injected_clock_until_stopped():
     h = Harness([FAST] * 5)
-    h.loop.run(threading.Event(), interval_s=10.0, max_steps=3)
+    h.poller.run(threading.Event(), interval_s=10.0, max_steps=3)
     assert h.loop.status().steps == 3 and h.clock.t == pytest.approx(30.0)
     stop = threading.Event()
     stop.set()
-    h.loop.run(stop, interval_s=10.0)
+    h.poller.run(stop, interval_s=10.0)
     assert h.loop.status().steps == 3
 
 
 def test_pins_override_variants_of_policies_without_pin_support():
     h = Harness([FAST], pins={"s": "pinned-variant"})
-    h.loop.step()
+    h.step()
     assert h.applied[0].stages[0].variant == "pinned-variant"
 
 
@@ -184,14 +187,26 @@ def test_loop_with_ipa_policy_moves_faster_when_load_rises_and_back_when_it_fall
     def observe():
         return Observation(time_s=clock.t, interval_s=10.0, arrival_rps=rps["v"], history_rps=[rps["v"]] * 10)
 
-    loop = ControlLoop(make_policy("ipa", ctx), Reactive(), applied.append, observe, clock,
-                       sleep=clock.sleep, store=MemoryDecisionStore(), hold_intervals=2)
-    loop.step()
+    loop = ControlLoop(make_policy("ipa", ctx), applied.append, clock=clock, store=MemoryDecisionStore(),
+                       hold_intervals=2)
+    poller = Poller(loop, observe, Reactive(), clock, sleep=clock.sleep)
+    poller.poll()
     rps["v"] = 1.5
-    loop.step()
+    poller.poll()
     rps["v"] = 0.3
-    loop.step()
-    loop.step()
+    poller.poll()
+    poller.poll()
     accs = [d.predicted_accuracy for d in applied]
     assert len(applied) == 3 and accs[1] < accs[0] and accs[2] == pytest.approx(accs[0])
     assert loop.store.load() is applied[-1]
+
+
+def test_step_takes_the_observation_and_forecast_it_is_given():
+    """The simulator's way in: no observe, predictor or clock, just step(observation, forecast)."""
+    applied: list[Decision] = []
+    policy = ScriptedPolicy([FAST, decision("accurate", load=18, latency=0.5)])
+    loop = ControlLoop(policy, applied.append)
+    first = loop.step(Observation(time_s=20.0, interval_s=10.0, arrival_rps=3.0), Forecast(rps=7.0))
+    assert (first.action, first.time_s, first.forecast_rps) == ("applied", 20.0, 7.0) and applied == [FAST]
+    held = loop.step(Observation(time_s=30.0, interval_s=10.0, arrival_rps=3.0), Forecast(rps=18.0))
+    assert held.action == "held" and loop.status().last_step_time_s == 30.0

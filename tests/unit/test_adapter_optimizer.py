@@ -177,7 +177,8 @@ def test_contract_sla_below_fastest_path_is_infeasible_with_reason(solver):
 
 
 def test_contract_load_beyond_cluster_returns_highest_capacity(solver):
-    limits = Limits(cost_mode="shared", cluster_cores=2.0)
+    # A replica cap above the default (2 here) so that the cluster's CPU time binds first.
+    limits = Limits(cost_mode="shared", cluster_cores=2.0, max_replicas=8)
     d = solve(VC, 10.0, SLA(10.0), limits, solver=solver)
     assert d.status is DecisionStatus.INFEASIBLE
     assert "beyond the cluster" in d.reason

@@ -22,7 +22,8 @@ from varipipe.records import (
 )
 
 PROFILE = vision_caption_like()
-CTX = PolicyContext(spec=None, profile=PROFILE, sla=SLA(3.0), cost_mode="shared", cluster_cores=2.0)
+# A replica cap above the 2-core default, so that Ray's rule can be seen scaling to 4.
+CTX = PolicyContext(spec=None, profile=PROFILE, sla=SLA(3.0), cost_mode="shared", cluster_cores=2.0, max_replicas=8)
 EMPTY = Decision(stages=())
 
 

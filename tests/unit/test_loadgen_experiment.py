@@ -102,7 +102,7 @@ def test_metrics_from_records():
     recs = [RequestRecord(0, 0.1, 0.1, 0.5, 200, v), RequestRecord(1, 0.6, 0.6, 3.0, 200, v),
             RequestRecord(2, 1.2, 1.2, 0.1, 503), RequestRecord(3, 1.5, 1.5, 0.2, 200)]
     m, s = metrics_from_records(recs, 1.0, prof, 2.0, cost_samples=[(0.0, 2.0), (1.0, 4.0)])
-    assert m["requests"] == 4 and m["completed"] == 3 and m["dropped"] == 1
+    assert m["requests"] == 4 and m["completed"] == 3 and m["dropped"] == 1 and m["cost_unit"] == "CPU-seconds per second"
     assert m["sla_attainment"] == pytest.approx(2 / 4)
     assert m["mean_accuracy"] == pytest.approx(0.55 * 0.72 * 0.6)
     assert m["mean_cost"] == pytest.approx(3.0)
@@ -140,3 +140,4 @@ def test_results_name_the_commit_and_say_when_the_checkout_was_modified(tmp_path
     root = Path(__file__).resolve().parents[2]
     assert checkout_relative(root / "profiler" / "profiles" / "x.json") == "profiler/profiles/x.json"
     assert checkout_relative(tmp_path / "f.txt") == str(tmp_path / "f.txt")
+

@@ -11,6 +11,7 @@ from varipipe.adapter.policy import Forecast
 from varipipe.loadgen import simulator
 from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
 from varipipe.loadgen.traces import Trace, arrival_times
+from varipipe.observation import percentile
 from varipipe.profiler.store import load_profile
 from varipipe.records import Decision, Observation, Profile, ProfilePoint, StageDecision
 
@@ -282,9 +283,11 @@ def test_sheds_a_request_whose_batch_is_expected_to_end_after_its_deadline():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1001])
-def test_p99_helper_equals_numpys_linear_percentile(n):
+@pytest.mark.parametrize("q", [50, 99])
+def test_percentile_equals_numpys_linear_percentile(n, q):
     values = np.random.default_rng(n).exponential(size=n)
-    assert simulator._p99(values) == pytest.approx(float(np.percentile(values, 99)), abs=1e-12)
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), abs=1e-12)
+    assert percentile(list(values), q) == percentile(values, q) and percentile([], q) == 0.0
 
 
 def test_observed_queue_length_is_the_items_in_the_stage_now():

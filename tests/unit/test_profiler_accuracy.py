@@ -48,7 +48,7 @@ def test_caption_f1_counts_content_words():
     assert acc.caption_f1("The photo shows a tabby cat with green eyes.", refs) == pytest.approx(1.0)
     assert acc.caption_f1("The photo shows a rocket.", refs) == 0.0
     assert 0 < acc.caption_f1("The photo shows cats.", refs) < 1  # stemmed: cats -> cat
-    assert acc.content_words("The photo shows a cup") == {"cup"}
+    assert acc.caption_words("The photo shows a cup") == {"cup"}
 
 
 def _v(name, size, value=None):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from varipipe.errors import SpecError, UnknownNameError
@@ -27,6 +29,21 @@ def test_bad_field_names_file_field_and_value():
         parse_spec(bad, "tiny.yaml")
     msg = str(e.value)
     assert "tiny.yaml" in msg and "stages[0](a).num_cpus" in msg and "-1" in msg
+
+
+def test_a_variant_error_names_the_spec_file_not_the_weights_package():
+    from varipipe.pipelines.variant import build_variant
+    from varipipe.pipelines.variants.retriever import Retriever
+
+    spec = find_spec("rag-qa")
+    retriever = spec.stage("retriever").variants[0]
+    assert retriever.source  # a package name: what the messages used to show as the file
+    with pytest.raises(SpecError) as e:
+        Retriever(replace(retriever, params={**retriever.params, "method": "grep"}))
+    assert str(e.value).startswith(f"{spec.source_file}: stages.retriever.variants.{retriever.name}.params.method:")
+    with pytest.raises(SpecError) as e:
+        build_variant(replace(retriever, factory="no_such_module:make"))
+    assert str(e.value).startswith(f"{spec.source_file}: stages.retriever.variants.{retriever.name}.factory:")
 
 
 def test_unknown_default_variant_is_rejected():

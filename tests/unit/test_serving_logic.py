@@ -8,6 +8,8 @@ from varipipe.pipelines.metrics import (
     BatchRecord,
     MetricsAggregator,
     RequestRecord,
+    StageEntry,
+    StageExit,
     StageTiming,
     percentile,
 )
@@ -97,22 +99,33 @@ def test_metrics_observation_and_prometheus():
     recs.append(RequestRecord(101.5, 0.0, 400, ()))
     m.add_arrivals(r.time for r in recs)
     m.add_requests(recs)
+    events = []
+    for i in range(20):
+        t = 100.0 + i * 0.1
+        events += [StageEntry("a", t), StageExit("a", t + 0.02, 0.02), StageEntry("b", t + 0.02)]
+        events += [StageExit("b", t + 0.05, 0.03)] if i < 18 else []  # two still in b at 102
+    m.add_stage_events(events)
     m.add_batches([BatchRecord("a", "x", 2, 0.01, 101.0)])
-    obs = m.observe(102.0)
+    obs = m.observe(102.0, replicas={"a": 1, "b": 2})
     assert obs.arrival_rps == pytest.approx(22 / 2.0)
-    assert obs.stages[0].arrival_rps == pytest.approx(10.0)
-    assert obs.e2e_p99_s == 0.5
+    assert obs.stages[0].arrival_rps == pytest.approx(10.0) and obs.stages[1].arrival_rps == pytest.approx(10.0)
+    assert (obs.stages[0].queue_length, obs.stages[1].queue_length) == (0.0, 2.0)
+    assert (obs.stages[0].replicas, obs.stages[1].replicas) == (1, 2)
+    assert obs.stages[1].p99_latency_s == pytest.approx(0.03)
+    assert obs.e2e_p99_s == pytest.approx(0.05 + 0.8 * 0.45)  # linear between the 20th and 21st of 21
     text = m.prometheus_text().decode()
     assert 'varipipe_sla_violations_total{pipeline="p"} 2.0' in text
     assert 'varipipe_requests_total{pipeline="p",status="400"} 1.0' in text
-    assert m.observe(103.0).arrival_rps == 0.0  # a new window
+    assert 'varipipe_stage_requests_total{pipeline="p",stage="b"} 18.0' in text
+    nxt = m.observe(103.0)
+    assert nxt.arrival_rps == 0.0 and nxt.stages[1].queue_length == 2.0  # a new window; b still holds 2
     assert m.history_rps(103.0)[-3:] == [10.0, 12.0, 0.0]
 
 
 def test_percentile():
     assert percentile([], 99) == 0.0
-    assert percentile([1, 2, 3, 4], 50) == 2
-    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
 
 
 def test_requests_past_their_deadline_are_dropped_not_run(spec):

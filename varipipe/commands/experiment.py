@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S
+from varipipe.adapter.predictors import DEFAULT_PREDICTOR
 from varipipe.commands.load import add_trace_arguments
 
 NAME = "experiment"
@@ -41,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float, predictor: str,
                   profile: str, policy_options: dict[str, Any]):
     """``start(policy, sla_s)`` -> context manager yielding the live pipeline's endpoint (lazy import)."""
+    from varipipe.adapter.policies import policy_options as options_for
     from varipipe.errors import VaripipeError
 
     try:
@@ -54,7 +58,7 @@ def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float
     def start(policy: str, sla_s: float) -> Iterator[str]:
         opts = AppOptions(pipeline=pipeline, policy=policy, sla_s=sla_s, interval_s=interval_s, cost_mode=cost_mode,
                           cluster_cores=cores, predictor=predictor, profile=profile,
-                          policy_options=dict(policy_options) if policy != "ray" else {},
+                          policy_options=options_for(policy, policy_options),
                           # Deadline = the SLA; shed by the same rule as the simulator (varipipe.admission).
                           deadline_sla_factor=1.0)
         with LocalServer(opts, port=0) as server:
@@ -88,7 +92,8 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
     trace = read_trace(args.trace, args.start, args.duration, args.scale)
     slas = {f"sla-{float(s):g}s": float(s) for s in args.sla.split(",")}
     return dict(trace=trace, slas=slas, policies=DEFAULT_POLICIES.split(","), seed=0, arrivals=args.arrivals,
-                interval=10.0, predictor="reactive", cost_mode="shared", cores=2.0, options={},
+                interval=DEFAULT_INTERVAL_S, predictor=DEFAULT_PREDICTOR, cost_mode=DEFAULT_COST_MODE,
+                cores=DEFAULT_CLUSTER_CORES, options={},
                 pipeline="vision-caption", per_policy={}, resolved={})
 
 

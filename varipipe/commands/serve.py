@@ -11,6 +11,10 @@ import sys
 import threading
 from pathlib import Path
 
+from varipipe.adapter.configurations import DEFAULT_COST_MODE
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S
+from varipipe.adapter.predictors import DEFAULT_PREDICTOR
+
 NAME = "serve"
 HELP = "serve a pipeline over HTTP on Ray Serve, adapted live by a policy"
 DESCRIPTION = """Serve a pipeline over HTTP. By default an embedded Ray starts in this process
@@ -26,16 +30,18 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
     parser.add_argument("--policy", default=default_policy,
                         help="adaptation policy: ipa, fa2-low, fa2-high, rim, static, ray, oracle, module:Class, "
                              "or 'none' for no adapter (default: %(default)s)")
-    parser.add_argument("--predictor", default="reactive",
+    parser.add_argument("--predictor", default=DEFAULT_PREDICTOR,
                         help="load predictor: reactive, moving-max, ewma, lstm (default: %(default)s)")
-    parser.add_argument("--interval", type=float, default=10.0, help="adapter interval in seconds (default: %(default)s)")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help="adapter interval in seconds (default: %(default)s)")
     parser.add_argument("--sla", type=float, default=None, help="end-to-end latency SLA in seconds (default: the spec's)")
     parser.add_argument("--profiles", default="", help="profile store JSON (default: the shipped profile)")
-    parser.add_argument("--cost-mode", choices=("shared", "reserved"), default="shared",
+    parser.add_argument("--cost-mode", choices=("shared", "reserved"), default=DEFAULT_COST_MODE,
                         help="shared: replicas share this host's cores; reserved: each reserves its cores")
     parser.add_argument("--cluster-cores", type=float, default=float(os.cpu_count() or 2),
                         help="cores the optimizer may use (default: this host's, %(default)s)")
-    parser.add_argument("--max-replicas", type=int, default=4, help="replicas per stage at most (default: %(default)s)")
+    parser.add_argument("--max-replicas", type=int, default=None,
+                        help="replicas per stage at most (default: the cluster's whole cores)")
     parser.add_argument("--pin", action="append", default=[], metavar="STAGE=VARIANT",
                         help="keep a stage on one variant (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="the adapter decides and logs but does not apply")

@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
+from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.commands.load import add_trace_arguments
 
 NAME = "simulate"
@@ -20,10 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--predictor", default=None, help="load predictor (default: reactive)")
     parser.add_argument("--solver", default=None, help="solver option for ILP policies (cbc, highs, dp)")
     parser.add_argument("--sla", type=float, required=True, help="end-to-end latency SLA in seconds")
-    parser.add_argument("--cost-mode", choices=("reserved", "shared"), default="shared")
-    parser.add_argument("--cluster-cores", type=float, default=2.0, help="host cores (shared) or cluster cores (reserved)")
-    parser.add_argument("--max-replicas", type=int, default=None, help="replicas per stage (default: cluster cores)")
-    parser.add_argument("--interval", type=float, default=10.0, help="adaptation interval in seconds (default 10)")
+    parser.add_argument("--cost-mode", choices=("reserved", "shared"), default=DEFAULT_COST_MODE)
+    parser.add_argument("--cluster-cores", type=float, default=DEFAULT_CLUSTER_CORES,
+                        help="host cores (shared) or cluster cores (reserved) (default: %(default)s)")
+    parser.add_argument("--max-replicas", type=int, default=None,
+                        help="replicas per stage (default: the cluster's whole cores)")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help="adaptation interval in seconds (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result (with the time series) as JSON")
     parser.add_argument("--series-step", type=int, default=1, help="seconds per time-series bucket in --json output")
     parser.add_argument("--dump-requests", default=None, help="CSV file: one row per simulated request")

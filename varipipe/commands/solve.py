@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shared: one host's CPU time; reserved: cores reserved per replica")
     p.add_argument("--cluster-cores", type=float, default=None,
                    help="capacity limit in cores (default: this host's core count)")
-    p.add_argument("--max-replicas", type=int, default=None, help="replica cap per stage")
+    p.add_argument("--max-replicas", type=int, default=None,
+                   help="replica cap per stage (default: the cluster's whole cores)")
     p.add_argument("--solver", choices=("cbc", "highs", "dp"), default="cbc")
     p.add_argument("--pin", type=_pin, action="append", default=[], metavar="STAGE=VARIANT",
                    help="fix a stage's variant (repeatable)")
@@ -83,13 +84,13 @@ def _load(args: argparse.Namespace):
 def _limits(args: argparse.Namespace):
     import os
 
-    from varipipe.adapter.configurations import DEFAULT_MAX_REPLICAS, Limits
+    from varipipe.adapter.configurations import Limits
     from varipipe.errors import ConfigError
 
     cores = args.cluster_cores if args.cluster_cores is not None else float(os.cpu_count() or 1)
     try:
         return Limits(cost_mode=args.cost_mode, cluster_cores=cores,
-                      max_replicas=args.max_replicas or DEFAULT_MAX_REPLICAS, pinned=dict(args.pin))
+                      max_replicas=args.max_replicas, pinned=dict(args.pin))
     except ValueError as e:
         raise ConfigError("command line", "limits", str(e)) from e
 
