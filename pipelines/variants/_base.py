@@ -22,10 +22,14 @@ def _trim_heap() -> None:
 class ModelVariant:
     """Base of the detector, classifier and LLM variants (the ``Variant`` protocol)."""
 
+    devices: tuple[str, ...] = ("cpu",)  # the devices this runtime can run on ("cpu", "gpu")
+
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
-        if device != "cpu":
-            raise spec.spec_error("", f"device {device!r} is not supported by runtime {spec.runtime!r}; use 'cpu'")
+        if device not in self.devices:
+            raise spec.spec_error("", f"device {device!r} is not supported by {type(self).__name__} "
+                                      f"(runtime {spec.runtime!r}); use one of {list(self.devices)}")
         self.spec = spec
+        self.device = device
         self.threads = max(1, int(threads))
         self._model: Any = None
 

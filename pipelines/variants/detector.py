@@ -1,4 +1,4 @@
-"""YOLOv3-tiny detector variants (320 / 416 / 608 input) on OpenCV DNN.
+"""YOLOv3-tiny detector variants (320 / 416 / 608 input) on OpenCV DNN (the GPU path: ``detector_torch``).
 
 A batch is one forward call: every image is letterboxed to the variant's
 square input and stacked by ``cv2.dnn.blobFromImages``. Boxes come back in
@@ -91,5 +91,10 @@ def _image_of(payload: Payload) -> np.ndarray:
     return img
 
 
-def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> YoloDetector:
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVariant:
+    """OpenCV DNN on the CPU; ``device="gpu"``: the PyTorch implementation (``detector_torch``) on CUDA."""
+    if device == "gpu":
+        from varipipe.pipelines.variants.detector_torch import TorchDetector
+
+        return TorchDetector(spec, threads=threads, device=device)
     return YoloDetector(spec, threads=threads, device=device)
