@@ -33,6 +33,8 @@ __all__ = [
     "ModelSource",
     "SOURCES",
     "cache_dir",
+    "copy_model",
+    "imagenet_labels",
     "model_files",
     "models_for",
     "prepare",
@@ -171,6 +173,11 @@ def _imagenet_labels() -> Path:
     return _package_file("varipipe.pipelines.variants", "data", "imagenet1k_clean_names.json")
 
 
+def imagenet_labels() -> Path:
+    """The ImageNet-1k class names (JSON list, index = class id) every classifier variant uses."""
+    return _imagenet_labels()
+
+
 SOURCES: dict[str, ModelSource] = {
     s.name: s
     for s in (
@@ -198,11 +205,54 @@ def _source(name: str) -> ModelSource:
         raise UnknownNameError("model", name, list(SOURCES)) from None
 
 
+# A model copied into a cache folder by ``copy_model``: cache/<name>/COPY_MANIFEST names its files.
+COPY_MANIFEST = "files.json"
+_ROLES = ("weights", "config", "labels")
+
+
+def copy_model(name: str, target_cache: Path, cache: Path | None = None) -> Path:
+    """Copy model ``name``'s files into ``target_cache/<name>/`` with a manifest, for a host
+    that lacks the packages they come from (a GPU host that runs from source); returns the folder.
+    ``model_files`` finds a copy there before it looks for the packages."""
+    import json
+    import shutil
+
+    files = model_files(name, cache)
+    folder = target_cache / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for role in _ROLES:
+        path = getattr(files, role)
+        if path is not None:
+            shutil.copyfile(path, folder / path.name)
+            manifest[role] = path.name
+    (folder / COPY_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def _copied(name: str, cache: Path) -> ModelFiles | None:
+    import json
+
+    manifest = cache / name / COPY_MANIFEST
+    if not manifest.exists():
+        return None
+    roles = json.loads(manifest.read_text(encoding="utf-8"))
+    paths = {role: cache / name / roles[role] for role in _ROLES if role in roles}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if "weights" not in paths or missing:
+        raise ModelUnavailableError(f"model {name!r}: the copy in {cache / name} is incomplete "
+                                    f"(missing {missing or ['weights']}); copy it again")
+    return ModelFiles(name, **paths)
+
+
 def model_files(name: str, cache: Path | None = None) -> ModelFiles:
     """The files of model ``name``, preparing them first if the cache lacks them."""
     source = _source(name)
-    _check_packages(source)
     cache = cache or cache_dir()
+    copied = _copied(name, cache)
+    if copied is not None:
+        return copied
+    _check_packages(source)
     found = source.locate(cache)
     if found is not None:
         return found

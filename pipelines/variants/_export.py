@@ -1,7 +1,7 @@
 """Build the classifiers in PyTorch from packaged weights and export them to ONNX.
 
-Run once per model by ``varipipe.pipelines.models.prepare``; serving never
-imports torch. The exported graph takes float32 NCHW RGB in [0, 255] with a
+Run once per model by ``varipipe.pipelines.models.prepare``; serving on the CPU
+never imports torch (the GPU path, ``classifier_torch``, runs these modules directly). The exported graph takes float32 NCHW RGB in [0, 255] with a
 dynamic batch axis and returns ImageNet class probabilities: normalisation
 and softmax are part of the graph, so the runtime only resizes and crops.
 
@@ -128,8 +128,12 @@ def _weights_path(name: str) -> Path:
     return Path(cls.get_model_file_path())
 
 
-def build_classifier(name: str) -> nn.Module:
-    """The named classifier with its packaged weights, in eval mode, wrapped for serving."""
+def build_classifier(name: str, pretrained: bool = True) -> nn.Module:
+    """The named classifier with its packaged weights, in eval mode, wrapped for serving.
+
+    ``pretrained=False``: the same architecture with torch's random initialisation
+    (timing where the weights cannot travel: same shapes, same FLOPs, meaningless outputs).
+    """
     arch = ARCHS[name]
     if name == "mobilenet-v2":
         net: nn.Module = MobileNetV2()
@@ -137,8 +141,9 @@ def build_classifier(name: str) -> nn.Module:
         from efficientnet_lite_pytorch import EfficientNet
 
         net = EfficientNet.from_name(name)
-    state = torch.load(_weights_path(name), map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
+    if pretrained:
+        state = torch.load(_weights_path(name), map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
     return _Served(net, arch).eval()
 
 

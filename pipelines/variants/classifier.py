@@ -1,4 +1,4 @@
-"""ImageNet classifier variants (MobileNetV2, EfficientNet-Lite0/1/2) on onnxruntime.
+"""ImageNet classifier variants (MobileNetV2, EfficientNet-Lite0/1/2) on onnxruntime (GPU: ``classifier_torch``).
 
 Applied to the detector's crops found in ``payload.outputs`` (the whole image
 when nothing was detected), at most ``max_crops`` per image, most confident
@@ -131,5 +131,10 @@ class OnnxClassifier(ModelVariant):
         return Classification(k, self.class_names[k], float(probs[k]), box)
 
 
-def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> OnnxClassifier:
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVariant:
+    """onnxruntime on the CPU; ``device="gpu"``: the PyTorch modules (``classifier_torch``) on CUDA."""
+    if device == "gpu":
+        from varipipe.pipelines.variants.classifier_torch import TorchClassifier
+
+        return TorchClassifier(spec, threads=threads, device=device)
     return OnnxClassifier(spec, threads=threads, device=device)
