@@ -198,5 +198,10 @@ def _check_template(spec: VariantSpec, template: str) -> None:
                               f"in {template!r}") from e
 
 
-def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> LlamaCaptioner:
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVariant:
+    """llama.cpp on the CPU; ``device="gpu"``: transformers on CUDA (``llm_torch``, dequantised: not Q4)."""
+    if device == "gpu":
+        from varipipe.pipelines.variants.llm_torch import TorchCaptioner
+
+        return TorchCaptioner(spec, threads=threads, device=device)
     return LlamaCaptioner(spec, threads=threads, device=device)
