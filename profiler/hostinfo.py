@@ -51,8 +51,16 @@ def gpu_model() -> str | None:
 
 
 def gpu_runtimes() -> list[str]:
-    """Installed runtimes that can use a GPU: onnxruntime's CUDA provider, llama.cpp GPU offload."""
+    """Installed runtimes that can use a GPU: PyTorch's CUDA (the GPU paths), onnxruntime's CUDA
+    provider, llama.cpp GPU offload."""
     found = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            found.append(f"torch-cuda-{torch.version.cuda}")
+    except ImportError:
+        pass
     try:
         import onnxruntime
 

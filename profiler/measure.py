@@ -11,7 +11,9 @@ can save after each one. The variant's own batch-1
 call on a fixed input (``reference_seconds``) is timed between the points, so
 each point carries the host's drift while it was measured.
 
-Memory: ``memory_mb`` is the child's peak resident set (``VmHWM``, reset to
+Memory on a GPU: the peak CUDA memory allocated by tensors
+(``torch.cuda.max_memory_allocated``) since just before the model was built.
+Memory on the CPU: ``memory_mb`` is the child's peak resident set (``VmHWM``, reset to
 the current RSS just before the model is built, after the runtime library was
 imported) once the batches measured so far have run, minus that starting RSS: weights, runtime session and
 activations of the largest batch so far. It excludes the interpreter and
@@ -66,7 +68,10 @@ def cpu_hardware(cores: int) -> Hardware:
 
 
 def gpu_hardware(model: str, threads: int = 1) -> Hardware:
-    return Hardware(f"gpu:{model}", threads=threads, device="gpu")
+    """A GPU replica; ``model`` is the GPU's name, normalised for the label (``NVIDIA H200`` -> ``gpu:h200``)."""
+    from varipipe.pipelines.variants._torch_runtime import normalise_gpu_name
+
+    return Hardware(f"gpu:{normalise_gpu_name(model)}", threads=threads, device="gpu")
 
 
 @dataclass(frozen=True)
@@ -180,11 +185,12 @@ def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: WindowPo
                 ) -> tuple[SampledPoint, float, dict]:
     """Warm up, then time back-to-back batches in windows until ``policy``'s sampler says done."""
     start = time.perf_counter()
-    warm = 0.0
+    warmup = []
     for w in range(policy.warmup_batches):
         t0 = time.perf_counter()
         variant.infer(make_batch(inputs, batch, w * batch))
-        warm = time.perf_counter() - t0  # the last warm-up batch sizes the windows
+        warmup.append(time.perf_counter() - t0)  # the first at a new batch size may compile (GPU)
+    warm = warmup[-1] if warmup else 0.0  # the last warm-up batch sizes the windows
     sampler = policy.sampler(batch, warm, time.perf_counter())
     busy = 0.0
     offset = 0
@@ -200,8 +206,37 @@ def _time_point(variant, inputs: Sequence[Payload], batch: int, policy: WindowPo
     seconds = time.perf_counter() - start
     n = len(sampled.latencies_s)
     conditions = {"cpu_s_per_batch": busy / n, "wall_s_per_batch": sum(sampled.latencies_s) / n,
-                  "cpu_pressure_some_avg10": cpu_pressure()}
+                  "cpu_pressure_some_avg10": cpu_pressure(), "warmup_s": warmup}
     return sampled, seconds, conditions
+
+
+class _HostMemory:
+    """Peak RSS (VmHWM, when it could be reset) or current RSS of this process, MiB."""
+
+    def __init__(self, peak: bool) -> None:
+        self.peak = peak
+
+    def baseline(self) -> float:
+        return _rss_mb()
+
+    def now(self) -> float:
+        return _peak_rss_mb() if self.peak else _rss_mb()
+
+
+class _GpuMemory:
+    """Peak CUDA memory allocated by tensors (``torch.cuda.max_memory_allocated``) since the model's
+    build, MiB: weights + caches + activations of the largest batch so far."""
+
+    def baseline(self) -> float:
+        from varipipe.pipelines.variants._torch_runtime import gpu_peak_mb, reset_gpu_peak
+
+        reset_gpu_peak()
+        return gpu_peak_mb()
+
+    def now(self) -> float:
+        from varipipe.pipelines.variants._torch_runtime import gpu_peak_mb
+
+        return gpu_peak_mb()
 
 
 def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payload], batches: Sequence[int],
@@ -211,20 +246,25 @@ def _measure_here(spec: VariantSpec, hardware: Hardware, inputs: Sequence[Payloa
     The reference calls run before the first point and after each one (interleaved), so each
     point has the reference just before and just after it."""
     importlib.import_module(spec.factory.partition(":")[0])  # library memory is not the model's
-    peak_memory = peak_memory and _reset_peak_rss()
-    baseline = _rss_mb()
+    memory = _GpuMemory() if hardware.device == "gpu" else _HostMemory(peak_memory and _reset_peak_rss())
+    baseline = memory.baseline()
     t0 = time.perf_counter()
     variant = build_variant(spec, threads=hardware.threads, device=hardware.device)
     variant.load()
     yield ("loaded", time.perf_counter() - t0, baseline)
     try:
+        model_warmup = []
         for _ in range(policy.warmup_batches if policy.reference_calls else 0):
+            t1 = time.perf_counter()
             variant.infer(make_batch(inputs, 1, 0))  # the first reference must not time a cold model
+            model_warmup.append(time.perf_counter() - t1)
         before = reference_seconds(variant, inputs, policy.reference_calls)
-        for b in batches:
+        for i, b in enumerate(batches):
             sampled, seconds, conditions = _time_point(variant, inputs, b, policy)
-            used = (_peak_rss_mb() if peak_memory else _rss_mb()) - baseline
+            used = memory.now() - baseline
             after = reference_seconds(variant, inputs, policy.reference_calls)
+            if i == 0 and model_warmup:  # batch-1 calls before the first reference: a GPU model compiles here
+                conditions["model_warmup_s"] = model_warmup
             yield ("conditions", b, {**conditions, "seconds": seconds, "sampled": sampled})
             yield ("point", PointResult(b, summarize(sampled.point_latencies_s, b), max(used, 0.0), seconds,
                                         _stability(sampled), before, after))
@@ -329,6 +369,7 @@ def measure_variant(
     isolate: bool = True,
     on_conditions: Callable[[int, dict], None] | None = None,
     nice: int = 0,
+    on_loaded: Callable[[float], None] | None = None,
 ) -> VariantMeasurement:
     """Measure ``batches`` of one variant on one hardware unit; ``on_point`` sees each as it lands.
 
@@ -337,6 +378,7 @@ def measure_variant(
     pressure: on a host shared with other work, wall time >> CPU time / threads;
     ``sampled`` holds the point's ``SampledPoint`` (raw latencies and windows).
     ``nice`` (isolated mode): the measuring process's autogroup nice, see ``raise_priority``.
+    ``on_loaded(load_s)`` hears the model's build + load time as soon as it is known.
     """
     if not inputs:
         raise ValueError(f"no inputs to measure {spec.stage}/{spec.name} with")
@@ -348,6 +390,8 @@ def measure_variant(
             priority = event[1]
         elif event[0] == "loaded":
             load_s, baseline = event[1], event[2]
+            if on_loaded is not None:
+                on_loaded(load_s)
         elif event[0] == "conditions" and on_conditions is not None:
             on_conditions(event[1], {**event[2], "autogroup_nice": priority})
         elif event[0] == "point":

@@ -120,13 +120,22 @@ def _existing(req: ProfileRequest) -> Profile | None:
     return prof
 
 
-def _point(key: PointKey, r: PointResult, figure: Any) -> ProfilePoint:
+def gpu_accuracy_source(source: str, runtime: str, hardware: str) -> str:
+    """The accuracy source of a point measured on a GPU: the figure is the CPU variant's."""
+    return (f"{source} [the {runtime} variant's figure: accuracy does not depend on the hardware; this point's "
+            f"latency: the PyTorch runtime on {hardware}" + (", a model dequantised from the GGUF, not the Q4 variant"
+                                                             if runtime == "llama_cpp" else "") + "]")
+
+
+def _point(key: PointKey, r: PointResult, figure: Any, runtime: str = "") -> ProfilePoint:
     s = r.stats
+    source = (gpu_accuracy_source(figure.source, runtime, key.hardware) if key.hardware.startswith("gpu:")
+              else figure.source)
     return ProfilePoint(
         stage=key.stage, variant=key.variant, batch=key.batch, hardware=key.hardware,
         latency_p50_s=s.p50_s, latency_p95_s=s.p95_s, latency_p99_s=s.p99_s,
         throughput_rps=s.throughput_rps, memory_mb=r.memory_mb, samples=s.samples,
-        accuracy=figure.value, accuracy_kind=figure.kind.value, accuracy_source=figure.source,
+        accuracy=figure.value, accuracy_kind=figure.kind.value, accuracy_source=source,
         latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
         windows=r.stability.windows, stable=r.stability.stable, latency_cv=round(r.stability.latency_cv, 5),
         throughput_cv=round(r.stability.throughput_cv, 5), reference_before_s=r.reference_before_s,
@@ -248,7 +257,7 @@ def _measure_group(run: _Run, summary: RunSummary, bar, group: tuple, figure: Ac
         "native_batching": spec.native_batching, "params": dict(spec.params)}
 
     def landed(r: PointResult) -> None:
-        p = _point(key_of[r.batch], r, figure)
+        p = _point(key_of[r.batch], r, figure, spec.runtime)
         run.points[key_of[r.batch]] = p
         run.save()
         summary.measured += 1

@@ -27,6 +27,7 @@ __all__ = [
     "SLA",
     "ProfilePoint",
     "Profile",
+    "ReplicaStart",
     "DecisionStatus",
     "StageDecision",
     "Decision",
@@ -260,6 +261,42 @@ class Profile:
         for p in self.points:
             out.setdefault((p.stage, p.variant), p.accuracy)
         return out
+
+    def replica_start(self, stage: str, variant: str, hardware: str) -> ReplicaStart | None:
+        """What a new replica of (stage, variant, hardware) spends before it serves, where measured."""
+        raw = self.metadata.get("replica_start", {})
+        entry = raw.get(f"{stage}/{variant}/{hardware}") if isinstance(raw, Mapping) else None
+        if not isinstance(entry, Mapping) or "load_s" not in entry or not entry.get("warmup_s"):
+            return None
+        warmup = {int(b): float(sum(calls)) for b, calls in dict(entry["warmup_s"]).items()}
+        return ReplicaStart(float(entry["load_s"]), warmup, int(entry.get("first_batch", min(warmup))))
+
+
+@dataclass(frozen=True)
+class ReplicaStart:
+    """A replica's start-up as the profiler measured it (``metadata.replica_start``).
+
+    One replica loads the model, then runs its batch sizes in increasing order, each
+    after a few timed warm-up calls. On a GPU the first call at the *first* batch size
+    compiles the LLM's decode step (tens of seconds); a later batch size recompiles
+    less (the compiled graph becomes shape-generic). So a new replica, or a variant
+    switch, costs ``cold_start_s`` (the compilation costs about the same at any batch
+    size: an assumption, not measured per size), and a batch-size change on a warm
+    replica costs ``batch_change_s(batch)``.
+    """
+
+    load_s: float
+    warmup_s: Mapping[int, float]  # batch -> seconds of its warm-up calls, measured in increasing batch order
+    first_batch: int
+
+    @property
+    def cold_start_s(self) -> float:
+        """Load + the first batch size's warm-up: before a new replica serves its first batch."""
+        return self.load_s + self.warmup_s[self.first_batch]
+
+    def batch_change_s(self, batch: int) -> float | None:
+        """Warm-up of ``batch`` on a replica already warm at smaller sizes; None where not measured."""
+        return self.warmup_s.get(batch)
 
 
 class DecisionStatus(enum.StrEnum):

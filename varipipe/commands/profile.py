@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", type=_names, help="comma-separated variants (default: all)")
     parser.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default 1,2,4,8,16)")
     parser.add_argument("--cores", type=_int_list, default=None, help="threads per replica (default 1,2)")
-    parser.add_argument("--gpu", action="store_true", help="also profile on the GPU (error if none is present)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="also profile on CUDA device 0 with the PyTorch runtimes, points labelled "
+                             "gpu:<model> (error if torch finds no GPU)")
     parser.add_argument("--quick", action="store_true",
                         help="windows of 10 batches and >= 0.25 s, at most 3 s a point (minutes, not hours); "
                              "default: windows of 50 batches and >= 1 s until 3 agree within 10 %%, at most "
@@ -72,19 +74,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _hardware(args: argparse.Namespace):
     from varipipe.errors import VaripipeError
-    from varipipe.profiler.hostinfo import gpu_model, gpu_runtimes
-    from varipipe.profiler.measure import cpu_hardware, gpu_hardware
+    from varipipe.profiler.measure import Hardware, cpu_hardware
     from varipipe.profiler.plan import DEFAULT_CORES
 
     units = [cpu_hardware(c) for c in (args.cores or DEFAULT_CORES)]
     if args.gpu:
-        model = gpu_model()
-        if model is None:
-            raise VaripipeError("--gpu: no NVIDIA GPU found (nvidia-smi absent or reports none)")
-        if not gpu_runtimes():
-            raise VaripipeError(f"--gpu: {model} is present, but no installed runtime can use it: install "
-                                "onnxruntime-gpu (CUDAExecutionProvider) or llama-cpp-python built with CUDA")
-        units.append(gpu_hardware(model))
+        import torch
+
+        from varipipe.pipelines.variants._torch_runtime import gpu_label
+
+        if not torch.cuda.is_available():
+            raise VaripipeError(f"--gpu: torch {torch.__version__} finds no CUDA device (torch.cuda.is_available() "
+                                "is False): the GPU runtimes are PyTorch's")
+        # gpu:<model> from torch.cuda.get_device_name, normalised (e.g. gpu:h200); one replica thread.
+        units.append(Hardware(gpu_label(), threads=1, device="gpu"))
     return tuple(units)
 
 

@@ -1,0 +1,318 @@
+"""Profile every carried variant on this host's GPU with the PyTorch runtimes, from source.
+
+Made for a GPU host that has torch and transformers but no model packages, no
+Ray, no llama.cpp and no network (``benchmarks/gpu_profile.sh`` runs it there;
+``gpu_inputs.prepare`` makes what it reads). It measures with the profiler's
+own code path -- ``measure.measure_variant`` in this process, the same
+``build_variant`` / ``infer`` a replica runs -- and writes the profiler's point
+format (p50/p95/p99, throughput, memory, samples) into a profile JSON after
+every point, so a run cut short still leaves its points.
+
+- Hardware label ``gpu:<model>`` (``torch.cuda.get_device_name``, normalised);
+  memory is the peak CUDA memory allocated (``torch.cuda.max_memory_allocated``).
+- Weights: real for the detector, seeded random weights of the same
+  architecture for the classifiers and the LLMs (their files do not travel);
+  every point says which in ``accuracy_source`` and ``metadata.weights``.
+  Accuracy does not depend on the hardware, so each point carries the figure
+  measured for its CPU variant (for the LLMs: the Q4 GGUF on llama.cpp).
+- The LLMs generate, per batch, the number of tokens the Q4 variant generated
+  on the CPU for the batch's longest caption.
+- Warm-up: every warm-up batch is timed (``metadata.replica_start``): the first
+  call at the first batch size includes ``torch.compile``'s compilation of the
+  LLM decode step; ``cold_start_s`` = model load + that warm-up is what a new
+  GPU replica needs before it takes traffic, the reconfiguration delay the
+  optimizer and the simulator should assume (``records.Profile.replica_start``).
+- ``--dry-run`` (and any host without CUDA) runs the same code on the CPU with
+  tiny sample counts: the test of this script in ``make test``.
+- ``--budget-s``: no variant starts once the run has used its budget; the ones
+  left are listed in ``metadata.skipped``.
+
+    python -m varipipe.profiler.gpu_profile OUTDIR [--carry .gpu-carry] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from varipipe.profiler.gpu_inputs import DEFAULT_CARRY, REAL, CarriedVariant, Carry, load
+from varipipe.profiler.measure import Hardware, PointResult, measure_variant
+from varipipe.profiler.plan import SamplingPolicy
+from varipipe.profiler.store import SCHEMA_VERSION, save_profile
+from varipipe.records import Profile, ProfilePoint
+
+__all__ = ["GPU_BATCHES", "GPU_POLICY", "DRY_RUN_POLICY", "WATCHED_MODULES", "main", "run"]
+
+GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+DRY_RUN_BATCHES = (1, 2)
+# 30 samples or a 1.5 s time box per point: the whole flagship (9 variants x 7 batch
+# sizes) samples in under two minutes, leaving the rest of a 6-minute run to start-up,
+# loading and the LLMs' compilation. Three timed warm-up batches: the first at a new
+# batch size compiles (LLM) or picks kernels (cuDNN); CUDA graphs record on the next.
+GPU_POLICY = SamplingPolicy(name="gpu", min_samples=30, max_seconds=1.5, time_box_small=True, warmup_batches=3,
+                            floor_samples=5)
+DRY_RUN_POLICY = SamplingPolicy(name="gpu-dry-run", min_samples=2, max_seconds=0.05, time_box_small=True,
+                                warmup_batches=1, floor_samples=1)
+# The whole run is designed for 6 minutes with Python's start-up: no variant starts after this.
+DEFAULT_BUDGET_S = 330.0
+# Modules the GPU host lacks or that the GPU path must not need; the run records which it loaded.
+WATCHED_MODULES = ("ray", "llama_cpp", "onnxruntime", "cv2", "pydantic", "skimage")
+# Library versions worth keeping beside GPU timings.
+LIBRARIES = ("torch", "transformers", "numpy", "triton", "gguf", "accelerate")
+
+
+def _clock_start(started_at: float | None) -> float:
+    """Wall time the run started: the shell's timestamp (Python's start-up included) or now."""
+    return started_at if started_at is not None else time.time()
+
+
+@dataclass
+class _Log:
+    started: float
+
+    def __call__(self, message: str) -> None:
+        now = time.time()
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        print(f"[{now - self.started:6.1f}s {stamp}] {message}", flush=True)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _hardware(dry_run: bool, threads: int) -> tuple[Hardware, dict[str, Any]]:
+    import torch
+
+    from varipipe.pipelines.variants._torch_runtime import gpu_label
+
+    info: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda,
+                            "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available() and not dry_run:
+        props = torch.cuda.get_device_properties(0)
+        info.update({"gpu": torch.cuda.get_device_name(0), "gpu_memory_mib": round(props.total_memory / 2**20),
+                     "gpu_count": torch.cuda.device_count(), "cudnn": torch.backends.cudnn.version()})
+        return Hardware(gpu_label(), threads, "gpu"), info
+    return Hardware(f"cpu:{threads}", threads, "cpu"), info
+
+
+def _weights_note(cv: CarriedVariant) -> str:
+    if cv.weights == REAL:
+        return "its real weights"
+    if cv.cpu_runtime == "llama_cpp":
+        return ("seeded random weights of the GGUF's architecture (not the Q4 variant: its weights do not travel), "
+                "generating the token counts the Q4 variant generated on the CPU")
+    return "seeded random weights of the same architecture (its weights do not travel)"
+
+
+def _accuracy_source(cv: CarriedVariant, hardware: str, dtype: str) -> str:
+    return (f"{cv.accuracy.source} [the {cv.cpu_runtime} variant's figure, measured on the CPU: accuracy does not "
+            f"depend on the hardware; this point's latency: PyTorch {dtype} on {hardware} with {_weights_note(cv)}]")
+
+
+@dataclass
+class _State:
+    """The run so far: points, metadata, where it is written."""
+
+    out: Path
+    samples: Path
+    pipeline: str
+    metadata: dict[str, Any]
+    points: list[ProfilePoint] = field(default_factory=list)
+
+    def save(self) -> None:
+        from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
+
+        meta = dict(self.metadata)
+        if self.points:
+            meta["latency_model"] = {m: fits_to_metadata(fit_profile(self.points, m)) for m in ("p99", "mean")}
+            save_profile(Profile(self.pipeline, tuple(self.points), meta, {}, SCHEMA_VERSION), self.out)
+
+
+def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batches: Sequence[int],
+             policy: SamplingPolicy, log: _Log) -> None:
+    from varipipe.pipelines.variant import build_variant
+
+    spec = cv.spec
+    key = f"{spec.stage}/{spec.name}"
+    dtype = build_variant(spec, threads=hw.threads, device=hw.device).dtype_name()  # not loaded: cheap
+    source = _accuracy_source(cv, hw.label, dtype)
+    state.metadata["weights"][key] = cv.weights
+    state.metadata["dtype"][key] = dtype
+    state.metadata["variants"][key] = {"runtime": spec.runtime, "factory": spec.factory, "cpu_runtime": cv.cpu_runtime,
+                                       "input_size": spec.input_size, "params": dict(spec.params)}
+    start = state.metadata["replica_start"].setdefault(f"{key}/{hw.label}", {"warmup_s": {}})
+
+    def heard(batch: int, conditions: dict) -> None:
+        conditions = dict(conditions)
+        latencies = conditions.pop("latencies_s")
+        warmup = [round(v, 4) for v in conditions.pop("warmup_s")]
+        start["warmup_s"][str(batch)] = warmup
+        state.metadata["conditions"][f"{key}/{hw.label}/b{batch}"] = {
+            k: (round(v, 6) if isinstance(v, float) else v) for k, v in conditions.items()}
+        with state.samples.open("a") as f:
+            f.write(json.dumps({"stage": spec.stage, "variant": spec.name, "batch": batch, "hardware": hw.label,
+                                "warmup_s": warmup, "latencies_s": [round(v, 7) for v in latencies]}) + "\n")
+
+    def landed(r: PointResult) -> None:
+        s = r.stats
+        state.points.append(ProfilePoint(
+            stage=spec.stage, variant=spec.name, batch=r.batch, hardware=hw.label, latency_p50_s=s.p50_s,
+            latency_p95_s=s.p95_s, latency_p99_s=s.p99_s, throughput_rps=s.throughput_rps, memory_mb=r.memory_mb,
+            samples=s.samples, accuracy=cv.accuracy.value, accuracy_kind=cv.accuracy.kind.value,
+            accuracy_source=source, latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples))
+        if "first_batch" not in start:  # a new replica's start: load + warm-up (compilation) at its first size
+            start["first_batch"] = r.batch
+            start["cold_start_s"] = round(start["load_s"] + sum(start["warmup_s"][str(r.batch)]), 3)
+        state.save()
+        log(f"  b={r.batch:<3d} p50 {s.p50_s * 1e3:8.2f} ms  p99 {s.p99_s * 1e3:8.2f} ms  "
+            f"{s.throughput_rps:9.1f} items/s  {r.memory_mb:8.1f} MiB  n={s.samples:<3d} "
+            f"first call {start['warmup_s'].get(str(r.batch), [0])[0]:6.2f} s")
+
+    def loaded(load_s: float) -> None:
+        start["load_s"] = round(load_s, 3)
+        log(f"  loaded in {load_s:.2f} s")
+
+    log(f"{key} on {hw.label} ({dtype}, {cv.weights} weights): loading")
+    measure_variant(spec, hw, carry.payloads[spec.stage], batches, policy, on_point=landed, isolate=False,
+                    on_conditions=heard, on_loaded=loaded)
+
+
+def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches: Sequence[int] | None,
+        variants: Sequence[str] | None, threads: int, started_at: float | None, command: str) -> Path:
+    """Measure every carried variant (or ``variants``); returns the profile's path."""
+    log = _Log(_clock_start(started_at))
+    log(f"python {platform.python_version()} on {platform.node()}: importing torch")
+    hw, info = _hardware(dry_run, threads)
+    log(f"hardware {hw.label}; torch {info['torch']} (CUDA {info['torch_cuda']}), "
+        f"cuda available: {info['cuda_available']}" + (" -- dry run on the CPU" if hw.device == "cpu" else ""))
+    os.environ["VARIPIPE_CACHE"] = str(carry_root / "models")  # model_files finds the carried copies there
+    carry = load(carry_root)
+    policy = DRY_RUN_POLICY if hw.device == "cpu" else GPU_POLICY
+    grid = tuple(batches or (DRY_RUN_BATCHES if hw.device == "cpu" else GPU_BATCHES))
+    outdir.mkdir(parents=True, exist_ok=True)
+    label = hw.label.replace(":", "-")
+    from varipipe.profiler.hostinfo import cpu_model
+
+    state = _State(out=outdir / f"{carry.pipeline}-{label}.json", samples=outdir / f"{carry.pipeline}-{label}.samples.jsonl",
+                   pipeline=carry.pipeline, metadata={
+        "command": command, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(), "host_cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "python": platform.python_version(), "platform": platform.platform(), "libraries": _versions(),
+        "device": info, "hardware": hw.label, "dry_run": hw.device == "cpu", "mode": policy.name,
+        "sampling": dataclasses.asdict(policy), "batches": list(grid), "budget_s": budget_s,
+        "schema_version": SCHEMA_VERSION, "carry": carry.manifest.get("note", ""),
+        "carry_made": carry.manifest.get("made", ""), "accuracy_from": carry.manifest.get("accuracy_from", ""),
+        "weights": {}, "dtype": {}, "variants": {}, "conditions": {}, "replica_start": {}, "failed": {},
+        "skipped": dict(carry.manifest.get("skipped", {})),
+        "replica_start_note": ("per variant, one replica measured its batch sizes in increasing order: load_s "
+                               "(weights read and moved to the device, or random init), warmup_s[batch] (each "
+                               "timed warm-up call at that size; the first call at the first size includes "
+                               "torch.compile of the LLM decode step, later sizes may recompile), cold_start_s "
+                               "= load_s + the first size's warm-up: what a new replica (or a variant switch) "
+                               "needs before it serves; records.Profile.replica_start reads it"),
+        "memory_method": ("peak CUDA memory allocated by tensors (torch.cuda.max_memory_allocated) since just "
+                          "before the model was built: weights + KV cache + activations of the largest batch so far"
+                          if hw.device == "gpu" else "RSS growth of this process (dry run on the CPU)"),
+        "throughput_method": "batch / mean batch latency, batches back to back on one replica (saturation)",
+    })
+    if state.out.exists():
+        state.out.unlink()  # a fresh run: points of an older run would mix two sessions' conditions
+    state.samples.unlink(missing_ok=True)
+    chosen = [cv for cv in carry.variants if not variants or cv.spec.name in variants]
+    for i, cv in enumerate(chosen):
+        key = f"{cv.spec.stage}/{cv.spec.name}"
+        if log.elapsed() > budget_s:
+            for rest in chosen[i:]:
+                state.metadata["skipped"][f"{rest.spec.stage}/{rest.spec.name}"] = (
+                    f"budget of {budget_s:.0f} s used up after {log.elapsed():.0f} s")
+            log(f"budget used up: skipping {len(chosen) - i} variants")
+            break
+        try:
+            _measure(state, cv, hw, carry, grid, policy, log)
+        except Exception as e:  # noqa: BLE001 - one variant's failure must not lose the others' points
+            state.metadata["failed"][key] = f"{type(e).__name__}: {e}"[:2000]
+            log(f"  FAILED {key}: {type(e).__name__}: {e}")
+        state.metadata["modules_loaded"] = sorted(m for m in WATCHED_MODULES if m in sys.modules)
+        state.metadata["duration_s"] = round(log.elapsed(), 1)
+        state.save()
+    log(f"done: {len(state.points)} points in {state.out}")
+    print(summary(state.points, state.metadata), flush=True)
+    return state.out
+
+
+def summary(points: Sequence[ProfilePoint], metadata: dict[str, Any]) -> str:
+    """A table of the points with each batch size's warm-up, and each variant's cold start."""
+    lines = [f"{'stage/variant':34s} {'hw':10s} {'b':>3s} {'p50 ms':>9s} {'p99 ms':>9s} {'items/s':>9s} "
+             f"{'MiB':>8s} {'n':>4s} {'warm-up s':>9s}"]
+    for p in points:
+        start = metadata["replica_start"].get(f"{p.stage}/{p.variant}/{p.hardware}", {})
+        warmup = sum(start.get("warmup_s", {}).get(str(p.batch), [float("nan")]))
+        lines.append(f"{p.stage + '/' + p.variant:34s} {p.hardware:10s} {p.batch:3d} {p.latency_p50_s * 1e3:9.2f} "
+                     f"{p.latency_p99_s * 1e3:9.2f} {p.throughput_rps:9.1f} {p.memory_mb:8.1f} {p.samples:4d} "
+                     f"{warmup:9.2f}")
+    for key, start in metadata["replica_start"].items():
+        if "cold_start_s" in start:
+            lines.append(f"cold start {key}: {start['cold_start_s']:.2f} s (load {start['load_s']:.2f} s + "
+                         f"warm-up at b={start['first_batch']})")
+    for what in ("skipped", "failed"):
+        for k, v in metadata.get(what, {}).items():
+            lines.append(f"{what}: {k}: {v}")
+    return "\n".join(lines)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m varipipe.profiler.gpu_profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("outdir", help="folder for the profile JSON and the raw samples (JSON lines)")
+    parser.add_argument("--carry", default=str(DEFAULT_CARRY), help="folder made by gpu_inputs (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true", help="run on the CPU with tiny sample counts")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help="start no variant after this many seconds since --started-at (default: %(default)s)")
+    parser.add_argument("--batches", type=_int_list, default=None,
+                        help=f"batch sizes (default {','.join(map(str, GPU_BATCHES))}; dry run "
+                             f"{','.join(map(str, DRY_RUN_BATCHES))})")
+    parser.add_argument("--variants", type=lambda t: tuple(v for v in t.split(",") if v), default=None,
+                        help="only these variants (comma-separated names)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of the replica (default: %(default)s)")
+    parser.add_argument("--started-at", type=float, default=None,
+                        help="epoch seconds the run started (the shell's clock, so start-up counts)")
+    args = parser.parse_args(argv)
+    carry = Path(args.carry)
+    if not (carry / "manifest.json").exists():
+        print(f"error: no carry folder at {carry} (make it with benchmarks/gpu_carry.sh)", file=sys.stderr)
+        return 2
+    command = "python -m varipipe.profiler.gpu_profile " + " ".join(sys.argv[1:] if argv is None else argv)
+    run(Path(args.outdir), carry, args.dry_run, args.budget_s, args.batches, args.variants, args.threads,
+        args.started_at, command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
