@@ -102,13 +102,13 @@ class Controller:
 class StageServer:
     """One stage: a variant behind ``@serve.batch`` (bypassed at batch size 1); batches run on a worker thread."""
 
-    def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle) -> None:
+    def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle, device: str = "cpu") -> None:
         import ray
 
         spec = find_spec(pipeline)
         stage_spec = spec.stage(stage)
         self.core = StageCore(stage_spec, threads=stage_spec.threads,
-                              replica_id=ray.get_runtime_context().get_actor_id())
+                              replica_id=ray.get_runtime_context().get_actor_id(), device=device)
         self.controller = controller
         # One thread runs batches (one batch at a time, like @serve.batch's default);
         # configuration runs on another so a model load never stalls serving.
@@ -246,8 +246,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     stages = {}
     for s in spec.stages:
         num_cpus = opts.stage_num_cpus if opts.stage_num_cpus is not None else s.num_cpus
+        actor_options: dict[str, Any] = {"num_cpus": num_cpus, "resources": dict(opts.stage_resources.get(s.name, {}))}
+        gpus = opts.stage_gpus.get(s.name, 0.0)
+        if gpus > 0:  # the replica reserves (a share of) a GPU and runs its variants' GPU runtimes
+            actor_options["num_gpus"] = gpus
         stages[s.name] = StageServer.options(
-            name=stage_deployment_name(s.name),
-            ray_actor_options={"num_cpus": num_cpus, "resources": dict(opts.stage_resources.get(s.name, {}))},
-        ).bind(opts.pipeline, s.name, controller)
+            name=stage_deployment_name(s.name), ray_actor_options=actor_options,
+        ).bind(opts.pipeline, s.name, controller, "gpu" if gpus > 0 else "cpu")
     return Ingress.options(name=INGRESS).bind(opts.to_args(), stages, controller)

@@ -22,8 +22,8 @@ import yaml
 from varipipe.pipelines.serve_config import AppOptions, build_app_config
 from varipipe.records import Decision, PipelineSpec
 
-__all__ = ["ClusterShape", "render_rayservice", "serve_config_v2", "worker_replicas", "to_yaml",
-           "API_VERSION", "KIND", "SERVE_PORT", "TOKEN_SECRET_KEY"]
+__all__ = ["ClusterShape", "render_rayservice", "serve_config_v2", "worker_replicas", "gpu_worker_replicas",
+           "to_yaml", "API_VERSION", "KIND", "SERVE_PORT", "TOKEN_SECRET_KEY", "GPU_RESOURCE"]
 
 API_VERSION = "ray.io/v1"
 KIND = "RayService"
@@ -43,6 +43,8 @@ LIGHT_CPUS = 0.2
 # Worker groups may grow to this many times the decision's need, so the adapter
 # (or an operator) can scale replicas up without editing the cluster shape.
 MAX_WORKER_FACTOR = 2
+# The Kubernetes extended resource of NVIDIA's device plugin: a pod asks for whole GPUs by it.
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class ClusterShape:
     head_memory: str = "4Gi"
     token_secret: str = "varipipe-token"
     namespace: str = ""
+    gpus_per_worker: int = 1  # GPUs of one GPU worker pod (replicas of GPU stages run there)
 
 
 def serve_config_v2(opts: AppOptions, decision: Decision) -> dict[str, Any]:
@@ -69,18 +72,34 @@ def serve_config_v2(opts: AppOptions, decision: Decision) -> dict[str, Any]:
     }
 
 
+def _cpus(spec: PipelineSpec, stage: str, stage_num_cpus: float | None) -> float:
+    return stage_num_cpus if stage_num_cpus is not None else spec.stage(stage).num_cpus
+
+
 def worker_replicas(spec: PipelineSpec, decision: Decision, worker_cpus: int,
-                    stage_num_cpus: float | None = None) -> int:
-    """Worker pods whose CPUs hold every replica of the decision (at least one)."""
-    need = LIGHT_CPUS + sum(
-        s.replicas * (stage_num_cpus if stage_num_cpus is not None else spec.stage(s.stage).num_cpus)
-        for s in decision.stages
-    )
+                    stage_num_cpus: float | None = None, gpu_stages: frozenset[str] = frozenset()) -> int:
+    """CPU worker pods whose CPUs hold every replica of the decision outside ``gpu_stages`` (at least one)."""
+    need = LIGHT_CPUS + sum(s.replicas * _cpus(spec, s.stage, stage_num_cpus)
+                            for s in decision.stages if s.stage not in gpu_stages)
     return max(1, math.ceil(need / worker_cpus))
 
 
-def _container(name: str, shape: ClusterShape, cpus: int, memory: str, ports: list[dict]) -> dict[str, Any]:
+def gpu_worker_replicas(spec: PipelineSpec, decision: Decision, stage_gpus: dict[str, float], shape: ClusterShape,
+                        stage_num_cpus: float | None = None) -> int:
+    """GPU worker pods whose GPUs (and CPUs) hold every replica of the stages in ``stage_gpus``; 0 if none."""
+    on_gpu = [s for s in decision.stages if stage_gpus.get(s.stage, 0) > 0]
+    if not on_gpu:
+        return 0
+    gpus = sum(s.replicas * stage_gpus[s.stage] for s in on_gpu)
+    cpus = sum(s.replicas * _cpus(spec, s.stage, stage_num_cpus) for s in on_gpu)
+    return max(1, math.ceil(gpus / shape.gpus_per_worker - 1e-9), math.ceil(cpus / shape.worker_cpus))
+
+
+def _container(name: str, shape: ClusterShape, cpus: int, memory: str, ports: list[dict],
+               gpus: int = 0) -> dict[str, Any]:
     res = {"cpu": str(cpus), "memory": memory}
+    if gpus:
+        res[GPU_RESOURCE] = str(gpus)
     return {
         "name": name,
         "image": shape.image,
@@ -103,17 +122,31 @@ def _head(shape: ClusterShape) -> dict[str, Any]:
     }
 
 
-def _workers(shape: ClusterShape, replicas: int) -> list[dict[str, Any]]:
+def _workers(shape: ClusterShape, replicas: int, gpu_replicas: int = 0) -> list[dict[str, Any]]:
     ports = [{"name": "serve", "containerPort": SERVE_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}]
-    return [{
+    groups = [{
         "groupName": "cpu-workers",
         "replicas": replicas,
         "minReplicas": 1,
         "maxReplicas": replicas * MAX_WORKER_FACTOR,
-        "rayStartParams": {"num-cpus": str(shape.worker_cpus), "metrics-export-port": str(METRICS_PORT)},
+        # num-gpus 0: a replica that asks for a GPU can only land on a gpu-workers pod.
+        "rayStartParams": {"num-cpus": str(shape.worker_cpus), "num-gpus": "0",
+                           "metrics-export-port": str(METRICS_PORT)},
         "template": {"spec": {"containers": [_container("ray-worker", shape, shape.worker_cpus,
                                                         shape.worker_memory, ports)]}},
     }]
+    if gpu_replicas:
+        groups.append({
+            "groupName": "gpu-workers",
+            "replicas": gpu_replicas,
+            "minReplicas": 1,
+            "maxReplicas": gpu_replicas * MAX_WORKER_FACTOR,
+            "rayStartParams": {"num-cpus": str(shape.worker_cpus), "num-gpus": str(shape.gpus_per_worker),
+                               "metrics-export-port": str(METRICS_PORT)},
+            "template": {"spec": {"containers": [_container("ray-gpu-worker", shape, shape.worker_cpus,
+                                                            shape.worker_memory, ports, shape.gpus_per_worker)]}},
+        })
+    return groups
 
 
 def render_rayservice(spec: PipelineSpec, opts: AppOptions, decision: Decision,
@@ -125,7 +158,9 @@ def render_rayservice(spec: PipelineSpec, opts: AppOptions, decision: Decision,
     if shape.namespace:
         metadata["namespace"] = shape.namespace
     serve_yaml = yaml.safe_dump(serve_config_v2(opts, decision), sort_keys=False)
-    workers = worker_replicas(spec, decision, shape.worker_cpus, opts.stage_num_cpus)
+    gpu_stages = frozenset(k for k, v in opts.stage_gpus.items() if v > 0)
+    workers = worker_replicas(spec, decision, shape.worker_cpus, opts.stage_num_cpus, gpu_stages)
+    gpu_workers = gpu_worker_replicas(spec, decision, opts.stage_gpus, shape, opts.stage_num_cpus)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -136,7 +171,7 @@ def render_rayservice(spec: PipelineSpec, opts: AppOptions, decision: Decision,
                 "rayVersion": shape.ray_version,
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": _head(shape),
-                "workerGroupSpecs": _workers(shape, workers),
+                "workerGroupSpecs": _workers(shape, workers, gpu_workers),
             },
         },
     }

@@ -28,6 +28,9 @@ __all__ = [
     "default_decision",
     "build_app_config",
     "max_ongoing_for",
+    "DEFAULT_GPU_FRACTION",
+    "parse_gpus",
+    "stage_gpus",
 ]
 
 APP_IMPORT_PATH = "varipipe.pipelines.app:build_app"
@@ -43,6 +46,51 @@ INGRESS_MAX_ONGOING = 1000
 # smallest variant's batch-1 latency in DESIGN §6 (28 ms), so it never dominates.
 DEFAULT_BATCH_WAIT_S = 0.005
 DEFAULT_BATCH = 4
+# GPUs a replica reserves when a decision puts its stage on a GPU and no --gpus fraction says
+# otherwise: a whole one (issue 19: in reserved mode a GPU replica costs one GPU's price).
+DEFAULT_GPU_FRACTION = 1.0
+
+
+def _gpu_amount(text: str, where: str) -> float:
+    from varipipe.errors import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError("--gpus", where, f"expected a number of GPUs, got {text!r}") from None
+    # Ray schedules fractions of one GPU, or whole GPUs (a replica cannot hold 1.5).
+    if not (0 < value <= 1 or (value > 1 and value.is_integer())):
+        raise ConfigError("--gpus", where, f"GPUs per replica must be in (0, 1] or a whole number, got {text!r}")
+    return value
+
+
+def parse_gpus(text: str, stages: tuple[str, ...]) -> dict[str, float]:
+    """``--gpus``: ``"0.5"`` (every stage's replicas) or ``"llm=0.5,detector=0.25"`` -> {stage: GPUs}."""
+    from varipipe.errors import ConfigError
+
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        amount = _gpu_amount(text, "(all stages)")
+        return dict.fromkeys(stages, amount)
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        stage, sep, amount = part.partition("=")
+        if not sep or stage.strip() not in stages:
+            raise ConfigError("--gpus", part, f"expected STAGE=GPUS with STAGE one of {list(stages)}")
+        out[stage.strip()] = _gpu_amount(amount, stage.strip())
+    return out
+
+
+def stage_gpus(explicit: dict[str, float], decision: Decision | None) -> dict[str, float]:
+    """GPUs per replica of each stage: ``explicit`` (--gpus), plus ``DEFAULT_GPU_FRACTION`` for every
+    stage that ``decision`` places on a ``gpu:<model>`` and ``explicit`` does not name."""
+    out = dict(explicit)
+    for s in decision.stages if decision is not None else ():
+        if s.hardware.startswith("gpu:"):
+            out.setdefault(s.stage, DEFAULT_GPU_FRACTION)
+    return out
 
 
 def stage_deployment_name(stage: str) -> str:
@@ -76,6 +124,9 @@ class AppOptions:
     # Custom Ray resources each replica of a stage needs, {"stage": {"resource": amount}}:
     # places stages on labelled nodes of a cluster (`ray start --resources`); {} = anywhere.
     stage_resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    # GPUs (fractions allowed) each replica of a stage reserves, {"stage": 0.5}; such a stage's
+    # replicas run its variants' GPU runtimes. Fixed for the application's life (ray_actor_options).
+    stage_gpus: dict[str, float] = field(default_factory=dict)
     auth_token: str = ""  # required on control endpoints when set
     # Requests without an x-deadline-ms header get a deadline of this many SLAs; 0 = none.
     deadline_sla_factor: float = 0.0

@@ -90,10 +90,12 @@ class StageCore:
         threads: int = 1,
         builder: Callable[[object, int], Variant] | None = None,
         replica_id: str = "",
+        device: str = "cpu",
     ) -> None:
         self.stage = stage
         self.threads = threads
-        self._build = builder or (lambda spec, threads: build_variant(spec, threads=threads))
+        self.device = device  # "gpu": the replica holds a GPU and builds its variants' GPU runtimes
+        self._build = builder or (lambda spec, threads: build_variant(spec, threads=threads, device=device))
         self.replica_id = replica_id
         self._lock = threading.Lock()  # serialises configuration changes
         # Held while a batch runs. A model replaced by a switch is released only when no

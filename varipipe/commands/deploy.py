@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--token-secret", default="varipipe-token",
                    help="Kubernetes secret holding the bearer token under key 'token' (default: %(default)s)")
     p.add_argument("--policy", default="none", help="adapter policy inside the app (default: %(default)s)")
+    p.add_argument("--gpus", default="", metavar="GPUS",
+                   help="GPUs each stage replica reserves, fractions allowed: '0.5' (every stage) or "
+                        "'llm=0.5'; a stage the decision puts on a gpu:<model> reserves 1 unless named here. "
+                        "GPU stages run on a gpu-workers group (default: none)")
+    p.add_argument("--gpus-per-worker", type=int, default=1,
+                   help="GPUs of one gpu-workers pod (default: %(default)s)")
 
 
 def default_decision_for(spec, args: argparse.Namespace):
@@ -63,17 +69,21 @@ def default_decision_for(spec, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from varipipe.commands.serve import check_decision, initial_decision
+    from varipipe.errors import ConfigError
     from varipipe.pipelines.rayservice import ClusterShape, render_rayservice, to_yaml
-    from varipipe.pipelines.serve_config import AppOptions
+    from varipipe.pipelines.serve_config import AppOptions, parse_gpus, stage_gpus
     from varipipe.spec import find_spec
 
     spec = find_spec(args.pipeline)
     decision = initial_decision(args, "") if args.decision else default_decision_for(spec, args)
     check_decision(spec, decision)
+    if args.gpus_per_worker < 1:
+        raise ConfigError("--gpus-per-worker", str(args.gpus_per_worker), "must be a whole number >= 1")
     shape = ClusterShape(worker_cpus=args.worker_cpus, namespace=args.namespace, token_secret=args.token_secret,
-                         **({"image": args.image} if args.image else {}))
+                         gpus_per_worker=args.gpus_per_worker, **({"image": args.image} if args.image else {}))
     policy = "" if args.policy in ("none", "") else args.policy
-    opts = AppOptions(pipeline=spec.name, policy=policy, cost_mode="reserved", cluster_cores=args.cluster_cores)
+    opts = AppOptions(pipeline=spec.name, policy=policy, cost_mode="reserved", cluster_cores=args.cluster_cores,
+                      stage_gpus=stage_gpus(parse_gpus(args.gpus, spec.stage_names), decision))
     manifest = render_rayservice(spec, opts, decision, shape)
     sys.stdout.write(to_yaml(manifest))
     return 0

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage-resources", type=_resources, default={}, metavar="JSON",
                         help='custom Ray resources per stage replica, e.g. \'{"llm": {"gpu_node": 1}}\': '
                              "places stages on nodes started with `ray start --resources` (default: anywhere)")
+    parser.add_argument("--gpus", default="", metavar="GPUS",
+                        help="GPUs each stage replica reserves, fractions allowed: '0.5' (every stage) or "
+                             "'llm=0.5,detector=0.25'; those stages run their GPU (PyTorch) runtimes "
+                             "(default: none, all on the CPU)")
     parser.add_argument("--app-name", default="varipipe",
                         help="Serve application name; give each pipeline sharing a cluster its own "
                              "(default: %(default)s)")
@@ -106,7 +110,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def app_options(args: argparse.Namespace, state_file: str = ""):
+def app_options(args: argparse.Namespace, state_file: str = "", gpus: dict[str, float] | None = None):
     from varipipe.pipelines.serve_config import AppOptions
 
     policy = "" if args.policy in ("none", "") else args.policy
@@ -116,6 +120,7 @@ def app_options(args: argparse.Namespace, state_file: str = ""):
         max_replicas=args.max_replicas, dry_run=args.dry_run, pins=parse_pins(args.pin), state_file=state_file,
         auth_token=getattr(args, "token", ""), stage_resources=getattr(args, "stage_resources", {}),
         app_name=getattr(args, "app_name", "varipipe"), route_prefix=getattr(args, "route_prefix", "/"),
+        stage_gpus=dict(gpus or {}),
     )
 
 
@@ -143,6 +148,23 @@ def check_decision(spec, decision) -> None:
                                                   f"pipeline's {list(spec.stage_names)}")
     for s in decision.stages:
         spec.stage(s.stage).variant(s.variant)
+
+
+def gpu_requests(args: argparse.Namespace, spec, decision) -> dict[str, float]:
+    """GPUs per stage replica from --gpus and the initial decision; checks that a local Ray can place them."""
+    from varipipe.errors import ConfigError
+    from varipipe.pipelines.serve_config import parse_gpus, stage_gpus
+
+    gpus = stage_gpus(parse_gpus(getattr(args, "gpus", ""), spec.stage_names), decision)
+    if gpus and not getattr(args, "address", None):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--gpus", ",".join(f"{k}={v:g}" for k, v in gpus.items()),
+                              "this host has no CUDA device (torch.cuda.is_available() is False), so an "
+                              "embedded Ray could never start those replicas; serve on the CPU, or join a "
+                              "cluster with GPUs (--address)")
+    return gpus
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -179,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     state_file = args.state_file or str(Path.home() / ".cache" / "varipipe" / "state" / f"{spec.name}.json")
     decision = initial_decision(args, state_file)
     check_decision(spec, decision)
-    opts = app_options(args, state_file)
+    opts = app_options(args, state_file, gpu_requests(args, spec, decision))
     print(f"starting {spec.name} ({len(spec.stages)} stages) on {'Ray at ' + args.address if args.address else 'an embedded Ray'}...")
     # Handlers go in as soon as Ray runs (its own abort on SIGTERM): a signal that arrives
     # while the application deploys, or once /healthz answers, still stops it cleanly.
@@ -191,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  watch:   {srv.url}/dashboard" + (f"#token={opts.auth_token}" if opts.auth_token else ""))
         print(f"  config:  {srv.url}/config    metrics: {srv.url}/metrics    health: {srv.url}/healthz")
         print(f"  adapter: {opts.policy or 'off'}" + (" (dry run)" if opts.dry_run else ""))
+        if opts.stage_gpus:
+            print("  GPUs:    " + ", ".join(f"{k} {v:g} per replica" for k, v in opts.stage_gpus.items()))
         print("Ctrl-C to stop.")
         stop.wait()
         print("stopping...")
