@@ -22,6 +22,8 @@ every point, so a run cut short still leaves its points.
   LLM decode step; ``cold_start_s`` = model load + that warm-up is what a new
   GPU replica needs before it takes traffic, the reconfiguration delay the
   optimizer and the simulator should assume (``records.Profile.replica_start``).
+- A check first (``metadata.gpu_check``): the detector's GPU path in half precision
+  against the same code in float32 on the CPU, real weights -- raw rows and labels.
 - ``--dry-run`` (and any host without CUDA) runs the same code on the CPU with
   tiny sample counts: the test of this script in ``make test``.
 - ``--budget-s``: no variant starts once the run has used its budget; the ones
@@ -197,6 +199,43 @@ def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batc
                     on_conditions=heard, on_loaded=loaded)
 
 
+# The reference side of the GPU check runs on the GPU host's CPU: a few threads keep it to seconds.
+CHECK_THREADS = 4
+# Rows compared in the check: those some class scores at least this on the reference (the rest is noise
+# no threshold keeps); the detector's own threshold is 0.25.
+CHECK_MIN_SCORE = 0.1
+
+
+def detector_check(cv: CarriedVariant, hw: Hardware, payloads: Sequence[Any]) -> dict[str, Any]:
+    """The detector's GPU path (in its GPU dtype) against the same code in float32 on the CPU, real weights:
+    how far half precision moves the raw rows and whether the detections stay the same."""
+    import torch
+
+    from varipipe.pipelines.variant import build_variant
+
+    fast = build_variant(cv.spec, threads=hw.threads, device=hw.device)
+    ref = build_variant(cv.spec, threads=CHECK_THREADS, device="cpu")
+    fast.load()
+    ref.load()
+    try:
+        got, _ = fast.raw_outputs(payloads)
+        want, _ = ref.raw_outputs(payloads)
+        got = got.cpu()
+        with torch.inference_mode():
+            want_scores = (want[..., 5:] * want[..., 4:5]).max(dim=-1).values
+            got_scores = (got[..., 5:] * got[..., 4:5]).max(dim=-1).values
+            sure = want_scores >= CHECK_MIN_SCORE
+            box_px = (got[..., :4] - want[..., :4]).abs().max(dim=-1).values[sure]
+        same = sum(a.labels() == b.labels() for a, b in zip(ref.infer(payloads), fast.infer(payloads), strict=True))
+        return {"variant": cv.spec.name, "dtype": fast.dtype_name(), "reference": "float32 on the CPU, same code",
+                "rows_compared": int(sure.sum()), "box_max_abs_px": round(float(box_px.max()), 4) if len(box_px) else 0.0,
+                "score_max_abs": round(float((got_scores - want_scores).abs()[sure].max()), 5) if sure.any() else 0.0,
+                "images_with_the_same_labels": f"{same}/{len(payloads)}"}
+    finally:
+        fast.unload()
+        ref.unload()
+
+
 def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches: Sequence[int] | None,
         variants: Sequence[str] | None, threads: int, started_at: float | None, command: str) -> Path:
     """Measure every carried variant (or ``variants``); returns the profile's path."""
@@ -239,6 +278,14 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
         state.out.unlink()  # a fresh run: points of an older run would mix two sessions' conditions
     state.samples.unlink(missing_ok=True)
     chosen = [cv for cv in carry.variants if not variants or cv.spec.name in variants]
+    checked = next((cv for cv in chosen if cv.weights == REAL and cv.spec.stage == "detector"), None)
+    if checked is not None:
+        try:
+            state.metadata["gpu_check"] = detector_check(checked, hw, carry.payloads[checked.spec.stage])
+            log(f"check: {state.metadata['gpu_check']}")
+        except Exception as e:  # noqa: BLE001 - a failed check is reported, the profile still runs
+            state.metadata["gpu_check"] = {"failed": f"{type(e).__name__}: {e}"[:2000]}
+            log(f"check FAILED: {type(e).__name__}: {e}")
     for i, cv in enumerate(chosen):
         key = f"{cv.spec.stage}/{cv.spec.name}"
         if log.elapsed() > budget_s:

@@ -241,7 +241,11 @@ class Darknet(nn.Module):
         data = path.read_bytes()
         major, minor, _revision = np.frombuffer(data, np.int32, _HEADER_INTS)
         seen_bytes = 8 if major * 10 + minor >= _SEEN_INT64_FROM else 4
-        floats = np.frombuffer(data, np.float32, offset=_HEADER_INTS * 4 + seen_bytes)
+        offset = _HEADER_INTS * 4 + seen_bytes
+        if (len(data) - offset) % 4:
+            raise ValueError(f"darknet weights {path.name}: {len(data) - offset} bytes after the header "
+                             "are not whole float32 values")
+        floats = np.frombuffer(data, np.float32, offset=offset)
         at = 0
         for layer in self.layers:
             if isinstance(layer, _Conv):

@@ -57,20 +57,31 @@ class YoloDetector(ModelVariant):
         self._outputs = tuple(net.getUnconnectedOutLayersNames())
         self._model = net
 
-    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+    def network_input(self, batch: Sequence[Payload]) -> tuple[np.ndarray, list[_yolo.Letterbox]]:
+        """The batch's input blob (N x 3 x size x size, RGB in [0, 1]) and each image's letterbox."""
         import cv2
 
-        net = self._require_loaded()
-        if not batch:
-            return []
         placed = [_yolo.letterbox(_image_of(p), self.size) for p in batch]
         blob = cv2.dnn.blobFromImages([c for c, _ in placed], 1 / 255.0, (self.size, self.size),
                                       swapRB=False, crop=False)
+        return blob, [geo for _, geo in placed]
+
+    def raw_outputs(self, blob: np.ndarray) -> np.ndarray:
+        """The network's YOLO rows for a blob, before scoring and NMS: [N, rows, 5 + classes]."""
+        net = self._require_loaded()
         net.setInput(blob)
         heads = net.forward(self._outputs)
-        if len(batch) == 1:  # OpenCV drops the batch axis for a single image
+        if len(blob) == 1:  # OpenCV drops the batch axis for a single image
             heads = [h[np.newaxis] for h in heads]
-        return [self._detections(np.concatenate([h[i] for h in heads]), geo) for i, (_, geo) in enumerate(placed)]
+        return np.concatenate(heads, axis=1)
+
+    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        self._require_loaded()
+        if not batch:
+            return []
+        blob, geos = self.network_input(batch)
+        rows = self.raw_outputs(blob)
+        return [self._detections(rows[i], geo) for i, geo in enumerate(geos)]
 
     def _detections(self, rows: np.ndarray, geo: _yolo.Letterbox) -> Detections:
         boxes, class_ids, scores = _yolo.decode(rows, self.size, self.score_threshold)

@@ -176,15 +176,22 @@ class TorchDetector(TorchVariant):
                   for p in batch]
         return torch.stack([c for c, _ in placed]).to(self._dtype), [g for _, g in placed]
 
-    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+    def raw_outputs(self, batch: Sequence[Payload]) -> tuple[Any, list[Placement]]:
+        """The network's rows [B, N, 5 + C] (float32, on the device) before scoring and NMS, and placements."""
         import torch
 
         net = self._require_loaded()
-        if not batch:
-            return []
         with torch.inference_mode():
             x, placements = self.network_input(batch)
-            rows = net(x).float()
+            return net(x).float(), placements
+
+    def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        import torch
+
+        if not batch:
+            return []
+        rows, placements = self.raw_outputs(batch)
+        with torch.inference_mode():
             return [self._detections(rows[i], placements[i]) for i in range(len(batch))]
 
     def _detections(self, rows, geo: Placement) -> Detections:

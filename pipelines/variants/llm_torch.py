@@ -249,10 +249,11 @@ class TorchCaptioner(TorchVariant):
         ids = torch.tensor([[pad] * (width - len(r.ids)) + list(r.ids) for r in recorded], device=self._device)
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in recorded], device=self._device)
         steps = min(self.max_tokens, max(r.new_tokens for r in recorded))
-        self._generate(model, ids, mask, min_new_tokens=steps, max_new_tokens=steps, pad_token_id=pad)
-        return [Caption(f"[random weights: {r.new_tokens} tokens recorded, {steps} generated in the batch]",
-                        min(r.new_tokens, steps), tuple(labels)) for r, (_, labels) in zip(recorded, prompts,
-                                                                                             strict=True)]
+        out = self._generate(model, ids, mask, min_new_tokens=steps, max_new_tokens=steps, pad_token_id=pad)
+        generated = int(out.shape[1]) - width  # the batch runs until its longest recorded caption is done
+        return [Caption(f"[random weights: {r.new_tokens} tokens recorded, {generated} generated in the batch]",
+                        min(r.new_tokens, generated), tuple(labels))
+                for r, (_, labels) in zip(recorded, prompts, strict=True)]
 
 
 def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> TorchCaptioner:

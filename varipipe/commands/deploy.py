@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from varipipe.spec import find_spec
 
     spec = find_spec(args.pipeline)
+    gpus = parse_gpus(args.gpus, spec.stage_names)  # bad input fails before any solving
     decision = initial_decision(args, "") if args.decision else default_decision_for(spec, args)
     check_decision(spec, decision)
     if args.gpus_per_worker < 1:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                          gpus_per_worker=args.gpus_per_worker, **({"image": args.image} if args.image else {}))
     policy = "" if args.policy in ("none", "") else args.policy
     opts = AppOptions(pipeline=spec.name, policy=policy, cost_mode="reserved", cluster_cores=args.cluster_cores,
-                      stage_gpus=stage_gpus(parse_gpus(args.gpus, spec.stage_names), decision))
+                      stage_gpus=stage_gpus(gpus, decision))
     manifest = render_rayservice(spec, opts, decision, shape)
     sys.stdout.write(to_yaml(manifest))
     return 0

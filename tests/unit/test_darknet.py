@@ -1,0 +1,171 @@
+"""The PyTorch darknet network: cfg parsing, weights loading, layer semantics (synthetic nets, no files)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from varipipe.pipelines.variants import _darknet as dn
+
+TINY_CFG = """
+[net]
+# comment
+width=8
+height=8
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=14
+activation=linear
+
+[yolo]
+mask = 0,1
+anchors = 2,3, 4,5, 6,7
+classes=2
+num=3
+
+[route]
+layers = -3
+
+[upsample]
+stride=2
+
+[route]
+layers = -1, 0
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=7
+activation=linear
+
+[yolo]
+mask = 2
+anchors = 2,3, 4,5, 6,7
+classes=2
+num=3
+"""
+
+
+def _weights_file(path, net: dn.Darknet, rng: np.random.Generator, major=0, minor=2, extra=0) -> list[np.ndarray]:
+    """A .weights file for ``net`` with random values; returns each conv's arrays in file order."""
+    header = np.array([major, minor, 0], np.int32).tobytes()
+    header += np.array([123], np.int64 if major * 10 + minor >= 2 else np.int32).tobytes()
+    arrays = []
+    for layer in net.layers:
+        if isinstance(layer, dn._Conv):
+            n, w = layer.conv.out_channels, layer.conv.weight.numel()
+            parts = [rng.normal(size=n)]
+            if layer.batch_normalize:
+                parts += [rng.uniform(0.5, 1.5, n), rng.normal(size=n), rng.uniform(0.5, 2.0, n)]
+            parts.append(rng.normal(size=w) * 0.1)
+            arrays.append(parts)
+    flat = np.concatenate([p for parts in arrays for p in parts] + [np.zeros(extra)]).astype(np.float32)
+    path.write_bytes(header + flat.tobytes())
+    return arrays
+
+
+def test_cfg_sections_options_and_comments():
+    sections = dn.parse_cfg(TINY_CFG)
+    assert [s.kind for s in sections][:4] == ["net", "convolutional", "maxpool", "convolutional"]
+    assert sections[0].int("width", 0) == 8
+    assert sections[4].ints("anchors") == [2, 3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("text", ["width=8\n[net]", "[convolutional]\nsize=1", "[net]\nwidth 8", "[net\n"])
+def test_malformed_cfg_is_rejected(text):
+    with pytest.raises(ValueError, match="darknet cfg"):
+        dn.parse_cfg(text)
+
+
+def test_unsupported_section_names_itself():
+    with pytest.raises(ValueError, match=r"\[crnn\]"):
+        dn.Darknet(dn.parse_cfg("[net]\nwidth=8\n[crnn]\n"))
+
+
+def test_shapes_routes_and_rows():
+    net = dn.Darknet(dn.parse_cfg(TINY_CFG)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    heads = net.heads(x)
+    assert [tuple(h.shape) for h in heads] == [(2, 14, 4, 4), (2, 7, 8, 8)]
+    assert tuple(net(x).shape) == (2, 4 * 4 * 2 + 8 * 8 * 1, 5 + 2)
+
+
+def test_weights_load_with_batch_norm_folded_as_darknet_normalises(tmp_path):
+    net = dn.Darknet(dn.parse_cfg(TINY_CFG)).eval()
+    arrays = _weights_file(tmp_path / "w", net, np.random.default_rng(0))
+    net.load_weights(tmp_path / "w")
+    bias, scale, mean, var, w = arrays[0]
+    x = torch.rand(1, 3, 8, 8)
+    conv = torch.nn.functional.conv2d(x, torch.tensor(w, dtype=torch.float32).view(4, 3, 3, 3), padding=1)
+    t = lambda a: torch.tensor(a, dtype=torch.float32).view(1, -1, 1, 1)  # noqa: E731
+    expected = t(scale) * (conv - t(mean)) / (torch.sqrt(t(var)) + dn.BN_EPSILON) + t(bias)
+    got = net.layers[0].conv(x)  # conv with the folded weights, before the activation
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_weights_of_old_versions_have_a_32_bit_seen_counter(tmp_path):
+    net = dn.Darknet(dn.parse_cfg(TINY_CFG)).eval()
+    arrays = _weights_file(tmp_path / "w", net, np.random.default_rng(1), major=0, minor=1)
+    net.load_weights(tmp_path / "w")
+    last_bias = arrays[-1][0]
+    assert np.allclose(net.layers[-2].conv.bias.detach().numpy(), last_bias, atol=1e-6)
+
+
+def test_weights_that_do_not_fit_the_cfg_are_refused(tmp_path):
+    net = dn.Darknet(dn.parse_cfg(TINY_CFG)).eval()
+    _weights_file(tmp_path / "w", net, np.random.default_rng(2), extra=5)
+    with pytest.raises(ValueError, match="5 floats left over"):
+        net.load_weights(tmp_path / "w")
+    data = (tmp_path / "w").read_bytes()
+    (tmp_path / "short").write_bytes(data[: len(data) // 8 * 4])
+    with pytest.raises(ValueError, match="ends inside a layer"):
+        net.load_weights(tmp_path / "short")
+    (tmp_path / "odd").write_bytes(data[:-3])
+    with pytest.raises(ValueError, match="not whole float32"):
+        net.load_weights(tmp_path / "odd")
+
+
+def test_maxpool_stride_1_keeps_the_size_and_pads_after():
+    pool = dn._MaxPool(dn.Section("maxpool", {"size": "2", "stride": "1"}))
+    x = torch.tensor([[[[1.0, 5.0], [3.0, -2.0]]]])
+    # darknet: padding size-1 = 1, offset -pad/2 = 0, so the padding (-inf) goes right and below
+    assert pool(x).tolist() == [[[[5.0, 5.0], [3.0, -2.0]]]]
+
+
+def test_maxpool_stride_2_halves_odd_sizes_upwards():
+    pool = dn._MaxPool(dn.Section("maxpool", {"size": "2", "stride": "2"}))
+    assert tuple(pool(torch.zeros(1, 1, 13, 13)).shape) == (1, 1, 7, 7)  # darknet: (13 + 1 - 2) / 2 + 1
+
+
+def test_yolo_rows_follow_darknets_box_formula():
+    head = dn.YoloHead(dn.Section("yolo", {"mask": "1", "anchors": "10,20, 30,40", "classes": "1"}))
+    raw = torch.zeros(1, 6, 2, 2)  # one anchor, 5 + 1 channels, 2 x 2 grid
+    raw[0, :, 1, 0] = torch.tensor([0.0, 2.0, math.log(2.0), 0.0, 1.0, -1.0])  # cell row 1, column 0
+    rows = head(raw, (64, 64))
+    row = rows[0, 1 * 2 + 0]  # rows run by cell row, then column, then anchor
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    assert row[0].item() == pytest.approx((0 + 0.5) / 2 * 64)
+    assert row[1].item() == pytest.approx((1 + sig(2.0)) / 2 * 64)
+    assert row[2].item() == pytest.approx(2 * 30)  # exp(tw) x anchor, pixels of the actual input
+    assert row[3].item() == pytest.approx(40)
+    assert row[4].item() == pytest.approx(sig(1.0)) and row[5].item() == pytest.approx(sig(-1.0))
