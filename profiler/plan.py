@@ -263,10 +263,14 @@ def point_seconds(policy: WindowPolicy, batch_s: float, reference_s: float) -> t
     return fixed + fastest, fixed + slowest
 
 
-def variant_batches(variant: VariantSpec, batches: Sequence[int]) -> tuple[int, ...]:
-    """The batch sizes profiled for a variant: all of them, or up to its runtime's limit."""
+def variant_batches(variant: VariantSpec, batches: Sequence[int], hardware: str = "cpu:1") -> tuple[int, ...]:
+    """The batch sizes profiled for a variant: all of them, or up to its runtime's limit.
+
+    ``native_batching`` describes the CPU runtime; on a GPU every variant runs its PyTorch
+    runtime, which batches natively (the LLMs too: one ``generate`` for the batch).
+    """
     limit = variant.params.get("max_batch_size")
-    if limit is None and not variant.native_batching:
+    if limit is None and not variant.native_batching and not hardware.startswith("gpu:"):
         limit = SEQUENTIAL_MAX_BATCH
     chosen = tuple(sorted({b for b in batches if limit is None or b <= int(limit)}))
     return chosen or (min(batches),)
@@ -290,7 +294,7 @@ def plan(
             if wanted_variants is not None and v.name not in wanted_variants:
                 continue
             for hw in hardware:
-                keys.extend(PointKey(stage.name, v.name, b, hw) for b in variant_batches(v, batches))
+                keys.extend(PointKey(stage.name, v.name, b, hw) for b in variant_batches(v, batches, hw))
     return keys
 
 

@@ -211,7 +211,8 @@ class TorchCaptioner(TorchVariant):
         if not batch:
             return []
         prompts = [self.prompt(p) for p in batch]
-        with torch.inference_mode():
+        # no_grad, not inference_mode: torch.compile's CUDA graphs (static cache) are captured under it
+        with torch.no_grad():
             if self._recording is not None:
                 return self._infer_recorded(model, prompts)
             return self._infer_real(model, prompts)

@@ -35,6 +35,12 @@ def test_sequential_runtime_is_profiled_up_to_its_limit():
     assert variant_batches(_variant("d", "x"), (16, 1)) == (1, 16)
 
 
+def test_on_a_gpu_every_variant_batches_natively():
+    v = _variant("llm", "slow", native=False)
+    assert variant_batches(v, (1, 2, 4, 8, 16), "gpu:h200") == (1, 2, 4, 8, 16)
+    assert variant_batches(v, (1, 2, 4, 8, 16), "cpu:1") == (1, 2, 4)
+
+
 def test_plan_covers_grid_in_order_and_filters():
     keys = plan(_spec(), (1, 2, 8), ("cpu:1", "cpu:2"))
     assert len(keys) == 2 * 2 * 3 + 1 * 2 * 2
