@@ -50,7 +50,7 @@ from typing import Any
 
 from varipipe.profiler.gpu_inputs import DEFAULT_CARRY, REAL, CarriedVariant, Carry, load
 from varipipe.profiler.measure import Hardware, PointResult, measure_variant
-from varipipe.profiler.plan import SamplingPolicy
+from varipipe.profiler.plan import SampledPoint, WindowPolicy
 from varipipe.profiler.store import SCHEMA_VERSION, save_profile
 from varipipe.records import Profile, ProfilePoint
 
@@ -58,14 +58,18 @@ __all__ = ["GPU_BATCHES", "GPU_POLICY", "DRY_RUN_POLICY", "WATCHED_MODULES", "ma
 
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DRY_RUN_BATCHES = (1, 2)
-# 30 samples or a 1.5 s time box per point: the whole flagship (9 variants x 7 batch
-# sizes) samples in under two minutes, leaving the rest of a 6-minute run to start-up,
-# loading and the LLMs' compilation. Three timed warm-up batches: the first at a new
-# batch size compiles (LLM) or picks kernels (cuDNN); CUDA graphs record on the next.
-GPU_POLICY = SamplingPolicy(name="gpu", min_samples=30, max_seconds=1.5, time_box_small=True, warmup_batches=3,
-                            floor_samples=5)
-DRY_RUN_POLICY = SamplingPolicy(name="gpu-dry-run", min_samples=2, max_seconds=0.05, time_box_small=True,
-                                warmup_batches=1, floor_samples=1)
+# The profiler's window scheme (plan.WindowPolicy: windows until 3 agree within 10 %) with small
+# windows -- 10 batches and >= 0.1 s -- and a 1.5 s cap per point: the whole flagship (9 variants x
+# 7 batch sizes) samples in about two minutes, leaving the rest of a 6-minute run to start-up,
+# loading and the LLMs' compilation. Three timed warm-up batches per point: the first at a new
+# batch size compiles (LLM) or picks kernels (cuDNN); CUDA graphs record on the next. Three
+# reference calls (the variant's batch-1 call) between points: about 10 s in all.
+GPU_POLICY = WindowPolicy(name="gpu", window_batches=10, window_min_s=0.1, max_seconds=1.5, warmup_batches=3,
+                          reference_calls=3)
+# The same code with the fewest calls: two one-batch windows a point, one warm-up, one reference call.
+DRY_RUN_POLICY = WindowPolicy(name="gpu-dry-run", window_batches=1, window_min_s=0.0, max_seconds=0.01,
+                              min_window_batches=1, stable_windows=2, max_windows=2, warmup_batches=1,
+                              reference_calls=1)
 # The whole run is designed for 6 minutes with Python's start-up: no variant starts after this.
 DEFAULT_BUDGET_S = 330.0
 # Modules the GPU host lacks or that the GPU path must not need; the run records which it loaded.
@@ -151,7 +155,7 @@ class _State:
 
 
 def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batches: Sequence[int],
-             policy: SamplingPolicy, log: _Log) -> None:
+             policy: WindowPolicy, log: _Log) -> None:
     from varipipe.pipelines.variant import build_variant
 
     spec = cv.spec
@@ -166,14 +170,21 @@ def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batc
 
     def heard(batch: int, conditions: dict) -> None:
         conditions = dict(conditions)
-        latencies = conditions.pop("latencies_s")
+        sampled: SampledPoint = conditions.pop("sampled")
         warmup = [round(v, 4) for v in conditions.pop("warmup_s")]
         start["warmup_s"][str(batch)] = warmup
-        state.metadata["conditions"][f"{key}/{hw.label}/b{batch}"] = {
-            k: (round(v, 6) if isinstance(v, float) else v) for k, v in conditions.items()}
+        if "model_warmup_s" in conditions:  # batch-1 calls before the first point: the first compiles
+            start["model_warmup_s"] = [round(v, 4) for v in conditions.pop("model_warmup_s")]
+            log(f"  warm-up at batch 1: first call {start['model_warmup_s'][0]:.2f} s "
+                f"({len(start['model_warmup_s'])} calls, {sum(start['model_warmup_s']):.2f} s)")
+        cond = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in conditions.items()}
+        cond["windows"] = [{"latency_s": round(w.latency_s, 6), "batches": w.batches, "seconds": round(w.seconds, 3)}
+                           for w in sampled.windows]
+        state.metadata["conditions"][f"{key}/{hw.label}/b{batch}"] = cond
         with state.samples.open("a") as f:
             f.write(json.dumps({"stage": spec.stage, "variant": spec.name, "batch": batch, "hardware": hw.label,
-                                "warmup_s": warmup, "latencies_s": [round(v, 7) for v in latencies]}) + "\n")
+                                "warmup_s": warmup, "final_from": sampled.final_from, "final_to": sampled.final_to,
+                                "latencies_s": [round(v, 7) for v in sampled.latencies_s]}) + "\n")
 
     def landed(r: PointResult) -> None:
         s = r.stats
@@ -181,14 +192,19 @@ def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batc
             stage=spec.stage, variant=spec.name, batch=r.batch, hardware=hw.label, latency_p50_s=s.p50_s,
             latency_p95_s=s.p95_s, latency_p99_s=s.p99_s, throughput_rps=s.throughput_rps, memory_mb=r.memory_mb,
             samples=s.samples, accuracy=cv.accuracy.value, accuracy_kind=cv.accuracy.kind.value,
-            accuracy_source=source, latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples))
-        if "first_batch" not in start:  # a new replica's start: load + warm-up (compilation) at its first size
+            accuracy_source=source, latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
+            windows=r.stability.windows, stable=r.stability.stable, latency_cv=round(r.stability.latency_cv, 5),
+            throughput_cv=round(r.stability.throughput_cv, 5), reference_before_s=r.reference_before_s,
+            reference_after_s=r.reference_after_s))
+        if "first_batch" not in start:  # a new replica's start: load + warm-up (compilation) before serving
             start["first_batch"] = r.batch
-            start["cold_start_s"] = round(start["load_s"] + sum(start["warmup_s"][str(r.batch)]), 3)
+            start["cold_start_s"] = round(start["load_s"] + sum(start.get("model_warmup_s", []))
+                                          + sum(start["warmup_s"][str(r.batch)]), 3)
         state.save()
+        first_call = start["warmup_s"].get(str(r.batch)) or [0.0]
         log(f"  b={r.batch:<3d} p50 {s.p50_s * 1e3:8.2f} ms  p99 {s.p99_s * 1e3:8.2f} ms  "
             f"{s.throughput_rps:9.1f} items/s  {r.memory_mb:8.1f} MiB  n={s.samples:<3d} "
-            f"first call {start['warmup_s'].get(str(r.batch), [0])[0]:6.2f} s")
+            f"{'stable' if r.stability.stable else 'capped'}  first call {first_call[0]:6.2f} s")
 
     def loaded(load_s: float) -> None:
         start["load_s"] = round(load_s, 3)
@@ -264,11 +280,12 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
         "weights": {}, "dtype": {}, "variants": {}, "conditions": {}, "replica_start": {}, "failed": {},
         "skipped": dict(carry.manifest.get("skipped", {})),
         "replica_start_note": ("per variant, one replica measured its batch sizes in increasing order: load_s "
-                               "(weights read and moved to the device, or random init), warmup_s[batch] (each "
-                               "timed warm-up call at that size; the first call at the first size includes "
-                               "torch.compile of the LLM decode step, later sizes may recompile), cold_start_s "
-                               "= load_s + the first size's warm-up: what a new replica (or a variant switch) "
-                               "needs before it serves; records.Profile.replica_start reads it"),
+                               "(weights read and moved to the device, or random init), model_warmup_s (batch-1 "
+                               "calls before the first point; the first includes torch.compile of the LLM decode "
+                               "step), warmup_s[batch] (each timed warm-up call at that size; a new size may "
+                               "recompile), cold_start_s = load_s + model warm-up + the first size's warm-up: "
+                               "what a new replica (or a variant switch) needs before it serves; "
+                               "records.Profile.replica_start reads it"),
         "memory_method": ("peak CUDA memory allocated by tensors (torch.cuda.max_memory_allocated) since just "
                           "before the model was built: weights + KV cache + activations of the largest batch so far"
                           if hw.device == "gpu" else "RSS growth of this process (dry run on the CPU)"),

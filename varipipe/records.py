@@ -269,15 +269,16 @@ class Profile:
         if not isinstance(entry, Mapping) or "load_s" not in entry or not entry.get("warmup_s"):
             return None
         warmup = {int(b): float(sum(calls)) for b, calls in dict(entry["warmup_s"]).items()}
-        return ReplicaStart(float(entry["load_s"]), warmup, int(entry.get("first_batch", min(warmup))))
+        return ReplicaStart(float(entry["load_s"]), warmup, int(entry.get("first_batch", min(warmup))),
+                            float(sum(entry.get("model_warmup_s", []))))
 
 
 @dataclass(frozen=True)
 class ReplicaStart:
     """A replica's start-up as the profiler measured it (``metadata.replica_start``).
 
-    One replica loads the model, then runs its batch sizes in increasing order, each
-    after a few timed warm-up calls. On a GPU the first call at the *first* batch size
+    One replica loads the model, warms it up at batch 1, then runs its batch sizes in
+    increasing order, each after a few timed warm-up calls. On a GPU the first call
     compiles the LLM's decode step (tens of seconds); a later batch size recompiles
     less (the compiled graph becomes shape-generic). So a new replica, or a variant
     switch, costs ``cold_start_s`` (the compilation costs about the same at any batch
@@ -288,11 +289,12 @@ class ReplicaStart:
     load_s: float
     warmup_s: Mapping[int, float]  # batch -> seconds of its warm-up calls, measured in increasing batch order
     first_batch: int
+    model_warmup_s: float = 0.0  # batch-1 calls before the first point (where the first compilation happens)
 
     @property
     def cold_start_s(self) -> float:
-        """Load + the first batch size's warm-up: before a new replica serves its first batch."""
-        return self.load_s + self.warmup_s[self.first_batch]
+        """Load + every warm-up before the first batch size's samples: before a new replica serves."""
+        return self.load_s + self.model_warmup_s + self.warmup_s[self.first_batch]
 
     def batch_change_s(self, batch: int) -> float | None:
         """Warm-up of ``batch`` on a replica already warm at smaller sizes; None where not measured."""

@@ -15,7 +15,7 @@ from varipipe.pipelines.variant import Payload, build_variant
 from varipipe.pipelines.variants._torch_runtime import gpu_label
 from varipipe.profiler.inputs import bundled_images
 from varipipe.profiler.measure import Hardware, measure_variant
-from varipipe.profiler.plan import SamplingPolicy
+from varipipe.profiler.plan import WindowPolicy
 from varipipe.records import VariantSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
@@ -76,7 +76,8 @@ def test_llm_static_cache_compiles_and_generates_the_recorded_counts(tmp_path):
 
 
 def test_gpu_memory_is_measured_with_torch_cuda(photos):
-    policy = SamplingPolicy("t", min_samples=3, max_seconds=1.0, time_box_small=True, warmup_batches=1, floor_samples=1)
+    policy = WindowPolicy("t", window_batches=3, window_min_s=0.0, max_seconds=1.0, warmup_batches=1,
+                          reference_calls=1)
     spec = VariantSpec("detector", "yolov3-tiny-320", "torch", "varipipe.pipelines.variants.detector_torch:make",
                        input_size=320, params={"model": "yolov3-tiny"})
     m = measure_variant(spec, Hardware(gpu_label(), 1, "gpu"), photos, (1, 8), policy, isolate=False)
