@@ -76,6 +76,10 @@ class TorchVariant(ModelVariant):
 
     devices = ("cpu", GPU_DEVICE)
     default_gpu_dtype = "float16"
+    # cuDNN times its convolution algorithms on the first call at each input shape and keeps the
+    # fastest: worth it where a batch size fixes the shape (the detector), not where the batch's
+    # size varies with its content (a classifier's crops per batch), which would re-time often.
+    cudnn_benchmark = False
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         super().__init__(spec, threads, device)
@@ -101,9 +105,7 @@ class TorchVariant(ModelVariant):
         dev = torch_device(self.device)
         if dev.type == "cpu":
             return dev, torch.float32
-        # cuDNN times its convolution algorithms on the first call at each input shape and keeps the
-        # fastest: the warm-up batches pay for it once per batch size.
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark  # process-wide: the variant loaded last decides
         name = self.dtype_name()
         dtype = getattr(torch, name, None)
         if not isinstance(dtype, torch.dtype):
