@@ -4,7 +4,7 @@ The same spec entries as the ONNX classifier (``classifier.py``); ``device="gpu"
 in the factory builds this one. The networks are the very modules the ONNX
 files are exported from (``_export.build_classifier``: normalisation and
 softmax inside), so the two paths differ only in runtime and in resampling
-code. Crops are chosen by the same rule (``classifier.select_crops``), then cut,
+code. Crops are chosen and cut by the same rules (``classifier.select_crops`` and ``crop``), then
 resized and centre-cropped on the device; all crops of a batch go into one
 forward pass and only the top-1 index and score come back.
 
@@ -31,6 +31,8 @@ from varipipe.pipelines.variants.classifier import (
     CROP_FRACTION,
     DEFAULT_INPUT,
     MAX_CROPS,
+    MAX_RESIZED_SIDE,
+    crop,
     select_crops,
 )
 from varipipe.pipelines.variants.outputs import Box, Classification, Classifications
@@ -42,18 +44,19 @@ WEIGHTS = ("packaged", "random")
 RANDOM_SEED = 0  # random weights are seeded: every replica and every run times the same network
 
 
-def _crop(image, box: Box | None):  # torch uint8 HxWx3 -> its box (whole image for None)
-    if box is None:
-        return image
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
-    return image[y1:y2, x1:x2]
-
-
 def preprocess(image, size: int):  # torch uint8 HxWx3 -> 3 x size x size float in [0, 255]
-    """Resize the short side to size / CROP_FRACTION, then take the centre size x size."""
+    """Resize the short side to size / CROP_FRACTION, then take the centre size x size.
+
+    As the ONNX path (``classifier.preprocess``): past ``MAX_RESIZED_SIDE`` a thin image's centre
+    square is cut first and resized alone, instead of a huge resize (10000 x 1: 2,560,000 x 256 px).
+    """
     h, w = int(image.shape[0]), int(image.shape[1])
     scale = size / CROP_FRACTION / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if max(new_w, new_h) > MAX_RESIZED_SIDE:
+        side = max(1, round(min(h, w) * CROP_FRACTION))
+        top, left = (h - side) // 2, (w - side) // 2
+        image, new_w, new_h = image[top:top + side, left:left + side], size, size
     x = resize_image(image, new_h, new_w)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return x[0, :, top:top + size, left:left + size]
@@ -97,7 +100,7 @@ class TorchClassifier(TorchVariant):
             crops = []
             for img, boxes in plans:
                 on_device = torch.from_numpy(img).to(self._device)
-                crops.extend(preprocess(_crop(on_device, box), self.size) for box in boxes)
+                crops.extend(preprocess(crop(on_device, box), self.size) for box in boxes)  # crop: >= 1 px
             probs = net(torch.stack(crops).to(self._dtype)).float()
             scores, classes = probs.max(dim=1)
             scores, classes = scores.cpu().tolist(), classes.cpu().tolist()

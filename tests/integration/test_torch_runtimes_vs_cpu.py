@@ -149,3 +149,20 @@ def test_dequantised_llm_writes_the_q4_variants_captions():
     got = deq.infer(payloads)  # one batch: left-padded, one KV cache
     assert sum(a.text == b.text for a, b in zip(expected, got, strict=True)) >= 3
     assert all(c.text.startswith("The photo shows") and 0 < c.tokens <= 24 for c in got)
+
+
+def test_torch_paths_answer_a_batch_of_extreme_shapes():
+    """As the CPU runtimes (tests/integration/test_shapes_variants.py): 1 px sides and thin strips."""
+    from varipipe.pipelines.variants.classifier_torch import TorchClassifier
+
+    shapes = [(1, 1), (10_000, 1), (1, 10_000), (8, 160), (160, 8), (640, 480)]
+    rng = np.random.default_rng(0)
+    batch = [Payload(request_id=f"{w}x{h}", image=rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in shapes]
+    det = TorchDetector(VariantSpec("detector", "d", "x", "x:y", input_size=320, params={"model": "yolov3-tiny"}))
+    det.load()
+    for p, out in zip(batch, det.infer(batch), strict=True):
+        assert out.image_size == p.image.shape[1::-1]
+        p.outputs["detector"] = out
+    clf = TorchClassifier(VariantSpec("classifier", "c", "x", "x:y", input_size=224, params={"model": "mobilenet-v2"}))
+    clf.load()
+    assert all(len(o.items) >= 1 for o in clf.infer(batch))

@@ -254,3 +254,43 @@ def test_a_copied_model_is_found_without_its_package(tmp_path):
     (folder / "n.cfg").unlink()
     with pytest.raises(ModelUnavailableError, match="incomplete"):
         model_files("yolov3-tiny", tmp_path)
+
+
+# --- any image shape (pipelines/images.py's rule is enforced at the ingress; these must not care) --------
+
+EXTREME_SHAPES = [(1, 1), (10_000, 1), (1, 10_000), (10_000, 2), (8, 160), (160, 8), (1217, 1), (3, 5)]
+
+
+def _pattern(width: int, height: int) -> torch.Tensor:
+    y, x = np.indices((height, width), dtype=np.uint32)
+    base = ((x * 7 + y * 13) % 256).astype(np.uint8)
+    return torch.from_numpy(np.stack([base, 255 - base, base], axis=-1))
+
+
+@pytest.mark.parametrize("width, height", EXTREME_SHAPES)
+@pytest.mark.parametrize("size", [320, 608])
+def test_torch_letterbox_places_any_shape_on_the_square(width, height, size):
+    canvas, geo = dt.letterbox(_pattern(width, height), size, 0.5)
+    assert tuple(canvas.shape) == (3, size, size) and torch.isfinite(canvas).all()
+    new_w, new_h = round(width * geo.scale), round(height * geo.scale)
+    assert 0 <= geo.offset_x <= size - max(1, min(size, new_w)) and 0 <= geo.offset_y <= size - max(1, min(size, new_h))
+
+
+@pytest.mark.parametrize("width, height", EXTREME_SHAPES)
+def test_torch_classifier_preprocess_of_any_shape_and_any_box(width, height):
+    from varipipe.pipelines.variants.classifier import crop
+    from varipipe.pipelines.variants.classifier_torch import preprocess
+
+    image = _pattern(width, height)
+    for box in (None, (0.0, 0.0, 0.4, 0.4), (width + 5.0, height + 5.0, width + 9.0, height + 9.0),
+                (float("nan"), 0.0, 3.0, 3.0)):
+        part = crop(image, box)
+        assert part.shape[0] >= 1 and part.shape[1] >= 1
+        out = preprocess(part, 224)
+        assert tuple(out.shape) == (3, 224, 224) and torch.isfinite(out).all()
+    if max(width, height) >= 20 * min(width, height):  # thin: the centre square only, as the ONNX path
+        side = max(1, round(min(width, height) * 0.875))
+        top, left = (height - side) // 2, (width - side) // 2
+        centre = image[top:top + side, left:left + side].float()
+        out = preprocess(image, 224)
+        assert out.min() >= centre.min() and out.max() <= centre.max()
