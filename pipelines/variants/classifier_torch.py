@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from varipipe.errors import BadInputError, SpecError
+from varipipe.errors import BadInputError
 from varipipe.pipelines.models import imagenet_labels
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._torch_image import resize_image
@@ -71,8 +71,7 @@ class TorchClassifier(TorchVariant):
         self.max_crops = int(self.param("max_crops", MAX_CROPS))
         self.weights = str(self.param("weights", "packaged"))
         if self.weights not in WEIGHTS:
-            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.params.weights",
-                            f"must be one of {WEIGHTS}, got {self.weights!r}")
+            raise spec.spec_error(".params.weights", f"must be one of {WEIGHTS}, got {self.weights!r}")
         self.class_names: list[str] = []
         self._device: Any = None
         self._dtype: Any = None

@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from varipipe.errors import ModelUnavailableError, SpecError
+from varipipe.errors import ModelUnavailableError
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._torch_runtime import TorchVariant
@@ -147,14 +147,13 @@ class TorchCaptioner(TorchVariant):
         self.stop = [str(s) for s in self.param("stop", _STOP)]
         self.weights = str(self.param("weights", "gguf"))
         self.cache = str(self.param("cache", "static"))
-        where = f"stages.{spec.stage}.variants.{spec.name}.params"
         for key, value, allowed in (("prompt_style", self.style, STYLES), ("weights", self.weights, WEIGHTS),
                                     ("cache", self.cache, CACHES)):
             if value not in allowed:
-                raise SpecError(spec.source or "<spec>", f"{where}.{key}", f"must be one of {allowed}, got {value!r}")
+                raise spec.spec_error(f".params.{key}", f"must be one of {allowed}, got {value!r}")
         if self.weights == "random" and not self.param("recording", ""):
-            raise SpecError(spec.source or "<spec>", f"{where}.recording",
-                            "random weights need a recording of the prompts' token ids (no tokenizer travels)")
+            raise spec.spec_error(".params.recording",
+                                  "random weights need a recording of the prompts' token ids (no tokenizer travels)")
         self._tokenizer: Any = None
         self._recording: Recording | None = None
         self._device: Any = None
