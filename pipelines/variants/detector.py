@@ -1,4 +1,4 @@
-"""YOLOv3-tiny detector variants (320 / 416 / 608 input) on OpenCV DNN (the GPU path: ``detector_torch``).
+"""Darknet detector variants (YOLOv3-tiny, YOLOv4-tiny; any input size) on OpenCV DNN (GPU path: ``detector_torch``).
 
 A batch is one forward call: every image is letterboxed to the variant's
 square input and stacked by ``cv2.dnn.blobFromImages``. Boxes come back in
@@ -6,7 +6,8 @@ original-image pixels with COCO class ids (0-79, darknet's order in
 ``coco.names``) and names, after per-class NMS.
 
 Spec params: ``model`` (weights, default yolov3-tiny), ``score_threshold``,
-``nms_iou``, ``max_detections``.
+``nms_iou``, ``max_detections``, ``multiscale`` (also run a shrunk copy of each
+image in the same batch and merge both views' boxes; see ``_multiscale``; CPU only).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from varipipe.errors import BadInputError
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
-from varipipe.pipelines.variants import _yolo
+from varipipe.pipelines.variants import _multiscale, _yolo
 from varipipe.pipelines.variants._base import ModelVariant
 from varipipe.pipelines.variants.outputs import Detection, Detections
 from varipipe.records import VariantSpec
@@ -33,7 +34,7 @@ DEFAULT_INPUT = 416  # the resolution yolov3-tiny.cfg was trained at
 
 
 class YoloDetector(ModelVariant):
-    """One YOLOv3-tiny input size; ``infer`` runs the whole batch in one forward pass."""
+    """One darknet model at one input size; ``infer`` runs the whole batch in one forward pass."""
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         super().__init__(spec, threads, device)
@@ -41,6 +42,7 @@ class YoloDetector(ModelVariant):
         self.score_threshold = float(self.param("score_threshold", SCORE_THRESHOLD))
         self.nms_iou = float(self.param("nms_iou", NMS_IOU))
         self.max_detections = int(self.param("max_detections", MAX_DETECTIONS))
+        self.multiscale = bool(self.param("multiscale", False))
         self.class_names: list[str] = []
         self._outputs: tuple[str, ...] = ()
 
@@ -53,15 +55,19 @@ class YoloDetector(ModelVariant):
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         assert files.labels is not None
-        self.class_names = files.labels.read_text(encoding="utf-8").split("\n")
+        self.class_names = files.labels.read_text(encoding="utf-8").splitlines()
         self._outputs = tuple(net.getUnconnectedOutLayersNames())
         self._model = net
 
     def network_input(self, batch: Sequence[Payload]) -> tuple[np.ndarray, list[_yolo.Letterbox]]:
-        """The batch's input blob (N x 3 x size x size, RGB in [0, 1]) and each image's letterbox."""
+        """The batch's input blob (N x 3 x size x size, RGB in [0, 1]) and each image's letterbox.
+
+        With ``multiscale`` every image has two views in a row (its letterbox, its shrunk
+        copy), so the blob holds 2N inputs and the list 2N geometries.
+        """
         import cv2
 
-        placed = [_yolo.letterbox(_image_of(p), self.size) for p in batch]
+        placed = [v for p in batch for v in _multiscale.views(_image_of(p), self.size, self.multiscale)]
         blob = cv2.dnn.blobFromImages([c for c, _ in placed], 1 / 255.0, (self.size, self.size),
                                       swapRB=False, crop=False)
         return blob, [geo for _, geo in placed]
@@ -81,6 +87,9 @@ class YoloDetector(ModelVariant):
             return []
         blob, geos = self.network_input(batch)
         rows = self.raw_outputs(blob)
+        if self.multiscale:
+            n = len(geos) // len(batch)  # views per image, in order
+            return [self._merged(rows[i:i + n], geos[i:i + n]) for i in range(0, len(geos), n)]
         return [self._detections(rows[i], geo) for i, geo in enumerate(geos)]
 
     def _detections(self, rows: np.ndarray, geo: _yolo.Letterbox) -> Detections:
@@ -92,6 +101,12 @@ class YoloDetector(ModelVariant):
             for i in keep
         )
         return Detections(items, (geo.width, geo.height))
+
+    def _merged(self, rows: np.ndarray, geos: list[_yolo.Letterbox]) -> Detections:
+        decoded = [_yolo.decode(r, self.size, self.score_threshold) for r in rows]
+        kept = _multiscale.merge(decoded, geos, self.nms_iou)[: self.max_detections]
+        items = tuple(Detection(box, c, self.class_names[c], score) for box, c, score in kept)
+        return Detections(items, (geos[0].width, geos[0].height))
 
 
 def _image_of(payload: Payload) -> np.ndarray:
@@ -106,6 +121,10 @@ def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVaria
     """OpenCV DNN on the CPU; ``device="gpu"``: the PyTorch implementation (``detector_torch``) on CUDA."""
     if device == "gpu":
         from varipipe.pipelines.variants.detector_torch import TorchDetector
+
+        if spec.params.get("multiscale"):  # the torch path would silently run one scale
+            raise spec.spec_error(".params.multiscale",
+                                  "multi-scale inference runs on the CPU (OpenCV) path only, not on device 'gpu'")
 
         return TorchDetector(spec, threads=threads, device=device)
     return YoloDetector(spec, threads=threads, device=device)
