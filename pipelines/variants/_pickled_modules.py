@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PickledModule", "load_pickled", "module_tree", "REFUSED"]
+__all__ = ["PickledModule", "load_pickled", "module_tree", "REFUSED", "STAND_IN_PREFIXES"]
 
 # Module prefixes whose classes are replaced by stand-ins (never imported).
 STAND_IN_PREFIXES = ("ultralytics.", "torch.nn.modules.")
@@ -53,27 +53,28 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 class _RestrictedUnpickler(pickle.Unpickler):
     """``find_class`` maps module classes to stand-ins and refuses anything else."""
 
-    _stand_ins: dict[tuple[str, str], type] = {}
+    prefixes: tuple[str, ...] = STAND_IN_PREFIXES
+    stand_ins: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = _allowed_globals()
         if (module, name) in allowed:
             return allowed[(module, name)]
-        if module.startswith(STAND_IN_PREFIXES) and name.isidentifier():
+        if module.startswith(self.prefixes) and name.isidentifier():
             key = (module, name)
-            if key not in self._stand_ins:
-                self._stand_ins[key] = type(name, (_StandIn,), {"qualified": f"{module}.{name}"})
-            return self._stand_ins[key]
+            if key not in self.stand_ins:
+                self.stand_ins[key] = type(name, (_StandIn,), {"qualified": f"{module}.{name}"})
+            return self.stand_ins[key]
         raise pickle.UnpicklingError(f"{REFUSED} global {module}.{name}: only module classes "
-                                     f"under {STAND_IN_PREFIXES} and tensor rebuilders are allowed")
+                                     f"under {self.prefixes} and tensor rebuilders are allowed")
 
 
-def _pickle_module() -> types.ModuleType:
+def _pickle_module(prefixes: tuple[str, ...]) -> types.ModuleType:
     """A module object ``torch.load(pickle_module=...)`` accepts, whose Unpickler is restricted."""
+    unpickler = type("Unpickler", (_RestrictedUnpickler,), {"prefixes": prefixes, "stand_ins": {}})
     mod = types.ModuleType("varipipe_restricted_pickle")
-    mod.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
+    mod.Unpickler = unpickler  # type: ignore[attr-defined]
     mod.load = None  # type: ignore[attr-defined]  # torch only uses Unpickler for zip checkpoints
-    mod.__name__ = "varipipe_restricted_pickle"
     return mod
 
 
@@ -122,12 +123,14 @@ def module_tree(obj: Any) -> PickledModule:
     )
 
 
-def load_pickled(path: Path) -> Any:
+def load_pickled(path: Path, stand_in_prefixes: tuple[str, ...] = STAND_IN_PREFIXES) -> Any:
     """The object ``torch.save`` wrote to ``path``, module classes replaced by stand-ins.
 
+    Classes whose module starts with one of ``stand_in_prefixes`` become stand-ins.
     Raises ``pickle.UnpicklingError`` naming the first global the file asks for
-    that is neither a module class nor a tensor/container rebuilder.
+    that is neither such a class nor a tensor/container rebuilder.
     """
     import torch
 
-    return torch.load(path, map_location="cpu", pickle_module=_pickle_module(), weights_only=False)
+    return torch.load(path, map_location="cpu", pickle_module=_pickle_module(stand_in_prefixes),
+                      weights_only=False)
