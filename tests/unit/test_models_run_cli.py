@@ -53,7 +53,7 @@ def test_cli_exits_2_on_an_unknown_variant(capsys):
 def test_choose_variants_defaults_and_unknown_names():
     spec = find_spec("vision-caption")
     chosen = choose_variants(spec, {"llm": "gemma3-270m"})
-    assert [v.name for v in chosen.values()] == ["yolov3-tiny-416", "efficientnet-lite0", "gemma3-270m"]
+    assert [v.name for v in chosen.values()] == ["yolov10n-640", "efficientnet-lite0", "gemma3-270m"]
     with pytest.raises(UnknownNameError, match="smollm2-135m"):
         choose_variants(spec, {"llm": "gpt-9"})
     with pytest.raises(UnknownNameError, match="stage"):
