@@ -9,7 +9,10 @@ YOLOv3-tiny at 416 and 608 input finds nothing in chelsea as shipped: the cat's
 face fills the frame, larger than the largest anchor box (344 x 319 px at the
 network's input) covers, so only the 320 variant sees it. The detector contract
 therefore uses chelsea at ordinary scale in a larger frame (``cat_in_room``);
-the classifier falls back to the whole image when nothing is detected.
+the classifier falls back to the whole image when nothing is detected. (The
+close-ups themselves are the regression test of the default detector:
+``test_detector_closeups.py``.) The YOLOv4-tiny, multi-scale and YOLOv10-N
+variants go through the same contract.
 """
 
 from __future__ import annotations
