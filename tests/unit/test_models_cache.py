@@ -71,3 +71,16 @@ def test_models_for_a_spec_are_its_variants_params_model():
     assert names == ["yolov3-tiny", "yolov4-tiny", "yolov10n", "mobilenet-v2", "efficientnet-lite0",
                      "efficientnet-lite1", "efficientnet-lite2", "smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m"]
     assert set(names) <= set(models.SOURCES)
+
+
+def test_detectors_name_the_classes_as_the_evaluation_set_does():
+    """All detector variants read one class-name file; the labelled set uses COCO's names in the same order."""
+    from pathlib import Path
+
+    import varipipe.profiler
+
+    detector_names = models._coco_labels().read_text(encoding="utf-8").splitlines()
+    evalset_names = (Path(varipipe.profiler.__file__).parent / "evalset" / "coco_classes.txt").read_text(
+        encoding="utf-8").splitlines()
+    assert detector_names == evalset_names and len(detector_names) == 80
+    assert {"dining table", "couch", "tv", "motorcycle"} <= set(detector_names)
