@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from varipipe.errors import SpecError
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants import _yolo
@@ -60,8 +59,8 @@ class Yolov10Detector(ModelVariant):
         super().__init__(spec, threads, device)
         self.size = int(spec.input_size or DEFAULT_INPUT)
         if self.size <= 0 or self.size % STRIDE:
-            raise SpecError(spec.source or "<spec>", f"stages.{spec.stage}.variants.{spec.name}.input_size",
-                            f"{self.size} is not a positive multiple of {STRIDE} (YOLOv10's coarsest stride)")
+            raise spec.spec_error(".input_size", f"{self.size} is not a positive multiple of {STRIDE} "
+                                                 "(YOLOv10's coarsest stride)")
         self.score_threshold = float(self.param("score_threshold", SCORE_THRESHOLD))
         nms_iou = self.param("nms_iou", NMS_IOU)
         self.nms_iou = None if nms_iou is None else float(nms_iou)

@@ -66,3 +66,15 @@ def test_merge_keeps_different_classes_and_handles_empty_views():
     empty = _decoded([], [], [])
     assert [c for _, c, _ in _multiscale.merge([a, b], [geo, geo], 0.45)] == [16, 15]
     assert _multiscale.merge([empty, empty], [geo, geo], 0.45) == []
+
+
+def test_the_gpu_path_refuses_multiscale_rather_than_run_one_scale():
+    from varipipe.errors import SpecError
+    from varipipe.pipelines.variants import detector
+    from varipipe.records import VariantSpec
+
+    spec = VariantSpec("detector", "yolov4-tiny-416-ms", "opencv_dnn", "varipipe.pipelines.variants.detector:make",
+                       input_size=416, params={"model": "yolov4-tiny", "multiscale": True})
+    with pytest.raises(SpecError, match="params.multiscale"):
+        detector.make(spec, device="gpu")
+    assert detector.make(spec).multiscale  # the CPU path builds it
