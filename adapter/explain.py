@@ -9,13 +9,18 @@ the objective. Pure: text out, no logging.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from varipipe.adapter._solvers import TOLERANCE, Problem
+import numpy as np
+
+from varipipe.adapter._problem import TOLERANCE, Problem
 from varipipe.adapter.configurations import Configuration
 
 __all__ = ["Explanation", "explain"]
+
+# Why a configuration outside the per-stage limits was not allowed: (constraint name, text).
+Exclusion = Callable[[Configuration], tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -24,82 +29,91 @@ class Explanation:
     text: str
 
 
-@dataclass(frozen=True)
-class _Totals:
-    latency: float
-    cost: float
-    acc: float
-
-
-def _violations(problem: Problem, t: _Totals, alt: Configuration, within: bool) -> list[str]:
-    out = [] if within else [f"max_replicas_{alt.stage}"]
-    if problem.sla_s is not None and t.latency > problem.sla_s + TOLERANCE:
-        out.append("sla_end_to_end")
-    if problem.capacity_limit is not None and t.cost > problem.capacity_limit + TOLERANCE:
-        out.append("cluster_capacity")
-    if problem.cost_ceiling is not None and t.cost > problem.cost_ceiling + TOLERANCE:
-        out.append("max_cost")
-    if problem.accuracy_floor is not None and t.acc < problem.accuracy_floor - TOLERANCE:
-        out.append("min_accuracy")
-    return out
-
-
-def _why(problem: Problem, name: str, t: _Totals, alt: Configuration, limit_replicas: int) -> str:
+def _why(name: str, total: float, bound: float) -> str:
     if name == "sla_end_to_end":
-        return f"e2e latency would be {t.latency:.3f}s > SLA {problem.sla_s:.3f}s"
+        return f"e2e latency would be {total:.3f}s > SLA {bound:.3f}s"
     if name == "cluster_capacity":
-        return f"cost would be {t.cost:.3f} > capacity limit {problem.capacity_limit:.3f}"
+        return f"cost would be {total:.3f} > capacity limit {bound:.3f}"
     if name == "max_cost":
-        return f"cost would be {t.cost:.3f} > max cost {problem.cost_ceiling:.3f}"
+        return f"cost would be {total:.3f} > max cost {bound:.3f}"
     if name == "min_accuracy":
-        return f"accuracy term would be {t.acc:.4f} < floor {problem.accuracy_floor:.4f}"
-    return f"needs {alt.replicas} replicas for {alt.load_rps:.1f} items/s (max {limit_replicas})"
+        return f"accuracy term would be {-total:.4f} < floor {-bound:.4f}"
+    return f"{name} would be {total:.3f} > {bound:.3f}"
 
 
-def _stage_line(problem: Problem, chosen: Mapping[str, Configuration], stage: str,
-                every: list[Configuration], within: Callable[[Configuration], bool],
-                score: Callable[[Configuration], float], totals: _Totals,
-                max_replicas: int) -> tuple[str, list[str]]:
-    me = chosen[stage]
-    rows = []
-    for alt in every:
-        if alt.key == me.key:
-            continue
-        t = _Totals(totals.latency - me.latency_s + alt.latency_s, totals.cost - me.cost + alt.cost,
-                    totals.acc - problem.acc_terms.get(me.key, 0.0) + problem.acc_terms.get(alt.key, 0.0))
-        rows.append((score(alt) - score(me), alt, t, _violations(problem, t, alt, within(alt))))
-    head = (f"{stage}: {me.label()} (p99 {me.latency_p99_s * 1e3:.1f} ms + wait {me.batch_wait_s * 1e3:.1f} ms,"
+@dataclass(frozen=True)
+class _Alternative:
+    """Another row of one stage with the rest of the decision held fixed."""
+
+    config: Configuration
+    delta: float  # objective change
+    violated: tuple[str, ...]  # constraint names it breaks
+    reasons: tuple[str, ...]  # one text per broken constraint
+
+
+def _alternative(problem: Problem, si: int, j: int, totals: np.ndarray, every: Sequence[Configuration],
+                 delta: float, exclusion: Exclusion) -> _Alternative:
+    st = problem.options[si]
+    names: list[str] = []
+    texts: list[str] = []
+    if not st.allowed[j]:
+        name, text = exclusion(every[j])
+        names.append(name)
+        texts.append(text)
+    for d in np.flatnonzero(totals > problem.bounds + TOLERANCE):
+        names.append(problem.constraints[d])
+        texts.append(_why(problem.constraints[d], float(totals[d]), float(problem.bounds[d])))
+    return _Alternative(every[j], delta, tuple(names), tuple(texts))
+
+
+def _stage_line(problem: Problem, si: int, row: int, every: Sequence[Configuration], totals: np.ndarray,
+                exclusion: Exclusion) -> tuple[str, tuple[str, ...]]:
+    st = problem.options[si]
+    me = every[row]
+    head = (f"{me.stage}: {me.label()} (p99 {me.latency_p99_s * 1e3:.1f} ms + wait {me.batch_wait_s * 1e3:.1f} ms,"
             f" accuracy {me.accuracy:.3f}, cost {me.cost:.3f}, load {me.load_rps:.1f}/s)")
-    if not rows:
-        return head + "; the only configuration", []
-    better = [r for r in rows if r[0] > TOLERANCE]
-    if better:
-        delta, alt, t, viol = max(better, key=lambda r: r[0])
-        why = "; ".join(_why(problem, v, t, alt, max_replicas) for v in viol) or "not chosen"
-        return f"{head}; runner-up {alt.label()} (objective +{delta:.4g}) lost: {why}", viol
-    delta, alt, t, viol = max(rows, key=lambda r: r[0])
-    extra = f"; it would also break {', '.join(viol)}" if viol else ""
-    return (f"{head}; runner-up {alt.label()} lost on the objective by {abs(delta):.4g}"
-            f" (accuracy {alt.accuracy:.3f}, cost {alt.cost:.3f}){extra}"), []
+    if st.score.size == 1:
+        return head + "; the only configuration", ()
+    delta = st.score - st.score[row]
+    delta[row] = -np.inf
+    alt_totals = totals - st.use[row] + st.use  # (n, D): the totals with row j instead
+    broken = ~st.allowed | (alt_totals > problem.bounds + TOLERANCE).any(axis=1)
+    better = delta > TOLERANCE
+    if better.any():  # every better row breaks something, or the decision would not be optimal
+        j = int(np.argmax(np.where(better, delta, -np.inf)))
+        alt = _alternative(problem, si, j, alt_totals[j], every, float(delta[j]), exclusion)
+        why = "; ".join(alt.reasons) or "not chosen"
+        return f"{head}; runner-up {alt.config.label()} (objective +{alt.delta:.4g}) lost: {why}", alt.violated
+    j = int(np.argmax(delta))
+    alt = _alternative(problem, si, j, alt_totals[j], every, float(delta[j]), exclusion)
+    extra = f"; it would also break {', '.join(alt.violated)}" if broken[j] else ""
+    return (f"{head}; runner-up {alt.config.label()} lost on the objective by {abs(alt.delta):.4g}"
+            f" (accuracy {alt.config.accuracy:.3f}, cost {alt.config.cost:.3f}){extra}"), ()
 
 
-def explain(problem: Problem, chosen: Mapping[str, Configuration], every: Mapping[str, list[Configuration]],
-            within: Callable[[Configuration], bool], score: Callable[[Configuration], float],
-            max_replicas: int) -> Explanation:
-    """Binding constraints and a line per stage; ``every`` includes over-limit configurations."""
-    totals = _Totals(sum(c.latency_s for c in chosen.values()), sum(c.cost for c in chosen.values()),
-                     sum(problem.acc_terms.get(c.key, 0.0) for c in chosen.values()))
+def _summary(problem: Problem, totals: np.ndarray) -> list[str]:
     lines = []
-    if problem.sla_s is not None:
-        lines.append(f"predicted e2e p99 {totals.latency:.3f}s vs SLA {problem.sla_s:.3f}s"
-                     f" (slack {(problem.sla_s - totals.latency) * 1e3:.1f} ms)")
-    if problem.capacity_limit is not None:
-        lines.append(f"cost {totals.cost:.3f} of capacity limit {problem.capacity_limit:.3f}")
+    d = problem.index("sla_end_to_end")
+    if d is not None:
+        lines.append(f"predicted e2e p99 {totals[d]:.3f}s vs SLA {problem.bounds[d]:.3f}s"
+                     f" (slack {(problem.bounds[d] - totals[d]) * 1e3:.1f} ms)")
+    d = problem.index("cluster_capacity")
+    if d is not None:
+        lines.append(f"cost {totals[d]:.3f} of capacity limit {problem.bounds[d]:.3f}")
+    return lines
+
+
+def explain(problem: Problem, rows: Sequence[int], every: Mapping[str, Sequence[Configuration]],
+            exclusion: Exclusion) -> Explanation:
+    """Binding constraints and a line per stage; ``every`` holds each stage's rows, allowed or not,
+    and ``exclusion`` says why a row outside the per-stage limits was not allowed."""
+    totals = problem.totals(rows)
+    lines = _summary(problem, totals)
     binding: list[str] = []
-    for stage in problem.stages:
-        line, viol = _stage_line(problem, chosen, stage, every[stage], within, score, totals, max_replicas)
-        lines.append(line)
-        binding.extend(v for v in viol if v not in binding)
-    lines.insert(len(lines) - len(problem.stages),
-                 "binding: " + (", ".join(binding) if binding else "none (each stage has its best configuration)"))
-    return Explanation(tuple(binding), "\n".join(lines))
+    stage_lines = []
+    for si, (stage, row) in enumerate(zip(problem.stages, rows, strict=True)):
+        line, violated = _stage_line(problem, si, row, every[stage], totals, exclusion)
+        stage_lines.append(line)
+        binding.extend(v for v in violated if v not in binding)
+    lines.append("binding: " + (", ".join(binding) if binding else "none (each stage has its best configuration)"))
+    return Explanation(tuple(binding), "\n".join(lines + stage_lines))

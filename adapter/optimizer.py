@@ -23,9 +23,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from varipipe.adapter._solvers import SOLVERS, Problem, available_solvers, run_solver
+import numpy as np
+
+from varipipe.adapter._solvers import (
+    DEFAULT_SOLVER,
+    SOLVERS,
+    TOLERANCE,
+    Problem,
+    StageOptions,
+    available_solvers,
+    run_solver,
+)
 from varipipe.adapter.configurations import (
     ACCURACY_MODES,
     OBJECTIVES,
@@ -42,14 +52,19 @@ from varipipe.adapter.explain import explain
 from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, Decision, DecisionStatus, Profile, StageDecision
 
-__all__ = ["solve", "Limits", "Weights", "SOLVERS", "available_solvers", "objective_value", "TIE_BREAK"]
+__all__ = ["solve", "Limits", "Weights", "SOLVERS", "DEFAULT_SOLVER", "available_solvers", "objective_value",
+           "TIE_BREAK"]
 
 # Weight of the secondary term in min-cost / max-accuracy modes: breaks ties only
 # (a whole log-unit of accuracy is worth a millionth of a core).
 TIE_BREAK = 1e-6
 # Bisection steps when searching the largest load the capacity limit can carry:
-# 2**-50 of the requested load is far below one request per second.
-_BISECT_STEPS = 50
+# 2**-30 of the requested load (1e-9) is far below one request per second.
+_BISECT_STEPS = 30
+# The fallback carries this much less than the largest load found, so that a solver
+# reading coefficients rounded to 12 digits (PuLP's model files for CBC) still finds
+# its choice within the capacity limit (CBC called the exact boundary infeasible).
+_CARRY_MARGIN = 1e-6
 
 
 def _scorer(objective: str, accuracy: str, weights: Weights, n_stages: int) -> Callable[[Configuration], float]:
@@ -66,9 +81,10 @@ def _scorer(objective: str, accuracy: str, weights: Weights, n_stages: int) -> C
     return score
 
 
-def objective_value(chosen: dict[str, Configuration], objective: str = "weighted", accuracy: str = "multiply",
-                    weights: Weights | None = None) -> float:
-    """The objective of a complete choice, as the solvers see it (for tests and cross-checks)."""
+def objective_value(chosen: Mapping[str, Configuration | StageDecision], objective: str = "weighted",
+                    accuracy: str = "multiply", weights: Weights | None = None) -> float:
+    """The objective of a complete choice, as the solvers see it (for tests and cross-checks): of
+    configurations, or of a decision's stages (they carry the accuracy, cost, batch and latency read)."""
     score = _scorer(objective, accuracy, weights or Weights(), len(chosen))
     return sum(score(c) for c in chosen.values())
 
@@ -110,21 +126,40 @@ def _all_configs(profile: Profile, load_rps: float, limits: Limits) -> dict[str,
 def _problem(every: dict[str, list[Configuration]], limits: Limits, score, accuracy: str,
              sla_s: float | None, cost_ceiling: float | None, floor: float | None) -> Problem:
     n = len(every)
-    options = {s: tuple(c for c in cs if within_replica_limit(c, limits)) for s, cs in every.items()}
-    flat = [c for cs in options.values() for c in cs]
-    return Problem(stages=tuple(every), options=options, score={c.key: score(c) for c in flat},
-                   acc_terms={c.key: accuracy_term(c.accuracy, accuracy, n) for c in flat},
-                   sla_s=sla_s, capacity_limit=limits.capacity_limit, cost_ceiling=cost_ceiling,
-                   accuracy_floor=floor)
+    columns: list[tuple[str, Callable[[Configuration], float], float]] = []
+    if sla_s is not None:
+        columns.append(("sla_end_to_end", lambda c: c.latency_s, sla_s))
+    columns.append(("cluster_capacity", lambda c: c.cost, limits.capacity_limit))
+    if cost_ceiling is not None:
+        columns.append(("max_cost", lambda c: c.cost, cost_ceiling))
+    if floor is not None:  # Σ acc_term ≥ floor, negated into the ≤ form
+        columns.append(("min_accuracy", lambda c: -accuracy_term(c.accuracy, accuracy, n), -floor))
+    options = tuple(
+        StageOptions(score=np.array([score(c) for c in cs], dtype=float),
+                     use=np.array([[f(c) for _, f, _ in columns] for c in cs], dtype=float).reshape(len(cs), len(columns)),
+                     allowed=np.array([within_replica_limit(c, limits) for c in cs], dtype=bool))
+        for cs in every.values())
+    return Problem(stages=tuple(every), options=options, constraints=tuple(name for name, _, _ in columns),
+                   bounds=np.array([b for _, _, b in columns], dtype=float))
+
+
+def _exclusion(c: Configuration, limits: Limits) -> tuple[str, str]:
+    """Why ``c`` is outside the per-stage limits (the replica cap, or its fixed replica count)."""
+    return (f"max_replicas_{c.stage}",
+            f"needs {c.replicas} replicas for {c.load_rps:.1f} items/s (max {limits.max_replicas})")
+
+
+def _chosen(problem: Problem, every: dict[str, list[Configuration]], rows: tuple[int, ...]) -> dict[str, Configuration]:
+    return {s: every[s][r] for s, r in zip(problem.stages, rows, strict=True)}
 
 
 def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = None, weights: Weights | None = None, *,
           accuracy: str = "multiply", objective: str = "weighted", min_accuracy: float | None = None,
-          max_cost: float | None = None, solver: str = "cbc", lp_path: str | None = None) -> Decision:
+          max_cost: float | None = None, solver: str = DEFAULT_SOLVER, lp_path: str | None = None) -> Decision:
     """Pick variant, batch, replicas and hardware per stage for ``load_rps`` requests/s.
 
-    ``solver`` is "cbc" (PuLP's bundled CBC), "highs" (highspy) or "dp" (an exact
-    dynamic program over stages, the cross-check). Returns an OPTIMAL decision,
+    ``solver`` is "dp" (the default: an exact dynamic program over stages, pruned by
+    Lagrangian bounds), "cbc" (PuLP's bundled CBC) or "highs" (highspy). Returns an OPTIMAL decision,
     TIMED_OUT with the solver's incumbent, or INFEASIBLE with the fallback and why.
     ``lp_path`` is a debugging flag: the PuLP model is also written there as an .lp file.
     """
@@ -136,19 +171,16 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     score = _scorer(objective, accuracy, weights, len(every))
     problem = _problem(every, limits, score, accuracy, sla.latency_s, max_cost,
                        _accuracy_floor(min_accuracy, accuracy))
-    outcome = None
-    if all(problem.options[s] for s in problem.stages):
-        outcome = run_solver(problem, solver, limits.time_limit_s, lp_path)
-    if outcome is None or outcome.chosen is None:
+    outcome = run_solver(problem, solver, limits.time_limit_s, lp_path)
+    if outcome.rows is None:
         reason = _diagnose(problem, every, limits, load_rps)
-        if outcome is not None and outcome.timed_out:
+        if outcome.timed_out:
             reason = f"solver hit its {limits.time_limit_s}s time limit without a solution; {reason}"
         return _fallback(profile, load_rps, sla, limits, accuracy, solver, reason, started)
     status = DecisionStatus.TIMED_OUT if outcome.timed_out else DecisionStatus.OPTIMAL
-    why = explain(problem, outcome.chosen, every, lambda c: within_replica_limit(c, limits), score,
-                  limits.max_replicas)
-    return _decision(outcome.chosen, status, "", load_rps, accuracy, solver, started,
-                     why.binding, why.text)
+    chosen = _chosen(problem, every, outcome.rows)
+    why = explain(problem, outcome.rows, every, lambda c: _exclusion(c, limits))
+    return _decision(chosen, status, "", load_rps, accuracy, solver, started, why.binding, why.text)
 
 
 def _decision(chosen: dict[str, Configuration], status: DecisionStatus, reason: str, load_rps: float,
@@ -170,36 +202,55 @@ def _decision(chosen: dict[str, Configuration], status: DecisionStatus, reason: 
 # ------------------------------------------------------------------ infeasible
 
 
+def _least(problem: Problem) -> np.ndarray:
+    """Per constraint, the least Σ use any choice can reach (each stage's least allowed row)."""
+    return np.sum([st.use[st.allowed].min(axis=0) for st in problem.options], axis=0)
+
+
+def _unreachable(name: str, least: float, bound: float, limits: Limits, load_rps: float) -> str:
+    if name == "cluster_capacity":
+        return (f"load {load_rps:.1f} rps is beyond the cluster: the cheapest configurations cost"
+                f" {least:.3f}, capacity limit ({limits.cost_mode}) is {bound:.3f}")
+    if name == "sla_end_to_end":
+        return f"SLA {bound:.3f}s is below the fastest path's predicted p99 {least:.3f}s"
+    if name == "max_cost":
+        return f"max cost {bound:.3f} is below the cheapest decision's cost {least:.3f}"
+    if name == "min_accuracy":
+        return f"min accuracy is unreachable: the most accurate decision's accuracy term is {-least:.4f}"
+    return f"{name}: the least any decision needs is {least:.3f}, the limit is {bound:.3f}"
+
+
+# The order in which _diagnose names an unreachable bound: the cluster before the SLA.
+_DIAGNOSIS_ORDER = ("cluster_capacity", "sla_end_to_end", "max_cost", "min_accuracy")
+
+
 def _diagnose(problem: Problem, every: dict[str, list[Configuration]], limits: Limits, load_rps: float) -> str:
-    for s in problem.stages:
-        if not problem.options[s]:
+    for s, st in zip(problem.stages, problem.options, strict=True):
+        if not st.allowed.any():
             best = max(every[s], key=lambda c: c.throughput_rps)
             cap = limits.rho_max * best.throughput_rps * limits.fixed_replicas.get(s, limits.max_replicas)
             return (f"stage {s!r} receives {best.load_rps:.1f} items/s but its fastest configuration"
                     f" ({best.variant} b={best.batch} {best.hardware}) carries at most {cap:.1f}/s"
                     f" within the replica limit")
-    min_cost = sum(min(c.cost for c in problem.options[s]) for s in problem.stages)
-    if problem.capacity_limit is not None and min_cost > problem.capacity_limit:
-        return (f"load {load_rps:.1f} rps is beyond the cluster: the cheapest configurations cost"
-                f" {min_cost:.3f}, capacity limit ({limits.cost_mode}) is {problem.capacity_limit:.3f}")
-    min_lat = sum(min(c.latency_s for c in problem.options[s]) for s in problem.stages)
-    if problem.sla_s is not None and min_lat > problem.sla_s:
-        return f"SLA {problem.sla_s:.3f}s is below the fastest path's predicted p99 {min_lat:.3f}s"
-    if problem.cost_ceiling is not None and min_cost > problem.cost_ceiling:
-        return f"max cost {problem.cost_ceiling:.3f} is below the cheapest decision's cost {min_cost:.3f}"
-    if problem.accuracy_floor is not None:
-        top = sum(max(problem.acc_terms[c.key] for c in problem.options[s]) for s in problem.stages)
-        if top < problem.accuracy_floor:
-            return f"min accuracy is unreachable: the most accurate decision's accuracy term is {top:.4f}"
+    least = _least(problem)
+    names = sorted(problem.constraints, key=lambda n: (_DIAGNOSIS_ORDER + (n,)).index(n))
+    for name in names:
+        d = problem.constraints.index(name)
+        if least[d] > problem.bounds[d] + TOLERANCE:
+            return _unreachable(name, float(least[d]), float(problem.bounds[d]), limits, load_rps)
     return "no decision meets the SLA, the capacity limit and the objective's bound together"
 
 
 def _carries(profile: Profile, rate: float, limits: Limits) -> bool:
+    """Some choice of every stage carries ``rate`` within the replica cap and the capacity limits."""
     every = _all_configs(profile, rate, limits)
-    options = [[c for c in cs if within_replica_limit(c, limits)] for cs in every.values()]
-    if not all(options):
+    problem = _problem(every, limits, _scorer("min-latency", "sum", Weights(), len(every)), "sum", None, None, None)
+    if not problem.solvable:
         return False
-    return sum(min(c.cost for c in cs) for cs in options) <= limits.capacity_limit
+    if (_least(problem) > problem.bounds).any():
+        return False
+    # One constraint: its least sum is reachable, so some choice fits. Several: ask the DP.
+    return len(problem.constraints) == 1 or run_solver(problem, "dp", limits.time_limit_s).rows is not None
 
 
 def _max_carried(profile: Profile, load_rps: float, limits: Limits) -> float:
@@ -210,7 +261,7 @@ def _max_carried(profile: Profile, load_rps: float, limits: Limits) -> float:
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _carries(profile, mid, limits) else (lo, mid)
-    return lo
+    return lo * (1 - _CARRY_MARGIN)
 
 
 def _fallback(profile: Profile, load_rps: float, sla: SLA, limits: Limits, accuracy: str, solver: str,
@@ -219,9 +270,8 @@ def _fallback(profile: Profile, load_rps: float, sla: SLA, limits: Limits, accur
     every = _all_configs(profile, carried, limits)
     score = _scorer("min-latency", accuracy, Weights(), len(every))
     problem = _problem(every, limits, score, accuracy, None, None, None)
-    chosen = None
-    if all(problem.options[s] for s in problem.stages):
-        chosen = run_solver(problem, solver, limits.time_limit_s).chosen
+    rows = run_solver(problem, solver, limits.time_limit_s).rows
+    chosen = _chosen(problem, every, rows) if rows is not None else None
     if chosen is None:  # not even one replica per stage fits: the cheapest of each, fastest on ties
         chosen = {s: min(cs, key=lambda c: (c.cost, c.latency_s)) for s, cs in every.items()}
         note = "even the cheapest configuration of every stage exceeds the capacity limit; cheapest chosen"

@@ -2,8 +2,10 @@
 
 Shapes follow what the profiler measures: per (variant, batch, hardware) a
 latency l(b) = α + β·b with p50 < p95 < p99, throughput b / mean latency, and an
-accuracy that grows with the variant's cost. Deterministic for a given seed.
-Pure: returns records, writes nothing.
+accuracy that grows with the variant's cost. On ``gpu:<model>`` the batch costs
+little per item (l(b) nearly flat in b) and ``memory_mb`` is the peak GPU memory
+at that batch: weights plus activations that grow with b. Deterministic for a
+given seed. Pure: returns records, writes nothing.
 """
 
 from __future__ import annotations
@@ -22,15 +24,31 @@ _P50, _P95, _P99 = 0.95, 1.2, 1.4
 # A second core speeds a batch up by ~1/0.6 (intra-op threading is not linear).
 _TWO_CORE_SPEEDUP = 0.6
 _SOURCE = "synthetic (varipipe.adapter.synthetic)"
+# A synthetic GPU's shape relative to one core (not a measurement): the batch's fixed
+# part (launches, the framework's overhead) stays at this share of the core's, each
+# item costs this share of a core's per-item time. Issue 19 measured a nearly flat
+# curve on an H200 (the LLMs' 16 new tokens: 99 ms at batch 1, 84 ms at batch 32).
+_GPU_FIXED_SHARE = 0.5
+_GPU_PER_ITEM_SHARE = 0.02
+# Synthetic GPU memory (MiB): weights per unit of the variant's batch-1 latency (s),
+# and activations per item per unit of per-item latency; about 1 GiB for a 10 ms model.
+_GPU_WEIGHTS_MB_PER_S = 1.0e5
+_GPU_ACTIVATIONS_MB_PER_S = 2.0e4
+# CPU points' memory_mb (resident memory), unused by the optimizer.
+_CPU_MEMORY_MB = 100.0
 
 
 def _point(stage: str, variant: str, batch: int, hw: str, alpha: float, beta: float, acc: float) -> ProfilePoint:
+    memory = _CPU_MEMORY_MB
+    if hw.startswith("gpu:"):
+        memory = _GPU_WEIGHTS_MB_PER_S * (alpha + beta) + _GPU_ACTIVATIONS_MB_PER_S * beta * batch
+        alpha, beta = alpha * _GPU_FIXED_SHARE, beta * _GPU_PER_ITEM_SHARE
     scale = _TWO_CORE_SPEEDUP if hw == "cpu:2" else 1.0
     mean = (alpha + beta * batch) * scale
     return ProfilePoint(
         stage=stage, variant=variant, batch=batch, hardware=hw,
         latency_p50_s=mean * _P50, latency_p95_s=mean * _P95, latency_p99_s=mean * _P99,
-        throughput_rps=batch / mean, memory_mb=100.0, samples=200, accuracy=round(acc, 4),
+        throughput_rps=batch / mean, memory_mb=round(memory, 1), samples=200, accuracy=round(acc, 4),
         accuracy_kind="declared", accuracy_source=_SOURCE, latency_mean_s=mean,
     )
 

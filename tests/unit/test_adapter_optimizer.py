@@ -22,7 +22,7 @@ from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
 from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, DecisionStatus, Profile
 
-SOLVERS = ["cbc", "highs", "dp"]
+SOLVERS = ["dp", "cbc", "highs"]
 
 
 def _solver_or_skip(name: str) -> str:
@@ -95,19 +95,22 @@ instances = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(inst=instances, solver=st.sampled_from(["cbc", "dp"]), accuracy=st.sampled_from(["multiply", "sum"]))
+@given(inst=instances, accuracy=st.sampled_from(["multiply", "sum"]))
 # CBC's preprocessing once called a worse choice optimal here (adapter/_solvers.py).
 @example(inst={"stages": 3, "variants": 3, "batches": (1,), "hardware": ("cpu:1",), "seed": 1506, "load": 0.0,
-               "sla": 0.064453125, "cost_mode": "shared", "cores": 1.0}, solver="cbc", accuracy="multiply")
+               "sla": 0.064453125, "cost_mode": "shared", "cores": 1.0}, accuracy="multiply")
 # ... its default cutoff increment (1e-5) kept a choice 4e-6 worse here,
 @example(inst={"stages": 2, "variants": 1, "batches": (1,), "hardware": ("cpu:1", "cpu:2"), "seed": 2, "load": 1.0,
-               "sla": 0.046875, "cost_mode": "shared", "cores": 1.0}, solver="cbc", accuracy="multiply")
+               "sla": 0.046875, "cost_mode": "shared", "cores": 1.0}, accuracy="multiply")
 # ... and its LP's default dual tolerance (1e-7) one 1e-6 worse here.
 @example(inst={"stages": 3, "variants": 2, "batches": (1, 2, 8), "hardware": ("cpu:1", "cpu:2"), "seed": 5240,
                "load": 1.0, "sla": 0.5293071055923027, "cost_mode": "shared", "cores": 1.0},
-         solver="cbc", accuracy="multiply")
+         accuracy="multiply")
 def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
+    """Contract: every backend's objective equals brute force, and its decision meets the SLA."""
+    _solver_or_skip(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
     limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
     d = solve(profile, inst["load"], SLA(inst["sla"]), limits, accuracy=accuracy, solver=solver)
@@ -122,19 +125,50 @@ def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
     assert_meets_sla_by_profile(profile, d, inst["load"], inst["sla"], limits)
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
 @settings(max_examples=25, deadline=None)
 @given(inst=instances, objective=st.sampled_from(["min-cost", "max-accuracy"]), bound=st.floats(0.05, 1.0))
-def test_constrained_objectives_equal_brute_force(inst, objective, bound):
+def test_constrained_objectives_equal_brute_force(inst, objective, bound, solver):
+    """Contract: with two or three constraints (SLA, capacity, the objective's bound) too."""
+    _solver_or_skip(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
     limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
     kw = {"min_accuracy": bound} if objective == "min-cost" else {"max_cost": bound * inst["cores"]}
-    d = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=objective, solver="dp", **kw)
+    d = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=objective, solver=solver, **kw)
     best = brute_force(profile, inst["load"], inst["sla"], limits, objective=objective, **kw)
     if best is None:
         assert d.status is DecisionStatus.INFEASIBLE
         return
     got = objective_value(chosen_configs(profile, d, inst["load"], limits), objective)
     assert got == pytest.approx(best, abs=1e-7)
+
+
+big_instances = st.fixed_dictionaries({
+    "seed": st.integers(0, 10_000),
+    "load": st.floats(1.0, 300.0),
+    "sla": st.floats(0.05, 0.8),
+    "cost_mode": st.sampled_from(["shared", "reserved"]),
+    "cores": st.sampled_from([4.0, 16.0, 64.0]),
+    "objective": st.sampled_from(["weighted", "min-cost", "max-accuracy"]),
+    "bound": st.floats(0.05, 1.0),
+})
+
+
+@settings(max_examples=30, deadline=None)
+@given(inst=big_instances)
+def test_dp_equals_the_mip_solvers_beyond_brute_force(inst):
+    """6 stages x 4 variants x 3 batches x 2 hardware (24^6 choices): the DP's pruning is exact."""
+    _solver_or_skip("highs")
+    profile = synthetic_profile(6, 4, (1, 4, 16), ("cpu:1", "cpu:2"), seed=inst["seed"])
+    limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=8)
+    kw = {"min-cost": {"min_accuracy": inst["bound"] ** 3}, "max-accuracy": {"max_cost": inst["bound"] * inst["cores"]},
+          "weighted": {}}[inst["objective"]]
+    dp = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=inst["objective"], solver="dp", **kw)
+    mip = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=inst["objective"], solver="highs", **kw)
+    assert dp.status == mip.status
+    if mip.status is DecisionStatus.OPTIMAL:
+        assert objective_value({s.stage: s for s in dp.stages}, inst["objective"]) == pytest.approx(
+            objective_value({s.stage: s for s in mip.stages}, inst["objective"]), abs=1e-7)
 
 
 # ---------------------------------------------------------------- contract

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from varipipe.adapter.optimizer import DEFAULT_SOLVER
 from varipipe.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "profiles"
@@ -21,13 +22,13 @@ def test_json_shape(capsys):
     out = solve_json(capsys, "--profiles", str(FIXTURES / "vision-caption-synthetic.json"), "--rps", "1",
                      "--sla", "3", "--cluster-cores", "2")
     assert {"status", "feasible", "stages", "predicted", "solve_time_s", "solver", "explanation"} <= set(out)
-    assert out["status"] == "optimal" and out["feasible"] is True and out["solver"] == "cbc"
+    assert out["status"] == "optimal" and out["feasible"] is True and out["solver"] == DEFAULT_SOLVER
     assert {"stage", "variant", "batch", "replicas", "hardware", "batch_wait_s"} <= set(out["stages"][0])
     assert set(out["predicted"]) == {"latency_s", "accuracy", "cost"}
     assert out["predicted"]["latency_s"] <= 3
 
 
-@pytest.mark.parametrize("solver", ["cbc", "highs", "dp"])
+@pytest.mark.parametrize("solver", ["dp", "cbc", "highs"])
 def test_many_stage_synthetic_profile_with_each_solver(capsys, solver):
     out = solve_json(capsys, "--profiles", str(FIXTURES / "synthetic-9x9x6.json"), "--rps", "20", "--sla", "2",
                      "--cost-mode", "reserved", "--cluster-cores", "64", "--solver", solver)

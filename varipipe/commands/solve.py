@@ -37,11 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="capacity limit in cores (default: this host's core count)")
     p.add_argument("--max-replicas", type=int, default=None,
                    help="replica cap per stage (default: the cluster's whole cores)")
-    p.add_argument("--solver", choices=("cbc", "highs", "dp"), default="cbc")
+    p.add_argument("--solver", choices=("dp", "cbc", "highs"), default="dp",
+                   help="dp: the exact dynamic program (default, fastest); cbc, highs: the MIP solvers")
     p.add_argument("--pin", type=_pin, action="append", default=[], metavar="STAGE=VARIANT",
                    help="fix a stage's variant (repeatable)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
-    p.add_argument("--write-lp", metavar="FILE", help="also write the model as an .lp file (cbc/highs; debugging)")
+    p.add_argument("--write-lp", metavar="FILE", help="also write the program as an .lp file (debugging)")
 
 
 def decision_json(decision) -> dict:
