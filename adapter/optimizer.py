@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from varipipe.adapter._solvers import (
     available_solvers,
     run_solver,
 )
+from varipipe.adapter._table import StageTable, stage_tables
 from varipipe.adapter.configurations import (
     ACCURACY_MODES,
     OBJECTIVES,
@@ -44,9 +46,7 @@ from varipipe.adapter.configurations import (
     Weights,
     accuracy_term,
     combine_accuracy,
-    stage_configurations,
     stage_loads,
-    within_replica_limit,
 )
 from varipipe.adapter.explain import explain
 from varipipe.errors import UnknownNameError
@@ -67,26 +67,31 @@ _BISECT_STEPS = 30
 _CARRY_MARGIN = 1e-6
 
 
-def _scorer(objective: str, accuracy: str, weights: Weights, n_stages: int) -> Callable[[Configuration], float]:
-    def score(c: Configuration) -> float:
-        acc = accuracy_term(c.accuracy, accuracy, n_stages)
-        if objective == "weighted":
-            return weights.alpha * acc - weights.beta * c.cost - weights.gamma * c.batch
-        if objective == "min-cost":
-            return -c.cost + TIE_BREAK * acc
-        if objective == "max-accuracy":
-            return acc - TIE_BREAK * c.cost
-        return -c.latency_s - TIE_BREAK * c.cost  # "min-latency", the infeasible fallback
+def _score(objective: str, weights: Weights, acc, cost, batch, latency):
+    """A configuration's objective contribution from its accuracy term, cost, batch and latency;
+    floats or numpy columns alike."""
+    if objective == "weighted":
+        return weights.alpha * acc - weights.beta * cost - weights.gamma * batch
+    if objective == "min-cost":
+        return -cost + TIE_BREAK * acc
+    if objective == "max-accuracy":
+        return acc - TIE_BREAK * cost
+    return -latency - TIE_BREAK * cost  # "min-latency", the infeasible fallback
 
-    return score
+
+def _accuracy_terms(t: StageTable, accuracy: str, n_stages: int) -> np.ndarray:
+    """:func:`accuracy_term` over a table's column (``math.log`` takes no arrays)."""
+    return np.log(t.accuracy) if accuracy == "multiply" else accuracy_term(t.accuracy, accuracy, n_stages)
 
 
 def objective_value(chosen: Mapping[str, Configuration | StageDecision], objective: str = "weighted",
                     accuracy: str = "multiply", weights: Weights | None = None) -> float:
     """The objective of a complete choice, as the solvers see it (for tests and cross-checks): of
     configurations, or of a decision's stages (they carry the accuracy, cost, batch and latency read)."""
-    score = _scorer(objective, accuracy, weights or Weights(), len(chosen))
-    return sum(score(c) for c in chosen.values())
+    w = weights or Weights()
+    n = len(chosen)
+    return sum(_score(objective, w, accuracy_term(c.accuracy, accuracy, n), c.cost, c.batch, c.latency_s)
+               for c in chosen.values())
 
 
 def _accuracy_floor(min_accuracy: float | None, accuracy: str) -> float | None:
@@ -115,32 +120,48 @@ def _check_args(load_rps: float, accuracy: str, objective: str, solver: str,
         raise ValueError("objective 'max-accuracy' needs max_cost (the cost it may spend)")
 
 
-def _all_configs(profile: Profile, load_rps: float, limits: Limits) -> dict[str, list[Configuration]]:
-    loads = stage_loads(profile, load_rps)
-    for stage in limits.pinned:
-        if stage not in loads:
-            raise UnknownNameError(f"stage in profile {profile.pipeline!r} (pinned)", stage, profile.stages)
-    return {s: stage_configurations(profile, s, loads[s], limits) for s in profile.stages}
+def _all_configs(profile: Profile, load_rps: float, limits: Limits) -> dict[str, StageTable]:
+    return stage_tables(profile, stage_loads(profile, load_rps), limits)
 
 
-def _problem(every: dict[str, list[Configuration]], limits: Limits, score, accuracy: str,
-             sla_s: float | None, cost_ceiling: float | None, floor: float | None) -> Problem:
+@dataclass(frozen=True)
+class _Goal:
+    """What a problem maximises and the bounds its objective adds."""
+
+    objective: str
+    accuracy: str
+    weights: Weights
+    sla_s: float | None
+    cost_ceiling: float | None = None
+    accuracy_floor: float | None = None
+
+
+def _problem(every: dict[str, StageTable], limits: Limits, goal: _Goal) -> Problem:
+    """The program over every stage's rows: scores, one ``use`` column per named constraint."""
     n = len(every)
-    columns: list[tuple[str, Callable[[Configuration], float], float]] = []
-    if sla_s is not None:
-        columns.append(("sla_end_to_end", lambda c: c.latency_s, sla_s))
-    columns.append(("cluster_capacity", lambda c: c.cost, limits.capacity_limit))
-    if cost_ceiling is not None:
-        columns.append(("max_cost", lambda c: c.cost, cost_ceiling))
-    if floor is not None:  # Σ acc_term ≥ floor, negated into the ≤ form
-        columns.append(("min_accuracy", lambda c: -accuracy_term(c.accuracy, accuracy, n), -floor))
-    options = tuple(
-        StageOptions(score=np.array([score(c) for c in cs], dtype=float),
-                     use=np.array([[f(c) for _, f, _ in columns] for c in cs], dtype=float).reshape(len(cs), len(columns)),
-                     allowed=np.array([within_replica_limit(c, limits) for c in cs], dtype=bool))
-        for cs in every.values())
-    return Problem(stages=tuple(every), options=options, constraints=tuple(name for name, _, _ in columns),
-                   bounds=np.array([b for _, _, b in columns], dtype=float))
+    names: list[str] = []
+    bounds: list[float] = []
+    if goal.sla_s is not None:
+        names.append("sla_end_to_end")
+        bounds.append(goal.sla_s)
+    names.append("cluster_capacity")
+    bounds.append(limits.capacity_limit)
+    if goal.cost_ceiling is not None:
+        names.append("max_cost")
+        bounds.append(goal.cost_ceiling)
+    if goal.accuracy_floor is not None:  # Σ acc_term ≥ floor, negated into the ≤ form
+        names.append("min_accuracy")
+        bounds.append(-goal.accuracy_floor)
+    options = []
+    for t in every.values():
+        acc = _accuracy_terms(t, goal.accuracy, n)
+        columns = {"sla_end_to_end": t.latency_s, "cluster_capacity": t.cost, "max_cost": t.cost,
+                   "min_accuracy": -acc}
+        options.append(StageOptions(
+            score=_score(goal.objective, goal.weights, acc, t.cost, t.batch, t.latency_s),
+            use=np.stack([columns[name] for name in names], axis=1), allowed=t.within(limits)))
+    return Problem(stages=tuple(every), options=tuple(options), constraints=tuple(names),
+                   bounds=np.array(bounds, dtype=float))
 
 
 def _exclusion(c: Configuration, limits: Limits) -> tuple[str, str]:
@@ -149,7 +170,7 @@ def _exclusion(c: Configuration, limits: Limits) -> tuple[str, str]:
             f"needs {c.replicas} replicas for {c.load_rps:.1f} items/s (max {limits.max_replicas})")
 
 
-def _chosen(problem: Problem, every: dict[str, list[Configuration]], rows: tuple[int, ...]) -> dict[str, Configuration]:
+def _chosen(problem: Problem, every: dict[str, StageTable], rows: tuple[int, ...]) -> dict[str, Configuration]:
     return {s: every[s][r] for s, r in zip(problem.stages, rows, strict=True)}
 
 
@@ -168,9 +189,8 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     weights = weights or Weights()
     started = time.perf_counter()
     every = _all_configs(profile, load_rps, limits)
-    score = _scorer(objective, accuracy, weights, len(every))
-    problem = _problem(every, limits, score, accuracy, sla.latency_s, max_cost,
-                       _accuracy_floor(min_accuracy, accuracy))
+    goal = _Goal(objective, accuracy, weights, sla.latency_s, max_cost, _accuracy_floor(min_accuracy, accuracy))
+    problem = _problem(every, limits, goal)
     outcome = run_solver(problem, solver, limits.time_limit_s, lp_path)
     if outcome.rows is None:
         reason = _diagnose(problem, every, limits, load_rps)
@@ -224,10 +244,10 @@ def _unreachable(name: str, least: float, bound: float, limits: Limits, load_rps
 _DIAGNOSIS_ORDER = ("cluster_capacity", "sla_end_to_end", "max_cost", "min_accuracy")
 
 
-def _diagnose(problem: Problem, every: dict[str, list[Configuration]], limits: Limits, load_rps: float) -> str:
+def _diagnose(problem: Problem, every: dict[str, StageTable], limits: Limits, load_rps: float) -> str:
     for s, st in zip(problem.stages, problem.options, strict=True):
         if not st.allowed.any():
-            best = max(every[s], key=lambda c: c.throughput_rps)
+            best = every[s][int(np.argmax(every[s].throughput_rps))]
             cap = limits.rho_max * best.throughput_rps * limits.fixed_replicas.get(s, limits.max_replicas)
             return (f"stage {s!r} receives {best.load_rps:.1f} items/s but its fastest configuration"
                     f" ({best.variant} b={best.batch} {best.hardware}) carries at most {cap:.1f}/s"
@@ -241,10 +261,13 @@ def _diagnose(problem: Problem, every: dict[str, list[Configuration]], limits: L
     return "no decision meets the SLA, the capacity limit and the objective's bound together"
 
 
+# The infeasible fallback: the lowest latency within the capacity limit, no SLA.
+_FALLBACK_GOAL = _Goal("min-latency", "sum", Weights(), None)
+
+
 def _carries(profile: Profile, rate: float, limits: Limits) -> bool:
     """Some choice of every stage carries ``rate`` within the replica cap and the capacity limits."""
-    every = _all_configs(profile, rate, limits)
-    problem = _problem(every, limits, _scorer("min-latency", "sum", Weights(), len(every)), "sum", None, None, None)
+    problem = _problem(_all_configs(profile, rate, limits), limits, _FALLBACK_GOAL)
     if not problem.solvable:
         return False
     if (_least(problem) > problem.bounds).any():
@@ -268,12 +291,11 @@ def _fallback(profile: Profile, load_rps: float, sla: SLA, limits: Limits, accur
               reason: str, started: float) -> Decision:
     carried = _max_carried(profile, load_rps, limits)
     every = _all_configs(profile, carried, limits)
-    score = _scorer("min-latency", accuracy, Weights(), len(every))
-    problem = _problem(every, limits, score, accuracy, None, None, None)
+    problem = _problem(every, limits, _FALLBACK_GOAL)
     rows = run_solver(problem, solver, limits.time_limit_s).rows
     chosen = _chosen(problem, every, rows) if rows is not None else None
     if chosen is None:  # not even one replica per stage fits: the cheapest of each, fastest on ties
-        chosen = {s: min(cs, key=lambda c: (c.cost, c.latency_s)) for s, cs in every.items()}
+        chosen = {s: t[int(np.lexsort((t.latency_s, t.cost))[0])] for s, t in every.items()}
         note = "even the cheapest configuration of every stage exceeds the capacity limit; cheapest chosen"
     else:
         note = (f"fallback carries {carried:.1f} of {load_rps:.1f} rps (highest capacity within the limit),"

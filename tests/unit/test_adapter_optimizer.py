@@ -339,3 +339,20 @@ def test_solver_crash_raises_solver_error(monkeypatch):
     with pytest.raises(SolverError, match="cbc failed: cbc binary vanished"):
         solve(VC, 1.0, SLA(3.0), solver="cbc")
     assert solve(VC, 1.0, SLA(3.0), solver="dp").status is DecisionStatus.OPTIMAL  # the DP needs no PuLP solve
+
+
+@pytest.mark.parametrize("limits", [
+    Limits(), Limits(cost_mode="reserved", cluster_cores=16), Limits(batch_sizes=(1, 3, 4, 8, 32)),
+    Limits(pinned={"stage1": "v0"}, fixed_replicas={"stage0": 2}), Limits(hardware=("cpu:2",)),
+])
+@pytest.mark.parametrize("load", [0.0, 3.0, 250.0])
+def test_stage_tables_price_as_stage_configurations(limits, load):
+    """The optimizer's columns (adapter._table) hold the same configurations, in the same order."""
+    from varipipe.adapter._table import stage_tables
+
+    profile = synthetic_profile(3, 3, (1, 2, 8, 16), ("cpu:1", "cpu:2", "gpu:h200"), seed=7)
+    loads = stage_loads(profile, load)
+    tables = stage_tables(profile, loads, limits)
+    for s in profile.stages:
+        assert list(tables[s]) == stage_configurations(profile, s, loads[s], limits)
+        assert list(tables[s].within(limits)) == [within_replica_limit(c, limits) for c in tables[s]]
