@@ -27,15 +27,15 @@ from varipipe.adapter.configurations import (
 from varipipe.errors import UnknownNameError
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 
-__all__ = ["StageTable", "stage_tables"]
+__all__ = ["StageRows", "StageTable", "stage_rows", "stage_tables"]
 
 
 @dataclass(frozen=True, eq=False)
-class StageTable(Sequence[Configuration]):
-    """One stage's configurations at load ``load_rps``: row ``i`` is ``table[i]``."""
+class StageRows:
+    """A stage's configurations before its load is applied: the profile's columns, pins and
+    hardware applied, in the order :func:`configurations.stage_configurations` lists them."""
 
     stage: str
-    load_rps: float
     variant: tuple[str, ...]
     hardware: tuple[str, ...]
     batch: np.ndarray  # int
@@ -45,14 +45,58 @@ class StageTable(Sequence[Configuration]):
     accuracy: np.ndarray
     memory_mb: np.ndarray
     interpolated: np.ndarray  # bool
+    cores: np.ndarray  # what a replica reserves of the CPU (0 on a GPU)
+    price: np.ndarray  # what a replica costs in reserved mode
+
+    def at(self, load: float, limits: Limits) -> StageTable:
+        """The rows priced at stage load ``load``: replicas, batch wait and cost (module docstring)."""
+        fixed = limits.fixed_replicas.get(self.stage)
+        if fixed is not None:
+            replicas = np.full(self.batch.size, fixed, dtype=int)
+        else:
+            replicas = np.maximum(1, np.ceil(load / (limits.rho_max * self.throughput_rps) - _CEIL_EPS)).astype(int)
+        if load <= 0:
+            wait = np.where(self.batch <= 1, 0.0, limits.max_batch_wait_s)
+        else:
+            wait = np.where(self.batch <= 1, 0.0,
+                            np.minimum((self.batch - 1) * replicas / load, limits.max_batch_wait_s))
+        if limits.cost_mode == "reserved":
+            cost = self.price * replicas
+        else:
+            cost = load * self.cores * self.latency_mean_s / self.batch
+        return StageTable(self, load, replicas, wait, cost)
+
+
+@dataclass(frozen=True, eq=False)
+class StageTable(Sequence[Configuration]):
+    """One stage's configurations at load ``load_rps``: row ``i`` is ``table[i]``."""
+
+    rows: StageRows
+    load_rps: float
     replicas: np.ndarray  # int
     batch_wait_s: np.ndarray
     cost: np.ndarray
 
     @property
+    def stage(self) -> str:
+        return self.rows.stage
+
+    @property
+    def batch(self) -> np.ndarray:
+        return self.rows.batch
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.rows.accuracy
+
+    @property
+    def throughput_rps(self) -> np.ndarray:
+        return self.rows.throughput_rps
+
+    @property
     def latency_s(self) -> np.ndarray:
         """What each row adds to the end-to-end p99: batch latency plus batch wait."""
-        return self.latency_p99_s + self.batch_wait_s
+        return self.rows.latency_p99_s + self.batch_wait_s
 
     def within(self, limits: Limits) -> np.ndarray:
         """Rows that carry the stage's load within the replica cap (:func:`within_replica_limit`)."""
@@ -60,16 +104,17 @@ class StageTable(Sequence[Configuration]):
         return (self.replicas <= limits.max_replicas) & carried
 
     def __len__(self) -> int:
-        return len(self.variant)
+        return len(self.rows.variant)
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         i = int(i)
+        r = self.rows
         return Configuration(
-            self.stage, self.variant[i], int(self.batch[i]), self.hardware[i], float(self.latency_p99_s[i]),
-            float(self.latency_mean_s[i]), float(self.throughput_rps[i]), float(self.accuracy[i]), self.load_rps,
-            int(self.replicas[i]), float(self.batch_wait_s[i]), float(self.cost[i]), bool(self.interpolated[i]))
+            r.stage, r.variant[i], int(r.batch[i]), r.hardware[i], float(r.latency_p99_s[i]),
+            float(r.latency_mean_s[i]), float(r.throughput_rps[i]), float(r.accuracy[i]), self.load_rps,
+            int(self.replicas[i]), float(self.batch_wait_s[i]), float(self.cost[i]), bool(r.interpolated[i]))
 
     def __iter__(self) -> Iterator[Configuration]:
         return (self[i] for i in range(len(self)))
@@ -77,7 +122,7 @@ class StageTable(Sequence[Configuration]):
 
 @dataclass
 class _Columns:
-    """Rows gathered before pricing, in the order :func:`configurations.stage_configurations` lists them."""
+    """Rows gathered as lists, before they become a :class:`StageRows`."""
 
     variant: list[str]
     hardware: list[str]
@@ -95,6 +140,16 @@ class _Columns:
                    [p.latency_p99_s for p in points], [p.mean_latency_s for p in points],
                    [p.throughput_rps for p in points], [p.accuracy for p in points], [p.memory_mb for p in points],
                    [False] * len(points))
+
+    def rows(self, stage: str, limits: Limits) -> StageRows:
+        labels = {h: (hardware_cores(h), hardware_cores(h) if h.startswith("cpu") else limits.gpu_cost)
+                  for h in set(self.hardware)}
+        return StageRows(stage, tuple(self.variant), tuple(self.hardware), np.array(self.batch, dtype=int),
+                         np.array(self.p99, dtype=float), np.array(self.mean, dtype=float),
+                         np.array(self.throughput, dtype=float), np.array(self.accuracy, dtype=float),
+                         np.array(self.memory, dtype=float), np.array(self.interpolated, dtype=bool),
+                         np.array([labels[h][0] for h in self.hardware], dtype=float),
+                         np.array([labels[h][1] for h in self.hardware], dtype=float))
 
 
 def _measured(points: list[ProfilePoint]) -> _Columns:
@@ -127,34 +182,8 @@ def _wanted(points: list[ProfilePoint], stage: str, limits: Limits) -> list[Prof
             and (limits.hardware is None or p.hardware in limits.hardware)]
 
 
-def _price(stage: str, load: float, cols: _Columns, limits: Limits) -> StageTable:
-    batch = np.array(cols.batch, dtype=int)
-    mean = np.array(cols.mean, dtype=float)
-    throughput = np.array(cols.throughput, dtype=float)
-    fixed = limits.fixed_replicas.get(stage)
-    if fixed is not None:
-        replicas = np.full(batch.size, fixed, dtype=int)
-    else:
-        replicas = np.maximum(1, np.ceil(load / (limits.rho_max * throughput) - _CEIL_EPS)).astype(int)
-    if load <= 0:
-        wait = np.where(batch <= 1, 0.0, limits.max_batch_wait_s)
-    else:
-        wait = np.where(batch <= 1, 0.0, np.minimum((batch - 1) * replicas / load, limits.max_batch_wait_s))
-    labels = {h: (hardware_cores(h), hardware_cores(h) if h.startswith("cpu") else limits.gpu_cost)
-              for h in set(cols.hardware)}
-    cores = np.array([labels[h][0] for h in cols.hardware], dtype=float)
-    if limits.cost_mode == "reserved":
-        cost = np.array([labels[h][1] for h in cols.hardware], dtype=float) * replicas
-    else:
-        cost = load * cores * mean / batch
-    return StageTable(stage, load, tuple(cols.variant), tuple(cols.hardware), batch,
-                      np.array(cols.p99, dtype=float), mean, throughput, np.array(cols.accuracy, dtype=float),
-                      np.array(cols.memory, dtype=float), np.array(cols.interpolated, dtype=bool), replicas, wait, cost)
-
-
-def stage_tables(profile: Profile, loads: dict[str, float], limits: Limits) -> dict[str, StageTable]:
-    """Each stage's table at its load ``loads[stage]``, pins and hardware applied (one pass over
-    the profile's points). Includes rows beyond the replica cap; :meth:`StageTable.within` marks them."""
+def stage_rows(profile: Profile, limits: Limits) -> dict[str, StageRows]:
+    """Each stage's rows, pins and hardware applied (one pass over the profile's points)."""
     by_stage: dict[str, list[ProfilePoint]] = {s: [] for s in profile.stages}
     for p in profile.points:
         by_stage[p.stage].append(p)
@@ -165,6 +194,12 @@ def stage_tables(profile: Profile, loads: dict[str, float], limits: Limits) -> d
     for stage, points in by_stage.items():
         wanted = _wanted(points, stage, limits)
         cols = _measured(wanted) if limits.batch_sizes is None else _with_batch_sizes(wanted, limits.batch_sizes)
-        out[stage] = _price(stage, loads[stage], cols, limits)
+        out[stage] = cols.rows(stage, limits)
     return out
+
+
+def stage_tables(profile: Profile, loads: dict[str, float], limits: Limits) -> dict[str, StageTable]:
+    """Each stage's table at its load ``loads[stage]``. Includes rows beyond the replica cap;
+    :meth:`StageTable.within` marks them."""
+    return {s: rows.at(loads[s], limits) for s, rows in stage_rows(profile, limits).items()}
 

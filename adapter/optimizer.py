@@ -37,7 +37,7 @@ from varipipe.adapter._solvers import (
     available_solvers,
     run_solver,
 )
-from varipipe.adapter._table import StageTable, stage_tables
+from varipipe.adapter._table import StageRows, StageTable, stage_rows
 from varipipe.adapter.configurations import (
     ACCURACY_MODES,
     OBJECTIVES,
@@ -46,7 +46,6 @@ from varipipe.adapter.configurations import (
     Weights,
     accuracy_term,
     combine_accuracy,
-    stage_loads,
 )
 from varipipe.adapter.explain import explain
 from varipipe.errors import UnknownNameError
@@ -120,8 +119,24 @@ def _check_args(load_rps: float, accuracy: str, objective: str, solver: str,
         raise ValueError("objective 'max-accuracy' needs max_cost (the cost it may spend)")
 
 
-def _all_configs(profile: Profile, load_rps: float, limits: Limits) -> dict[str, StageTable]:
-    return stage_tables(profile, stage_loads(profile, load_rps), limits)
+@dataclass(frozen=True)
+class _Pipeline:
+    """A profile's configurations before load (gathered once per solve) and its fan-out."""
+
+    rows: dict[str, StageRows]
+    fanout: Mapping[str, float]
+
+    @classmethod
+    def of(cls, profile: Profile, limits: Limits) -> _Pipeline:
+        return cls(stage_rows(profile, limits), profile.fanout)
+
+    def at(self, load_rps: float, limits: Limits) -> dict[str, StageTable]:
+        """Every stage's configurations priced at pipeline load ``load_rps`` (see stage_loads)."""
+        out = {}
+        for stage, rows in self.rows.items():
+            load_rps *= self.fanout.get(stage, 1.0)
+            out[stage] = rows.at(load_rps, limits)
+        return out
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,8 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     limits = limits or Limits()
     weights = weights or Weights()
     started = time.perf_counter()
-    every = _all_configs(profile, load_rps, limits)
+    pipeline = _Pipeline.of(profile, limits)
+    every = pipeline.at(load_rps, limits)
     goal = _Goal(objective, accuracy, weights, sla.latency_s, max_cost, _accuracy_floor(min_accuracy, accuracy))
     problem = _problem(every, limits, goal)
     outcome = run_solver(problem, solver, limits.time_limit_s, lp_path)
@@ -196,7 +212,7 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
         reason = _diagnose(problem, every, limits, load_rps)
         if outcome.timed_out:
             reason = f"solver hit its {limits.time_limit_s}s time limit without a solution; {reason}"
-        return _fallback(profile, load_rps, sla, limits, accuracy, solver, reason, started)
+        return _fallback(pipeline, load_rps, sla, limits, accuracy, solver, reason, started)
     status = DecisionStatus.TIMED_OUT if outcome.timed_out else DecisionStatus.OPTIMAL
     chosen = _chosen(problem, every, outcome.rows)
     why = explain(problem, outcome.rows, every, lambda c: _exclusion(c, limits))
@@ -265,9 +281,9 @@ def _diagnose(problem: Problem, every: dict[str, StageTable], limits: Limits, lo
 _FALLBACK_GOAL = _Goal("min-latency", "sum", Weights(), None)
 
 
-def _carries(profile: Profile, rate: float, limits: Limits) -> bool:
+def _carries(pipeline: _Pipeline, rate: float, limits: Limits) -> bool:
     """Some choice of every stage carries ``rate`` within the replica cap and the capacity limits."""
-    problem = _problem(_all_configs(profile, rate, limits), limits, _FALLBACK_GOAL)
+    problem = _problem(pipeline.at(rate, limits), limits, _FALLBACK_GOAL)
     if not problem.solvable:
         return False
     if (_least(problem) > problem.bounds).any():
@@ -276,21 +292,21 @@ def _carries(profile: Profile, rate: float, limits: Limits) -> bool:
     return len(problem.constraints) == 1 or run_solver(problem, "dp", limits.time_limit_s).rows is not None
 
 
-def _max_carried(profile: Profile, load_rps: float, limits: Limits) -> float:
+def _max_carried(pipeline: _Pipeline, load_rps: float, limits: Limits) -> float:
     """The largest rate ≤ load the capacity limit and replica cap can carry (monotone: bisect)."""
-    if _carries(profile, load_rps, limits):
+    if _carries(pipeline, load_rps, limits):
         return load_rps
     lo, hi = 0.0, load_rps
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _carries(profile, mid, limits) else (lo, mid)
+        lo, hi = (mid, hi) if _carries(pipeline, mid, limits) else (lo, mid)
     return lo * (1 - _CARRY_MARGIN)
 
 
-def _fallback(profile: Profile, load_rps: float, sla: SLA, limits: Limits, accuracy: str, solver: str,
+def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, accuracy: str, solver: str,
               reason: str, started: float) -> Decision:
-    carried = _max_carried(profile, load_rps, limits)
-    every = _all_configs(profile, carried, limits)
+    carried = _max_carried(pipeline, load_rps, limits)
+    every = pipeline.at(carried, limits)
     problem = _problem(every, limits, _FALLBACK_GOAL)
     rows = run_solver(problem, solver, limits.time_limit_s).rows
     chosen = _chosen(problem, every, rows) if rows is not None else None
