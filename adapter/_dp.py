@@ -44,16 +44,17 @@ _PARETO_CHUNK = 512
 
 
 def _padded(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(S, n) scores with −inf outside the allowed rows, (S, n, D) use with 0 there, (S, n) mask."""
+    """(S, n) scores with −inf outside the rows that can be part of a feasible choice
+    (:meth:`Problem.alone`), (S, n, D) use with 0 in the padding, (S, n) mask of those rows."""
     n = max(st.score.size for st in problem.options)
     d = len(problem.constraints)
     v = np.full((len(problem.stages), n), -np.inf)
     u = np.zeros((len(problem.stages), n, d))
     ok = np.zeros((len(problem.stages), n), dtype=bool)
-    for i, st in enumerate(problem.options):
+    for i, (st, alone) in enumerate(zip(problem.options, problem.alone(), strict=True)):
         k = st.score.size
-        ok[i, :k] = st.allowed
-        v[i, :k] = np.where(st.allowed, st.score, -np.inf)
+        ok[i, :k] = alone
+        v[i, :k] = np.where(alone, st.score, -np.inf)
         u[i, :k] = st.use
     return v, u, ok
 
@@ -155,15 +156,10 @@ def _completions(dual: _Dual, mu: np.ndarray) -> list[tuple[np.ndarray, np.ndarr
 
 def solve_dp(problem: Problem) -> tuple[int, ...] | None:
     """The optimal row per stage, or None when no choice meets every constraint."""
-    if not problem.solvable:
-        return None
-    v, u, ok = _padded(problem)
+    v, u, alone = _padded(problem)
     bounds = problem.bounds + TOLERANCE
-    least = np.where(ok[:, :, None], u, np.inf).min(axis=1)  # (S, D)
-    alone = ok & (u + (least.sum(axis=0) - least)[:, None, :] <= bounds).all(axis=2)
     if not alone.any(axis=1).all():
         return None
-    v = np.where(alone, v, -np.inf)
     dual = _Dual(v, u, bounds)
     mu = dual.multipliers(alone)
     bound_rest = _suffix(np.where(alone, v - u @ mu, -np.inf).max(axis=1))
@@ -175,7 +171,7 @@ def solve_dp(problem: Problem) -> tuple[int, ...] | None:
     for i in range(len(problem.stages)):
         cols = np.flatnonzero(alone[i])
         n_score = (score[:, None] + v[i, cols][None, :]).ravel()
-        n_use = (use[:, None, :] + u[i, cols][None, :, :]).reshape(-1, bounds.size)
+        n_use = (use[:, None, :] + u[i, cols][None, :, :]).reshape(n_score.size, bounds.size)
         for rest_score, rest_use in completions:
             done = (n_use + rest_use[i] <= bounds).all(axis=1)
             if done.any():

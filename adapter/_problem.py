@@ -72,6 +72,16 @@ class Problem:
         allowed = all(bool(st.allowed[r]) for st, r in zip(self.options, rows, strict=True))
         return allowed and bool((self.totals(rows) <= self.bounds + TOLERANCE).all())
 
+    def alone(self) -> tuple[np.ndarray, ...]:
+        """Per stage, the allowed rows that fit every bound together with the least every other
+        stage adds (a necessary condition: no feasible choice uses another row)."""
+        if not self.solvable:
+            return tuple(np.zeros_like(st.allowed) for st in self.options)
+        least = np.stack([st.use[st.allowed].min(axis=0) for st in self.options])
+        rest = least.sum(axis=0) - least
+        return tuple(st.allowed & (st.use + rest[i] <= self.bounds + TOLERANCE).all(axis=1)
+                     for i, st in enumerate(self.options))
+
     def index(self, name: str) -> int | None:
         """The column of constraint ``name``, or None when the problem does not have it."""
         return self.constraints.index(name) if name in self.constraints else None

@@ -40,6 +40,12 @@ _GAP_ABS = 1e-9
 # Its LP's dual tolerance (default 1e-7) likewise stopped at a vertex 1e-6 short of
 # the optimum (seed 5240). Both tightened: 3000 random instances then match brute force.
 _CBC_OPTIONS = ["preprocess off", f"increment {_GAP_ABS / 10}", "dualTolerance 1e-10"]
+# With preprocessing off, that CBC crashes (segmentation fault) while writing its solution file
+# when its bound tightening proves a program infeasible (random programs of
+# tests/unit/test_adapter_solvers.py, a few in a thousand). After such a crash the program is
+# solved again with CBC's preprocessing on: "infeasible" from it is believed, anything else
+# is a solver failure.
+_CBC_RETRY_OPTIONS = _CBC_OPTIONS[1:]
 # HiGHS (1.16) likewise stopped 1e-7 short of the optimum with its default MIP feasibility
 # (1e-6), primal and dual feasibility (1e-7) tolerances: the weighted objective's cost and
 # tie-break terms are that small (hypothesis: test_dp_equals_the_mip_solvers_beyond_brute_force,
@@ -82,12 +88,12 @@ def run_solver(problem: Problem, solver: str, time_limit_s: float, lp_path: str 
 # ---------------------------------------------------------------- PuLP model
 
 
-def _variables(prob, problem: Problem):
-    """One binary per allowed row, keyed by (stage index, row)."""
+def _variables(prob, problem: Problem, rows: tuple[np.ndarray, ...]):
+    """One binary per row that can be part of a feasible choice, keyed by (stage index, row)."""
     import pulp
 
     return {(si, int(r)): prob.add_variable(f"x_{si}_{int(r)}", cat=pulp.LpBinary)
-            for si, st in enumerate(problem.options) for r in st.rows}
+            for si, stage_rows in enumerate(rows) for r in stage_rows}
 
 
 def _add_objective(prob, problem: Problem, x) -> None:
@@ -100,7 +106,7 @@ def _add_one_config(prob, problem: Problem, x) -> None:
     import pulp
 
     for si, stage in enumerate(problem.stages):
-        row = pulp.LpAffineExpression([(x[si, int(r)], 1.0) for r in problem.options[si].rows])
+        row = pulp.LpAffineExpression([(v, 1.0) for (i, _), v in x.items() if i == si])
         prob += row == 1, f"one_config_{stage}"
 
 
@@ -116,10 +122,11 @@ def _add_constraints(prob, problem: Problem, x) -> None:
 
 
 def _model(problem: Problem):
+    """The PuLP model over the rows :meth:`Problem.alone` leaves (the others cannot be chosen)."""
     import pulp
 
     prob = pulp.LpProblem("varipipe", pulp.LpMaximize)
-    x = _variables(prob, problem)
+    x = _variables(prob, problem, tuple(np.flatnonzero(a) for a in problem.alone()))
     for add in (_add_objective, _add_one_config, _add_constraints):
         add(prob, problem, x)
     return prob, x
@@ -154,12 +161,12 @@ def _highs_banner_to_stderr() -> None:
         _banner_shown = True
 
 
-def _pulp_solver(solver: str, time_limit_s: float):
+def _pulp_solver(solver: str, time_limit_s: float, cbc_options: list[str] = _CBC_OPTIONS):
     import pulp
 
     if solver == "cbc":
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
-                                 options=_CBC_OPTIONS)
+                                 options=cbc_options)
     _highs_banner_to_stderr()
     return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=_GAP_REL, gapAbs=_GAP_ABS,
                       log_to_console=False, output_flag=False, **_HIGHS_OPTIONS)
@@ -170,15 +177,13 @@ def _solve_pulp(problem: Problem, solver: str, time_limit_s: float, lp_path: str
 
     if solver not in available_solvers():
         raise SolverError(f"solver {solver!r} is not installed here; available: {', '.join(available_solvers())}")
-    if not problem.solvable or _trivially_broken(problem):
+    # A stage without a row that fits makes the program infeasible before any solve.
+    if not all(a.any() for a in problem.alone()) or _trivially_broken(problem):
         return Outcome(None)
     prob, x = _model(problem)
     if lp_path is not None:
         prob.writeLP(lp_path)
-    try:
-        status = prob.solve(_pulp_solver(solver, time_limit_s))
-    except pulp.PulpSolverError as e:
-        raise SolverError(f"{solver} failed: {e}") from e
+    status = _run(prob, solver, time_limit_s)
     if status == pulp.LpStatusInfeasible:
         return Outcome(None)
     if status != pulp.LpStatusOptimal:
@@ -188,11 +193,27 @@ def _solve_pulp(problem: Problem, solver: str, time_limit_s: float, lp_path: str
     return Outcome(_read(problem, x), timed_out=prob.sol_status == pulp.LpSolutionIntegerFeasible)
 
 
+def _run(prob, solver: str, time_limit_s: float) -> int:
+    """``prob.solve`` with one retry for CBC's crash on infeasible programs (``_CBC_RETRY_OPTIONS``)."""
+    import pulp
+
+    try:
+        return prob.solve(_pulp_solver(solver, time_limit_s))
+    except pulp.PulpSolverError as e:
+        if solver == "cbc":
+            try:
+                if prob.solve(_pulp_solver(solver, time_limit_s, _CBC_RETRY_OPTIONS)) == pulp.LpStatusInfeasible:
+                    return pulp.LpStatusInfeasible
+            except pulp.PulpSolverError:
+                pass
+        raise SolverError(f"{solver} failed: {e}") from e
+
+
 def _read(problem: Problem, x) -> tuple[int, ...]:
     """The chosen row of each stage, read back by key."""
     rows = []
     for si, stage in enumerate(problem.stages):
-        picked = [int(r) for r in problem.options[si].rows if (x[si, int(r)].value() or 0) > 0.5]
+        picked = [r for (i, r), v in x.items() if i == si and (v.value() or 0) > 0.5]
         if len(picked) != 1:
             raise SolverError(f"solver chose {len(picked)} configurations for stage {stage!r}, expected 1")
         rows.append(picked[0])

@@ -1,0 +1,99 @@
+"""The solver backends on raw programs: one contract, brute force as the reference.
+
+Random multiple-choice programs with 0–4 named constraints (negative uses too, as
+the accuracy floor's), rows outside the per-stage limits, ties and infeasible
+bounds: every backend must reach brute force's optimum, or say infeasible.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from varipipe.adapter._dp import _pareto, solve_dp
+from varipipe.adapter._solvers import SOLVERS, Problem, StageOptions, available_solvers, run_solver
+
+
+def brute_force(problem: Problem) -> float | None:
+    best = None
+    for rows in itertools.product(*(range(o.score.size) for o in problem.options)):
+        if problem.feasible(rows):
+            value = problem.value(rows)
+            best = value if best is None else max(best, value)
+    return best
+
+
+@st.composite
+def problems(draw) -> Problem:
+    n_stages = draw(st.integers(1, 4))
+    n_constraints = draw(st.integers(0, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # Coarse values make ties and exact boundaries common.
+    grid = draw(st.sampled_from([None, 4]))
+
+    def values(shape, low, high):
+        v = rng.uniform(low, high, shape)
+        return np.round(v * grid) / grid if grid else v
+
+    options = []
+    for _ in range(n_stages):
+        n = int(rng.integers(1, 6))
+        use = values((n, n_constraints), -0.5, 2.0)
+        options.append(StageOptions(score=values(n, -1.0, 1.0), use=use, allowed=rng.random(n) < 0.85))
+    bounds = values(n_constraints, -0.5, 2.0 * n_stages)
+    return Problem(stages=tuple(f"s{i}" for i in range(n_stages)), options=tuple(options),
+                   constraints=tuple(f"c{d}" for d in range(n_constraints)), bounds=np.asarray(bounds, dtype=float))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=problems())
+def test_every_backend_reaches_brute_force(problem, solver):
+    if solver not in available_solvers():
+        pytest.skip(f"solver {solver} not installed")
+    best = brute_force(problem)
+    rows = run_solver(problem, solver, time_limit_s=10.0).rows
+    if best is None:
+        assert rows is None
+        return
+    assert rows is not None and problem.feasible(rows)
+    assert problem.value(rows) == pytest.approx(best, abs=1e-7)
+
+
+def test_a_stage_without_allowed_rows_is_infeasible_for_every_backend():
+    ok = StageOptions(np.array([1.0]), np.zeros((1, 1)), np.array([True]))
+    none = StageOptions(np.array([1.0, 2.0]), np.zeros((2, 1)), np.array([False, False]))
+    problem = Problem(("a", "b"), (ok, none), ("c",), np.array([1.0]))
+    for solver in available_solvers():
+        assert run_solver(problem, solver, 10.0).rows is None
+
+
+def test_problem_rejects_use_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="shape"):
+        Problem(("a",), (StageOptions(np.zeros(2), np.zeros((2, 2)), np.ones(2, bool)),), ("c",), np.zeros(1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(0, 40), d=st.integers(0, 3))
+def test_pareto_keeps_exactly_the_undominated_states(seed, m, d):
+    rng = np.random.default_rng(seed)
+    score = rng.integers(0, 4, m).astype(float)
+    use = rng.integers(0, 4, (m, d)).astype(float)
+    kept = set(_pareto(score, use).tolist())
+    for j in range(m):
+        equal = [i for i in range(m) if score[i] == score[j] and (use[i] == use[j]).all()]
+        better = [i for i in range(m) if score[i] >= score[j] and (use[i] <= use[j]).all() and i not in equal]
+        if better:  # strictly dominated: dropped
+            assert j not in kept
+        else:  # undominated: exactly one of its identical copies kept
+            assert len(kept & set(equal)) == 1
+
+
+def test_dp_handles_a_program_without_constraints():
+    st_ = StageOptions(np.array([0.2, 0.9, 0.5]), np.zeros((3, 0)), np.array([True, True, True]))
+    problem = Problem(("a", "b"), (st_, st_), (), np.zeros(0))
+    assert solve_dp(problem) == (1, 1)
