@@ -1,10 +1,11 @@
 """Every configuration of every stage at its load, as columns (DESIGN §5, collapsed formulation).
 
-The same constants as :mod:`configurations` documents (replicas, batch wait,
-latency, cost), computed with numpy over all rows at once: the optimizer prices
-1,458 configurations per solve on the 9 × 9 × 6 × 3 instance, and building a
-:class:`Configuration` object for each took longer than solving. A row becomes a
-:class:`Configuration` only when asked (the chosen ones, the runners-up).
+The constants :mod:`configurations` documents (replicas, batch wait, latency,
+busy time, cost, what each row uses of the cores and the GPUs), computed with
+numpy over all rows at once: the optimizer prices 1,458 configurations per solve
+on the 9 × 9 × 6 × 3 instance, and building a :class:`Configuration` object for
+each took longer than solving. A row becomes a :class:`Configuration` only when
+asked (the chosen ones, the runners-up, :func:`configurations.stage_configurations`).
 
 Pure: no I/O, no clock.
 """
@@ -17,15 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from varipipe.adapter.configurations import (
-    _CEIL_EPS,
-    Configuration,
-    Limits,
-    _group_points,
-    _priced_group,
-)
+from varipipe.adapter.configurations import _CEIL_EPS, Configuration, Limits, is_gpu
+from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.errors import UnknownNameError
-from varipipe.records import Profile, ProfilePoint, hardware_cores
+from varipipe.records import Profile, ProfilePoint, hardware_cores, replica_price
 
 __all__ = ["StageRows", "StageTable", "stage_rows", "stage_tables"]
 
@@ -46,7 +42,8 @@ class StageRows:
     memory_mb: np.ndarray
     interpolated: np.ndarray  # bool
     cores: np.ndarray  # what a replica reserves of the CPU (0 on a GPU)
-    price: np.ndarray  # what a replica costs in reserved mode
+    price: np.ndarray  # what a replica costs (records.replica_price)
+    on_gpu: np.ndarray  # bool
 
     def at(self, load: float, limits: Limits) -> StageTable:
         """The rows priced at stage load ``load``: replicas, batch wait and cost (module docstring)."""
@@ -58,13 +55,12 @@ class StageRows:
         if load <= 0:
             wait = np.where(self.batch <= 1, 0.0, limits.max_batch_wait_s)
         else:
-            wait = np.where(self.batch <= 1, 0.0,
-                            np.minimum((self.batch - 1) * replicas / load, limits.max_batch_wait_s))
-        if limits.cost_mode == "reserved":
-            cost = self.price * replicas
-        else:
-            cost = load * self.cores * self.latency_mean_s / self.batch
-        return StageTable(self, load, replicas, wait, cost)
+            with np.errstate(over="ignore"):  # a load of 1e-300 rps waits the whole timeout
+                wait = np.where(self.batch <= 1, 0.0,
+                                np.minimum((self.batch - 1) * replicas / load, limits.max_batch_wait_s))
+        busy = load * self.latency_mean_s / self.batch
+        cost = self.price * (replicas if limits.cost_mode == "reserved" else busy)
+        return StageTable(self, load, limits.cost_mode, replicas, wait, busy, cost)
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,8 +69,10 @@ class StageTable(Sequence[Configuration]):
 
     rows: StageRows
     load_rps: float
+    cost_mode: str
     replicas: np.ndarray  # int
     batch_wait_s: np.ndarray
+    busy: np.ndarray  # seconds of its hardware busy per second, λ·l̄/b
     cost: np.ndarray
 
     @property
@@ -94,14 +92,39 @@ class StageTable(Sequence[Configuration]):
         return self.rows.throughput_rps
 
     @property
+    def on_gpu(self) -> np.ndarray:
+        return self.rows.on_gpu
+
+    @property
     def latency_s(self) -> np.ndarray:
         """What each row adds to the end-to-end p99: batch latency plus batch wait."""
         return self.rows.latency_p99_s + self.batch_wait_s
 
+    @property
+    def cpu_use(self) -> np.ndarray:
+        """Use of the cores (``cluster_capacity``): cores reserved, or CPU-seconds per second."""
+        return self.rows.cores * (self.replicas if self.cost_mode == "reserved" else self.busy)
+
+    @property
+    def gpu_use(self) -> np.ndarray:
+        """Use of the GPUs (``gpu_count`` / ``gpu_time``): GPUs reserved, or GPU-seconds per second."""
+        return np.where(self.on_gpu, self.replicas if self.cost_mode == "reserved" else self.busy, 0.0)
+
+    @property
+    def gpu_memory_use(self) -> np.ndarray:
+        """GPU memory of all of a row's replicas, MiB (``gpu_memory``, shared mode)."""
+        return np.where(self.on_gpu, self.replicas * self.rows.memory_mb, 0.0)
+
     def within(self, limits: Limits) -> np.ndarray:
-        """Rows that carry the stage's load within the replica cap (:func:`within_replica_limit`)."""
+        """Rows within the per-stage limits (:func:`configurations.within_stage_limits`)."""
         carried = limits.rho_max * self.throughput_rps * self.replicas >= self.load_rps * (1 - _CEIL_EPS)
-        return (self.replicas <= limits.max_replicas) & carried
+        return (self.replicas <= limits.max_replicas) & carried & self.fits_gpu(limits)
+
+    def fits_gpu(self, limits: Limits) -> np.ndarray:
+        """False for GPU rows whose replica needs more memory than one GPU has."""
+        if limits.gpu_memory_mb is None:
+            return np.ones(len(self), dtype=bool)
+        return ~self.on_gpu | (self.rows.memory_mb <= limits.gpu_memory_mb)
 
     def __len__(self) -> int:
         return len(self.rows.variant)
@@ -114,7 +137,8 @@ class StageTable(Sequence[Configuration]):
         return Configuration(
             r.stage, r.variant[i], int(r.batch[i]), r.hardware[i], float(r.latency_p99_s[i]),
             float(r.latency_mean_s[i]), float(r.throughput_rps[i]), float(r.accuracy[i]), self.load_rps,
-            int(self.replicas[i]), float(self.batch_wait_s[i]), float(self.cost[i]), bool(r.interpolated[i]))
+            int(self.replicas[i]), float(self.batch_wait_s[i]), float(self.cost[i]), bool(r.interpolated[i]),
+            float(r.memory_mb[i]))
 
     def __iter__(self) -> Iterator[Configuration]:
         return (self[i] for i in range(len(self)))
@@ -135,40 +159,77 @@ class _Columns:
     interpolated: list[bool]
 
     @classmethod
-    def of(cls, points: list[ProfilePoint]) -> _Columns:
+    def of(cls, points: list[ProfilePoint], profile: Profile) -> _Columns:
         return cls([p.variant for p in points], [p.hardware for p in points], [p.batch for p in points],
                    [p.latency_p99_s for p in points], [p.mean_latency_s for p in points],
-                   [p.throughput_rps for p in points], [p.accuracy for p in points], [p.memory_mb for p in points],
-                   [False] * len(points))
+                   [p.throughput_rps for p in points], [profile.variant_accuracy(p.stage, p.variant) for p in points],
+                   [p.memory_mb for p in points], [False] * len(points))
 
-    def rows(self, stage: str, limits: Limits) -> StageRows:
-        labels = {h: (hardware_cores(h), hardware_cores(h) if h.startswith("cpu") else limits.gpu_cost)
-                  for h in set(self.hardware)}
+    def rows(self, stage: str) -> StageRows:
+        labels = {h: (hardware_cores(h), replica_price(h), is_gpu(h)) for h in set(self.hardware)}
         return StageRows(stage, tuple(self.variant), tuple(self.hardware), np.array(self.batch, dtype=int),
                          np.array(self.p99, dtype=float), np.array(self.mean, dtype=float),
                          np.array(self.throughput, dtype=float), np.array(self.accuracy, dtype=float),
                          np.array(self.memory, dtype=float), np.array(self.interpolated, dtype=bool),
                          np.array([labels[h][0] for h in self.hardware], dtype=float),
-                         np.array([labels[h][1] for h in self.hardware], dtype=float))
+                         np.array([labels[h][1] for h in self.hardware], dtype=float),
+                         np.array([labels[h][2] for h in self.hardware], dtype=bool))
 
 
-def _measured(points: list[ProfilePoint]) -> _Columns:
+def _measured(points: list[ProfilePoint], profile: Profile) -> _Columns:
     """The profile's own points, grouped by (variant, hardware) in first-seen order, by batch within."""
     groups: dict[tuple[str, str], int] = {}
     for p in points:
         groups.setdefault((p.variant, p.hardware), len(groups))
-    return _Columns.of(sorted(points, key=lambda p: (groups[p.variant, p.hardware], p.batch)))
+    return _Columns.of(sorted(points, key=lambda p: (groups[p.variant, p.hardware], p.batch)), profile)
 
 
-def _with_batch_sizes(points: list[ProfilePoint], batch_sizes: tuple[int, ...]) -> _Columns:
+@dataclass(frozen=True)
+class _Priced:
+    """A profile point or a latency-model estimate at one batch size, before load is applied."""
+
+    batch: int
+    p99: float
+    mean: float
+    throughput: float
+    memory: float
+    interpolated: bool
+
+
+def _group_points(points: list[ProfilePoint]) -> dict[tuple[str, str], dict[int, ProfilePoint]]:
+    groups: dict[tuple[str, str], dict[int, ProfilePoint]] = {}
+    for p in points:
+        groups.setdefault((p.variant, p.hardware), {})[p.batch] = p
+    return groups
+
+
+def _priced_group(by_batch: dict[int, ProfilePoint], batch_sizes: tuple[int, ...]) -> list[_Priced]:
+    """The wanted batch sizes of one (variant, hardware): measured ones as measured, missing
+    ones inside the measured range from the fitted latency model (never extrapolated)."""
+    measured = sorted(by_batch)
+    wanted = sorted(set(batch_sizes))
+    out = [_Priced(b, p.latency_p99_s, p.mean_latency_s, p.throughput_rps, p.memory_mb, False)
+           for b in wanted if b in by_batch for p in (by_batch[b],)]
+    missing = [b for b in wanted if b not in by_batch and measured[0] <= b <= measured[-1]]
+    if missing and len(measured) >= 2:
+        pts = [by_batch[b] for b in measured]
+        p99 = fit_latency_model(measured, [p.latency_p99_s for p in pts])
+        mean = fit_latency_model(measured, [p.mean_latency_s for p in pts])
+        for b in missing:
+            m = mean.latency(b)
+            # Memory grows with the batch, so the next measured batch's memory bounds it from above.
+            memory = by_batch[min(c for c in measured if c >= b)].memory_mb
+            out.append(_Priced(b, max(p99.latency(b), m), m, b / m, memory, True))
+    return sorted(out, key=lambda q: q.batch)
+
+
+def _with_batch_sizes(points: list[ProfilePoint], batch_sizes: tuple[int, ...], profile: Profile) -> _Columns:
     """Rows at the operator's batch sizes: measured, or priced by the fitted latency model."""
     out = _Columns([], [], [], [], [], [], [], [], [])
-    for (variant, hardware), by_batch in _group_points(tuple(points)).items():
-        for q in _priced_group(variant, hardware, by_batch, batch_sizes):
-            # An unmeasured batch lies inside the measured range; memory grows with the batch, so
-            # the next measured batch's memory bounds it from above.
-            mem = by_batch[min(b for b in by_batch if b >= q.batch)].memory_mb
-            row = (variant, hardware, q.batch, q.p99, q.mean, q.throughput, q.accuracy, mem, q.interpolated)
+    for (variant, hardware), by_batch in _group_points(points).items():
+        accuracy = profile.variant_accuracy(points[0].stage, variant)
+        for q in _priced_group(by_batch, batch_sizes):
+            row = (variant, hardware, q.batch, q.p99, q.mean, q.throughput, accuracy, q.memory, q.interpolated)
             for column, value in zip((getattr(out, f.name) for f in dataclasses.fields(out)), row, strict=True):
                 column.append(value)
     return out
@@ -178,8 +239,12 @@ def _wanted(points: list[ProfilePoint], stage: str, limits: Limits) -> list[Prof
     pinned = limits.pinned.get(stage)
     if pinned is not None and pinned not in {p.variant for p in points}:
         raise UnknownNameError(f"variant of stage {stage!r} (pinned)", pinned, sorted({p.variant for p in points}))
-    return [p for p in points if (pinned is None or p.variant == pinned)
-            and (limits.hardware is None or p.hardware in limits.hardware)]
+    out = [p for p in points if (pinned is None or p.variant == pinned)
+           and (limits.hardware is None or p.hardware in limits.hardware)]
+    if not out:
+        raise UnknownNameError(f"hardware of stage {stage!r}" + (f" (variant {pinned!r})" if pinned else ""),
+                               ", ".join(limits.hardware or ()), sorted({p.hardware for p in points}))
+    return out
 
 
 def stage_rows(profile: Profile, limits: Limits) -> dict[str, StageRows]:
@@ -193,8 +258,9 @@ def stage_rows(profile: Profile, limits: Limits) -> dict[str, StageRows]:
     out = {}
     for stage, points in by_stage.items():
         wanted = _wanted(points, stage, limits)
-        cols = _measured(wanted) if limits.batch_sizes is None else _with_batch_sizes(wanted, limits.batch_sizes)
-        out[stage] = cols.rows(stage, limits)
+        cols = (_measured(wanted, profile) if limits.batch_sizes is None
+                else _with_batch_sizes(wanted, limits.batch_sizes, profile))
+        out[stage] = cols.rows(stage)
     return out
 
 

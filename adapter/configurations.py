@@ -1,19 +1,45 @@
 """Configurations of a stage and what each costs (DESIGN §5, collapsed formulation).
 
-A configuration k of stage s is (variant, batch b, hardware). Given the stage's
-arrival rate ``λ_s`` every quantity the program needs is a constant of k:
+A configuration k of stage s is (variant, batch b, hardware), hardware ``cpu:t``
+(t cores) or ``gpu:<model>``. Given the stage's arrival rate ``λ_s`` every
+quantity the program needs is a constant of k:
 
     n_k = ceil(λ_s / (ρ_max · h_k))          cheapest replica count with headroom
     w_k = min((b − 1) · n_k / λ_s, w_max)    batch-formation wait (the timeout set)
     latency_k = l_k (p99 of a batch of b) + w_k
-    cost_k   = c_k · n_k                     (reserved: c_k = records.replica_price, cores or a GPU's price)
-             = λ_s · t_k · l̄_k / b           (shared: CPU-seconds per second)
+    busy_k   = λ_s · l̄_k / b                 seconds of its hardware busy per second
+    cost_k   = p_k · n_k                     reserved: p_k = records.replica_price
+             = p_k · busy_k                  shared: the busy seconds at the same price
+
+``records.replica_price`` is the one price of a replica, in cores: ``cpu:t`` costs
+t, any ``gpu:<model>`` costs ``GPU_REPLICA_PRICE_CORES``; the simulator and the
+experiment runner count cost with it too. What bounds a decision:
+
+* ``reserved`` (a cluster): each CPU replica holds its cores, Σ t_k·n_k ≤
+  ``cluster_cores`` (``cluster_capacity``); each GPU replica holds one whole GPU,
+  Σ n_k ≤ ``cluster_gpus`` (``gpu_count``), and its peak memory at batch b (the
+  profile's ``memory_mb`` of a GPU point: weights plus activations) must fit one
+  GPU's ``gpu_memory_mb``. A replica's profiled throughput is that of a GPU it
+  has alone, so reserved mode never plans two replicas on one GPU.
+* ``shared`` (one host): replicas share the host's cores, Σ t_k·busy_k ≤ ρ_max ·
+  ``cluster_cores`` of CPU time (``cluster_capacity``), and the host's GPUs the
+  same way: a GPU is shared by the replicas placed on it (fractional GPUs, several
+  replicas per GPU), so the limit is GPU busy time, Σ busy_k ≤ ρ_max ·
+  ``cluster_gpus`` (``gpu_time``), and their memory together, Σ n_k·memory_k ≤
+  ``cluster_gpus`` · ``gpu_memory_mb`` (``gpu_memory``; exact for one GPU, and with
+  several a necessary condition: the sum does not check that each GPU's share of
+  the replicas fits it). Each replica must fit one GPU as well.
+
+A GPU replica's host-side work (decoding, tokenising) is not counted against the
+cores, and the profile's GPU memory (``torch.cuda.max_memory_allocated``) leaves out
+the CUDA context of each replica process.
 
 Fan-out: ``profile.fanout[s]`` is the mean number of items stage s processes per
 item of the stage before it (crops per image), so ``λ_s = λ_{s−1} · fanout[s]``
 with ``λ_{-1}`` the pipeline's arrival rate; a stage without an entry has 1.
 
-Pure: no I/O, no clock.
+The pricing itself is vectorised in :mod:`varipipe.adapter._table`; this module
+holds the records and the rules. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -22,9 +48,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.errors import UnknownNameError
-from varipipe.records import Profile, ProfilePoint, hardware_cores, replica_price
+from varipipe.records import Profile
 
 __all__ = [
     "COST_MODES",
@@ -33,6 +58,8 @@ __all__ = [
     "DEFAULT_COST_MODE",
     "DEFAULT_CLUSTER_CORES",
     "default_max_replicas",
+    "is_gpu",
+    "profile_gpu_memory_mb",
     "Limits",
     "Weights",
     "Configuration",
@@ -40,6 +67,7 @@ __all__ = [
     "stage_configurations",
     "accuracy_term",
     "combine_accuracy",
+    "within_stage_limits",
 ]
 
 COST_MODES = ("shared", "reserved")
@@ -65,6 +93,21 @@ def default_max_replicas(cluster_cores: float) -> int:
     replicas share the host's cores and more replicas than cores add no capacity."""
     return max(1, int(cluster_cores))
 
+
+
+def is_gpu(hardware: str) -> bool:
+    """``gpu:<model>`` labels (the profiler's, ``profile --gpu``)."""
+    return hardware.partition(":")[0] == "gpu"
+
+
+def profile_gpu_memory_mb(profile: Profile) -> float | None:
+    """One GPU's memory (MiB) as the GPU profiler recorded it (``metadata.device.gpu_memory_mib``),
+    or None: the default for ``Limits.gpu_memory_mb`` when the profile was measured on a GPU."""
+    device = profile.metadata.get("device")
+    value = device.get("gpu_memory_mib") if isinstance(device, Mapping) else None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
+
+
 # Default cap on one solver call; CBC / HiGHS return their incumbent after it.
 DEFAULT_TIME_LIMIT_S = 10.0
 # Guard against ceil(2.0000000001) = 3 from float noise in λ/(ρ·h).
@@ -85,6 +128,8 @@ class Limits:
     pinned: Mapping[str, str] = field(default_factory=dict)  # stage -> variant
     fixed_replicas: Mapping[str, int] = field(default_factory=dict)  # stage -> replicas (rim)
     time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    cluster_gpus: int = 0  # GPUs a decision may use (module docstring: reserved vs shared)
+    gpu_memory_mb: float | None = None  # one GPU's memory, MiB; needed when cluster_gpus > 0
 
     def __post_init__(self) -> None:
         if self.cost_mode not in COST_MODES:
@@ -106,13 +151,31 @@ class Limits:
                 raise ValueError(f"fixed_replicas[{stage!r}] must be an integer >= 1, got {n!r}")
         if not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s!r}")
+        if not isinstance(self.cluster_gpus, int) or self.cluster_gpus < 0:
+            raise ValueError(f"cluster_gpus must be an integer >= 0, got {self.cluster_gpus!r}")
+        if self.gpu_memory_mb is not None and not (self.gpu_memory_mb > 0 and math.isfinite(self.gpu_memory_mb)):
+            raise ValueError(f"gpu_memory_mb must be a number of MiB > 0, got {self.gpu_memory_mb!r}")
+        if self.cluster_gpus > 0 and self.gpu_memory_mb is None:
+            raise ValueError(f"cluster_gpus={self.cluster_gpus} needs gpu_memory_mb (one GPU's memory, MiB)")
 
     @property
     def capacity_limit(self) -> float:
-        """Bound on Σ cost: reserved cores, or ρ_max · cores of CPU time when shared."""
+        """Bound on the CPU replicas' use: reserved cores, or ρ_max · cores of CPU time when shared."""
         if self.cost_mode == "reserved":
             return self.cluster_cores
         return self.rho_max * self.cluster_cores
+
+    @property
+    def gpu_limit(self) -> float:
+        """Bound on the GPU replicas' use: GPUs reserved, or ρ_max · GPUs of GPU time when shared."""
+        if self.cost_mode == "reserved":
+            return float(self.cluster_gpus)
+        return self.rho_max * self.cluster_gpus
+
+    @property
+    def gpu_memory_limit(self) -> float:
+        """Bound on the GPU replicas' memory together (shared mode), MiB."""
+        return self.cluster_gpus * (self.gpu_memory_mb or 0.0)
 
 
 # Objective weights: one percentage point of end-to-end accuracy (≈ 0.01 in log
@@ -149,6 +212,7 @@ class Configuration:
     batch_wait_s: float
     cost: float
     interpolated: bool = False  # batch size priced by the fitted latency model
+    memory_mb: float = 0.0  # a replica's peak memory at this batch (on a GPU: GPU memory)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -163,6 +227,10 @@ class Configuration:
     def capacity_rps(self) -> float:
         """Items/s this stage can take at ρ_max with its replicas (before the cap)."""
         return self.throughput_rps * self.replicas
+
+    @property
+    def on_gpu(self) -> bool:
+        return is_gpu(self.hardware)
 
     def label(self) -> str:
         return f"{self.variant} b={self.batch} x{self.replicas} {self.hardware}"
@@ -200,98 +268,26 @@ def combine_accuracy(accuracies: list[float], mode: str) -> float:
     raise ValueError(f"accuracy mode must be one of {ACCURACY_MODES}, got {mode!r}")
 
 
-@dataclass(frozen=True)
-class _Priced:
-    """A profile point or a latency-model estimate, before load is applied."""
-
-    variant: str
-    batch: int
-    hardware: str
-    p99: float
-    mean: float
-    throughput: float
-    accuracy: float
-    interpolated: bool
-
-
-def _group_points(points: tuple[ProfilePoint, ...]) -> dict[tuple[str, str], dict[int, ProfilePoint]]:
-    groups: dict[tuple[str, str], dict[int, ProfilePoint]] = {}
-    for p in points:
-        groups.setdefault((p.variant, p.hardware), {})[p.batch] = p
-    return groups
-
-
-def _priced_group(variant: str, hardware: str, by_batch: dict[int, ProfilePoint], accuracy: float,
-                  batch_sizes: tuple[int, ...] | None) -> list[_Priced]:
-    measured = sorted(by_batch)
-    wanted = sorted(set(batch_sizes)) if batch_sizes is not None else measured
-    out: list[_Priced] = []
-    missing = [b for b in wanted if b not in by_batch and measured[0] <= b <= measured[-1]]
-    for b in wanted:
-        if b in by_batch:
-            p = by_batch[b]
-            out.append(_Priced(variant, b, hardware, p.latency_p99_s, p.mean_latency_s,
-                               p.throughput_rps, accuracy, False))
-    if missing and len(measured) >= 2:
-        pts = [by_batch[b] for b in measured]
-        p99 = fit_latency_model(measured, [p.latency_p99_s for p in pts])
-        mean = fit_latency_model(measured, [p.mean_latency_s for p in pts])
-        for b in missing:
-            m = mean.latency(b)
-            out.append(_Priced(variant, b, hardware, max(p99.latency(b), m), m, b / m, accuracy, True))
-    return sorted(out, key=lambda q: q.batch)
-
-
-def _price(stage: str, q: _Priced, load: float, limits: Limits) -> Configuration:
-    fixed = limits.fixed_replicas.get(stage)
-    if fixed is not None:
-        n = fixed
-    else:
-        n = max(1, math.ceil(load / (limits.rho_max * q.throughput) - _CEIL_EPS))
-    if q.batch <= 1:
-        wait = 0.0
-    elif load <= 0:
-        wait = limits.max_batch_wait_s
-    else:
-        wait = min((q.batch - 1) * n / load, limits.max_batch_wait_s)
-    if limits.cost_mode == "reserved":
-        cost = replica_price(q.hardware) * n
-    else:
-        cost = load * hardware_cores(q.hardware) * q.mean / q.batch
-    return Configuration(stage, q.variant, q.batch, q.hardware, q.p99, q.mean, q.throughput,
-                         q.accuracy, load, n, wait, cost, q.interpolated)
-
-
 def stage_configurations(profile: Profile, stage: str, load_rps: float, limits: Limits) -> list[Configuration]:
     """Every configuration of ``stage`` at stage load ``load_rps``, pins and hardware applied.
 
-    Includes configurations that need more than ``max_replicas`` (or whose fixed
-    replica count cannot carry the load); :func:`within_replica_limit` tells them
-    apart, so explanations can say why they were not chosen.
+    Includes configurations outside the per-stage limits (more than ``max_replicas``,
+    a fixed replica count that cannot carry the load, a GPU replica larger than one
+    GPU); :func:`within_stage_limits` tells them apart, so explanations can say why
+    they were not chosen.
     """
-    points = profile.for_stage(stage)
-    if not points:
+    from varipipe.adapter._table import stage_rows
+
+    if stage not in profile.stages:
         raise UnknownNameError("stage in profile " + repr(profile.pipeline), stage, profile.stages)
-    pinned = limits.pinned.get(stage)
-    if pinned is not None and pinned not in {p.variant for p in points}:
-        raise UnknownNameError(f"variant of stage {stage!r} (pinned)", pinned, sorted({p.variant for p in points}))
-    configs = []
-    for (variant, hardware), by_batch in _group_points(points).items():
-        if pinned is not None and variant != pinned:
-            continue
-        if limits.hardware is not None and hardware not in limits.hardware:
-            continue
-        for q in _priced_group(variant, hardware, by_batch, profile.variant_accuracy(stage, variant),
-                               limits.batch_sizes):
-            configs.append(_price(stage, q, load_rps, limits))
-    return configs
+    return list(stage_rows(profile, limits)[stage].at(load_rps, limits))
 
 
-def within_replica_limit(c: Configuration, limits: Limits) -> bool:
-    """True when the configuration carries its load within the replica cap."""
+def within_stage_limits(c: Configuration, limits: Limits) -> bool:
+    """True when the configuration carries its load within the replica cap and, on a GPU,
+    a replica fits one GPU's memory."""
     if c.replicas > limits.max_replicas:
         return False
+    if c.on_gpu and limits.gpu_memory_mb is not None and c.memory_mb > limits.gpu_memory_mb:
+        return False
     return limits.rho_max * c.throughput_rps * c.replicas >= c.load_rps * (1 - _CEIL_EPS)
-
-
-__all__ += ["within_replica_limit"]

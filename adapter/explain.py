@@ -33,7 +33,13 @@ def _why(name: str, total: float, bound: float) -> str:
     if name == "sla_end_to_end":
         return f"e2e latency would be {total:.3f}s > SLA {bound:.3f}s"
     if name == "cluster_capacity":
-        return f"cost would be {total:.3f} > capacity limit {bound:.3f}"
+        return f"use of the cores would be {total:.3f} > capacity limit {bound:.3f}"
+    if name == "gpu_count":
+        return f"GPUs would be {total:.0f} > cluster_gpus {bound:.0f}"
+    if name == "gpu_time":
+        return f"GPU time would be {total:.3f} GPU-s/s > {bound:.3f} (rho_max x cluster_gpus)"
+    if name == "gpu_memory":
+        return f"GPU memory would be {total:.0f} MiB > {bound:.0f} MiB (cluster_gpus x gpu_memory_mb)"
     if name == "max_cost":
         return f"cost would be {total:.3f} > max cost {bound:.3f}"
     if name == "min_accuracy":
@@ -70,8 +76,9 @@ def _stage_line(problem: Problem, si: int, row: int, every: Sequence[Configurati
                 exclusion: Exclusion) -> tuple[str, tuple[str, ...]]:
     st = problem.options[si]
     me = every[row]
+    gpu = f", GPU memory {me.memory_mb:.0f} MiB per replica" if me.on_gpu else ""
     head = (f"{me.stage}: {me.label()} (p99 {me.latency_p99_s * 1e3:.1f} ms + wait {me.batch_wait_s * 1e3:.1f} ms,"
-            f" accuracy {me.accuracy:.3f}, cost {me.cost:.3f}, load {me.load_rps:.1f}/s)")
+            f" accuracy {me.accuracy:.3f}, cost {me.cost:.3f}, load {me.load_rps:.1f}/s{gpu})")
     if st.score.size == 1:
         return head + "; the only configuration", ()
     delta = st.score - st.score[row]
@@ -91,15 +98,22 @@ def _stage_line(problem: Problem, si: int, row: int, every: Sequence[Configurati
             f" (accuracy {alt.config.accuracy:.3f}, cost {alt.config.cost:.3f}){extra}"), ()
 
 
-def _summary(problem: Problem, totals: np.ndarray) -> list[str]:
+# Summary line per constraint: what the decision uses of it, as "<use> of <bound>".
+_USES = {"cluster_capacity": ("cores", "{:.3f} of capacity limit {:.3f}"),
+         "gpu_count": ("GPUs", "{:.0f} of cluster_gpus {:.0f}"),
+         "gpu_time": ("GPU time", "{:.3f} of {:.3f} GPU-s/s (rho_max x cluster_gpus)"),
+         "gpu_memory": ("GPU memory", "{:.0f} of {:.0f} MiB")}
+
+
+def _summary(problem: Problem, totals: np.ndarray, cost: float) -> list[str]:
     lines = []
     d = problem.index("sla_end_to_end")
     if d is not None:
         lines.append(f"predicted e2e p99 {totals[d]:.3f}s vs SLA {problem.bounds[d]:.3f}s"
                      f" (slack {(problem.bounds[d] - totals[d]) * 1e3:.1f} ms)")
-    d = problem.index("cluster_capacity")
-    if d is not None:
-        lines.append(f"cost {totals[d]:.3f} of capacity limit {problem.bounds[d]:.3f}")
+    uses = [f"{what} {form.format(totals[d], problem.bounds[d])}" for name, (what, form) in _USES.items()
+            for d in [problem.index(name)] if d is not None]
+    lines.append(f"cost {cost:.3f}" + (f"; {'; '.join(uses)}" if uses else ""))
     return lines
 
 
@@ -108,7 +122,7 @@ def explain(problem: Problem, rows: Sequence[int], every: Mapping[str, Sequence[
     """Binding constraints and a line per stage; ``every`` holds each stage's rows, allowed or not,
     and ``exclusion`` says why a row outside the per-stage limits was not allowed."""
     totals = problem.totals(rows)
-    lines = _summary(problem, totals)
+    lines = _summary(problem, totals, sum(every[s][r].cost for s, r in zip(problem.stages, rows, strict=True)))
     binding: list[str] = []
     stage_lines = []
     for si, (stage, row) in enumerate(zip(problem.stages, rows, strict=True)):

@@ -151,36 +151,54 @@ class _Goal:
     accuracy_floor: float | None = None
 
 
+def _bounds(every: dict[str, StageTable], limits: Limits, goal: _Goal) -> dict[str, float]:
+    """The named constraints of the program and their bounds, in the order of the ``use`` columns;
+    the GPU ones only when some row is on a GPU (configurations' docstring: reserved vs shared)."""
+    out: dict[str, float] = {}
+    if goal.sla_s is not None:
+        out["sla_end_to_end"] = goal.sla_s
+    out["cluster_capacity"] = limits.capacity_limit
+    if any(t.on_gpu.any() for t in every.values()):
+        if limits.cost_mode == "reserved":
+            out["gpu_count"] = limits.gpu_limit
+        else:
+            out["gpu_time"] = limits.gpu_limit
+            out["gpu_memory"] = limits.gpu_memory_limit
+    if goal.cost_ceiling is not None:
+        out["max_cost"] = goal.cost_ceiling
+    if goal.accuracy_floor is not None:  # Σ acc_term ≥ floor, negated into the ≤ form
+        out["min_accuracy"] = -goal.accuracy_floor
+    return out
+
+
+def _columns(t: StageTable, acc: np.ndarray) -> dict[str, np.ndarray]:
+    """What each row of ``t`` adds to each named constraint's sum."""
+    return {"sla_end_to_end": t.latency_s, "cluster_capacity": t.cpu_use, "gpu_count": t.gpu_use,
+            "gpu_time": t.gpu_use, "gpu_memory": t.gpu_memory_use, "max_cost": t.cost, "min_accuracy": -acc}
+
+
 def _problem(every: dict[str, StageTable], limits: Limits, goal: _Goal) -> Problem:
     """The program over every stage's rows: scores, one ``use`` column per named constraint."""
-    n = len(every)
-    names: list[str] = []
-    bounds: list[float] = []
-    if goal.sla_s is not None:
-        names.append("sla_end_to_end")
-        bounds.append(goal.sla_s)
-    names.append("cluster_capacity")
-    bounds.append(limits.capacity_limit)
-    if goal.cost_ceiling is not None:
-        names.append("max_cost")
-        bounds.append(goal.cost_ceiling)
-    if goal.accuracy_floor is not None:  # Σ acc_term ≥ floor, negated into the ≤ form
-        names.append("min_accuracy")
-        bounds.append(-goal.accuracy_floor)
+    bounds = _bounds(every, limits, goal)
     options = []
     for t in every.values():
-        acc = _accuracy_terms(t, goal.accuracy, n)
-        columns = {"sla_end_to_end": t.latency_s, "cluster_capacity": t.cost, "max_cost": t.cost,
-                   "min_accuracy": -acc}
+        acc = _accuracy_terms(t, goal.accuracy, len(every))
+        columns = _columns(t, acc)
         options.append(StageOptions(
             score=_score(goal.objective, goal.weights, acc, t.cost, t.batch, t.latency_s),
-            use=np.stack([columns[name] for name in names], axis=1), allowed=t.within(limits)))
-    return Problem(stages=tuple(every), options=tuple(options), constraints=tuple(names),
-                   bounds=np.array(bounds, dtype=float))
+            use=np.stack([columns[name] for name in bounds], axis=1).reshape(len(t), len(bounds)),
+            allowed=t.within(limits)))
+    return Problem(stages=tuple(every), options=tuple(options), constraints=tuple(bounds),
+                   bounds=np.array(list(bounds.values()), dtype=float))
 
 
 def _exclusion(c: Configuration, limits: Limits) -> tuple[str, str]:
-    """Why ``c`` is outside the per-stage limits (the replica cap, or its fixed replica count)."""
+    """Why ``c`` is outside the per-stage limits: the replica cap (or its fixed replica count),
+    or one replica needs more memory than one GPU has."""
+    if c.on_gpu and limits.gpu_memory_mb is not None and c.memory_mb > limits.gpu_memory_mb:
+        return (f"gpu_memory_{c.stage}",
+                f"a replica needs {c.memory_mb:.0f} MiB of GPU memory at batch {c.batch}, one GPU has"
+                f" {limits.gpu_memory_mb:.0f} MiB")
     return (f"max_replicas_{c.stage}",
             f"needs {c.replicas} replicas for {c.load_rps:.1f} items/s (max {limits.max_replicas})")
 
@@ -245,8 +263,17 @@ def _least(problem: Problem) -> np.ndarray:
 
 def _unreachable(name: str, least: float, bound: float, limits: Limits, load_rps: float) -> str:
     if name == "cluster_capacity":
-        return (f"load {load_rps:.1f} rps is beyond the cluster: the cheapest configurations cost"
-                f" {least:.3f}, capacity limit ({limits.cost_mode}) is {bound:.3f}")
+        return (f"load {load_rps:.1f} rps is beyond the cluster: the configurations using the fewest cores"
+                f" use {least:.3f}, capacity limit ({limits.cost_mode}) is {bound:.3f}")
+    if name == "gpu_count":
+        return (f"load {load_rps:.1f} rps is beyond the cluster's GPUs: a decision needs at least {least:.0f}"
+                f" GPUs, cluster_gpus is {bound:.0f}")
+    if name == "gpu_time":
+        return (f"load {load_rps:.1f} rps is beyond the cluster's GPUs: a decision keeps them busy at least"
+                f" {least:.3f} GPU-s/s, the limit (rho_max x cluster_gpus) is {bound:.3f}")
+    if name == "gpu_memory":
+        return (f"load {load_rps:.1f} rps is beyond the GPUs' memory: a decision's GPU replicas need at least"
+                f" {least:.0f} MiB together, the GPUs have {bound:.0f} MiB")
     if name == "sla_end_to_end":
         return f"SLA {bound:.3f}s is below the fastest path's predicted p99 {least:.3f}s"
     if name == "max_cost":
@@ -257,17 +284,27 @@ def _unreachable(name: str, least: float, bound: float, limits: Limits, load_rps
 
 
 # The order in which _diagnose names an unreachable bound: the cluster before the SLA.
-_DIAGNOSIS_ORDER = ("cluster_capacity", "sla_end_to_end", "max_cost", "min_accuracy")
+_DIAGNOSIS_ORDER = ("cluster_capacity", "gpu_count", "gpu_time", "gpu_memory", "sla_end_to_end", "max_cost",
+                    "min_accuracy")
+
+
+def _no_row(stage: str, t: StageTable, limits: Limits) -> str:
+    """Why no configuration of a stage is within the per-stage limits."""
+    fits = t.fits_gpu(limits)
+    if not fits.any():
+        return (f"stage {stage!r}: a replica of its smallest configuration needs {t.rows.memory_mb.min():.0f} MiB"
+                f" of GPU memory, one GPU has {limits.gpu_memory_mb:.0f} MiB")
+    best = t[int(np.argmax(np.where(fits, t.throughput_rps, -np.inf)))]
+    cap = limits.rho_max * best.throughput_rps * limits.fixed_replicas.get(stage, limits.max_replicas)
+    return (f"stage {stage!r} receives {best.load_rps:.1f} items/s but its fastest configuration"
+            f" ({best.variant} b={best.batch} {best.hardware}) carries at most {cap:.1f}/s"
+            f" within the replica limit")
 
 
 def _diagnose(problem: Problem, every: dict[str, StageTable], limits: Limits, load_rps: float) -> str:
     for s, st in zip(problem.stages, problem.options, strict=True):
         if not st.allowed.any():
-            best = every[s][int(np.argmax(every[s].throughput_rps))]
-            cap = limits.rho_max * best.throughput_rps * limits.fixed_replicas.get(s, limits.max_replicas)
-            return (f"stage {s!r} receives {best.load_rps:.1f} items/s but its fastest configuration"
-                    f" ({best.variant} b={best.batch} {best.hardware}) carries at most {cap:.1f}/s"
-                    f" within the replica limit")
+            return _no_row(s, every[s], limits)
     least = _least(problem)
     names = sorted(problem.constraints, key=lambda n: (_DIAGNOSIS_ORDER + (n,)).index(n))
     for name in names:

@@ -31,7 +31,7 @@ from varipipe.adapter.configurations import (
     stage_configurations,
     stage_loads,
 )
-from varipipe.adapter.optimizer import solve
+from varipipe.adapter.optimizer import DEFAULT_SOLVER, solve
 from varipipe.adapter.policy import Forecast, Policy, PolicyContext
 from varipipe.errors import ConfigError, UnknownNameError
 from varipipe.records import Decision, DecisionStatus, Observation, Profile, StageDecision
@@ -142,7 +142,7 @@ class SolverPolicy:
 
     def __init__(self, ctx: PolicyContext, name: str = "ipa", pinned: Mapping[str, str] | None = None,
                  fixed_replicas: Mapping[str, int] | None = None, objective: str = "weighted",
-                 accuracy: str = "multiply", solver: str = "cbc", weights: Weights | None = None,
+                 accuracy: str = "multiply", solver: str = DEFAULT_SOLVER, weights: Weights | None = None,
                  min_accuracy: float | None = None, max_cost: float | None = None, **limit_options: Any) -> None:
         self.name = name
         self.ctx = ctx

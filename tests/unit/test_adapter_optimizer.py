@@ -14,7 +14,7 @@ from varipipe.adapter.configurations import (
     Weights,
     stage_configurations,
     stage_loads,
-    within_replica_limit,
+    within_stage_limits,
 )
 from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.adapter.optimizer import available_solvers, objective_value, solve
@@ -35,14 +35,14 @@ def brute_force(profile: Profile, load: float, sla: float, limits: Limits, objec
                 accuracy: str = "multiply", min_accuracy: float | None = None, max_cost: float | None = None):
     """The best objective over every combination, or None when none is feasible."""
     loads = stage_loads(profile, load)
-    options = [[c for c in stage_configurations(profile, s, loads[s], limits) if within_replica_limit(c, limits)]
+    options = [[c for c in stage_configurations(profile, s, loads[s], limits) if within_stage_limits(c, limits)]
                for s in profile.stages]
     best = None
     for combo in itertools.product(*options):
         lat = sum(c.latency_s for c in combo)
         cost = sum(c.cost for c in combo)
         accs = [c.accuracy for c in combo]
-        if lat > sla + 1e-9 or cost > limits.capacity_limit + 1e-9:
+        if lat > sla + 1e-9 or not within_capacity(combo, limits):
             continue
         if max_cost is not None and cost > max_cost + 1e-9:
             continue
@@ -53,6 +53,25 @@ def brute_force(profile: Profile, load: float, sla: float, limits: Limits, objec
         value = objective_value({c.stage: c for c in combo}, objective, accuracy)
         best = value if best is None else max(best, value)
     return best
+
+
+def within_capacity(combo, limits: Limits) -> bool:
+    """The cluster's cores and GPUs, from the configurations' own fields (configurations' docstring)."""
+    cpu = gpu = memory = 0.0
+    for c in combo:
+        busy = c.load_rps * c.latency_mean_s / c.batch
+        on_gpu = c.hardware.startswith("gpu:")
+        cores = 0.0 if on_gpu else float(c.hardware.split(":")[1])
+        held = c.replicas if limits.cost_mode == "reserved" else busy
+        cpu += cores * held
+        gpu += held if on_gpu else 0.0
+        memory += c.replicas * c.memory_mb if on_gpu else 0.0
+    ok = cpu <= limits.capacity_limit + 1e-9
+    if any(c.hardware.startswith("gpu:") for c in combo):
+        ok &= gpu <= limits.cluster_gpus * (1.0 if limits.cost_mode == "reserved" else limits.rho_max) + 1e-9
+        if limits.cost_mode == "shared":
+            ok &= memory <= limits.cluster_gpus * limits.gpu_memory_mb + 1e-9
+    return ok
 
 
 def chosen_configs(profile: Profile, decision, load: float, limits: Limits):
@@ -86,13 +105,21 @@ instances = st.fixed_dictionaries({
     "stages": st.integers(1, 3),
     "variants": st.integers(1, 3),
     "batches": st.sampled_from([(1,), (1, 4), (1, 2, 8)]),
-    "hardware": st.sampled_from([("cpu:1",), ("cpu:1", "cpu:2")]),
+    "hardware": st.sampled_from([("cpu:1",), ("cpu:1", "cpu:2"), ("cpu:1", "gpu:h200"), ("gpu:h200",)]),
     "seed": st.integers(0, 10_000),
     "load": st.floats(0.0, 300.0),
     "sla": st.floats(0.02, 0.6),
     "cost_mode": st.sampled_from(["shared", "reserved"]),
     "cores": st.sampled_from([1.0, 2.0, 4.0, 16.0]),
+    # GPUs, and one GPU's memory: the synthetic GPU replicas need about 0.5-5 GiB.
+    "gpus": st.sampled_from([0, 1, 2]),
+    "gpu_memory_mb": st.sampled_from([1500.0, 4000.0, 80_000.0]),
 })
+
+
+def limits_of(inst) -> Limits:
+    return Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4,
+                  cluster_gpus=inst["gpus"], gpu_memory_mb=inst["gpu_memory_mb"])
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -100,19 +127,20 @@ instances = st.fixed_dictionaries({
 @given(inst=instances, accuracy=st.sampled_from(["multiply", "sum"]))
 # CBC's preprocessing once called a worse choice optimal here (adapter/_solvers.py).
 @example(inst={"stages": 3, "variants": 3, "batches": (1,), "hardware": ("cpu:1",), "seed": 1506, "load": 0.0,
-               "sla": 0.064453125, "cost_mode": "shared", "cores": 1.0}, accuracy="multiply")
+               "sla": 0.064453125, "cost_mode": "shared", "cores": 1.0, "gpus": 0, "gpu_memory_mb": 80_000.0}, accuracy="multiply")
 # ... its default cutoff increment (1e-5) kept a choice 4e-6 worse here,
 @example(inst={"stages": 2, "variants": 1, "batches": (1,), "hardware": ("cpu:1", "cpu:2"), "seed": 2, "load": 1.0,
-               "sla": 0.046875, "cost_mode": "shared", "cores": 1.0}, accuracy="multiply")
+               "sla": 0.046875, "cost_mode": "shared", "cores": 1.0, "gpus": 0, "gpu_memory_mb": 80_000.0}, accuracy="multiply")
 # ... and its LP's default dual tolerance (1e-7) one 1e-6 worse here.
 @example(inst={"stages": 3, "variants": 2, "batches": (1, 2, 8), "hardware": ("cpu:1", "cpu:2"), "seed": 5240,
-               "load": 1.0, "sla": 0.5293071055923027, "cost_mode": "shared", "cores": 1.0},
+               "load": 1.0, "sla": 0.5293071055923027, "cost_mode": "shared", "cores": 1.0, "gpus": 0,
+               "gpu_memory_mb": 80_000.0},
          accuracy="multiply")
 def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
     """Contract: every backend's objective equals brute force, and its decision meets the SLA."""
     _solver_or_skip(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
-    limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
+    limits = limits_of(inst)
     d = solve(profile, inst["load"], SLA(inst["sla"]), limits, accuracy=accuracy, solver=solver)
     best = brute_force(profile, inst["load"], inst["sla"], limits, accuracy=accuracy)
     if best is None:
@@ -132,7 +160,7 @@ def test_constrained_objectives_equal_brute_force(inst, objective, bound, solver
     """Contract: with two or three constraints (SLA, capacity, the objective's bound) too."""
     _solver_or_skip(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
-    limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=4)
+    limits = limits_of(inst)
     kw = {"min_accuracy": bound} if objective == "min-cost" else {"max_cost": bound * inst["cores"]}
     d = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=objective, solver=solver, **kw)
     best = brute_force(profile, inst["load"], inst["sla"], limits, objective=objective, **kw)
@@ -342,17 +370,28 @@ def test_solver_crash_raises_solver_error(monkeypatch):
 
 
 @pytest.mark.parametrize("limits", [
-    Limits(), Limits(cost_mode="reserved", cluster_cores=16), Limits(batch_sizes=(1, 3, 4, 8, 32)),
-    Limits(pinned={"stage1": "v0"}, fixed_replicas={"stage0": 2}), Limits(hardware=("cpu:2",)),
+    Limits(), Limits(cost_mode="reserved", cluster_cores=16, max_replicas=8),
+    Limits(pinned={"stage1": "v0"}, fixed_replicas={"stage0": 2}), Limits(hardware=("cpu:2", "gpu:h200")),
 ])
 @pytest.mark.parametrize("load", [0.0, 3.0, 250.0])
-def test_stage_tables_price_as_stage_configurations(limits, load):
-    """The optimizer's columns (adapter._table) hold the same configurations, in the same order."""
-    from varipipe.adapter._table import stage_tables
+def test_configurations_priced_by_the_documented_formulas(limits, load):
+    """Replicas, batch wait, cost (records.replica_price) from the raw points (configurations' docstring)."""
+    from varipipe.records import replica_price
 
     profile = synthetic_profile(3, 3, (1, 2, 8, 16), ("cpu:1", "cpu:2", "gpu:h200"), seed=7)
     loads = stage_loads(profile, load)
-    tables = stage_tables(profile, loads, limits)
     for s in profile.stages:
-        assert list(tables[s]) == stage_configurations(profile, s, loads[s], limits)
-        assert list(tables[s].within(limits)) == [within_replica_limit(c, limits) for c in tables[s]]
+        configs = stage_configurations(profile, s, loads[s], limits)
+        wanted = [p for p in profile.for_stage(s) if p.variant == limits.pinned.get(s, p.variant)
+                  and (limits.hardware is None or p.hardware in limits.hardware)]
+        assert sorted(c.key for c in configs) == sorted(p.key for p in wanted)
+        for c in configs:
+            [p] = [p for p in wanted if p.key == c.key]
+            lam = loads[s]
+            n = limits.fixed_replicas.get(s) or max(1, math.ceil(lam / (limits.rho_max * p.throughput_rps) - 1e-9))
+            wait = 0.0 if p.batch == 1 else min((p.batch - 1) * n / lam, limits.max_batch_wait_s) if lam else \
+                limits.max_batch_wait_s
+            busy = lam * p.mean_latency_s / p.batch
+            cost = replica_price(p.hardware) * (n if limits.cost_mode == "reserved" else busy)
+            assert (c.replicas, c.latency_p99_s, c.memory_mb) == (n, p.latency_p99_s, p.memory_mb)
+            assert c.batch_wait_s == pytest.approx(wait) and c.cost == pytest.approx(cost)
