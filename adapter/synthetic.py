@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 from varipipe.records import Profile, ProfilePoint
 
-__all__ = ["synthetic_profile", "vision_caption_like", "DEFAULT_BATCHES"]
+__all__ = ["synthetic_profile", "vision_caption_like", "vision_caption_gpu_like", "DEFAULT_BATCHES", "GPU_BATCHES",
+           "SYNTHETIC_GPU"]
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 # Percentile spread relative to the mean batch latency: a plausible CPU tail
@@ -97,3 +98,65 @@ def vision_caption_like(batches: Sequence[int] = DEFAULT_BATCHES,
                     points.append(_point(stage, name, b, hw, alpha, b1 - alpha, acc))
     return Profile(pipeline="vision-caption", points=tuple(points),
                    metadata={"source": _SOURCE, "shape": "vision-caption (DESIGN §6 latencies)"})
+
+
+# The flagship on a GPU, synthetic: (variant, batch latency's fixed part s, per item s,
+# weights MiB, activations MiB per item, first-call compile s). Shaped by issue 19's H200
+# figures, not measured: the LLMs' 16 new tokens took 99 ms at batch 1 and 84 ms at batch 32
+# with a static KV cache, so a ~64-token caption is ~0.4 s nearly flat in the batch, and the
+# first call compiled for 31-52 s; the vision models take a few ms per batch. Memory: fp16
+# weights plus activations (the LLMs' KV cache) growing with the batch.
+_VISION_CAPTION_GPU = {
+    "detector": [("yolov3-tiny-320", 0.003, 0.0004, 40, 12, 1.0), ("yolov3-tiny-416", 0.004, 0.0007, 40, 20, 1.0),
+                 ("yolov3-tiny-608", 0.006, 0.0015, 40, 45, 1.0)],
+    "classifier": [("mobilenetv2", 0.002, 0.0001, 15, 6, 0.5), ("efficientnet-lite0", 0.0025, 0.00015, 20, 8, 0.5),
+                   ("efficientnet-lite1", 0.003, 0.0002, 25, 11, 0.5),
+                   ("efficientnet-lite2", 0.0035, 0.0003, 30, 16, 0.5)],
+    "llm": [("smollm2-135m", 0.40, 0.002, 300, 40, 31.0), ("gemma3-270m", 0.55, 0.003, 600, 60, 52.0)],
+}
+GPU_BATCHES = (1, 2, 4, 8, 16, 32)
+SYNTHETIC_GPU = "gpu:h200"
+# One H200's memory as torch reports it (141 GiB class): what the GPU profiler writes into
+# metadata.device.gpu_memory_mib; the synthetic profile carries it the same way.
+_H200_MEMORY_MIB = 143771
+# Synthetic replica start on the GPU (the GPU profiler's metadata.replica_start shape):
+# weights to the device, then three timed warm-up calls per batch size; a new batch size
+# recompiles a tenth of the first compile.
+_GPU_LOAD_S = 2.0
+_WARM_CALL_S = 0.01
+_RECOMPILE_SHARE = 0.1
+
+
+def _gpu_point(stage: str, variant: str, batch: int, fixed: float, per_item: float, weights: float,
+               activations: float, acc: float) -> ProfilePoint:
+    mean = fixed + per_item * batch
+    return ProfilePoint(
+        stage=stage, variant=variant, batch=batch, hardware=SYNTHETIC_GPU,
+        latency_p50_s=mean * _P50, latency_p95_s=mean * _P95, latency_p99_s=mean * _P99,
+        throughput_rps=batch / mean, memory_mb=float(weights + activations * batch), samples=200, accuracy=acc,
+        accuracy_kind="declared", accuracy_source=_SOURCE, latency_mean_s=mean)
+
+
+def _replica_start(compile_s: float) -> dict:
+    warm = {str(b): [round(compile_s * _RECOMPILE_SHARE, 3) if b > 1 else _WARM_CALL_S, _WARM_CALL_S, _WARM_CALL_S]
+            for b in GPU_BATCHES}
+    model_warmup = [compile_s, _WARM_CALL_S, _WARM_CALL_S]
+    cold = _GPU_LOAD_S + sum(model_warmup) + sum(warm["1"])
+    return {"load_s": _GPU_LOAD_S, "model_warmup_s": model_warmup, "warmup_s": warm, "first_batch": 1,
+            "cold_start_s": round(cold, 3)}
+
+
+def vision_caption_gpu_like() -> Profile:
+    """:func:`vision_caption_like` (cpu:1, cpu:2) plus every variant on a synthetic ``gpu:h200``,
+    with the GPU profiler's metadata: one GPU's memory and each GPU replica's start-up."""
+    cpu = vision_caption_like()
+    accuracy = {(stage, name): acc for stage, variants in _VISION_CAPTION.items() for name, *_, acc in variants}
+    points, starts = list(cpu.points), {}
+    for stage, variants in _VISION_CAPTION_GPU.items():
+        for name, fixed, per_item, weights, activations, compile_s in variants:
+            points += [_gpu_point(stage, name, b, fixed, per_item, weights, activations, accuracy[stage, name])
+                       for b in GPU_BATCHES]
+            starts[f"{stage}/{name}/{SYNTHETIC_GPU}"] = _replica_start(compile_s)
+    return Profile(pipeline="vision-caption", points=tuple(points), metadata={
+        "source": _SOURCE, "shape": "vision-caption (DESIGN §6 latencies) with a synthetic H200-like GPU (issue 19)",
+        "device": {"gpu": "synthetic H200-like", "gpu_memory_mib": _H200_MEMORY_MIB}, "replica_start": starts})

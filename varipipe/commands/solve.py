@@ -32,11 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-accuracy", type=float, help="accuracy floor for --objective min-cost")
     p.add_argument("--max-cost", type=float, help="cost ceiling for --objective max-accuracy")
     p.add_argument("--cost-mode", choices=("shared", "reserved"), default="shared",
-                   help="shared: one host's CPU time; reserved: cores reserved per replica")
+                   help="shared: one host's CPU (and GPU) time; reserved: cores (a whole GPU) reserved per replica")
     p.add_argument("--cluster-cores", type=float, default=None,
                    help="capacity limit in cores (default: this host's core count)")
     p.add_argument("--max-replicas", type=int, default=None,
                    help="replica cap per stage (default: the cluster's whole cores)")
+    p.add_argument("--cluster-gpus", type=int, default=0,
+                   help="GPUs the decision may use for gpu:<model> configurations (default 0: none)")
+    p.add_argument("--gpu-memory-mb", type=float, default=None, metavar="MIB",
+                   help="one GPU's memory, MiB (default: what a GPU profile recorded, metadata.device)")
     p.add_argument("--solver", choices=("dp", "cbc", "highs"), default="dp",
                    help="dp: the exact dynamic program (default, fastest); cbc, highs: the MIP solvers")
     p.add_argument("--pin", type=_pin, action="append", default=[], metavar="STAGE=VARIANT",
@@ -82,16 +86,17 @@ def _load(args: argparse.Namespace):
     return load_profile(path)
 
 
-def _limits(args: argparse.Namespace):
+def _limits(args: argparse.Namespace, profile):
     import os
 
-    from varipipe.adapter.configurations import Limits
+    from varipipe.adapter.configurations import Limits, profile_gpu_memory_mb
     from varipipe.errors import ConfigError
 
     cores = args.cluster_cores if args.cluster_cores is not None else float(os.cpu_count() or 1)
+    memory = args.gpu_memory_mb if args.gpu_memory_mb is not None else profile_gpu_memory_mb(profile)
     try:
-        return Limits(cost_mode=args.cost_mode, cluster_cores=cores,
-                      max_replicas=args.max_replicas, pinned=dict(args.pin))
+        return Limits(cost_mode=args.cost_mode, cluster_cores=cores, max_replicas=args.max_replicas,
+                      pinned=dict(args.pin), cluster_gpus=args.cluster_gpus, gpu_memory_mb=memory)
     except ValueError as e:
         raise ConfigError("command line", "limits", str(e)) from e
 
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     profile = _load(args)
     try:
         sla = SLA(latency_s=args.sla) if args.sla is not None else _spec_sla(profile.pipeline)
-        decision = solve(profile, args.rps, sla, _limits(args), accuracy=args.accuracy, objective=args.objective,
+        decision = solve(profile, args.rps, sla, _limits(args, profile), accuracy=args.accuracy, objective=args.objective,
                          min_accuracy=args.min_accuracy, max_cost=args.max_cost, solver=args.solver,
                          lp_path=args.write_lp)
     except ValueError as e:
@@ -127,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{decision.status.value.upper()} for {args.rps:g} rps, SLA {sla.latency_s:g}s ({decision.solver},"
           f" {decision.solve_time_s * 1e3:.1f} ms)")
     for s in decision.stages:
-        print(f"  {s.stage:<12} {s.variant:<22} batch {s.batch:<3} x{s.replicas} {s.hardware:<6}"
+        print(f"  {s.stage:<12} {s.variant:<22} batch {s.batch:<3} x{s.replicas} {s.hardware:<8}"
               f" wait {s.batch_wait_s * 1e3:6.1f} ms  p99 {s.latency_s * 1e3:8.1f} ms")
     print(f"predicted: latency {decision.predicted_latency_s:.3f}s, accuracy {decision.predicted_accuracy:.4f},"
           f" cost {decision.predicted_cost:.3f}")
