@@ -70,7 +70,8 @@ def ranked_variants(profile: Profile, stage: str) -> list[str]:
 
 
 def _limits(ctx: PolicyContext, **overrides: Any) -> Limits:
-    base = dict(cost_mode=ctx.cost_mode, cluster_cores=ctx.cluster_cores, max_replicas=ctx.max_replicas)
+    base = dict(cost_mode=ctx.cost_mode, cluster_cores=ctx.cluster_cores, max_replicas=ctx.max_replicas,
+                cluster_gpus=ctx.cluster_gpus, gpu_memory_mb=ctx.gpu_memory_mb)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Limits(**base)
 

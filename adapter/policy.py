@@ -15,6 +15,7 @@ from varipipe.adapter.configurations import (
     DEFAULT_CLUSTER_CORES,
     DEFAULT_COST_MODE,
     default_max_replicas,
+    profile_gpu_memory_mb,
 )
 from varipipe.errors import ConfigError
 from varipipe.records import SLA, Decision, Observation, PipelineSpec, Profile
@@ -43,8 +44,11 @@ class PolicyContext:
 
     ``cost_mode`` is "shared" (one host, DESIGN §5) or "reserved" (a cluster);
     ``cluster_cores`` is the capacity limit in that mode; ``max_replicas`` caps
-    replicas per stage (None: ``default_max_replicas(cluster_cores)``). Build it
-    with :func:`policy_context`, as ``serve``, ``simulate`` and ``experiment`` do.
+    replicas per stage (None: ``default_max_replicas(cluster_cores)``);
+    ``cluster_gpus`` GPUs of ``gpu_memory_mb`` MiB each may take ``gpu:<model>``
+    configurations (``configurations``: what reserved and shared mean for a GPU).
+    Build it with :func:`policy_context`, as ``serve``, ``simulate`` and
+    ``experiment`` do.
     """
 
     spec: PipelineSpec | None
@@ -54,6 +58,8 @@ class PolicyContext:
     cluster_cores: float = DEFAULT_CLUSTER_CORES
     max_replicas: int | None = None  # None: default_max_replicas(cluster_cores), set on construction
     interval_s: float = DEFAULT_INTERVAL_S
+    cluster_gpus: int = 0
+    gpu_memory_mb: float | None = None  # one GPU's memory, MiB
 
     def __post_init__(self) -> None:
         if self.max_replicas is None:
@@ -79,16 +85,27 @@ class ContextOptions(Protocol):
     @property
     def interval_s(self) -> float: ...
 
+    @property
+    def cluster_gpus(self) -> int: ...
+
+    @property
+    def gpu_memory_mb(self) -> float | None: ...  # None: what the profile recorded (metadata.device)
+
 
 def policy_context(spec: PipelineSpec | None, profile: Profile, options: ContextOptions) -> PolicyContext:
     """The one way a policy's context is made, live and simulated, so both get the same
-    defaults: the SLA given, else the spec's; the replica cap given, else the cluster's cores."""
+    defaults: the SLA given, else the spec's; the replica cap given, else the cluster's cores;
+    one GPU's memory given, else the profile's record of it."""
     sla_s = options.sla_s if options.sla_s is not None else (spec.sla.latency_s if spec is not None else None)
     if sla_s is None:
         raise ConfigError("policy context", "sla_s", "no SLA given and no pipeline spec to take it from")
+    memory = options.gpu_memory_mb if options.gpu_memory_mb is not None else profile_gpu_memory_mb(profile)
+    if options.cluster_gpus > 0 and memory is None:
+        raise ConfigError("policy context", "gpu_memory_mb", f"cluster_gpus={options.cluster_gpus} needs one GPU's "
+                          "memory (MiB) and the profile records none (metadata.device.gpu_memory_mib)")
     return PolicyContext(spec=spec, profile=profile, sla=SLA(sla_s), cost_mode=options.cost_mode,
                          cluster_cores=options.cluster_cores, max_replicas=options.max_replicas,
-                         interval_s=options.interval_s)
+                         interval_s=options.interval_s, cluster_gpus=options.cluster_gpus, gpu_memory_mb=memory)
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ class SimSettings(SimConfig):
     simulator's :class:`SimConfig` and how the policy and its forecaster are built."""
 
     max_replicas: int | None = None  # None: the policy context's default (the cluster's cores)
+    gpu_memory_mb: float | None = None  # one GPU's memory, MiB; None: the profile's record of it
     predictor: str = DEFAULT_PREDICTOR
     policy_options: Mapping[str, Any] = field(default_factory=dict)
     per_policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # policy -> extra options

@@ -68,6 +68,10 @@ class Scenario(_Strict):
     target_peak_rps: float = Field(gt=0)
     cluster_peak_fraction: float = Field(ge=0.8, le=1.0)
     cost_mode: Literal["reserved", "shared"] = "reserved"
+    # GPUs for the profile's gpu:<model> configurations (simulated runs; the cluster sizing
+    # rule above counts cores only), and one GPU's memory (None: the profile's record of it).
+    cluster_gpus: int = Field(default=0, ge=0)
+    gpu_memory_mb: float | None = Field(default=None, gt=0)
     interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0)
     predictor: str = DEFAULT_PREDICTOR
     policies: list[str] = Field(min_length=1)

@@ -32,6 +32,18 @@ approximation with one slice of lag). A reconfiguration adds its own CPU there
 (a replica start, a model load; measured on Ray Serve) over its delay, as
 replica processes starting on the same cores do live. In ``reserved`` mode each
 replica owns its cores.
+
+GPU configurations (``gpu:<model>``) take their batch times from the profile's
+GPU points like any other. In ``reserved`` mode a GPU replica owns its GPU; in
+``shared`` mode the replicas on GPUs share the run's ``cluster_gpus`` as CPU
+replicas share the cores (their busy GPU-seconds, not the cores, slow them down),
+as the optimizer plans them (``adapter.configurations``). A GPU replica must warm
+up before it serves (load, first calls, an LLM's compilation): a replica start or
+a switch onto a GPU takes the replica process's start plus the profiled
+``cold_start_s``, and a batch-size change the warm-up the profile timed at the new
+size (:func:`service.replica_warmup`); without that record, the CPU delays.
+Cost counts a GPU at ``records.replica_price``: its price per replica reserved,
+and per busy second in shared mode.
 """
 
 from __future__ import annotations
@@ -50,9 +62,16 @@ from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.service import ServiceModel, service_model
+from varipipe.loadgen.service import ServiceModel, replica_warmup, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
-from varipipe.records import Decision, Observation, Profile, StageDecision, replica_price
+from varipipe.records import (
+    GPU_REPLICA_PRICE_CORES,
+    Decision,
+    Observation,
+    Profile,
+    StageDecision,
+    replica_price,
+)
 
 __all__ = [
     "RunMetrics",
@@ -68,6 +87,7 @@ __all__ = [
     "REPLICA_REMOVE_S",
     "BATCH_CHANGE_S",
     "VARIANT_SWITCH_S",
+    "REPLICA_PROCESS_S",
     "REPLICA_START_CPU_S",
     "VARIANT_SWITCH_CPU_S",
 ]
@@ -80,6 +100,8 @@ BATCH_CHANGE_S = 0.8  # user_config with batch settings, set_max_batch_size in r
 USER_CONFIG_S = 0.4  # a plain user_config change reaches live replicas in 0.4 s
 MODEL_LOAD_S = 2.0  # "2.4 s with a 2 s model load": the load measured there
 VARIANT_SWITCH_S = USER_CONFIG_S + MODEL_LOAD_S  # variant switch = reconfigure + model load
+# A replica process before its model load: a GPU replica then spends its profiled cold start.
+REPLICA_PROCESS_S = REPLICA_ADD_S - MODEL_LOAD_S
 # CPU that a change burns on the host while it takes effect (shared mode only: the
 # cores serving replicas run on), measured by benchmarks/replica_start_cpu.py on Ray
 # Serve 2.60 with vision-caption-ci (results/replica_start_cpu.json, 3 repeats):
@@ -112,10 +134,13 @@ class SimConfig:
     # latency (and taken off the stages' shedding deadline). 0 = none;
     # benchmarks/fidelity.py fits it live on a calibration window.
     overhead_s: float = 0.0
+    cluster_gpus: int = 0  # GPUs the host shares among GPU replicas (shared mode)
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
             raise VaripipeError(f"cost mode must be 'shared' or 'reserved', got {self.cost_mode!r}")
+        if not isinstance(self.cluster_gpus, int) or self.cluster_gpus < 0:
+            raise VaripipeError(f"cluster_gpus must be an integer >= 0, got {self.cluster_gpus!r}")
         if not (self.overhead_s >= 0 and math.isfinite(self.overhead_s)):
             raise VaripipeError(f"overhead_s must be a number >= 0, got {self.overhead_s!r}")
         for name in ("sla_s", "interval_s", "cluster_cores"):
@@ -191,7 +216,7 @@ class SimSeries:
 
 
 def cost_unit(cost_mode: str) -> str:
-    """What a run's cost is counted in."""
+    """What a run's cost is counted in (a GPU at ``records.replica_price`` cores)."""
     return "reserved cores" if cost_mode == "reserved" else "CPU-seconds per second"
 
 
@@ -475,6 +500,15 @@ def _expand(h0: int, firsts: list[int], sizes: list[int]) -> np.ndarray:
 # ----------------------------------------------------------------- reconfigurations
 
 
+@dataclass(frozen=True)
+class _Delays:
+    """How long each kind of change to one configuration takes to take effect (s)."""
+
+    switch_s: float  # variant or hardware
+    batch_s: float
+    add_s: float  # a new replica serving
+
+
 @dataclass(frozen=True, order=True)
 class _Change:
     """One part of an applied decision, due at ``at_s`` (the delays measured on Ray Serve)."""
@@ -528,6 +562,7 @@ class _Accounts:
     """Per-second series the run accumulates (index = second from the start)."""
 
     busy: np.ndarray | None  # shared mode: CPU-seconds in use per second (None in reserved mode)
+    gpu_busy: np.ndarray | None  # shared mode: GPU-seconds in use per second
     reserved: np.ndarray  # reserved mode: cores (or their price) provisioned
     replicas: np.ndarray  # replicas provisioned
     predicted_rps: np.ndarray  # the forecast in force
@@ -583,7 +618,9 @@ class _Run:
         n = self.arrivals.n
         self.outcome = _Outcome(done_s=np.full(n, np.nan), dropped=np.zeros(n, dtype=bool))
         self.stages = self._make_stages()
-        self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if config.cost_mode == "shared" else None,
+        shared = config.cost_mode == "shared"
+        self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
+                                  gpu_busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
                                   reserved=np.zeros(self.arrivals.seconds + 1), replicas=np.zeros(self.arrivals.seconds + 1),
                                   predicted_rps=np.zeros(self.arrivals.seconds + 1))
         self.changes = _Reconfigurations()
@@ -643,6 +680,10 @@ class _Run:
         if [s.stage for s in new.stages] != list(self.profile.stages):
             raise VaripipeError(f"policy {self.policy.name!r} returned stages {[s.stage for s in new.stages]}, "
                                 f"expected {list(self.profile.stages)}")
+        on_gpu = [s.stage for s in new.stages if s.hardware.partition(":")[0] == "gpu"]
+        if on_gpu and self.cfg.cost_mode == "shared" and self.cfg.cluster_gpus == 0:
+            raise VaripipeError(f"policy {self.policy.name!r} put {on_gpu} on a GPU, but this shared-mode run "
+                                "has no GPUs to share (cluster_gpus=0)")
         if self.current is None:
             for st, sd in zip(self.stages, new.stages, strict=True):
                 self._configure(st, sd)
@@ -656,16 +697,26 @@ class _Run:
         """Queue the changes from the current decision to ``new`` with their delays; in shared
         mode the CPU they burn meanwhile (model loads, replica starts) slows the running batches."""
         for st, old, sd in zip(self.stages, self.current.stages, new.stages, strict=True):
+            delays = self._delays(st, sd)
             if (old.variant, old.hardware) != (sd.variant, sd.hardware):
-                self.changes.schedule(t + VARIANT_SWITCH_S, st.index, "model", decision=sd)
+                self.changes.schedule(t + delays.switch_s, st.index, "model", decision=sd)
                 self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas) * VARIANT_SWITCH_CPU_S)
             elif (old.batch, old.batch_wait_s) != (sd.batch, sd.batch_wait_s):
-                self.changes.schedule(t + BATCH_CHANGE_S, st.index, "batch", decision=sd)
+                self.changes.schedule(t + delays.batch_s, st.index, "batch", decision=sd)
             if sd.replicas > old.replicas:
-                self.changes.schedule(t + REPLICA_ADD_S, st.index, "add", replicas=sd.replicas - old.replicas)
+                self.changes.schedule(t + delays.add_s, st.index, "add", replicas=sd.replicas - old.replicas)
                 self._charge(t, REPLICA_ADD_S, (sd.replicas - old.replicas) * REPLICA_START_CPU_S)
             elif sd.replicas < old.replicas:
                 self.changes.schedule(t + REPLICA_REMOVE_S, st.index, "remove", replicas=old.replicas - sd.replicas)
+
+    def _delays(self, st: _Stage, sd: StageDecision) -> _Delays:
+        """How long a change to ``sd`` takes: Ray Serve's measured delays, and on a GPU the
+        profiled warm-up a replica needs before it serves (module docstring)."""
+        warm = replica_warmup(self.profile, st.name, sd.variant, sd.hardware)
+        if warm is None:
+            return _Delays(VARIANT_SWITCH_S, BATCH_CHANGE_S, REPLICA_ADD_S)
+        started = REPLICA_PROCESS_S + warm.cold_start_s
+        return _Delays(started, BATCH_CHANGE_S + warm.batch_s.get(sd.batch, 0.0), started)
 
     def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
         """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
@@ -697,21 +748,24 @@ class _Run:
 
     # ---- segments
 
-    def _slowdown(self, t: float) -> float:
-        busy = self.accounts.busy
+    def _slowdown(self, t: float, gpu: bool) -> float:
+        """Processor sharing (shared mode): the previous second's busy threads over the cores,
+        or busy GPU-seconds over the GPUs for a stage on a GPU."""
+        busy = self.accounts.gpu_busy if gpu else self.accounts.busy
         if busy is None:
             return 1.0
         i = int(t) - 1
-        return max(1.0, busy[i] / self.cfg.cluster_cores) if i >= 0 else 1.0
+        capacity = self.cfg.cluster_gpus if gpu else self.cfg.cluster_cores
+        return max(1.0, busy[i] / capacity) if i >= 0 and capacity > 0 else 1.0
 
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
-        slow = self._slowdown(t0)
+        slow = {False: self._slowdown(t0, False), True: self._slowdown(t0, True)}
         lo, hi = np.searchsorted(self.arrivals.times, [t0, t1], side="left")
         times, reqs = self.arrivals.times[lo:hi], np.arange(lo, hi, dtype=np.int64)
         for st in self.stages:
             times, reqs = self._feed(st, times, reqs)
-            times, reqs = self._process(st, t1, slow)
+            times, reqs = self._process(st, t1, slow[st.model is not None and st.model.on_gpu])
             if st.departures.chunks:
                 st.departures.until(t1, self.interval.stages[st.name])
         if len(reqs):
@@ -744,7 +798,8 @@ class _Run:
         if st.model is None:
             return np.empty(0), np.empty(0, np.int64)
         shed_pos: list[int] = []
-        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, self.accounts.busy, shed_pos)
+        busy = self.accounts.gpu_busy if st.model.on_gpu else self.accounts.busy
+        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos)
         counters = self.interval.stages[st.name]
         if shed_pos:
             shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)]
@@ -865,9 +920,12 @@ def _accuracy(run: _Run) -> np.ndarray:
 
 
 def _cost_series(run: _Run) -> np.ndarray:
-    """Cores reserved (reserved mode), or CPU-seconds per second used, at most the host's (shared)."""
-    busy = run.accounts.busy
-    return run.accounts.reserved if busy is None else np.minimum(busy, run.cfg.cluster_cores)
+    """Cores reserved, GPUs at their price (reserved mode); or CPU-seconds per second used, at
+    most the host's, plus GPU-seconds per second at a GPU's price (shared)."""
+    busy, gpu = run.accounts.busy, run.accounts.gpu_busy
+    if busy is None:
+        return run.accounts.reserved
+    return np.minimum(busy, run.cfg.cluster_cores) + GPU_REPLICA_PRICE_CORES * np.minimum(gpu, run.cfg.cluster_gpus)
 
 
 def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray) -> SimSeries:

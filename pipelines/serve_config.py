@@ -117,6 +117,8 @@ class AppOptions:
     cost_mode: str = DEFAULT_COST_MODE
     cluster_cores: float = DEFAULT_CLUSTER_CORES
     max_replicas: int | None = None  # None = the policy context's default (the cluster's whole cores)
+    cluster_gpus: int = 0  # GPUs the policy may plan gpu:<model> configurations on
+    gpu_memory_mb: float | None = None  # one GPU's memory, MiB; None = the profile's record of it
     dry_run: bool = False
     pins: dict[str, str] = field(default_factory=dict)
     state_file: str = ""  # where the controller keeps the last decision across restarts

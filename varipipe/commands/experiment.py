@@ -33,9 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sla", default=None, help="SLA seconds without a scenario (comma-separated for several)")
     parser.add_argument("--cost-mode", choices=("reserved", "shared"), default=None)
     parser.add_argument("--cluster-cores", type=float, default=None)
+    parser.add_argument("--cluster-gpus", type=int, default=None,
+                        help="sim mode: GPUs for gpu:<model> configurations (default: the scenario's, else 0)")
+    parser.add_argument("--gpu-memory-mb", type=float, default=None, metavar="MIB",
+                        help="sim mode: one GPU's memory (default: the scenario's, else the profile's record)")
     parser.add_argument("--interval", type=float, default=None, help="adaptation interval (s)")
     parser.add_argument("--predictor", default=None)
-    parser.add_argument("--solver", default=None, help="solver of the ILP policies (cbc, highs, dp)")
+    parser.add_argument("--solver", default=None, help="solver of the ILP policies (dp, cbc, highs; default dp)")
     parser.add_argument("--jobs", type=int, default=1, help="simulations in parallel processes (default 1)")
     parser.add_argument("--pipeline", default=None, help="live mode: pipeline to serve (default: the scenario's)")
     parser.add_argument("--image", default="chelsea", help="live mode: image file or sample name to POST")
@@ -85,6 +89,7 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
                     arrivals=sc.arrivals, interval=sc.interval_s, predictor=sc.predictor,
                     cost_mode=sc.live.cost_mode if live else sc.cost_mode,
                     cores=sc.live.cluster_cores if live else rs.cluster_cores, options=dict(sc.policy_options),
+                    gpus=0 if live else sc.cluster_gpus, gpu_memory_mb=None if live else sc.gpu_memory_mb,
                     pipeline=sc.live.pipeline, per_policy={} if live else rs.per_policy,
                     resolved=rs.to_dict() | {"run_scale": scale})
     if not (args.trace and args.sla):
@@ -93,7 +98,7 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
     slas = {f"sla-{float(s):g}s": float(s) for s in args.sla.split(",")}
     return dict(trace=trace, slas=slas, policies=DEFAULT_POLICIES.split(","), seed=0, arrivals=args.arrivals,
                 interval=DEFAULT_INTERVAL_S, predictor=DEFAULT_PREDICTOR, cost_mode=DEFAULT_COST_MODE,
-                cores=DEFAULT_CLUSTER_CORES, options={},
+                cores=DEFAULT_CLUSTER_CORES, options={}, gpus=0, gpu_memory_mb=None,
                 pipeline="vision-caption", per_policy={}, resolved={})
 
 
@@ -137,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
     interval = args.interval or plan["interval"]
     cost_mode = args.cost_mode or plan["cost_mode"]
     cores = args.cluster_cores or plan["cores"]
+    gpus = args.cluster_gpus if args.cluster_gpus is not None else plan["gpus"]
+    gpu_memory_mb = args.gpu_memory_mb if args.gpu_memory_mb is not None else plan["gpu_memory_mb"]
+    if args.mode == "live" and gpus:
+        from varipipe.errors import ConfigError
+
+        raise ConfigError("command line", "--cluster-gpus", "live experiments serve on this host's CPUs; plan GPUs"
+                          " in --mode sim")
     predictor = args.predictor or plan["predictor"]
     times = arrival_times(plan["trace"], plan["arrivals"], seed)
     total = len(policies) * len(plan["slas"])
@@ -153,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.mode == "sim":
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
+                               cluster_gpus=gpus, gpu_memory_mb=gpu_memory_mb,
                                predictor=predictor, per_policy=plan["per_policy"],
                                policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}))
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
@@ -166,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
                                 on_done=done, records_dir=Path(args.out) / "records")
     meta = {"git_commit": git_commit(), "profile": checkout_relative(profile_path),
             "profile_sha256": file_sha256(profile_path), "seed": seed, "mode": args.mode, "policies": policies, "slas": plan["slas"], "predictor": predictor,
-            "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "requests": int(len(times)),
+            "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "cluster_gpus": gpus,
+            "requests": int(len(times)),
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)

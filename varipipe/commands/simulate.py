@@ -20,13 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-log", default=None, help="take arrivals from a `varipipe load` log instead")
     parser.add_argument("--policy", default="ipa", help="ipa, fa2-low, fa2-high, rim, ray, static, oracle, module:Class")
     parser.add_argument("--predictor", default=None, help="load predictor (default: reactive)")
-    parser.add_argument("--solver", default=None, help="solver option for ILP policies (cbc, highs, dp)")
+    parser.add_argument("--solver", default=None, help="solver option for ILP policies (dp, cbc, highs; default dp)")
     parser.add_argument("--sla", type=float, required=True, help="end-to-end latency SLA in seconds")
     parser.add_argument("--cost-mode", choices=("reserved", "shared"), default=DEFAULT_COST_MODE)
     parser.add_argument("--cluster-cores", type=float, default=DEFAULT_CLUSTER_CORES,
                         help="host cores (shared) or cluster cores (reserved) (default: %(default)s)")
     parser.add_argument("--max-replicas", type=int, default=None,
                         help="replicas per stage (default: the cluster's whole cores)")
+    parser.add_argument("--cluster-gpus", type=int, default=0,
+                        help="GPUs for gpu:<model> configurations: shared by their replicas (shared mode), one per"
+                             " replica (reserved) (default: %(default)s)")
+    parser.add_argument("--gpu-memory-mb", type=float, default=None, metavar="MIB",
+                        help="one GPU's memory, MiB (default: what a GPU profile recorded, metadata.device)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
                         help="adaptation interval in seconds (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result (with the time series) as JSON")
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     arrivals = _arrivals(args)
     settings = SimSettings(sla_s=args.sla, interval_s=args.interval, cost_mode=args.cost_mode,
                            cluster_cores=args.cluster_cores, max_replicas=args.max_replicas, seed=args.seed,
+                           cluster_gpus=args.cluster_gpus, gpu_memory_mb=args.gpu_memory_mb,
                            predictor=args.predictor or DEFAULT_PREDICTOR,
                            policy_options={"solver": args.solver} if args.solver else {})
     result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests))
