@@ -2,7 +2,7 @@
 
     latency_model   l(b) = alpha + beta*b, fitted per (stage, variant, hardware)
     configurations  Limits, Weights, a stage's configurations priced at its load
-    optimizer       solve(profile, load, sla, limits, weights) -> Decision (CBC, HiGHS, DP)
+    optimizer       solve(profile, load, sla, limits, weights) -> Decision (exact DP by default; CBC, HiGHS)
     explain         binding constraints and per-stage runners-up of a decision
     predictors      reactive, moving-max, ewma, lstm behind predict(history_rps)
     policies        make_policy(name, ctx): ipa, fa2-low/high, rim, static, ray, oracle, module:Class
