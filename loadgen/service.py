@@ -4,24 +4,22 @@ For each (stage, variant, hardware) the profile gives p50 and p99 batch latency
 at a few batch sizes. A batch of ``n`` items takes a lognormal time whose median
 is p50(n) and whose 99th percentile is p99(n); batch sizes the profiler did not
 measure are interpolated linearly between measured neighbours and extrapolated
-past the largest with the fitted ``l(b) = α + β·b`` (DESIGN §5). A GPU replica's
-start-up (model load, warm-up, compilation) comes from the GPU profile's
-metadata (:func:`replica_warmup`). Pure.
+past the largest with the fitted ``l(b) = α + β·b`` (DESIGN §5). Pure.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from varipipe.adapter.configurations import is_gpu
 from varipipe.adapter.latency_model import fit_latency_model
 from varipipe.errors import ProfileError
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 
-__all__ = ["ServiceModel", "service_model", "ReplicaWarmup", "replica_warmup", "Z99"]
+__all__ = ["ServiceModel", "service_model", "Z99"]
 
 # Standard-normal quantile at 0.99: a lognormal with median m and σ has p99 = m·e^{2.3263σ}.
 Z99 = 2.3263478740408408
@@ -48,30 +46,7 @@ class ServiceModel:
 
     @property
     def on_gpu(self) -> bool:
-        return self.hardware.partition(":")[0] == "gpu"
-
-
-@dataclass(frozen=True)
-class ReplicaWarmup:
-    """What a GPU replica spends before it serves, as the GPU profiler recorded it."""
-
-    cold_start_s: float  # a new replica (or a variant switch): model load + warm-up with compilation
-    batch_s: Mapping[int, float] = field(default_factory=dict)  # a new batch size on a warm replica
-
-
-def replica_warmup(profile: Profile, stage: str, variant: str, hardware: str) -> ReplicaWarmup | None:
-    """The start-up of (stage, variant, hardware) from ``metadata.replica_start`` of a GPU
-    profile (``profiler/gpu_profile.py`` writes it: ``"<stage>/<variant>/<hardware>"`` ->
-    ``cold_start_s`` = load + batch-1 warm-up (where a GPU LLM compiles) + the first size's
-    warm-up, and ``warmup_s[batch]``, the timed warm-up calls at each size); None where the
-    profile has no such record (CPU profiles, GPU profiles made before issue 19)."""
-    starts = profile.metadata.get("replica_start")
-    entry = starts.get(f"{stage}/{variant}/{hardware}") if isinstance(starts, Mapping) else None
-    if not isinstance(entry, Mapping) or "cold_start_s" not in entry:
-        return None
-    calls = entry.get("warmup_s", {})
-    batch_s = {int(b): float(sum(v)) for b, v in calls.items()} if isinstance(calls, Mapping) else {}
-    return ReplicaWarmup(float(entry["cold_start_s"]), batch_s)
+        return is_gpu(self.hardware)
 
 
 def _curve(points: list[ProfilePoint], attr: str, sizes: np.ndarray) -> np.ndarray:

@@ -41,7 +41,8 @@ as the optimizer plans them (``adapter.configurations``). A GPU replica must war
 up before it serves (load, first calls, an LLM's compilation): a replica start or
 a switch onto a GPU takes the replica process's start plus the profiled
 ``cold_start_s``, and a batch-size change the warm-up the profile timed at the new
-size (:func:`service.replica_warmup`); without that record, the CPU delays.
+size (``Profile.replica_start``, what the GPU profiler records); without that
+record, the CPU delays.
 Cost counts a GPU at ``records.replica_price``: its price per replica reserved,
 and per busy second in shared mode.
 """
@@ -57,12 +58,12 @@ from typing import Any
 
 import numpy as np
 
-from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
+from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.service import ServiceModel, replica_warmup, service_model
+from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
     GPU_REPLICA_PRICE_CORES,
@@ -680,7 +681,7 @@ class _Run:
         if [s.stage for s in new.stages] != list(self.profile.stages):
             raise VaripipeError(f"policy {self.policy.name!r} returned stages {[s.stage for s in new.stages]}, "
                                 f"expected {list(self.profile.stages)}")
-        on_gpu = [s.stage for s in new.stages if s.hardware.partition(":")[0] == "gpu"]
+        on_gpu = [s.stage for s in new.stages if is_gpu(s.hardware)]
         if on_gpu and self.cfg.cost_mode == "shared" and self.cfg.cluster_gpus == 0:
             raise VaripipeError(f"policy {self.policy.name!r} put {on_gpu} on a GPU, but this shared-mode run "
                                 "has no GPUs to share (cluster_gpus=0)")
@@ -712,11 +713,11 @@ class _Run:
     def _delays(self, st: _Stage, sd: StageDecision) -> _Delays:
         """How long a change to ``sd`` takes: Ray Serve's measured delays, and on a GPU the
         profiled warm-up a replica needs before it serves (module docstring)."""
-        warm = replica_warmup(self.profile, st.name, sd.variant, sd.hardware)
-        if warm is None:
+        start = self.profile.replica_start(st.name, sd.variant, sd.hardware) if is_gpu(sd.hardware) else None
+        if start is None:
             return _Delays(VARIANT_SWITCH_S, BATCH_CHANGE_S, REPLICA_ADD_S)
-        started = REPLICA_PROCESS_S + warm.cold_start_s
-        return _Delays(started, BATCH_CHANGE_S + warm.batch_s.get(sd.batch, 0.0), started)
+        started = REPLICA_PROCESS_S + start.cold_start_s
+        return _Delays(started, BATCH_CHANGE_S + (start.batch_change_s(sd.batch) or 0.0), started)
 
     def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
         """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""

@@ -14,7 +14,6 @@ import pytest
 
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.runs import SimSettings, run_policy
-from varipipe.loadgen.service import replica_warmup
 from varipipe.loadgen.simulator import (
     BATCH_CHANGE_S,
     REPLICA_ADD_S,
@@ -74,12 +73,14 @@ def _run(arr, policy, profile=None, mode="reserved", cores=8.0, gpus=0, sla=60.0
     return simulate(profile or _profile(), arr, policy, _last, cfg, keep_table=True)
 
 
-def test_replica_warmup_reads_the_gpu_profilers_record():
+def test_the_fixture_records_replica_starts_as_the_gpu_profiler_does():
     profile = load_profile(GPU_FIXTURE)
-    warm = replica_warmup(profile, "llm", "gemma3-270m", "gpu:h200")
-    assert warm is not None and warm.cold_start_s == pytest.approx(2.0 + 52.0 + 0.02 + 0.03)
-    assert warm.batch_s[16] == pytest.approx(5.2 + 0.02)
-    assert replica_warmup(profile, "llm", "gemma3-270m", "cpu:1") is None
+    start = profile.replica_start("llm", "gemma3-270m", "gpu:h200")
+    assert start is not None and start.cold_start_s == pytest.approx(2.0 + 52.0 + 0.02 + 0.03)
+    assert start.cold_start_s == pytest.approx(profile.metadata["replica_start"]["llm/gemma3-270m/gpu:h200"]
+                                               ["cold_start_s"])
+    assert start.batch_change_s(16) == pytest.approx(5.2 + 0.02)
+    assert profile.replica_start("llm", "gemma3-270m", "cpu:1") is None
 
 
 def test_a_gpu_replica_serves_at_its_profiled_time():
