@@ -25,6 +25,7 @@ from pathlib import Path
 from varipipe.pipelines.controller_logic import DECISION_LOG_LEN, HISTORY_LEN, ControllerState
 from varipipe.pipelines.metrics import RequestRecord, StageTiming
 from varipipe.pipelines.serve_config import AppOptions
+from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, StageDecision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "history_memory.json"
@@ -51,6 +52,15 @@ def _requests(t: float, rate: int) -> list[RequestRecord]:
             for k in range(rate)]
 
 
+def _deploy(st: ControllerState, decision, generation: int) -> None:
+    """Serve delivers the config and every stage's replica reports it: the decision then serves."""
+    st.set_decision_config({"decision": decision.to_dict(), "generation": generation})
+    for s in decision.stages:
+        for i in range(s.replicas):
+            st.report_replica(ReplicaStatus(f"{s.stage}-{i}", s.stage, s.variant, (s.variant,), generation, s.batch,
+                                            s.batch_wait_s, 0.0, 0.0, "", 0, st.clock()))
+
+
 def run(rate: int, minutes: int) -> dict:
     now = [1_700_000_000.0]
     tracemalloc.start()
@@ -61,8 +71,7 @@ def run(rate: int, minutes: int) -> dict:
     started = time.perf_counter()
     for second in range(1, minutes * 60 + 1):
         if second % DECISION_EVERY_S == 1:
-            st.set_decision_config({"decision": _decision(second // DECISION_EVERY_S).to_dict(),
-                                    "generation": second // DECISION_EVERY_S})
+            _deploy(st, _decision(second // DECISION_EVERY_S), second // DECISION_EVERY_S)
         recs = _requests(now[0], rate)
         st.metrics.add_arrivals(r.time for r in recs)
         st.metrics.add_requests(recs)

@@ -6,15 +6,24 @@ Ray change is a one-place fix), waits until every changed stage reports the
 new configuration, and, if a replica could not load its new variant, rolls the
 config back to the previous decision and raises ``ReconfigurationError`` --
 the old variant never stopped serving.
+
+Every config handed to Serve carries a generation number used once: replicas
+report the generation they run, and that is how an apply (or a roll-back) knows
+its own config has arrived. (A roll-back once reused the failed generation, so
+the failed replicas' own error reports "confirmed" it before Serve had delivered
+it, and ``/config`` went on showing the failed decision; issue 16.)
+
+The applier reads Serve through a ``ServeAccess`` (``LiveServe`` by default), so
+its logic runs against a fake in unit tests.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.serve_config import (
@@ -25,7 +34,8 @@ from varipipe.pipelines.serve_config import (
 )
 from varipipe.records import Decision
 
-__all__ = ["ApplyResult", "ServeApplier", "deploy_config"]
+__all__ = ["ApplyResult", "AppView", "DeploymentView", "LiveServe", "ServeAccess", "ServeApplier",
+           "deploy_config"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +43,10 @@ log = logging.getLogger(__name__)
 # 2.3-8.2 s here (RAY_SERVE_FACTS) and a model load adds a few seconds more.
 APPLY_TIMEOUT_S = 120.0
 POLL_S = 0.1
-# ray.serve.schema.ApplicationStatus.DELETING (a str enum; ray is imported lazily here).
+# ray.serve.schema.ApplicationStatus / DeploymentStatus values (str enums; ray is imported lazily here).
 DELETING = "DELETING"
+DEPLOY_FAILED = "DEPLOY_FAILED"
+HEALTHY = "HEALTHY"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,68 @@ class ApplyResult:
     generation: int
     changed_stages: tuple[str, ...]
     seconds: float  # from the call until every changed stage serves the new config
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    status: str  # Serve's DeploymentStatus value: HEALTHY, UPDATING, ...
+    running: int  # replicas in state RUNNING
+
+
+@dataclass(frozen=True)
+class AppView:
+    """One application as ``serve.status()`` shows it, reduced to what the applier reads."""
+
+    status: str  # Serve's ApplicationStatus value: RUNNING, DEPLOYING, DEPLOY_FAILED, DELETING, ...
+    message: str
+    deployments: Mapping[str, DeploymentView]
+
+
+class ServeAccess(Protocol):
+    """What the applier reads from Serve; ``LiveServe`` reads the running instance."""
+
+    def app(self, app_name: str) -> AppView | None:
+        """The application's status; None when Serve has no such application."""
+        ...
+
+    def controller_config(self, app_name: str) -> dict[str, Any]:
+        """The application controller's ``/config`` view."""
+        ...
+
+    def controller_reports(self, app_name: str) -> tuple[list[Any], int]:
+        """The replicas' status reports and the generation the controller was last given."""
+        ...
+
+
+def _value(x: Any) -> str:
+    return str(getattr(x, "value", x))
+
+
+class LiveServe:
+    """``ServeAccess`` on the Serve instance this process is connected to."""
+
+    def app(self, app_name: str) -> AppView | None:
+        from ray import serve
+
+        status = serve.status().applications.get(app_name)
+        if status is None:
+            return None
+        deployments = {name: DeploymentView(_value(d.status), int(d.replica_states.get("RUNNING", 0)))
+                       for name, d in status.deployments.items()}
+        return AppView(_value(status.status), status.message, deployments)
+
+    def _controller(self, app_name: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(CONTROLLER, app_name)
+
+    def controller_config(self, app_name: str) -> dict[str, Any]:
+        return self._controller(app_name).config.remote().result()
+
+    def controller_reports(self, app_name: str) -> tuple[list[Any], int]:
+        controller = self._controller(app_name)
+        reports = controller.replicas.remote().result()
+        return reports, int(controller.config.remote().result()["generation"])
 
 
 def deploy_config(app_config: dict[str, Any], only_if_live: bool = False) -> bool:
@@ -86,8 +160,12 @@ class ServeApplier:
         timeout_s: float = APPLY_TIMEOUT_S,
         autoscaling: dict[str, dict[str, Any]] | None = None,
         local: Callable[[], tuple[list[Any], int]] | None = None,
+        serve_access: ServeAccess | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.opts = opts
+        self._serve = serve_access or LiveServe()
+        self._sleep = sleep
         # Inside the controller replica: its own replica reports and live generation, read
         # directly. A Serve handle call from the controller to itself sometimes failed in
         # ray.get with "owner is unknown" (Ray 2.60), which failed the whole apply.
@@ -118,14 +196,24 @@ class ServeApplier:
             self.current, self.generation, self.stage_generation = decision, generation, dict(stage_generation)
 
     def _sync_from_controller(self) -> None:
-        from ray import serve
+        """Continue from the config deployed now; only a missing application means "nothing yet".
 
+        Any other failure to read it raises: a diff against a stale ``current`` would leave
+        out the stages that differ from what is deployed.
+        """
+        name = self.opts.app_name
+        app = self._serve.app(name)
+        if app is None or app.status == DELETING:
+            return  # no application (yet): nothing to continue from
         try:
-            cfg = serve.get_deployment_handle(CONTROLLER, self.opts.app_name).config.remote().result()
-        except Exception:  # noqa: BLE001 - no app yet: nothing to continue from
-            return
-        if cfg.get("decision") is not None:
-            self.sync(Decision.from_dict(cfg["decision"]), int(cfg["generation"]),
+            cfg = self._serve.controller_config(name)
+        except Exception as e:  # noqa: BLE001 - any cause: say which, and do not guess
+            raise ReconfigurationError(
+                f"cannot read the deployed configuration of application {name!r} from its controller "
+                f"({type(e).__name__}: {e}); nothing applied") from e
+        deployed = cfg.get("pending") or cfg.get("decision")
+        if deployed is not None:
+            self.sync(Decision.from_dict(deployed), int(cfg["generation"]),
                       {k: int(v) for k, v in cfg.get("stage_generation", {}).items()})
 
     def apply(self, decision: Decision, wait: bool = True, force: bool = False, sync: bool = True) -> ApplyResult:
@@ -136,7 +224,7 @@ class ServeApplier:
         changed = self._changed(decision)
         if not changed and not force:
             return ApplyResult(self.generation, (), 0.0)
-        previous = (self.current, self.generation, dict(self.stage_generation))
+        previous = (self.current, dict(self.stage_generation))
         self.generation += 1
         for stage in changed:
             self.stage_generation[stage] = self.generation
@@ -145,23 +233,34 @@ class ServeApplier:
         if wait:
             errors = self._wait(decision, changed)
             if errors:
-                self._roll_back(previous)
-                raise ReconfigurationError("; ".join(errors) + " -- rolled back, the previous configuration serves")
+                failed = self.generation
+                self._roll_back(previous, decision)
+                raise ReconfigurationError(
+                    "; ".join(errors) + f" -- generation {failed} rolled back, the previous configuration "
+                    f"serves (generation {self.generation})")
         seconds = time.perf_counter() - t0
         log.info("applied generation %d (%s changed) in %.2fs", self.generation, ", ".join(changed), seconds)
         return ApplyResult(self.generation, changed, seconds)
 
-    def _roll_back(self, previous) -> None:
-        failed = self.current
-        self.current, self.generation, self.stage_generation = previous
-        if self.current is None or failed is None:
-            return
+    def _roll_back(self, previous: tuple[Decision | None, dict[str, int]], failed: Decision) -> None:
+        """Deploy ``previous`` again under a new generation and wait until it serves.
+
+        The generation only grows: a number already handed to Serve carries the failed
+        config's reports, which must never count as the roll-back's confirmation.
+        """
+        restored, stage_generation = previous
+        self.current, self.stage_generation = restored, dict(stage_generation)
+        if restored is None:
+            return  # nothing was deployed before: the next apply redeploys every stage
         self.generation += 1
-        changed = tuple(s.stage for s in self.current.stages if not s.same_config(failed.stage(s.stage)))
+        changed = tuple(s.stage for s in restored.stages if not s.same_config(failed.stage(s.stage)))
         for stage in changed:
             self.stage_generation[stage] = self.generation
-        self._deploy(self.config_for(self.current))
-        self._wait(self.current, changed)
+        self._deploy(self.config_for(restored))
+        errors = self._wait(restored, changed)
+        if errors:
+            raise ReconfigurationError(f"rolling back to the previous configuration (generation {self.generation}) "
+                                       f"failed too: {'; '.join(errors)}")
 
     def _wait(self, decision: Decision, changed: tuple[str, ...]) -> list[str]:
         """Block until the changed stages run the new config; return replica errors."""
@@ -172,35 +271,31 @@ class ServeApplier:
                 return errors
             if ready:
                 return []
-            time.sleep(POLL_S)
+            self._sleep(POLL_S)
         raise ReconfigurationError(f"generation {self.generation} not serving after {self.timeout_s:.0f}s")
 
     def _check(self, decision: Decision, changed: tuple[str, ...]) -> tuple[bool, list[str]]:
-        from ray import serve
-
-        status = serve.status().applications.get(self.opts.app_name)
-        if status is None:
+        app = self._serve.app(self.opts.app_name)
+        if app is None:
             return False, []
-        if status.status == "DEPLOY_FAILED":
-            raise ReconfigurationError(f"application {self.opts.app_name} failed to deploy: {status.message}")
-        ctrl = status.deployments.get(CONTROLLER)
-        if ctrl is None or ctrl.replica_states.get("RUNNING", 0) < 1:
+        if app.status == DEPLOY_FAILED:
+            raise ReconfigurationError(f"application {self.opts.app_name} failed to deploy: {app.message}")
+        ctrl = app.deployments.get(CONTROLLER)
+        if ctrl is None or ctrl.running < 1:
             return False, []
         if self._local is not None:
             reports, live = self._local()
         else:
-            controller = serve.get_deployment_handle(CONTROLLER, self.opts.app_name)
-            reports = controller.replicas.remote().result()
-            live = controller.config.remote().result()["generation"]
+            reports, live = self._serve.controller_reports(self.opts.app_name)
         errors = []
         if live > self.generation:  # the adapter already applied a newer decision: ours is history
             log.info("generation %d superseded by %d before it was confirmed", self.generation, live)
             return True, []
         ready = live == self.generation
         for s in decision.stages:
-            dep = status.deployments.get(stage_deployment_name(s.stage))
-            running = dep.replica_states.get("RUNNING", 0) if dep else 0
-            if self.autoscaling is None and (running != s.replicas or (dep and dep.status != "HEALTHY")):
+            dep = app.deployments.get(stage_deployment_name(s.stage))
+            running = dep.running if dep else 0
+            if self.autoscaling is None and (running != s.replicas or (dep and dep.status != HEALTHY)):
                 ready = False
             if s.stage not in changed:
                 continue

@@ -5,6 +5,12 @@ One controller per application (DESIGN §4). Its decision comes in through its
 applies a decision, the loop here or an operator, the controller learns it the
 same way). A background thread closes an observation window every interval
 and, when a policy is configured, runs the adapter's control loop on it.
+
+A decision that arrives is *deployed*, not yet *serving*: it becomes the
+decision ``/config`` reports only when every stage it changed has a replica
+reporting that stage's new generation without an error. A variant that fails to
+load therefore never shows as serving (the replica keeps its old variant; issue
+16: ``/config`` reported the failed decision while the old one served).
 """
 
 from __future__ import annotations
@@ -48,7 +54,11 @@ class ControllerState:
         self.sla_s = opts.sla_s or self.spec.sla.latency_s
         self.started = clock()  # a new value means a new controller: the dashboard knows history restarted
         self.metrics = MetricsAggregator(self.spec.name, self.spec.stage_names, self.sla_s, self.started)
-        self.decision: Decision | None = None
+        self.decision: Decision | None = None  # the decision that serves (what /config reports)
+        self.serving_generation = -1
+        self._serving_stage_generation: dict[str, int] = {}
+        # The config Serve was last given: the applier numbers from it and diffs against it.
+        self.pending: Decision | None = None  # deployed, not (yet) confirmed by the replicas
         self.generation = -1
         self.stage_generation: dict[str, int] = {}
         self.decision_log: deque[dict[str, Any]] = deque(maxlen=DECISION_LOG_LEN)
@@ -70,23 +80,55 @@ class ControllerState:
 
     # --- decision ---------------------------------------------------------------
     def set_decision_config(self, user_config: dict[str, Any]) -> None:
+        """A config was deployed (Serve calls ``reconfigure`` with its ``user_config``)."""
         decision = Decision.from_dict(user_config["decision"])
         with self.lock:
-            previous = self.decision
-            self.decision = decision
+            first = self.decision is None
             self.generation = int(user_config.get("generation", 0))
             self.stage_generation = {k: int(v) for k, v in user_config.get("stage_generation", {}).items()}
-            self.metrics.set_decision(decision, previous)
-            self.decision_log.append({
-                "time": self.clock(), "generation": self.generation,
-                "from": _summary(previous), "to": _summary(decision),
-                "policy": decision.policy, "status": decision.status.value,
-                "reason": decision.reason, "explanation": decision.explanation,
-                "binding_constraints": list(decision.binding_constraints),
-            })
-        log.info("decision %d: %s (%s)", self.generation, _summary(decision), decision.reason)
-        if previous is None and self.opts.policy and self.loop is None and not self.loop_error:
+            self.pending = decision
+            if first:
+                # This controller's first config (a new application, or a restarted
+                # controller): the replicas were started with it; nothing to compare with.
+                self._serve()
+            else:
+                self._settle()
+        if first and self.opts.policy and self.loop is None and not self.loop_error:
             self._start_loop(decision)
+
+    def _stage_gen(self, stage: str) -> int:
+        return self.stage_generation.get(stage, self.generation)
+
+    def _settle(self) -> None:
+        """Promote the pending decision to serving once every stage it changed confirms it."""
+        if self.pending is None:
+            return
+        for s in self.pending.stages:
+            gen = self._stage_gen(s.stage)
+            if gen == self._serving_stage_generation.get(s.stage, self.serving_generation):
+                continue  # unchanged stage: serves as before
+            reports = [r for r in self.replicas.values() if r.stage == s.stage and r.generation == gen]
+            # With Ray's autoscaler (policy "ray") the replica count is Ray's, not the decision's.
+            needed = 1 if self.opts.policy == "ray" else s.replicas
+            if len(reports) < needed or any(r.error for r in reports):
+                return  # not confirmed yet, or failed (the old config keeps serving)
+        self._serve()
+
+    def _serve(self) -> None:
+        previous, decision = self.decision, self.pending
+        assert decision is not None
+        self.decision, self.pending = decision, None
+        self.serving_generation = self.generation
+        self._serving_stage_generation = dict(self.stage_generation)
+        self.metrics.set_decision(decision, previous)
+        self.decision_log.append({
+            "time": self.clock(), "generation": self.generation,
+            "from": _summary(previous), "to": _summary(decision),
+            "policy": decision.policy, "status": decision.status.value,
+            "reason": decision.reason, "explanation": decision.explanation,
+            "binding_constraints": list(decision.binding_constraints),
+        })
+        log.info("decision %d serves: %s (%s)", self.generation, _summary(decision), decision.reason)
 
     # --- the adapter --------------------------------------------------------------
     def _start_loop(self, initial: Decision) -> None:
@@ -121,8 +163,8 @@ class ControllerState:
         from varipipe.pipelines.applier import ServeApplier
 
         applier = ServeApplier(self.opts, local=self._local_state, deploy=self._deploy_while_live)
-        with self.lock:  # continue from the config that is live now, whoever applied it
-            applier.sync(self.decision, self.generation, self.stage_generation)
+        with self.lock:  # continue from the config deployed now, whoever applied it
+            applier.sync(self.pending or self.decision, self.generation, self.stage_generation)
         applier.apply(decision, sync=False)
 
     def _deploy_while_live(self, app_config: dict[str, Any]) -> None:
@@ -143,6 +185,7 @@ class ControllerState:
     def report_replica(self, status: ReplicaStatus) -> None:
         with self.lock:
             self.replicas[status.replica_id] = status
+            self._settle()
         if status.error:
             log.error("replica %s: %s", status.replica_id[:8], status.error)
 
@@ -153,13 +196,18 @@ class ControllerState:
     # --- views --------------------------------------------------------------------
     def config_view(self) -> dict[str, Any]:
         with self.lock:
-            errors = sorted({r.error for r in self.replicas.values() if r.error and r.generation == self.generation})
+            errors = sorted({r.error for r in self.replicas.values()
+                             if r.error and r.generation == self._stage_gen(r.stage)})
             return {
                 "pipeline": self.spec.name,
                 "sla_s": self.sla_s,
+                # the config Serve was last given: "pending" until its stages confirm it
                 "generation": self.generation,
                 "stage_generation": dict(self.stage_generation),
+                "pending": self.pending.to_dict() if self.pending else None,
+                # the decision that serves
                 "decision": self.decision.to_dict() if self.decision else None,
+                "serving_generation": self.serving_generation,
                 "policy": self.opts.policy or None,
                 "dry_run": self.loop.dry_run if self.loop is not None else self.opts.dry_run,
                 "adapter": self._loop_status(),
@@ -229,7 +277,7 @@ class ControllerState:
             "completed": w.completed if w else 0, "within_sla": w.within_sla if w else 0,
             "errors": w.errors if w else 0, "drops": w.drops if w else 0,
             "e2e_p50_s": round(w.e2e_p50_s, 4) if w else 0.0, "e2e_p99_s": round(obs.e2e_p99_s, 4),
-            "generation": self.generation,
+            "generation": self.serving_generation,
             "stages": [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas}
                        for s in (d.stages if d else ())],
             "cost": d.predicted_cost if d else None, "accuracy": d.predicted_accuracy if d else None,

@@ -11,6 +11,7 @@ from varipipe.pipelines.controller_logic import HISTORY_LEN, ControllerState
 from varipipe.pipelines.dashboard import ASSETS, asset, dashboard_html, render_page
 from varipipe.pipelines.metrics import RequestRecord
 from varipipe.pipelines.serve_config import AppOptions
+from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, DecisionStatus, StageDecision
 
 POINT_KEYS = {"t", "interval_s", "arrival_rps", "predicted_rps", "completed", "within_sla", "errors", "drops",
@@ -31,6 +32,15 @@ def _decision(variant: str, binding: tuple[str, ...] = ()) -> Decision:
                             StageDecision("second", "fast", 2, 1, "cpu:1", 0.0)),
                     status=DecisionStatus.OPTIMAL, reason="optimal", predicted_cost=0.3, predicted_accuracy=0.45,
                     binding_constraints=binding, explanation="runner-up slow b1 x1 lost", policy="ipa")
+
+
+def _deploy(st: ControllerState, d: Decision, generation: int) -> None:
+    """Serve delivers the config, then every stage's replica reports it (how a decision starts serving)."""
+    st.set_decision_config({"decision": d.to_dict(), "generation": generation})
+    for s in d.stages:
+        for i in range(s.replicas):
+            st.report_replica(ReplicaStatus(f"{s.stage}-{i}", s.stage, s.variant, (s.variant,), generation, s.batch,
+                                            s.batch_wait_s, 0.0, 0.0, "", 0, st.clock()))
 
 
 @pytest.fixture
@@ -63,9 +73,9 @@ def test_history_before_any_traffic_has_points_saying_so(state):
 
 
 def test_history_points_and_since(state):
-    state.set_decision_config({"decision": _decision("fast").to_dict(), "generation": 1})
+    _deploy(state, _decision("fast"), 1)
     _second(state, n_ok=3, n_late=1, n_drop=1)
-    state.set_decision_config({"decision": _decision("slow", ("sla_end_to_end",)).to_dict(), "generation": 2})
+    _deploy(state, _decision("slow", ("sla_end_to_end",)), 2)
     _second(state, n_ok=2)
     view = state.history_view()
     a, b = view["points"]
@@ -83,8 +93,8 @@ def test_history_is_bounded(state):
 
 
 def test_config_view_decision_log_and_adapter_off(state):
-    state.set_decision_config({"decision": _decision("fast").to_dict(), "generation": 1})
-    state.set_decision_config({"decision": _decision("slow", ("sla_end_to_end",)).to_dict(), "generation": 2})
+    _deploy(state, _decision("fast"), 1)
+    _deploy(state, _decision("slow", ("sla_end_to_end",)), 2)
     cfg = state.config_view()
     assert cfg["adapter"] == {"enabled": False, "error": ""}  # the page says "adapter off: ... --policy"
     first, second = cfg["decision_log"]
