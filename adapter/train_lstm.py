@@ -1,6 +1,8 @@
 """Train the LSTM load predictor on days 0–11 of a per-second trace.
 
-    python -m varipipe.adapter.train_lstm --trace ../shared/traces/twitter-train.txt --out adapter/weights
+    python -m varipipe.adapter.train_lstm --trace loadgen/trace_data/twitter-train.txt.gz --out adapter/weights
+
+(from the repository root: the trace ships with the package, loadgen/trace_data/README.md)
 
 Only seconds [0, TRAIN_END_S) are read for training and validation (the last
 training day is the validation split, used for early stopping); days 12–13 are
@@ -88,7 +90,8 @@ def train(rates: np.ndarray, epochs: int, out: Path) -> dict:
     meta = {"scale": scale, "history_s": HISTORY_S, "bucket_s": BUCKET_S, "horizon_s": HORIZON_S,
             "hidden": HIDDEN, "train_seconds": [0, TRAIN_END_S], "validation_seconds": [split, TRAIN_END_S],
             "stride_s": STRIDE_S, "epochs": epochs, "validation_mape": best, "seed": SEED,
-            "command": "python -m varipipe.adapter.train_lstm --trace <twitter-train.txt> --out adapter/weights"
+            "command": "python -m varipipe.adapter.train_lstm --trace loadgen/trace_data/twitter-train.txt.gz "
+                       "--out adapter/weights"
                        f" --epochs {epochs}"}
     (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
@@ -96,7 +99,8 @@ def train(rates: np.ndarray, epochs: int, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trace", required=True, type=Path, help="per-second rates (IPA text format)")
+    p.add_argument("--trace", required=True, type=Path,
+                   help="per-second rates (IPA text format, optionally gzip'd), e.g. loadgen/trace_data/twitter-train.txt.gz")
     p.add_argument("--out", required=True, type=Path, help="folder for lstm.pt and lstm.json")
     p.add_argument("--epochs", type=int, default=30)
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Load predictors on the evaluation days (12–13) of the Twitter trace.
 
-    python benchmarks/predictors.py --trace ../shared/traces/twitter-train.txt
+    python benchmarks/predictors.py --trace twitter
 
 Every 10 s (one control interval) of seconds 1,036,800..1,209,599 each
 predictor sees the per-second history up to that second and predicts the peak
@@ -53,7 +53,8 @@ def evaluate(name: str, rates: np.ndarray) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="predictor error on the evaluation days")
-    p.add_argument("--trace", required=True, help="per-second trace holding at least 14 days")
+    p.add_argument("--trace", required=True,
+                   help="per-second trace holding at least 14 days, or a packaged trace's name (twitter)")
     args = p.parse_args(argv)
     rates = read_trace(args.trace).rates
     if len(rates) < EVAL_END_S:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["mape_vs_baseline"] = r["mape"] / base["mape"]
     result = {"benchmark": "predictors", "baseline": BASELINE,
-              "command": "python benchmarks/predictors.py --trace ../shared/traces/twitter-train.txt",
+              "command": "python benchmarks/predictors.py --trace twitter",
               "evaluation_seconds": [EVAL_START_S, EVAL_END_S], "horizon_s": HORIZON_S, "stride_s": STRIDE_S,
               "results": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

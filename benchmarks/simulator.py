@@ -1,6 +1,6 @@
 """Simulator speed: simulated requests per wall-clock second at two trace lengths.
 
-    python benchmarks/simulator.py [--trace ../shared/traces/twitter-train.txt]
+    python benchmarks/simulator.py [--trace twitter]
 
 Target (issue 7): >= 50,000 simulated requests per second, growing linearly
 with trace length. Windows come from day 1 of the trace (the training days;
@@ -62,7 +62,7 @@ def _fa2(profile, arrivals, seed: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace", default=str(ROOT / ".." / "shared" / "traces" / "twitter-train.txt"))
+    ap.add_argument("--trace", default="twitter", help="trace file or packaged trace name (default: twitter)")
     ap.add_argument("--profile", default=str(PROFILE))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -6,6 +6,11 @@ the window is scaled to, and how full the simulated cluster is at that peak
 with the largest variants. :func:`resolve` turns the rules into numbers for a
 given trace file and profile, so one scenario runs unchanged on any trace of
 the same format and on any profile.
+
+Files a scenario names (``trace``, ``profile``) are relative to the scenario
+file's own folder; ``trace`` may also be a packaged trace's short name
+(``twitter``, ``traces.PACKAGED_TRACES``). So a scenario runs from any working
+directory and after ``pip install``.
 """
 
 from __future__ import annotations
@@ -16,17 +21,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
 from varipipe.errors import ConfigError
-from varipipe.loadgen.traces import Trace, read_trace
+from varipipe.loadgen.traces import Trace, locate_trace, read_trace
 from varipipe.records import Profile, ProfilePoint, replica_price
 
 __all__ = ["Scenario", "SlaRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
-           "fastest_path_s", "peak_cores_largest", "peak_replicas_largest", "find_repo_file"]
+           "fastest_path_s", "peak_cores_largest", "peak_replicas_largest", "scenario_file"]
 
 
 class _Strict(BaseModel):
@@ -82,6 +87,8 @@ class Scenario(_Strict):
     # largest variant needs at the peak (the cluster sizing rule); "one": 1 each.
     rim_replicas: Literal["peak-largest", "one"] = "peak-largest"
     live: LiveSettings = Field(default_factory=LiveSettings)
+    # The folder of the file it was loaded from: what its relative paths are relative to.
+    _folder: Path | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique(self) -> Scenario:
@@ -96,7 +103,7 @@ class ResolvedScenario:
     """A scenario's rules turned into numbers for one trace file and one profile."""
 
     scenario: Scenario
-    trace_path: str
+    trace_path: str  # the file read
     window_start_s: int
     window_duration_s: int
     window_peak_rps: float
@@ -106,9 +113,10 @@ class ResolvedScenario:
     slas: dict[str, float]
     notes: tuple[str, ...]
     per_policy: dict[str, dict[str, Any]]
+    trace_name: str = ""  # as the scenario or --trace named it (results name no machine's paths)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario.name, "trace": self.trace_path, "window_start_s": self.window_start_s,
+        return {"scenario": self.scenario.name, "trace": self.trace_name, "window_start_s": self.window_start_s,
                 "window_duration_s": self.window_duration_s, "window_peak_rps": self.window_peak_rps,
                 "scale": self.scale, "cluster_cores": self.cluster_cores,
                 "peak_cores_largest": self.peak_cores_largest, "slas": dict(self.slas), "notes": list(self.notes),
@@ -126,24 +134,29 @@ def parse_scenario(data: Any, source: str = "<string>") -> Scenario:
         raise ConfigError(source, where, f"{err['msg']} (got {err.get('input')!r})") from e
 
 
+# Scenarios shipped with the package, loadable by name (``twitter-eval``) from any folder.
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
 def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file, or a packaged scenario by name (``twitter-eval``)."""
     path = Path(path)
+    if not path.exists() and (SCENARIOS / f"{path}.yaml").is_file():
+        path = SCENARIOS / f"{path}.yaml"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(str(path), "(file)", f"cannot read: {e.strerror or e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(str(path), "(syntax)", f"not valid YAML: {e}") from e
-    return parse_scenario(data, str(path))
+    sc = parse_scenario(data, str(path))
+    sc._folder = path.resolve().parent
+    return sc
 
 
-def find_repo_file(rel: str) -> Path:
-    """A path as given, else relative to the repository root (scenario files name traces that way)."""
-    p = Path(rel)
-    if p.is_absolute() or p.exists():
-        return p
-    root = Path(__file__).resolve().parents[1]  # loadgen/ sits at the repository root
-    return root / rel if (root / rel).exists() else p
+def scenario_file(sc: Scenario, rel: str) -> Path:
+    """A file the scenario names: relative to the scenario file's folder (or a packaged trace)."""
+    return locate_trace(rel, sc._folder)
 
 
 def _best_batch1(profile: Profile, stage: str) -> list[ProfilePoint]:
@@ -205,7 +218,8 @@ def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -
     """Turn the scenario's rules into a window, scale, cluster size and SLAs for this trace and profile."""
     from varipipe.adapter.configurations import DEFAULT_RHO_MAX
 
-    path = find_repo_file(trace_override or sc.trace)
+    # --trace is the user's (relative to the working directory); the scenario's, relative to it.
+    path = locate_trace(trace_override) if trace_override else scenario_file(sc, sc.trace)
     notes: list[str] = []
     trace = _window(read_trace(path), sc, notes)
     scale = sc.target_peak_rps / trace.peak_rps if trace.peak_rps > 0 else 1.0
@@ -218,4 +232,4 @@ def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -
     notes.append(f"largest variants need {need:g} cores at that peak (rho_max {DEFAULT_RHO_MAX}); cluster "
                  f"{cluster} cores, so the peak needs {need / cluster:.0%} of it")
     return ResolvedScenario(sc, str(path), trace.offset_s, trace.duration_s, trace.peak_rps, scale, float(cluster),
-                            need, slas, tuple(notes), {"rim": {"replicas": rim}})
+                            need, slas, tuple(notes), {"rim": {"replicas": rim}}, trace_override or sc.trace)

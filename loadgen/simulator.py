@@ -93,7 +93,7 @@ __all__ = [
     "VARIANT_SWITCH_CPU_S",
 ]
 
-# Reconfiguration delays, ../shared/RAY_SERVE_FACTS.md ("Which call changes what"),
+# Reconfiguration delays, docs/ray-serve-facts.md ("Which call changes what"),
 # measured on Ray Serve 2.60 on this machine kind:
 REPLICA_ADD_S = 3.0  # declarative num_replicas up: new replica RUNNING after ~3.0 s
 REPLICA_REMOVE_S = 2.3  # num_replicas down: replica gone after 2.3 s (it keeps serving meanwhile)

@@ -5,6 +5,11 @@ separated numbers (the format IPA used), optionally gzip'd, or a CSV with an
 ``rps`` column. This module is pure apart from :func:`read_trace`, and it is the
 one place the replayer, the locustfile and the simulator get their load from,
 so all three follow exactly the same schedule for the same seed.
+
+Traces that ship with the package have short names (``PACKAGED_TRACES``):
+``read_trace("twitter")`` reads ``trace_data/twitter-train.txt.gz`` beside this
+module from any working directory, in a checkout or after ``pip install``.
+Provenance and licence: ``trace_data/README.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from varipipe.errors import TraceError
 
 __all__ = [
     "ARRIVAL_PROCESSES",
+    "PACKAGED_TRACES",
+    "locate_trace",
     "Trace",
     "read_trace",
     "parse_trace_text",
@@ -35,6 +42,10 @@ __all__ = [
 # How requests are placed within each second: Poisson process (exponential gaps),
 # evenly spaced, or all of a second's requests at its start (a worst-case step).
 ARRIVAL_PROCESSES = ("poisson", "uniform", "step")
+
+# Traces shipped as package data (trace_data/README.md says where each comes from).
+TRACE_DATA = Path(__file__).resolve().parent / "trace_data"
+PACKAGED_TRACES = {"twitter": "twitter-train.txt.gz"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,15 +144,34 @@ def parse_trace_text(text: str, source: str = "<string>") -> np.ndarray:
     return rates
 
 
+def locate_trace(trace: str | Path, base: Path | None = None) -> Path:
+    """The file ``trace`` names: a path that exists as given, else one relative to ``base``
+    (a scenario file's folder), else a packaged trace's short name (``twitter``).
+
+    A path that exists nowhere is returned as given: reading it says so.
+    """
+    path = Path(trace)
+    if path.is_absolute() or path.exists():
+        return path
+    if base is not None and (base / path).exists():
+        return base / path
+    if str(trace) in PACKAGED_TRACES:
+        return TRACE_DATA / PACKAGED_TRACES[str(trace)]
+    return path
+
+
 def read_trace(
     path: str | Path, start_s: int = 0, duration_s: int | None = None, scale: float = 1.0
 ) -> Trace:
-    """Read a trace file (text, .gz, or CSV with ``rps``), then window and scale it."""
-    path = Path(path)
+    """Read a trace file (text, .gz, or CSV with ``rps``) or a packaged trace by its short
+    name (``PACKAGED_TRACES``), then window and scale it."""
+    path = locate_trace(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise TraceError(str(path), 0, f"cannot read: {e.strerror or e}") from e
+        names = ", ".join(sorted(PACKAGED_TRACES))
+        raise TraceError(str(path), 0, f"cannot read: {e.strerror or e} (a trace file, or a packaged "
+                                       f"trace's name: {names})") from e
     if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)

@@ -40,7 +40,7 @@ __all__ = ["ApplyResult", "AppView", "DeploymentView", "LiveServe", "ServeAccess
 log = logging.getLogger(__name__)
 
 # How long an apply may take before it is reported as failed: a replica start is
-# 2.3-8.2 s here (RAY_SERVE_FACTS) and a model load adds a few seconds more.
+# 2.3-8.2 s here (docs/ray-serve-facts.md) and a model load adds a few seconds more.
 APPLY_TIMEOUT_S = 120.0
 POLL_S = 0.1
 # ray.serve.schema.ApplicationStatus / DeploymentStatus values (str enums; ray is imported lazily here).

@@ -3,7 +3,7 @@
 Every change to the running pipeline goes through this one config, applied
 with Serve's declarative path, which updates ``num_replicas``, ``user_config``
 and ``max_ongoing_requests`` in place and touches only the deployments that
-changed (../shared/RAY_SERVE_FACTS.md). ``args`` and ``ray_actor_options``
+changed (docs/ray-serve-facts.md). ``args`` and ``ray_actor_options``
 never change after the first deploy: changing them would restart replicas.
 """
 
@@ -37,7 +37,7 @@ APP_IMPORT_PATH = "varipipe.pipelines.app:build_app"
 INGRESS = "ingress"
 CONTROLLER = "controller"
 # Requests a replica may hold beyond its batch: one batch running plus one forming,
-# so batches can fill (RAY_SERVE_FACTS: max_ongoing_requests must be >= batch size).
+# so batches can fill (docs/ray-serve-facts.md: max_ongoing_requests must be >= batch size).
 ONGOING_BATCHES = 2
 MIN_MAX_ONGOING = 8  # Ray Serve's own default for max_ongoing_requests is 5; a little headroom
 # The ingress and controller hold many requests waiting on downstream stages.

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # Logical CPUs of the embedded Ray. On one host all replicas share the cores (the
 # optimizer's "shared" cost mode, DESIGN §5); Ray's CPU count only gates placement,
-# and with the real count (2) a third replica would wait forever (RAY_SERVE_FACTS).
+# and with the real count (2) a third replica would wait forever (docs/ray-serve-facts.md).
 EMBEDDED_LOGICAL_CPUS = 16
 # Serve's cold start is ~3.8 s and a model load a few seconds more (DESIGN §7).
 READY_TIMEOUT_S = 180.0

@@ -30,7 +30,7 @@ from varipipe.records import Decision, StageDecision
 from .openloop import open_loop
 
 RATE_RPS = 40.0  # well under identity-chain's capacity here (~150 req/s with 2 cores busy)
-# A replica start is 2.3-8.2 s (RAY_SERVE_FACTS); on a loaded CI box allow much more.
+# A replica start is 2.3-8.2 s (docs/ray-serve-facts.md); on a loaded CI box allow much more.
 RECOVERY_TIMEOUT_S = 60.0
 
 

@@ -63,3 +63,14 @@ def test_experiment_sim_writes_table_and_plots(tmp_path, capsys):
         ("fa2-low", "sla-4s"), ("ray", "sla-4s"), ("fa2-low", "sla-8s"), ("ray", "sla-8s")}
     assert len({r["requests"] for r in doc["results"]}) == 1
     assert (out / "results.csv").exists() and (out / "summary.png").exists() and (out / "load.png").exists()
+
+
+def test_experiment_scenario_by_name_runs_a_part_of_its_window_at_the_full_scale(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the packaged scenario and trace are found from any folder
+    out = tmp_path / "exp"
+    rc = main(["experiment", "--scenario", "twitter-eval", "--profiles", PROFILE, "--policies", "fa2-low",
+               "--duration", "120", "--out", str(out)])
+    assert rc == 0
+    resolved = json.loads((out / "results.json").read_text())["meta"]["resolved"]
+    assert resolved["trace"] == "twitter" and resolved["part_of_window_s"] == [0, 120]
+    assert resolved["run_scale"] == resolved["scale"]  # the part keeps the whole window's scale

@@ -63,6 +63,24 @@ def test_resolve_on_another_trace(tmp_path):
     assert rs.peak_cores_largest / rs.cluster_cores >= 0.8
 
 
+def test_shipped_scenario_resolves_its_packaged_trace_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_scenario("twitter-eval") == load_scenario(SCENARIO)  # by name, from any folder
+    rs = resolve(load_scenario("twitter-eval"), load_profile(PROFILE))
+    assert (rs.window_start_s, rs.window_duration_s) == (1_036_800, 172_800)  # days 12-13, not a shorter file
+    assert rs.to_dict()["trace"] == "twitter"
+
+
+def test_scenario_paths_are_relative_to_the_scenario_file(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("\n".join(str(x) for x in [5, 10] * 50))
+    (folder / "s.yaml").write_text(yaml.safe_dump(_scenario_dict() | {"trace": "mine.txt"}))
+    monkeypatch.chdir(tmp_path)  # not the scenario's folder
+    rs = resolve(load_scenario(folder / "s.yaml"), load_profile(PROFILE))
+    assert rs.window_duration_s == 100 and rs.window_peak_rps == 10
+
+
 def test_peak_cores_grow_with_load():
     prof = load_profile(PROFILE)
     assert peak_cores_largest(prof, 40, 5.0, 0.8) > peak_cores_largest(prof, 4, 5.0, 0.8)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 
 import numpy as np
 import pytest
 
 from varipipe.errors import TraceError
 from varipipe.loadgen.traces import (
+    PACKAGED_TRACES,
+    TRACE_DATA,
     Trace,
     arrival_times,
     bursty_trace,
     counts_per_second,
+    locate_trace,
     ramp_trace,
     read_trace,
     sinusoid_trace,
@@ -69,8 +73,37 @@ def test_empty_and_missing_file(tmp_path):
     f.write_text("\n")
     with pytest.raises(TraceError, match="no rates"):
         read_trace(f)
-    with pytest.raises(TraceError, match="cannot read"):
+    with pytest.raises(TraceError, match="cannot read.*packaged trace's name: twitter"):
         read_trace(tmp_path / "nope.txt")
+
+
+# sha256 of /work/shared/traces/twitter-train.txt, the file the packaged one was made from
+# (loadgen/trace_data/README.md): the packaged trace is the same data, byte for byte.
+TWITTER_SHA256 = "338cb5645b4dd3bc2e427f00e5c90f58584ada8cb64a8d186cef58219cc2695b"
+
+
+def test_packaged_twitter_trace_is_the_source_data_byte_for_byte():
+    path = TRACE_DATA / PACKAGED_TRACES["twitter"]
+    assert hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest() == TWITTER_SHA256
+    assert (TRACE_DATA / "README.md").read_text().count(TWITTER_SHA256) == 1
+
+
+def test_packaged_trace_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    t = read_trace("twitter")
+    assert t.duration_s == 1_209_600  # 14 days (DESIGN §8)
+    assert (np.median(t.rates), t.peak_rps) == (53, 388)
+    assert t.rates[:5].tolist() == [52, 55, 48, 55, 57] and t.rates[-5:].tolist() == [0] * 5
+
+
+def test_locate_trace_prefers_a_real_file_then_the_base_folder_then_a_packaged_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert locate_trace("twitter") == TRACE_DATA / "twitter-train.txt.gz"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.txt").write_text("1 2")
+    assert locate_trace("mine.txt", tmp_path / "sub") == tmp_path / "sub" / "mine.txt"
+    (tmp_path / "twitter").write_text("7")  # a file of that name wins over the packaged trace
+    assert read_trace("twitter").rates.tolist() == [7]
 
 
 def test_window_and_scale(tmp_path):

@@ -23,7 +23,9 @@ DEFAULT_POLICIES = "ipa,fa2-low,fa2-high,rim,ray,oracle"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scenario", default=None, help="scenario YAML (e.g. loadgen/scenarios/twitter-eval.yaml)")
+    parser.add_argument("--scenario", default=None, help="scenario YAML, or a packaged scenario's name "
+                        "(twitter-eval = loadgen/scenarios/twitter-eval.yaml); --start/--duration then "
+                        "run only that part of its window")
     add_trace_arguments(parser, required=False)
     parser.set_defaults(seed=None)
     parser.add_argument("--policies", default=None, help=f"comma-separated (default: the scenario's, else {DEFAULT_POLICIES})")
@@ -85,13 +87,18 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
         duration = sc.live.duration_s if live else rs.window_duration_s
         trace = read_trace(rs.trace_path, start, duration)
         scale = (sc.live.peak_rps if live else sc.target_peak_rps) / max(trace.peak_rps, 1e-9)
+        part = {}
+        if args.start or args.duration is not None:
+            # A part of the scenario's window (a quick check), at the full window's scale.
+            trace = trace.window(args.start, args.duration)
+            part = {"part_of_window_s": [args.start, trace.duration_s]}
         return dict(trace=trace.scaled(scale), slas=dict(rs.slas), policies=sc.policies, seed=sc.seed,
                     arrivals=sc.arrivals, interval=sc.interval_s, predictor=sc.predictor,
                     cost_mode=sc.live.cost_mode if live else sc.cost_mode,
                     cores=sc.live.cluster_cores if live else rs.cluster_cores, options=dict(sc.policy_options),
                     gpus=0 if live else sc.cluster_gpus, gpu_memory_mb=None if live else sc.gpu_memory_mb,
                     pipeline=sc.live.pipeline, per_policy={} if live else rs.per_policy,
-                    resolved=rs.to_dict() | {"run_scale": scale})
+                    resolved=rs.to_dict() | {"run_scale": scale} | part)
     if not (args.trace and args.sla):
         raise VaripipeError("give --scenario FILE, or --trace FILE with --sla SECONDS")
     trace = read_trace(args.trace, args.start, args.duration, args.scale)
@@ -103,7 +110,7 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
 
 
 def _profile_path(args: argparse.Namespace) -> str:
-    from varipipe.loadgen.scenario import find_repo_file, load_scenario
+    from varipipe.loadgen.scenario import load_scenario, scenario_file
     from varipipe.profiler.store import default_profile_path
 
     if args.profiles:
@@ -111,7 +118,7 @@ def _profile_path(args: argparse.Namespace) -> str:
     if args.scenario:
         sc = load_scenario(args.scenario)
         if sc.profile:
-            return str(find_repo_file(sc.profile))
+            return str(scenario_file(sc, sc.profile))
     return str(default_profile_path())
 
 

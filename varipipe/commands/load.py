@@ -12,7 +12,7 @@ HELP = "replay a request-rate trace against a URL, open loop, logging every requ
 
 def add_trace_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--trace/--start/--duration/--scale/--arrivals/--seed, shared with simulate and experiment."""
-    parser.add_argument("--trace", required=required, help="per-second rate file (.txt, .gz, or CSV with 'rps')")
+    parser.add_argument("--trace", required=required, help="per-second rate file (.txt, .gz, or CSV with 'rps'), or a packaged trace's name (twitter)")
     parser.add_argument("--start", type=int, default=0, help="first second of the window (default 0)")
     parser.add_argument("--duration", type=int, default=None, help="window length in seconds (default: to the end)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every rate by this (default 1)")
