@@ -47,9 +47,9 @@ POLL_WAIT_MS = 45_000  # how long the page may take to show what the test expect
 @contextlib.contextmanager
 def browser_page(errors: list[str]):
     """A page in a throwaway headless Chromium; console errors and page errors go to ``errors``."""
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (make browser installs Debian's)")
+    from playwright import sync_api as playwright  # a dev dependency
+
+    assert Path(CHROMIUM).exists(), f"chromium is not installed at {CHROMIUM}: run `make browser` (Debian's chromium)"
     with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile_dir:
         ctx = p.chromium.launch_persistent_context(profile_dir, executable_path=CHROMIUM, headless=True,
                                                    args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})

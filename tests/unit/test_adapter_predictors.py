@@ -48,7 +48,6 @@ def test_unknown_predictor_lists_known_names():
 
 
 def test_lstm_loads_shipped_weights_and_tracks_level():
-    pytest.importorskip("torch")
     p = make_predictor("lstm")
     assert isinstance(p, Predictor) and p.name == "lstm"
     assert p.meta["train_seconds"] == [0, 1_036_800]  # days 0-11 only

@@ -46,11 +46,10 @@ def _check_rayservice(doc: dict) -> dict:
     return serve_cfg
 
 
-def test_render_uses_the_shipped_profile_when_there_is_one(capsys):
+def test_render_uses_the_shipped_profile(capsys):
     from varipipe.profiler.store import default_profile_path
 
-    if not default_profile_path("vision-caption-ci").exists():
-        pytest.skip("no shipped vision-caption-ci profile")
+    assert default_profile_path("vision-caption-ci").exists(), "shipped profile vision-caption-ci.json is missing"
     doc, err = _render(capsys, "--pipeline", "vision-caption-ci")
     assert "optimizer decision" in err and "vision-caption-ci.json" in err
     _check_rayservice(doc)

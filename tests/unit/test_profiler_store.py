@@ -113,8 +113,7 @@ def test_shipped_profiles_load_and_cover_their_spec(name):
     from varipipe.spec import find_spec
 
     path = default_profile_path(name)
-    if not path.exists():
-        pytest.skip(f"{path.name} not shipped yet")
+    assert path.exists(), f"shipped profile {path.name} is missing (profiler/profiles/)"
     prof = load_profile(path, pipeline=name)
     spec = find_spec(name)
     failed = prof.metadata.get("failed", {})
