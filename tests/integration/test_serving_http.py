@@ -11,6 +11,8 @@ from varipipe.pipelines.images import MAX_BYTES
 from varipipe.pipelines.serve_config import AppOptions
 from varipipe.pipelines.server import LocalServer
 
+from .waiting import eventually
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -83,15 +85,21 @@ def test_healthz_config_metrics(server, png_bytes):
     assert [s["variant"] for s in cfg["decision"]["stages"]] == ["fast", "fast"]
     for _ in range(3):
         _ok(httpx.post(server.endpoint, content=png_bytes))
-    import time
+    # Replicas push their records every FLUSH_INTERVAL_S; the controller closes a window every second.
+    def counted() -> str:
+        text = httpx.get(server.url + "/metrics").text
+        wanted = ("varipipe_batch_size_bucket", 'varipipe_stage_requests_total{pipeline="identity-chain",stage="first"}')
+        return text if all(w in text for w in wanted) else ""
 
-    time.sleep(1.5)  # replicas push their records every FLUSH_INTERVAL_S
-    text = httpx.get(server.url + "/metrics").text
-    assert 'varipipe_stage_requests_total{pipeline="identity-chain",stage="first"}' in text
+    text = eventually(counted, "the requests counted in /metrics")
     assert 'varipipe_variant{pipeline="identity-chain",stage="first",variant="fast"} 1.0' in text
-    assert "varipipe_batch_size_bucket" in text
-    hist = httpx.get(server.url + "/api/history").json()
-    assert hist["pipeline"] == "identity-chain" and sum(p["completed"] for p in hist["points"]) >= 3
+
+    def completed() -> dict | None:
+        hist = httpx.get(server.url + "/api/history").json()
+        return hist if sum(p["completed"] for p in hist["points"]) >= 3 else None
+
+    hist = eventually(completed, "3 completed requests in /api/history")
+    assert hist["pipeline"] == "identity-chain"
 
 
 def test_server_keeps_serving_after_bad_input(server, png_bytes):
@@ -101,12 +109,9 @@ def test_server_keeps_serving_after_bad_input(server, png_bytes):
 
 
 def test_deadline_that_cannot_be_met_is_504_and_counted(server, png_bytes):
-    import time
-
     r = httpx.post(server.endpoint, content=png_bytes, headers={"x-deadline-ms": "0.001"})
     assert r.status_code == 504, r.text
     assert "deadline exceeded" in r.json()["error"] and r.json()["dropped_at"] == "first"
     _ok(httpx.post(server.endpoint, content=png_bytes, headers={"x-deadline-ms": "30000"}))
-    time.sleep(1.5)
-    text = httpx.get(server.url + "/metrics").text
-    assert 'varipipe_drops_total{pipeline="identity-chain",stage="first"} 1.0' in text
+    drops = 'varipipe_drops_total{pipeline="identity-chain",stage="first"} 1.0'
+    eventually(lambda: drops in httpx.get(server.url + "/metrics").text, "the drop counted in /metrics")

@@ -18,23 +18,35 @@ import pytest
 pytestmark = [pytest.mark.slow]
 
 SCRIPT = textwrap.dedent("""
-    import threading, time
+    import threading
+    import weakref
     import numpy as np
     from varipipe.pipelines import models
     from varipipe.pipelines.stage import StageConfig, StageCore
     from varipipe.pipelines.variant import Payload
     from varipipe.spec import find_spec
 
+    WAIT_S = 300  # only a hung run waits this long
     spec = find_spec("vision-caption")
     models.prepare(spec)
     core = StageCore(spec.stage("llm"))
     core.configure(StageConfig("smollm2-135m", 4, 0.0, 1))
+    # The batch starts, then generates only once the switch has landed: the switch runs
+    # while the batch holds the old model, every time (no timing luck).
+    started, switched = threading.Event(), threading.Event()
+    old = weakref.ref(core.variant)  # weak: the test must not keep the old model alive
+    def infer(payloads):
+        started.set()
+        assert switched.wait(WAIT_S)
+        return type(old()).infer(old(), payloads)
+    core.variant.infer = infer
     batch = [Payload(request_id=str(i), image=np.zeros((64, 64, 3), np.uint8)) for i in range(4)]
     done = {}
     worker = threading.Thread(target=lambda: done.setdefault("out", core.infer(batch)))
     worker.start()
-    time.sleep(0.3)  # four captions take well over a second: the switch lands mid-batch
+    assert started.wait(WAIT_S)
     core.configure(StageConfig("gemma3-270m", 4, 0.0, 2))
+    switched.set()
     worker.join()
     print("BATCH", [p.trace[-1].variant for p in done["out"]], all("llm" in p.outputs for p in done["out"]))
     print("NOW", core.infer(batch[:1])[0].trace[-1].variant, core.status(0.0).loaded_variants)

@@ -27,6 +27,9 @@ from varipipe.pipelines.variant import Payload
 from varipipe.records import Decision, StageDecision
 from varipipe.spec import find_spec
 
+# A bound on waiting for an event that a correct run sets at once: only a hung run reaches it.
+WAIT_S = 30.0
+
 
 @pytest.fixture
 def spec():
@@ -167,13 +170,15 @@ def test_switch_releases_the_old_model_only_after_its_running_batch(spec):
     # A runtime that breaks when its model is released mid-batch, as llama.cpp does
     # (close() under a running generation crashed the replica with SIGSEGV).
     import threading
-    import time
 
     from varipipe.pipelines.variants.identity import IdentityVariant
 
+    started, release = threading.Event(), threading.Event()
+
     class Fragile(IdentityVariant):
         def infer(self, batch):
-            time.sleep(1.0)  # longer than "slow"'s 0.5 s load, so the switch lands mid-batch
+            started.set()
+            assert release.wait(WAIT_S), "the test never released the batch"  # held until the switch landed
             if not self.loaded:
                 raise RuntimeError(f"{self.name}: model released under a running batch")
             return super().infer(batch)
@@ -196,9 +201,10 @@ def test_switch_releases_the_old_model_only_after_its_running_batch(spec):
 
     batch = threading.Thread(target=run_batch)
     batch.start()
-    time.sleep(0.1)  # the batch is now running on "fast"
+    assert started.wait(WAIT_S)  # the batch is now running on "fast"
     core.configure(StageConfig("slow", 1, 0.0, 2))  # does not wait for the batch
     assert built[0].loaded  # still in use by the running batch
+    release.set()
     batch.join()
     assert "error" not in result, result.get("error")
     assert result["out"][0].trace[-1].variant == "fast"  # finished on the model it started on
