@@ -69,6 +69,7 @@ class ControllerState:
         self.loop = None  # the adapter's control loop, when a policy is configured
         self.poller = None  # what observes and steps it every interval
         self.loop_error = ""
+        self._delegated = False  # the policy hands scaling to Ray Serve's autoscaler
         self._last_replicas: dict[str, int] = {}
         self._replicas_read_at = -math.inf
         self._stop = threading.Event()
@@ -108,8 +109,8 @@ class ControllerState:
             if gen == self._serving_stage_generation.get(s.stage, self.serving_generation):
                 continue  # unchanged stage: serves as before
             reports = [r for r in self.replicas.values() if r.stage == s.stage and r.generation == gen]
-            # With Ray's autoscaler (policy "ray") the replica count is Ray's, not the decision's.
-            needed = 1 if self.opts.policy == "ray" else s.replicas
+            # With Ray's autoscaler (a delegating policy) the replica count is Ray's, not the decision's.
+            needed = 1 if self._delegated else s.replicas
             if len(reports) < needed or any(r.error for r in reports):
                 return  # not confirmed yet, or failed (the old config keeps serving)
         self._serve()
@@ -139,6 +140,7 @@ class ControllerState:
             log.error(self.loop_error)
             return
         if self.poller is None:
+            self._delegated = True
             return
         self.loop = self.poller.loop
         if self._start_threads:

@@ -49,6 +49,8 @@ COMMAND_TIMEOUT_S = 600
 SERVE_START_TIMEOUT_S = 300
 # Long runs are checked on a shortened window: 10 simulated minutes.
 SHORT_DURATION_S = 600
+# Load generators (real time) are checked on 10 s of their trace window.
+SHORT_LOAD_S = 10
 # The full profile is checked on one point: the first stage's smallest variant, batch 1, one core.
 PROFILE_SUBSET = ("--stages", "detector", "--variants", "yolov3-tiny-320", "--batch", "1", "--cores", "1")
 # A PNG signature and nothing else: not an image any decoder accepts.
@@ -122,7 +124,11 @@ class Context:
     serve: subprocess.Popen | None = None
     serve_port: int = 0
     serve_log: Path | None = None
-    stub_url: str = ""
+    stub: ExampleServer | None = None
+
+    @property
+    def stub_url(self) -> str:
+        return self.stub.url if self.stub else ""
 
     def run(self, cmd: Command, script: str, timeout_s: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess | None:
         """Run ``script`` for README line ``cmd``; a failure is recorded (and None returned)."""
@@ -184,6 +190,22 @@ def shortened(cmd: Command, ctx: Context) -> None:
     """A long simulation or experiment: the same command on a shorter window."""
     code = re.sub(r"\s--duration\s+\d+", "", cmd.code)
     ctx.run(cmd, f"{code} --duration {SHORT_DURATION_S}")
+
+
+def load_to_this_test(cmd: Command, ctx: Context) -> None:
+    """A load generator against `varipipe serve`: 10 s of it, sent to this test's server, which
+    checks every request (route, content type, an image that decodes)."""
+    if README_PORT not in cmd.code:
+        ctx.fail(cmd, f"a load command that does not go to {README_PORT} (varipipe serve's default)")
+        return
+    code = re.sub(r"\s--duration\s+\d+", "", cmd.code).replace(README_PORT, ctx.stub_url)
+    before = len(ctx.stub.requests)
+    if ctx.run(cmd, f"{code} --duration {SHORT_LOAD_S}") is None:
+        return
+    got = ctx.stub.requests[before:]
+    bad = [p for p in got if p]
+    if not got or bad:
+        ctx.fail(cmd, f"{len(got)} requests reached the server, {len(bad)} wrong: {bad[:3]}")
 
 
 def serve_in_background(cmd: Command, ctx: Context) -> None:
@@ -266,6 +288,8 @@ RULES = (
          profile_subset),
     Rule(f"long simulations and experiments: --duration {SHORT_DURATION_S}", r"^varipipe (simulate|experiment) ",
          shortened),
+    Rule(f"load generators run in real time: {SHORT_LOAD_S} s of the window, to this test's server",
+         r"^(locust|varipipe load) ", load_to_this_test),
     Rule("`varipipe serve` runs until stopped: in the background, on a free port", r"^varipipe serve ",
          serve_in_background),
     Rule("curl examples: to the README's `varipipe serve`, or (outside the fences) to this test's server",
@@ -283,9 +307,12 @@ def rule_for(cmd: Command) -> Rule | None:
 class _Examples(BaseHTTPRequestHandler):
     """Answers a pipeline request with 200 if its route, content type and body are right, else 400 saying why."""
 
+    server: ExampleServer
+
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         problem = _request_problem(self.path, self.headers.get("content-type", ""), body)
+        self.server.requests.append(problem)
         self.send_response(400 if problem else 200)
         self.send_header("content-type", "application/json")
         self.end_headers()
@@ -293,6 +320,15 @@ class _Examples(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+class ExampleServer(ThreadingHTTPServer):
+    """This test's stand-in for `varipipe serve`: ``requests`` holds each request's problem ("" if none)."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Examples)
+        self.requests: list[str] = []
+        self.url = f"127.0.0.1:{self.server_address[1]}"
 
 
 def _request_problem(path: str, ctype: str, body: bytes) -> str:
@@ -318,10 +354,11 @@ def _request_problem(path: str, ctype: str, body: bytes) -> str:
 
 @pytest.fixture
 def example_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Examples)
+    server = ExampleServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
+    yield server
     server.shutdown()
+    server.server_close()
 
 
 # ------------------------------------------------------------------------------ tests
@@ -344,11 +381,11 @@ def test_readme_parsing_joins_continuations_and_strips_comments():
     assert strip_comment("""echo '#not' "a # b" # c""") == """echo '#not' "a # b\""""
 
 
-def run_readme(text: str, folder: Path, stub_url: str) -> list[str]:
+def run_readme(text: str, folder: Path, stub: ExampleServer) -> list[str]:
     """Run (or check by its rule) every command of README ``text`` in ``folder``; the failures."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VARIPIPE_TOKEN")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    ctx = Context(folder, env, stub_url=stub_url)
+    ctx = Context(folder, env, stub=stub)
     try:
         for cmd in readme_commands(text):
             rule = rule_for(cmd)

@@ -173,3 +173,17 @@ def test_no_application_yet_is_nothing_to_continue_from(serve):
     a = applier_for(serve)
     res = a.apply(decision())
     assert res.changed_stages == STAGES and variants(serve.controller.config_view()["decision"]) == ["fast", "fast"]
+
+
+def test_with_rays_autoscaler_one_replica_confirms_a_stage():
+    # The replica count is Ray's then, not the decision's: one report of the new generation suffices.
+    from varipipe.pipelines.stage import ReplicaStatus
+
+    st = ControllerState(AppOptions(pipeline="identity-chain", policy="ray"), clock=lambda: 0.0, start_thread=False)
+    st.set_decision_config({"decision": decision().to_dict(), "generation": 1})
+    assert st.loop_error == "" and st.loop is None  # Ray scales; no varipipe loop
+    st.set_decision_config({"decision": decision(r1=3).to_dict(), "generation": 2, "stage_generation": {"second": 1}})
+    assert st.config_view()["pending"] is not None
+    st.report_replica(ReplicaStatus("first-0", "first", "fast", ("fast",), 2, 4, 0.005, 0.0, 0.0, "", 0, 0.0))
+    view = st.config_view()
+    assert view["pending"] is None and view["decision"]["stages"][0]["replicas"] == 3
