@@ -210,9 +210,7 @@ def load_to_this_test(cmd: Command, ctx: Context) -> None:
 
 def serve_in_background(cmd: Command, ctx: Context) -> None:
     """`varipipe serve` runs until stopped: start it on a free port; the curl examples go to it."""
-    if ctx.serve is not None:
-        ctx.fail(cmd, "a second `varipipe serve` in the README: this test runs one at a time")
-        return
+    stop_serve(ctx)  # one at a time: a later `varipipe serve` in the README replaces the one before
     ctx.serve_port = free_port()
     ctx.serve_log = ctx.clone / "serve.log"
     script = f"exec {cmd.code} --port {ctx.serve_port}"
@@ -239,14 +237,32 @@ def serve_in_background(cmd: Command, ctx: Context) -> None:
 
 
 def stop_serve(ctx: Context) -> None:
-    if ctx.serve is None or ctx.serve.poll() is not None:
+    serve, ctx.serve = ctx.serve, None
+    if serve is None or serve.poll() is not None:
         return
-    ctx.serve.send_signal(signal.SIGTERM)  # varipipe serve stops its application and its Ray
+    serve.send_signal(signal.SIGTERM)  # varipipe serve stops its application and its Ray
     try:
-        ctx.serve.wait(timeout=120)
+        serve.wait(timeout=120)
     except subprocess.TimeoutExpired:
-        os.killpg(ctx.serve.pid, signal.SIGKILL)
-        ctx.serve.wait()
+        os.killpg(serve.pid, signal.SIGKILL)
+        serve.wait()
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def on_a_gpu(cmd: Command, ctx: Context) -> None:
+    """Needs an NVIDIA GPU: where there is one, checked as its CPU counterpart is (serve in the
+    background, profile on one --quick point); where there is none, with --help."""
+    if not has_gpu():
+        check_help(cmd, ctx)
+    elif cmd.code.startswith("varipipe serve "):
+        serve_in_background(cmd, ctx)
+    else:
+        profile_subset(cmd, ctx)
 
 
 def curl(cmd: Command, ctx: Context) -> None:
@@ -284,6 +300,8 @@ RULES = (
          r"^varipipe serve .*--address", check_help),
     Rule("Kubernetes: `kubectl apply` needs a cluster; the manifest `varipipe deploy render` wrote is checked",
          r"^kubectl apply ", check_manifest),
+    Rule("GPU commands: run (as their CPU counterparts are checked) on a GPU; on a machine without one, --help",
+         r"^varipipe (serve|profile) .*--gpus?\b", on_a_gpu),
     Rule("the full profile (an hour): one --quick point of the same command", r"^varipipe profile --pipeline ",
          profile_subset),
     Rule(f"long simulations and experiments: --duration {SHORT_DURATION_S}", r"^varipipe (simulate|experiment) ",

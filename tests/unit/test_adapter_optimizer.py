@@ -138,7 +138,7 @@ def limits_of(inst) -> Limits:
          accuracy="multiply")
 def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
     """Contract: every backend's objective equals brute force, and its decision meets the SLA."""
-    _solver_or_skip(solver)
+    _installed_solver(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
     limits = limits_of(inst)
     d = solve(profile, inst["load"], SLA(inst["sla"]), limits, accuracy=accuracy, solver=solver)
@@ -158,7 +158,7 @@ def test_ilp_objective_equals_brute_force_and_meets_sla(inst, solver, accuracy):
 @given(inst=instances, objective=st.sampled_from(["min-cost", "max-accuracy"]), bound=st.floats(0.05, 1.0))
 def test_constrained_objectives_equal_brute_force(inst, objective, bound, solver):
     """Contract: with two or three constraints (SLA, capacity, the objective's bound) too."""
-    _solver_or_skip(solver)
+    _installed_solver(solver)
     profile = synthetic_profile(inst["stages"], inst["variants"], inst["batches"], inst["hardware"], seed=inst["seed"])
     limits = limits_of(inst)
     kw = {"min_accuracy": bound} if objective == "min-cost" else {"max_cost": bound * inst["cores"]}
@@ -186,7 +186,7 @@ big_instances = st.fixed_dictionaries({
 @given(inst=big_instances)
 def test_dp_equals_the_mip_solvers_beyond_brute_force(inst):
     """6 stages x 4 variants x 3 batches x 2 hardware (24^6 choices): the DP's pruning is exact."""
-    _solver_or_skip("highs")
+    _installed_solver("highs")
     profile = synthetic_profile(6, 4, (1, 4, 16), ("cpu:1", "cpu:2"), seed=inst["seed"])
     limits = Limits(cost_mode=inst["cost_mode"], cluster_cores=inst["cores"], max_replicas=8)
     kw = {"min-cost": {"min_accuracy": inst["bound"] ** 3}, "max-accuracy": {"max_cost": inst["bound"] * inst["cores"]},
