@@ -184,6 +184,8 @@ big_instances = st.fixed_dictionaries({
 
 @settings(max_examples=30, deadline=None)
 @given(inst=big_instances)
+@example(inst={"seed": 1342, "load": 1.0, "sla": 0.4375, "cost_mode": "shared", "cores": 4.0,
+               "objective": "max-accuracy", "bound": 1.0})
 def test_dp_equals_the_mip_solvers_beyond_brute_force(inst):
     """6 stages x 4 variants x 3 batches x 2 hardware (24^6 choices): the DP's pruning is exact."""
     _installed_solver("highs")
@@ -192,11 +194,21 @@ def test_dp_equals_the_mip_solvers_beyond_brute_force(inst):
     kw = {"min-cost": {"min_accuracy": inst["bound"] ** 3}, "max-accuracy": {"max_cost": inst["bound"] * inst["cores"]},
           "weighted": {}}[inst["objective"]]
     dp = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=inst["objective"], solver="dp", **kw)
-    mip = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=inst["objective"], solver="highs", **kw)
+    # The reference is the first MIP solver that proves its answer: HiGHS can hold the optimum and
+    # still time out proving it (seed 1342, max-accuracy, 4 shared cores: 60 s; CBC proves it in
+    # 33 ms), so CBC referees then; an unproven incumbent only bounds the DP from one side.
+    mip = None
+    for solver in ("highs", "cbc"):
+        mip = solve(profile, inst["load"], SLA(inst["sla"]), limits, objective=inst["objective"], solver=solver, **kw)
+        if mip.status is not DecisionStatus.TIMED_OUT:
+            break
+    dp_value, mip_value = (objective_value({s.stage: s for s in d.stages}, inst["objective"]) for d in (dp, mip))
+    if mip.status is DecisionStatus.TIMED_OUT:
+        assert dp.status is DecisionStatus.OPTIMAL and dp_value >= mip_value - 1e-7
+        return
     assert dp.status == mip.status
     if mip.status is DecisionStatus.OPTIMAL:
-        assert objective_value({s.stage: s for s in dp.stages}, inst["objective"]) == pytest.approx(
-            objective_value({s.stage: s for s in mip.stages}, inst["objective"]), abs=1e-7)
+        assert dp_value == pytest.approx(mip_value, abs=1e-7)
 
 
 # ---------------------------------------------------------------- contract
