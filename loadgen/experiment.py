@@ -32,7 +32,7 @@ from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.simulator import RunMetrics, SimSeries
 from varipipe.records import Decision, Profile, replica_price
 
-__all__ = ["RunOutcome", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
+__all__ = ["RunOutcome", "variant_switches", "load_peaks", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
            "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,47 @@ log = logging.getLogger(__name__)
 StartLive = Callable[[str, float], AbstractContextManager[str]]
 
 SUMMARY_FIELDS = ("policy", "sla", "sla_s", "mode", "requests", "completed", "dropped", "sla_attainment",
-                  "p99_latency_s", "mean_latency_s", "mean_accuracy", "mean_cost", "cost_unit", "decisions", "wall_s")
+                  "p99_latency_s", "mean_latency_s", "mean_accuracy", "mean_cost", "cost_unit", "decisions",
+                  "variant_switches", "load_peaks", "switches_per_peak", "wall_s")
+
+# Load peaks are counted on the arrivals smoothed over an hour (the Twitter trace's diurnal
+# peaks last hours; a shorter run is smoothed over a twentieth of its length).
+PEAK_SMOOTH_S = 3600
+PEAK_SMOOTH_FRACTION = 20
+# A peak starts above 60 % of the smoothed rate's range and ends below 40 %.
+PEAK_ENTER, PEAK_LEAVE = 0.6, 0.4
+
+
+def variant_switches(timeline: Sequence[Decision]) -> int:
+    """Decisions in force that changed some stage's variant from the one before (replica or batch
+    changes alone do not count)."""
+    switches, before = 0, None
+    for d in timeline:
+        variants = {s.stage: s.variant for s in d.stages}
+        if before is not None and variants != before:
+            switches += 1
+        before = variants
+    return switches
+
+
+def load_peaks(arrivals: np.ndarray) -> int:
+    """Load peaks of a per-second arrival count: times the smoothed rate rises above
+    PEAK_ENTER of its range (lowest to highest), each counted once until it falls below PEAK_LEAVE
+    (the gap keeps noise at one threshold from counting one peak twice)."""
+    n = len(arrivals)
+    if n == 0 or not np.any(arrivals):
+        return 0
+    width = max(1, min(PEAK_SMOOTH_S, n // PEAK_SMOOTH_FRACTION))
+    smooth = np.convolve(arrivals.astype(float), np.ones(width) / width, mode="valid")
+    low, high = smooth.min(), smooth.max()
+    enter, leave = low + PEAK_ENTER * (high - low), low + PEAK_LEAVE * (high - low)
+    peaks, inside = 0, False
+    for x in smooth[::max(1, width // PEAK_SMOOTH_FRACTION)]:  # a few samples per smoothing width
+        if not inside and x >= enter:
+            peaks, inside = peaks + 1, True
+        elif inside and x < leave:
+            inside = False
+    return peaks
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +94,18 @@ class RunOutcome(RunMetrics):
     wall_s: float
     series: SimSeries
     timeline: tuple[Decision, ...] = ()  # decisions in force over the run (time_s from its start)
+
+    @property
+    def variant_switches(self) -> int:
+        return variant_switches(self.timeline)
+
+    @property
+    def load_peaks(self) -> int:
+        return load_peaks(self.series.arrivals)
+
+    @property
+    def switches_per_peak(self) -> float:
+        return self.variant_switches / self.load_peaks if self.load_peaks else math.nan
 
     def row(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in SUMMARY_FIELDS}

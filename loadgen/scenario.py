@@ -30,8 +30,8 @@ from varipipe.errors import ConfigError
 from varipipe.loadgen.traces import Trace, locate_trace, read_trace
 from varipipe.records import Profile, ProfilePoint, replica_price
 
-__all__ = ["Scenario", "SlaRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
-           "fastest_path_s", "peak_cores_largest", "peak_replicas_largest", "scenario_file"]
+__all__ = ["Scenario", "SlaRule", "ClusterRule", "ResolvedScenario", "load_scenario", "parse_scenario", "resolve",
+           "fastest_path_s", "peak_cores_extremes", "peak_cores_largest", "peak_replicas_largest", "scenario_file"]
 
 
 class _Strict(BaseModel):
@@ -44,6 +44,22 @@ class SlaRule(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     multiple: float = Field(gt=0)
     statistic: Literal["p50", "p99"] = "p50"
+    note: str = ""
+
+
+class ClusterRule(_Strict):
+    """How big the simulated cluster is, from the profile alone (fixed before any run).
+
+    ``largest``: floor(cores the largest variants need at the peak / ``peak_fraction``), the
+    original rule: the most accurate configuration always fits, so nothing has to trade.
+    ``midpoint``: halfway between the peak cores of the cheapest SLA-feasible configuration and
+    of the most accurate SLA-feasible one (issue 17): the most accurate configuration does not
+    fit at the peak, the cheapest leaves room, so a policy must trade accuracy for capacity.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    rule: Literal["largest", "midpoint"]
+    peak_fraction: float = Field(default=0.85, ge=0.8, le=1.0)  # "largest" only
     note: str = ""
 
 
@@ -71,7 +87,10 @@ class Scenario(_Strict):
     arrivals: Literal["poisson", "uniform", "step"] = "poisson"
     seed: int = 0
     target_peak_rps: float = Field(gt=0)
-    cluster_peak_fraction: float = Field(ge=0.8, le=1.0)
+    cluster_peak_fraction: float = Field(default=0.85, ge=0.8, le=1.0)
+    # Cluster rows: every run uses one (--cluster NAME; default: the first). Without the key,
+    # one "largest" row at cluster_peak_fraction (scenarios written before the rows).
+    clusters: list[ClusterRule] = Field(default_factory=list)
     cost_mode: Literal["reserved", "shared"] = "reserved"
     # GPUs for the profile's gpu:<model> configurations (simulated runs; the cluster sizing
     # rule above counts cores only), and one GPU's memory (None: the profile's record of it).
@@ -92,10 +111,23 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> Scenario:
-        names = [r.name for r in self.sla]
-        if len(set(names)) != len(names):
-            raise ValueError(f"sla rule names repeat: {names}")
+        for kind, names in (("sla", [r.name for r in self.sla]), ("cluster", [c.name for c in self.clusters])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind} rule names repeat: {names}")
         return self
+
+    def cluster_rows(self) -> list[ClusterRule]:
+        return self.clusters or [ClusterRule(name="largest", rule="largest", peak_fraction=self.cluster_peak_fraction)]
+
+    def cluster_row(self, name: str | None) -> ClusterRule:
+        rows = self.cluster_rows()
+        if name is None:
+            return rows[0]
+        for row in rows:
+            if row.name == name:
+                return row
+        raise ConfigError("command line", "--cluster", f"scenario {self.name!r} has no cluster row {name!r} "
+                          f"(rows: {', '.join(r.name for r in rows)})")
 
 
 @dataclass(frozen=True)
@@ -114,12 +146,17 @@ class ResolvedScenario:
     notes: tuple[str, ...]
     per_policy: dict[str, dict[str, Any]]
     trace_name: str = ""  # as the scenario or --trace named it (results name no machine's paths)
+    cluster: str = ""  # the cluster row's name
+    # "midpoint" rows: peak cores of the cheapest and of the most accurate SLA-feasible configuration.
+    peak_cores_cheapest: float | None = None
+    peak_cores_accurate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario.name, "trace": self.trace_name, "window_start_s": self.window_start_s,
                 "window_duration_s": self.window_duration_s, "window_peak_rps": self.window_peak_rps,
-                "scale": self.scale, "cluster_cores": self.cluster_cores,
-                "peak_cores_largest": self.peak_cores_largest, "slas": dict(self.slas), "notes": list(self.notes),
+                "scale": self.scale, "cluster": self.cluster, "cluster_cores": self.cluster_cores,
+                "peak_cores_largest": self.peak_cores_largest, "peak_cores_cheapest": self.peak_cores_cheapest,
+                "peak_cores_accurate": self.peak_cores_accurate, "slas": dict(self.slas), "notes": list(self.notes),
                 "per_policy": self.per_policy}
 
 
@@ -214,8 +251,10 @@ def _window(trace: Trace, sc: Scenario, notes: list[str]) -> Trace:
     return trace.window(trace.duration_s - dur, dur)
 
 
-def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -> ResolvedScenario:
-    """Turn the scenario's rules into a window, scale, cluster size and SLAs for this trace and profile."""
+def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None,
+            cluster: str | None = None) -> ResolvedScenario:
+    """Turn the scenario's rules into a window, scale, cluster size and SLAs for this trace and
+    profile; ``cluster`` names the cluster row (default: the scenario's first)."""
     from varipipe.adapter.configurations import DEFAULT_RHO_MAX
 
     # --trace is the user's (relative to the working directory); the scenario's, relative to it.
@@ -224,12 +263,48 @@ def resolve(sc: Scenario, profile: Profile, trace_override: str | None = None) -
     trace = _window(read_trace(path), sc, notes)
     scale = sc.target_peak_rps / trace.peak_rps if trace.peak_rps > 0 else 1.0
     slas = {r.name: r.multiple * fastest_path_s(profile, r.statistic) for r in sc.sla}
-    per_stage = peak_replicas_largest(profile, sc.target_peak_rps, slas[sc.sla[0].name], DEFAULT_RHO_MAX)
+    sla_s = slas[sc.sla[0].name]
+    per_stage = peak_replicas_largest(profile, sc.target_peak_rps, sla_s, DEFAULT_RHO_MAX)
     need = float(sum(n * c for n, c in per_stage.values()))
     rim = {s: (n if sc.rim_replicas == "peak-largest" else 1) for s, (n, _) in per_stage.items()}
-    cluster = max(math.floor(need / sc.cluster_peak_fraction), 1)
+    row = sc.cluster_row(cluster)
     notes.append(f"scale {scale:.4g} maps the window's peak {trace.peak_rps:g} req/s to {sc.target_peak_rps:g}")
-    notes.append(f"largest variants need {need:g} cores at that peak (rho_max {DEFAULT_RHO_MAX}); cluster "
-                 f"{cluster} cores, so the peak needs {need / cluster:.0%} of it")
-    return ResolvedScenario(sc, str(path), trace.offset_s, trace.duration_s, trace.peak_rps, scale, float(cluster),
-                            need, slas, tuple(notes), {"rim": {"replicas": rim}}, trace_override or sc.trace)
+    notes.append(f"largest variants need {need:g} cores at that peak (rho_max {DEFAULT_RHO_MAX})")
+    cheap = accurate = None
+    if row.rule == "largest":
+        cores = max(math.floor(need / row.peak_fraction), 1)
+        notes.append(f"cluster row {row.name!r} (largest): {cores} cores, so the peak needs {need / cores:.0%} of it")
+    else:
+        cheap, accurate = peak_cores_extremes(profile, sc.target_peak_rps, sla_s, sc.cost_mode)
+        cores = max(math.floor((cheap + accurate) / 2), 1)
+        notes.append(f"cluster row {row.name!r} (midpoint): the cheapest SLA-feasible configuration needs {cheap:g} "
+                     f"cores at the peak, the most accurate {accurate:g}: {cores} cores")
+    return ResolvedScenario(sc, str(path), trace.offset_s, trace.duration_s, trace.peak_rps, scale, float(cores),
+                            need, slas, tuple(notes), {"rim": {"replicas": rim}}, trace_override or sc.trace,
+                            cluster=row.name, peak_cores_cheapest=cheap, peak_cores_accurate=accurate)
+
+
+# A cluster no configuration's peak can fill: the extremes are asked of an unbounded cluster.
+_UNBOUNDED_CORES = 1e6
+_ANY_ACCURACY = 1e-12
+
+
+def peak_cores_extremes(profile: Profile, peak_rps: float, sla_s: float, cost_mode: str) -> tuple[float, float]:
+    """Peak cores (reserved: replicas x price; shared: the optimizer's cost) of the cheapest and of the
+    most accurate configuration that meets ``sla_s`` at ``peak_rps``, as the adapter's optimizer
+    finds them on an unbounded cluster (the accurate one's ties broken by cost)."""
+    from varipipe.adapter.configurations import Limits
+    from varipipe.adapter.optimizer import solve
+    from varipipe.records import SLA, DecisionStatus
+
+    limits = Limits(cost_mode=cost_mode, cluster_cores=_UNBOUNDED_CORES, max_replicas=int(_UNBOUNDED_CORES))
+    out = []
+    # Bounds that never bind: any accuracy above zero, any cost the unbounded cluster allows.
+    for objective, bound in (("min-cost", {"min_accuracy": _ANY_ACCURACY}), ("max-accuracy", {"max_cost": _UNBOUNDED_CORES})):
+        d = solve(profile, peak_rps, SLA(sla_s), limits, objective=objective, **bound)
+        if d.status is not DecisionStatus.OPTIMAL:
+            raise ConfigError("scenario", "clusters", f"no {objective} configuration meets the SLA "
+                              f"{sla_s:.3g} s at {peak_rps:g} req/s on this profile ({d.status.value}: {d.reason})")
+        out.append(float(sum(s.replicas * replica_price(s.hardware) for s in d.stages)) if cost_mode == "reserved"
+                   else float(d.predicted_cost))
+    return out[0], out[1]

@@ -1,6 +1,7 @@
 """Golden test: the twitter-eval scenario's simulated table must not move under a refactor.
 
-``varipipe experiment --scenario loadgen/scenarios/twitter-eval.yaml --mode sim`` on 30
+``varipipe experiment --scenario loadgen/scenarios/twitter-eval.yaml --mode sim --cluster
+non-binding`` on 30
 minutes of the evaluation window (seconds 1,146,300-1,148,099 of the Twitter trace, in
 days 12-13, around the window's 388 req/s peak, so the scenario scales it as the full
 run), with a frozen copy of the shipped profile. Every policy of the scenario, under
@@ -28,7 +29,7 @@ COMPARED = ("sla", "sla_s", "policy", "requests", "completed", "dropped", "sla_a
 
 def golden_table(out: Path) -> dict[str, Any]:
     """Run the scenario's simulated experiment on the fixtures and return its table."""
-    rc = main(["experiment", "--scenario", str(SCENARIO), "--mode", "sim", "--out", str(out),
+    rc = main(["experiment", "--scenario", str(SCENARIO), "--mode", "sim", "--cluster", "non-binding", "--out", str(out),
                "--trace", str(FIXTURES / "twitter-eval-peak-1800s.txt"),
                "--profiles", str(FIXTURES / "vision-caption.json")])
     assert rc == 0

@@ -11,7 +11,14 @@ import yaml
 
 from varipipe.adapter.policies import RayPolicy
 from varipipe.errors import ConfigError
-from varipipe.loadgen.experiment import _config_url, metrics_from_records, run_sim, write_results
+from varipipe.loadgen.experiment import (
+    _config_url,
+    load_peaks,
+    metrics_from_records,
+    run_sim,
+    variant_switches,
+    write_results,
+)
 from varipipe.loadgen.replayer import RequestRecord
 from varipipe.loadgen.report import plot_all
 from varipipe.loadgen.runs import SimSettings, policy_context, run_policy
@@ -19,11 +26,13 @@ from varipipe.loadgen.scenario import (
     fastest_path_s,
     load_scenario,
     parse_scenario,
+    peak_cores_extremes,
     peak_cores_largest,
     resolve,
 )
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.profiler.store import load_profile
+from varipipe.records import Decision, StageDecision
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "tests" / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
@@ -60,7 +69,51 @@ def test_resolve_on_another_trace(tmp_path):
     assert any("shorter" in n for n in rs.notes)
     assert rs.slas["ipa-5x"] == pytest.approx(5 * fastest_path_s(prof, "p50"))
     assert rs.slas["tight-2x-p99"] == pytest.approx(2 * fastest_path_s(prof, "p99"))
-    assert rs.peak_cores_largest / rs.cluster_cores >= 0.8
+    assert resolve(sc, prof, str(f), "non-binding").peak_cores_largest / rs.cluster_cores >= 0.8
+
+
+def test_cluster_rows_binding_midpoint_and_non_binding_largest():
+    prof = load_profile(PROFILE)
+    sc = load_scenario(SCENARIO)
+    assert [c.name for c in sc.cluster_rows()] == ["binding", "non-binding"]
+    binding, legacy = resolve(sc, prof), resolve(sc, prof, cluster="non-binding")
+    assert binding.cluster == "binding" and legacy.cluster == "non-binding"
+    cheap, accurate = peak_cores_extremes(prof, sc.target_peak_rps, binding.slas["ipa-5x"], sc.cost_mode)
+    assert cheap < accurate  # the synthetic ladder's most accurate configuration costs more
+    assert (binding.peak_cores_cheapest, binding.peak_cores_accurate) == (cheap, accurate)
+    assert binding.cluster_cores == (cheap + accurate) // 2
+    assert cheap <= binding.cluster_cores < accurate  # the most accurate does not fit at the peak
+    assert legacy.cluster_cores == int(legacy.peak_cores_largest / 0.85)
+    with pytest.raises(ConfigError, match="no cluster row 'huge'.*binding, non-binding"):
+        resolve(sc, prof, cluster="huge")
+
+
+def test_scenario_without_cluster_rows_keeps_the_original_rule():
+    d = _scenario_dict()
+    d.pop("clusters")
+    sc = parse_scenario(d | {"cluster_peak_fraction": 0.9})
+    [row] = sc.cluster_rows()
+    assert (row.rule, row.peak_fraction) == ("largest", 0.9)
+    with pytest.raises(ConfigError, match="cluster rule names repeat"):
+        parse_scenario(_scenario_dict() | {"clusters": [{"name": "a", "rule": "midpoint"}] * 2})
+
+
+def test_variant_switches_count_variant_changes_only():
+    def d(t, *variants, replicas=1):
+        return Decision(stages=tuple(StageDecision(stage=f"s{i}", variant=v, batch=1, replicas=replicas)
+                                     for i, v in enumerate(variants)), time_s=t)
+    timeline = [d(0, "a", "x"), d(10, "a", "x", replicas=3), d(20, "b", "x"), d(30, "b", "x"), d(40, "a", "y")]
+    assert variant_switches(timeline) == 2  # the replica change is not a switch
+    assert variant_switches([]) == 0
+
+
+def test_load_peaks_count_the_days_of_a_diurnal_trace():
+    t = np.arange(2 * 86_400)
+    rng = np.random.default_rng(0)
+    diurnal = rng.poisson(20 + 15 * np.sin(2 * np.pi * t / 86_400))  # two days, one peak each
+    assert load_peaks(diurnal) == 2
+    assert load_peaks(np.zeros(100)) == 0
+    assert load_peaks(np.array([1, 1, 1, 9, 9, 9, 1, 1, 9, 9, 1] * 10)) >= 1
 
 
 def test_shipped_scenario_resolves_its_packaged_trace_from_any_folder(tmp_path, monkeypatch):

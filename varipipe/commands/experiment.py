@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (results.csv, results.json, plots)")
     parser.add_argument("--profiles", default=None, help="profile JSON (default: the scenario's, else the shipped one)")
     parser.add_argument("--sla", default=None, help="SLA seconds without a scenario (comma-separated for several)")
+    parser.add_argument("--cluster", default=None, metavar="ROW",
+                        help="the scenario's cluster row (its clusters: list; default: the first)")
     parser.add_argument("--cost-mode", choices=("reserved", "shared"), default=None)
     parser.add_argument("--cluster-cores", type=float, default=None)
     parser.add_argument("--cluster-gpus", type=int, default=None,
@@ -81,7 +83,7 @@ def _plan(args: argparse.Namespace, profile) -> dict[str, Any]:
 
     if args.scenario:
         sc = load_scenario(args.scenario)
-        rs = resolve(sc, profile, args.trace)
+        rs = resolve(sc, profile, args.trace, args.cluster)
         live = args.mode == "live"
         start = rs.window_start_s + (sc.live.start_s if live else 0)
         duration = sc.live.duration_s if live else rs.window_duration_s
@@ -199,10 +201,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(outcomes) -> None:
-    print(f"{'sla':>14} {'policy':>9} {'attain':>7} {'p99 s':>7} {'acc':>6} {'cost':>8} {'drops':>7} {'chg':>5}")
+    print(f"{'sla':>14} {'policy':>9} {'attain':>7} {'p99 s':>7} {'acc':>6} {'cost':>8} {'drops':>7} {'chg':>5} {'sw/pk':>6}")
     for o in outcomes:
         def f(x: float, spec: str) -> str:
             return format(x, spec) if isinstance(x, float) and math.isfinite(x) else "n/a"
 
         print(f"{o.sla:>14} {o.policy:>9} {f(o.sla_attainment, '.4f'):>7} {f(o.p99_latency_s, '.3f'):>7} "
-              f"{f(o.mean_accuracy, '.3f'):>6} {f(o.mean_cost, '.2f'):>8} {o.dropped:>7} {o.decisions:>5}")
+              f"{f(o.mean_accuracy, '.3f'):>6} {f(o.mean_cost, '.2f'):>8} {o.dropped:>7} {o.decisions:>5} "
+              f"{f(o.switches_per_peak, '.1f'):>6}")
