@@ -9,7 +9,19 @@ A pipeline spec may name an ``evaluation`` ("module:callable") that returns an
 ``EvaluationSet``: inputs with known answers and a per-stage score. Stages it
 scores get *measured* figures (the mean score, upstream stages on their
 default variants), whatever their output type; this is how a new pipeline
-gets measured accuracy without code here.
+gets measured accuracy without code here. Three optional methods extend it
+(the flagship's set, ``profiler/vision_eval.py``, has all three):
+
+- ``stage_payloads(stage, served) -> list[Payload] | None``: the inputs a
+  stage's accuracy is measured on, when they are not the served ones (the
+  classifier on crops of the ground-truth boxes, the LLM on ground-truth
+  labels); ``served`` are the profiler's inputs with default upstream outputs.
+- ``aggregate(stage, payloads, outputs) -> SetScore | None``: a set-level
+  metric (mAP is not a mean of per-image scores); None: the mean of ``score``.
+- ``source(stage, items) -> str``: what the stored figure's source says
+  (the set, the split, the metric).
+
+Declared figures of the spec stay beside the measured ones, in the metadata.
 """
 
 from __future__ import annotations
@@ -24,8 +36,8 @@ from varipipe.profiler import accuracy as acc
 from varipipe.profiler.eval_set import references_for
 from varipipe.records import Accuracy, AccuracyKind, PipelineSpec, StageSpec
 
-__all__ = ["StageAccuracy", "EvaluationSet", "load_evaluation", "output_kind", "stage_outputs", "stage_accuracy",
-           "items_per_request"]
+__all__ = ["StageAccuracy", "EvaluationSet", "SetScore", "load_evaluation", "output_kind", "stage_outputs",
+           "stage_accuracy", "accuracy_payloads", "items_per_request"]
 
 
 class EvaluationSet(Protocol):
@@ -42,6 +54,22 @@ class EvaluationSet(Protocol):
     def score(self, stage: str, payload: Payload, output: StageOutput) -> float | None:
         """The stage's task metric for one input in [0, 1]; None where the input has no known answer."""
         ...
+
+
+@dataclass(frozen=True)
+class SetScore:
+    """A set-level figure (``EvaluationSet.aggregate``): its value, the inputs it covers, a breakdown (AP per class)."""
+
+    value: float
+    items: int
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+
+
+def accuracy_payloads(evaluation: EvaluationSet | None, stage: str, served: Sequence[Payload]) -> list[Payload]:
+    """The inputs ``stage``'s accuracy is measured on: the set's own for that stage, else ``served``."""
+    own = getattr(evaluation, "stage_payloads", None)
+    chosen = own(stage, served) if own is not None else None
+    return list(served) if chosen is None else list(chosen)
 
 
 def load_evaluation(spec: PipelineSpec) -> EvaluationSet | None:
@@ -69,19 +97,31 @@ class StageAccuracy:
     measured: Mapping[str, float] = field(default_factory=dict)  # raw task metric on the eval set
     metric: str = ""
     items: int = 0
+    # The spec's published figures (exact weights and input size), kept beside the measured ones.
+    declared: Mapping[str, Accuracy] = field(default_factory=dict)
+    breakdown: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # variant -> e.g. AP per class
 
     def to_metadata(self) -> dict[str, Any]:
+        def fig(a: Accuracy) -> dict[str, Any]:
+            return {"value": a.value, "kind": a.kind.value, "source": a.source}
+
         return {
             "reference": self.reference, "metric": self.metric, "items": self.items,
             "agreement_with_reference": dict(self.agreement), "measured": dict(self.measured),
-            "figures": {k: {"value": a.value, "kind": a.kind.value, "source": a.source} for k, a in self.figures.items()},
+            "figures": {k: fig(a) for k, a in self.figures.items()},
+            "declared": {k: fig(a) for k, a in self.declared.items()},
+            "breakdown": {k: dict(v) for k, v in self.breakdown.items()},
         }
 
     @classmethod
     def from_metadata(cls, stage: str, d: Mapping[str, Any]) -> StageAccuracy:
-        figs = {k: Accuracy(v["value"], AccuracyKind(v["kind"]), v["source"]) for k, v in d["figures"].items()}
-        return cls(stage, figs, d.get("reference"), d.get("agreement_with_reference", {}), d.get("measured", {}),
-                   d.get("metric", ""), d.get("items", 0))
+        def fig(v: Mapping[str, Any]) -> Accuracy:
+            return Accuracy(v["value"], AccuracyKind(v["kind"]), v["source"])
+
+        return cls(stage, {k: fig(v) for k, v in d["figures"].items()}, d.get("reference"),
+                   d.get("agreement_with_reference", {}), d.get("measured", {}), d.get("metric", ""),
+                   d.get("items", 0), {k: fig(v) for k, v in d.get("declared", {}).items()},
+                   d.get("breakdown", {}))
 
 
 def output_kind(output: StageOutput) -> str:
@@ -151,6 +191,9 @@ def stage_accuracy(stage: StageSpec, payloads: Sequence[Payload], outputs: Mappi
         return _measured_by(evaluation, stage, payloads, outputs)
     first = next(iter(outputs.values()), [])
     kind = output_kind(first[0]) if first else "other"
+    if kind == "caption" and evaluation is not None:
+        raise _missing_figure(stage, stage.variants[0].name, "the pipeline's evaluation set does not score this "
+                              "stage (its metric() is empty for it)")
     if kind == "caption":
         return _measured_captions(stage, payloads, outputs)
     ref = acc.choose_reference(stage.variants) if kind in ("detections", "classifications") else None
@@ -191,21 +234,34 @@ def _measured_captions(stage: StageSpec, payloads: Sequence[Payload],
     return StageAccuracy(stage.name, figures, None, {}, measured, _METRICS["caption"], len(labelled))
 
 
+def _declared(stage: StageSpec) -> dict[str, Accuracy]:
+    return {v.name: v.accuracy for v in stage.variants if v.accuracy is not None}
+
+
 def _measured_by(evaluation: EvaluationSet, stage: StageSpec, payloads: Sequence[Payload],
                  outputs: Mapping[str, Sequence[StageOutput]]) -> StageAccuracy:
-    """Mean of the evaluation set's per-input score for every variant that ran."""
+    """The set's figure for every variant that ran: its ``aggregate``, else the mean of its per-input scores."""
     metric = evaluation.metric(stage.name)
+    aggregate = getattr(evaluation, "aggregate", None)
+    describe = getattr(evaluation, "source", None)
     measured: dict[str, float] = {}
     figures: dict[str, Accuracy] = {}
+    breakdown: dict[str, Mapping[str, float]] = {}
     items = 0
     for name, outs in outputs.items():
-        scores = [s for p, o in zip(payloads, outs, strict=True)
-                  if (s := evaluation.score(stage.name, p, o)) is not None]
-        if not scores:
-            raise _missing_figure(stage, name, f"the evaluation set scored none of the {len(payloads)} inputs")
-        items = len(scores)
-        measured[name] = sum(scores) / len(scores)
-        figures[name] = Accuracy(max(measured[name], acc.MIN_ACCURACY), AccuracyKind.MEASURED,
-                                 f"mean {metric} on {len(scores)} labelled inputs of the pipeline's evaluation set "
-                                 f"(upstream: default variants)")
-    return StageAccuracy(stage.name, figures, None, {}, measured, metric, items)
+        whole = aggregate(stage.name, payloads, outs) if aggregate is not None else None
+        if whole is None:
+            scores = [s for p, o in zip(payloads, outs, strict=True)
+                      if (s := evaluation.score(stage.name, p, o)) is not None]
+            if not scores:
+                raise _missing_figure(stage, name, f"the evaluation set scored none of the {len(payloads)} inputs")
+            whole = SetScore(sum(scores) / len(scores), len(scores))
+        items = whole.items
+        measured[name] = whole.value
+        if whole.breakdown:
+            breakdown[name] = dict(whole.breakdown)
+        source = (describe(stage.name, items) if describe is not None else
+                  f"mean {metric} on {items} labelled inputs of the pipeline's evaluation set "
+                  f"(upstream: default variants)")
+        figures[name] = Accuracy(max(whole.value, acc.MIN_ACCURACY), AccuracyKind.MEASURED, source)
+    return StageAccuracy(stage.name, figures, None, {}, measured, metric, items, _declared(stage), breakdown)

@@ -19,6 +19,7 @@ from typing import Any
 from varipipe.errors import ProfileError, UnknownNameError
 from varipipe.profiler.evaluate import (
     StageAccuracy,
+    accuracy_payloads,
     items_per_request,
     load_evaluation,
     stage_accuracy,
@@ -211,7 +212,7 @@ def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: l
             result[name] = StageAccuracy.from_metadata(name, stored)
             continue
         stage = req.spec.stage(name)
-        payloads = payloads_for_stage(req.spec, name, inputs)
+        payloads = accuracy_payloads(evaluation, name, payloads_for_stage(req.spec, name, inputs))
         log.info("accuracy: running %d variants of %s on %d inputs", len(stage.variants), name, len(payloads))
         outputs, errors = stage_outputs(stage, payloads, threads)
         failed.update({f"{name}/{v}": e for v, e in errors.items()})
@@ -221,9 +222,11 @@ def _accuracies(req: ProfileRequest, run: _Run, stages: Sequence[str], inputs: l
             tokens = [o.tokens for o in outs if isinstance(getattr(o, "tokens", None), int)]
             if tokens:  # generated length per request (the budget is params.max_tokens)
                 run.metadata.setdefault("output_tokens_mean", {})[f"{name}/{variant}"] = sum(tokens) / len(tokens)
-        default = outputs.get(stage.default_variant)
-        if default:
-            run.metadata["items_per_request"][name] = round(items_per_request(default), 4)
+        # Items per *served* request: the default variant's outputs on the profiler's inputs (stage_inputs ran it
+        # for every stage but the last); the accuracy inputs may differ (one ground-truth crop each).
+        served = [p.outputs[name] for p in inputs if name in p.outputs] or outputs.get(stage.default_variant)
+        if served:
+            run.metadata["items_per_request"][name] = round(items_per_request(served), 4)
     return result
 
 
