@@ -34,6 +34,7 @@ __all__ = [
     "BOOTSTRAP_SEED",
     "BootstrapResult",
     "McNemarResult",
+    "bootstrap_interval",
     "paired_bootstrap",
     "mcnemar",
     "mcnemar_p",
@@ -49,7 +50,7 @@ BOOTSTRAP_SEED = 17  # fixed before any measurement
 
 @dataclass(frozen=True)
 class BootstrapResult:
-    difference: float  # statistic on the full set: b - a
+    estimate: float  # the statistic on the full set (a paired comparison's: b - a)
     ci_low: float
     ci_high: float
     resamples: int
@@ -57,7 +58,12 @@ class BootstrapResult:
     items: int
 
     @property
+    def difference(self) -> float:
+        return self.estimate
+
+    @property
     def resolved(self) -> bool:
+        """The interval excludes 0 (for a difference: the set tells the two apart)."""
         return self.ci_low > 0 or self.ci_high < 0
 
     @property
@@ -83,16 +89,22 @@ class McNemarResult:
         return self.p_value < ALPHA
 
 
-def paired_bootstrap(difference: Callable[[np.ndarray], float], items: int,
-                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> BootstrapResult:
-    """Percentile interval of ``difference(indices)`` (b - a on the items at ``indices``) over resamples."""
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], items: int,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> BootstrapResult:
+    """``statistic(indices)`` on all items and its percentile interval over resamples of the items."""
     if items < 1:
-        raise ValueError("a paired bootstrap needs at least one item")
+        raise ValueError("a bootstrap needs at least one item")
     rng = np.random.default_rng(seed)
-    full = difference(np.arange(items))
-    draws = np.array([difference(rng.integers(0, items, size=items)) for _ in range(resamples)])
+    full = statistic(np.arange(items))
+    draws = np.array([statistic(rng.integers(0, items, size=items)) for _ in range(resamples)])
     low, high = np.percentile(draws, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     return BootstrapResult(float(full), float(low), float(high), resamples, seed, items)
+
+
+def paired_bootstrap(difference: Callable[[np.ndarray], float], items: int,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> BootstrapResult:
+    """Interval of ``difference(indices)`` (b - a on the items at ``indices``): the same resample for both."""
+    return bootstrap_interval(difference, items, resamples, seed)
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:

@@ -56,6 +56,8 @@ __all__ = [
     "VisionCaptionEvaluation",
     "LlmTask",
     "make",
+    "evaluation_for",
+    "llm_task",
     "DETECTOR",
     "CLASSIFIER",
     "LLM",
@@ -220,10 +222,29 @@ class VisionCaptionEvaluation:
         return [match_image(scored_detections(o), truths_of(self.items[p.request_id]))
                 for p, o in zip(payloads, outputs, strict=True)]
 
+    def outcomes(self, stage: str, payloads: Sequence[Payload], outputs: Sequence[StageOutput]) -> list[Any]:
+        """Per-input outcomes for the paired tests: image matches (detector), else each input's score
+        (None where the input has no known answer)."""
+        if stage == DETECTOR:
+            return list(self.detection_matches(payloads, outputs))
+        return [self.score(stage, p, o) for p, o in zip(payloads, outputs, strict=True)]
+
     def detection_result(self, payloads: Sequence[Payload], outputs: Sequence[StageOutput]) -> MapResult:
         return accumulate(self.detection_matches(payloads, outputs))
 
 
+def llm_task() -> LlmTask | None:
+    """The LLM stage's task and metric on this set. None until the LLM rungs define one (issue 17 item 3):
+    then this set does not score the llm stage, and the end-to-end harness has nothing to measure."""
+    return None
+
+
+def evaluation_for(split: str, root: Any = None) -> VisionCaptionEvaluation:
+    """The set on one split, with the LLM task: what the profiler (test) and the benchmarks (dev|test) use.
+    ``root``: another folder in the same format (tests, smoke runs); default the shipped set."""
+    return VisionCaptionEvaluation(split, labelled=load_labelled_set(root), llm_task=llm_task())
+
+
 def make() -> VisionCaptionEvaluation:
     """The profiler's set: the test split (every stored figure comes from test)."""
-    return VisionCaptionEvaluation(DEFAULT_SPLIT)
+    return evaluation_for(DEFAULT_SPLIT)

@@ -1,0 +1,154 @@
+"""A stage's ladder: its rungs sorted by cost, and what the labelled set says about adjacent rungs. Pure.
+
+Given each rung's per-item outcomes on the same inputs (``benchmarks/ladder_accuracy.py``
+measures them), ``compare`` picks the paired test that fits the outcome
+(``paired``): a paired bootstrap over images for a set-level metric (mAP), an
+exact McNemar test for right/wrong outcomes (top-1, exact match), a paired
+bootstrap over items for graded scores. ``ladder`` sorts the rungs by cost
+(batch-1 latency) and compares each with the next costlier one; a difference
+is *claimed* only when the test resolves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from varipipe.profiler.detection_map import ImageMatches, accumulate
+from varipipe.profiler.paired import (
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    mcnemar,
+    paired_bootstrap,
+)
+
+__all__ = ["Rung", "Comparison", "Ladder", "compare", "compare_detection", "compare_outcomes", "ladder", "describe",
+           "BOOTSTRAP_TEST", "MCNEMAR_TEST", "ITEM_BOOTSTRAP_TEST"]
+
+BOOTSTRAP_TEST = "paired bootstrap over images (95% percentile interval)"
+MCNEMAR_TEST = "exact McNemar test on the paired right/wrong outcomes"
+ITEM_BOOTSTRAP_TEST = "paired bootstrap over items of the mean score (95% percentile interval)"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One variant's measured figure and cost, with the per-item outcomes behind the figure."""
+
+    stage: str
+    variant: str
+    accuracy: float  # the stage figure the profiler stores (same function: evaluate.stage_accuracy)
+    items: int
+    latency_s: float  # batch-1 latency on cpu:1, median of this run's calls
+    declared: float | None = None  # the published figure, when the spec declares one
+    # per-item outcomes in input order: a list of ImageMatches (detection) or of scores in [0, 1]
+    outcomes: Sequence[Any] = field(default_factory=tuple, repr=False)
+    breakdown: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A rung against the next costlier one on the same items: costlier minus cheaper."""
+
+    cheaper: str
+    costlier: str
+    test: str
+    difference: float
+    resolved: bool
+    smallest_resolvable: float | None  # None: no difference is resolvable with these outcomes
+    items: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    only_cheaper: int | None = None  # McNemar: items only the cheaper rung got right
+    only_costlier: int | None = None
+
+    @property
+    def verdict(self) -> str:
+        if not self.resolved:
+            return "not resolved: the set cannot tell these two apart"
+        return "costlier rung more accurate" if self.difference > 0 else "costlier rung LESS accurate"
+
+
+@dataclass(frozen=True)
+class Ladder:
+    stage: str
+    metric: str
+    rungs: tuple[Rung, ...]  # cheapest first
+    comparisons: tuple[Comparison, ...]  # rung i against rung i + 1
+
+    @property
+    def rises(self) -> bool:
+        """Measured accuracy rises with cost at every step (point estimates)."""
+        return all(c.difference > 0 for c in self.comparisons)
+
+    @property
+    def resolved_rises(self) -> bool:
+        """Every step up is a resolved improvement."""
+        return all(c.resolved and c.difference > 0 for c in self.comparisons)
+
+
+def compare_detection(cheaper: Rung, costlier: Rung, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """Paired bootstrap over images of the mAP difference (both rungs on the same resampled images)."""
+    a: Sequence[ImageMatches] = cheaper.outcomes
+    b: Sequence[ImageMatches] = costlier.outcomes
+    _check_paired(a, b)
+
+    def diff(idx: np.ndarray) -> float:
+        return accumulate([b[i] for i in idx]).value - accumulate([a[i] for i in idx]).value
+
+    r = paired_bootstrap(diff, len(a), resamples, seed)
+    return Comparison(cheaper.variant, costlier.variant, BOOTSTRAP_TEST, r.difference, r.resolved, r.half_width,
+                      r.items, r.ci_low, r.ci_high)
+
+
+def compare_outcomes(cheaper: Rung, costlier: Rung, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """McNemar for right/wrong outcomes, else a paired bootstrap of the mean score."""
+    a = np.asarray(cheaper.outcomes, dtype=float)
+    b = np.asarray(costlier.outcomes, dtype=float)
+    _check_paired(a, b)
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        m = mcnemar(a.astype(bool).tolist(), b.astype(bool).tolist())
+        return Comparison(cheaper.variant, costlier.variant, MCNEMAR_TEST, m.difference, m.resolved,
+                          m.smallest_resolvable, m.items, p_value=m.p_value, only_cheaper=m.only_a,
+                          only_costlier=m.only_b)
+    r = paired_bootstrap(lambda idx: float(b[idx].mean() - a[idx].mean()), len(a), resamples, seed)
+    return Comparison(cheaper.variant, costlier.variant, ITEM_BOOTSTRAP_TEST, r.difference, r.resolved,
+                      r.half_width, r.items, r.ci_low, r.ci_high)
+
+
+def _check_paired(a: Sequence[Any], b: Sequence[Any]) -> None:
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired comparison needs the same non-empty items: {len(a)} vs {len(b)} outcomes")
+
+
+def compare(cheaper: Rung, costlier: Rung, resamples: int = BOOTSTRAP_RESAMPLES,
+            seed: int = BOOTSTRAP_SEED) -> Comparison:
+    """The paired test that fits the rungs' outcomes (image matches -> bootstrap of mAP)."""
+    if cheaper.outcomes and isinstance(cheaper.outcomes[0], ImageMatches):
+        return compare_detection(cheaper, costlier, resamples, seed)
+    return compare_outcomes(cheaper, costlier, resamples, seed)
+
+
+def ladder(stage: str, metric: str, rungs: Sequence[Rung], resamples: int = BOOTSTRAP_RESAMPLES,
+           seed: int = BOOTSTRAP_SEED) -> Ladder:
+    """Rungs sorted by cost (batch-1 latency; ties by name), each compared with the next costlier one."""
+    ordered = tuple(sorted(rungs, key=lambda r: (r.latency_s, r.variant)))
+    comparisons = tuple(compare(a, b, resamples, seed) for a, b in zip(ordered, ordered[1:], strict=False))
+    return Ladder(stage, metric, ordered, comparisons)
+
+
+def describe(c: Comparison) -> str:
+    """One line for the report: the difference, its interval or p-value, and the verdict."""
+    if c.p_value is not None:
+        stat = f"p = {c.p_value:.3g} ({c.only_cheaper} only cheaper right, {c.only_costlier} only costlier right)"
+    else:
+        stat = f"95% CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+    smallest = f"{c.smallest_resolvable:.3f}" if c.smallest_resolvable is not None else "none"
+    return (f"{c.cheaper} -> {c.costlier}: {c.difference:+.3f}, {stat}; {c.verdict} "
+            f"(smallest resolvable here ~{smallest}, alpha {ALPHA:g})")

@@ -1,0 +1,180 @@
+"""Ladders: rungs sorted by cost, adjacent rungs compared with the paired test that fits, claims only when resolved;
+the ladder engine and the end-to-end harness on fake variants and a synthetic labelled set."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from varipipe.pipelines.variant import Payload
+from varipipe.pipelines.variants.outputs import (
+    Caption,
+    Classification,
+    Classifications,
+    Detections,
+)
+from varipipe.profiler.detection_map import Scored, Truth, match_image
+from varipipe.profiler.end_to_end import ChainRunner, measure_end_to_end, spanning_configurations
+from varipipe.profiler.evaluate import accuracy_payloads
+from varipipe.profiler.labelled import load_labelled_set
+from varipipe.profiler.ladder import BOOTSTRAP_TEST, MCNEMAR_TEST, Rung, compare, describe, ladder
+from varipipe.profiler.ladder_run import run_stage, stage_ladder
+from varipipe.profiler.vision_eval import CLASSIFIER, DETECTOR, LLM, VisionCaptionEvaluation
+from varipipe.records import SLA, PipelineSpec, StageSpec, VariantSpec
+
+from .evalset_fixture import write_set
+
+
+def _rung(name, latency, outcomes, accuracy=0.5):
+    return Rung("s", name, accuracy, len(outcomes), latency, outcomes=tuple(outcomes))
+
+
+def test_rungs_are_sorted_by_cost_and_right_wrong_outcomes_get_mcnemar():
+    big = _rung("big", 0.03, [1.0] * 40 + [0.0] * 10)
+    small = _rung("small", 0.01, [1.0] * 20 + [0.0] * 30)
+    mid = _rung("mid", 0.02, [1.0] * 21 + [0.0] * 29)
+    lad = ladder("s", "top-1", [big, small, mid])
+    assert [r.variant for r in lad.rungs] == ["small", "mid", "big"]
+    low, high = lad.comparisons
+    assert low.test == MCNEMAR_TEST and (low.only_cheaper, low.only_costlier) == (0, 1) and not low.resolved
+    assert "cannot tell" in low.verdict
+    assert high.resolved and high.difference == pytest.approx(19 / 50) and high.verdict == "costlier rung more accurate"
+    assert lad.rises and not lad.resolved_rises
+    assert "p = " in describe(high) and "smallest resolvable" in describe(high)
+
+
+def test_a_costlier_rung_that_is_worse_is_said_to_be():
+    lad = ladder("s", "top-1", [_rung("cheap", 0.01, [1.0] * 30), _rung("dear", 0.02, [0.0] * 30)])
+    assert lad.comparisons[0].verdict == "costlier rung LESS accurate" and not lad.rises
+
+
+def test_graded_scores_get_an_item_bootstrap_and_image_matches_a_map_bootstrap():
+    graded = compare(_rung("a", 0.01, [0.2, 0.4, 0.3] * 10), _rung("b", 0.02, [0.6, 0.5, 0.7] * 10))
+    assert graded.test.startswith("paired bootstrap over items") and graded.resolved and graded.ci_low > 0
+    truths = [Truth("cat", (0, 0, 10, 10))]
+    hit = match_image([Scored("cat", (0, 0, 10, 10), 0.9)], truths)
+    miss = match_image([], truths)
+    det = compare(_rung("a", 0.01, [miss] * 12), _rung("b", 0.02, [hit] * 12), resamples=200)
+    assert det.test == BOOTSTRAP_TEST and det.difference == pytest.approx(1.0) and det.resolved
+    with pytest.raises(ValueError, match="same non-empty items"):
+        compare(_rung("a", 0.01, [1.0]), _rung("b", 0.02, [1.0, 0.0]))
+
+
+def test_spanning_configurations_cover_both_ends_of_every_ladder():
+    configs = spanning_configurations([["d1", "d2", "d3"], ["c1", "c2"], ["t", "l1", "l2"]])
+    assert configs[:3] == [("d1", "c1", "t"), ("d3", "c2", "l2"), ("d2", "c2", "l1")]
+    assert ("d3", "c1", "t") in configs and ("d1", "c2", "l2") in configs and len(configs) >= 5
+    assert len(set(configs)) == len(configs)
+
+
+# --- the engine and the end-to-end harness on fakes ------------------------------------------------
+
+class _Fake:
+    """A variant whose output is a function of the payload; counts loads and calls."""
+
+    def __init__(self, spec, fn, log):
+        self.spec, self.fn, self.log = spec, fn, log
+
+    name = property(lambda self: self.spec.name)
+    hardware = property(lambda self: "cpu:1")
+
+    def load(self):
+        self.log.append(("load", self.spec.name))
+
+    def unload(self):
+        pass
+
+    def infer(self, batch):
+        self.log.append(("infer", self.spec.name))
+        return [self.fn(p) for p in batch]
+
+
+def _v(stage, name):
+    return VariantSpec(stage=stage, name=name, runtime="fake", factory="m:f")
+
+
+def _ticks():
+    counter = itertools.count()
+    return lambda: next(counter) * 0.001
+
+
+@pytest.fixture
+def ev(tmp_path):
+    return VisionCaptionEvaluation("test", labelled=load_labelled_set(write_set(tmp_path)), llm_task=_CountTask())
+
+
+def _perfect_detector(ev):
+    def fn(p):
+        return ev.ground_truth_upstream(p.request_id)[DETECTOR]
+    return fn
+
+
+def test_the_engine_times_each_call_and_ranks_detectors_by_the_sets_map(ev):
+    stage = StageSpec(DETECTOR, (_v(DETECTOR, "blind"), _v(DETECTOR, "perfect")), "blind")
+    fns = {"blind": lambda p: Detections((), (1, 1)), "perfect": _perfect_detector(ev)}
+    log: list = []
+    run = run_stage(stage, ev.payloads(), builder=lambda s, threads: _Fake(s, fns[s.name], log), clock=_ticks())
+    assert run.latency_s == {"blind": pytest.approx(0.001), "perfect": pytest.approx(0.001)}
+    assert log.count(("infer", "perfect")) == 1 + 3  # warm-up + one call per photo
+    lad, figures = stage_ladder(stage, run, ev, resamples=100)
+    assert figures.measured["perfect"] == pytest.approx(1.0) and figures.measured["blind"] == 0.0
+    assert [r.variant for r in lad.rungs] == ["blind", "perfect"]  # equal cost: by name
+    assert lad.comparisons[0].difference == pytest.approx(1.0)
+    assert lad.rungs[1].breakdown["car"] == pytest.approx(1.0)
+
+
+def test_the_engine_scores_classifiers_on_ground_truth_crops(ev):
+    stage = StageSpec(CLASSIFIER, (_v(CLASSIFIER, "tabby-only"),), "tabby-only")
+    crops = accuracy_payloads(ev, CLASSIFIER, ev.payloads())
+    run = run_stage(stage, crops, builder=lambda s, threads: _Fake(
+        s, lambda p: Classifications((Classification(281, "tabby cat", 0.9),)), []), clock=_ticks())
+    lad, figures = stage_ladder(stage, run, ev)
+    assert figures.items == 5 and figures.measured["tabby-only"] == pytest.approx(1 / 5)
+    assert lad.rungs[0].outcomes == (0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+class _CountTask:
+    """A stand-in LLM task: 'how many objects?', exact match against the labelled count."""
+
+    metric = "exact match (test task)"
+
+    def payloads(self, item, upstream, image):
+        return [Payload(request_id=f"{item.id}?n", image=image, text="How many objects?", outputs=dict(upstream))]
+
+    def score(self, item, payload, output):
+        return float(output.text == str(len(item.boxes)))
+
+
+def _count_llm(p):
+    labels = [d for o in p.outputs.values() if isinstance(o, Detections) for d in o.items]
+    return Caption(str(len(labels)), 1)
+
+
+def test_end_to_end_runs_the_real_chain_and_sets_it_beside_the_product(ev):
+    spec = PipelineSpec("vc", (
+        StageSpec(DETECTOR, (_v(DETECTOR, "blind"), _v(DETECTOR, "perfect")), "perfect"),
+        StageSpec(CLASSIFIER, (_v(CLASSIFIER, "c"),), "c"),
+        StageSpec(LLM, (_v(LLM, "counter"),), "counter")), SLA(1.0))
+    fns = {"blind": lambda p: Detections((), (1, 1)), "perfect": _perfect_detector(ev),
+           "c": lambda p: Classifications(()), "counter": _count_llm}
+    log: list = []
+    runner = ChainRunner(spec, ev.payloads(), builder=lambda s, threads: _Fake(s, fns[s.name], log))
+    figures = {DETECTOR: {"blind": 0.001, "perfect": 1.0}, CLASSIFIER: {"c": 0.5}, LLM: {"counter": 0.9}}
+    good = measure_end_to_end(runner, ev, ("perfect", "c", "counter"), figures, resamples=100)
+    assert good.accuracy == 1.0 and good.items == 3 and good.photos == 3
+    assert good.product == pytest.approx(0.45) and good.ratio == pytest.approx(1 / 0.45)
+    assert not good.product_inside_interval
+    bad = measure_end_to_end(runner, ev, ("blind", "c", "counter"), figures, resamples=100)
+    assert bad.accuracy == 0.0  # the LLM answers from the chain's real upstream outputs, not the ground truth
+    measure_end_to_end(runner, ev, ("perfect", "c", "counter"), figures, resamples=100)
+    assert log.count(("load", "perfect")) == 1  # the detector's outputs are kept for every configuration
+
+
+def test_end_to_end_needs_an_llm_task(tmp_path):
+    ev = VisionCaptionEvaluation("test", labelled=load_labelled_set(write_set(tmp_path)))
+    spec = PipelineSpec("vc", (StageSpec(DETECTOR, (_v(DETECTOR, "d"),), "d"), StageSpec(LLM, (_v(LLM, "l"),), "l")),
+                        SLA(1.0))
+    runner = ChainRunner(spec, ev.payloads(), builder=lambda s, threads: _Fake(s, lambda p: None, []))
+    with pytest.raises(ValueError, match="does not score stage 'llm'"):
+        measure_end_to_end(runner, ev, ("d", "l"), {}, resamples=10)
