@@ -21,7 +21,9 @@ restated, and a unit test checks it against pycocotools on random sets:
 
 ``match_image`` does the per-image work once; ``accumulate`` turns any list
 of matched images (with repeats: a bootstrap resample) into the score, so a
-paired bootstrap over images costs one matching per rung.
+paired bootstrap over images costs one matching per rung. ``MatchTable`` is
+the same computation on arrays built once, for the bootstrap's thousands of
+resamples (``map_value(counts)``: each image counted ``counts[i]`` times).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "match_image",
     "accumulate",
     "mean_average_precision",
+    "MatchTable",
 ]
 
 # COCO's AP50 threshold (PASCAL VOC's too).
@@ -161,13 +164,18 @@ def _class_ap(parts: list[ClassMatches]) -> float | None:
     if n_truth == 0:
         return None
     scores = np.concatenate([np.asarray(p.scores, dtype=float) for p in parts]) if parts else np.zeros(0)
+    matched = np.concatenate([np.asarray(p.matched, dtype=bool) for p in parts]) if parts else np.zeros(0, bool)
+    ignored = np.concatenate([np.asarray(p.ignored, dtype=bool) for p in parts]) if parts else np.zeros(0, bool)
+    return _ap(scores, matched & ~ignored, ~matched & ~ignored, n_truth)
+
+
+def _ap(scores: np.ndarray, tp_flags: np.ndarray, fp_flags: np.ndarray, n_truth: float) -> float:
+    """COCOeval's AP of one class from its detections (any order; sorted here, stably) and its truth count."""
     if scores.size == 0:
         return 0.0
     order = np.argsort(-scores, kind="mergesort")
-    matched = np.concatenate([np.asarray(p.matched, dtype=bool) for p in parts])[order]
-    ignored = np.concatenate([np.asarray(p.ignored, dtype=bool) for p in parts])[order]
-    tp = np.cumsum(matched & ~ignored).astype(float)
-    fp = np.cumsum(~matched & ~ignored).astype(float)
+    tp = np.cumsum(tp_flags[order]).astype(float)
+    fp = np.cumsum(fp_flags[order]).astype(float)
     recall = tp / n_truth
     precision = tp / (tp + fp + np.spacing(1))
     precision = np.maximum.accumulate(precision[::-1])[::-1]  # monotone from the right
@@ -196,3 +204,40 @@ def mean_average_precision(detections: Sequence[Sequence[Scored]], truths: Seque
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} images of detections but {len(truths)} of ground truth")
     return accumulate([match_image(d, t, threshold, max_detections) for d, t in zip(detections, truths, strict=True)])
+
+
+class MatchTable:
+    """Matched images as arrays, built once: mAP of any multiset of them without re-matching.
+
+    ``map_value(counts)`` equals ``accumulate`` of the list holding image i ``counts[i]`` times, up to
+    the order of detections with *equal* scores from different images (kept here in image order).
+    """
+
+    def __init__(self, images: Sequence[ImageMatches]) -> None:
+        self.images = len(images)
+        parts: dict[str, list[tuple[int, ClassMatches]]] = {}
+        for i, img in enumerate(images):
+            for c, m in img.by_class.items():
+                parts.setdefault(c, []).append((i, m))
+        self._classes = []
+        for c, ps in sorted(parts.items()):
+            truth = np.zeros(self.images)
+            for i, m in ps:
+                truth[i] += m.n_truth
+            image = np.concatenate([np.full(len(m.scores), i, dtype=int) for i, m in ps])
+            scores = np.concatenate([np.asarray(m.scores, dtype=float) for _, m in ps])
+            matched = np.concatenate([np.asarray(m.matched, dtype=bool) for _, m in ps])
+            ignored = np.concatenate([np.asarray(m.ignored, dtype=bool) for _, m in ps])
+            self._classes.append((c, truth, image, scores, matched & ~ignored, ~matched & ~ignored))
+
+    def map_value(self, counts: np.ndarray) -> float:
+        """mAP with image i counted ``counts[i]`` times (all ones: the set itself)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        aps = []
+        for _, truth, image, scores, tp, fp in self._classes:
+            n_truth = float(counts @ truth)
+            if n_truth == 0:
+                continue
+            w = counts[image]
+            aps.append(_ap(np.repeat(scores, w), np.repeat(tp, w), np.repeat(fp, w), n_truth))
+        return float(np.mean(aps)) if aps else 0.0

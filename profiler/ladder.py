@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from varipipe.profiler.detection_map import ImageMatches, accumulate
+from varipipe.profiler.detection_map import ImageMatches, MatchTable
 from varipipe.profiler.paired import (
     ALPHA,
     BOOTSTRAP_RESAMPLES,
@@ -98,8 +98,11 @@ def compare_detection(cheaper: Rung, costlier: Rung, resamples: int = BOOTSTRAP_
     b: Sequence[ImageMatches] = costlier.outcomes
     _check_paired(a, b)
 
+    table_a, table_b = MatchTable(a), MatchTable(b)
+
     def diff(idx: np.ndarray) -> float:
-        return accumulate([b[i] for i in idx]).value - accumulate([a[i] for i in idx]).value
+        counts = np.bincount(idx, minlength=len(a))
+        return table_b.map_value(counts) - table_a.map_value(counts)
 
     r = paired_bootstrap(diff, len(a), resamples, seed)
     return Comparison(cheaper.variant, costlier.variant, BOOTSTRAP_TEST, r.difference, r.resolved, r.half_width,

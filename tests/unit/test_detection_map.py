@@ -16,6 +16,7 @@ import pytest
 
 from varipipe.profiler.detection_map import (
     MAX_DETECTIONS,
+    MatchTable,
     Scored,
     Truth,
     accumulate,
@@ -147,3 +148,17 @@ def test_equal_to_pycocotools_on_random_sets(seed):
         assert ours.per_class.keys() == per_class.keys()
         for c, ap in per_class.items():
             assert ours.per_class[c] == pytest.approx(ap, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_bootstrap_table_equals_accumulate_on_the_repeated_list(seed):
+    rng = random.Random(100 + seed)
+    dets, truths = _random_set(rng)
+    images = [match_image(d, t) for d, t in zip(dets, truths, strict=True)]
+    table = MatchTable(images)
+    assert table.map_value(np.ones(len(images), dtype=int)) == accumulate(images).value
+    nrng = np.random.default_rng(seed)
+    for _ in range(5):
+        idx = nrng.integers(0, len(images), size=len(images))
+        counts = np.bincount(idx, minlength=len(images))
+        assert table.map_value(counts) == pytest.approx(accumulate([images[i] for i in idx]).value, abs=1e-12)
