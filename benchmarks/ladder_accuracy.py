@@ -14,8 +14,10 @@ profiler/evalset (profiler/EVAL_SET.md), one request at a time on one thread:
   scored by that task's metric (skipped, and said so, while the set has none).
 
 Each rung's figure is the one the profiler stores (evaluate.stage_accuracy);
-its cost is the median batch-1 call on cpu:1 in this same run (rough: one
-process on a shared host, per photo / per crop / per LLM input). Rungs are
+its cost is the median batch-1 call on cpu:1 in this same run, timed with
+every rung of the stage loaded and called in turn on the same inputs (so a
+host's drift hits them alike; rough: one process on a shared host, per
+photo / per crop / per LLM input). Rungs are
 sorted by that cost; each is compared with the next costlier one on the same
 items -- paired bootstrap over images for mAP, exact McNemar for right/wrong
 outcomes -- and a difference is claimed only where the test resolves it.
@@ -43,8 +45,13 @@ from pathlib import Path  # noqa: E402
 
 from varipipe.profiler.evaluate import accuracy_payloads  # noqa: E402
 from varipipe.profiler.ladder import Ladder, describe  # noqa: E402
-from varipipe.profiler.ladder_run import CPU_THREADS, run_stage, stage_ladder  # noqa: E402
-from varipipe.profiler.paired import ALPHA, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED  # noqa: E402
+from varipipe.profiler.ladder_run import CPU_THREADS, TIMING_ROUNDS, run_stage, stage_ladder  # noqa: E402
+from varipipe.profiler.paired import (  # noqa: E402
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    smallest_mcnemar_difference,
+)
 from varipipe.profiler.vision_eval import SET_NAME, evaluation_for  # noqa: E402
 from varipipe.spec import find_spec  # noqa: E402
 
@@ -59,6 +66,9 @@ def _ladder_json(lad: Ladder, source: str, failed: dict[str, str]) -> dict:
     return {
         "stage": lad.stage, "metric": lad.metric, "source": source,
         "items": lad.rungs[0].items if lad.rungs else 0,
+        # McNemar: the least any comparison on this many items could resolve (6 discordant, all one way)
+        "best_case_resolvable": (smallest_mcnemar_difference(lad.rungs[0].items, lad.rungs[0].items)
+                                 if lad.comparisons and lad.comparisons[0].p_value is not None else None),
         "rises_with_cost": lad.rises, "every_step_resolved": lad.resolved_rises,
         "rungs": [{"variant": r.variant, "accuracy": round(r.accuracy, 5), "latency_ms": round(r.latency_s * 1e3, 2),
                    "declared": r.declared, "items": r.items,
@@ -130,7 +140,8 @@ def main() -> int:
         "command": "python benchmarks/ladder_accuracy.py " + " ".join(sys.argv[1:]),
         "pipeline": spec.name, "set": str(args.set) if args.set else SET_NAME, "split": args.split, "photos": len(photos),
         "split_rule": dataclasses.asdict(evaluation.labelled.split_rule),
-        "cost": f"median batch-1 infer call on cpu:{CPU_THREADS} in this run, after one warm-up call",
+        "cost": f"median of {TIMING_ROUNDS} batch-1 infer calls on cpu:{CPU_THREADS} in this run, every rung of "
+                "the stage loaded and called in turn on the same inputs, after one warm-up call each",
         "alpha": ALPHA, "resamples": args.resamples, "seed": args.seed,
         "multiple_comparisons": "each adjacent-rung comparison at alpha on its own, no correction",
         "stages": stages, "skipped": skipped,

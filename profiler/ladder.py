@@ -147,11 +147,14 @@ def ladder(stage: str, metric: str, rungs: Sequence[Rung], resamples: int = BOOT
 
 
 def describe(c: Comparison) -> str:
-    """One line for the report: the difference, its interval or p-value, and the verdict."""
+    """One line for the report: the difference, its interval or p-value, the verdict, the resolution."""
     if c.p_value is not None:
         stat = f"p = {c.p_value:.3g} ({c.only_cheaper} only cheaper right, {c.only_costlier} only costlier right)"
+        discordant = (c.only_cheaper or 0) + (c.only_costlier or 0)
+        resolution = (f"with {discordant} discordant items the smallest resolvable difference is "
+                      f"{c.smallest_resolvable:.3f}" if c.smallest_resolvable is not None else
+                      f"{discordant} discordant items cannot resolve any difference")
     else:
         stat = f"95% CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
-    smallest = f"{c.smallest_resolvable:.3f}" if c.smallest_resolvable is not None else "none"
-    return (f"{c.cheaper} -> {c.costlier}: {c.difference:+.3f}, {stat}; {c.verdict} "
-            f"(smallest resolvable here ~{smallest}, alpha {ALPHA:g})")
+        resolution = f"half-width {c.smallest_resolvable:.3f}"
+    return f"{c.cheaper} -> {c.costlier}: {c.difference:+.3f}, {stat}; {c.verdict} ({resolution}, alpha {ALPHA:g})"

@@ -1,9 +1,15 @@
 """Run every rung of a stage on the labelled split, timing each call: the ladder benchmark's engine.
 
-``run_stage`` loads each variant on one thread (cpu:1), warms it up on the
-first input, then runs it on every input one request at a time (batch 1),
-timing each call; the median is the rung's cost, measured in the same run as
-its accuracy (rough: in-process, on a shared host). ``stage_ladder`` turns
+``run_stage`` runs each variant on one thread (cpu:1) over every input, one
+request at a time (batch 1), for its outputs; then it times the rungs
+*interleaved*: every variant loaded at once, each round calling each of them
+(in rotating order) on the same input, ``TIMING_ROUNDS`` rounds after a
+warm-up call. The median call is the rung's cost. On a shared host whose load
+drifts, interleaving lets the drift hit every rung alike, so their order is
+the models' and not the moment's (timed one after the other on the dev split,
+YOLOv3-tiny-320 came out slower than -416 during other sessions' runs).
+Rough: in-process, on a shared host; the profiler's figures are the careful
+ones. ``stage_ladder`` turns
 the outputs into the stage figures -- through ``evaluate.stage_accuracy``,
 the same function the profiler stores -- and the paired comparisons of
 adjacent rungs (``ladder``). Variants are built by an injected builder, the
@@ -23,9 +29,12 @@ from varipipe.profiler.ladder import Ladder, Rung, ladder
 from varipipe.profiler.paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from varipipe.records import StageSpec
 
-__all__ = ["StageRun", "run_stage", "stage_ladder", "CPU_THREADS"]
+__all__ = ["StageRun", "run_stage", "time_interleaved", "stage_ladder", "CPU_THREADS", "TIMING_ROUNDS"]
 
 CPU_THREADS = 1  # cost is batch-1 latency on cpu:1 (issue 17 item 4)
+# Interleaved timing rounds per stage (each times every rung once); 30 calls give a median whose
+# run-to-run spread on this host is a few percent for the detectors and classifiers.
+TIMING_ROUNDS = 30
 
 
 @dataclass(frozen=True)
@@ -33,20 +42,18 @@ class StageRun:
     stage: str
     payloads: Sequence[Payload]
     outputs: dict[str, list[StageOutput]]
-    latency_s: dict[str, float]  # median of the timed batch-1 calls
+    latency_s: dict[str, float]  # median batch-1 call, timed interleaved
     failed: dict[str, str] = field(default_factory=dict)
 
 
 def run_stage(stage: StageSpec, payloads: Sequence[Payload], variants: Sequence[str] | None = None,
               threads: int = CPU_THREADS, builder: Callable[..., Variant] = build_variant,
-              clock: Callable[[], float] = time.perf_counter) -> StageRun:
-    """Every (named) variant of ``stage`` on every payload, one request at a time, each call timed."""
+              clock: Callable[[], float] = time.perf_counter, rounds: int = TIMING_ROUNDS) -> StageRun:
+    """Every (named) variant's outputs on every payload, then their batch-1 cost timed interleaved."""
+    specs = [v for v in stage.variants if variants is None or v.name in variants]
     outputs: dict[str, list[StageOutput]] = {}
-    latency: dict[str, float] = {}
     failed: dict[str, str] = {}
-    for spec in stage.variants:
-        if variants is not None and spec.name not in variants:
-            continue
+    for spec in specs:
         try:
             v = builder(spec, threads=threads)
             v.load()
@@ -54,16 +61,37 @@ def run_stage(stage: StageSpec, payloads: Sequence[Payload], variants: Sequence[
             failed[spec.name] = f"{type(e).__name__}: {e}"
             continue
         try:
-            v.infer([payloads[0]])  # warm-up: first-call allocations are not the rung's cost
-            outs, times = [], []
-            for p in payloads:
-                t0 = clock()
-                outs.extend(v.infer([p]))
-                times.append(clock() - t0)
+            outputs[spec.name] = [v.infer([p])[0] for p in payloads]
         finally:
             v.unload()
-        outputs[spec.name], latency[spec.name] = outs, statistics.median(times)
+    timed = [s for s in specs if s.name in outputs]
+    latency = time_interleaved(timed, payloads, threads, builder, clock, rounds)
     return StageRun(stage.name, list(payloads), outputs, latency, failed)
+
+
+def time_interleaved(specs: Sequence, payloads: Sequence[Payload], threads: int = CPU_THREADS,
+                     builder: Callable[..., Variant] = build_variant, clock: Callable[[], float] = time.perf_counter,
+                     rounds: int = TIMING_ROUNDS) -> dict[str, float]:
+    """Median batch-1 call of each variant, all loaded at once and called in turn on the same inputs."""
+    loaded = []
+    try:
+        for spec in specs:
+            v = builder(spec, threads=threads)
+            v.load()
+            loaded.append(v)
+            v.infer([payloads[0]])  # warm-up: first-call allocations are not the rung's cost
+        times: dict[str, list[float]] = {v.spec.name: [] for v in loaded}
+        for r in range(rounds):
+            p = payloads[r % len(payloads)]
+            for k in range(len(loaded)):
+                v = loaded[(r + k) % len(loaded)]  # rotate who goes first
+                t0 = clock()
+                v.infer([p])
+                times[v.spec.name].append(clock() - t0)
+    finally:
+        for v in loaded:
+            v.unload()
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def stage_ladder(stage: StageSpec, run: StageRun, evaluation, resamples: int = BOOTSTRAP_RESAMPLES,

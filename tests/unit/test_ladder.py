@@ -114,9 +114,12 @@ def test_the_engine_times_each_call_and_ranks_detectors_by_the_sets_map(ev):
     stage = StageSpec(DETECTOR, (_v(DETECTOR, "blind"), _v(DETECTOR, "perfect")), "blind")
     fns = {"blind": lambda p: Detections((), (1, 1)), "perfect": _perfect_detector(ev)}
     log: list = []
-    run = run_stage(stage, ev.payloads(), builder=lambda s, threads: _Fake(s, fns[s.name], log), clock=_ticks())
+    run = run_stage(stage, ev.payloads(), builder=lambda s, threads: _Fake(s, fns[s.name], log), clock=_ticks(),
+                    rounds=4)
     assert run.latency_s == {"blind": pytest.approx(0.001), "perfect": pytest.approx(0.001)}
-    assert log.count(("infer", "perfect")) == 1 + 3  # warm-up + one call per photo
+    assert log.count(("infer", "perfect")) == 3 + 1 + 4  # one per photo; timing: warm-up + one per round
+    timing = [name for what, name in log[-8:]]
+    assert timing == ["blind", "perfect", "perfect", "blind", "blind", "perfect", "perfect", "blind"]
     lad, figures = stage_ladder(stage, run, ev, resamples=100)
     assert figures.measured["perfect"] == pytest.approx(1.0) and figures.measured["blind"] == 0.0
     assert [r.variant for r in lad.rungs] == ["blind", "perfect"]  # equal cost: by name
