@@ -2,7 +2,7 @@
 
     flock /tmp/varipipe-heavy.lock python benchmarks/e2e_accuracy.py --split test
         [--ladder benchmarks/results/ladder_accuracy_test.json] [--configs d/c/l,d/c/l,...]
-        [--set DIR] [--resamples 2000] [--seed 17] [--out FILE]
+        [--profile FILE] [--set DIR] [--resamples 2000] [--seed 17] [--out FILE]
 
 Definition (profiler/end_to_end.py): each photo of the split goes through the
 configuration's detector, its classifier on the detector's real output, and
@@ -13,8 +13,8 @@ input of the split, with a 95 % interval from resampling photos.
 
 It is compared with the product of the configuration's stage figures, read
 from a ladder run on the same split (benchmarks/ladder_accuracy.py: detector
-mAP x classifier top-1 x LLM stage metric): the quantity the optimizer
-maximises. Without --configs, the configurations span the ladders (rungs in
+mAP x classifier top-1 x LLM stage metric), or with --profile from a profile
+(Profile.variant_accuracy: exactly the figures the optimizer multiplies). Without --configs, the configurations span the ladders (rungs in
 the ladder run's cost order): all cheapest, all costliest, all middle, and
 each stage at one end with the others at the other (profiler/end_to_end.py:
 spanning_configurations). Needs the set's LLM task (the LLM rungs define it).
@@ -71,6 +71,9 @@ def main() -> int:
                         help="ladder_accuracy JSON of the same split (default results/ladder_accuracy_<split>.json)")
     parser.add_argument("--configs", type=_configs, default=None,
                         help="comma-separated det/cls/llm variant triples (default: spanning the ladders)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="take the stage figures from this profile (what the optimizer uses) instead of the "
+                             "ladder run")
     parser.add_argument("--set", type=Path, default=None, help="another labelled set folder (default: shipped)")
     parser.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES)
     parser.add_argument("--seed", type=int, default=BOOTSTRAP_SEED)
@@ -78,9 +81,22 @@ def main() -> int:
     args = parser.parse_args()
     spec = find_spec(args.pipeline)
     ladder_file = args.ladder or RESULTS / f"ladder_accuracy_{args.split}.json"
-    order, figures = _ladders(ladder_file, spec.stage_names)
+    try:
+        order, figures = _ladders(ladder_file, spec.stage_names)
+    except (OSError, VaripipeError) as e:
+        print(f"e2e_accuracy: {e}", file=sys.stderr)
+        return 2
+    if args.profile is not None:
+        from varipipe.profiler.store import load_profile
+
+        profile = load_profile(args.profile, pipeline=spec.name)
+        figures = {s: {v: profile.variant_accuracy(s, v) for v in figures[s]} for s in spec.stage_names}
     evaluation = evaluation_for(args.split, args.set)
     configs = args.configs or spanning_configurations(order)
+    if not evaluation.metric(spec.stage_names[-1]):
+        print(f"e2e_accuracy: the labelled set does not score stage {spec.stage_names[-1]!r} yet (no LLM task: "
+              "profiler/vision_eval.py llm_task); nothing to measure end to end", file=sys.stderr)
+        return 2
     started = time.monotonic()
     runner = ChainRunner(spec, evaluation.payloads(), threads=CPU_THREADS)
     rows = []
@@ -99,7 +115,7 @@ def main() -> int:
     out.write_text(json.dumps({
         "command": "python benchmarks/e2e_accuracy.py " + " ".join(sys.argv[1:]),
         "pipeline": spec.name, "set": str(args.set) if args.set else SET_NAME, "split": args.split,
-        "ladder": str(ladder_file), "metric": evaluation.metric(spec.stage_names[-1]),
+        "ladder": str(ladder_file), "figures_from": str(args.profile or ladder_file), "metric": evaluation.metric(spec.stage_names[-1]),
         "definition": "mean LLM-metric score of the pipeline's final answers with real upstream outputs, over every "
                       "LLM input of the split; 95% interval from resampling photos",
         "product": "detector mAP x classifier top-1 x LLM stage metric, each measured alone on the same split",

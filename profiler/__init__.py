@@ -7,8 +7,14 @@ The folders follow the profiling loop:
     measure.py        time ``variant.infer(batch)`` in a fresh process per (variant, hardware)
     stats.py          percentiles, mean, throughput of one point and of its windows (pure)
     accuracy.py       agreement and caption scores, reference choice (pure)
-    eval_set.py       the caption stage's labelled set (EVAL_SET.md)
+    eval_set.py       the bundled photos' reference captions (pipelines without an evaluation set)
     evaluate.py       run a stage's variants on the inputs, choose its accuracy figures
+    labelled.py       the flagship's labelled set (evalset/labels.json): records and loader (EVAL_SET.md)
+    detection_map.py  COCO-style mAP@0.5, equal to pycocotools (pure)
+    label_mapping.py  the recorded ImageNet-1k -> COCO mapping (data/imagenet1k_to_coco.json)
+    vision_eval.py    vision-caption's evaluation set: per-stage inputs and metrics on the labelled set
+    paired.py, ladder.py   paired bootstrap / McNemar; rungs by cost and adjacent comparisons (pure)
+    ladder_run.py, end_to_end.py   run and time a stage's rungs; a configuration end to end
     latency_model.py  l(b) = alpha + beta * b per (variant, hardware) with held-back error (pure)
     store.py          the versioned profile JSON: load (validated), save (atomic)
     hostinfo.py       what a profile was measured on

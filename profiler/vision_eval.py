@@ -160,10 +160,21 @@ class VisionCaptionEvaluation:
         return None
 
     def aggregate(self, stage: str, payloads: Sequence[Payload], outputs: Sequence[StageOutput]) -> SetScore | None:
-        if stage != DETECTOR:
-            return None
-        result = accumulate(self.detection_matches(payloads, outputs))
-        return SetScore(result.value, result.images, result.per_class)
+        """Detector: mAP with AP per class. Classifier: the mean over crops, with top-1 per COCO class."""
+        if stage == DETECTOR:
+            result = accumulate(self.detection_matches(payloads, outputs))
+            return SetScore(result.value, result.images, result.per_class)
+        if stage == CLASSIFIER:
+            by_class: dict[str, list[float]] = {}
+            for p, o in zip(payloads, outputs, strict=True):
+                if (s := self.score(stage, p, o)) is not None:
+                    by_class.setdefault(self.crop_label(p.request_id), []).append(s)
+            scores = [s for v in by_class.values() for s in v]
+            if not scores:
+                return None
+            return SetScore(sum(scores) / len(scores), len(scores),
+                            {c: sum(v) / len(v) for c, v in sorted(by_class.items())})
+        return None
 
     def source(self, stage: str, items: int) -> str:
         where = f"the {self.split} split of {SET_NAME} ({len(self.items)} photos)"

@@ -96,6 +96,7 @@ def test_stage_figures_are_measured_with_declared_ones_beside_and_no_agreement(e
     assert result.measured == {"small": pytest.approx(1 / 5), "big": pytest.approx(4 / 5)}
     assert {f.kind for f in result.figures.values()} == {AccuracyKind.MEASURED}
     assert result.declared == {"big": declared} and result.agreement == {} and result.reference is None
+    assert result.breakdown["big"] == {"car": 1.0, "cat": 1.0, "cup": 1.0, "dining table": 0.0, "dog": 1.0}
     assert "test split of profiler/evalset" in result.figures["big"].source
     assert "62 of 80 COCO classes" in result.figures["big"].source
     assert StageAccuracy.from_metadata(CLASSIFIER, result.to_metadata()) == result
