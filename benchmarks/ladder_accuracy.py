@@ -3,6 +3,7 @@
     flock /tmp/varipipe-heavy.lock python benchmarks/ladder_accuracy.py --split dev|test
         [--pipeline vision-caption] [--stages detector,classifier,llm] [--variants a,b,...]
         [--resamples 2000] [--seed 17] [--set DIR] [--out FILE]
+        [--save-runs DIR [--measure-only]] [--from-runs DIR]
 
 For every stage of the pipeline, every variant runs on the split of
 profiler/evalset (profiler/EVAL_SET.md), one request at a time on one thread:
@@ -21,6 +22,12 @@ photo / per crop / per LLM input). Rungs are
 sorted by that cost; each is compared with the next costlier one on the same
 items -- paired bootstrap over images for mAP, exact McNemar for right/wrong
 outcomes -- and a difference is claimed only where the test resolves it.
+
+--save-runs keeps each stage's outputs and timings (a pickle per stage) so
+that the comparisons -- and benchmarks/ladder_choice.py's analysis of
+candidate ladders -- can be redone later from the same measurements, without
+the lock (--from-runs DIR reads them instead of running anything;
+--measure-only stops after saving, keeping the locked run short).
 
 Every choice (thresholds, rungs, metric details) is made on --split dev;
 reported figures come from --split test. Writes
@@ -45,12 +52,20 @@ from pathlib import Path  # noqa: E402
 
 from varipipe.profiler.evaluate import accuracy_payloads  # noqa: E402
 from varipipe.profiler.ladder import Ladder, describe  # noqa: E402
-from varipipe.profiler.ladder_run import CPU_THREADS, TIMING_ROUNDS, run_stage, stage_ladder  # noqa: E402
+from varipipe.profiler.ladder_run import (  # noqa: E402
+    CPU_THREADS,
+    TIMING_ROUNDS,
+    check_same_inputs,
+    load_run,
+    run_stage,
+    save_run,
+    stage_ladder,
+)
 from varipipe.profiler.paired import (  # noqa: E402
     ALPHA,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
-    smallest_mcnemar_difference,
+    best_case_mcnemar_difference,
 )
 from varipipe.profiler.vision_eval import SET_NAME, evaluation_for  # noqa: E402
 from varipipe.spec import find_spec  # noqa: E402
@@ -67,7 +82,7 @@ def _ladder_json(lad: Ladder, source: str, failed: dict[str, str]) -> dict:
         "stage": lad.stage, "metric": lad.metric, "source": source,
         "items": lad.rungs[0].items if lad.rungs else 0,
         # McNemar: the least any comparison on this many items could resolve (6 discordant, all one way)
-        "best_case_resolvable": (smallest_mcnemar_difference(lad.rungs[0].items, lad.rungs[0].items)
+        "best_case_resolvable": (best_case_mcnemar_difference(lad.rungs[0].items)
                                  if lad.comparisons and lad.comparisons[0].p_value is not None else None),
         "rises_with_cost": lad.rises, "every_step_resolved": lad.resolved_rises,
         "rungs": [{"variant": r.variant, "accuracy": round(r.accuracy, 5), "latency_ms": round(r.latency_s * 1e3, 2),
@@ -114,7 +129,17 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default results/ladder_accuracy_<split>"
                                                                 ".json)")
+    parser.add_argument("--save-runs", type=Path, default=None,
+                        help="folder to keep each stage's outputs and timings in (<stage>.pkl)")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="with --save-runs: stop after saving (no comparisons, no JSON)")
+    parser.add_argument("--from-runs", type=Path, default=None,
+                        help="read the stages' outputs and timings saved by --save-runs instead of running")
     args = parser.parse_args()
+    if args.measure_only and not args.save_runs:
+        parser.error("--measure-only needs --save-runs DIR")
+    if args.from_runs and args.save_runs:
+        parser.error("--from-runs and --save-runs exclude each other")
     spec = find_spec(args.pipeline)
     evaluation = evaluation_for(args.split, args.set)
     started = time.monotonic()
@@ -128,12 +153,27 @@ def main() -> int:
             print(f"\n{stage.name}: skipped -- {skipped[stage.name]}", flush=True)
             continue
         inputs = accuracy_payloads(evaluation, stage.name, photos)
-        print(f"\n{stage.name}: running {len(stage.variants)} variants on {len(inputs)} inputs ...", flush=True)
-        run = run_stage(stage, inputs, args.variants)
+        if args.from_runs:
+            try:
+                run = load_run(args.from_runs, stage.name, args.split, args.variants)
+                check_same_inputs(run, inputs)
+            except ValueError as e:
+                sys.exit(f"error: --from-runs: {e}")
+        else:
+            print(f"\n{stage.name}: running {len(stage.variants)} variants on {len(inputs)} inputs ...", flush=True)
+            run = run_stage(stage, inputs, args.variants)
+        if args.save_runs:
+            save_run(args.save_runs, run, args.split)
+            print(f"  saved {args.save_runs / (stage.name + '.pkl')}", flush=True)
+            if args.measure_only:
+                continue
         lad, figures = stage_ladder(stage, run, evaluation, args.resamples, args.seed)
         _print_ladder(lad, args.split)
         source = next(iter(figures.figures.values())).source if figures.figures else ""
         stages.append(_ladder_json(lad, source, run.failed))
+    if args.measure_only:
+        print(f"\nmeasured and saved in {args.save_runs} ({time.monotonic() - started:.0f} s)")
+        return 0
     out = args.out or RESULTS / f"ladder_accuracy_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

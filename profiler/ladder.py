@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -22,11 +23,14 @@ from varipipe.profiler.paired import (
     ALPHA,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    BootstrapResult,
+    bootstrap_interval,
     mcnemar,
     paired_bootstrap,
 )
 
 __all__ = ["Rung", "Comparison", "Ladder", "compare", "compare_detection", "compare_outcomes", "ladder", "describe",
+           "rung_interval", "dominated_by", "degraded_settings", "candidate_ladders",
            "BOOTSTRAP_TEST", "MCNEMAR_TEST", "ITEM_BOOTSTRAP_TEST"]
 
 BOOTSTRAP_TEST = "paired bootstrap over images (95% percentile interval)"
@@ -158,3 +162,55 @@ def describe(c: Comparison) -> str:
         stat = f"95% CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
         resolution = f"half-width {c.smallest_resolvable:.3f}"
     return f"{c.cheaper} -> {c.costlier}: {c.difference:+.3f}, {stat}; {c.verdict} ({resolution}, alpha {ALPHA:g})"
+
+
+# --- choosing a ladder among a stage's variants --------------------------------------------------
+
+
+def rung_interval(rung: Rung, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> BootstrapResult:
+    """The rung's own figure with a 95 % percentile interval over resampled items (images for mAP)."""
+    if rung.outcomes and isinstance(rung.outcomes[0], ImageMatches):
+        table = MatchTable(rung.outcomes)
+        return bootstrap_interval(lambda idx: table.map_value(np.bincount(idx, minlength=table.images)),
+                                  table.images, resamples, seed)
+    scores = np.asarray(rung.outcomes, dtype=float)
+    return bootstrap_interval(lambda idx: float(scores[idx].mean()), len(scores), resamples, seed)
+
+
+def dominated_by(rungs: Sequence[Rung]) -> dict[str, str]:
+    """Each dominated rung -> the cheapest rung that dominates it.
+
+    Dominated: another rung costs no more and is at least as accurate, strictly better in one of the two
+    (point estimates: whether the set *resolves* the accuracy side is the paired test's to say).
+    """
+    result: dict[str, str] = {}
+    for r in rungs:
+        better = [o for o in rungs if o is not r and o.latency_s <= r.latency_s and o.accuracy >= r.accuracy
+                  and (o.latency_s < r.latency_s or o.accuracy > r.accuracy)]
+        if better:
+            result[r.variant] = min(better, key=lambda o: (o.latency_s, o.variant)).variant
+    return result
+
+
+def degraded_settings(variants: Sequence[str], model_of: Mapping[str, str]) -> int:
+    """Rungs that run weights another rung of the ladder already runs (another input size, multi-scale).
+
+    A ladder of n rungs over m distinct weights files has n - m such rungs: of the rungs sharing one
+    model, one is that model's rung and every other is a degraded setting of it.
+    """
+    return len(variants) - len({model_of[v] for v in variants})
+
+
+def candidate_ladders(rungs: Sequence[Rung], model_of: Mapping[str, str], min_rungs: int = 3,
+                      max_degraded: int = 1) -> list[tuple[str, ...]]:
+    """Every ladder of the non-dominated rungs with >= ``min_rungs`` rungs and <= ``max_degraded`` degraded settings.
+
+    Cheapest first within a ladder; ladders with more rungs first, then more distinct models, then by name.
+    The non-dominated rungs sorted by cost rise in accuracy, so every candidate does too.
+    """
+    losers = dominated_by(rungs)
+    frontier = sorted((r for r in rungs if r.variant not in losers), key=lambda r: (r.latency_s, r.variant))
+    names = [r.variant for r in frontier]
+    found = [c for n in range(min_rungs, len(names) + 1) for c in combinations(names, n)
+             if degraded_settings(c, model_of) <= max_degraded]
+    return sorted(found, key=lambda c: (-len(c), -len({model_of[v] for v in c}), c))

@@ -18,10 +18,13 @@ clock is injected, so tests run it on fakes.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from varipipe.pipelines.variant import Payload, StageOutput, Variant, build_variant
 from varipipe.profiler.evaluate import StageAccuracy, stage_accuracy
@@ -29,7 +32,7 @@ from varipipe.profiler.ladder import Ladder, Rung, ladder
 from varipipe.profiler.paired import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from varipipe.records import StageSpec
 
-__all__ = ["StageRun", "run_stage", "time_interleaved", "stage_ladder", "CPU_THREADS", "TIMING_ROUNDS"]
+__all__ = ["StageRun", "run_stage", "time_interleaved", "stage_ladder", "stage_rungs", "save_run", "load_run", "check_same_inputs", "CPU_THREADS", "TIMING_ROUNDS"]
 
 CPU_THREADS = 1  # cost is batch-1 latency on cpu:1 (issue 17 item 4)
 # Interleaved timing rounds per stage (each times every rung once); 30 calls give a median whose
@@ -101,6 +104,12 @@ def stage_ladder(stage: StageSpec, run: StageRun, evaluation, resamples: int = B
     ``evaluation`` is a ``VisionCaptionEvaluation``: its ``outcomes`` gives the per-item outcomes the
     paired tests need (image matches for mAP, per-item scores otherwise).
     """
+    rungs, figures = stage_rungs(stage, run, evaluation)
+    return ladder(stage.name, figures.metric, rungs, resamples, seed), figures
+
+
+def stage_rungs(stage: StageSpec, run: StageRun, evaluation) -> tuple[list[Rung], StageAccuracy]:
+    """Each variant's rung (figure, cost, per-item outcomes on the items every variant scored) and the figures."""
     figures = stage_accuracy(stage, run.payloads, run.outputs, evaluation)
     outcomes = {v: evaluation.outcomes(stage.name, run.payloads, outs) for v, outs in run.outputs.items()}
     keep = [i for i in range(len(run.payloads)) if all(o[i] is not None for o in outcomes.values())]
@@ -108,4 +117,43 @@ def stage_ladder(stage: StageSpec, run: StageRun, evaluation, resamples: int = B
                   figures.declared[v].value if v in figures.declared else None,
                   tuple(outcomes[v][i] for i in keep), figures.breakdown.get(v, {}))
              for v in run.outputs]
-    return ladder(stage.name, figures.metric, rungs, resamples, seed), figures
+    return rungs, figures
+
+
+def save_run(folder: Path, run: StageRun, split: str) -> Path:
+    """Keep a stage's outputs and timings (``folder/<stage>.pkl``) to compare rungs later without re-running."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{run.stage}.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"split": split, "run": run}, f)
+    return path
+
+
+def load_run(folder: Path, stage: str, split: str, variants: Sequence[str] | None = None) -> StageRun:
+    """A run kept by ``save_run`` (a file we wrote: pickle), restricted to ``variants`` if given."""
+    path = folder / f"{stage}.pkl"
+    if not path.is_file():
+        raise ValueError(f"{path}: no saved run of stage {stage!r} (made by --save-runs)")
+    with open(path, "rb") as f:
+        saved = pickle.load(f)
+    if saved.get("split") != split:
+        raise ValueError(f"{path} holds the {saved.get('split')} split, not {split}")
+    run: StageRun = saved["run"]
+    if variants is None:
+        return run
+    unknown = [v for v in variants if v not in run.outputs and v not in run.failed]
+    if unknown:
+        raise ValueError(f"{path} has no run of {', '.join(unknown)}")
+    return dataclasses.replace(run, outputs={v: o for v, o in run.outputs.items() if v in variants},
+                               latency_s={v: t for v, t in run.latency_s.items() if v in variants},
+                               failed={v: e for v, e in run.failed.items() if v in variants})
+
+
+def check_same_inputs(run: StageRun, inputs: Sequence[Payload]) -> None:
+    """A saved run belongs to these inputs (the split's, built again by ``accuracy_payloads``, which also
+    tells the evaluation set what each input is): the same request ids in the same order."""
+    saved, now = [p.request_id for p in run.payloads], [p.request_id for p in inputs]
+    if saved != now:
+        diff = sorted(set(saved) ^ set(now))[:3]
+        raise ValueError(f"the saved {run.stage} run was made on other inputs than this split's "
+                         f"({len(saved)} vs {len(now)}; e.g. {diff or 'another order'})")

@@ -39,6 +39,7 @@ __all__ = [
     "mcnemar",
     "mcnemar_p",
     "smallest_mcnemar_difference",
+    "best_case_mcnemar_difference",
 ]
 
 ALPHA = 0.05  # two-sided: 95 % intervals, p < 0.05
@@ -122,6 +123,13 @@ def smallest_mcnemar_difference(discordant: int, items: int, alpha: float = ALPH
         if mcnemar_p(smaller, discordant - smaller) < alpha:
             return (discordant - 2 * smaller) / items
     return None
+
+
+def best_case_mcnemar_difference(items: int, alpha: float = ALPHA) -> float | None:
+    """The least accuracy difference any McNemar comparison on ``items`` items can resolve: the fewest
+    discordant items that can reach ``alpha``, all going one way (6 at 0.05), over ``items``."""
+    found = [d for d in (smallest_mcnemar_difference(k, items, alpha) for k in range(1, items + 1)) if d is not None]
+    return min(found) if found else None
 
 
 def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNemarResult:

@@ -7,7 +7,6 @@ evaluation set's plumbing with them, never a model's accuracy.
 from __future__ import annotations
 
 import json
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -50,7 +49,3 @@ def write_set(folder: Path, items=ITEMS) -> Path:
         Image.fromarray(pixels).save(folder / "images" / f"{i}.jpg", quality=90)
     return folder
 
-
-def copy_set(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

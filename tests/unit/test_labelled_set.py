@@ -77,3 +77,24 @@ def test_second_labellings_are_kept(tmp_path):
     doc["items"][0]["second"] = {"labeller": "B", "boxes": [{"label": "cup", "box": [5, 5, 30, 31], "crowd": False}]}
     s = parse_labelled_set(doc, coco_classes())
     assert s.items[0].second_labeller == "B" and s.items[0].second[0].label == "cup"
+
+
+def test_a_photo_whose_size_differs_from_its_labels_is_refused(tmp_path):
+    from PIL import Image
+
+    s = load_labelled_set(write_set(tmp_path))
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "pets-c.jpg", quality=90)
+    with pytest.raises(ConfigError, match="labels say 60x60 but images/pets-c.jpg is 32x32"):
+        read_image(s, s.item("pets-c"))
+
+
+def test_the_shipped_set_loads_every_photo_at_its_labelled_size():
+    s = load_labelled_set()
+    dev, test = s.split("dev"), s.split("test")
+    assert dev and test and len(dev) + len(test) == len(s.items)
+    longest_side = 640  # EVALSET_FORMAT: re-encoded with the longest side <= 640 px
+    for item in s.items:
+        img = read_image(s, item)  # raises when the file's size is not the labelled one
+        assert max(img.shape[:2]) <= longest_side and all(b.label in s.classes for b in item.boxes)
+    # issue 17 item 2: at least 10 % of the items labelled twice
+    assert sum(i.second is not None for i in s.items) >= 0.1 * len(s.items)

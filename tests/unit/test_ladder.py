@@ -18,8 +18,19 @@ from varipipe.profiler.detection_map import Scored, Truth, match_image
 from varipipe.profiler.end_to_end import ChainRunner, measure_end_to_end, spanning_configurations
 from varipipe.profiler.evaluate import accuracy_payloads
 from varipipe.profiler.labelled import load_labelled_set
-from varipipe.profiler.ladder import BOOTSTRAP_TEST, MCNEMAR_TEST, Rung, compare, describe, ladder
-from varipipe.profiler.ladder_run import run_stage, stage_ladder
+from varipipe.profiler.ladder import (
+    BOOTSTRAP_TEST,
+    MCNEMAR_TEST,
+    Rung,
+    candidate_ladders,
+    compare,
+    degraded_settings,
+    describe,
+    dominated_by,
+    ladder,
+    rung_interval,
+)
+from varipipe.profiler.ladder_run import load_run, run_stage, save_run, stage_ladder, stage_rungs
 from varipipe.profiler.vision_eval import CLASSIFIER, DETECTOR, LLM, VisionCaptionEvaluation
 from varipipe.records import SLA, PipelineSpec, StageSpec, VariantSpec
 
@@ -59,6 +70,45 @@ def test_graded_scores_get_an_item_bootstrap_and_image_matches_a_map_bootstrap()
     assert det.test == BOOTSTRAP_TEST and det.difference == pytest.approx(1.0) and det.resolved
     with pytest.raises(ValueError, match="same non-empty items"):
         compare(_rung("a", 0.01, [1.0]), _rung("b", 0.02, [1.0, 0.0]))
+
+
+def test_a_rung_costlier_and_not_more_accurate_than_another_is_dominated_by_the_cheapest_such():
+    rungs = [_rung("a", 0.01, [1.0], 0.30), _rung("b", 0.02, [1.0], 0.30), _rung("c", 0.03, [1.0], 0.25),
+             _rung("d", 0.04, [1.0], 0.40), _rung("e", 0.04, [1.0], 0.40), _rung("f", 0.01, [1.0], 0.20)]
+    # b: as accurate, dearer; c: dearer and worse; f: as cheap, worse; d and e tie (neither dominates)
+    assert dominated_by(rungs) == {"b": "a", "c": "a", "f": "a"}
+
+
+def test_rungs_sharing_a_weights_file_beyond_the_first_are_degraded_settings():
+    model = {"v3-320": "v3", "v3-416": "v3", "v3-416-ms": "v3", "v4-416": "v4", "v10-640": "v10"}
+    assert degraded_settings(["v3-320", "v4-416", "v10-640"], model) == 0
+    assert degraded_settings(["v3-320", "v3-416", "v10-640"], model) == 1
+    assert degraded_settings(["v3-320", "v3-416", "v3-416-ms"], model) == 2
+
+
+def test_candidate_ladders_use_only_undominated_rungs_and_at_most_one_degraded_setting():
+    model = {"m1-s": "m1", "m1-l": "m1", "m1-xl": "m1", "m2": "m2", "m3": "m3", "m4": "m4"}
+    rungs = [_rung("m1-s", 0.01, [1.0], 0.2), _rung("m1-l", 0.02, [1.0], 0.3), _rung("m1-xl", 0.03, [1.0], 0.4),
+             _rung("m2", 0.04, [1.0], 0.5), _rung("m3", 0.05, [1.0], 0.45), _rung("m4", 0.06, [1.0], 0.6)]
+    found = candidate_ladders(rungs, model)
+    assert all("m3" not in c for c in found)  # dearer than m2 and less accurate
+    assert found[0] in {("m1-s", "m1-l", "m2", "m4"), ("m1-s", "m1-xl", "m2", "m4"), ("m1-l", "m1-xl", "m2", "m4")}
+    assert all(degraded_settings(c, model) <= 1 for c in found) and ("m1-s", "m1-l", "m1-xl") not in found
+    assert all(len(c) >= 3 for c in found)
+    for c in found:  # cheapest first, rising
+        acc = [next(r.accuracy for r in rungs if r.variant == v) for v in c]
+        assert acc == sorted(acc) and len(set(acc)) == len(acc)
+    assert candidate_ladders(rungs[:3], model) == []  # one model: two of three rungs would be degraded
+
+
+def test_a_rungs_own_interval_brackets_its_figure():
+    right = rung_interval(_rung("a", 0.01, [1.0] * 30 + [0.0] * 10), resamples=300)
+    assert right.estimate == pytest.approx(0.75) and right.ci_low < 0.75 < right.ci_high
+    truths = [Truth("cat", (0, 0, 10, 10))]
+    hit, miss = match_image([Scored("cat", (0, 0, 10, 10), 0.9)], truths), match_image([], truths)
+    det = rung_interval(_rung("d", 0.01, [hit] * 6 + [miss] * 6), resamples=300)
+    # recall 1/2 at precision 1: COCO's 101 recall points give 51 / 101
+    assert det.estimate == pytest.approx(51 / 101) and 0.0 < det.ci_low < 0.5 < det.ci_high < 1.0
 
 
 def test_spanning_configurations_cover_both_ends_of_every_ladder():
@@ -125,6 +175,25 @@ def test_the_engine_times_each_call_and_ranks_detectors_by_the_sets_map(ev):
     assert [r.variant for r in lad.rungs] == ["blind", "perfect"]  # equal cost: by name
     assert lad.comparisons[0].difference == pytest.approx(1.0)
     assert lad.rungs[1].breakdown["car"] == pytest.approx(1.0)
+
+
+def test_a_saved_run_gives_the_same_rungs_later_and_a_subset_on_request(ev, tmp_path):
+    stage = StageSpec(DETECTOR, (_v(DETECTOR, "blind"), _v(DETECTOR, "perfect")), "blind")
+    fns = {"blind": lambda p: Detections((), (1, 1)), "perfect": _perfect_detector(ev)}
+    run = run_stage(stage, ev.payloads(), builder=lambda s, threads: _Fake(s, fns[s.name], []), clock=_ticks(),
+                    rounds=2)
+    save_run(tmp_path / "runs", run, "test")
+    again = load_run(tmp_path / "runs", DETECTOR, "test")
+    assert [(r.variant, r.accuracy, r.latency_s) for r in stage_rungs(stage, again, ev)[0]] == \
+        [(r.variant, r.accuracy, r.latency_s) for r in stage_rungs(stage, run, ev)[0]]
+    only = load_run(tmp_path / "runs", DETECTOR, "test", ["perfect"])
+    assert list(only.outputs) == ["perfect"] and list(only.latency_s) == ["perfect"]
+    with pytest.raises(ValueError, match="holds the test split, not dev"):
+        load_run(tmp_path / "runs", DETECTOR, "dev")
+    with pytest.raises(ValueError, match="no run of nonesuch"):
+        load_run(tmp_path / "runs", DETECTOR, "test", ["nonesuch"])
+    with pytest.raises(ValueError, match="no saved run of stage 'classifier'"):
+        load_run(tmp_path / "runs", CLASSIFIER, "test")
 
 
 def test_the_engine_scores_classifiers_on_ground_truth_crops(ev):

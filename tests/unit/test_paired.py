@@ -8,6 +8,7 @@ from scipy.stats import binomtest
 
 from varipipe.profiler.paired import (
     ALPHA,
+    best_case_mcnemar_difference,
     mcnemar,
     mcnemar_p,
     paired_bootstrap,
@@ -55,3 +56,10 @@ def test_paired_bootstrap_is_seeded_and_resolves_a_clear_difference_only():
     assert noisy.ci_low < 0 < noisy.ci_high and not noisy.resolved
     assert noisy.half_width == pytest.approx((noisy.ci_high - noisy.ci_low) / 2)
     assert paired_bootstrap(diff(a, same), 60, resamples=500, seed=1) == noisy
+
+
+@pytest.mark.parametrize("items", [6, 84, 134])
+def test_the_best_case_on_a_set_is_six_discordant_items_all_one_way(items):
+    # the dev split's 84 crops can resolve nothing under 6 / 84 = 0.071, the test split's 134 nothing under 0.045
+    assert best_case_mcnemar_difference(items) == pytest.approx(6 / items)
+    assert best_case_mcnemar_difference(5) is None
