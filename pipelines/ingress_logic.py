@@ -1,8 +1,9 @@
 """HTTP ingress: parse and validate requests, walk the stages, answer JSON.
 
 Routes: ``POST /<pipeline>`` (raw image bytes, multipart field ``image``, or
-JSON ``{"image": "<base64>"}``; for an ``input: text`` pipeline JSON ``{"text": ...}``
-or a text/plain body), ``GET /healthz``, ``GET /config``,
+JSON ``{"image": "<base64>"}``, each with an optional question about the image:
+JSON field or multipart field ``question``, or header ``x-question``; for an
+``input: text`` pipeline JSON ``{"text": ...}`` or a text/plain body), ``GET /healthz``, ``GET /config``,
 ``GET /metrics`` (Prometheus text), ``GET /api/replicas``. Every bad input is
 a 4xx with a message saying what was wrong; nothing a client sends can crash
 the replica.
@@ -28,14 +29,16 @@ from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.images import MAX_BYTES, decode_image
 from varipipe.pipelines.metrics import RequestRecord, StageEntry, StageExit, StageTiming
 from varipipe.pipelines.variant import Payload
+from varipipe.question import MAX_QUESTION_CHARS, check_question
 from varipipe.records import PipelineSpec
 
-__all__ = ["IngressCore", "DEADLINE_HEADER", "CONTROL_ACTIONS", "parse_control", "control_request",
-           "UNAUTHORIZED"]
+__all__ = ["IngressCore", "DEADLINE_HEADER", "QUESTION_HEADER", "MAX_QUESTION_CHARS", "CONTROL_ACTIONS",
+           "parse_control", "control_request", "check_question", "UNAUTHORIZED"]
 
 log = logging.getLogger(__name__)
 
 DEADLINE_HEADER = "x-deadline-ms"  # relative deadline in milliseconds from arrival
+QUESTION_HEADER = "x-question"  # a question about the image, for raw-bytes uploads (ASCII: HTTP headers are latin-1)
 # A deadline longer than an hour is a client bug, not a plan (and would overflow nothing but patience).
 MAX_DEADLINE_MS = 3_600_000
 # JSON bodies carry base64 (4/3 of the bytes) plus a little structure.
@@ -59,8 +62,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def image_bytes(request: Request) -> bytes:
-    """The image bytes of a request, whichever of the three encodings it used."""
+async def image_request(request: Request) -> tuple[bytes, str | None]:
+    """The image bytes of a request, whichever of the three encodings it used, and its question (or None).
+
+    The question comes from the JSON field or multipart field ``question``, or the ``x-question``
+    header (any encoding); both at once is an error, not a silent choice.
+    """
+    header = request.headers.get(QUESTION_HEADER)
+    question = None if header is None else check_question(header, f"header {QUESTION_HEADER}")
+    body_question: object = None
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         raw = await _read_body(request, MAX_JSON_BYTES)
@@ -70,11 +80,12 @@ async def image_bytes(request: Request) -> bytes:
             raise BadInputError(f"body is not valid JSON: {e}") from e
         if not isinstance(doc, dict) or not isinstance(doc.get("image"), str):
             raise BadInputError('JSON body must be an object with a base64 string field "image"')
+        body_question = doc.get("question")
         try:
-            return base64.b64decode(doc["image"], validate=True)
+            data = base64.b64decode(doc["image"], validate=True)
         except (binascii.Error, ValueError) as e:
             raise BadInputError(f'field "image" is not valid base64: {e}') from e
-    if ctype == "multipart/form-data":
+    elif ctype == "multipart/form-data":
         await _read_body_limit_only(request)
         try:
             form = await request.form()
@@ -83,8 +94,24 @@ async def image_bytes(request: Request) -> bytes:
         field = form.get("image")
         if field is None or isinstance(field, str):
             raise BadInputError('multipart body needs a file field named "image"')
-        return await field.read()
-    return await _read_body(request, MAX_BYTES)
+        body_question = form.get("question")
+        if body_question is not None and not isinstance(body_question, str):
+            raise BadInputError('multipart field "question" must be a text field, not a file')
+        data = await field.read()
+    else:
+        data = await _read_body(request, MAX_BYTES)
+    if body_question is not None:
+        if question is not None:
+            raise BadInputError(f'the question is sent twice (header {QUESTION_HEADER} and field "question"): '
+                                "send it once")
+        question = check_question(body_question, 'field "question"')
+    return data, question
+
+
+async def image_bytes(request: Request) -> bytes:
+    """The image bytes of a request, whichever of the three encodings it used."""
+    data, _ = await image_request(request)
+    return data
 
 
 MAX_TEXT_CHARS = 4000  # a question or prompt; longer text only fills the LLM's context
@@ -208,18 +235,22 @@ class IngressCore:
         self._arrivals.add(arrival)
         try:
             deadline = parse_deadline(request, arrival)
-            image, text = None, None
+            image, text, question = None, None, None
             if self.spec.input_kind == "text":
+                if QUESTION_HEADER in request.headers:
+                    raise BadInputError(f"this pipeline takes text: send the question as its text, not in header "
+                                        f"{QUESTION_HEADER}")
                 text = await request_text(request)
             else:
-                data = await image_bytes(request)
+                data, question = await image_request(request)
                 image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
         except BadInputError as e:
             self._record(arrival, time.perf_counter() - t0, e.status, ())
             return e.status, {"error": str(e)}
         if deadline is None and self.deadline_s:
             deadline = arrival + self.deadline_s
-        payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, text=text, deadline=deadline)
+        payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, text=text, question=question,
+                          deadline=deadline)
         timings = []
         for stage in self.spec.stage_names:
             s0 = time.perf_counter()
@@ -262,8 +293,11 @@ class IngressCore:
                 "output": out.to_json(), "summary": out.summary(),
             })
         last = stages[-1]["summary"] if stages else ""
-        return {"pipeline": self.spec.name, "request_id": payload.request_id, "latency_s": round(latency, 6),
-                "answer": last, "stages": stages}
+        reply = {"pipeline": self.spec.name, "request_id": payload.request_id, "latency_s": round(latency, 6),
+                 "answer": last, "stages": stages}
+        if payload.question is not None:
+            reply["question"] = payload.question
+        return reply
 
     async def replica_reports(self) -> list[dict[str, Any]]:
         from dataclasses import asdict

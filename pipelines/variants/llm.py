@@ -13,6 +13,11 @@ Spec params: ``model`` (weights name), ``max_tokens`` (the token budget is part
 of the variant), ``prompt_style`` ("chatml" for instruction-tuned models,
 "completion" for base models), ``n_ctx``.
 
+With a question (``payload.question``, from the request) the model answers it
+instead of captioning (``_qa_prompt``: the counted labels, few-shot examples,
+``qa_max_tokens`` and ``qa_shots`` params); the answer is a Caption whose
+``question`` is set.
+
 Other pipelines reuse this variant with their own prompt: ``instruction`` is a
 template with ``{labels}`` (upstream labels), ``{context}`` (the ``context()``
 text of upstream outputs, e.g. recognised document text or retrieved passages,
@@ -31,6 +36,13 @@ from contextlib import contextmanager
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._base import ModelVariant
+from varipipe.pipelines.variants._qa_prompt import (
+    QA_MAX_TOKENS,
+    QA_STOP,
+    SHOTS,
+    build_qa_prompt,
+    clean_answer,
+)
 from varipipe.pipelines.variants.outputs import Caption, collect_labels
 from varipipe.records import VariantSpec
 
@@ -154,6 +166,8 @@ class LlamaCaptioner(ModelVariant):
         self.system = str(self.param("system", SYSTEM))
         self.max_context_chars = int(self.param("max_context_chars", MAX_CONTEXT_CHARS))
         self.stop = [str(s) for s in self.param("stop", _STOP)]
+        self.qa_max_tokens = int(self.param("qa_max_tokens", QA_MAX_TOKENS))
+        self.qa_shots = int(self.param("qa_shots", len(SHOTS)))
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -179,7 +193,19 @@ class LlamaCaptioner(ModelVariant):
         return build_instruction_prompt(str(self.instruction), payload, self.style, self.system, self.primer,
                                         self.max_context_chars), []
 
+    def _answer(self, llm, payload: Payload) -> Caption:  # type: ignore[no-untyped-def]
+        """The answer to ``payload.question`` (greedy, ``qa_max_tokens``, cut at the first line or comma)."""
+        prompt = build_qa_prompt(payload, self.style, self.qa_shots)
+        llm.reset()
+        result = llm.create_completion(prompt, max_tokens=self.qa_max_tokens,
+                                       temperature=0.0, top_k=1, repeat_penalty=1.0, stop=QA_STOP)
+        labels = tuple(prompt_labels(payload))
+        return Caption(clean_answer(result["choices"][0]["text"]), int(result["usage"]["completion_tokens"]),
+                       labels, payload.question)
+
     def _caption(self, llm, payload: Payload) -> Caption:  # type: ignore[no-untyped-def]
+        if payload.question is not None:
+            return self._answer(llm, payload)
         prompt, labels = self._prompt(payload)
         llm.reset()  # no KV reuse across requests: outputs independent of batch order
         result = llm.create_completion(prompt, max_tokens=self.max_tokens,

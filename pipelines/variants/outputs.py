@@ -21,6 +21,8 @@ __all__ = [
     "Caption",
     "Labelled",
     "collect_labels",
+    "latest_detections",
+    "counted_labels",
 ]
 
 # (x1, y1, x2, y2) in pixels of the original image, x to the right, y down.
@@ -104,14 +106,19 @@ class Classifications:
 
 @dataclass(frozen=True)
 class Caption:
-    """The LLM's sentence, the number of tokens it generated and the labels it was given."""
+    """The LLM's sentence (or its answer to ``question``), the number of tokens it generated and the
+    labels it was given."""
 
     text: str
     tokens: int
     prompt_labels: tuple[str, ...] = ()
+    question: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens": self.tokens, "prompt_labels": list(self.prompt_labels)}
+        out: dict[str, Any] = {"text": self.text, "tokens": self.tokens, "prompt_labels": list(self.prompt_labels)}
+        if self.question is not None:
+            out["question"] = self.question
+        return out
 
     def summary(self) -> str:
         return self.text
@@ -135,3 +142,19 @@ def collect_labels(outputs: Mapping[str, object]) -> list[str]:
         if isinstance(output, Labelled):
             found.extend(output.labels())
     return _unique(found)
+
+
+def latest_detections(outputs: Mapping[str, object]) -> Detections | None:
+    """The last upstream stage's detections (None when no stage detected)."""
+    return next((o for o in reversed(list(outputs.values())) if isinstance(o, Detections)), None)
+
+
+def counted_labels(outputs: Mapping[str, object]) -> list[tuple[str, int]]:
+    """(label, how many detections have it) from the latest detections, most frequent first, then in the
+    detector's order (most confident first)."""
+    found = latest_detections(outputs)
+    counts: dict[str, int] = {}
+    for d in found.items if found is not None else ():
+        counts[d.label] = counts.get(d.label, 0) + 1
+    order = {label: k for k, label in enumerate(counts)}
+    return sorted(counts.items(), key=lambda lc: (-lc[1], order[lc[0]]))
