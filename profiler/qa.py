@@ -213,7 +213,8 @@ def qa_document(items: Iterable[QaItem], seed: int = SEED) -> dict[str, Any]:
     }
 
 
-def load_qa_set(path: Path | None = None) -> QaSet:
+def load_qa_set(path: Any = None) -> QaSet:
+    """The QA set in ``path`` (a Path or an importlib Traversable; default the shipped qa.json)."""
     doc = json.loads((path or _EVALSET / QA_FILE).read_text(encoding="utf-8"))
     if doc.get("schema") != SCHEMA:
         raise ValueError(f"{path or QA_FILE}: schema {doc.get('schema')!r}, expected {SCHEMA}")

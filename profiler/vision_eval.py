@@ -11,9 +11,15 @@ Each stage is scored on what isolates its own contribution (profiler/EVAL_SET.md
   classifier's own crop and pre-processing (``classifier.select_crops``,
   ``crop``, ``preprocess``) is what is scored. Correct = the top-1 ImageNet
   class maps to the box's COCO class.
-- ``llm``: scored by an ``LlmTask`` (the LLM stage's task and metric, defined
-  with the LLM rungs) on inputs built from the ground-truth labels; until one
-  is given, this set does not score the LLM stage (``metric("llm") == ""``).
+- ``llm``: scored by an ``LlmTask`` (the LLM stage's task and metric) on
+  inputs built from the ground-truth labels; without one, this set does not
+  score the LLM stage (``metric("llm") == ""``). The flagship's task is
+  ``profiler/qa_task.QaTask``: the grounded questions of ``evalset/qa.json``,
+  exact match (``llm_task``).
+
+Each photo's payload carries one of its questions (``payloads``: the photo's
+questions in turn, one per photo), so the LLM stage is *timed* on the
+question-answering workload it serves; detector and classifier ignore it.
 
 The profiler stores the **test** split's figures (``make``); every choice is
 made on **dev** (``VisionCaptionEvaluation("dev")``).
@@ -130,8 +136,16 @@ class VisionCaptionEvaluation:
     # --- EvaluationSet -------------------------------------------------------------------------
 
     def payloads(self) -> list[Payload]:
-        """The split's photos, decoded as the ingress decodes an upload; request id = item id."""
-        return [Payload(request_id=i.id, image=read_image(self.labelled, i)) for i in self.items.values()]
+        """The split's photos, decoded as the ingress decodes an upload; request id = item id. With an LLM task
+        that asks questions, each photo carries one of its questions (the k-th photo its k-th, in turn), so the
+        profiler times the LLM on questions, as served."""
+        return [Payload(request_id=i.id, image=read_image(self.labelled, i), question=self._question(k, i))
+                for k, i in enumerate(self.items.values())]
+
+    def _question(self, k: int, item: LabelledItem) -> str | None:
+        ask = getattr(self.llm_task, "questions", None)
+        questions = ask(item.id) if ask is not None else []
+        return questions[k % len(questions)].question if questions else None
 
     def metric(self, stage: str) -> str:
         if stage == LLM:
@@ -212,8 +226,14 @@ class VisionCaptionEvaluation:
         return self._crops[request_id][1].label
 
     def ground_truth_upstream(self, item_id: str) -> dict[str, StageOutput]:
-        """The upstream outputs a perfect detector would give the LLM: every labelled box, crowd ones too."""
-        return {DETECTOR: ground_truth_detections(self.items[item_id], self.labelled.classes)}
+        """The upstream outputs a perfect detector and classifier would give the LLM, in the shape it receives:
+        every labelled box (crowd ones too) as a detection at score 1.0, and the first ``max_crops`` boxes'
+        crops named by their COCO class (profiler/qa_task.ground_truth_upstream)."""
+        from varipipe.profiler.qa_task import ground_truth_upstream
+
+        item = self.items[item_id]
+        return ground_truth_upstream([(b.label, tuple(b.box), b.crowd) for b in item.boxes],
+                                     (item.width, item.height), self.labelled.classes)
 
     def llm_payloads(self, photos: Sequence[Payload],
                      upstream: Mapping[str, Mapping[str, StageOutput]]) -> list[Payload]:
@@ -244,16 +264,28 @@ class VisionCaptionEvaluation:
         return accumulate(self.detection_matches(payloads, outputs))
 
 
-def llm_task() -> LlmTask | None:
-    """The LLM stage's task and metric on this set. None until the LLM rungs define one (issue 17 item 3):
-    then this set does not score the llm stage, and the end-to-end harness has nothing to measure."""
-    return None
+def llm_task(labelled: LabelledSet | None = None) -> LlmTask | None:
+    """The LLM stage's task and metric on this set: grounded questions with exact answers (profiler/qa.py).
+    The shipped set's questions are ``evalset/qa.json``; another set's (``labelled``, a folder without its
+    own qa.json) are generated from its labels by the same generator."""
+    from varipipe.profiler.qa import QA_FILE, QaSet, generate, load_qa_set, load_supercategories
+    from varipipe.profiler.qa_task import QaTask
+
+    if labelled is None or labelled.root is None:
+        return QaTask()
+    own = labelled.root / QA_FILE
+    if own.is_file():
+        return QaTask(load_qa_set(own))
+    photos = [{"id": i.id, "split": i.split, "boxes": [{"label": b.label, "crowd": b.crowd} for b in i.boxes]}
+              for i in labelled.items]
+    return QaTask(QaSet(tuple(generate({"items": photos}, load_supercategories()))))
 
 
 def evaluation_for(split: str, root: Any = None) -> VisionCaptionEvaluation:
     """The set on one split, with the LLM task: what the profiler (test) and the benchmarks (dev|test) use.
     ``root``: another folder in the same format (tests, smoke runs); default the shipped set."""
-    return VisionCaptionEvaluation(split, labelled=load_labelled_set(root), llm_task=llm_task())
+    labelled = load_labelled_set(root)
+    return VisionCaptionEvaluation(split, labelled=labelled, llm_task=llm_task(labelled if root is not None else None))
 
 
 def make() -> VisionCaptionEvaluation:

@@ -264,3 +264,37 @@ def test_bad_questions_are_4xx_naming_why(kwargs, words):
     with pytest.raises(BadInputError, match=words) as e:
         _parse(**kwargs)
     assert 400 <= e.value.status < 500
+
+
+# --- the hook in vision-caption's evaluation set --------------------------------------------------
+
+def test_the_flagship_set_scores_the_llm_on_the_questions_with_ground_truth_upstream():
+    from varipipe.pipelines.variants.outputs import Caption
+    from varipipe.profiler.evaluate import accuracy_payloads
+    from varipipe.profiler.vision_eval import CLASSIFIER, DETECTOR, LLM, evaluation_for
+
+    ev = evaluation_for("dev")
+    assert "exact match" in ev.metric(LLM)
+    photos = ev.payloads()
+    assert all(p.question for p in photos)  # the profiler times the LLM on questions
+    qs = accuracy_payloads(ev, LLM, photos)
+    dev = load_qa_set().split("dev")
+    assert sorted(q.request_id for q in qs) == sorted(q.id for q in dev)
+    first = qs[0]
+    assert set(first.outputs) == {DETECTOR, CLASSIFIER}
+    by_id = {q.id: q for q in dev}
+    assert first.question == by_id[first.request_id].question
+    right, wrong = Caption(by_id[first.request_id].answer, 1), Caption("banana", 1)
+    assert ev.score(LLM, first, right) == 1.0 and ev.score(LLM, first, wrong) == 0.0
+
+
+def test_another_set_gets_questions_generated_from_its_labels(tmp_path):
+    from tests.unit.evalset_fixture import write_set
+    from varipipe.profiler.evaluate import accuracy_payloads
+    from varipipe.profiler.vision_eval import LLM, evaluation_for
+
+    ev = evaluation_for("test", write_set(tmp_path))
+    qs = accuracy_payloads(ev, LLM, ev.payloads())
+    assert qs and all(q.request_id.split("#")[0] in ev.items for q in qs)
+    street = [q for q in qs if q.request_id.startswith("street-b#")]
+    assert not any(q.question == "How many people are in the picture?" for q in street)  # a crowd of people
