@@ -225,7 +225,9 @@ async def _replay_and_poll(url: str, times: np.ndarray, body: bytes, ctype: str,
     """Replay ``times`` while polling /config; a poller that fails stops the replay and raises."""
     polls = _Polls([], [])
     poller = asyncio.create_task(_poll_config(config_url, interval_s, asyncio.get_running_loop().time(), polls))
-    replaying = asyncio.create_task(replay(url, times, body, ctype))
+    from varipipe.loadgen.questions import questions_for
+
+    replaying = asyncio.create_task(replay(url, times, body, ctype, questions=questions_for(url)))
     try:
         await asyncio.wait({poller, replaying}, return_when=asyncio.FIRST_COMPLETED)
         if poller.done():  # it only ends by raising

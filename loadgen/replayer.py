@@ -169,9 +169,14 @@ async def replay(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     on_progress: Callable[[int], None] | None = None,
+    questions: Sequence[str] = (),
 ) -> tuple[ReplaySummary, list[RequestRecord]]:
-    """POST ``body`` to ``url`` at each time in ``send_times`` (s from now), open loop."""
+    """POST ``body`` to ``url`` at each time in ``send_times`` (s from now), open loop; request ``i`` carries
+    ``questions[i % len(questions)]`` in the ``x-question`` header when questions are given
+    (``loadgen.questions``)."""
     import aiohttp
+
+    from varipipe.loadgen.questions import question_headers
 
     times = np.asarray(send_times, dtype=np.float64)
     headers = {"Content-Type": content_type}
@@ -195,7 +200,8 @@ async def replay(
             delay = st - (loop.time() - t0)
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(session, url, body, headers, i, st, t0, timeout))
+            task = asyncio.create_task(_one(session, url, body, {**headers, **question_headers(questions, i)}, i, st,
+                                            t0, timeout))
             task.add_done_callback(_done)
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-MODULES = ("traces", "replayer", "service", "simulator", "scenario", "runs", "experiment", "report")
+MODULES = ("traces", "replayer", "service", "simulator", "scenario", "runs", "experiment", "report", "questions")
 
 
 def test_loadgen_imports_neither_pipelines_nor_ray():

@@ -298,3 +298,16 @@ def test_another_set_gets_questions_generated_from_its_labels(tmp_path):
     assert qs and all(q.request_id.split("#")[0] in ev.items for q in qs)
     street = [q for q in qs if q.request_id.startswith("street-b#")]
     assert not any(q.question == "How many people are in the picture?" for q in street)  # a crowd of people
+
+
+def test_the_load_generator_sends_the_dev_questions_about_its_photo_to_vision_caption_only():
+    from varipipe.loadgen.questions import QUESTION_HEADER as LOAD_HEADER
+    from varipipe.loadgen.questions import question_headers, questions_for
+
+    assert LOAD_HEADER == QUESTION_HEADER
+    chelsea = questions_for("http://127.0.0.1:8000/vision-caption", "chelsea")
+    assert chelsea == [q.question for q in load_qa_set().split("dev") if q.image == "skimage-chelsea"]
+    assert len(questions_for("vision-caption-ci", "synthetic")) == len(load_qa_set().split("dev"))
+    assert questions_for("http://127.0.0.1:8000/identity-chain", "chelsea") == []
+    assert question_headers(chelsea, len(chelsea) + 1) == {QUESTION_HEADER: chelsea[1]}
+    assert question_headers([], 3) == {}

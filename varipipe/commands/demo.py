@@ -38,10 +38,13 @@ def _config_line(url: str) -> str:
     return ", ".join(f"{s['stage']}={s['variant']} b{s['batch']} x{s['replicas']}" for s in stages)
 
 
-def _sample(endpoint: str, body: bytes) -> str:
+def _sample(endpoint: str, body: bytes, questions: list[str]) -> str:
     import httpx
 
-    r = httpx.post(endpoint, content=body, headers={"content-type": "image/jpeg"}, timeout=120)
+    from varipipe.loadgen.questions import question_headers
+
+    r = httpx.post(endpoint, content=body, headers={"content-type": "image/jpeg", **question_headers(questions, 0)},
+                   timeout=120)
     if r.status_code != 200:
         return f"HTTP {r.status_code}: {r.text[:200]}"
     doc = r.json()
@@ -52,11 +55,13 @@ def _sample(endpoint: str, body: bytes) -> str:
 def _phase(endpoint: str, url: str, photo: str, rate: float, seconds: float) -> None:
     import numpy as np
 
+    from varipipe.loadgen.questions import questions_for
     from varipipe.loadgen.replayer import load_image, replay_sync
 
     body, ctype = load_image(photo)
+    questions = questions_for(endpoint, photo)  # vision-caption: questions about the photo, as profiled
     n = max(1, int(rate * seconds))
-    summary, records = replay_sync(endpoint, np.arange(n) / rate, body, ctype)
+    summary, records = replay_sync(endpoint, np.arange(n) / rate, body, ctype, questions=questions)
     print(f"  {rate:4.1f} req/s  {photo:10s} sent {summary.sent:4d}  ok {summary.ok:4d}  errors {summary.errors:3d}  "
           f"p50 {summary.latency_p50_s * 1000:6.0f} ms  p99 {summary.latency_p99_s * 1000:6.0f} ms")
     failed = [r for r in records if not r.ok]
@@ -64,7 +69,8 @@ def _phase(endpoint: str, url: str, photo: str, rate: float, seconds: float) -> 
         codes = ", ".join(f"HTTP {code} x{k}" for code, k in sorted(summary.status_counts.items()) if code != "200")
         print(f"      errors: {codes}; first: {failed[0].error or '(no message)'}"[:300])
     print(f"      config now: {_config_line(url)}")
-    print(f"      {photo}: {_sample(endpoint, body)}")
+    asked = f" {questions[0]!r}" if questions else ""
+    print(f"      {photo}{asked}: {_sample(endpoint, body, questions)}")
 
 
 def _print_decisions(url: str) -> None:

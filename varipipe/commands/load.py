@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trace_arguments(parser)
     parser.add_argument("--image", default="chelsea",
                         help="image file to POST, or a sample name (chelsea, astronaut, coffee, synthetic...)")
+    parser.add_argument("--questions", choices=("qa", "none"), default="qa",
+                        help="qa (default): to a vision-caption pipeline, each request carries a question about the "
+                             "photo (header x-question) from profiler/evalset/qa.json's dev items, in turn, as the "
+                             "profiler times it; none: images only (the stage captions)")
     parser.add_argument("--out", required=True, help="JSON-lines file: one record per request")
     parser.add_argument("--max-connections", type=int, default=None, help="HTTP connection pool size")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -34,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from varipipe.loadgen.questions import questions_for
     from varipipe.loadgen.replayer import (
         DEFAULT_MAX_CONNECTIONS,
         format_summary,
@@ -49,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         summary, _ = replay_sync(
             args.url, times, body, ctype, args.out,
             max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS, on_progress=bar.update,
+            questions=questions_for(args.url, args.image) if args.questions == "qa" else (),
         )
     print(json.dumps(summary.to_dict(), indent=1) if args.json else format_summary(summary))
     return 0
