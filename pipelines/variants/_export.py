@@ -148,7 +148,8 @@ def build_classifier(name: str, pretrained: bool = True) -> nn.Module:
 
 
 def export_classifier(name: str, target: Path) -> None:
-    """Export ``name`` to ONNX at ``target`` with a dynamic batch axis."""
+    """Export ``name`` to ONNX at ``target`` with dynamic batch, height and width (the networks end
+    in a global average pool, so a spec's ``input_size`` may differ from the published one)."""
     model = build_classifier(name)
     size = ARCHS[name].input_size
     example = torch.zeros(1, 3, size, size)
@@ -161,5 +162,5 @@ def export_classifier(name: str, target: Path) -> None:
         torch.onnx.export(
             model, (example,), str(target), dynamo=False, opset_version=OPSET,
             input_names=["image"], output_names=["probs"],
-            dynamic_axes={"image": {0: "batch"}, "probs": {0: "batch"}},
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "probs": {0: "batch"}},
         )

@@ -44,7 +44,7 @@ def test_models_prepare_is_idempotent(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VARIPIPE_CACHE", str(tmp_path))
     assert main(["models", "prepare", "--pipeline", "vision-caption-ci", "--quiet"]) == 0
     made = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
-    assert {"mobilenet-v2.v1.onnx", "efficientnet-lite0.v1.onnx", "yolov10n.v1.onnx"} <= set(made)
+    assert {"mobilenet-v2.v2.onnx", "efficientnet-lite0.v2.onnx", "yolov10n.v1.onnx"} <= set(made)
     assert main(["models", "prepare", "--pipeline", "vision-caption-ci", "--quiet"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == made
     assert "5 model(s) ready" in capsys.readouterr().out
