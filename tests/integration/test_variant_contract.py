@@ -72,8 +72,8 @@ def _run(spec: VariantSpec, payloads: list[Payload]) -> None:
 @pytest.fixture(scope="module")
 def upstream(photos) -> dict[str, list[Payload]]:
     """Payloads for each stage: the photos carrying the outputs of the stages before it."""
-    det = SPEC.stage("detector").variant("yolov3-tiny-320")
-    cls = SPEC.stage("classifier").variant("mobilenet-v2")
+    det = SPEC.stage("detector").variant("yolov10n-320")
+    cls = SPEC.stage("classifier").variant("mobilenet-v2-160")
     full = [Payload(request_id=str(i), image=img) for i, img in enumerate(photos)]
     _run(det, full)
     _run(cls, full)
@@ -136,7 +136,9 @@ def test_does_its_job_on_chelsea(loaded, upstream, photos):
             assert out.items[0].class_id in IMAGENET_CATS, out.summary()
     else:
         (out,) = loaded.infer([upstream["llm"][0]])
-        assert isinstance(out, Caption) and out.text.strip() and 0 < out.tokens <= loaded.spec.params["max_tokens"]
+        assert isinstance(out, Caption) and out.text.strip()
+        if "max_tokens" in loaded.spec.params:  # a generating model; the template generates no tokens
+            assert 0 < out.tokens <= loaded.spec.params["max_tokens"]
         words = {w.lower() for label in out.prompt_labels for w in (label, label.split()[-1])}
         assert any(w in out.text.lower() for w in words), (out.text, out.prompt_labels)
 

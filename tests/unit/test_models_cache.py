@@ -68,9 +68,7 @@ def test_models_for_a_spec_are_its_variants_params_model():
     from varipipe.spec import find_spec
 
     names = models.models_for(v for s in find_spec("vision-caption").stages for v in s.variants)
-    assert names == ["yolov3-tiny", "yolov4-tiny", "yolov10n", "mobilenet-v2", "efficientnet-lite0",
-                     "efficientnet-lite1", "efficientnet-lite2", "smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m",
-                     "qwen2.5-coder-0.5b-instruct-q4_k_m"]
+    assert names == ["yolov10n", "mobilenet-v2", "efficientnet-lite0", "qwen2.5-coder-0.5b-instruct-q4_k_m"]
     assert set(names) <= set(models.SOURCES)
 
 

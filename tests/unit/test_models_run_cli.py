@@ -52,9 +52,9 @@ def test_cli_exits_2_on_an_unknown_variant(capsys):
 
 def test_choose_variants_defaults_and_unknown_names():
     spec = find_spec("vision-caption")
-    chosen = choose_variants(spec, {"llm": "gemma3-270m"})
-    assert [v.name for v in chosen.values()] == ["yolov10n-640", "efficientnet-lite0", "gemma3-270m"]
-    with pytest.raises(UnknownNameError, match="smollm2-135m"):
+    chosen = choose_variants(spec, {"llm": "template"})
+    assert [v.name for v in chosen.values()] == ["yolov10n-416", "efficientnet-lite0", "template"]
+    with pytest.raises(UnknownNameError, match="qwen2.5-coder-0.5b"):
         choose_variants(spec, {"llm": "gpt-9"})
     with pytest.raises(UnknownNameError, match="stage"):
         choose_variants(spec, {"ranker": "x"})
