@@ -284,6 +284,10 @@ class IngressCore:
             verdict = decide(arrival, deadline, self.queues.loads(), REPLY_MARGIN_S + self.queues.before_s)
             if not verdict.admit:
                 return self._reject(verdict, arrival, deadline, t0)
+        # In the first stage's queue from now on: requests of a burst that are still being read
+        # and decoded are ahead of the next one too, and each must see the others.
+        first = self.spec.stage_names[0]
+        self.queues.sent(first)
         try:
             image, text, question = None, None, None
             if self.spec.input_kind == "text":
@@ -295,19 +299,25 @@ class IngressCore:
                 data, question = await image_request(request)
                 image = await asyncio.get_running_loop().run_in_executor(None, decode_image, data)
         except BadInputError as e:
+            self.queues.back(first)
             self._record(arrival, time.perf_counter() - t0, e.status, ())
             return Answer(e.status, {"error": str(e)})
+        except BaseException:  # cancelled (the client went away) or a fault: out of the queue all the same
+            self.queues.back(first)
+            raise
         self.queues.prepared(time.perf_counter() - t0)
         payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, text=text, question=question,
                           deadline=deadline)
         return await self._walk(payload, arrival, t0)
 
     async def _walk(self, payload: Payload, arrival: float, t0: float) -> Answer:
-        """Send the request through the stages in order; count it in flight at each."""
+        """Send the request through the stages in order; count it in flight at each (the first
+        counts it already)."""
         timings = []
-        for stage in self.spec.stage_names:
+        for i, stage in enumerate(self.spec.stage_names):
             s0 = time.perf_counter()
-            self.queues.sent(stage)
+            if i:  # the first stage counted the request when it was admitted
+                self.queues.sent(stage)
             self._stage_events.add(StageEntry(stage, self.clock()))
             trace = None  # the stage's trace, once it ran the request
             try:

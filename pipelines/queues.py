@@ -13,15 +13,22 @@ the declarative config carries as it does the stages'). Free of Ray and clocks.
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varipipe.admission import StageLoad, update_expected, update_item_s
+from varipipe.admission import StageLoad, update_item_s
 from varipipe.errors import ConfigError
 from varipipe.records import Decision
 
-__all__ = ["StageSlots", "StageQueues", "slots_user_config"]
+__all__ = ["StageSlots", "StageQueues", "slots_user_config", "PREPARE_SAMPLES"]
+
+# The ingress's own time before the first stage is the median of this many recent
+# requests: robust to the first request's cold start (imports, thread pool), which a
+# moving average would carry for dozens of requests.
+PREPARE_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class StageQueues:
         self.item_s = dict.fromkeys(self.stages, 0.0)
         self.slots = {s: slots[s] for s in self.stages}
         self.before_s = 0.0  # the ingress's own work before the first stage (reading, decoding)
+        self._prepare: deque[float] = deque(maxlen=PREPARE_SAMPLES)
 
     def configure(self, user_config: Mapping[str, Any]) -> None:
         """Take the batch size and replicas of every stage from the ingress's ``user_config``."""
@@ -78,7 +86,8 @@ class StageQueues:
 
     def prepared(self, seconds: float) -> None:
         """The ingress's own time before the first stage for one request."""
-        self.before_s = update_expected(self.before_s, seconds)
+        self._prepare.append(seconds)
+        self.before_s = statistics.median(self._prepare)
 
     def loads(self) -> tuple[StageLoad, ...]:
         return tuple(StageLoad(s, self.in_flight[s], self.item_s[s], self.slots[s].batch, self.slots[s].replicas)

@@ -86,7 +86,7 @@ async def _burst(url: str, n: int, headers: dict[str, str]) -> list[httpx.Respon
 def _check(replies: list[httpx.Response], deadline_ms: float) -> list[httpx.Response]:
     statuses = [r.status_code for r in replies]
     assert set(statuses) <= {200, 503, 504}, statuses
-    assert 200 in statuses, statuses  # not everything is shed
+    assert 200 in statuses, [r.json() for r in replies[:3]]  # not everything is shed
     rejected = [r for r in replies if r.status_code == 503]
     assert rejected, statuses  # a burst this far beyond capacity cannot all fit
     for r in rejected:

@@ -168,6 +168,27 @@ def test_a_burst_beyond_capacity_is_rejected_at_once_with_retry_after_and_a_reas
     assert core.queues.in_flight == {"first": 0, "second": 0}
 
 
+def test_a_burst_arriving_at_once_sees_itself_while_it_is_still_being_read(png):
+    """All requests pass admission before the first has been decoded and sent to a stage."""
+    async def run():
+        core, stages, _ = make_core()
+        await _measured(core, stages, png)
+        tasks = [asyncio.create_task(core.handle(request(png, {"x-deadline-ms": "50000"}))) for _ in range(8)]
+        first = stages["first"]
+        while sum(t.done() for t in tasks) + first.waiting < len(tasks):
+            first.arrived.clear()
+            waiter = asyncio.ensure_future(first.arrived.wait())
+            await asyncio.wait([waiter, *[t for t in tasks if not t.done()]], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        admitted = first.waiting
+        for s in stages.values():
+            s.gate.set()
+        return await asyncio.gather(*tasks), admitted
+
+    answers, admitted = asyncio.run(run())
+    assert admitted == 3 and sorted(a.status for a in answers) == [200] * 3 + [503] * 5
+
+
 def test_without_a_deadline_every_request_is_admitted(png):
     async def run():
         core, stages, _ = make_core()
