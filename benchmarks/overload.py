@@ -232,9 +232,12 @@ def _run(srv, name: str, body: bytes, ctype: str, rate: float, args, sla_s: floa
 def _warm(srv, body: bytes, ctype: str) -> None:
     import httpx
 
+    # A deadline long enough for a cold start: with the server's default (the SLA) the first
+    # requests to a real pipeline, still loading and warming its models, would be shed.
+    headers = {"content-type": ctype, "x-deadline-ms": str(REQUEST_TIMEOUT_S * 1000)}
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as c:
         for _ in range(WARMUP_REQUESTS):
-            c.post(srv.endpoint, content=body, headers={"content-type": ctype}).raise_for_status()
+            c.post(srv.endpoint, content=body, headers=headers).raise_for_status()
 
 
 def main() -> int:
