@@ -176,7 +176,7 @@ class Ingress:
         self.core = IngressCore(spec, stages, controller, token, deadline_s, admission=opts.admission)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The replicas of every stage, from the decision in force (admission control)."""
+        """Batch size and replicas of every stage, from the decision in force (admission control)."""
         self.core.queues.configure(user_config)
 
     def _denied(self, request: Request) -> JSONResponse | None:

@@ -32,14 +32,14 @@ from varipipe.errors import BadInputError
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.images import MAX_BYTES, decode_image
 from varipipe.pipelines.metrics import RequestRecord, StageEntry, StageExit, StageTiming
-from varipipe.pipelines.queues import StageQueues
+from varipipe.pipelines.queues import StageQueues, StageSlots
 from varipipe.pipelines.serve_config import default_decision
 from varipipe.pipelines.variant import Payload
 from varipipe.question import MAX_QUESTION_CHARS, check_question
 from varipipe.records import PipelineSpec
 
 __all__ = ["IngressCore", "Answer", "DEADLINE_HEADER", "QUESTION_HEADER", "MAX_QUESTION_CHARS", "REPLY_MARGIN_S",
-           "CONTROL_ACTIONS", "parse_control", "control_request", "check_question", "UNAUTHORIZED", "default_replicas"]
+           "CONTROL_ACTIONS", "parse_control", "control_request", "check_question", "UNAUTHORIZED", "default_slots"]
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,9 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def default_replicas(spec: PipelineSpec) -> dict[str, int]:
-    """Replicas of the default decision: what a fresh application runs."""
-    return {s.stage: s.replicas for s in default_decision(spec).stages}
+def default_slots(spec: PipelineSpec) -> dict[str, StageSlots]:
+    """Batch and replicas of the default decision: what a fresh application runs."""
+    return {s.stage: StageSlots(s.batch, s.replicas) for s in default_decision(spec).stages}
 
 
 class IngressCore:
@@ -245,7 +245,7 @@ class IngressCore:
 
     def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "",
                  deadline_s: float = 0.0, admission: bool = True,
-                 replicas: dict[str, int] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 slots: dict[str, StageSlots] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.spec = spec
         self.clock = clock  # wall-clock seconds: arrivals and deadlines
         self.deadline_s = deadline_s  # default deadline when the request sets none; 0 = none
@@ -253,7 +253,7 @@ class IngressCore:
         self.stages = stages
         self.controller = controller
         self.auth_token = auth_token
-        self.queues = StageQueues(spec.stage_names, replicas or default_replicas(spec))
+        self.queues = StageQueues(spec.stage_names, slots or default_slots(spec))
         self._records = Flusher(lambda recs: controller.record_requests.remote(recs))
         # Arrivals are counted when requests arrive, not when they are answered: under
         # overload answers lag, and the adapter must see the load, not the throughput.

@@ -16,7 +16,7 @@ from typing import Any
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
-from varipipe.pipelines.queues import replicas_user_config
+from varipipe.pipelines.queues import slots_user_config
 from varipipe.pipelines.stage import StageConfig
 from varipipe.records import Decision, PipelineSpec, StageDecision
 
@@ -201,9 +201,9 @@ def build_app_config(
     stage_generation = stage_generation or {}
     deployments = [
         {"name": INGRESS, "num_replicas": INGRESS_REPLICAS, "max_ongoing_requests": INGRESS_MAX_ONGOING,
-         # Replicas per stage, for admission control; an autoscaled stage counts at its
-         # most replicas (the ingress cannot see how many Ray runs at the moment).
-         "user_config": replicas_user_config(decision, {s: int(a["max_replicas"]) for s, a in autoscaling.items()})},
+         # Batch and replicas per stage, for admission control; an autoscaled stage counts
+         # at its most replicas (the ingress cannot see how many Ray runs at the moment).
+         "user_config": slots_user_config(decision, {s: int(a["max_replicas"]) for s, a in autoscaling.items()})},
         {
             "name": CONTROLLER,
             "num_replicas": 1,

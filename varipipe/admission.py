@@ -10,8 +10,8 @@ when it is expected to end after its deadline (:func:`would_miss`).
   same reason.
 * The ingress applies the same rule when a request arrives, before any work,
   with the expectation fed by the queues (:func:`decide`): how many requests
-  each stage holds now, the recent compute time per item, and each stage's
-  replicas. A request that cannot finish in time is answered at once
+  each stage holds now, the recent compute time per item, and each stage's batch
+  size and replicas. A request that cannot finish in time is answered at once
   instead of queueing in Serve's router (issue 16).
 """
 
@@ -59,6 +59,7 @@ class StageLoad:
     stage: str
     in_flight: int  # requests sent to the stage and not back yet: in Serve's router, at a replica, running
     item_s: float  # recent compute time per item (0: nothing measured yet)
+    batch: int  # largest batch a replica runs
     replicas: int
 
     def drain_s(self, ahead: int) -> float:
@@ -77,27 +78,34 @@ class Prediction:
 def predict(loads: Sequence[StageLoad]) -> Prediction:
     """Expected time through a line of FIFO stages for a request arriving now.
 
-    Every request in stage ``j <= s`` is ahead of the new one at stage ``s``. The
-    new request leaves stage ``s`` no earlier than (its own items in the stages
-    before ``s``, or ``s`` running the items ahead, whichever is later) plus its own
-    item at ``s`` and at every later stage. The largest of these over ``s`` is the
-    prediction; with empty stages it is the sum of one item per stage.
+    Stage by stage, the request leaves stage ``s`` at the later of two times:
 
-    The items ahead count whole even when a batch of them is half done, and the
-    items that will join the new request's batch behind it do not count at all: the
-    two errors pull opposite ways. Counting the new request's batch as full instead
-    (an earlier version) over-predicted the real pipeline by 0.9 s at the median
-    where its SLA is 1 s, and shed requests that would have made it.
+    * its backlog: ``s`` runs every item ahead of the request that still needs it
+      (those in ``s`` and in the stages before it), then the request's own item;
+    * its arrival: it left the stage before, and runs here together with the items
+      that came out of that stage's batch with it, ahead of it (up to batch - 1;
+      a backlog upstream means full batches).
+
+    With empty stages it is one item per stage. Items are costed at the recent
+    compute time per item: batching changes the grouping, not the total, for the CPU
+    stages here (x0.7-1.2 per item, benchmarks/README.md "Batch 1 vs batch 8").
+    A running batch counts whole though partly done, and items behind the request
+    that join its batch do not count: the two errors pull opposite ways. Counting
+    the request's own batch as full at every stage (an earlier version)
+    over-predicted the real pipeline by 0.9 s at the median where its SLA is 1 s;
+    leaving out the batch-mates from the stage before under-predicted a burst of
+    simultaneous requests, which then all finished late.
     """
-    ahead, owns, drains = 0, [], []
-    for load in loads:
+    ahead, left, stage = 0, 0.0, ""
+    for i, load in enumerate(loads):
+        mates = min(max(0, loads[i - 1].batch - 1), ahead) if i else 0  # `ahead` is still the previous stage's
         ahead += max(0, load.in_flight)
-        owns.append(load.item_s)
-        drains.append(load.drain_s(ahead))
-    finishes = [max(sum(owns[:s]), drains[s]) + sum(owns[s:]) for s in range(len(loads))]
-    backlogged = [s for s in range(len(loads)) if drains[s] > 0]
-    stage = loads[max(backlogged, key=lambda s: (finishes[s], -s))].stage if backlogged else ""
-    return Prediction(max(finishes, default=0.0), stage)
+        arrival = left + load.item_s * (1 + mates)
+        backlog = load.drain_s(ahead) + load.item_s
+        if ahead and backlog >= arrival:
+            stage = load.stage  # the last stage whose own backlog sets the time
+        left = max(arrival, backlog)
+    return Prediction(left, stage)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ def test_would_miss_only_when_the_expected_end_is_past_the_deadline():
 
 # --- the ingress: the same rule, fed with the queues --------------------------------
 
-def _line(q1, q2, item_s=0.05, replicas=1):
-    return [StageLoad("first", q1, item_s, replicas), StageLoad("second", q2, item_s, replicas)]
+def _line(q1, q2, item_s=0.05, batch=4, replicas=1):
+    return [StageLoad("first", q1, item_s, batch, replicas), StageLoad("second", q2, item_s, batch, replicas)]
 
 
 def test_one_batch_reported_by_each_of_its_requests_moves_the_average_as_one_batch():
@@ -50,19 +50,28 @@ def test_empty_stages_predict_one_item_each():
     assert predict(_line(0, 0)).stage == ""
 
 
-def test_a_backlog_costs_its_drain_plus_the_own_item_at_each_stage_and_names_its_stage():
+def test_a_backlog_costs_its_drain_then_the_batch_it_leaves_with_and_names_its_stage():
     p = predict(_line(20, 0))
-    # 20 items ahead at 50 ms, then its own item at each stage
-    assert p.seconds == pytest.approx(20 * 0.05 + 0.05 + 0.05)
+    # 20 items ahead at 50 ms and its own; then at the second stage its own item and the
+    # 3 that left the first stage's batch with it, ahead of it
+    assert p.seconds == pytest.approx(21 * 0.05 + 4 * 0.05)
     assert p.stage == "first"
     assert predict(_line(0, 20)).stage == "second"
 
 
 def test_a_slow_second_stage_is_the_bottleneck_of_everything_ahead_of_it():
-    loads = [StageLoad("first", 8, 0.01, 1), StageLoad("second", 8, 0.1, 1)]
+    loads = [StageLoad("first", 8, 0.01, 4, 1), StageLoad("second", 8, 0.1, 4, 1)]
     p = predict(loads)
     # 16 items ahead still need the second stage: 1.6 s, then its own item there
     assert p.seconds == pytest.approx(16 * 0.1 + 0.1) and p.stage == "second"
+
+
+def test_a_simultaneous_burst_through_batching_stages():
+    # Two stages of batch 4, 50 ms per item: the 8th request of a burst leaves the first
+    # stage with the second batch (0.4 s) and is done after the second stage runs it (0.6 s).
+    assert predict(_line(7, 0)).seconds == pytest.approx(0.6)
+    assert predict(_line(3, 0)).seconds == pytest.approx(0.4)
+    assert predict(_line(7, 0, batch=1)).seconds == pytest.approx(0.45)  # no batch to wait for
 
 
 def test_replicas_share_the_backlog():
@@ -97,13 +106,14 @@ def test_nothing_measured_yet_admits():
 
 
 loads = st.lists(st.builds(StageLoad, st.sampled_from("abcd"), st.integers(0, 200), st.floats(0, 2.0),
-                           st.integers(1, 8)), min_size=1, max_size=4)
+                           st.integers(1, 16), st.integers(1, 8)), min_size=1, max_size=4)
 
 
 @given(loads, st.integers(0, 3), st.integers(1, 50), st.floats(0.001, 30.0))
 def test_more_in_flight_never_turns_a_rejection_into_an_admission(ls, i, extra, budget):
     i = i % len(ls)
-    more = [*ls[:i], StageLoad(ls[i].stage, ls[i].in_flight + extra, ls[i].item_s, ls[i].replicas), *ls[i + 1:]]
+    more = [*ls[:i], StageLoad(ls[i].stage, ls[i].in_flight + extra, ls[i].item_s, ls[i].batch, ls[i].replicas),
+            *ls[i + 1:]]
     assert predict(more).seconds >= predict(ls).seconds - 1e-12
     if not decide(0.0, budget, ls).admit:
         assert not decide(0.0, budget, more).admit

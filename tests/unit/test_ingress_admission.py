@@ -17,7 +17,7 @@ from starlette.requests import Request
 from varipipe.errors import ConfigError
 from varipipe.pipelines.ingress_logic import REPLY_MARGIN_S, IngressCore
 from varipipe.pipelines.metrics import MetricsAggregator
-from varipipe.pipelines.queues import StageQueues, replicas_user_config
+from varipipe.pipelines.queues import StageQueues, StageSlots, slots_user_config
 from varipipe.pipelines.variant import StageTrace
 from varipipe.pipelines.variants.identity import Echo
 from varipipe.records import Decision, StageDecision
@@ -109,7 +109,7 @@ def make_core(admission=True, deadline_s=0.0):
     clock = Clock()
     stages = {n: FakeStage(n) for n in ("first", "second")}
     core = IngressCore(find_spec("identity-chain"), stages, FakeController(), deadline_s=deadline_s,
-                       admission=admission, replicas={n: 1 for n in stages}, clock=clock)
+                       admission=admission, slots={n: StageSlots(batch=1, replicas=1) for n in stages}, clock=clock)
     return core, stages, clock
 
 
@@ -288,15 +288,15 @@ def test_a_stage_that_fails_leaves_the_in_flight_count_right(png):
     assert asyncio.run(run()).queues.in_flight == {"first": 0, "second": 0}
 
 
-def test_queues_take_the_replicas_from_the_decision():
+def test_queues_take_batch_and_replicas_from_the_decision():
     d = Decision(stages=(StageDecision("first", "fast", 8, 3, "cpu:1", 0.0),
                          StageDecision("second", "fast", 2, 1, "cpu:1", 0.0)))
-    q = StageQueues(("first", "second"), {"first": 1, "second": 1})
-    q.configure(replicas_user_config(d, {"second": 4}))  # an autoscaled second stage: at most 4
-    assert q.replicas == {"first": 3, "second": 4}
-    assert [x.replicas for x in q.loads()] == [3, 4]
-    for bad in ({}, {"stages": {"first": {"replicas": 1}}},
-                {"stages": {"first": {"replicas": 0}, "second": {"replicas": 1}}},
-                {"stages": {"first": {"replicas": "x"}, "second": {"replicas": 1}}}):
+    q = StageQueues(("first", "second"), {"first": StageSlots(1, 1), "second": StageSlots(1, 1)})
+    q.configure(slots_user_config(d, {"second": 4}))  # an autoscaled second stage: at most 4
+    assert q.slots == {"first": StageSlots(8, 3), "second": StageSlots(2, 4)}
+    assert [(x.batch, x.replicas) for x in q.loads()] == [(8, 3), (2, 4)]
+    for bad in ({}, {"stages": {"first": {"batch": 1, "replicas": 1}}},
+                {"stages": {"first": {"batch": 0, "replicas": 1}, "second": {"batch": 1, "replicas": 1}}},
+                {"stages": {"first": {"batch": "x", "replicas": 1}, "second": {"batch": 1, "replicas": 1}}}):
         with pytest.raises(ConfigError):
             q.configure(bad)
