@@ -107,8 +107,9 @@ def _live(pipeline: str, profile: str, interval_s: float, max_replicas: int, rep
         opts = AppOptions(pipeline=pipeline, app_name="fidelity", policy=policy, sla_s=sla_s, interval_s=interval_s,
                           cost_mode="shared", cluster_cores=2.0, profile=profile, max_replicas=max_replicas,
                           policy_options=dict(policy_options.get(policy, {})),
-                          # Deadline = the SLA, as in the simulator (shed_late, varipipe.admission).
-                          deadline_sla_factor=1.0)
+                          # Deadline = the SLA, as in the simulator (shed_late, varipipe.admission), which
+                          # sheds at the stages only: no ingress admission (issue 16) on this side either.
+                          deadline_sla_factor=1.0, admission=False)
         with LocalServer(opts, port=0) as server:
             stop = threading.Event()
             t0 = time.monotonic()

@@ -173,7 +173,11 @@ class Ingress:
         deadline_s = opts.deadline_sla_factor * (opts.sla_s or spec.sla.latency_s)
         # On a cluster (KubeRay) the token comes from the environment, never from the manifest.
         token = opts.auth_token or os.environ.get(TOKEN_ENV, "")
-        self.core = IngressCore(spec, stages, controller, token, deadline_s)
+        self.core = IngressCore(spec, stages, controller, token, deadline_s, admission=opts.admission)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and replicas of every stage, from the decision in force (admission control)."""
+        self.core.queues.configure(user_config)
 
     def _denied(self, request: Request) -> JSONResponse | None:
         """401 unless the request carries the bearer token (when one is set)."""
@@ -234,8 +238,8 @@ class Ingress:
             return JSONResponse({"error": f"unknown pipeline {pipeline!r}; this server runs "
                                           f"{self.core.spec.name!r}", "known": [self.core.spec.name]},
                                 status_code=404)
-        status, body = await self.core.handle(request)
-        return JSONResponse(body, status_code=status)
+        answer = await self.core.handle(request)
+        return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -277,7 +277,7 @@ class ControllerState:
             "t": round(obs.time_s, 3), "interval_s": round(obs.interval_s, 3),
             "arrival_rps": round(obs.arrival_rps, 3), "predicted_rps": forecast,
             "completed": w.completed if w else 0, "within_sla": w.within_sla if w else 0,
-            "errors": w.errors if w else 0, "drops": w.drops if w else 0,
+            "errors": w.errors if w else 0, "drops": w.drops if w else 0, "rejected": w.rejected if w else 0,
             "e2e_p50_s": round(w.e2e_p50_s, 4) if w else 0.0, "e2e_p99_s": round(obs.e2e_p99_s, 4),
             "generation": self.serving_generation,
             "stages": [{"stage": s.stage, "variant": s.variant, "batch": s.batch, "replicas": s.replicas}

@@ -50,7 +50,8 @@ class RequestRecord:
     latency_s: float
     status: int  # HTTP status answered
     stages: tuple[StageTiming, ...] = ()
-    dropped_at: str = ""  # stage that dropped it (deadline / shed), "" if none
+    dropped_at: str = ""  # stage that dropped it after work began (deadline), "" if none
+    rejected_at: str = ""  # the ingress rejected it before any work, blaming this stage (admission), "" if not
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,11 @@ class WindowStats:
     arrivals: int
     completed: int
     within_sla: int
-    errors: int  # non-200 answers other than deadline drops
+    errors: int  # non-200 answers other than deadline drops and rejections
     drops: int
     e2e_p50_s: float
     e2e_p99_s: float
+    rejected: int = 0  # answered at once by the ingress's admission control (503 / 504), before any work
 
 
 @dataclass
@@ -106,6 +108,7 @@ class _Window:
     stages: dict[str, StageCounters]
     arrivals: int = 0
     drops: int = 0  # requests answered as dropped (a stage shed them)
+    rejected: int = 0  # requests the ingress rejected before any work (admission control)
     errors: int = 0
     e2e: list[float] = field(default_factory=list)
 
@@ -140,8 +143,11 @@ class MetricsAggregator:
                                          [*lbl, "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.m_batch = Histogram("varipipe_batch_size", "Batch sizes run", [*lbl, "stage"],
                                  buckets=BATCH_BUCKETS, registry=r)
-        self.m_drops = Counter("varipipe_drops", "Requests dropped (shed or past deadline)", [*lbl, "stage"],
-                               registry=r)
+        self.m_drops = Counter("varipipe_drops", "Requests dropped after work began (past their deadline, "
+                               "or lost with a replica)", [*lbl, "stage"], registry=r)
+        self.m_rejected = Counter("varipipe_rejected", "Requests the ingress answered at once (admission control: "
+                                  "they could not finish in time), by the stage whose queue or service time "
+                                  "was the reason", [*lbl, "stage"], registry=r)
         self.m_sla = Counter("varipipe_sla_violations", "Requests answered later than the SLA, or not at all",
                              lbl, registry=r)
         self.m_variant = Gauge("varipipe_variant", "1 for the variant each stage runs", [*lbl, "stage", "variant"],
@@ -166,11 +172,15 @@ class MetricsAggregator:
                 self.m_e2e.labels(p).observe(rec.latency_s)
             if not ok or rec.latency_s > self.sla_s:
                 self.m_sla.labels(p).inc()
+            if rec.rejected_at:
+                self.m_rejected.labels(p, rec.rejected_at).inc()
             for w in (self._window, self._interval):
                 if ok:
                     w.e2e.append(rec.latency_s)
-                if not ok and not rec.dropped_at:
+                if not ok and not rec.dropped_at and not rec.rejected_at:
                     w.errors += 1
+                if rec.rejected_at:
+                    w.rejected += 1
                 if rec.dropped_at:
                     w.drops += 1
 
@@ -249,7 +259,7 @@ class MetricsAggregator:
         self.last_window = WindowStats(
             time=now, interval_s=obs.interval_s, arrivals=w.arrivals, completed=len(w.e2e),
             within_sla=sum(1 for x in w.e2e if x <= self.sla_s), errors=w.errors, drops=w.drops,
-            e2e_p50_s=percentile(w.e2e, 50), e2e_p99_s=obs.e2e_p99_s,
+            rejected=w.rejected, e2e_p50_s=percentile(w.e2e, 50), e2e_p99_s=obs.e2e_p99_s,
         )
         self._window, self._window_start = self._new_window(), now
         return obs

@@ -16,6 +16,7 @@ from typing import Any
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
+from varipipe.pipelines.queues import slots_user_config
 from varipipe.pipelines.stage import StageConfig
 from varipipe.records import Decision, PipelineSpec, StageDecision
 
@@ -42,6 +43,9 @@ ONGOING_BATCHES = 2
 MIN_MAX_ONGOING = 8  # Ray Serve's own default for max_ongoing_requests is 5; a little headroom
 # The ingress and controller hold many requests waiting on downstream stages.
 INGRESS_MAX_ONGOING = 1000
+# One ingress replica: it is then the only sender to the stages, so its own count of
+# requests in flight per stage is the stages' queue (admission control, pipelines/queues.py).
+INGRESS_REPLICAS = 1
 # Default batch wait when a decision does not set one: 5 ms, a few per cent of the
 # smallest variant's batch-1 latency in DESIGN §6 (28 ms), so it never dominates.
 DEFAULT_BATCH_WAIT_S = 0.005
@@ -132,6 +136,10 @@ class AppOptions:
     auth_token: str = ""  # required on control endpoints when set
     # Requests without an x-deadline-ms header get a deadline of this many SLAs; 0 = none.
     deadline_sla_factor: float = 0.0
+    # Admission control at the ingress: a request with a deadline that the stages' queues
+    # say it cannot meet is answered at once (503 + Retry-After). False: stages alone drop
+    # late requests, after they queued (the behaviour before issue 16).
+    admission: bool = True
 
     def to_args(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -192,7 +200,10 @@ def build_app_config(
     autoscaling = autoscaling or {}
     stage_generation = stage_generation or {}
     deployments = [
-        {"name": INGRESS, "num_replicas": 1, "max_ongoing_requests": INGRESS_MAX_ONGOING},
+        {"name": INGRESS, "num_replicas": INGRESS_REPLICAS, "max_ongoing_requests": INGRESS_MAX_ONGOING,
+         # Batch and replicas per stage, for admission control; an autoscaled stage counts
+         # at its most replicas (the ingress cannot see how many Ray runs at the moment).
+         "user_config": slots_user_config(decision, {s: int(a["max_replicas"]) for s, a in autoscaling.items()})},
         {
             "name": CONTROLLER,
             "num_replicas": 1,

@@ -157,7 +157,7 @@
   }
 
   function noRequests() {
-    return !S.points.some((p) => p.arrival_rps > 0 || p.completed > 0 || p.errors > 0 || p.drops > 0);
+    return !S.points.some((p) => p.arrival_rps > 0 || p.completed > 0 || p.errors > 0 || p.drops > 0 || p.rejected > 0);
   }
 
   function emptyText(fallback) {
@@ -178,11 +178,14 @@
     const p99 = recent.length ? recent[recent.length - 1].e2e_p99_s : null;
     const d = S.config && S.config.decision;
     const drops = pts.reduce((a, p) => a + p.drops, 0), errors = pts.reduce((a, p) => a + p.errors, 0);
+    // Rejected: answered at once by the ingress's admission control (no time to finish). Points from a
+    // server before issue 16 have no such field.
+    const rejected = pts.reduce((a, p) => a + (p.rejected || 0), 0);
     const items = [
       ["request rate (5 s)", rate === null ? "–" : `${num(rate, 1)} req/s`],
       ["p99 latency / SLA", `${fmtS(p99)} / ${fmtS(S.sla)}`],
       [`SLA attainment (${$("att").value} s)`, fmtP(attNow)],
-      ["drops / errors (shown)", `${drops} / ${errors}`],
+      ["rejected / dropped / errors (shown)", `${rejected} / ${drops} / ${errors}`],
       ["cost (predicted)", d && d.predicted_cost > 0 ? num(d.predicted_cost, 3) : "–"],
       ["end-to-end accuracy", d && d.predicted_accuracy > 0 ? num(d.predicted_accuracy, 3) : "–"],
       ["generation", S.config ? String(S.config.generation) : "–"],

@@ -138,7 +138,7 @@ def test_dashboard_says_what_is_wrong(steered):
     srv, _, config = steered
     history = httpx.get(srv.url + "/api/history").json()
     quiet = dict(history, points=[dict(p, arrival_rps=0.0, predicted_rps=None, completed=0, within_sla=0, errors=0,
-                                       drops=0) for p in history["points"]])
+                                       drops=0, rejected=0) for p in history["points"]])
     off = dict(config, policy=None, adapter={"enabled": False, "error": ""})
     failing = dict(config, adapter=dict(config["adapter"], last_error="decide failed: RuntimeError: solver crashed",
                                         consecutive_failures=2, last_error_time_s=history["now"]))

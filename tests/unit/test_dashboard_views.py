@@ -15,7 +15,7 @@ from varipipe.pipelines.stage import ReplicaStatus
 from varipipe.records import Decision, DecisionStatus, StageDecision
 
 POINT_KEYS = {"t", "interval_s", "arrival_rps", "predicted_rps", "completed", "within_sla", "errors", "drops",
-              "e2e_p50_s", "e2e_p99_s", "generation", "stages", "cost", "accuracy"}
+              "rejected", "e2e_p50_s", "e2e_p99_s", "generation", "stages", "cost", "accuracy"}
 LOG_KEYS = {"time", "generation", "from", "to", "policy", "status", "reason", "explanation", "binding_constraints"}
 
 

@@ -30,3 +30,17 @@ def test_a_route_prefix_must_be_a_path(bad, capsys):
     with pytest.raises(SystemExit):
         _parse("--route-prefix", bad)
     assert "route prefix starts with '/'" in capsys.readouterr().err
+
+
+def test_admission_is_on_and_there_is_no_default_deadline_unless_asked():
+    opts = app_options(_parse("--pipeline", "identity-chain"))
+    assert opts.admission and opts.deadline_sla_factor == 0.0
+    opts = app_options(_parse("--pipeline", "identity-chain", "--deadline", "1", "--no-admission"))
+    assert not opts.admission and opts.deadline_sla_factor == 1.0
+
+
+@pytest.mark.parametrize("bad", ["-1", "soon", "1000"])
+def test_a_default_deadline_is_a_number_of_slas(bad, capsys):
+    with pytest.raises(SystemExit):
+        _parse("--deadline", bad)
+    assert "--deadline" in capsys.readouterr().err

@@ -22,6 +22,8 @@ DESCRIPTION = """Serve a pipeline over HTTP. By default an embedded Ray starts i
 Ctrl-C or SIGTERM stops the application and the Ray it started."""
 
 TOKEN_ENV = "VARIPIPE_TOKEN"
+# A default deadline beyond 100 SLAs is no deadline in practice: say 0 instead.
+MAX_DEADLINE_SLAS = 100.0
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str = "ipa") -> None:
@@ -46,6 +48,24 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
                         help="keep a stage on one variant (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="the adapter decides and logs but does not apply")
     parser.add_argument("--decision", default=None, help="initial decision JSON (e.g. from `varipipe solve --json`)")
+    parser.add_argument("--deadline", type=_deadline_factor, default=0.0, metavar="SLAS",
+                        help="requests without an x-deadline-ms header get a deadline of SLAS times the SLA "
+                             "(1 = the SLA); 0: they have none, wait as long as it takes and are never shed "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-admission", dest="admission", action="store_false",
+                        help="do not reject at the ingress requests that the queues say cannot meet their "
+                             "deadline (503 + Retry-After); stages still drop them, after they queued")
+
+
+def _deadline_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"a number of SLAs, got {text!r}") from e
+    if not (0 <= value <= MAX_DEADLINE_SLAS):
+        raise argparse.ArgumentTypeError(f"must be between 0 (no default deadline) and {MAX_DEADLINE_SLAS}, "
+                                         f"got {text!r}")
+    return value
 
 
 def _route_prefix(text: str) -> str:
@@ -120,7 +140,7 @@ def app_options(args: argparse.Namespace, state_file: str = "", gpus: dict[str, 
         max_replicas=args.max_replicas, dry_run=args.dry_run, pins=parse_pins(args.pin), state_file=state_file,
         auth_token=getattr(args, "token", ""), stage_resources=getattr(args, "stage_resources", {}),
         app_name=getattr(args, "app_name", "varipipe"), route_prefix=getattr(args, "route_prefix", "/"),
-        stage_gpus=dict(gpus or {}),
+        stage_gpus=dict(gpus or {}), deadline_sla_factor=args.deadline, admission=args.admission,
     )
 
 

@@ -1,0 +1,94 @@
+"""What the ingress knows about each stage's queue: the input of its admission rule.
+
+The ingress counts its own requests in flight per stage: it is the only sender
+to the stages (one ingress replica, ``serve_config.INGRESS_REPLICAS``), so its
+count is exact and current, at the cost of two integer updates per stage call.
+The controller's figures are pushed about once a second (``flusher``) and would
+let a burst through before they moved; Ray's own queue metrics are scraped every
+few seconds (RAY_SERVE_FACTS). The compute time per item comes back with every
+reply (the stage's trace), so it is as recent as the last answer. Batch sizes and
+replicas come from the decision in force (the ingress's ``user_config``, which
+the declarative config carries as it does the stages'). Free of Ray and clocks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from varipipe.admission import StageLoad, update_item_s
+from varipipe.errors import ConfigError
+from varipipe.records import Decision
+
+__all__ = ["StageSlots", "StageQueues", "slots_user_config", "PREPARE_SAMPLES"]
+
+# The ingress's own time before the first stage is the median of this many recent
+# requests: robust to the first request's cold start (imports, thread pool), which a
+# moving average would carry for dozens of requests.
+PREPARE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class StageSlots:
+    """How a stage runs: its largest batch and its replicas."""
+
+    batch: int
+    replicas: int
+
+
+def slots_user_config(decision: Decision, replicas: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The ingress's ``user_config`` for a decision; ``replicas`` overrides a stage's count
+    (an autoscaled stage: its most replicas)."""
+    replicas = replicas or {}
+    return {"stages": {s.stage: {"batch": int(s.batch), "replicas": int(replicas.get(s.stage, s.replicas))}
+                       for s in decision.stages}}
+
+
+class StageQueues:
+    """Per stage: requests in flight, recent compute time per item, batch size and replicas."""
+
+    def __init__(self, stages: Sequence[str], slots: Mapping[str, StageSlots]) -> None:
+        self.stages = tuple(stages)
+        self.in_flight = dict.fromkeys(self.stages, 0)
+        self.item_s = dict.fromkeys(self.stages, 0.0)
+        self.slots = {s: slots[s] for s in self.stages}
+        self.before_s = 0.0  # the ingress's own work before the first stage (reading, decoding)
+        self._prepare: deque[float] = deque(maxlen=PREPARE_SAMPLES)
+
+    def configure(self, user_config: Mapping[str, Any]) -> None:
+        """Take the batch size and replicas of every stage from the ingress's ``user_config``."""
+        raw = user_config.get("stages")
+        if not isinstance(raw, Mapping) or set(raw) != set(self.stages):
+            raise ConfigError("ingress user_config", "stages", f"must name exactly {list(self.stages)}, got {raw!r}")
+        slots = {}
+        for stage in self.stages:
+            try:
+                slots[stage] = StageSlots(int(raw[stage]["batch"]), int(raw[stage]["replicas"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ConfigError("ingress user_config", f"stages.{stage}",
+                                  f"needs integer batch and replicas, got {raw[stage]!r}") from e
+            if slots[stage].batch < 1 or slots[stage].replicas < 1:
+                raise ConfigError("ingress user_config", f"stages.{stage}",
+                                  f"batch and replicas must be >= 1, got {raw[stage]!r}")
+        self.slots = slots
+
+    def sent(self, stage: str) -> None:
+        self.in_flight[stage] += 1
+
+    def back(self, stage: str, compute_s: float | None = None, batch_size: int = 1) -> None:
+        """A stage answered; ``compute_s`` is the batch time it reported (None: it did not run it)."""
+        self.in_flight[stage] -= 1
+        if compute_s is not None and compute_s >= 0:
+            self.item_s[stage] = update_item_s(self.item_s[stage], compute_s, batch_size)
+
+    def prepared(self, seconds: float) -> None:
+        """The ingress's own time before the first stage for one request."""
+        self._prepare.append(seconds)
+        self.before_s = statistics.median(self._prepare)
+
+    def loads(self) -> tuple[StageLoad, ...]:
+        return tuple(StageLoad(s, self.in_flight[s], self.item_s[s], self.slots[s].batch, self.slots[s].replicas)
+                     for s in self.stages)
