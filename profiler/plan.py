@@ -43,11 +43,11 @@ __all__ = [
 # Issue 5's default grid.
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_CORES = (1, 2)
-# A runtime that loops over the batch (llama.cpp generates one sequence at a
-# time, VariantSpec.native_batching=False) gains nothing from larger batches:
-# its latency is b x one item. Profile it up to 4 (issue 5: "the LLM at the batch
-# sizes its runtime supports, e.g. 1,2,4"); the latency model covers the rest.
-# A variant may set params.max_batch_size to say otherwise.
+# A runtime that loops over the batch (VariantSpec.native_batching=False; the
+# LLMs did until issue 19) gains nothing from larger batches: its latency is
+# b x one item. Profile it up to 4 (issue 5: "the LLM at the batch sizes its
+# runtime supports, e.g. 1,2,4"); the latency model covers the rest.
+# A variant may set params.max_batch_size to say otherwise (the LLMs set 4).
 SEQUENTIAL_MAX_BATCH = 4
 
 
