@@ -2,20 +2,27 @@
 
 For each configuration: p50/p99 end-to-end latency of one client sending one
 request at a time (no queueing), and the most requests per second it sustains
-with 1, 2 and 4 closed-loop clients (throughput stops growing once the CPUs
+with 1, 2, 4 and 8 closed-loop clients (throughput stops growing once the CPUs
 are saturated). Real models, real HTTP, the embedded Ray.
 
-    python benchmarks/pipeline_capacity.py [--seconds 30] [--image chelsea]
+``--llm-decoding`` runs each configuration once per LLM decoding, in one run:
+``batched`` (the spec as shipped: a batch decoded together) and ``sequential``
+(one sequence at a time, the path before issue 19: the spec with
+``decoding: sequential`` on its LLM variants, written to a temporary file).
+
+    python benchmarks/pipeline_capacity.py [--seconds 30] [--image chelsea] [--llm-decoding sequential,batched]
 """
 
 import argparse
 import asyncio
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 from varipipe.loadgen.replayer import load_image
 from varipipe.pipelines.serve_config import AppOptions
@@ -23,7 +30,10 @@ from varipipe.pipelines.server import LocalServer
 from varipipe.records import Decision, StageDecision
 
 RESULTS = Path(__file__).parent / "results" / "pipeline_capacity.json"
-CLIENTS = (1, 2, 4)
+# 8 clients: with a batch of 4 per stage, 4 requests in flight rarely fill an LLM batch.
+CLIENTS = (1, 2, 4, 8)
+PIPELINE = "vision-caption"
+DECODINGS = ("sequential", "batched")
 # Batch 4 with a 10 ms wait: batches can form under load, a lone request waits little.
 BATCH, WAIT_S = 4, 0.01
 
@@ -66,8 +76,24 @@ async def closed_loop(url: str, body: bytes, ctype: str, clients: int, seconds: 
         return done / (time.perf_counter() - t0)
 
 
-def measure(name: str, variants, body: bytes, ctype: str, seconds: float, n_seq: int) -> dict:
-    opts = AppOptions(pipeline="vision-caption", app_name=f"bench-{name}")
+def spec_with_decoding(decoding: str, folder: Path) -> str:
+    """The pipeline to serve: the shipped spec, or a copy whose LLM variants decode ``decoding``."""
+    if decoding == "batched":
+        return PIPELINE
+    from varipipe.spec import find_spec
+
+    raw = yaml.safe_load(Path(find_spec(PIPELINE).source_file).read_text())
+    for stage in raw["stages"]:
+        for v in stage["variants"]:
+            if v["runtime"] == "llama_cpp":
+                v["params"] = {**v.get("params", {}), "decoding": decoding}
+    path = folder / f"{PIPELINE}-{decoding}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def measure(name: str, variants, body: bytes, ctype: str, seconds: float, n_seq: int, pipeline: str) -> dict:
+    opts = AppOptions(pipeline=pipeline, app_name=f"bench-{name}")
     with LocalServer(opts, decision=decision(variants)) as srv:
         asyncio.run(sequential(srv.endpoint, body, ctype, 3))  # warm-up
         lat = sorted(asyncio.run(sequential(srv.endpoint, body, ctype, n_seq)))
@@ -84,12 +110,30 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="closed-loop seconds per client count")
     ap.add_argument("--requests", type=int, default=30, help="sequential requests for p50/p99")
     ap.add_argument("--image", default="chelsea")
+    ap.add_argument("--llm-decoding", default="sequential,batched",
+                    help=f"comma-separated LLM decodings to serve each configuration with, from {DECODINGS}")
     args = ap.parse_args()
+    decodings = [d.strip() for d in args.llm_decoding.split(",") if d.strip()]
+    if not decodings or any(d not in DECODINGS for d in decodings):
+        ap.error(f"--llm-decoding: each must be one of {DECODINGS}, got {args.llm_decoding!r}")
     body, ctype = load_image(args.image)
-    results = {name: measure(name, v, body, ctype, args.seconds, args.requests) for name, v in CONFIGS.items()}
+    results: dict[str, dict] = {d: {} for d in decodings}
+    with tempfile.TemporaryDirectory() as folder:
+        pipelines = {d: spec_with_decoding(d, Path(folder)) for d in decodings}
+        for name, v in CONFIGS.items():  # decodings interleaved per configuration
+            for d in decodings:
+                print(f"llm decoding: {d}", flush=True)
+                results[d][name] = measure(f"{name}-{d}", v, body, ctype, args.seconds, args.requests, pipelines[d])
+    ratios = {}
+    if "sequential" in results and "batched" in results:
+        ratios = {name: results["batched"][name]["max_sustained_rps"] / results["sequential"][name]["max_sustained_rps"]
+                  for name in CONFIGS}
+        for name, r in ratios.items():
+            print(f"{name}: batched / sequential max sustained = x{r:.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"image": args.image, "batch": BATCH, "batch_wait_s": WAIT_S, **results},
-                                  indent=1) + "\n")
+    RESULTS.write_text(json.dumps({"image": args.image, "batch": BATCH, "batch_wait_s": WAIT_S,
+                                   "clients": list(CLIENTS), "llm_decoding": results,
+                                   "batched_over_sequential_max_sustained": ratios}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
