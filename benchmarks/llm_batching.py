@@ -10,7 +10,7 @@ For every LLM variant of the pipeline, on one runtime thread:
   ``--synthetic`` more label sets drawn with a fixed seed from the labels the
   upstream stages can produce (0-2 ImageNet class names then 1-3 COCO names,
   the order ``collect_labels`` gives);
-* identity: every input captioned by the sequential path (``infer_sequential``,
+* identity: every input captioned (or its question answered) by the sequential path (``infer_sequential``,
   one ``create_completion`` per request: the path before this change) and by
   the batched path in batches of each size; a caption is identical when its
   text and its token count are;
@@ -49,6 +49,8 @@ class Identity:
     batch: int
     identical: int
     total: int
+    questions_identical: int  # of them, answers to questions (the rest are captions)
+    questions_total: int
     differences: list[dict]  # the first few: input, sequential and batched caption and tokens
 
 
@@ -65,7 +67,8 @@ class Speed:
 @dataclass(frozen=True)
 class VariantResult:
     variant: str
-    prefix_tokens: int  # the shared prefix evaluated once and reused (0: none)
+    prefix_tokens: int  # the captions' shared prefix evaluated once and reused (0: none)
+    qa_prefix_tokens: int  # the same for questions' prompts
     inputs: int
     identity: list[Identity]
     speed: list[Speed]
@@ -98,8 +101,13 @@ def identity(variant, inputs: list[Payload], batches: list[int]) -> list[Identit
         diffs = [{"input": p.request_id, "sequential": r.text, "sequential_tokens": r.tokens, "batched": c.text,
                   "batched_tokens": c.tokens}
                  for p, r, c in zip(inputs, reference, got, strict=True) if (r.text, r.tokens) != (c.text, c.tokens)]
-        out.append(Identity(b, len(inputs) - len(diffs), len(inputs), diffs[:DIFFERENCES_SHOWN]))
-        print(f"  batched b{b}: {len(inputs) - len(diffs)}/{len(inputs)} captions identical to sequential", flush=True)
+        questions = sum(p.question is not None for p in inputs)
+        q_same = questions - sum(p.question is not None for p, r, c in zip(inputs, reference, got, strict=True)
+                                 if (r.text, r.tokens) != (c.text, c.tokens))
+        out.append(Identity(b, len(inputs) - len(diffs), len(inputs), q_same, questions, diffs[:DIFFERENCES_SHOWN]))
+        print(f"  batched b{b}: {len(inputs) - len(diffs)}/{len(inputs)} outputs identical to sequential "
+              f"(answers {q_same}/{questions}, captions {len(inputs) - len(diffs) - q_same}/{len(inputs) - questions})",
+              flush=True)
         for d in diffs[:DIFFERENCES_SHOWN]:
             print(f"    {d['input']}: {d['sequential']!r} ({d['sequential_tokens']}) vs "
                   f"{d['batched']!r} ({d['batched_tokens']})")
@@ -146,6 +154,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pipeline", default="vision-caption")
     parser.add_argument("--synthetic", type=int, default=50, help="extra label sets (caption prompts only)")
+    parser.add_argument("--inputs", type=int, default=0,
+                        help="use the first N of the profiler's inputs (0: all; the flagship's are 65 questions)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; 0: the identity check only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", default="1,4,8", help="batched sizes to compare (sequential: 1 and 4)")
@@ -158,17 +168,22 @@ def main() -> int:
     modes = [("sequential", 1), ("sequential", 4)] + [("batched", b) for b in batches]
     spec = find_spec(args.pipeline)
     profiler_inputs = payloads_for_stage(spec, STAGE, stage_inputs(spec, threads=args.threads))
+    if args.inputs > 0:
+        profiler_inputs = profiler_inputs[:args.inputs]
     results = []
     for vspec in spec.stage(STAGE).variants:
+        if vspec.runtime != "llama_cpp":  # the template rung: no model to decode
+            continue
         variant = build_variant(vspec, threads=args.threads)
         variant.load()
         inputs = profiler_inputs + (synthetic_inputs(args.synthetic) if variant.instruction is None else [])
-        prefix = variant.prefix_tokens
-        print(f"\n{vspec.name}: {len(inputs)} inputs, shared prefix {prefix} tokens", flush=True)
+        prefix, qa_prefix = variant.prefix_tokens, variant.qa_prefix_tokens
+        print(f"\n{vspec.name}: {len(inputs)} inputs ({sum(p.question is not None for p in inputs)} questions), "
+              f"shared prefix {prefix} tokens (questions: {qa_prefix})", flush=True)
         ident = identity(variant, inputs, batches)
         speeds = speed(variant, inputs, modes, args.rounds) if args.rounds > 0 else []
         variant.unload()
-        results.append(VariantResult(vspec.name, prefix, len(inputs), ident, speeds,
+        results.append(VariantResult(vspec.name, prefix, qa_prefix, len(inputs), ident, speeds,
                                      _ratio(speeds, ("batched", 4), ("batched", 1)),
                                      _ratio(speeds, ("batched", 4), ("sequential", 1))))
     for r in results:

@@ -1,8 +1,9 @@
 """What one llama.cpp decode step costs per sequence, by the number of sequences in the call.
 
-    python benchmarks/llm_decode_steps.py [--rows 1,2,3,4,8,16] [--steps 12] [--threads 1]
+    python benchmarks/llm_decode_steps.py [--pipeline vision-caption] [--rows 1,2,3,4,8,16] [--steps 12]
+                                          [--threads 1]
 
-For every LLM variant of vision-caption: the batched decoder's context with
+For every llama.cpp LLM variant of the pipeline: the batched decoder's context with
 16 sequences, each holding the same caption prompt (chelsea's labels), then
 ``--steps`` decode calls of one token for each of ``rows`` sequences; the
 median call time and its share per sequence. Beside it, one-token calls on
@@ -74,6 +75,7 @@ def measure(vspec, rows: list[int], steps: int, threads: int) -> dict:  # type: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipeline", default="vision-caption", help="whose llama.cpp LLM variants to measure")
     parser.add_argument("--rows", default="1,2,3,4,8,16")
     parser.add_argument("--steps", type=int, default=12, help="timed calls per row count")
     parser.add_argument("--threads", type=int, default=1)
@@ -82,8 +84,9 @@ def main() -> int:
     args = parser.parse_args()
     nice = raise_priority(args.nice) if args.nice else None
     rows = [int(r) for r in args.rows.split(",")]
-    spec = find_spec("vision-caption")
-    results = [measure(v, rows, args.steps, args.threads) for v in spec.stage("llm").variants]
+    spec = find_spec(args.pipeline)
+    results = [measure(v, rows, args.steps, args.threads) for v in spec.stage("llm").variants
+               if v.runtime == "llama_cpp"]  # not the template rung: no model
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "command": "python benchmarks/llm_decode_steps.py " + " ".join(sys.argv[1:]),

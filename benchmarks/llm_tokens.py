@@ -202,7 +202,8 @@ def main() -> int:
     profile = load_profile(profile_path) if profile_path.exists() else None
     inputs = payloads_for_stage(spec, STAGE, stage_inputs(spec, threads=args.threads))
     ref_before = host_speed_reference_s()
-    results = [measure_variant(v, inputs, args.rounds, args.threads, profile) for v in spec.stage(STAGE).variants]
+    results = [measure_variant(v, inputs, args.rounds, args.threads, profile) for v in spec.stage(STAGE).variants
+               if v.runtime == "llama_cpp"]  # not the template rung: no model
     ref_after = host_speed_reference_s()
     for r in results:
         _print(r)

@@ -1,11 +1,11 @@
 """CPU time each stage spends per request in pipeline_capacity.py's configurations.
 
-    python benchmarks/pipeline_stage_costs.py [--rounds 5] [--image chelsea]
+    python benchmarks/pipeline_stage_costs.py [--rounds 5] [--image chelsea] [--no-questions]
 
 Why batched LLM decoding moves the whole pipeline's capacity as much as it does
 (issue 19, part 1): in process, without Ray, the configurations of
 ``benchmarks/pipeline_capacity.py`` (one runtime thread per stage, batch 4,
-the same image in every request) run stage after stage on a batch of 4, and
+the same image in every request, with its questions in turn) run stage after stage on a batch of 4, and
 each stage's process CPU time per request is measured; the LLM both ways,
 interleaved in each round (``infer_sequential``: the path before issue 19;
 ``infer``: batched). The served pipeline's stages share this host's cores, so
@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from varipipe.loadgen.questions import questions_for
 from varipipe.loadgen.replayer import load_image
 from varipipe.pipelines.images import decode_image
 from varipipe.pipelines.variant import Payload, Variant, build_variant
@@ -48,9 +49,10 @@ def _cpu(fn: Callable[[], object]) -> float:
     return time.process_time() - t0
 
 
-def _payloads(image: str) -> list[Payload]:
+def _payloads(image: str, questions: list[str]) -> list[Payload]:
     pixels = decode_image(load_image(image)[0])  # as the server decodes the request's body
-    return [Payload(request_id=f"r{i}", image=pixels) for i in range(BATCH)]
+    return [Payload(request_id=f"r{i}", image=pixels, question=questions[i % len(questions)] if questions else None)
+            for i in range(BATCH)]
 
 
 def _run(variant: Variant, batch: list[Payload], stage: str, infer: Callable | None = None) -> list[Payload]:
@@ -60,7 +62,7 @@ def _run(variant: Variant, batch: list[Payload], stage: str, infer: Callable | N
     return batch
 
 
-def measure(config: tuple[str, str, str], image: str, rounds: int) -> dict:
+def measure(config: tuple[str, str, str], image: str, rounds: int, questions: list[str]) -> dict:
     spec = find_spec(PIPELINE)
     variants = {s: build_variant(spec.stage(s).variant(v), threads=1) for s, v in zip(STAGES, config, strict=True)}
     for v in variants.values():
@@ -70,11 +72,12 @@ def measure(config: tuple[str, str, str], image: str, rounds: int) -> dict:
     cpu: dict[str, list[float]] = {k: [] for k in kinds}
     try:
         for r in range(rounds + 1):  # round 0 warms up (first-call allocation, the batched context)
-            batch = _payloads(image)
+            batch = _payloads(image, questions)
             t = {"detector": _cpu(lambda b=batch: _run(variants["detector"], b, "detector")),
                  "classifier": _cpu(lambda b=batch: _run(variants["classifier"], b,
                                                                       "classifier"))}
-            feed = [Payload(request_id=p.request_id, image=p.image, outputs=dict(p.outputs)) for p in batch]
+            feed = [Payload(request_id=p.request_id, image=p.image, question=p.question, outputs=dict(p.outputs))
+                    for p in batch]
             first, second = ("llm_sequential", "llm_batched") if r % 2 else ("llm_batched", "llm_sequential")
             for k in (first, second):
                 path = llm.infer_sequential if k == "llm_sequential" else llm.infer_batched
@@ -105,12 +108,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds after one warm-up (default 5)")
     parser.add_argument("--image", default="chelsea", help="image of every request (default chelsea, as "
                         "pipeline_capacity.py)")
+    parser.add_argument("--no-questions", action="store_true", help="photos only (captions), as "
+                        "pipeline_capacity.py --no-questions; by default the questions it sends")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    questions = [] if args.no_questions else questions_for(PIPELINE, args.image)
     out = {}
     for name, config in CONFIGS.items():
-        r = measure(config, args.image, args.rounds)
+        r = measure(config, args.image, args.rounds, questions)
         out[name] = r
         per = r["cpu_s_per_request"]
         print(f"{name:<9} " + "  ".join(f"{k} {v * 1e3:6.1f} ms" for k, v in per.items())
@@ -120,7 +126,8 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "command": "python benchmarks/pipeline_stage_costs.py " + " ".join(sys.argv[1:]),
-        "pipeline": PIPELINE, "batch": BATCH, "image": args.image, "rounds": args.rounds, "target": TARGET,
+        "pipeline": PIPELINE, "batch": BATCH, "image": args.image, "questions": questions, "rounds": args.rounds,
+        "target": TARGET,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "configurations": out,

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Completion", "BatchTiming", "BatchDecoder", "prompt_tokens", "shared_length"]
+__all__ = ["Completion", "BatchTiming", "BatchDecoder", "prompt_tokens", "shared_length", "sum_timings"]
 
 # Tokens per llama_decode call (llama.cpp's logical and physical batch): the
 # sequential path's n_batch default in llama-cpp-python.
@@ -214,7 +214,7 @@ class BatchDecoder:
         for start in range(0, len(prompts), MAX_SEQUENCES):
             out.extend(self._complete(prompts[start:start + MAX_SEQUENCES], max_tokens, stop))
             timings.append(self.last_timing)
-        self.last_timing = _sum_timings([t for t in timings if t is not None])
+        self.last_timing = sum_timings([t for t in timings if t is not None])
         return out
 
     def _complete(self, prompts: Sequence[Sequence[int]], max_tokens: int, stop: Sequence[str]) -> list[Completion]:
@@ -369,7 +369,7 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _sum_timings(parts: Sequence[BatchTiming]) -> BatchTiming | None:
+def sum_timings(parts: Sequence[BatchTiming]) -> BatchTiming | None:
     if not parts:
         return None
     return BatchTiming(*(sum(getattr(t, f) for t in parts) for f in BatchTiming.__dataclass_fields__))

@@ -48,6 +48,7 @@ from varipipe.pipelines.variants._llama_batch import (
     BatchDecoder,
     BatchTiming,
     prompt_tokens,
+    sum_timings,
 )
 from varipipe.pipelines.variants._qa_prompt import (
     QA_MAX_TOKENS,
@@ -55,6 +56,7 @@ from varipipe.pipelines.variants._qa_prompt import (
     SHOTS,
     build_qa_prompt,
     clean_answer,
+    qa_prefix,
 )
 from varipipe.pipelines.variants.outputs import Caption, collect_labels
 from varipipe.records import VariantSpec
@@ -201,7 +203,9 @@ class LlamaCaptioner(ModelVariant):
         self.qa_shots = int(self.param("qa_shots", len(SHOTS)))
         self.prefix_cache = bool(self.param("prefix_cache", True))
         self.max_step_rows = int(self.param("max_step_rows", MAX_SEQUENCES))
-        self._decoder: BatchDecoder | None = None
+        self._decoder: BatchDecoder | None = None  # captions
+        self._qa_decoder: BatchDecoder | None = None  # questions: their own prompts, prefix and stop strings
+        self._last_timing: BatchTiming | None = None
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -213,13 +217,18 @@ class LlamaCaptioner(ModelVariant):
         instruction = None if self.instruction is None else str(self.instruction)
         prefix = (prompt_tokens(self._model, shared_prefix(self.style, instruction, self.system, self.primer))
                   if self.prefix_cache else [])
-        # Its context and KV cache are made on the first batch: a sequential variant never makes them.
+        qa = prompt_tokens(self._model, qa_prefix(self.style, self.qa_shots)) if self.prefix_cache else []
+        # Their contexts and KV caches are made on the first batch of their kind: a sequential
+        # variant never makes them, a stage that only answers questions makes one.
         self._decoder = BatchDecoder(self._model, self.threads, self.n_ctx, prefix, self.max_step_rows)
+        self._qa_decoder = BatchDecoder(self._model, self.threads, self.n_ctx, qa, self.max_step_rows)
 
     def unload(self) -> None:
-        if self._decoder is not None:
-            self._decoder.close()
-            self._decoder = None
+        for decoder in (self._decoder, self._qa_decoder):
+            if decoder is not None:
+                decoder.close()
+        self._decoder = self._qa_decoder = None
+        self._last_timing = None
         if self._model is not None:
             self._model.close()  # frees the llama.cpp context and weights now, not at GC time
         super().unload()
@@ -230,13 +239,35 @@ class LlamaCaptioner(ModelVariant):
         return self.infer_batched(batch)
 
     def infer_batched(self, batch: Sequence[Payload]) -> list[StageOutput]:
-        """All captions of the batch decoded together (one llama.cpp batch, a sequence per request)."""
+        """All outputs of the batch decoded together (one llama.cpp batch, a sequence per request).
+
+        Captions and answers to questions have their own prompts, token budgets and stop strings:
+        each kind is decoded as one batch of its own, the outputs returned in the batch's order.
+        """
         llm = self._require_loaded()
-        assert self._decoder is not None
-        prompts = [self._prompt(p) for p in batch]
-        done = self._decoder.complete([prompt_tokens(llm, text) for text, _ in prompts], self.max_tokens, self.stop)
-        return [Caption(first_sentence(c.text, stopped=c.finish_reason == "stop", primer=self.primer), c.tokens,
-                        tuple(labels)) for c, (_, labels) in zip(done, prompts, strict=True)]
+        assert self._decoder is not None and self._qa_decoder is not None
+        out: list[StageOutput | None] = [None] * len(batch)
+        timings = []
+        captions = [i for i, p in enumerate(batch) if p.question is None]
+        questions = [i for i, p in enumerate(batch) if p.question is not None]
+        if captions:
+            prompts = [self._prompt(batch[i]) for i in captions]
+            done = self._decoder.complete([prompt_tokens(llm, text) for text, _ in prompts], self.max_tokens,
+                                          self.stop)
+            for i, c, (_, labels) in zip(captions, done, prompts, strict=True):
+                out[i] = Caption(first_sentence(c.text, stopped=c.finish_reason == "stop", primer=self.primer),
+                                 c.tokens, tuple(labels))
+            timings.append(self._decoder.last_timing)
+        if questions:
+            prompts_qa = [build_qa_prompt(batch[i], self.style, self.qa_shots) for i in questions]
+            done = self._qa_decoder.complete([prompt_tokens(llm, text) for text in prompts_qa], self.qa_max_tokens,
+                                             QA_STOP)
+            for i, c in zip(questions, done, strict=True):
+                p = batch[i]
+                out[i] = Caption(clean_answer(c.text), c.tokens, tuple(prompt_labels(p)), p.question)
+            timings.append(self._qa_decoder.last_timing)
+        self._last_timing = sum_timings([t for t in timings if t is not None])
+        return [o for o in out if o is not None]
 
     def infer_sequential(self, batch: Sequence[Payload]) -> list[StageOutput]:
         """One ``create_completion`` per request, in turn: the path before batched decoding (the baseline)."""
@@ -245,13 +276,18 @@ class LlamaCaptioner(ModelVariant):
 
     @property
     def prefix_tokens(self) -> int:
-        """Tokens of the shared prompt prefix evaluated once and reused by the batched path (0: none)."""
+        """Tokens of the captions' shared prompt prefix evaluated once and reused by the batched path (0: none)."""
         return self._decoder.prefix_tokens if self._decoder is not None else 0
+
+    @property
+    def qa_prefix_tokens(self) -> int:
+        """The same for questions' prompts (system message and examples)."""
+        return self._qa_decoder.prefix_tokens if self._qa_decoder is not None else 0
 
     @property
     def last_timing(self) -> BatchTiming | None:
         """Where the last batched ``infer`` spent its time (prompt vs generation), for benchmarks."""
-        return self._decoder.last_timing if self._decoder is not None else None
+        return self._last_timing
 
     def _prompt(self, payload: Payload) -> tuple[str, list[str]]:
         if self.instruction is None:

@@ -11,6 +11,7 @@ import pytest
 from varipipe.errors import SpecError
 from varipipe.pipelines.variant import Payload
 from varipipe.pipelines.variants._llama_batch import _Ending, _even_parts, shared_length
+from varipipe.pipelines.variants._qa_prompt import SHOTS, build_qa_prompt, qa_prefix
 from varipipe.pipelines.variants.llm import (
     PRIMER,
     LlamaCaptioner,
@@ -18,6 +19,7 @@ from varipipe.pipelines.variants.llm import (
     build_prompt,
     shared_prefix,
 )
+from varipipe.pipelines.variants.outputs import Classification, Classifications
 from varipipe.records import VariantSpec
 
 # A toy vocabulary: token id -> bytes, so the end rules can be checked without a model.
@@ -130,3 +132,17 @@ def test_decoding_defaults_to_batched_and_a_bad_value_names_the_field():
     assert LlamaCaptioner(_spec(decoding="sequential")).decoding == "sequential"
     with pytest.raises(SpecError, match="params.decoding"):
         LlamaCaptioner(_spec(decoding="parallel"))
+
+
+@pytest.mark.parametrize("style", ["chatml", "completion"])
+@pytest.mark.parametrize("shots", [0, len(SHOTS)])
+def test_the_question_prefix_starts_every_question_prompt_and_stops_before_the_request(style, shots):
+    prefix = qa_prefix(style, shots)
+    for question, labels in (("How many cats are in the picture?", ()), ("Is there a dog?", ("dog", "ball"))):
+        payload = Payload(question=question, outputs={"classifier": Classifications(tuple(
+            Classification(i, label, 0.9, None) for i, label in enumerate(labels)))})
+        prompt = build_qa_prompt(payload, style, shots)
+        assert prompt.startswith(prefix) and len(prompt) > len(prefix)
+        assert question not in prefix
+    assert prefix.endswith("Objects: ")
+    assert all(q in prefix for _, _, q, _ in SHOTS[:shots])
