@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,6 +137,7 @@ def main() -> None:
                          "in turn from the QA set's dev items, as the load generator sends them")
     ap.add_argument("--llm-decoding", default="sequential,batched",
                     help=f"comma-separated LLM decodings to serve each configuration with, from {DECODINGS}")
+    ap.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS.name})")
     args = ap.parse_args()
     decodings = [d.strip() for d in args.llm_decoding.split(",") if d.strip()]
     if not decodings or any(d not in DECODINGS for d in decodings):
@@ -156,8 +158,9 @@ def main() -> None:
                   for name in CONFIGS}
         for name, r in ratios.items():
             print(f"{name}: batched / sequential max sustained = x{r:.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"image": args.image, "batch": BATCH, "batch_wait_s": WAIT_S,
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": "python benchmarks/pipeline_capacity.py " + " ".join(sys.argv[1:]),
+                                   "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "image": args.image, "batch": BATCH, "batch_wait_s": WAIT_S,
                                    "clients": list(CLIENTS), "questions": questions, "llm_decoding": results,
                                    "batched_over_sequential_max_sustained": ratios}, indent=1) + "\n")
 

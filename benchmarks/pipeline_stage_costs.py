@@ -110,6 +110,7 @@ def main() -> int:
                         "pipeline_capacity.py)")
     parser.add_argument("--no-questions", action="store_true", help="photos only (captions), as "
                         "pipeline_capacity.py --no-questions; by default the questions it sends")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS.name})")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -123,8 +124,8 @@ def main() -> int:
               + f"  | LLM share {r['llm_share_old']:.0%}, LLM x{r['llm_speedup']:.2f} -> bound "
               f"{r['bound_rps_old']:.2f} -> {r['bound_rps_new']:.2f} req/s (x{r['bound_ratio']:.2f}); "
               f"x{TARGET} needs the LLM at {r['llm_cpu_s_for_target'] * 1e3:.0f} ms a request", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "command": "python benchmarks/pipeline_stage_costs.py " + " ".join(sys.argv[1:]),
         "pipeline": PIPELINE, "batch": BATCH, "image": args.image, "questions": questions, "rounds": args.rounds,
         "target": TARGET,
@@ -132,7 +133,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "configurations": out,
     }, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
     return 0
 
 
