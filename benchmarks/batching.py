@@ -1,6 +1,6 @@
 """What batching buys each variant: latency at batch 1 and batch 8, per-item speed-up.
 
-    python benchmarks/batching.py [--pipeline vision-caption] [--repeats 5] [--threads 1]
+    python benchmarks/batching.py [--pipeline vision-caption] [--repeats 5] [--threads 1] [--stages llm]
 
 For every variant of the pipeline, on real weights and the bundled photos
 (each stage fed the outputs of the default upstream variants, as in serving):
@@ -11,7 +11,8 @@ For every variant of the pipeline, on real weights and the bundled photos
   batching helps per item.
 
 Medians over ``--repeats`` rounds after a warm-up round. Writes
-benchmarks/results/batching.json.
+benchmarks/results/batching.json (``--stages``: only those stages' variants,
+to batching_<stages>.json).
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ def measure(variant: Variant, payloads: list[Payload], repeats: int) -> tuple[fl
     return statistics.median(singles), statistics.median(batches)
 
 
-def run(spec: PipelineSpec, repeats: int, threads: int) -> list[BatchingResult]:
+def run(spec: PipelineSpec, repeats: int, threads: int, stages: set[str] | None = None) -> list[BatchingResult]:
     payloads = _photos()
     results = []
     for stage in spec.stages:
+        if stages is not None and stage.name not in stages:
+            continue
         _feed(spec, payloads, stage.name, threads)
         for vspec in stage.variants:
             variant = build_variant(vspec, threads=threads)
@@ -118,11 +121,14 @@ def main() -> int:
     parser.add_argument("--pipeline", default="vision-caption")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stages", default="", help="comma-separated stages to measure (default: all)")
     args = parser.parse_args()
     spec = find_spec(args.pipeline)
-    results = run(spec, args.repeats, args.threads)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()} or None
+    results = run(spec, args.repeats, args.threads, stages)
+    out = RESULTS if stages is None else RESULTS.with_name(f"batching_{'_'.join(sorted(stages))}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "command": "python benchmarks/batching.py " + " ".join(sys.argv[1:]),
         "pipeline": spec.name, "batch": BATCH, "repeats": args.repeats, "threads": args.threads,
         "baseline": "batch 1: each request in its own infer call",
@@ -130,7 +136,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": [dataclasses.asdict(r) for r in results],
     }, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {out}")
     return 0
 
 

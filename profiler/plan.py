@@ -43,11 +43,13 @@ __all__ = [
 # Issue 5's default grid.
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_CORES = (1, 2)
-# A runtime that loops over the batch (llama.cpp generates one sequence at a
-# time, VariantSpec.native_batching=False) gains nothing from larger batches:
-# its latency is b x one item. Profile it up to 4 (issue 5: "the LLM at the batch
-# sizes its runtime supports, e.g. 1,2,4"); the latency model covers the rest.
-# A variant may set params.max_batch_size to say otherwise.
+# A runtime that loops over the batch (VariantSpec.native_batching=False; the
+# LLMs did until issue 19) gains nothing from larger batches: its latency is
+# b x one item. Profile it up to 4 (issue 5: "the LLM at the batch sizes its
+# runtime supports, e.g. 1,2,4"); the latency model covers the rest.
+# A variant may set params.max_batch_size to say otherwise, or
+# params.cpu_max_batch_size for CPU hardware only: the LLMs set 4 (on CPU batching
+# them adds 3-7 % items/s past 4, issue 19; their GPU runtime batches natively).
 SEQUENTIAL_MAX_BATCH = 4
 
 
@@ -269,8 +271,11 @@ def variant_batches(variant: VariantSpec, batches: Sequence[int], hardware: str 
     ``native_batching`` describes the CPU runtime; on a GPU every variant runs its PyTorch
     runtime, which batches natively (the LLMs too: one ``generate`` for the batch).
     """
+    on_gpu = hardware.startswith("gpu:")
     limit = variant.params.get("max_batch_size")
-    if limit is None and not variant.native_batching and not hardware.startswith("gpu:"):
+    if limit is None and not on_gpu:
+        limit = variant.params.get("cpu_max_batch_size")
+    if limit is None and not variant.native_batching and not on_gpu:
         limit = SEQUENTIAL_MAX_BATCH
     chosen = tuple(sorted({b for b in batches if limit is None or b <= int(limit)}))
     return chosen or (min(batches),)

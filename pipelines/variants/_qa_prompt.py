@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from varipipe.pipelines.variant import Payload
 from varipipe.pipelines.variants.outputs import collect_labels, counted_labels
 
-__all__ = ["QA_SYSTEM", "SHOTS", "QA_MAX_TOKENS", "QA_STOP", "objects_line", "build_qa_prompt", "clean_answer"]
+__all__ = ["QA_SYSTEM", "SHOTS", "QA_MAX_TOKENS", "QA_STOP", "objects_line", "build_qa_prompt", "qa_prefix",
+           "clean_answer"]
 
 QA_SYSTEM = ("You answer questions about a photo. You are told the objects detected in it and how many of each. "
              "Answer with one number, or with yes or no.")
@@ -27,6 +28,7 @@ QA_SYSTEM = ("You answer questions about a photo. You are told the objects detec
 QA_MAX_TOKENS = 4
 QA_STOP = ["\n", ".", ",", "<|im_end|>", "<end_of_turn>"]
 NO_OBJECTS = "none"
+_HOLE = "\x00"  # stands for the request's part of a prompt when finding the shared prefix
 MAX_EXTRA_LABELS = 3  # classifier labels beyond the detector's: the crops' top-1 names (max_crops = 3)
 
 # (objects, closer look, question, answer): made up, see the module doc.
@@ -58,16 +60,26 @@ def build_qa_prompt(payload: Payload, style: str, shots: int = len(SHOTS), syste
     examples first; the model's continuation is the answer."""
     assert payload.question is not None
     objects, extra = objects_line(payload)
+    return _qa_text(objects, extra, payload.question, style, shots, system)
+
+
+def qa_prefix(style: str, shots: int = len(SHOTS), system: str = QA_SYSTEM) -> str:
+    """The text every question's prompt starts with (system message and examples), up to the request's part:
+    batched decoding evaluates it once (``_llama_batch``)."""
+    return _qa_text(_HOLE, _HOLE, _HOLE, style, shots, system).split(_HOLE, 1)[0]
+
+
+def _qa_text(objects: str, extra: str, question: str, style: str, shots: int, system: str) -> str:
     examples: Sequence[tuple[str, str, str, str]] = SHOTS[:shots]
     if style == "chatml":
         turns = "".join(f"<|im_start|>user\n{_user(o, e, q)}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"
                         for o, e, q, a in examples)
         return (f"<|im_start|>system\n{system}<|im_end|>\n{turns}"
-                f"<|im_start|>user\n{_user(objects, extra, payload.question)}<|im_end|>\n<|im_start|>assistant\n")
+                f"<|im_start|>user\n{_user(objects, extra, question)}<|im_end|>\n<|im_start|>assistant\n")
     if style == "completion":
         head = f"{system}\n\n"
         turns = "".join(f"{_user(o, e, q)}\nAnswer: {a}\n\n" for o, e, q, a in examples)
-        return f"{head}{turns}{_user(objects, extra, payload.question)}\nAnswer:"
+        return f"{head}{turns}{_user(objects, extra, question)}\nAnswer:"
     raise ValueError(f"prompt_style must be 'chatml' or 'completion', got {style!r}")
 
 

@@ -2,16 +2,23 @@
 
 The LLM writes one short sentence describing the scene from the labels the
 upstream stages found (collected through their outputs' ``labels()``).
-Decoding is greedy and the KV cache is reset before every request, so the
-same labels always give the same sentence, alone or in a batch.
+Decoding is greedy and no request sees another's tokens, so the same labels
+always give the same sentence, alone or in a batch.
 
-llama.cpp generates one sequence at a time: ``native_batching: false`` in the
-spec, and ``infer`` loops over the batch. Batching still saves the per-call
-overhead of serving, nothing per token; the batching benchmark shows it.
+``infer`` decodes the whole batch together (``_llama_batch``: one llama.cpp
+batch with a sequence per request, each ending on its own, the prompt prefix
+every request shares evaluated once and kept cached), so the spec says
+``native_batching: true``. The earlier path, one ``create_completion`` per
+request in turn, stays as ``infer_sequential`` and ``decoding: sequential``:
+the baseline of the batched one (issue 19; benchmarks/README.md).
 
 Spec params: ``model`` (weights name), ``max_tokens`` (the token budget is part
 of the variant), ``prompt_style`` ("chatml" for instruction-tuned models,
-"completion" for base models), ``n_ctx``.
+"completion" for base models), ``n_ctx`` (each sequence's context),
+``decoding`` ("batched" or "sequential"); where batched decoding would change
+the model's output (see ``_llama_batch``): ``prefix_cache`` (reuse the shared
+prompt prefix, default true) and ``max_step_rows`` (sequences decoded in one
+llama.cpp call, default ``MAX_SEQUENCES``).
 
 With a question (``payload.question``, from the request) the model answers it
 instead of captioning (``_qa_prompt``: the counted labels, few-shot examples,
@@ -36,18 +43,26 @@ from contextlib import contextmanager
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._base import ModelVariant
+from varipipe.pipelines.variants._llama_batch import (
+    MAX_SEQUENCES,
+    BatchDecoder,
+    BatchTiming,
+    prompt_tokens,
+    sum_timings,
+)
 from varipipe.pipelines.variants._qa_prompt import (
     QA_MAX_TOKENS,
     QA_STOP,
     SHOTS,
     build_qa_prompt,
     clean_answer,
+    qa_prefix,
 )
 from varipipe.pipelines.variants.outputs import Caption, collect_labels
 from varipipe.records import VariantSpec
 
 __all__ = ["LlamaCaptioner", "make", "build_prompt", "build_instruction_prompt", "first_sentence",
-           "prompt_labels", "prompt_context", "PRIMER"]
+           "prompt_labels", "prompt_context", "shared_prefix", "PRIMER", "DECODINGS"]
 
 # The answer is started for the model: it keeps small models on topic and makes even an
 # 8-token budget yield a sentence about the scene. The primer is part of the caption.
@@ -65,6 +80,8 @@ STYLES = ("chatml", "completion")
 # model would otherwise spend the whole token budget on more.
 _STOP = [".", "!", "?", "\n", "<|im_end|>", "<end_of_turn>"]
 _SENTENCE_END = re.compile(r"[.!?](\s|$)")
+_HOLE = "\x00"  # stands for the request's part of a prompt when finding the shared prefix
+DECODINGS = ("batched", "sequential")
 _construct_lock = threading.Lock()
 
 
@@ -90,6 +107,10 @@ def build_instruction_prompt(instruction: str, payload: Payload, style: str, sys
     """A spec's ``instruction`` template filled from the request, in the model's prompt style."""
     user = instruction.format(labels=", ".join(prompt_labels(payload)), text=(payload.text or "").strip(),
                               context=prompt_context(payload, max_context_chars))
+    return _instruction_wrap(user, style, system, primer)
+
+
+def _instruction_wrap(user: str, style: str, system: str, primer: str) -> str:
     if style == "chatml":
         return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
                 f"<|im_start|>assistant\n{primer}")
@@ -110,6 +131,15 @@ def build_prompt(labels: Sequence[str], style: str) -> str:
     if style == "completion":  # a base model continues text; no chat template
         return f"Objects in the photo: {things}.\nOne-sentence caption of the photo: {PRIMER}"
     raise ValueError(f"prompt_style must be one of {STYLES}, got {style!r}")
+
+
+def shared_prefix(style: str, instruction: str | None = None, system: str = SYSTEM, primer: str = PRIMER) -> str:
+    """The text every prompt of this variant starts with, up to the first request-dependent part."""
+    if instruction is None:
+        prompt = build_prompt([_HOLE], style)
+    else:
+        prompt = _instruction_wrap(instruction.format(labels=_HOLE, text=_HOLE, context=_HOLE), style, system, primer)
+    return prompt.split(_HOLE, 1)[0]
 
 
 def first_sentence(generated: str, stopped: bool = False, primer: str = PRIMER) -> str:
@@ -150,7 +180,7 @@ def _without_extra_buffers() -> Iterator[None]:
 
 
 class LlamaCaptioner(ModelVariant):
-    """One GGUF model with its token budget; ``infer`` generates one caption per request, in turn."""
+    """One GGUF model with its token budget; ``infer`` writes one caption per request, the batch decoded together."""
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         super().__init__(spec, threads, device)
@@ -158,6 +188,9 @@ class LlamaCaptioner(ModelVariant):
         self.style = str(self.param("prompt_style", "chatml"))
         if self.style not in STYLES:
             raise spec.spec_error(".params.prompt_style", f"must be one of {STYLES}, got {self.style!r}")
+        self.decoding = str(self.param("decoding", "batched"))
+        if self.decoding not in DECODINGS:
+            raise spec.spec_error(".params.decoding", f"must be one of {DECODINGS}, got {self.decoding!r}")
         self.n_ctx = int(self.param("n_ctx", N_CTX))
         self.instruction = self.param("instruction", None)
         if self.instruction is not None:
@@ -168,6 +201,11 @@ class LlamaCaptioner(ModelVariant):
         self.stop = [str(s) for s in self.param("stop", _STOP)]
         self.qa_max_tokens = int(self.param("qa_max_tokens", QA_MAX_TOKENS))
         self.qa_shots = int(self.param("qa_shots", len(SHOTS)))
+        self.prefix_cache = bool(self.param("prefix_cache", True))
+        self.max_step_rows = int(self.param("max_step_rows", MAX_SEQUENCES))
+        self._decoder: BatchDecoder | None = None  # captions
+        self._qa_decoder: BatchDecoder | None = None  # questions: their own prompts, prefix and stop strings
+        self._last_timing: BatchTiming | None = None
 
     def load(self) -> None:
         from llama_cpp import Llama
@@ -176,15 +214,80 @@ class LlamaCaptioner(ModelVariant):
         with _without_extra_buffers():
             self._model = Llama(model_path=str(files.weights), n_ctx=self.n_ctx, n_threads=self.threads,
                                 n_threads_batch=self.threads, seed=SEED, verbose=False)
+        instruction = None if self.instruction is None else str(self.instruction)
+        prefix = (prompt_tokens(self._model, shared_prefix(self.style, instruction, self.system, self.primer))
+                  if self.prefix_cache else [])
+        qa = prompt_tokens(self._model, qa_prefix(self.style, self.qa_shots)) if self.prefix_cache else []
+        # Their contexts and KV caches are made on the first batch of their kind: a sequential
+        # variant never makes them, a stage that only answers questions makes one.
+        self._decoder = BatchDecoder(self._model, self.threads, self.n_ctx, prefix, self.max_step_rows)
+        self._qa_decoder = BatchDecoder(self._model, self.threads, self.n_ctx, qa, self.max_step_rows)
 
     def unload(self) -> None:
+        for decoder in (self._decoder, self._qa_decoder):
+            if decoder is not None:
+                decoder.close()
+        self._decoder = self._qa_decoder = None
+        self._last_timing = None
         if self._model is not None:
             self._model.close()  # frees the llama.cpp context and weights now, not at GC time
         super().unload()
 
     def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        if self.decoding == "sequential":
+            return self.infer_sequential(batch)
+        return self.infer_batched(batch)
+
+    def infer_batched(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        """All outputs of the batch decoded together (one llama.cpp batch, a sequence per request).
+
+        Captions and answers to questions have their own prompts, token budgets and stop strings:
+        each kind is decoded as one batch of its own, the outputs returned in the batch's order.
+        """
         llm = self._require_loaded()
-        return [self._caption(llm, p) for p in batch]  # llama.cpp: one sequence at a time
+        assert self._decoder is not None and self._qa_decoder is not None
+        out: list[StageOutput | None] = [None] * len(batch)
+        timings = []
+        captions = [i for i, p in enumerate(batch) if p.question is None]
+        questions = [i for i, p in enumerate(batch) if p.question is not None]
+        if captions:
+            prompts = [self._prompt(batch[i]) for i in captions]
+            done = self._decoder.complete([prompt_tokens(llm, text) for text, _ in prompts], self.max_tokens,
+                                          self.stop)
+            for i, c, (_, labels) in zip(captions, done, prompts, strict=True):
+                out[i] = Caption(first_sentence(c.text, stopped=c.finish_reason == "stop", primer=self.primer),
+                                 c.tokens, tuple(labels))
+            timings.append(self._decoder.last_timing)
+        if questions:
+            prompts_qa = [build_qa_prompt(batch[i], self.style, self.qa_shots) for i in questions]
+            done = self._qa_decoder.complete([prompt_tokens(llm, text) for text in prompts_qa], self.qa_max_tokens,
+                                             QA_STOP)
+            for i, c in zip(questions, done, strict=True):
+                p = batch[i]
+                out[i] = Caption(clean_answer(c.text), c.tokens, tuple(prompt_labels(p)), p.question)
+            timings.append(self._qa_decoder.last_timing)
+        self._last_timing = sum_timings([t for t in timings if t is not None])
+        return [o for o in out if o is not None]
+
+    def infer_sequential(self, batch: Sequence[Payload]) -> list[StageOutput]:
+        """One ``create_completion`` per request, in turn: the path before batched decoding (the baseline)."""
+        llm = self._require_loaded()
+        return [self._caption(llm, p) for p in batch]
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens of the captions' shared prompt prefix evaluated once and reused by the batched path (0: none)."""
+        return self._decoder.prefix_tokens if self._decoder is not None else 0
+
+    @property
+    def qa_prefix_tokens(self) -> int:
+        """The same for questions' prompts (system message and examples)."""
+        return self._qa_decoder.prefix_tokens if self._qa_decoder is not None else 0
+
+    @property
+    def last_timing(self) -> BatchTiming | None:
+        """Where the last batched ``infer`` spent its time (prompt vs generation), for benchmarks."""
+        return self._last_timing
 
     def _prompt(self, payload: Payload) -> tuple[str, list[str]]:
         if self.instruction is None:

@@ -35,6 +35,12 @@ def test_sequential_runtime_is_profiled_up_to_its_limit():
     assert variant_batches(_variant("d", "x"), (16, 1)) == (1, 16)
 
 
+def test_a_cpu_limit_leaves_the_gpu_grid_whole():
+    v = _variant("llm", "batched", cpu_max_batch_size=4)
+    assert variant_batches(v, (1, 2, 4, 8, 16), "cpu:2") == (1, 2, 4)
+    assert variant_batches(v, (1, 2, 4, 8, 16), "gpu:h200") == (1, 2, 4, 8, 16)
+
+
 def test_on_a_gpu_every_variant_batches_natively():
     v = _variant("llm", "slow", native=False)
     assert variant_batches(v, (1, 2, 4, 8, 16), "gpu:h200") == (1, 2, 4, 8, 16)
