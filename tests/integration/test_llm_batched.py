@@ -10,6 +10,8 @@ No Ray: the variants are run in this process (real llama.cpp, real GGUF files).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from varipipe.loadgen.questions import QA_PIPELINES
@@ -59,6 +61,12 @@ def _same(a, b) -> list[tuple]:  # type: ignore[no-untyped-def]
     return [(x.text, x.tokens, x.question) for x in a], [(y.text, y.tokens, y.question) for y in b]
 
 
+def _batched(spec):  # type: ignore[no-untyped-def]
+    """The variant with batched decoding, whatever its spec ships (the flagship's Qwen ships
+    sequential until its LLM stage is re-profiled batched)."""
+    return dataclasses.replace(spec, params={**spec.params, "decoding": "batched"})
+
+
 def _small():  # type: ignore[no-untyped-def]
     return build_variant(find_spec(SMALL[0]).stage("llm").variant(SMALL[1]))
 
@@ -67,7 +75,7 @@ def _small():  # type: ignore[no-untyped-def]
                 ids=lambda p: p[1])
 def captioner(request):
     pipeline, name = request.param
-    variant = build_variant(find_spec(pipeline).stage("llm").variant(name))
+    variant = build_variant(_batched(find_spec(pipeline).stage("llm").variant(name)))
     variant.load()
     yield variant
     variant.unload()
@@ -85,7 +93,7 @@ def test_batched_captions_equal_sequential_captions(captioner, batch):
 @pytest.mark.parametrize("pipeline, name", [("vision-caption", "qwen2.5-coder-0.5b"), SMALL], ids=["qwen", "smollm2"])
 def test_answers_to_questions_mixed_with_captions_equal_the_sequential_ones(pipeline, name):
     assert pipeline in QA_PIPELINES  # its requests carry questions (loadgen, profiler)
-    variant = build_variant(find_spec(pipeline).stage("llm").variant(name))
+    variant = build_variant(_batched(find_spec(pipeline).stage("llm").variant(name)))
     variant.load()
     try:
         questions, captions = _questions(), _payloads()[:6]
