@@ -15,7 +15,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["LatencyModel", "fit_latency_model"]
+import numpy as np
+
+__all__ = ["LatencyModel", "fit_latency_model", "batch_curve"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +56,21 @@ def fit_latency_model(batches: Sequence[float], latencies_s: Sequence[float]) ->
             b * b for b in batches)
         return LatencyModel(alpha=0.0, beta=max(through_origin, 0.0))
     return LatencyModel(alpha=alpha, beta=beta)
+
+
+def batch_curve(batches: Sequence[int], values: Sequence[float], sizes: np.ndarray) -> np.ndarray:
+    """A latency figure of one (stage, variant, hardware) at every batch size in ``sizes``, from
+    the figures measured at ``batches`` (ascending): linear between measured neighbours, past the
+    largest the fitted ``l(b)`` (never below the largest measured), and with one measured size,
+    proportional to the batch beyond it (no batching gain). The one curve the simulator's service
+    times and the calibration's predictions read."""
+    b = np.asarray(batches, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    out = np.interp(sizes, b, v)
+    if len(b) >= 2:
+        model = fit_latency_model(list(batches), list(values))
+        beyond = sizes > b.max()
+        out[beyond] = np.maximum(v[-1], model.alpha + model.beta * sizes[beyond])
+    else:
+        out = np.where(sizes > b[0], v[0] * sizes / b[0], out)
+    return out

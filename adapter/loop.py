@@ -23,6 +23,15 @@ Behaviour:
   for; a move to a faster or larger configuration happens at once.
 * Pins (stage=variant) go to the policy when it supports ``set_pinned``;
   otherwise the decided variant is overridden.
+* Calibration: with a ``calibrator`` (``adapter.calibration``), each step first
+  hands the policy the profile corrected by what the host does now, through its
+  ``set_profile`` (the built-in policies have one; a policy without it plans on
+  its own profile, and :meth:`ControlLoop.status` says so). Whoever owns the
+  calibrator feeds it the batches observed (the live controller every window,
+  the simulator every interval); the loop only reads it. When the correction of a
+  variant in force has moved by ``CALIBRATION_SHIFT`` since the applied decision
+  was made, the hysteresis does not hold the next move: the applied decision's
+  predictions were made on another basis, so "no faster" means nothing.
 * Dry run: decide and log, never apply.
 * Failures of observe / predict / decide / apply are recorded, the last
   decision stays in force, and the next step runs as usual.
@@ -41,13 +50,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from varipipe.adapter.calibration import Calibrator
 from varipipe.adapter.policy import Forecast, Policy
 from varipipe.adapter.predictors import Predictor
 from varipipe.errors import ConfigError
 from varipipe.records import Decision, Observation
 
 __all__ = ["ControlLoop", "Poller", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
-           "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE"]
+           "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE", "CALIBRATION_SHIFT"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,9 @@ LOAD_DROP_FRACTION = 0.3
 # Decision log entries kept in memory (a day of 10 s intervals is 8,640; the
 # dashboard shows recent history, the JSON-lines log on disk keeps the rest).
 LOG_SIZE = 1000
+# A correction of a variant in force that moved by 10 % (twice the calibration's dead band) since
+# the applied decision was made lifts the hysteresis for the next move (see the module docstring).
+CALIBRATION_SHIFT = 0.1
 # Arrival rates a Poller keeps for its predictor when observations carry no history
 # (an hour of 1 s steps; the predictors look back at most a few minutes).
 HISTORY_LEN = 3600
@@ -137,6 +150,7 @@ class LoopStatus:
     dry_run: bool
     pins: Mapping[str, str] = field(default_factory=dict)
     held_steps: int = 0
+    calibration: str = "off"  # off | applied (the policy plans on the corrected profile) | not-supported
 
 
 def _same_shape(a: Decision, b: Decision | None) -> bool:
@@ -158,10 +172,13 @@ class ControlLoop:
                  clock: Callable[[], float] = time.monotonic, store: DecisionStore | None = None,
                  initial: Decision | None = None, dry_run: bool = False, pins: Mapping[str, str] | None = None,
                  hold_intervals: int = HOLD_INTERVALS, load_drop_fraction: float = LOAD_DROP_FRACTION,
-                 log_size: int = LOG_SIZE, verbose: bool = True) -> None:
+                 log_size: int = LOG_SIZE, verbose: bool = True, calibrator: Calibrator | None = None) -> None:
         """``clock`` times ``apply`` (the log's apply duration); ``verbose=False`` keeps applies
-        out of the INFO log (a simulated day applies thousands of times)."""
+        out of the INFO log (a simulated day applies thousands of times); ``calibrator``: hand the
+        policy the profile it corrects before each decision."""
         self.policy, self.verbose = policy, verbose
+        self.calibrator = calibrator
+        self._applied_factors: dict[tuple[str, str], float] = {}
         self._apply, self._clock = apply, clock
         self.store = store
         self.dry_run = dry_run
@@ -200,7 +217,13 @@ class ControlLoop:
 
     def status(self) -> LoopStatus:
         return LoopStatus(self.applied, self._last_step_t, self._last_error, self._last_error_t, self._failures,
-                          self._steps, self._applies, self.dry_run, dict(self.pins), self._held)
+                          self._steps, self._applies, self.dry_run, dict(self.pins), self._held,
+                          self._calibration_mode())
+
+    def _calibration_mode(self) -> str:
+        if self.calibrator is None:
+            return "off"
+        return "applied" if callable(getattr(self.policy, "set_profile", None)) else "not-supported"
 
     def log(self) -> list[LoopEntry]:
         return list(self.entries)
@@ -218,10 +241,12 @@ class ControlLoop:
         stages = tuple(dataclasses.replace(s, variant=self.pins.get(s.stage, s.variant)) for s in d.stages)
         return dataclasses.replace(d, stages=stages, explanation=d.explanation + f"\npinned by operator: {self.pins}")
 
-    def _should_wait(self, new: Decision) -> str:
+    def _should_wait(self, new: Decision, t: float) -> str:
         """Empty when ``new`` may be applied now; otherwise why it is held."""
         cur = self.applied
         if cur is None or not cur.feasible or not cur.stages:
+            return ""
+        if self._calibration_moved(cur, t):
             return ""
         if new.load_rps >= cur.load_rps or new.predicted_latency_s < cur.predicted_latency_s:
             return ""
@@ -250,9 +275,35 @@ class ControlLoop:
         self._steps += 1
         return entry
 
+    def _calibrate(self, t: float) -> None:
+        """Hand the policy the profile corrected at ``t`` (when there is a calibrator and the policy takes one)."""
+        if self.calibrator is None:
+            return
+        set_profile = getattr(self.policy, "set_profile", None)
+        if callable(set_profile):
+            set_profile(self.calibrator.corrected(t))
+
+    def _factors(self, d: Decision, t: float) -> dict[tuple[str, str], float]:
+        if self.calibrator is None:
+            return {}
+        cal = self.calibrator.calibration(t)
+        return {(s.stage, s.variant): cal.factor(s.stage, s.variant) for s in d.stages}
+
+    def _calibration_moved(self, cur: Decision, t: float) -> bool:
+        """The correction of a variant of ``cur`` moved by CALIBRATION_SHIFT since ``cur`` was applied."""
+        if self.calibrator is None:
+            return False
+        now = self._factors(cur, t)
+        return any(abs(f / self._applied_factors.get(k, 1.0) - 1.0) >= CALIBRATION_SHIFT for k, f in now.items())
+
     def _step(self, obs: Observation, forecast: Forecast) -> LoopEntry:
         t = obs.time_s
         self._last_step_t = t
+        try:
+            self._calibrate(t)
+        except Exception as e:
+            self._record_error(f"calibration failed: {type(e).__name__}: {e}", t)
+            return LoopEntry(t, "failed", None, note=f"calibrate: {e}")
         try:
             new = self._pinned(self.policy.decide(obs, forecast, self.applied or Decision(stages=())))
         except Exception as e:
@@ -265,7 +316,7 @@ class ControlLoop:
             self._failures = 0
             log.info("control loop (dry run) would apply: %s", new.explanation.splitlines()[:1])
             return LoopEntry(t, "dry-run", new, forecast.rps, note=new.explanation)
-        wait = self._should_wait(new)
+        wait = self._should_wait(new, t)
         if wait:
             self._failures = 0
             return LoopEntry(t, "held", new, forecast.rps, note=wait)
@@ -281,6 +332,7 @@ class ControlLoop:
             return LoopEntry(t, "failed", new, forecast.rps, self._clock() - started, note=f"apply: {e}")
         took = self._clock() - started
         self.applied, self._held, self._failures = new, 0, 0
+        self._applied_factors = self._factors(new, t)
         self._applies += 1
         if self.verbose:
             log.info("control loop applied (%s, %.2fs): %s", new.status.value, took,

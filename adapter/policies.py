@@ -109,6 +109,18 @@ def _match(configs: list[Configuration], sd: StageDecision) -> Configuration | N
     return None
 
 
+class _Replans:
+    """A policy that plans on ``self.ctx.profile`` and takes a corrected one from the control
+    loop before each decision (online calibration, ``adapter.calibration``)."""
+
+    ctx: PolicyContext
+
+    def set_profile(self, profile: Profile) -> None:
+        """Plan on ``profile`` from the next decision on (the loop's calibrated view)."""
+        if profile is not self.ctx.profile:
+            self.ctx = dataclasses.replace(self.ctx, profile=profile)
+
+
 def _hardware_of(ctx: PolicyContext, stage: str, variant: str) -> str:
     hws = sorted({p.hardware for p in ctx.profile.for_stage(stage) if p.variant == variant})
     return hws[0] if hws else "cpu:1"
@@ -117,7 +129,7 @@ def _hardware_of(ctx: PolicyContext, stage: str, variant: str) -> str:
 # ------------------------------------------------------------------ static
 
 
-class StaticPolicy:
+class StaticPolicy(_Replans):
     """One fixed decision: ``decision=`` given, else each stage's :func:`default_variant` (the
     profile's most accurate), batch 1, 1 replica."""
 
@@ -138,7 +150,7 @@ class StaticPolicy:
 # ------------------------------------------------------------ ILP policies
 
 
-class SolverPolicy:
+class SolverPolicy(_Replans):
     """The ILP on a load estimate, with optional fixed variants / replicas (ipa, fa2-*, rim)."""
 
     def __init__(self, ctx: PolicyContext, name: str = "ipa", pinned: Mapping[str, str] | None = None,
@@ -291,7 +303,7 @@ class _RayMetrics:
         return (total + points[-1][1] * (time_s - points[-1][0])) / span
 
 
-class RayPolicy:
+class RayPolicy(_Replans):
     """Ray Serve's default autoscaling rule, for the simulator (live, Ray runs it itself).
 
     Ray 2.60, python/ray/serve/autoscaling_policy.py: ``_core_replica_queue_length_policy``

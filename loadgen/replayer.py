@@ -163,7 +163,7 @@ def _summarise(records: Sequence[RequestRecord], intended: int, schedule_span_s:
 async def replay(
     url: str,
     send_times: Sequence[float] | np.ndarray,
-    body: bytes,
+    body: bytes | Sequence[bytes],
     content_type: str = "image/jpeg",
     out: TextIO | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -171,13 +171,17 @@ async def replay(
     on_progress: Callable[[int], None] | None = None,
     questions: Sequence[str] = (),
 ) -> tuple[ReplaySummary, list[RequestRecord]]:
-    """POST ``body`` to ``url`` at each time in ``send_times`` (s from now), open loop; request ``i`` carries
-    ``questions[i % len(questions)]`` in the ``x-question`` header when questions are given
-    (``loadgen.questions``)."""
+    """POST ``body`` to ``url`` at each time in ``send_times`` (s from now), open loop; with
+    several bodies, request ``i`` sends ``body[i % len(body)]`` (inputs that vary, as traffic does);
+    request ``i`` carries ``questions[i % len(questions)]`` in the ``x-question`` header when
+    questions are given (``loadgen.questions``)."""
     import aiohttp
 
     from varipipe.loadgen.questions import question_headers
 
+    bodies = [body] if isinstance(body, bytes | bytearray) else list(body)
+    if not bodies:
+        raise ValueError("replay needs at least one request body")
     times = np.asarray(send_times, dtype=np.float64)
     headers = {"Content-Type": content_type}
     records: list[RequestRecord] = []
@@ -200,8 +204,8 @@ async def replay(
             delay = st - (loop.time() - t0)
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(_one(session, url, body, {**headers, **question_headers(questions, i)}, i, st,
-                                            t0, timeout))
+            task = asyncio.create_task(_one(session, url, bodies[i % len(bodies)],
+                                            {**headers, **question_headers(questions, i)}, i, st, t0, timeout))
             task.add_done_callback(_done)
             tasks.add(task)
             task.add_done_callback(tasks.discard)

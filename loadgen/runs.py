@@ -60,17 +60,20 @@ def policy_context(profile: Profile, settings: SimSettings) -> PolicyContext:
 
 
 def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, settings: SimSettings,
-               keep_table: bool = False, policy: Policy | None = None) -> SimResult:
+               keep_table: bool = False, policy: Policy | None = None, planned: Profile | None = None) -> SimResult:
     """Simulate ``arrivals`` under the adapter's policy ``policy_name`` (or ``policy``, built
-    by the caller with :func:`policy_context`, e.g. to watch its internals)."""
+    by the caller with :func:`policy_context`, e.g. to watch its internals). ``planned``: the
+    profile the policy plans on and calibration corrects, when the host is not ``profile``'s
+    (``profile`` then gives the service times)."""
     from varipipe.adapter.policies import make_policy
     from varipipe.adapter.predictors import make_predictor
 
     if policy is None:
-        policy = make_policy(policy_name, policy_context(profile, settings),
+        policy = make_policy(policy_name, policy_context(planned or profile, settings),
                              **_policy_options(policy_name, settings, arrivals))
     forecaster = predictor_forecaster(make_predictor(settings.predictor), horizon_s=settings.interval_s)
-    return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table)
+    return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table,
+                    planned=planned)
 
 
 def write_request_table(table: RequestTable, path: str | Path) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from varipipe.adapter.configurations import is_gpu
-from varipipe.adapter.latency_model import fit_latency_model
+from varipipe.adapter.latency_model import batch_curve
 from varipipe.errors import ProfileError
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 
@@ -50,16 +50,7 @@ class ServiceModel:
 
 
 def _curve(points: list[ProfilePoint], attr: str, sizes: np.ndarray) -> np.ndarray:
-    b = np.array([p.batch for p in points], dtype=np.float64)
-    v = np.array([getattr(p, attr) for p in points], dtype=np.float64)
-    out = np.interp(sizes, b, v)
-    if len(points) >= 2:
-        model = fit_latency_model([p.batch for p in points], list(v))
-        beyond = sizes > b.max()
-        out[beyond] = np.maximum(v[-1], model.alpha + model.beta * sizes[beyond])
-    else:  # one measured size: latency proportional to batch beyond it (no batching gain)
-        out = np.where(sizes > b[0], v[0] * sizes / b[0], out)
-    return out
+    return batch_curve([p.batch for p in points], [getattr(p, attr) for p in points], sizes)
 
 
 def service_model(profile: Profile, stage: str, variant: str, hardware: str, max_batch: int) -> ServiceModel:

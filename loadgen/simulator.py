@@ -22,6 +22,15 @@ own control period (``RayPolicy.control_period_s``, 1 s) rather than ``interval_
 applied decision takes effect after the reconfiguration delays measured on Ray
 Serve (below).
 
+Online calibration (``adapter.calibration``), as live: every batch that ended in
+an interval goes into that interval's :class:`Observation` (``batches``); the
+run's :class:`~varipipe.adapter.calibration.Calibrator` takes them and the
+control loop hands the policy the corrected profile (``SimConfig.calibration``,
+on by default as in ``serve``). The host's speed may move: ``SimConfig.host_speed``
+(:mod:`varipipe.loadgen.hostspeed`) multiplies every CPU batch's service time by
+the host's slowness in the second the batch starts (a GPU batch's time is the
+GPU's: the series models the host's cores).
+
 Time advances in segments in which every configuration is fixed; within a
 segment stages are processed in pipeline order, which is exact because a batch
 that starts inside a segment depends only on arrivals before its start. In
@@ -52,17 +61,19 @@ from __future__ import annotations
 import heapq
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from varipipe.adapter.calibration import Calibrator, make_calibrator
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import update_expected, would_miss
 from varipipe.errors import VaripipeError
+from varipipe.loadgen.hostspeed import HostSpeed
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -136,6 +147,12 @@ class SimConfig:
     # benchmarks/fidelity.py fits it live on a calibration window.
     overhead_s: float = 0.0
     cluster_gpus: int = 0  # GPUs the host shares among GPU replicas (shared mode)
+    # Online calibration of the profile from the batches run, as live (adapter.calibration);
+    # False: --no-calibration. ``calibration_settings``: CalibrationSettings fields to override.
+    calibration: bool = True
+    calibration_settings: Mapping[str, Any] = field(default_factory=dict)
+    # The host's slowness over the run (a multiplier on service times per second); None: steady.
+    host_speed: HostSpeed | None = None
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
@@ -370,6 +387,27 @@ class _Departures:
 
 
 @dataclass
+class _Ran:
+    """Batches formed but maybe not ended, for the observation's ``batches``: each is counted
+    once it ends (live, the replica reports a batch when its call returns)."""
+
+    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = field(default_factory=list)  # ends, sizes, s, model
+
+    def until(self, t: float, counters: StageCounters, models: Sequence[ServiceModel]) -> None:
+        waiting = []
+        for ends, sizes, seconds, model in self.chunks:
+            gone = ends <= t
+            m = models[model]
+            if gone.all():
+                counters.ran_many(m.variant, m.hardware, sizes, seconds, ends)
+            else:
+                if gone.any():
+                    counters.ran_many(m.variant, m.hardware, sizes[gone], seconds[gone], ends[gone])
+                waiting.append((ends[~gone], sizes[~gone], seconds[~gone], model))
+        self.chunks = waiting
+
+
+@dataclass
 class _FanIn:
     """A fan-out stage's join: a request moves on when its last item is done."""
 
@@ -414,7 +452,9 @@ class _Stage:
     # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
     batch_end_s: list[float] = field(default_factory=list)
     batch_model: list[int] = field(default_factory=list)
+    batch_service_s: list[float] = field(default_factory=list)  # each batch's service time
     models: list[ServiceModel] = field(default_factory=list)
+    ran: _Ran = field(default_factory=lambda: _Ran())
 
     def enter(self, times: np.ndarray, items: np.ndarray) -> None:
         self.occupancy.entered += len(items)
@@ -424,10 +464,11 @@ class _Stage:
 
 
 def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
-                 shed_pos: list[int]) -> tuple[int, list[int], list[int], list[int]]:
+                 shed_pos: list[int], speed: list[float] | None) -> tuple[int, list[int], list[int], list[int]]:
     """Form and run the batches that start before ``t_end`` (the hot loop). Appends the queue
     positions of shed items to ``shed_pos``; returns (first queue position, batch first
-    positions, batch sizes, batch ids) for the caller to vectorise."""
+    positions, batch sizes, batch ids) for the caller to vectorise. ``speed``: the host's
+    slowness per second (None: steady), applied in the second a batch starts."""
     q = st.queue
     times, deadlines, free = q.times, q.deadlines, st.replica_free_s
     n_q, h, h0 = len(times), q.head, q.head
@@ -438,7 +479,8 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     firsts: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
-    batch_end, batch_model, ending = st.batch_end_s, st.batch_model, st.occupancy.ending
+    batch_end, batch_model, batch_service, ending = st.batch_end_s, st.batch_model, st.batch_service_s, st.occupancy.ending
+    last_second = len(speed) - 1 if speed is not None else 0
     draw = st.noise.draw
     exp = math.exp
     expected = st.expected_batch_s
@@ -463,6 +505,9 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if close >= t_end:
             break
         s = med[n] * exp(sig[n] * draw()) * slow
+        if speed is not None:
+            i = int(close)
+            s *= speed[i if i < last_second else last_second]
         expected = update_expected(expected, s)
         end = close + s
         heapq.heapreplace(free, end)
@@ -472,6 +517,7 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         ids.append(len(batch_end))
         batch_end.append(end)
         batch_model.append(model_id)
+        batch_service.append(s)
         if busy is not None:
             _add_busy(busy, close, end, threads)
         h += n
@@ -612,7 +658,7 @@ class _Run:
     """One simulation: the arrivals, the stages, the policy's control and the bookkeeping."""
 
     def __init__(self, profile: Profile, arrivals: np.ndarray, policy: Policy, forecaster: Forecaster,
-                 config: SimConfig, initial: Decision | None) -> None:
+                 config: SimConfig, initial: Decision | None, planned: Profile | None = None) -> None:
         self.profile, self.policy, self.forecaster, self.cfg = profile, policy, forecaster, config
         self.arrivals = _Arrivals.of(arrivals, config.sla_s)
         self.rng = np.random.default_rng(config.seed)
@@ -636,8 +682,11 @@ class _Run:
         # The live adapter's control loop, with the same gating (a batch-wait change alone is not
         # applied; hysteresis before giving capacity back); not for a policy that hands scaling to
         # Ray's autoscaler, which live runs inside Serve without varipipe's loop.
+        # Online calibration, as live: fed the batches of every interval, read by the loop.
+        self.calibrator: Calibrator | None = make_calibrator(planned or profile, config)
+        self.speed = config.host_speed.multipliers(self.arrivals.seconds + 1) if config.host_speed else None
         self.loop = None if delegates_to_ray(policy) else ControlLoop(
-            policy, self._apply, initial=initial, verbose=False, log_size=1)
+            policy, self._apply, initial=initial, verbose=False, log_size=1, calibrator=self.calibrator)
 
     def _make_stages(self) -> list[_Stage]:
         """Items per request multiply along the chain (the adapter's ``stage_loads``): a stage
@@ -769,6 +818,8 @@ class _Run:
             times, reqs = self._process(st, t1, slow[st.model is not None and st.model.on_gpu])
             if st.departures.chunks:
                 st.departures.until(t1, self.interval.stages[st.name])
+            if st.ran.chunks:
+                st.ran.until(t1, self.interval.stages[st.name], st.models)
         if len(reqs):
             self.outcome.done_s[reqs] = times
             self.interval.e2e.append(times - self.arrivals.times[reqs])
@@ -800,7 +851,8 @@ class _Run:
             return np.empty(0), np.empty(0, np.int64)
         shed_pos: list[int] = []
         busy = self.accounts.gpu_busy if st.model.on_gpu else self.accounts.busy
-        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos)
+        speed = None if st.model.on_gpu else self.speed  # the host's cores, not the GPU
+        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed)
         counters = self.interval.stages[st.name]
         if shed_pos:
             shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)]
@@ -814,6 +866,9 @@ class _Run:
         st.done_s[items] = ends
         st.batch_of[items] = np.repeat(np.asarray(bids, dtype=np.int64), sizes)
         st.departures.chunks.append((ends, ends - st.entered_s[items]))
+        lo, hi = bids[0], bids[-1] + 1
+        st.ran.chunks.append((np.asarray(st.batch_end_s[lo:hi], dtype=np.float64), np.asarray(sizes, dtype=np.int64),
+                              np.asarray(st.batch_service_s[lo:hi], dtype=np.float64), st.model_id))
         return self._release(st, ends, items, t1)
 
     def _release(self, st: _Stage, ends: np.ndarray, items: np.ndarray, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -856,6 +911,8 @@ class _Run:
 
     def _decide(self, t: float, first: bool) -> None:
         obs = self._observe(t)
+        if self.calibrator is not None:
+            self.calibrator.observe(obs)
         if first:  # warm start, the same for every policy: the first interval's mean load
             iv = int(self.cfg.interval_s)
             fc = Forecast(rps=float(self.arrivals.per_second[:max(iv, 1)].mean()), predictor="warm-start")
@@ -972,8 +1029,13 @@ def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
 
 
 def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: Policy, forecaster: Forecaster,
-             config: SimConfig, *, initial: Decision | None = None, keep_table: bool = False) -> SimResult:
+             config: SimConfig, *, initial: Decision | None = None, keep_table: bool = False,
+             planned: Profile | None = None) -> SimResult:
     """Run ``arrivals`` (send times, s) through the pipeline under ``policy``.
+
+    ``profile`` gives the service times; ``planned``, when given, is the profile the policy
+    was built on and the calibration corrects (a host that is not the profile's: service
+    times from a profile corrected by a live run's factors, planned on the shipped one).
 
     ``forecaster(time_s, history_rps) -> Forecast`` feeds the policy's forecast;
     the first decision is taken at t=0 on the first interval's mean load and
@@ -982,7 +1044,7 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
     import time
 
     started = time.perf_counter()
-    run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial)
+    run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial, planned)
     if run.arrivals.n:
         run.run()
     return _result(run, time.perf_counter() - started, keep_table)

@@ -23,9 +23,8 @@ from varipipe.pipelines.controller_logic import ControllerState
 from varipipe.pipelines.dashboard import dashboard_html
 from varipipe.pipelines.flusher import Flusher
 from varipipe.pipelines.ingress_logic import UNAUTHORIZED, IngressCore, control_request
-from varipipe.pipelines.metrics import BatchRecord
 from varipipe.pipelines.serve_config import CONTROLLER, INGRESS, AppOptions, stage_deployment_name
-from varipipe.pipelines.stage import StageConfig, StageCore
+from varipipe.pipelines.stage import StageConfig, StageCore, batch_record
 from varipipe.pipelines.variant import Payload
 from varipipe.spec import find_spec
 
@@ -91,6 +90,9 @@ class Controller:
     async def metrics_text(self) -> bytes:
         return self.state.metrics.prometheus_text()
 
+    async def calibration(self, since: float | None = None) -> dict[str, Any]:
+        return self.state.calibration_view(since)
+
     async def control(self, action: str, value: Any = None) -> dict[str, Any]:
         return self.state.control(action, value)
 
@@ -148,13 +150,10 @@ class StageServer:
         return await self._run([p for p, _ in items], [t for _, t in items])
 
     async def _run(self, payloads: list[Payload], arrivals: list[float]) -> list[Payload]:
-        t0 = time.perf_counter()
         out = await asyncio.get_running_loop().run_in_executor(self._infer_pool, self.core.infer, payloads, arrivals)
         if self._batches is None:
             self._batches = Flusher(lambda recs: self.controller.record_batches.remote(recs))
-        variant = out[0].trace[-1].variant if out and out[0].trace else ""
-        self._batches.add(BatchRecord(self.core.stage.name, variant, len(payloads), time.perf_counter() - t0,
-                                      time.time()))
+        self._batches.add(batch_record(self.core.stage.name, out, time.time()))
         return out
 
 
@@ -219,6 +218,14 @@ class Ingress:
         if denied := self._denied(request):
             return denied
         return await self.core.controller.history.remote(since)
+
+    @app.get("/api/calibration")
+    async def calibration(self, request: Request, since: float | None = None):
+        """The profile's corrections in force; with ``since`` (a batch end time, s), also the batches
+        the stages ran after it: variant, hardware, size, service seconds, tokens."""
+        if denied := self._denied(request):
+            return denied
+        return await self.core.controller.calibration.remote(since)
 
     @app.post("/api/control")
     async def control(self, request: Request):

@@ -11,10 +11,19 @@ decision ``/config`` reports only when every stage it changed has a replica
 reporting that stage's new generation without an error. A variant that fails to
 load therefore never shows as serving (the replica keeps its old variant; issue
 16: ``/config`` reported the failed decision while the old one served).
+
+Online calibration (issue 18): the controller owns the application's
+:class:`~varipipe.adapter.calibration.Calibrator` (unless ``--no-calibration``),
+feeds it the batches of every window, hands it to the control loop (which plans
+on the corrected profile), shows it at ``/config`` (``calibration``), in
+``/metrics`` (``varipipe_calibration_factor`` and the profile's and observed p50
+per stage and variant) and at ``/api/calibration`` (with the recent batches), and
+keeps its batches beside the decision's ``--state-file`` across restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -22,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from varipipe.adapter.calibration import Calibrator, FileCalibrationStore, make_calibrator
 from varipipe.errors import ReconfigurationError
 from varipipe.pipelines.metrics import MetricsAggregator
 from varipipe.pipelines.serve_config import AppOptions
@@ -40,6 +50,9 @@ DECISION_LOG_LEN = 200
 # The metrics window is closed at least this often (s) even with a longer adapter interval,
 # so the history and per-second rates stay fresh for dashboards.
 WINDOW_S = 1.0
+# Batches kept for GET /api/calibration (what each stage ran, with the profile's prediction):
+# about an hour of three stages at 2 batches/s each.
+BATCH_LOG_LEN = 20000
 
 
 class ControllerState:
@@ -75,6 +88,12 @@ class ControllerState:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_threads = start_thread
+        self.calibration_error = ""
+        self.calibrator: Calibrator | None = None
+        self._calibration_store: FileCalibrationStore | None = None
+        self._calibration_saved_at = self._calibrated_at = self.started
+        self.batch_log: deque[dict[str, Any]] = deque(maxlen=BATCH_LOG_LEN)
+        self._start_calibration()
         if start_thread:
             self._thread = threading.Thread(target=self._run, name="varipipe-controller", daemon=True)
             self._thread.start()
@@ -131,10 +150,59 @@ class ControllerState:
         })
         log.info("decision %d serves: %s (%s)", self.generation, _summary(decision), decision.reason)
 
+    # --- calibration --------------------------------------------------------------
+    def _start_calibration(self) -> None:
+        if not self.opts.calibration:
+            return
+        try:
+            self.calibrator = make_calibrator(load_app_profile(self.opts, self.spec), self.opts)
+            if self.opts.state_file and self.calibrator is not None:
+                self._calibration_store = FileCalibrationStore.beside(self.opts.state_file)
+                restored = self._calibration_store.load(self.calibrator)
+                if restored:
+                    log.info("calibration: %d batches restored from %s", restored, self._calibration_store.path)
+        except Exception as e:  # noqa: BLE001 - serving goes on uncalibrated, and says why
+            self.calibrator = None
+            self.calibration_error = f"calibration off: {type(e).__name__}: {e}"
+            log.error(self.calibration_error)
+
+    def _calibrate(self, obs: Observation) -> None:
+        """Feed the window's batches to the calibrator, log them, refresh the gauges, save now and then."""
+        for b in obs.batches:
+            for size, sec, t, tok in zip(b.sizes, b.seconds, b.ended_s, b.tokens, strict=True):
+                self.batch_log.append({"t": t, "stage": b.stage, "variant": b.variant, "hardware": b.hardware,
+                                       "size": size, "seconds": sec, "tokens": tok})
+        if self.calibrator is None:
+            return
+        self._calibrated_at = obs.time_s
+        self.calibrator.observe(obs)
+        self.metrics.set_calibration(self.calibrator.calibration(obs.time_s))
+        if self._calibration_store is not None and obs.time_s - self._calibration_saved_at >= self.opts.interval_s:
+            self._calibration_saved_at = obs.time_s
+            try:
+                self._calibration_store.save(self.calibrator)
+            except OSError as e:
+                log.warning("could not save the calibration: %s", e)
+
+    def calibration_view(self, since: float | None = None) -> dict[str, Any]:
+        """The corrections in force (``/config``'s ``calibration``); with ``since``, also the batches
+        logged after it (``GET /api/calibration?since=``)."""
+        with self.lock:
+            if self.calibrator is None:
+                view: dict[str, Any] = {"enabled": False, "error": self.calibration_error
+                                        or ("" if self.opts.calibration else "off (--no-calibration)")}
+            else:
+                view = {"enabled": True, **self.calibrator.calibration(self._calibrated_at).to_dict(),
+                        "planning": self.loop.status().calibration if self.loop is not None else "no adapter loop"}
+            if since is not None:
+                view["batches"] = [b for b in self.batch_log if b["t"] > since]
+            return view
+
     # --- the adapter --------------------------------------------------------------
     def _start_loop(self, initial: Decision) -> None:
         try:
-            self.poller = build_loop(self.opts, self.spec, initial, self._apply, self._observe_interval, self.clock)
+            self.poller = build_loop(self.opts, self.spec, initial, self._apply, self._observe_interval, self.clock,
+                                     self.calibrator)
         except Exception as e:  # noqa: BLE001 - a bad policy/profile must not stop serving
             self.loop_error = f"adapter not started: {type(e).__name__}: {e}"
             log.error(self.loop_error)
@@ -215,6 +283,7 @@ class ControllerState:
                 "adapter": self._loop_status(),
                 "replica_errors": errors,
                 "decision_log": list(self.decision_log)[-20:],
+                "calibration": self.calibration_view(),
             }
 
     def _loop_status(self) -> dict[str, Any]:
@@ -227,7 +296,7 @@ class ControllerState:
             "steps": st.steps, "applies": st.applies, "held_steps": st.held_steps,
             "last_step_time_s": st.last_step_time_s, "last_error": st.last_error,
             "last_error_time_s": st.last_error_time_s, "consecutive_failures": st.consecutive_failures,
-            "log": [e.to_dict() for e in self.loop.log()[-20:]],
+            "calibration": st.calibration, "log": [e.to_dict() for e in self.loop.log()[-20:]],
         }
 
     def control(self, action: str, value: Any = None) -> dict[str, Any]:
@@ -249,7 +318,8 @@ class ControllerState:
         replicas = self._replicas(refresh=False)
         with self.lock:
             obs = self.metrics.observe(self.clock(), replicas)
-            self.history.append(obs)
+            self._calibrate(obs)
+            self.history.append(dataclasses.replace(obs, batches=()))  # the batches live in batch_log
             self.points.append(self._point(obs))
         return obs
 
@@ -303,21 +373,28 @@ class ControllerState:
         self._stop.set()
 
 
+def load_app_profile(opts: AppOptions, spec):
+    """The profile ``opts`` names, or the shipped one of the pipeline."""
+    from varipipe.profiler.store import default_profile_path, load_profile
+
+    return load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
+
+
 def build_policy(opts: AppOptions, spec):
     """The live policy of ``opts``: its context from the one factory the simulator uses
     (``adapter.policy.policy_context``), on the profile ``opts`` names or the shipped one."""
     from varipipe.adapter.policies import make_policy, policy_options
     from varipipe.adapter.policy import policy_context
-    from varipipe.profiler.store import default_profile_path, load_profile
 
-    profile = load_profile(opts.profile or default_profile_path(spec.name), pipeline=spec.name)
+    profile = load_app_profile(opts, spec)
     return make_policy(opts.policy, policy_context(spec, profile, opts), **policy_options(opts.policy,
                                                                                          opts.policy_options))
 
 
-def build_loop(opts: AppOptions, spec, initial: Decision, apply, observe, clock):
+def build_loop(opts: AppOptions, spec, initial: Decision, apply, observe, clock, calibrator: Calibrator | None = None):
     """The adapter's ControlLoop for ``opts.policy`` and its Poller; None for a policy that hands
-    scaling to Ray Serve's autoscaler (Serve scales the stages itself)."""
+    scaling to Ray Serve's autoscaler (Serve scales the stages itself). ``calibrator``: the
+    loop plans on the profile it corrects (the controller feeds it)."""
     from pathlib import Path
 
     from varipipe.adapter.loop import ControlLoop, FileDecisionStore, Poller
@@ -330,7 +407,7 @@ def build_loop(opts: AppOptions, spec, initial: Decision, apply, observe, clock)
         return None
     store = FileDecisionStore(Path(opts.state_file)) if opts.state_file else None
     loop = ControlLoop(policy, apply, clock=clock, store=store, initial=initial, dry_run=opts.dry_run,
-                       pins=opts.pins)
+                       pins=opts.pins, calibrator=calibrator)
     return Poller(loop, observe, make_predictor(opts.predictor), clock)
 
 

@@ -56,13 +56,17 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class BatchRecord:
-    """One batch a stage replica ran."""
+    """One batch a stage replica ran: ``size`` items served (shed ones not counted) in
+    ``compute_s`` of runtime call (what the profiler times), ending at ``time``, on
+    ``hardware``; ``tokens`` generated (the LLM's; 0 for a stage that counts none)."""
 
     stage: str
     variant: str
     size: int
     compute_s: float
     time: float
+    hardware: str = ""
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,17 @@ class MetricsAggregator:
         self.m_pred_load = Gauge("varipipe_predicted_load_rps", "Load the current decision was made for", lbl,
                                  registry=r)
         self.m_decisions = Counter("varipipe_decisions", "Decisions applied", lbl, registry=r)
+        cal = [*lbl, "stage", "variant"]
+        self.m_cal_factor = Gauge("varipipe_calibration_factor", "Correction in force: the planner's latencies of "
+                                  "the variant are the profile's times this (1 = the profile as is)", cal, registry=r)
+        self.m_cal_estimate = Gauge("varipipe_calibration_estimate", "Observed / profile service time, as estimated "
+                                    "(before the dead band, significance gate and bounds)", cal, registry=r)
+        self.m_cal_observed = Gauge("varipipe_service_observed_p50_seconds", "p50 batch service time observed "
+                                    "(the newest batches of the variant)", cal, registry=r)
+        self.m_cal_profile = Gauge("varipipe_service_profile_p50_seconds", "The profile's p50 for the same batches",
+                                   cal, registry=r)
+        self.m_cal_samples = Gauge("varipipe_calibration_samples", "Batches the variant's correction rests on",
+                                   cal, registry=r)
         self.m_loop_errors = Counter("varipipe_adapter_errors", "Control loop failures", lbl, registry=r)
 
     # --- ingestion -------------------------------------------------------------
@@ -219,9 +234,17 @@ class MetricsAggregator:
             self._per_second = {k: v for k, v in self._per_second.items() if k > newest - HISTORY_S}
 
     def add_batches(self, records: Iterable[BatchRecord]) -> None:
+        """Batches the stage replicas ran: the batch-size histogram, and each batch's service time
+        in the observations (``Observation.batches``, what calibration compares with the profile)."""
         for rec in records:
+            if rec.size < 1:
+                continue  # a batch whose items were all shed: nothing ran
             self.m_batch.labels(self.pipeline, rec.stage).observe(rec.size)
             self.batch_sizes.setdefault(rec.stage, deque(maxlen=1000)).append(rec.size)
+            if rec.stage not in self._in_stage or not rec.hardware:
+                continue  # not a stage of this pipeline, or a record that does not say its hardware
+            for w in (self._window, self._interval):
+                w.stages[rec.stage].ran(rec.variant, rec.hardware, rec.size, rec.compute_s, rec.time, rec.tokens)
 
     def set_decision(self, decision: Decision, previous: Decision | None = None) -> None:
         p = self.pipeline
@@ -237,6 +260,17 @@ class MetricsAggregator:
         self.m_pred_load.labels(p).set(decision.load_rps)
         if previous is not None:
             self.m_decisions.labels(p).inc()
+
+    def set_calibration(self, calibration) -> None:
+        """The corrections in force (an ``adapter.calibration.Calibration``) as gauges per stage and variant."""
+        p = self.pipeline
+        for c in calibration.corrections:
+            self.m_cal_factor.labels(p, c.stage, c.variant).set(c.factor)
+            self.m_cal_estimate.labels(p, c.stage, c.variant).set(c.estimate)
+            self.m_cal_samples.labels(p, c.stage, c.variant).set(c.samples)
+            if c.samples:
+                self.m_cal_observed.labels(p, c.stage, c.variant).set(c.observed_p50_s)
+                self.m_cal_profile.labels(p, c.stage, c.variant).set(c.predicted_p50_s)
 
     def loop_error(self) -> None:
         self.m_loop_errors.labels(self.pipeline).inc()

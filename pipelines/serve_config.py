@@ -140,6 +140,10 @@ class AppOptions:
     # say it cannot meet is answered at once (503 + Retry-After). False: stages alone drop
     # late requests, after they queued (the behaviour before issue 16).
     admission: bool = True
+    # Online calibration of the profile from the batches served (adapter.calibration); False:
+    # --no-calibration. ``calibration_settings``: CalibrationSettings fields to override.
+    calibration: bool = True
+    calibration_settings: dict[str, Any] = field(default_factory=dict)
 
     def to_args(self) -> dict[str, Any]:
         from dataclasses import asdict

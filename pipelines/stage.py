@@ -20,7 +20,7 @@ from varipipe.admission import update_expected, would_miss
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
 from varipipe.records import StageSpec
 
-__all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb"]
+__all__ = ["StageConfig", "ReplicaStatus", "StageCore", "rss_mb", "batch_record"]
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,11 @@ class StageCore:
             raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(live)} inputs")
         if live:
             self.expected_batch_s = update_expected(self.expected_batch_s, compute)
+        hardware = str(getattr(variant, "hardware", ""))
         queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}
         for p, out in zip(live, outputs, strict=True):
             p.outputs[self.stage.name] = out
-            p.trace.append(StageTrace(self.stage.name, variant.name, len(live), queued[id(p)], compute))
+            p.trace.append(StageTrace(self.stage.name, variant.name, len(live), queued[id(p)], compute, hardware))
         return list(payloads)
 
     def status(self, now: float) -> ReplicaStatus:
@@ -218,3 +219,18 @@ class StageCore:
             pid=os.getpid(),
             time=now,
         )
+
+
+def batch_record(stage: str, payloads: Sequence[Payload], now: float):
+    """The :class:`~varipipe.pipelines.metrics.BatchRecord` of a batch :meth:`StageCore.infer`
+    returned: the items it served (not those it shed), its runtime call's seconds (the trace's:
+    what the profiler times), and the tokens its outputs generated (outputs with an int
+    ``tokens``: the LLM's captions)."""
+    from varipipe.pipelines.metrics import BatchRecord
+
+    served = [p for p in payloads if p.trace and p.trace[-1].stage == stage and not p.dropped_at]
+    if not served:
+        return BatchRecord(stage, "", 0, 0.0, now, "", 0)
+    tr = served[0].trace[-1]
+    tokens = sum(t for p in served if isinstance(t := getattr(p.outputs.get(stage), "tokens", None), int))
+    return BatchRecord(stage, tr.variant, tr.batch_size, tr.compute_s, now, tr.hardware, tokens)

@@ -38,6 +38,7 @@ class StageTrace:
     batch_size: int
     queue_s: float  # from arrival at the replica to the start of its batch
     compute_s: float  # the batch's runtime call
+    hardware: str = ""  # the variant's hardware label ("cpu:1"), as the profile names it
 
 
 @dataclass

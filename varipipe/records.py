@@ -32,6 +32,7 @@ __all__ = [
     "StageDecision",
     "Decision",
     "StageObservation",
+    "BatchTimes",
     "Observation",
     "hardware_cores",
     "replica_price",
@@ -397,6 +398,27 @@ class StageObservation:
 
 
 @dataclass(frozen=True)
+class BatchTimes:
+    """The batches one stage ran on one (variant, hardware) that ended in the interval: each
+    batch's items, its service time (the runtime call, as the profiler times it) and when it
+    ended; ``tokens``: what each batch generated (the LLM's tokens; 0 where a stage counts none)."""
+
+    stage: str
+    variant: str
+    hardware: str
+    sizes: tuple[int, ...]
+    seconds: tuple[float, ...]
+    ended_s: tuple[float, ...]
+    tokens: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.sizes)
+        if not (len(self.seconds) == len(self.ended_s) == len(self.tokens) == n):
+            raise ValueError(f"BatchTimes of {self.stage}/{self.variant}: {n} sizes, {len(self.seconds)} seconds, "
+                             f"{len(self.ended_s)} end times, {len(self.tokens)} token counts; one each per batch")
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the control loop saw over the last interval (live or simulated)."""
 
@@ -408,3 +430,6 @@ class Observation:
     drops: int = 0
     # Per-second arrival history up to now (newest last) for predictors.
     history_rps: Sequence[float] = ()
+    # The batches that ended in the interval, per (stage, variant, hardware): what online
+    # calibration compares with the profile (adapter.calibration).
+    batches: tuple[BatchTimes, ...] = ()

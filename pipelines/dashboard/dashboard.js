@@ -294,6 +294,36 @@
     box.appendChild(table);
   }
 
+  // Profile vs observed (GET /config's "calibration"): one row per stage and variant.
+  function calibrationTable() {
+    const box = $("calibration");
+    const cal = S.config && S.config.calibration;
+    const say = (text) => { box.innerHTML = '<p class="empty-note"></p>'; box.firstChild.textContent = text; };
+    if (!cal) return say(waitingText() || "no calibration figures from the server");
+    if (!cal.enabled) return say(`calibration off${cal.error ? `: ${cal.error}` : ""}: the adapter plans on the profile as it is`);
+    const rows = (cal.corrections || []).filter((c) => c.samples > 0 || c.factor !== 1);
+    if (!rows.length) return say("no batches observed yet: every variant plans on the profile as it is");
+    const table = document.createElement("table");
+    table.className = "log";
+    table.innerHTML = "<thead><tr><th>stage</th><th>variant</th><th>profile p50</th><th>observed p50</th>" +
+      "<th>estimate</th><th>correction in force</th><th>from</th><th>batches</th></tr></thead><tbody></tbody>";
+    for (const c of rows) {
+      const tr = document.createElement("tr");
+      const est = c.estimate > 0 ? `×${num(c.estimate, 2)}` : "–";
+      const force = c.factor === 1 ? "none (×1)" : `×${num(c.factor, 2)}${c.clipped ? " (clipped)" : ""}`;
+      const from = { variant: "its batches", stage: "its stage's batches", none: "–" }[c.source] || c.source;
+      const cells = [c.stage, c.variant, c.samples ? fmtS(c.predicted_p50_s) : "–", c.samples ? fmtS(c.observed_p50_s) : "–",
+                     est, force, from, String(c.samples)];
+      for (const v of cells) tr.appendChild(document.createElement("td")).textContent = v;
+      table.tBodies[0].appendChild(tr);
+    }
+    box.textContent = "";
+    box.appendChild(table);
+    const plan = cal.planning ? `; the adapter: ${cal.planning}` : "";
+    $("calibration-note").textContent = `estimator ${cal.settings.estimator}, half-life ${cal.settings.half_life_s} s, ` +
+      `in force from ${cal.settings.min_samples} batches${plan}`;
+  }
+
   function render() {
     $("pipeline").textContent = S.pipeline ? `${S.pipeline} (SLA ${fmtS(S.sla)})` : "";
     const conn = $("conn");
@@ -304,6 +334,7 @@
     const v = visible();
     cards(v.pts);
     charts(v);
+    calibrationTable();
     decisionLog();
   }
 

@@ -16,6 +16,7 @@ from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.runs import policy_context as sim_policy_context
 from varipipe.loadgen.simulator import SimConfig, simulate
 from varipipe.pipelines.metrics import (
+    BatchRecord,
     MetricsAggregator,
     RequestRecord,
     StageEntry,
@@ -25,6 +26,7 @@ from varipipe.pipelines.serve_config import AppOptions
 from varipipe.profiler.store import load_profile
 from varipipe.records import (
     SLA,
+    BatchTimes,
     Decision,
     Observation,
     Profile,
@@ -89,6 +91,8 @@ def _live() -> Observation:
     m.add_stage_events(e for _, e in sorted(events, key=lambda x: x[0]))
     m.add_requests([RequestRecord(ARRIVALS[r], t - ARRIVALS[r], 200) for r, t in DONE.items()]
                    + [RequestRecord(ARRIVALS[r], t - ARRIVALS[r], 504, dropped_at="s") for r, t in SHED.items()])
+    # The replica reports each batch it ran when its call returns: r0's, r1's; r4's ends after 10 s.
+    m.add_batches([BatchRecord("s", "v", 1, SERVICE_S, t, "cpu:1") for t in DONE.values()])
     m.observe(5.0)  # the dashboard's windows close as they do, every second or so: no matter
     return m.observe_interval(OBSERVED_AT, replicas={"s": 1})  # what the live loop is handed
 
@@ -110,6 +114,10 @@ def test_live_and_simulated_observations_of_one_script_are_equal_in_every_field(
         assert sim["stages"][0][f.name] != f.default, f"stages[0].{f.name}"
     assert sim["history_rps"] == [0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
     assert sim["stages"][0]["queue_length"] == 2.0 and sim["stages"][0]["drops"] == 2
+    (batches,) = sim["batches"]  # the two batches that ended, each with its service time
+    assert (batches["sizes"], batches["seconds"], batches["ended_s"]) == ((1, 1), (SERVICE_S,) * 2, (1.5, 2.0))
+    for f in dataclasses.fields(BatchTimes):
+        assert batches[f.name] not in ((), ""), f"batches[0].{f.name}"
 
 
 # ---------------------------------------------------------------------- contexts

@@ -14,6 +14,11 @@ from typing import Any
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
+from varipipe.commands._calibration import (
+    add_calibration_arguments,
+    add_host_speed_argument,
+    calibration_settings,
+)
 from varipipe.commands.load import add_trace_arguments
 
 NAME = "experiment"
@@ -47,10 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="simulations in parallel processes (default 1)")
     parser.add_argument("--pipeline", default=None, help="live mode: pipeline to serve (default: the scenario's)")
     parser.add_argument("--image", default="chelsea", help="live mode: image file or sample name to POST")
+    add_calibration_arguments(parser)
+    add_host_speed_argument(parser)
 
 
 def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float, predictor: str,
-                  profile: str, policy_options: dict[str, Any]):
+                  profile: str, policy_options: dict[str, Any], calibration: bool = True,
+                  calibration_options: dict[str, Any] | None = None):
     """``start(policy, sla_s)`` -> context manager yielding the live pipeline's endpoint (lazy import)."""
     from varipipe.adapter.policies import policy_options as options_for
     from varipipe.errors import VaripipeError
@@ -70,7 +78,8 @@ def _live_starter(pipeline: str, interval_s: float, cost_mode: str, cores: float
                           # Deadline = the SLA; shed by the same rule as the simulator (varipipe.admission):
                           # at the stages only. The simulator has no ingress admission (issue 16) yet, so
                           # live runs leave it off to stay comparable.
-                          deadline_sla_factor=1.0, admission=False)
+                          deadline_sla_factor=1.0, admission=False, calibration=calibration,
+                          calibration_settings=dict(calibration_options or {}))
         with LocalServer(opts, port=0) as server:
             yield server.endpoint
 
@@ -175,16 +184,26 @@ def run(args: argparse.Namespace) -> int:
                       f"cost {o.mean_cost:.2f}, {o.wall_s:.0f} s", file=sys.stderr, flush=True)
 
         if args.mode == "sim":
+            from varipipe.loadgen.hostspeed import parse_host_speed
+
+            seconds = int(math.ceil(times[-1])) + 1 if len(times) else 1
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
                                cluster_gpus=gpus, gpu_memory_mb=gpu_memory_mb,
                                predictor=predictor, per_policy=plan["per_policy"],
-                               policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}))
+                               policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}),
+                               calibration=args.calibration, calibration_settings=calibration_settings(args),
+                               host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None)
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
         else:
             from varipipe.loadgen.replayer import load_image
 
+            if args.host_speed:
+                from varipipe.errors import VaripipeError
+
+                raise VaripipeError("--host-speed models the host in simulation; a live run has the host it has")
             start = _live_starter(args.pipeline or plan["pipeline"], interval, cost_mode, cores, predictor,
-                                  profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}))
+                                  profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}),
+                                  args.calibration, calibration_settings(args))
             body, ctype = load_image(args.image)
             outcomes = run_live(start, profile, times, body, ctype, policies, plan["slas"], cost_mode, interval,
                                 on_done=done, records_dir=Path(args.out) / "records")
@@ -193,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
             "interval_s": interval, "cost_mode": cost_mode, "cluster_cores": cores, "cluster_gpus": gpus,
             "requests": int(len(times)),
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
+            "calibration": {"enabled": args.calibration, "settings": calibration_settings(args),
+                            "host_speed": args.host_speed},
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)
     plots = plot_all(outcomes, args.out)

@@ -14,6 +14,7 @@ from pathlib import Path
 from varipipe.adapter.configurations import DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
+from varipipe.commands._calibration import add_calibration_arguments, calibration_settings
 
 NAME = "serve"
 HELP = "serve a pipeline over HTTP on Ray Serve, adapted live by a policy"
@@ -55,6 +56,7 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
     parser.add_argument("--no-admission", dest="admission", action="store_false",
                         help="do not reject at the ingress requests that the queues say cannot meet their "
                              "deadline (503 + Retry-After); stages still drop them, after they queued")
+    add_calibration_arguments(parser)
 
 
 def _deadline_factor(text: str) -> float:
@@ -96,7 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="URL prefix of this application, e.g. /ocr beside another pipeline on / "
                              "(default: %(default)s)")
     parser.add_argument("--state-file", default=None,
-                        help="keep the last applied decision here across restarts "
+                        help="keep the last applied decision here across restarts, and the calibration's "
+                             "batches beside it (<name>.calibration.json) "
                              "(default: ~/.cache/varipipe/state/<pipeline>.json)")
 
 
@@ -141,6 +144,7 @@ def app_options(args: argparse.Namespace, state_file: str = "", gpus: dict[str, 
         auth_token=getattr(args, "token", ""), stage_resources=getattr(args, "stage_resources", {}),
         app_name=getattr(args, "app_name", "varipipe"), route_prefix=getattr(args, "route_prefix", "/"),
         stage_gpus=dict(gpus or {}), deadline_sla_factor=args.deadline, admission=args.admission,
+        calibration=getattr(args, "calibration", True), calibration_settings=calibration_settings(args),
     )
 
 

@@ -8,6 +8,11 @@ import math
 
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
+from varipipe.commands._calibration import (
+    add_calibration_arguments,
+    add_host_speed_argument,
+    calibration_settings,
+)
 from varipipe.commands.load import add_trace_arguments
 
 NAME = "simulate"
@@ -37,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result (with the time series) as JSON")
     parser.add_argument("--series-step", type=int, default=1, help="seconds per time-series bucket in --json output")
     parser.add_argument("--dump-requests", default=None, help="CSV file: one row per simulated request")
+    add_calibration_arguments(parser)
+    add_host_speed_argument(parser)
 
 
 def _arrivals(args: argparse.Namespace):
@@ -65,6 +72,7 @@ def _profile(path: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from varipipe.loadgen.hostspeed import parse_host_speed
     from varipipe.loadgen.runs import (
         DEFAULT_PREDICTOR,
         SimSettings,
@@ -74,11 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
     profile = _profile(args.profiles)
     arrivals = _arrivals(args)
+    seconds = int(math.ceil(arrivals[-1])) + 1 if len(arrivals) else 1
     settings = SimSettings(sla_s=args.sla, interval_s=args.interval, cost_mode=args.cost_mode,
                            cluster_cores=args.cluster_cores, max_replicas=args.max_replicas, seed=args.seed,
                            cluster_gpus=args.cluster_gpus, gpu_memory_mb=args.gpu_memory_mb,
                            predictor=args.predictor or DEFAULT_PREDICTOR,
-                           policy_options={"solver": args.solver} if args.solver else {})
+                           policy_options={"solver": args.solver} if args.solver else {},
+                           calibration=args.calibration, calibration_settings=calibration_settings(args),
+                           host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None)
     result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests))
     if args.dump_requests and result.table is not None:
         write_request_table(result.table, args.dump_requests)

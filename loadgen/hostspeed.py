@@ -1,0 +1,174 @@
+"""The host's speed over a simulated run: a multiplier on every service time, per second.
+
+Live, the same batch takes longer or shorter as the host moves (on this shared VM,
+20–60 % over tens of seconds; more while a neighbour hogs a core). The simulator
+models it as a series of multipliers, one per second from the run's start (1.0 =
+the host the profile was measured on, 2.0 = every batch takes twice as long):
+
+* from a file (:meth:`HostSpeed.from_file`: whitespace-separated numbers, ``#``
+  comments; the trace format), e.g. a series measured on another run;
+* generated (:meth:`HostSpeed.generate`) with a seed: a log-normal
+  Ornstein–Uhlenbeck process with a given spread (``sigma``, of the log
+  multiplier) and correlation time (``tau_s``) around a level, and optional
+  slow spells (:class:`Spell`: a neighbour's hog from ``start_s`` to ``end_s``).
+
+:func:`speed_statistics` measures (level, sigma, tau) of a measured series, so a
+simulated run can be given a *fresh* series with a live run's statistics. A
+simulated run that is compared with a live one must never replay that run's own
+series (it would be told the live run's noise): :func:`check_not_replayed`
+refuses it. Pure apart from reading a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from varipipe.errors import ConfigError, VaripipeError
+
+__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed"]
+
+
+@dataclass(frozen=True)
+class Spell:
+    """A slow spell: from ``start_s`` to ``end_s`` every service time is ``factor`` times longer."""
+
+    start_s: float
+    end_s: float
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start_s < self.end_s and self.factor > 0 and math.isfinite(self.factor)):
+            raise ValueError(f"a slow spell needs 0 <= start < end and a factor > 0, got {self}")
+
+
+@dataclass(frozen=True, eq=False)
+class HostSpeed:
+    """Per-second multipliers on service times (index = second from the run's start); past the
+    end the last one holds. ``source`` says where they come from (a file and its SHA-256, or the
+    generator's seed and settings)."""
+
+    per_second: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.per_second, dtype=np.float64)
+        if a.ndim != 1 or not len(a):
+            raise ValueError("a host-speed series needs at least one multiplier")
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            bad = a[~(np.isfinite(a) & (a > 0))][0]
+            raise ValueError(f"host-speed multipliers must be finite and > 0, got {bad!r}")
+        object.__setattr__(self, "per_second", a)
+
+    def multipliers(self, seconds: int) -> list[float]:
+        """The first ``seconds`` multipliers (the last repeated past the end), as a list for the hot loop."""
+        a = self.per_second
+        if len(a) >= seconds:
+            return a[:seconds].tolist()
+        return np.concatenate([a, np.full(seconds - len(a), a[-1])]).tolist()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(np.round(self.per_second, 9).tobytes()).hexdigest()
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> HostSpeed:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(str(p), "(host speed)", f"cannot read: {e}") from e
+        values = []
+        for i, line in enumerate(text.splitlines(), start=1):
+            for tok in line.split("#", 1)[0].split():
+                try:
+                    values.append(float(tok))
+                except ValueError:
+                    raise ConfigError(str(p), f"line {i}", f"not a number: {tok!r}") from None
+        try:
+            return cls(np.asarray(values), f"file {p.name} sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}")
+        except ValueError as e:
+            raise ConfigError(str(p), "(host speed)", str(e)) from e
+
+    @classmethod
+    def generate(cls, seconds: int, seed: int, sigma: float = 0.0, tau_s: float = 30.0, level: float = 1.0,
+                 spells: Sequence[Spell] = ()) -> HostSpeed:
+        """``level · exp(x_t)`` with ``x`` an Ornstein–Uhlenbeck process of stationary standard
+        deviation ``sigma`` and correlation time ``tau_s`` (x_0 drawn from its stationary law),
+        times each spell's factor while it lasts."""
+        if seconds < 1 or sigma < 0 or tau_s <= 0 or level <= 0:
+            raise ValueError(f"generate needs seconds >= 1, sigma >= 0, tau_s > 0, level > 0; got "
+                             f"{seconds}, {sigma}, {tau_s}, {level}")
+        rng = np.random.default_rng(seed)
+        rho = math.exp(-1.0 / tau_s)
+        noise = rng.standard_normal(seconds) * sigma * math.sqrt(1 - rho * rho)
+        x = np.empty(seconds)
+        x[0] = rng.standard_normal() * sigma
+        for i in range(1, seconds):
+            x[i] = rho * x[i - 1] + noise[i]
+        out = level * np.exp(x)
+        t = np.arange(seconds)
+        for sp in spells:
+            out[(t >= sp.start_s) & (t < sp.end_s)] *= sp.factor
+        spelled = "".join(f", spell {sp.start_s:g}-{sp.end_s:g} s x{sp.factor:g}" for sp in spells)
+        return cls(out, f"generated seed={seed} sigma={sigma:g} tau_s={tau_s:g} level={level:g}{spelled}")
+
+
+def speed_statistics(series: Sequence[float] | np.ndarray, step_s: float = 1.0) -> tuple[float, float, float]:
+    """(level, sigma, tau_s) of a measured series of multipliers sampled every ``step_s``: the
+    geometric mean, the standard deviation of the log, and the correlation time from the lag-1
+    autocorrelation of the log (an AR(1) read: tau = -step / ln rho; inf for a flat series)."""
+    x = np.log(np.asarray(series, dtype=np.float64))
+    if len(x) < 3:
+        raise ValueError(f"speed_statistics needs at least 3 samples, got {len(x)}")
+    level, sigma = float(np.exp(x.mean())), float(x.std())
+    d = x - x.mean()
+    denom = float((d * d).sum())
+    rho = float((d[1:] * d[:-1]).sum() / denom) if denom > 0 else 1.0
+    tau = math.inf if rho >= 1 else (step_s / -math.log(rho) if rho > 0 else step_s)
+    return level, sigma, tau
+
+
+def check_not_replayed(simulated: HostSpeed | None, live_series: Sequence[float] | np.ndarray) -> None:
+    """Raise when ``simulated`` is the live run's own series (or a prefix of it): a simulated run
+    compared with a live one is given a series of its own (its statistics, another seed)."""
+    if simulated is None:
+        return
+    live = np.asarray(live_series, dtype=np.float64)
+    n = min(len(live), len(simulated.per_second))
+    if n and np.allclose(simulated.per_second[:n], live[:n], rtol=1e-6, atol=0.0):
+        raise VaripipeError(f"the simulated run replays the live run's own host-speed series ({simulated.source}); "
+                            "generate one from its statistics (speed_statistics, HostSpeed.generate) instead")
+
+
+def parse_host_speed(text: str, seconds: int) -> HostSpeed:
+    """``--host-speed``: a file of multipliers, or ``generate:seed=N,sigma=S,tau=T[,level=L]
+    [,spell=START-END*FACTOR]...`` for ``seconds`` seconds."""
+    if not text.startswith("generate:"):
+        return HostSpeed.from_file(text)
+    args: dict[str, float] = {}
+    spells = []
+    for part in text[len("generate:"):].split(","):
+        key, sep, value = part.partition("=")
+        try:
+            if key == "spell":
+                span, _, factor = value.partition("*")
+                start, _, end = span.partition("-")
+                spells.append(Spell(float(start), float(end), float(factor)))
+            elif sep and key in ("seed", "sigma", "tau", "level"):
+                args[key] = float(value)
+            else:
+                raise ValueError(f"unknown part {part!r}")
+        except ValueError as e:
+            raise ConfigError("--host-speed", text, f"{e}; expected generate:seed=N,sigma=S,tau=T[,level=L]"
+                                                    "[,spell=START-END*FACTOR]") from None
+    try:
+        return HostSpeed.generate(seconds, int(args.get("seed", 0)), args.get("sigma", 0.0), args.get("tau", 30.0),
+                                  args.get("level", 1.0), spells)
+    except ValueError as e:
+        raise ConfigError("--host-speed", text, str(e)) from None

@@ -1,0 +1,57 @@
+"""Command-line options of online calibration, shared by ``serve``, ``demo``, ``simulate`` and ``experiment``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+__all__ = ["add_calibration_arguments", "calibration_settings", "add_host_speed_argument"]
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-calibration", dest="calibration", action="store_false",
+                        help="plan on the profile as it is: no online calibration from the batches served "
+                             "(default: calibrate)")
+    parser.add_argument("--calibration-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a calibration setting (repeatable): estimator=median|trimmed|mean, half_life_s, "
+                             "min_samples, min_factor, max_factor, dead_band, z, per_token=true|false")
+
+
+def calibration_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--calibration-setting`` values as ``CalibrationSettings`` fields, checked."""
+    from varipipe.adapter.calibration import CalibrationSettings
+    from varipipe.errors import ConfigError
+
+    types = {f.name: f.type for f in dataclasses.fields(CalibrationSettings)}
+    out: dict[str, Any] = {}
+    for item in getattr(args, "calibration_setting", []):
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise ConfigError("--calibration-setting", item, f"expected NAME=VALUE with NAME one of {', '.join(types)}")
+        kind = types[name]
+        try:
+            if kind == "bool":
+                if value.lower() not in ("true", "false"):
+                    raise ValueError("true or false")
+                out[name] = value.lower() == "true"
+            elif kind == "int":
+                out[name] = int(value)
+            elif kind == "float":
+                out[name] = float(value)
+            else:
+                out[name] = value
+        except ValueError as e:
+            raise ConfigError("--calibration-setting", item, f"{name} must be a {kind}: {e}") from None
+    try:
+        CalibrationSettings(**out)
+    except ValueError as e:
+        raise ConfigError("--calibration-setting", ", ".join(args.calibration_setting), str(e)) from None
+    return out
+
+
+def add_host_speed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host-speed", default=None, metavar="FILE|generate:...",
+                        help="the simulated host's slowness over time, a multiplier on service times per second: "
+                             "a file of numbers, or generate:seed=N,sigma=S,tau=T[,level=L][,spell=START-END*FACTOR] "
+                             "(default: steady, the profile's host)")
