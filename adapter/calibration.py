@@ -355,7 +355,7 @@ class Calibrator:
             if not b.sizes:
                 continue
             key = (b.stage, b.variant)
-            predicted = self._predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
+            predicted = self.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
             if predicted is None:
                 self._unmatched += len(b.sizes)
                 continue
@@ -375,7 +375,7 @@ class Calibrator:
             ring.add(rows[ok])
             self._version += 1
 
-    def _predicted(self, stage: str, variant: str, hardware: str, sizes: np.ndarray) -> np.ndarray | None:
+    def predicted(self, stage: str, variant: str, hardware: str, sizes: np.ndarray) -> np.ndarray | None:
         """The profile's p50 for batches of ``sizes`` (interpolated as the simulator's service times)."""
         key = (stage, variant, hardware)
         curve = self._curves.get(key)

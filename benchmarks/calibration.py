@@ -68,6 +68,9 @@ MIN_WINDOW_BATCHES = 5
 HOG_START_S = 60.0
 HOG_END_S = 180.0
 HOG_RUN_S = 240.0
+# A hog run's forward windows: predictions every 30 s from 30 s (60 s windows, overlapping), so
+# the hog's start and end are inside some.
+HOG_WINDOWS = (30.0, 30.0)
 # Targets (issue 18): attainment with calibration >= without + 5 points, at <= 10 % more cost.
 TARGET_POINTS = 5.0
 TARGET_COST = 0.10
@@ -203,29 +206,30 @@ def _predictor(profile) -> Calibrator:
     return Calibrator(profile)
 
 
-def forward_errors(profile, batches: list[dict[str, Any]], factor_at, stages, t_end: float) -> dict[str, Any]:
-    """Per stage: errors at each prediction time of the corrected prediction (``factor_at(t, stage,
-    variant)``), the uncorrected profile and the last window's p50."""
+def forward_errors(profile, batches: list[dict[str, Any]], factor_at, stages, t_end: float,
+                   skip_s: float = SKIP_S, step_s: float = WINDOW_S) -> dict[str, Any]:
+    """Per stage: errors at each prediction time (``skip_s``, then every ``step_s``) of the corrected
+    prediction (``factor_at(t, stage, variant)``), the uncorrected profile and the last window's p50."""
     pred = _predictor(profile)
     out: dict[str, Any] = {}
     for stage in stages:
         rows = sorted((b for b in batches if b["stage"] == stage), key=lambda b: b["t"])
         t_arr = np.array([b["t"] for b in rows])
         windows = []
-        t = SKIP_S
+        t = skip_s
         while t + WINDOW_S <= t_end + 1e-9:
             nxt = [b for b, tb in zip(rows, t_arr, strict=True) if t < tb <= t + WINDOW_S]
             last = [b for b, tb in zip(rows, t_arr, strict=True) if t - WINDOW_S < tb <= t]
             if len(nxt) >= MIN_WINDOW_BATCHES and len(last) >= MIN_WINDOW_BATCHES:
                 obs = float(np.median([b["seconds"] for b in nxt]))
-                base = np.array([pred._predicted(stage, b["variant"], b["hardware"], np.array([int(b["size"])]))[0]
+                base = np.array([pred.predicted(stage, b["variant"], b["hardware"], np.array([int(b["size"])]))[0]
                                  for b in nxt])
                 corrected = float(np.median(base * np.array([factor_at(t, stage, b["variant"]) for b in nxt])))
                 windows.append({"t": t, "observed_p50_s": obs, "corrected_p50_s": corrected,
                                 "profile_p50_s": float(np.median(base)),
                                 "last_window_p50_s": float(np.median([b["seconds"] for b in last])),
                                 "batches": len(nxt)})
-            t += WINDOW_S
+            t += step_s
         for w in windows:
             for k in ("corrected", "profile", "last_window"):
                 w[f"{k}_error"] = abs(w[f"{k}_p50_s"] - w["observed_p50_s"]) / w["observed_p50_s"]
@@ -275,12 +279,13 @@ def _replayed_factor_at(profile, batches: list[dict[str, Any]], settings: Calibr
 
 
 def _opts(args, policy: str, calibration: bool, sla_s: float | None, policy_options: dict[str, Any]):
+    from varipipe.commands._calibration import calibration_settings
     from varipipe.pipelines.serve_config import AppOptions
 
     return AppOptions(pipeline=args.pipeline, policy=policy, sla_s=sla_s, interval_s=args.interval,
                       profile=args.profiles or "", cost_mode="shared", cluster_cores=2.0,
                       policy_options=policy_options, deadline_sla_factor=1.0 if sla_s else 0.0,
-                      calibration=calibration)
+                      calibration=calibration, calibration_settings=calibration_settings(args))
 
 
 def _meta(args) -> dict[str, Any]:
@@ -300,7 +305,7 @@ def cmd_forward(args) -> dict[str, Any]:
     live = forward_errors(profile, polls.batches, _live_factor_at(polls.corrections), stages, args.seconds)
     out = {"meta": _meta(args) | {"pipeline": args.pipeline, "rps": args.rps, "seconds": args.seconds,
                                   "images": args.images, "wall_s": time.perf_counter() - started,
-                                  "settings": CalibrationSettings().to_dict()},
+                                  "settings": CalibrationSettings(**opts.calibration_settings).to_dict()},
            "replay": extra["replay"], "forward": live,
            "target_met": all(s["met"] for s in live.values()),
            "polls": polls.corrections, "batches": polls.batches, "decisions": polls.decisions,
@@ -319,19 +324,27 @@ def _print_forward(res: dict[str, Any]) -> None:
 
 
 def cmd_replay(args) -> dict[str, Any]:
+    """Each candidate's forward errors on the recorded batches of a forward run (its windows) or
+    of a hog run (every 60 s window after the first 2 minutes of each run, hog included)."""
     doc = json.loads(Path(args.result).read_text())
     profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
-    batches, seconds = doc["batches"], doc["meta"]["seconds"]
+    runs = [(r["batches"], HOG_RUN_S) for r in doc["runs"]] if "runs" in doc else [(doc["batches"], doc["meta"]["seconds"])]
     rows = []
     for est in CANDIDATE_ESTIMATORS:
         for hl in CANDIDATE_HALF_LIVES:
             settings = CalibrationSettings(estimator=est, half_life_s=hl)
             for use_estimate in (False, True):
-                res = forward_errors(profile, batches, _replayed_factor_at(profile, batches, settings, use_estimate),
-                                     profile.stages, seconds)
+                errors: dict[str, list[float]] = {}
+                for batches, seconds in runs:
+                    at = _replayed_factor_at(profile, batches, settings, use_estimate)
+                    for stage, r in forward_errors(profile, batches, at, profile.stages, seconds,
+                                                   *HOG_WINDOWS if "runs" in doc else ()).items():
+                        errors.setdefault(stage, []).extend(w["corrected_error"] for w in r["windows"])
                 row = {"estimator": est, "half_life_s": hl, "figure": "estimate" if use_estimate else "in force",
-                       "median_error": {s: r["median_error"]["corrected"] for s, r in res.items()}}
-                row["worst_stage"] = max(row["median_error"].values())
+                       "windows": {s: len(e) for s, e in errors.items()},
+                       "median_error": {s: float(np.median(e)) if e else math.nan for s, e in errors.items()}}
+                row["worst_stage"] = max((e for e in row["median_error"].values() if not math.isnan(e)),
+                                         default=math.nan)
                 rows.append(row)
                 print(f"  {est:>8} half-life {hl:>5g} s ({row['figure']:>8}): "
                       + ", ".join(f"{s} {100 * e:.1f} %" for s, e in row["median_error"].items()), flush=True)
@@ -394,6 +407,8 @@ def cmd_hog(args) -> dict[str, Any]:
     runs = []
     for pair in range(args.pairs):
         order = (True, False) if pair % 2 == 0 else (False, True)
+        if args.only_with:
+            order = (True,)
         for calibration in order:
             opts = _opts(args, "ipa", calibration, args.sla, {"hardware": ["cpu:1"]})
             started = time.perf_counter()
@@ -401,7 +416,10 @@ def cmd_hog(args) -> dict[str, Any]:
             runs.append(_hog_run(profile, args, pair, calibration, records, polls, extra,
                                  time.perf_counter() - started))
     pairs = _pairs(runs)
+    from varipipe.commands._calibration import calibration_settings
+
     return {"meta": _meta(args) | {"pipeline": args.pipeline, "rps": args.rps, "sla_s": args.sla,
+                                   "settings": CalibrationSettings(**calibration_settings(args)).to_dict(),
                                    "hog": {"start_s": HOG_START_S, "end_s": HOG_END_S, "run_s": HOG_RUN_S,
                                            "process": "one busy Python loop"}},
             "runs": runs, "pairs": pairs}
@@ -417,7 +435,8 @@ def _hog_run(profile, args, pair: int, calibration: bool, records, polls: Polls,
     cpu = sum(last - first for last, first in ((v[1], v[0]) for v in polls.cpu.values()))
     costs = [d["cost"] for d in polls.decisions if d["cost"] is not None]
     in_hog = np.array([HOG_START_S <= r.scheduled_s < HOG_END_S for r in records])
-    fwd = forward_errors(profile, polls.batches, _live_factor_at(polls.corrections), profile.stages, HOG_RUN_S)
+    fwd = forward_errors(profile, polls.batches, _live_factor_at(polls.corrections), profile.stages, HOG_RUN_S,
+                         *HOG_WINDOWS)
     run = {"pair": pair, "calibration": calibration, "requests": len(records), "ok": int(ok.sum()),
            "sla_attainment": float(within.mean()) if len(records) else math.nan,
            "sla_attainment_hog": float(within[in_hog].mean()) if in_hog.any() else math.nan,
@@ -425,7 +444,7 @@ def _hog_run(profile, args, pair: int, calibration: bool, records, polls: Polls,
            "mean_accuracy": float(np.mean(acc)) if acc else math.nan,
            "measured_cpu_s_per_s": cpu / HOG_RUN_S,
            "decision_cost_mean": float(np.mean(costs)) if costs else math.nan,
-           "decisions": polls.decisions, "corrections": polls.corrections, "forward": fwd,
+           "decisions": polls.decisions, "corrections": polls.corrections, "forward": fwd, "batches": polls.batches,
            "poll_errors": polls.errors, "wall_s": wall_s, **extra}
     print(f"  pair {pair} {'with' if calibration else 'without'} calibration: attainment {run['sla_attainment']:.3f} "
           f"(hog {run['sla_attainment_hog']:.3f}), p99 {run['p99_latency_s']:.2f} s, cpu {run['measured_cpu_s_per_s']:.2f} "
@@ -457,6 +476,8 @@ def _args() -> argparse.Namespace:
 
     def common(p: argparse.ArgumentParser, pipeline: str) -> None:
         p.add_argument("--pipeline", default=pipeline)
+        p.add_argument("--calibration-setting", action="append", default=[], metavar="NAME=VALUE",
+                       help="a CalibrationSettings field for the live runs (repeatable)")
         p.add_argument("--profiles", default=None, help="profile JSON (default: the pipeline's shipped one)")
         p.add_argument("--interval", type=float, default=10.0, help="adapter interval (s)")
         p.add_argument("--out", default=None, help="result JSON (default: print only)")
@@ -487,6 +508,7 @@ def _args() -> argparse.Namespace:
     h.add_argument("--pairs", type=int, default=3)
     h.add_argument("--poll", type=float, default=5.0)
     h.add_argument("--images", default="chelsea,astronaut,coffee,rocket,camera")
+    h.add_argument("--only-with", action="store_true", help="runs with calibration only (a tuning run)")
     return ap.parse_args()
 
 

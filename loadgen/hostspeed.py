@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from varipipe.errors import ConfigError, VaripipeError
+from varipipe.records import BatchTimes
 
-__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed"]
+__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,32 @@ def speed_statistics(series: Sequence[float] | np.ndarray, step_s: float = 1.0) 
     rho = float((d[1:] * d[:-1]).sum() / denom) if denom > 0 else 1.0
     tau = math.inf if rho >= 1 else (step_s / -math.log(rho) if rho > 0 else step_s)
     return level, sigma, tau
+
+
+def speed_from_batches(profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> np.ndarray:
+    """A live run's host speed as the simulator models it: per ``step_s`` seconds, the median over
+    every stage's batches of observed / the profile's p50 for the same batch (the calibration's
+    prediction), held over the step; steps without batches keep the previous figure (1 before
+    the first). ``ended_s`` relative to the run's start. For :func:`speed_statistics`, not for
+    replaying into a run compared with this one (:func:`check_not_replayed`)."""
+    from varipipe.adapter.calibration import Calibrator
+
+    pred = Calibrator(profile)
+    steps = max(1, math.ceil(seconds / step_s))
+    ratios: list[list[float]] = [[] for _ in range(steps)]
+    for b in batches:
+        p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
+        if p is None:
+            continue
+        for t, s, q in zip(b.ended_s, b.seconds, p.tolist(), strict=True):
+            i = int(t // step_s)
+            if 0 <= i < steps and q > 0:
+                ratios[i].append(s / q)
+    out, last = np.empty(steps), 1.0
+    for i, r in enumerate(ratios):
+        last = float(np.median(r)) if r else last
+        out[i] = last
+    return np.repeat(out, step_s)[:seconds]
 
 
 def check_not_replayed(simulated: HostSpeed | None, live_series: Sequence[float] | np.ndarray) -> None:

@@ -71,8 +71,10 @@ def steered(serve_port, png_bytes, tmp_path_factory):
     """A live app after a stepped load: (server, results, config) while it is still serving."""
     path = tmp_path_factory.mktemp("profile") / "identity-chain.json"
     path.write_text(json.dumps(profile_to_dict(identity_profile())))
+    # The adapter moves on this profile's numbers (calibrated, it would learn that the identity
+    # stages run far faster than the profile says and keep the accurate variant).
     opts = AppOptions(pipeline="identity-chain", app_name="dashboard-test", policy="ipa", interval_s=INTERVAL_S,
-                      profile=str(path), cluster_cores=2.0)
+                      profile=str(path), cluster_cores=2.0, calibration=False)
     with LocalServer(opts, port=serve_port) as srv:
 
         async def stepped():
@@ -103,12 +105,14 @@ def test_dashboard_shows_the_adapter_at_work(steered, tmp_path):
                                ".length >= 2", timeout=POLL_WAIT_MS)
         log = page.inner_text("#decisions")
         banner = page.inner_text("#banners")
+        calibration = page.inner_text("#calibration")
         page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
     new = applied[-1]["decision"]["stages"][0]
     assert f"first={new['variant']} b{new['batch']} x{new['replicas']}" in log
     assert "applied" in log and "ipa / optimal" in log and "runner-up" in log
     assert "adapter ipa" in banner and "failing" not in banner
+    assert "calibration off" in calibration and "--no-calibration" in calibration
     assert shot.stat().st_size > 10_000
     if os.environ.get("VARIPIPE_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT.exists():
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -143,12 +147,26 @@ def test_dashboard_says_what_is_wrong(steered):
     failing = dict(config, adapter=dict(config["adapter"], last_error="decide failed: RuntimeError: solver crashed",
                                         consecutive_failures=2, last_error_time_s=history["now"]))
     restarted = dict(history, started=history["started"] + 60, points=[])
+    corrections = [{"stage": "first", "variant": "fast", "factor": 3.0, "source": "variant", "estimate": 3.0,
+                    "samples": 40, "observed_p50_s": 0.003, "predicted_p50_s": 0.001, "clipped": False},
+                   {"stage": "first", "variant": "slow", "factor": 3.0, "source": "stage", "estimate": 3.0,
+                    "samples": 0, "observed_p50_s": 0.0, "predicted_p50_s": 0.0, "clipped": False}]
+    calibrated = dict(config, calibration={"enabled": True, "corrections": corrections, "planning": "applied",
+                                           "settings": {"estimator": "median", "half_life_s": 30.0,
+                                                        "min_samples": 10}})
     hist_url, config_url = re.compile(r"/api/history"), re.compile(r"/config$")
     errors: list[str] = []
     with browser_page(errors) as page:
+        page.route(config_url, _json(calibrated))
+        page.goto(srv.url + "/dashboard")
+        _wait_text(page, "#calibration", "×3.00")  # profile vs observed, the correction in force
+        table = page.inner_text("#calibration")
+        assert "first" in table and "its stage's batches" in table and "3 ms" in table and "1 ms" in table
+        assert "estimator median, half-life 30 s" in page.inner_text("#calibration-note")
+        page.unroute(config_url)
         page.route(hist_url, _json(quiet))
         page.route(config_url, _json(off))
-        page.goto(srv.url + "/dashboard")
+        page.reload()
         _wait_text(page, "#banners", "adapter off: started without --policy")
         for chart in ("chart-rate", "chart-latency", "chart-attainment"):
             assert "no requests yet" in page.get_attribute(f"#{chart} svg", "data-empty")

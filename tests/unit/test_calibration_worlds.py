@@ -63,6 +63,15 @@ def test_spells_files_and_the_command_line_form(tmp_path):
         HostSpeed(np.array([1.0, 0.0]), "test")
 
 
+def test_a_live_runs_speed_is_read_from_its_batches():
+    from varipipe.loadgen.hostspeed import speed_from_batches
+    from varipipe.records import BatchTimes
+
+    b = BatchTimes("s", "slow", "cpu:1", (1, 2, 1), (0.3, 1.2, 0.6), (1.0, 5.0, 25.0), (0, 0, 0))
+    speed = speed_from_batches(PROFILE, [b], 30, step_s=10)
+    assert speed.tolist() == [1.5] * 10 + [1.5] * 10 + [2.0] * 10  # median of 1 and 2; held; 2
+
+
 def test_a_simulated_run_may_not_replay_the_live_runs_own_series():
     live = HostSpeed.generate(300, seed=7, sigma=0.3).per_second
     check_not_replayed(HostSpeed.generate(300, seed=8, sigma=0.3), live)  # its statistics, another seed
