@@ -37,7 +37,7 @@ batch size and hardware and keeps one correction per (stage, variant):
   squares of the ratio on the batch's tokens relative to the profile's; where
   tokens hardly vary it is not identified and the batch is the unit (``g = 0``),
   which is then exact. The planner's factor is the speed (per work) times the
-  live traffic's mean work relative to the profile's.
+  live traffic's median work relative to the profile's.
 
 :func:`calibrate` turns a profile and a :class:`Calibration` into the corrected view
 the policies plan with: every latency figure of a corrected variant times its
@@ -153,7 +153,7 @@ class Correction:
     decayed medians of the variant's batch times and of the profile's predictions
     for the same batches (0 when it ran none). ``token_share``: the fitted share of
     time that grows with generated tokens (None: not fitted), ``work``: the live mean
-    work per item relative to the profile's (1.0 without tokens).
+    work per item relative to the profile's (its decayed median; 1.0 without tokens).
     """
 
     stage: str
@@ -445,7 +445,7 @@ class Calibrator:
     def _ratios(self, key: tuple[str, str], rows: np.ndarray,
                 weights: np.ndarray) -> tuple[np.ndarray, float | None, float]:
         """Observed / predicted per batch (per unit of work where the token share is known), the
-        share, and the live mean work per item relative to the profile's."""
+        share, and the live median work per item relative to the profile's."""
         ratios = rows[:, _SEC] / rows[:, _PRED]
         work = rows[:, _WORK]
         has = np.isfinite(work)
@@ -455,8 +455,8 @@ class Calibrator:
         if share is None:
             return ratios, None, 1.0
         scale = np.where(has, (1 - share) + share * np.nan_to_num(work, nan=1.0), 1.0)
-        mean_work = float(np.average(work[has], weights=weights[has]))
-        return ratios / scale, share, (1 - share) + share * mean_work
+        median_work = _weighted_quantile(work[has], weights[has], 0.5)
+        return ratios / scale, share, (1 - share) + share * median_work
 
     def _bounded(self, estimate: float, log_se: Callable[[], float]) -> tuple[float, bool]:
         """The factor in force for ``estimate`` (``log_se()``: its standard error, asked only when
