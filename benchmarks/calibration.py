@@ -282,9 +282,10 @@ def _opts(args, policy: str, calibration: bool, sla_s: float | None, policy_opti
     from varipipe.commands._calibration import calibration_settings
     from varipipe.pipelines.serve_config import AppOptions
 
+    shed = bool(sla_s) and getattr(args, "shed", False)
     return AppOptions(pipeline=args.pipeline, policy=policy, sla_s=sla_s, interval_s=args.interval,
                       profile=args.profiles or "", cost_mode="shared", cluster_cores=2.0,
-                      policy_options=policy_options, deadline_sla_factor=1.0 if sla_s else 0.0,
+                      policy_options=policy_options, deadline_sla_factor=1.0 if shed else 0.0,
                       calibration=calibration, calibration_settings=calibration_settings(args))
 
 
@@ -371,7 +372,7 @@ def cmd_choose(args) -> dict[str, Any]:
                                            spells=[Spell(HOG_START_S, HOG_END_S, args.hog_factor)])
                 for cal in (False, True):
                     st = SimSettings(sla_s=sla, cost_mode="shared", cluster_cores=2.0, calibration=cal,
-                                     host_speed=speed, seed=seed, interval_s=args.interval,
+                                     host_speed=speed, seed=seed, interval_s=args.interval, shed_late=args.shed,
                                      policy_options={"hardware": ["cpu:1"]})
                     r = run_policy(host, times, "ipa", st, planned=profile)
                     key = "with" if cal else "without"
@@ -387,6 +388,7 @@ def cmd_choose(args) -> dict[str, Any]:
                   f"{row['with_attainment']:.3f} ({row['gain_points']:+.1f} pts), cost x{row['cost_ratio']:.2f}",
                   flush=True)
     return {"meta": _meta(args) | {"pipeline": args.pipeline, "hog_factor": args.hog_factor, "sigma": args.sigma,
+                                   "shed": args.shed, "rates": args.rates, "slas": args.slas,
                                    "host_factors": {f"{s}/{v}": f for (s, v), f in host_factors.items()},
                                    "host_factors_from": args.host_factors},
             "grid": rows}
@@ -418,7 +420,7 @@ def cmd_hog(args) -> dict[str, Any]:
     pairs = _pairs(runs)
     from varipipe.commands._calibration import calibration_settings
 
-    return {"meta": _meta(args) | {"pipeline": args.pipeline, "rps": args.rps, "sla_s": args.sla,
+    return {"meta": _meta(args) | {"pipeline": args.pipeline, "rps": args.rps, "sla_s": args.sla, "shed": args.shed,
                                    "settings": CalibrationSettings(**calibration_settings(args)).to_dict(),
                                    "hog": {"start_s": HOG_START_S, "end_s": HOG_END_S, "run_s": HOG_RUN_S,
                                            "process": "one busy Python loop"}},
@@ -481,6 +483,10 @@ def _args() -> argparse.Namespace:
         p.add_argument("--profiles", default=None, help="profile JSON (default: the pipeline's shipped one)")
         p.add_argument("--interval", type=float, default=10.0, help="adapter interval (s)")
         p.add_argument("--out", default=None, help="result JSON (default: print only)")
+        p.add_argument("--shed", action="store_true",
+                       help="deadline shedding at the stages (varipipe.admission; default off here: a stage "
+                            "whose expected batch time jumps past the SLA, as at the hog's start, sheds every "
+                            "item from then on and never runs a batch to bring its expectation back)")
 
     f = sub.add_parser("forward", help="a steady live run: forward error of the corrections")
     common(f, "vision-caption-ci")
