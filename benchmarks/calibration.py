@@ -17,6 +17,7 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
 ``choose``   Simulated (no lock): the noisy-neighbour scenario with the hog as a slow spell
              of the host (loadgen.hostspeed) on a grid of rates and SLAs, with and without
              calibration: where the hog genuinely matters. Run before the paired live runs.
+``summary``  Offline, on a ``hog`` result: the pairs again, with accuracy from the batches.
 ``hog``      Paired live runs, with and without calibration, interleaved (the order flips
              every pair): ``ipa`` on the flagship at a constant rate; a CPU hog (one busy
              process) from ``HOG_START_S`` to ``HOG_END_S`` of every run, the schedule fixed
@@ -28,7 +29,8 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
     flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py forward --out benchmarks/results/calibration_forward.json
     python benchmarks/calibration.py replay benchmarks/results/calibration_forward.json
     python benchmarks/calibration.py choose
-    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py hog --pairs 3 --out benchmarks/results/calibration_hog.json
+    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py hog --rps 1 --sla 0.8 --pairs 3 --out benchmarks/results/calibration_hog.json
+    python benchmarks/calibration.py summary benchmarks/results/calibration_hog.json --out benchmarks/results/calibration_hog.json
 """
 
 from __future__ import annotations
@@ -434,6 +436,8 @@ def _hog_run(profile, args, pair: int, calibration: bool, records, polls: Polls,
     lat = np.array([r.latency_s for r in records])
     within = ok & (lat <= args.sla)
     acc = [math.prod(_accuracy(profile, s, v) for s, v in r.variants.items()) for r in records if r.ok and r.variants]
+    unprofiled = sum(math.isnan(a) for a in acc)  # served by a variant the profile has no figure for
+    acc = [a for a in acc if not math.isnan(a)]
     cpu = sum(last - first for last, first in ((v[1], v[0]) for v in polls.cpu.values()))
     costs = [d["cost"] for d in polls.decisions if d["cost"] is not None]
     in_hog = np.array([HOG_START_S <= r.scheduled_s < HOG_END_S for r in records])
@@ -443,7 +447,9 @@ def _hog_run(profile, args, pair: int, calibration: bool, records, polls: Polls,
            "sla_attainment": float(within.mean()) if len(records) else math.nan,
            "sla_attainment_hog": float(within[in_hog].mean()) if in_hog.any() else math.nan,
            "p99_latency_s": float(np.percentile(lat[ok], 99)) if ok.any() else math.nan,
-           "mean_accuracy": float(np.mean(acc)) if acc else math.nan,
+           "mean_accuracy": float(np.mean(acc)) if acc else math.nan, "unprofiled_requests": unprofiled,
+           "batch_accuracy": batch_accuracy(profile, polls.batches),
+           "switches": _switches(polls.decisions),
            "measured_cpu_s_per_s": cpu / HOG_RUN_S,
            "decision_cost_mean": float(np.mean(costs)) if costs else math.nan,
            "decisions": polls.decisions, "corrections": polls.corrections, "forward": fwd, "batches": polls.batches,
@@ -452,6 +458,54 @@ def _hog_run(profile, args, pair: int, calibration: bool, records, polls: Polls,
           f"(hog {run['sla_attainment_hog']:.3f}), p99 {run['p99_latency_s']:.2f} s, cpu {run['measured_cpu_s_per_s']:.2f} "
           f"CPU-s/s, accuracy {run['mean_accuracy']:.4f}", flush=True)
     return run
+
+
+def batch_accuracy(profile, batches: list[dict[str, Any]]) -> float:
+    """The profile's accuracy of the variants that ran, weighted by the items each stage's
+    batches served, multiplied over the stages (variants the profile lacks left out): a run's
+    accuracy from its batches when its requests' variants were not kept."""
+    from varipipe.loadgen.experiment import _accuracy
+
+    out = 1.0
+    for stage in profile.stages:
+        rows = [(_accuracy(profile, stage, b["variant"]), int(b["size"])) for b in batches if b["stage"] == stage]
+        rows = [(a, n) for a, n in rows if not math.isnan(a)]
+        if not rows:
+            return math.nan
+        out *= float(np.average([a for a, _ in rows], weights=[n for _, n in rows]))
+    return out
+
+
+def _switches(decisions: list[dict[str, Any]]) -> int:
+    """Configuration changes the polls saw after the policy's first decision (the app starts on
+    the spec's defaults; the move off them is not counted)."""
+    shapes = [tuple(map(tuple, d["stages"])) for d in decisions if d["stages"]]
+    first = next((i for i, s in enumerate(shapes) if s != shapes[0]), len(shapes))
+    rest = shapes[first:]
+    return sum(a != b for a, b in zip(rest, rest[1:], strict=False))
+
+
+def cmd_summary(args) -> dict[str, Any]:
+    """A hog result's pairs again, with the batch-weighted accuracy and switch counts (for a
+    result written before they were recorded)."""
+    doc = json.loads(Path(args.result).read_text())
+    profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
+    for r in doc["runs"]:
+        r["batch_accuracy"] = batch_accuracy(profile, r["batches"])
+        r["switches"] = _switches(r["decisions"])
+        fwd = {s: round(100 * f["median_error"]["corrected"], 1) for s, f in r["forward"].items()}
+        print(f"  pair {r['pair']} {'with' if r['calibration'] else 'without'}: attainment {r['sla_attainment']:.3f} "
+              f"(hog {r['sla_attainment_hog']:.3f}), p99 {r['p99_latency_s']:.2f} s, cpu "
+              f"{r['measured_cpu_s_per_s']:.3f} CPU-s/s, decision cost {r['decision_cost_mean']:.3f}, accuracy "
+              f"{r['batch_accuracy']:.4f} (batches), {r['switches']} switches, forward error % {fwd}", flush=True)
+    doc["pairs"] = _pairs(doc["runs"])
+    for row in doc["pairs"]["rows"]:
+        print(f"  pair {row['pair']}: {row['gain_points']:+.1f} points, cost x{row['cost_ratio']:.3f}, "
+              f"accuracy x{row['batch_accuracy_ratio']:.3f}", flush=True)
+    p = doc["pairs"]
+    print(f"  mean {p['mean_gain_points']:+.1f} points, cost x{p['mean_cost_ratio']:.3f}; target "
+          f"{'met' if p['target_met'] else 'not met'}", flush=True)
+    return doc
 
 
 def _pairs(runs: list[dict]) -> dict[str, Any]:
@@ -465,7 +519,8 @@ def _pairs(runs: list[dict]) -> dict[str, Any]:
             rows.append({"pair": pair, "gain_points": 100 * (w["sla_attainment"] - wo["sla_attainment"]),
                          "cost_ratio": w["measured_cpu_s_per_s"] / wo["measured_cpu_s_per_s"],
                          "decision_cost_ratio": w["decision_cost_mean"] / wo["decision_cost_mean"],
-                         "accuracy_ratio": w["mean_accuracy"] / wo["mean_accuracy"]})
+                         "accuracy_ratio": w["mean_accuracy"] / wo["mean_accuracy"],
+                         "batch_accuracy_ratio": w.get("batch_accuracy", math.nan) / wo.get("batch_accuracy", math.nan)})
     gain = float(np.mean([r["gain_points"] for r in rows])) if rows else math.nan
     cost = float(np.mean([r["cost_ratio"] for r in rows])) if rows else math.nan
     return {"rows": rows, "mean_gain_points": gain, "mean_cost_ratio": cost,
@@ -515,12 +570,16 @@ def _args() -> argparse.Namespace:
     h.add_argument("--poll", type=float, default=5.0)
     h.add_argument("--images", default="chelsea,astronaut,coffee,rocket,camera")
     h.add_argument("--only-with", action="store_true", help="runs with calibration only (a tuning run)")
+    m = sub.add_parser("summary", help="offline: a hog result's pairs with accuracy from its batches")
+    common(m, "")
+    m.add_argument("result")
     return ap.parse_args()
 
 
 def main() -> int:
     args = _args()
-    run = {"forward": cmd_forward, "replay": cmd_replay, "choose": cmd_choose, "hog": cmd_hog}[args.command]
+    run = {"forward": cmd_forward, "replay": cmd_replay, "choose": cmd_choose, "hog": cmd_hog,
+           "summary": cmd_summary}[args.command]
     out = run(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
