@@ -288,6 +288,8 @@ def _opts(args, policy: str, calibration: bool, sla_s: float | None, policy_opti
     return AppOptions(pipeline=args.pipeline, policy=policy, sla_s=sla_s, interval_s=args.interval,
                       profile=args.profiles or "", cost_mode="shared", cluster_cores=2.0,
                       policy_options=policy_options, deadline_sla_factor=1.0 if shed else 0.0,
+                      # At the stages only, as the simulator sheds (the experiment runner's choice too).
+                      admission=False,
                       calibration=calibration, calibration_settings=calibration_settings(args))
 
 
