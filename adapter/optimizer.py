@@ -117,6 +117,9 @@ def _check_args(load_rps: float, accuracy: str, objective: str, solver: str,
         raise ValueError("objective 'min-cost' needs min_accuracy (the accuracy it must reach)")
     if objective == "max-accuracy" and max_cost is None:
         raise ValueError("objective 'max-accuracy' needs max_cost (the cost it may spend)")
+    if max_cost is not None and not math.isfinite(max_cost):
+        raise ValueError(f"max_cost must be a finite number, got {max_cost!r} (no ceiling: a number above the "
+                         "cluster's cost)")
 
 
 @dataclass(frozen=True)

@@ -407,3 +407,10 @@ def test_configurations_priced_by_the_documented_formulas(limits, load):
             cost = replica_price(p.hardware) * (n if limits.cost_mode == "reserved" else busy)
             assert (c.replicas, c.latency_p99_s, c.memory_mb) == (n, p.latency_p99_s, p.memory_mb)
             assert c.batch_wait_s == pytest.approx(wait) and c.cost == pytest.approx(cost)
+
+
+def test_max_cost_must_be_finite():
+    """An infinite ceiling made the DP's Lagrangian bounds NaN (an 'infeasible' answer); refused instead."""
+    profile = vision_caption_like()
+    with pytest.raises(ValueError, match="max_cost must be a finite number"):
+        solve(profile, 1.0, SLA(4.0), objective="max-accuracy", max_cost=float("inf"))

@@ -45,6 +45,10 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
                         help="cores the optimizer may use (default: this host's, %(default)s)")
     parser.add_argument("--max-replicas", type=int, default=None,
                         help="replicas per stage at most (default: the cluster's whole cores)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="weighted",
+                        help="what the ILP policies optimise: weighted (accuracy against cost, IPA's objective) or "
+                             "max-accuracy (the most accurate configuration the capacity allows: cheaper variants "
+                             "only when the load needs them) (default: %(default)s)")
     parser.add_argument("--pin", action="append", default=[], metavar="STAGE=VARIANT",
                         help="keep a stage on one variant (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="the adapter decides and logs but does not apply")
@@ -57,6 +61,18 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
                         help="do not reject at the ingress requests that the queues say cannot meet their "
                              "deadline (503 + Retry-After); stages still drop them, after they queued")
     add_calibration_arguments(parser)
+
+
+# --objective: the solver's objectives an operator picks when serving. max-accuracy is bounded by
+# the capacity constraint alone: its cost ceiling is finite (the solvers need numbers) and above
+# any cluster's cost.
+OBJECTIVES = ("weighted", "max-accuracy")
+_NO_COST_CEILING = 1e9
+
+
+def objective_options(objective: str) -> dict:
+    """The ILP policies' options for ``--objective``."""
+    return {"objective": "max-accuracy", "max_cost": _NO_COST_CEILING} if objective == "max-accuracy" else {}
 
 
 def _deadline_factor(text: str) -> float:
@@ -145,6 +161,7 @@ def app_options(args: argparse.Namespace, state_file: str = "", gpus: dict[str, 
         app_name=getattr(args, "app_name", "varipipe"), route_prefix=getattr(args, "route_prefix", "/"),
         stage_gpus=dict(gpus or {}), deadline_sla_factor=args.deadline, admission=args.admission,
         calibration=getattr(args, "calibration", True), calibration_settings=calibration_settings(args),
+        policy_options=objective_options(getattr(args, "objective", "weighted")),
     )
 
 
