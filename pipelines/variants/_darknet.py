@@ -4,8 +4,11 @@ Written from darknet's own definitions (parser.c, convolutional_layer.c,
 maxpool_layer.c, yolo_layer.c, pjreddie/darknet), independently of OpenCV's
 importer, so that it can check OpenCV's outputs on the same weights and serve
 as the detector's GPU path. Supported sections: ``[net]``, ``[convolutional]``,
-``[maxpool]``, ``[route]``, ``[shortcut]``, ``[upsample]``, ``[yolo]``: enough
-for YOLOv3 and YOLOv3-tiny.
+``[maxpool]``, ``[route]`` (with ``groups``/``group_id``), ``[shortcut]``,
+``[upsample]``, ``[yolo]`` (with ``scale_x_y``): enough for YOLOv3, YOLOv3-tiny
+and YOLOv4-tiny (AlexeyAB/darknet's route_layer.c and yolo_layer.c for the two
+options YOLOv4 added). Options that change inference and are not implemented
+(``new_coords``, ``stride_x``...) are refused, not ignored.
 
 The network maps a batch of square RGB images in [0, 1] (NCHW) to YOLO rows
 ``[B, N, 5 + C]``: box centre x, y and width, height in input pixels,
@@ -33,6 +36,17 @@ BN_EPSILON = 1e-6
 # version 0.2 on and an int32 before (parser.c, load_weights_upto).
 _HEADER_INTS = 3
 _SEEN_INT64_FROM = 2  # major * 10 + minor
+
+
+# Options that change what a supported section computes but are not implemented: refused rather
+# than silently ignored (the rest -- training options such as jitter, ignore_thresh -- do not matter).
+_UNSUPPORTED_OPTIONS = {
+    "convolutional": ("groups", "dilation", "stride_x", "stride_y", "binary", "xnor", "antialiasing"),
+    "maxpool": ("stride_x", "stride_y", "maxpool_depth", "antialiasing"),
+    "shortcut": ("weights_type",),
+    "upsample": ("scale",),
+    "yolo": ("new_coords",),
+}
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,27 @@ class _MaxPool(nn.Module):
         return nn.functional.max_pool2d(x, self.size, self.stride)
 
 
+class _Route(nn.Module):
+    """[route]: the listed layers' outputs concatenated on channels; with ``groups`` = g, only
+    the ``group_id``-th of g equal channel slices of each (route_layer.c, forward_route_layer)."""
+
+    def __init__(self, sec: Section, sources: list[int], channels: list[int]) -> None:
+        super().__init__()
+        self.groups, self.group_id = sec.int("groups", 1), sec.int("group_id", 0)
+        if self.groups < 1 or not 0 <= self.group_id < self.groups:
+            raise ValueError(f"darknet cfg: [route] groups={self.groups} group_id={self.group_id} is not a valid slice")
+        for s in sources:
+            if channels[s + 1] % self.groups:
+                raise ValueError(f"darknet cfg: [route] layer {s} has {channels[s + 1]} channels, "
+                                 f"not divisible into {self.groups} groups")
+        self.out_channels = sum(channels[s + 1] // self.groups for s in sources)
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if self.groups > 1:
+            inputs = [x.chunk(self.groups, dim=1)[self.group_id] for x in inputs]
+        return torch.cat(inputs, dim=1) if len(inputs) > 1 else inputs[0]
+
+
 class _Upsample(nn.Module):
     def __init__(self, sec: Section) -> None:
         super().__init__()
@@ -136,7 +171,8 @@ class _Upsample(nn.Module):
 class YoloHead(nn.Module):
     """[yolo]: the raw head output -> rows of box, objectness and class probabilities.
 
-    Box centre: (cell + sigmoid(t)) / grid x input side; size: anchor x exp(t), the
+    Box centre: (cell + sigmoid(t) x scale_x_y - (scale_x_y - 1) / 2) / grid x input side
+    (scale_x_y = 1 before YOLOv4); size: anchor x exp(t), the
     anchors in pixels of the actual input, whatever its size (yolo_layer.c,
     get_yolo_box: ``w = exp(tw) * anchor / net.w`` as a fraction of the input).
     """
@@ -148,6 +184,9 @@ class YoloHead(nn.Module):
         pairs = [(anchors[2 * m], anchors[2 * m + 1]) for m in mask]
         self.classes = sec.int("classes", 80)
         self.num_anchors = len(pairs)
+        # YOLOv4's grid sensitivity: x = sigmoid(t) * s - (s - 1) / 2, so a centre can reach the
+        # cell's edges (yolo_layer.c, forward_yolo_layer: scal_add_cpu(..., scale_x_y, -0.5 * (scale_x_y - 1)))
+        self.scale_x_y = float(sec.options.get("scale_x_y", 1.0))
         self.register_buffer("anchors", torch.tensor(pairs, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
@@ -158,8 +197,9 @@ class YoloHead(nn.Module):
         ys = torch.arange(h, device=x.device, dtype=p.dtype).view(1, h, 1, 1)
         xs = torch.arange(w, device=x.device, dtype=p.dtype).view(1, 1, w, 1)
         in_h, in_w = input_size
-        cx = (xs + torch.sigmoid(p[..., 0])) / w * in_w
-        cy = (ys + torch.sigmoid(p[..., 1])) / h * in_h
+        s, shift = self.scale_x_y, (self.scale_x_y - 1) / 2
+        cx = (xs + torch.sigmoid(p[..., 0]) * s - shift) / w * in_w
+        cy = (ys + torch.sigmoid(p[..., 1]) * s - shift) / h * in_h
         bw = torch.exp(p[..., 2]) * self.anchors[:, 0]
         bh = torch.exp(p[..., 3]) * self.anchors[:, 1]
         rest = torch.sigmoid(p[..., 4:])
@@ -191,6 +231,9 @@ class Darknet(nn.Module):
 
     def _layer(self, sec: Section, i: int, channels: list[int]) -> tuple[nn.Module, list[int], int]:
         prev = channels[-1]
+        refused = [k for k in _UNSUPPORTED_OPTIONS.get(sec.kind, ()) if k in sec.options]
+        if refused:
+            raise ValueError(f"darknet cfg: [{sec.kind}] option(s) {refused} are not implemented here")
         if sec.kind == "convolutional":
             return _Conv(sec, prev), [i - 1], sec.int("filters", 1)
         if sec.kind == "maxpool":
@@ -199,7 +242,8 @@ class Darknet(nn.Module):
             return _Upsample(sec), [i - 1], prev
         if sec.kind == "route":
             srcs = [s if s >= 0 else i + s for s in sec.ints("layers")]
-            return nn.Identity(), srcs, sum(channels[s + 1] for s in srcs)
+            route = _Route(sec, srcs, channels)
+            return route, srcs, route.out_channels
         if sec.kind == "shortcut":
             src = sec.int("from", -1)
             if sec.options.get("activation", "linear") != "linear":
@@ -217,7 +261,7 @@ class Darknet(nn.Module):
         for layer, kind, srcs in zip(self.layers, self.kinds, self.sources, strict=True):
             inp = outputs[srcs[0]] if srcs[0] >= 0 else x
             if kind == "route":
-                y = torch.cat([outputs[s] for s in srcs], dim=1) if len(srcs) > 1 else outputs[srcs[0]]
+                y = layer([outputs[s] for s in srcs])
             elif kind == "shortcut":
                 y = inp + outputs[srcs[1]]
             elif kind == "yolo":

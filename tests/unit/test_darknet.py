@@ -169,3 +169,36 @@ def test_yolo_rows_follow_darknets_box_formula():
     assert row[2].item() == pytest.approx(2 * 30)  # exp(tw) x anchor, pixels of the actual input
     assert row[3].item() == pytest.approx(40)
     assert row[4].item() == pytest.approx(sig(1.0)) and row[5].item() == pytest.approx(sig(-1.0))
+
+
+def test_yolo_scale_x_y_stretches_the_centre_offset_around_the_cell_middle():
+    """YOLOv4's grid sensitivity: x = sigmoid(t) * s - (s - 1) / 2 (yolo_layer.c), so t = 0 stays
+    in the cell's middle and t -> +inf reaches past the cell's edge by (s - 1) / 2."""
+    sec = {"mask": "0", "anchors": "10,20", "classes": "1", "scale_x_y": "1.2"}
+    head = dn.YoloHead(dn.Section("yolo", sec))
+    raw = torch.zeros(1, 6, 1, 2)
+    raw[0, 0, 0, 1] = 50.0  # column 1: sigmoid(tx) = 1
+    rows = head(raw, (32, 64))
+    assert rows[0, 0, 0].item() == pytest.approx((0 + 0.5) / 2 * 64)  # sigmoid(0) * 1.2 - 0.1 = 0.5
+    assert rows[0, 1, 0].item() == pytest.approx((1 + 1.2 - 0.1) / 2 * 64)
+
+
+def test_route_groups_take_the_group_id_th_channel_slice_of_each_layer():
+    sections = dn.parse_cfg("[net]\nwidth=4\nheight=4\nchannels=4\n"
+                            "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n"
+                            "[route]\nlayers=-1,-2\n")
+    with pytest.raises(ValueError, match="no \\[yolo\\] layer"):
+        dn.Darknet(sections)  # a network without heads is refused, but its layers build:
+    route = dn._Route(sections[1], [-1], [4])
+    x = torch.arange(4.0).view(1, 4, 1, 1)
+    assert route([x]).flatten().tolist() == [2.0, 3.0] and route.out_channels == 2
+    with pytest.raises(ValueError, match="not divisible"):
+        dn._Route(sections[1], [-1], [3])
+
+
+@pytest.mark.parametrize("kind,option", [("convolutional", "groups"), ("yolo", "new_coords"),
+                                         ("maxpool", "stride_x")])
+def test_options_that_change_inference_and_are_not_implemented_are_refused(kind, option):
+    cfg = TINY_CFG.replace(f"[{kind}]\n", f"[{kind}]\n{option}=2\n", 1)
+    with pytest.raises(ValueError, match=option):
+        dn.Darknet(dn.parse_cfg(cfg))
