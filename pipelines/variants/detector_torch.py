@@ -8,13 +8,22 @@ it is shared with the OpenCV path, so each checks the other (tests compare
 their raw outputs on the same input blob).
 
 The network comes from an *architecture* named by ``params.arch`` (default
-``darknet``, any darknet cfg of ``[yolo]`` heads). A new detector family
+``darknet``, any darknet cfg of ``[yolo]`` heads; ``yolov10``: YOLOv10-N's
+one-to-one head, the GPU path of ``yolov10.py``). A new detector family
 registers a ``DetectorArch`` whose network maps [B, 3, S, S] RGB in [0, 1] to
 rows [B, N, 5 + C] = (centre x, centre y, width, height in input pixels,
 objectness, C class probabilities); a family without objectness returns 1 there.
+Darknet scores one class per box (its best); YOLOv10 every (box, class) pair
+above the threshold, as its ONNX path does.
 
-Spec params: ``model``, ``arch``, ``score_threshold``, ``nms_iou``,
-``max_detections`` (as the OpenCV variant), ``gpu_dtype`` (default float16).
+``multiscale`` (darknet rungs ``-ms``): each image also enters the batch as a
+shrunk copy on the pad value (``_multiscale``'s geometry, this module's
+resampling), so the network sees 2B inputs in one forward pass; both views'
+candidates are mapped to image pixels, clipped and merged by one per-class NMS.
+
+Spec params: ``model``, ``arch``, ``score_threshold``, ``nms_iou`` (``null``:
+no NMS, YOLOv10's NMS-free output), ``max_detections``, ``multiscale`` (as the
+CPU variants), ``gpu_dtype`` (default float16).
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from varipipe.pipelines.variants._torch_runtime import TorchVariant
 from varipipe.pipelines.variants.outputs import Detection, Detections
 from varipipe.records import VariantSpec
 
-__all__ = ["ARCHITECTURES", "DetectorArch", "Placement", "TorchDetector", "letterbox", "nms", "select", "make"]
+__all__ = ["ARCHITECTURES", "DetectorArch", "Placement", "TorchDetector", "candidates", "letterbox", "nms", "select",
+           "shrunk_letterbox", "suppress", "make"]
 
 # Darknet's defaults for `darknet detect` (-thresh .25 in darknet.c; nms .45 in detector.c).
 SCORE_THRESHOLD = 0.25
@@ -52,6 +62,8 @@ class DetectorArch:
     name: str
     build: Callable[[ModelFiles], Any]  # -> torch.nn.Module, float32, CPU, eval mode
     pad_value: float  # letterbox canvas value in [0, 1]
+    multi_label: bool = False  # every (box, class) pair above the threshold, or only each box's best class
+    files: Callable[[str], str] = str  # params.model -> the name of the model files the network is built from
 
 
 def _build_darknet(files: ModelFiles):  # -> Darknet
@@ -62,9 +74,21 @@ def _build_darknet(files: ModelFiles):  # -> Darknet
     return load_darknet(files.config, files.weights)
 
 
+def _build_yolov10(files: ModelFiles):  # -> YOLOv10Rows
+    from varipipe.pipelines.variants._yolov10 import YOLOv10Rows, load_yolov10n
+
+    return YOLOv10Rows(load_yolov10n(files.weights))
+
+
+# YOLOv10's CPU path letterboxes onto 127 grey (_yolo.PAD_VALUE, an 8-bit canvas); the same here.
+_YOLOV10_PAD = 127 / 255
+
 ARCHITECTURES: dict[str, DetectorArch] = {
     # Darknet letterboxes onto 0.5 grey (image.c, letterbox_image: fill_image(boxed, .5)).
     "darknet": DetectorArch("darknet", _build_darknet, 0.5),
+    # The network is built from the pickled checkpoint (model "<name>-pt"), not from the ONNX export.
+    "yolov10": DetectorArch("yolov10", _build_yolov10, _YOLOV10_PAD, multi_label=True,
+                            files=lambda model: f"{model}-pt"),
 }
 
 
@@ -81,11 +105,26 @@ class Placement:
 
 def letterbox(image, size: int, pad_value: float):  # (torch uint8 HxWx3 on the device) -> (3xSxS, Placement)
     """The image scaled to fit a size x size square (aspect kept), centred on ``pad_value``, in [0, 1]."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    scale = min(size / w, size / h)
+    return _place(image, size, pad_value, scale, max(1, min(size, round(w * scale))),
+                  max(1, min(size, round(h * scale))))
+
+
+def shrunk_letterbox(image, size: int, pad_value: float):  # -> (3xSxS, Placement)
+    """The multi-scale rung's second view: the image at ``_multiscale.SHRINK`` of its letterboxed
+    size, centred on ``pad_value`` (the geometry is ``_multiscale``'s, shared with the OpenCV path)."""
+    from varipipe.pipelines.variants._multiscale import SHRINK, shrunk_fit
+
+    h, w = int(image.shape[0]), int(image.shape[1])
+    return _place(image, size, pad_value, *shrunk_fit(w, h, size, SHRINK))
+
+
+def _place(image, size: int, pad_value: float, scale: float, new_w: int, new_h: int):
+    """The image resized to new_w x new_h, centred on a size x size canvas of ``pad_value``, in [0, 1]."""
     import torch
 
     h, w = int(image.shape[0]), int(image.shape[1])
-    scale = min(size / w, size / h)
-    new_w, new_h = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
     x = resize_image(image, new_h, new_w).div_(255.0)
     canvas = torch.full((3, size, size), pad_value, dtype=x.dtype, device=x.device)
     ox, oy = (size - new_w) // 2, (size - new_h) // 2
@@ -124,23 +163,45 @@ def nms(boxes, scores, classes, iou_threshold: float):  # -> LongTensor of kept 
     return order.cpu()[torch.tensor(kept, dtype=torch.long)]
 
 
-def select(rows, score_threshold: float, iou_threshold: float, max_detections: int):
-    """One image's rows [N, 5 + C] -> (boxes x1y1x2y2 in input pixels, class ids, scores) after NMS, on CPU.
+def candidates(rows, score_threshold: float, multi_label: bool = False):
+    """One image's rows [N, 5 + C] -> (boxes x1y1x2y2 in input pixels, class ids, scores) scoring at
+    least ``score_threshold``, at most ``MAX_CANDIDATES`` (the best), on the rows' device.
 
-    A row's score is objectness x its best class probability (darknet's ``prob``), one class per box.
+    A score is objectness x class probability (darknet's ``prob``): each row's best class, or with
+    ``multi_label`` every class that reaches the threshold (a row may then give several boxes).
     """
     import torch
 
     probs = rows[:, 5:] * rows[:, 4:5]
-    scores, classes = probs.max(dim=1)
-    keep = torch.nonzero(scores >= score_threshold).flatten()
+    if multi_label:
+        keep, classes = torch.nonzero(probs >= score_threshold, as_tuple=True)
+        scores = probs[keep, classes]
+    else:
+        scores, classes = probs.max(dim=1)
+        keep = torch.nonzero(scores >= score_threshold).flatten()
+        scores, classes = scores[keep], classes[keep]
     if len(keep) > MAX_CANDIDATES:
-        keep = keep[torch.topk(scores[keep], MAX_CANDIDATES).indices]
+        top = torch.topk(scores, MAX_CANDIDATES).indices
+        keep, classes, scores = keep[top], classes[top], scores[top]
     centre, size = rows[keep, 0:2], rows[keep, 2:4]
-    boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1)
-    kept = nms(boxes, scores[keep], classes[keep], iou_threshold)[:max_detections]
-    kept_dev = kept.to(boxes.device)
-    return boxes[kept_dev].cpu(), classes[keep][kept_dev].cpu(), scores[keep][kept_dev].cpu()
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1), classes, scores
+
+
+def suppress(boxes, scores, classes, iou_threshold: float | None):  # -> LongTensor of kept indices on CPU
+    """Per-class NMS at ``iou_threshold``; ``None``: no NMS, every box, best first."""
+    import torch
+
+    if iou_threshold is None:
+        return torch.argsort(scores, descending=True, stable=True).cpu()
+    return nms(boxes, scores, classes, iou_threshold)
+
+
+def select(rows, score_threshold: float, iou_threshold: float | None, max_detections: int,
+           multi_label: bool = False):
+    """One image's rows [N, 5 + C] -> (boxes x1y1x2y2 in input pixels, class ids, scores) after NMS, on CPU."""
+    boxes, classes, scores = candidates(rows, score_threshold, multi_label)
+    kept = suppress(boxes, scores, classes, iou_threshold)[:max_detections].to(boxes.device)
+    return boxes[kept].cpu(), classes[kept].cpu(), scores[kept].cpu()
 
 
 class TorchDetector(TorchVariant):
@@ -148,13 +209,15 @@ class TorchDetector(TorchVariant):
 
     cudnn_benchmark = True  # the input shape is fixed by the batch size: timed once per size, in warm-up
 
-    def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu", arch: str | None = None) -> None:
         super().__init__(spec, threads, device)
         self.size = int(spec.input_size or DEFAULT_INPUT)
         self.score_threshold = float(self.param("score_threshold", SCORE_THRESHOLD))
-        self.nms_iou = float(self.param("nms_iou", NMS_IOU))
+        nms_iou = self.param("nms_iou", NMS_IOU)
+        self.nms_iou = None if nms_iou is None else float(nms_iou)
         self.max_detections = int(self.param("max_detections", MAX_DETECTIONS))
-        name = str(self.param("arch", "darknet"))
+        self.multiscale = bool(self.param("multiscale", False))
+        name = arch or str(self.param("arch", "darknet"))
         if name not in ARCHITECTURES:
             raise UnknownNameError("detector architecture", name, list(ARCHITECTURES))
         self.arch = ARCHITECTURES[name]
@@ -162,8 +225,12 @@ class TorchDetector(TorchVariant):
         self._device: Any = None
         self._dtype: Any = None
 
+    def model_name(self) -> str:
+        """The model files this variant's network is built from (``params.model`` through its architecture)."""
+        return self.arch.files(str(self.param("model", "yolov3-tiny")))
+
     def load(self) -> None:
-        files = model_files(str(self.param("model", "yolov3-tiny")))
+        files = model_files(self.model_name())
         self._device, self._dtype = self.torch_setup()
         net = self.arch.build(files)
         assert files.labels is not None
@@ -171,12 +238,21 @@ class TorchDetector(TorchVariant):
         self._model = net.to(self._device, self._dtype).eval()
 
     def network_input(self, batch: Sequence[Payload]) -> tuple[Any, list[Placement]]:
-        """The batch as the network's input tensor (on the device) and each image's placement."""
+        """The batch as the network's input tensor (on the device) and each input's placement.
+
+        With ``multiscale`` every image has two inputs in a row (its letterbox, its shrunk copy).
+        """
         import torch
 
-        placed = [letterbox(torch.from_numpy(_image_of(p)).to(self._device), self.size, self.arch.pad_value)
-                  for p in batch]
+        placers = (letterbox, shrunk_letterbox) if self.multiscale else (letterbox,)
+        placed = []
+        for p in batch:
+            image = torch.from_numpy(_image_of(p)).to(self._device)
+            placed += [place(image, self.size, self.arch.pad_value) for place in placers]
         return torch.stack([c for c, _ in placed]).to(self._dtype), [g for _, g in placed]
+
+    def views_per_image(self) -> int:
+        return 2 if self.multiscale else 1
 
     def raw_outputs(self, batch: Sequence[Payload]) -> tuple[Any, list[Placement]]:
         """The network's rows [B, N, 5 + C] (float32, on the device) before scoring and NMS, and placements."""
@@ -193,17 +269,39 @@ class TorchDetector(TorchVariant):
         if not batch:
             return []
         rows, placements = self.raw_outputs(batch)
+        n = self.views_per_image()
         with torch.inference_mode():
-            return [self._detections(rows[i], placements[i]) for i in range(len(batch))]
+            return [self._detections([(rows[j], placements[j]) for j in range(i, i + n)])
+                    for i in range(0, len(placements), n)]
 
-    def _detections(self, rows, geo: Placement) -> Detections:
-        boxes, classes, scores = select(rows, self.score_threshold, self.nms_iou, self.max_detections)
-        items = []
-        for box, k, s in zip(boxes.tolist(), classes.tolist(), scores.tolist(), strict=True):
-            x1, x2 = (min(max((v - geo.offset_x) / geo.scale, 0.0), geo.width) for v in (box[0], box[2]))
-            y1, y2 = (min(max((v - geo.offset_y) / geo.scale, 0.0), geo.height) for v in (box[1], box[3]))
-            items.append(Detection((x1, y1, x2, y2), int(k), self.class_names[k], float(s)))
+    def _detections(self, views: Sequence[tuple[Any, Placement]]) -> Detections:
+        """One image's detections from the rows of each of its views (one, or two with ``multiscale``)."""
+        import torch
+
+        found = [candidates(rows, self.score_threshold, self.arch.multi_label) for rows, _ in views]
+        # In image pixels; with several views clipped before the merge, as _multiscale.merge does.
+        boxes = torch.cat([_to_image(b, geo, clip=len(views) > 1) for (b, _, _), (_, geo) in zip(found, views,
+                                                                                              strict=True)])
+        classes, scores = torch.cat([c for _, c, _ in found]), torch.cat([s for _, _, s in found])
+        kept = suppress(boxes, scores, classes, self.nms_iou)[:self.max_detections].to(boxes.device)
+        geo = views[0][1]
+        items = [Detection(tuple(box), int(k), self.class_names[k], float(s)) for box, k, s in
+                 zip(_to_image_clip(boxes[kept], geo).tolist(), classes[kept].tolist(), scores[kept].tolist(),
+                     strict=True)]
         return Detections(tuple(items), (geo.width, geo.height))
+
+
+def _to_image(boxes, geo: Placement, clip: bool):
+    """Boxes x1y1x2y2 in input pixels -> image pixels (float32), optionally clipped to the image."""
+    shift = boxes.new_tensor([geo.offset_x, geo.offset_y, geo.offset_x, geo.offset_y])
+    out = (boxes.float() - shift) / geo.scale
+    return _to_image_clip(out, geo) if clip else out
+
+
+def _to_image_clip(boxes, geo: Placement):
+    import torch
+
+    return torch.minimum(boxes.clamp(min=0.0), boxes.new_tensor([geo.width, geo.height, geo.width, geo.height]))
 
 
 def _image_of(payload: Payload) -> np.ndarray:

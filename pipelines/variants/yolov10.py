@@ -1,5 +1,9 @@
 """YOLOv10-N detector variants on onnxruntime (CPU), any input size that is a multiple of 32.
 
+``device="gpu"`` in the factory builds the PyTorch path instead (``detector_torch`` with the
+``yolov10`` architecture: ``_yolov10``'s module, weights from the pickled checkpoint), with the
+same decoding rules (every (anchor, class) pair above the threshold, the same NMS).
+
 The ONNX graph is exported once from the pickled checkpoint by ``varipipe models
 prepare`` (``_yolov10``); it has dynamic batch, height and width, so every input size
 uses the same file. A batch is one onnxruntime call: every image is letterboxed to the
@@ -52,15 +56,21 @@ def decode_one_to_one(pred: np.ndarray, score_threshold: float) -> tuple[np.ndar
     return pred[:_BOX_COLUMNS, anchors[order]].T, class_ids[order], kept[order]
 
 
+def input_size(spec: VariantSpec) -> int:
+    """The spec's input side; a SpecError unless it is a positive multiple of ``STRIDE``."""
+    size = int(spec.input_size or DEFAULT_INPUT)
+    if size <= 0 or size % STRIDE:
+        raise spec.spec_error(".input_size", f"{size} is not a positive multiple of {STRIDE} "
+                                             "(YOLOv10's coarsest stride)")
+    return size
+
+
 class Yolov10Detector(ModelVariant):
     """YOLOv10-N at one input size; ``infer`` runs the whole batch in one onnxruntime call."""
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         super().__init__(spec, threads, device)
-        self.size = int(spec.input_size or DEFAULT_INPUT)
-        if self.size <= 0 or self.size % STRIDE:
-            raise spec.spec_error(".input_size", f"{self.size} is not a positive multiple of {STRIDE} "
-                                                 "(YOLOv10's coarsest stride)")
+        self.size = input_size(spec)
         self.score_threshold = float(self.param("score_threshold", SCORE_THRESHOLD))
         nms_iou = self.param("nms_iou", NMS_IOU)
         self.nms_iou = None if nms_iou is None else float(nms_iou)
@@ -99,5 +109,11 @@ class Yolov10Detector(ModelVariant):
         return Detections(items, (geo.width, geo.height))
 
 
-def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> Yolov10Detector:
+def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> ModelVariant:
+    """onnxruntime on the CPU; ``device="gpu"``: the PyTorch module (``_yolov10``) via ``detector_torch`` on CUDA."""
+    if device == "gpu":
+        from varipipe.pipelines.variants.detector_torch import TorchDetector
+
+        input_size(spec)  # the same spec check as the CPU path
+        return TorchDetector(spec, threads=threads, device=device, arch="yolov10")
     return Yolov10Detector(spec, threads=threads, device=device)

@@ -68,13 +68,26 @@ def test_merge_keeps_different_classes_and_handles_empty_views():
     assert _multiscale.merge([empty, empty], [geo, geo], 0.45) == []
 
 
-def test_the_gpu_path_refuses_multiscale_rather_than_run_one_scale():
-    from varipipe.errors import SpecError
+def test_both_paths_build_the_multiscale_rung():
     from varipipe.pipelines.variants import detector
     from varipipe.records import VariantSpec
 
     spec = VariantSpec("detector", "yolov4-tiny-416-ms", "opencv_dnn", "varipipe.pipelines.variants.detector:make",
                        input_size=416, params={"model": "yolov4-tiny", "multiscale": True})
-    with pytest.raises(SpecError, match="params.multiscale"):
-        detector.make(spec, device="gpu")
-    assert detector.make(spec).multiscale  # the CPU path builds it
+    gpu = detector.make(spec, device="gpu")  # the torch path runs both scales too (not loaded: no GPU needed)
+    assert type(gpu).__name__ == "TorchDetector" and gpu.views_per_image() == 2
+    assert detector.make(spec).multiscale  # the CPU path
+
+
+@pytest.mark.parametrize("width, height", [(640, 480), (480, 640), (1, 1), (10_000, 1), (3, 5)])
+def test_the_torch_shrunk_copy_has_the_opencv_paths_geometry(width, height):
+    import torch
+
+    from varipipe.pipelines.variants import detector_torch as dt
+
+    canvas, geo = _multiscale.shrunk_letterbox(np.zeros((height, width, 3), np.uint8), 416, _multiscale.SHRINK)
+    t_canvas, placed = dt.shrunk_letterbox(torch.zeros((height, width, 3), dtype=torch.uint8), 416, 0.5)
+    assert (placed.scale, placed.offset_x, placed.offset_y) == (geo.scale, geo.pad_x, geo.pad_y)
+    assert tuple(t_canvas.shape) == (3, 416, 416)
+    # the image (black) sits where the OpenCV path puts it, grey everywhere else
+    assert ((t_canvas[0] == 0).numpy() == (canvas[..., 0] == 0)).all()

@@ -64,3 +64,21 @@ def test_an_input_size_off_the_stride_is_a_spec_error():
     spec = VariantSpec("detector", "v10-300", "onnx", "varipipe.pipelines.variants.yolov10:make", input_size=300)
     with pytest.raises(SpecError, match="multiple of 32"):
         yolov10.make(spec)
+
+
+def test_rows_for_the_torch_detector_are_centre_size_objectness_scores():
+    torch.manual_seed(0)
+    net = _yolov10.YOLOv10N().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        raw, rows = net(x), _yolov10.YOLOv10Rows(net)(x)
+    assert tuple(rows.shape) == (1, raw.shape[2], 5 + 80)
+    x1, y1, x2, y2 = raw[0, :4]
+    assert torch.allclose(rows[0, :, 0], (x1 + x2) / 2) and torch.allclose(rows[0, :, 3], y2 - y1)
+    assert (rows[0, :, 4] == 1).all() and torch.equal(rows[0, :, 5:], raw[0, 4:].T)
+
+
+def test_anchor_centres_are_made_on_the_features_device():
+    """On CUDA, centres made on the CPU would not add to the boxes; the meta device shows where they go."""
+    centres, strides = _yolov10._anchor_centres([torch.empty(1, 8, 4, 4, device="meta")] * 3)
+    assert centres.device.type == strides.device.type == "meta"

@@ -84,8 +84,55 @@ def test_detections_map_back_to_image_pixels():
     det.class_names = ["a", "b"]
     geo = dt.Placement(scale=0.5, offset_x=0, offset_y=8, width=128, height=96)
     rows = torch.tensor([[32.0, 32.0, 16.0, 8.0, 1.0, 0.0, 0.9]])
-    (d,) = det._detections(rows, geo).items
+    (d,) = det._detections([(rows, geo)]).items
     assert d.label == "b" and d.box == pytest.approx((48.0, 40.0, 80.0, 56.0))
+
+
+def test_multi_label_scores_every_class_of_a_box_that_reaches_the_threshold():
+    rows = torch.tensor([[50.0, 50.0, 20.0, 10.0, 1.0, 0.6, 0.3, 0.1]])
+    _, classes, scores = dt.candidates(rows, 0.25, multi_label=True)
+    pairs = sorted(zip(classes.tolist(), scores.tolist(), strict=True))
+    assert pairs == [(0, pytest.approx(0.6)), (1, pytest.approx(0.3))]
+    assert dt.candidates(rows, 0.25)[1].tolist() == [0]  # darknet: the best class only
+
+
+def test_nms_iou_none_keeps_every_box_best_first():
+    spec = VariantSpec("detector", "d", "torch", "x:y", input_size=64, params={"nms_iou": None})
+    det = dt.TorchDetector(spec)
+    det.class_names = ["a"]
+    geo = dt.Placement(scale=1.0, offset_x=0, offset_y=0, width=64, height=64)
+    rows = torch.tensor([[32.0, 32.0, 16.0, 8.0, 1.0, 0.5], [32.0, 32.0, 16.0, 8.0, 1.0, 0.9]])
+    assert [d.score for d in det._detections([(rows, geo)]).items] == pytest.approx([0.9, 0.5])
+    det.nms_iou = 0.45
+    assert len(det._detections([(rows, geo)]).items) == 1
+
+
+def test_multiscale_views_are_mapped_back_clipped_and_merged():
+    """An object seen in both views keeps its best box; one seen only in the shrunk view is mapped back."""
+    spec = VariantSpec("detector", "d", "torch", "x:y", input_size=100, params={"multiscale": True})
+    det = dt.TorchDetector(spec)
+    det.class_names = ["a", "b"]
+    full = dt.Placement(scale=1.0, offset_x=0, offset_y=0, width=100, height=100)
+    half = dt.Placement(scale=0.5, offset_x=25, offset_y=25, width=100, height=100)
+    rows_full = torch.tensor([[50.0, 50.0, 80.0, 80.0, 1.0, 0.6, 0.0]])
+    rows_half = torch.tensor([[50.0, 50.0, 40.0, 40.0, 1.0, 0.9, 0.0],  # the same object, better seen
+                              [30.0, 30.0, 20.0, 20.0, 1.0, 0.0, 0.7]])  # class b, reaches past the image
+    items = det._detections([(rows_full, full), (rows_half, half)]).items
+    assert [(d.label, round(d.score, 2)) for d in items] == [("a", 0.9), ("b", 0.7)]
+    assert items[0].box == pytest.approx((10.0, 10.0, 90.0, 90.0))
+    assert items[1].box == pytest.approx((0.0, 0.0, 30.0, 30.0))  # (-10, -10, 30, 30) clipped
+
+
+def test_yolov10_on_device_gpu_is_the_torch_detector_with_its_architecture():
+    from varipipe.pipelines.variants import yolov10
+
+    spec = VariantSpec("detector", "yolov10n-320", "onnx", "varipipe.pipelines.variants.yolov10:make",
+                       input_size=320, params={"model": "yolov10n"})
+    det = build_variant(spec, device="gpu")  # not loaded: no GPU needed
+    assert isinstance(det, dt.TorchDetector) and det.arch.name == "yolov10" and det.arch.multi_label
+    assert det.model_name() == "yolov10n-pt" and det.size == 320
+    with pytest.raises(SpecError, match="multiple of 32"):
+        yolov10.make(dataclass_replace(spec, input_size=300), device="gpu")
 
 
 def test_unknown_detector_architecture_names_the_known_ones():
