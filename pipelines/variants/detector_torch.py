@@ -23,7 +23,11 @@ candidates are mapped to image pixels, clipped and merged by one per-class NMS.
 
 Spec params: ``model``, ``arch``, ``score_threshold``, ``nms_iou`` (``null``:
 no NMS, YOLOv10's NMS-free output), ``max_detections``, ``multiscale`` (as the
-CPU variants), ``gpu_dtype`` (default float16).
+CPU variants), ``gpu_dtype`` (default float16), ``weights``: ``packaged``
+(default) or ``random`` (darknet only: the cfg's network with seeded random
+weights, ``_darknet.random_darknet``, for timing where the weights cannot
+travel; its detections mean nothing), ``arch_config``: with random weights, the
+darknet cfg to build (default: the model's own, which needs its package).
 """
 
 from __future__ import annotations
@@ -35,15 +39,15 @@ from typing import Any
 import numpy as np
 
 from varipipe.errors import BadInputError, UnknownNameError
-from varipipe.pipelines.models import ModelFiles, model_files
+from varipipe.pipelines.models import ModelFiles, coco_labels, model_files
 from varipipe.pipelines.variant import Payload, StageOutput
 from varipipe.pipelines.variants._torch_image import resize_image
 from varipipe.pipelines.variants._torch_runtime import TorchVariant
 from varipipe.pipelines.variants.outputs import Detection, Detections
 from varipipe.records import VariantSpec
 
-__all__ = ["ARCHITECTURES", "DetectorArch", "Placement", "TorchDetector", "candidates", "letterbox", "nms", "select",
-           "shrunk_letterbox", "suppress", "make"]
+__all__ = ["ARCHITECTURES", "DetectorArch", "Placement", "TorchDetector", "WEIGHTS", "RANDOM_SEED", "candidates",
+           "letterbox", "nms", "select", "shrunk_letterbox", "suppress", "make"]
 
 # Darknet's defaults for `darknet detect` (-thresh .25 in darknet.c; nms .45 in detector.c).
 SCORE_THRESHOLD = 0.25
@@ -53,6 +57,8 @@ DEFAULT_INPUT = 416  # yolov3-tiny.cfg's trained resolution
 # Candidates that enter NMS at most, best first: NMS is quadratic in them, and
 # above the score threshold a photo has tens, not thousands.
 MAX_CANDIDATES = 1000
+WEIGHTS = ("packaged", "random")
+RANDOM_SEED = 0  # random weights are seeded: every replica and every run times the same network
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class DetectorArch:
     pad_value: float  # letterbox canvas value in [0, 1]
     multi_label: bool = False  # every (box, class) pair above the threshold, or only each box's best class
     files: Callable[[str], str] = str  # params.model -> the name of the model files the network is built from
+    # (config file, seed) -> the network with seeded random weights; None: the family has no random mode
+    build_random: Callable[[Any, int], Any] | None = None
 
 
 def _build_darknet(files: ModelFiles):  # -> Darknet
@@ -72,6 +80,12 @@ def _build_darknet(files: ModelFiles):  # -> Darknet
     if files.config is None:
         raise ValueError(f"model {files.name!r}: a darknet network needs its .cfg")
     return load_darknet(files.config, files.weights)
+
+
+def _random_darknet(cfg, seed: int):  # -> Darknet
+    from varipipe.pipelines.variants._darknet import random_darknet
+
+    return random_darknet(cfg, seed)
 
 
 def _build_yolov10(files: ModelFiles):  # -> YOLOv10Rows
@@ -85,7 +99,7 @@ _YOLOV10_PAD = 127 / 255
 
 ARCHITECTURES: dict[str, DetectorArch] = {
     # Darknet letterboxes onto 0.5 grey (image.c, letterbox_image: fill_image(boxed, .5)).
-    "darknet": DetectorArch("darknet", _build_darknet, 0.5),
+    "darknet": DetectorArch("darknet", _build_darknet, 0.5, build_random=_random_darknet),
     # The network is built from the pickled checkpoint (model "<name>-pt"), not from the ONNX export.
     "yolov10": DetectorArch("yolov10", _build_yolov10, _YOLOV10_PAD, multi_label=True,
                             files=lambda model: f"{model}-pt"),
@@ -221,6 +235,11 @@ class TorchDetector(TorchVariant):
         if name not in ARCHITECTURES:
             raise UnknownNameError("detector architecture", name, list(ARCHITECTURES))
         self.arch = ARCHITECTURES[name]
+        self.weights = str(self.param("weights", "packaged"))
+        if self.weights not in WEIGHTS:
+            raise spec.spec_error(".params.weights", f"must be one of {WEIGHTS}, got {self.weights!r}")
+        if self.weights == "random" and self.arch.build_random is None:
+            raise spec.spec_error(".params.weights", f"random weights are not implemented for arch {name!r}")
         self.class_names: list[str] = []
         self._device: Any = None
         self._dtype: Any = None
@@ -230,11 +249,19 @@ class TorchDetector(TorchVariant):
         return self.arch.files(str(self.param("model", "yolov3-tiny")))
 
     def load(self) -> None:
-        files = model_files(self.model_name())
+        from pathlib import Path
+
         self._device, self._dtype = self.torch_setup()
-        net = self.arch.build(files)
-        assert files.labels is not None
-        self.class_names = files.labels.read_text(encoding="utf-8").split("\n")
+        if self.weights == "random":
+            assert self.arch.build_random is not None
+            custom = str(self.param("arch_config", ""))
+            cfg = Path(custom) if custom else model_files(self.model_name()).config
+            net, labels = self.arch.build_random(cfg, RANDOM_SEED), coco_labels()  # every family here is COCO's
+        else:
+            files = model_files(self.model_name())
+            net, labels = self.arch.build(files), files.labels
+        assert labels is not None
+        self.class_names = labels.read_text(encoding="utf-8").split("\n")
         self._model = net.to(self._device, self._dtype).eval()
 
     def network_input(self, batch: Sequence[Payload]) -> tuple[Any, list[Placement]]:

@@ -202,3 +202,31 @@ def test_options_that_change_inference_and_are_not_implemented_are_refused(kind,
     cfg = TINY_CFG.replace(f"[{kind}]\n", f"[{kind}]\n{option}=2\n", 1)
     with pytest.raises(ValueError, match=option):
         dn.Darknet(dn.parse_cfg(cfg))
+
+
+def test_a_saved_float16_state_loads_back_as_the_float16_rounded_network(tmp_path):
+    net = dn.Darknet(dn.parse_cfg(TINY_CFG)).eval()
+    _weights_file(tmp_path / "w.weights", net, np.random.default_rng(3))
+    (tmp_path / "n.cfg").write_text(TINY_CFG)
+    net = dn.load_darknet(tmp_path / "n.cfg", tmp_path / "w.weights")
+    dn.save_state(net, tmp_path / f"w{dn.STATE_SUFFIX}", torch.float16)
+    back = dn.load_darknet(tmp_path / "n.cfg", tmp_path / f"w{dn.STATE_SUFFIX}")
+    for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items(), strict=True):
+        assert b.dtype == torch.float32 and torch.equal(b, a.half().float()), k
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(net.half()(x.half()), back.half()(x.half()))  # on a GPU: the very same network
+
+
+def test_random_weights_are_seeded_and_start_the_heads_at_the_prior(tmp_path):
+    (tmp_path / "n.cfg").write_text(TINY_CFG)
+    a, b = dn.random_darknet(tmp_path / "n.cfg", seed=0), dn.random_darknet(tmp_path / "n.cfg", seed=0)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), k
+    for head in a.head_indices:
+        bias = a.layers[a.sources[head][0]].conv.bias.view(a.layers[head].num_anchors, -1)
+        assert torch.allclose(torch.sigmoid(bias[:, 4:]), torch.tensor(dn.PRIOR_PROBABILITY))
+        assert not torch.all(bias[:, :4] == bias[0, 0])  # box terms keep torch's initialisation
+    with torch.no_grad():
+        rows = a(torch.rand(2, 3, 8, 8))
+    # objectness x class probability: far below the detector's 0.25 threshold, as in a trained network
+    assert float((rows[..., 4:5] * rows[..., 5:]).max()) < 0.05

@@ -78,7 +78,7 @@ def test_detectors_name_the_classes_as_the_evaluation_set_does():
 
     import varipipe.profiler
 
-    detector_names = models._coco_labels().read_text(encoding="utf-8").splitlines()
+    detector_names = models.coco_labels().read_text(encoding="utf-8").splitlines()
     evalset_names = (Path(varipipe.profiler.__file__).parent / "evalset" / "coco_classes.txt").read_text(
         encoding="utf-8").splitlines()
     assert detector_names == evalset_names and len(detector_names) == 80

@@ -341,3 +341,33 @@ def test_torch_classifier_preprocess_of_any_shape_and_any_box(width, height):
         centre = image[top:top + side, left:left + side].float()
         out = preprocess(image, 224)
         assert out.min() >= centre.min() and out.max() <= centre.max()
+
+
+def _darknet_spec(**params) -> VariantSpec:
+    return VariantSpec("detector", "d", "torch", "varipipe.pipelines.variants.detector_torch:make", input_size=32,
+                       params={"model": "yolov3-tiny", **params})
+
+
+def test_random_weight_detector_builds_its_cfg_without_the_model_files(tmp_path, monkeypatch):
+    from tests.unit.test_darknet import TINY_CFG
+
+    def no_files(name, cache=None):
+        raise AssertionError(f"random weights must not need the files of {name}")
+
+    monkeypatch.setattr(dt, "model_files", no_files)
+    cfg = TINY_CFG.replace("classes=2", "classes=80").replace("filters=14", "filters=170").replace(
+        "filters=7", "filters=85")
+    (tmp_path / "n.cfg").write_text(cfg)
+    det = build_variant(_darknet_spec(weights="random", arch_config=str(tmp_path / "n.cfg")))
+    det.load()
+    image = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    out = det.infer([Payload(image=image), Payload(image=image)])
+    # the heads start at RetinaNet's prior: nothing reaches the threshold, as on most photos
+    assert [len(d.items) for d in out] == [0, 0] and det.class_names[0] == "person"
+
+
+def test_detector_weights_must_be_named_ones_and_random_only_where_implemented():
+    with pytest.raises(SpecError, match="params.weights"):
+        build_variant(_darknet_spec(weights="imagenet"))
+    with pytest.raises(SpecError, match="arch 'yolov10'"):
+        build_variant(_darknet_spec(weights="random", arch="yolov10"))
