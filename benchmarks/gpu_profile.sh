@@ -5,12 +5,19 @@
 # each point as soon as it is measured. Without CUDA (or with --dry-run) it runs the same code on
 # the CPU with tiny sample counts (the test in `make test`).
 #
-# Before: `bash benchmarks/gpu_carry.sh` here (writes .gpu-carry/, ~40 MiB, ignored by git).
-# The lead's device run (tracked files + the carry travel; designed for <= 6 minutes):
+# Before: `bash benchmarks/gpu_carry.sh` here (writes .gpu-carry/, ignored by git; it checks that the
+# tracked files and the carry stay under 50 MiB of the 64 that travel).
+# The lead's device run (tracked files + the carry travel). It ends within 6 minutes of its start:
+# the variants most likely in the ladder first (YOLOv10-N, YOLOv4-tiny, the classifiers, the LLMs,
+# then the YOLOv3-tiny candidates), no variant after 270 s, no batch size after 300 s or past its
+# variant's 90 s, the point under way abandoned at 340 s (varipipe.profiler.gpu_profile --help), and
+# this script kills Python at KILL_AFTER_S should it not get back to Python code by then:
 #
-#   run(command='bash benchmarks/gpu_profile.sh "$OUT"', carry=[".gpu-carry"], timeout_s=540)
+#   run(command='bash benchmarks/gpu_profile.sh "$OUT"', carry=[".gpu-carry"], timeout_s=420)
 #
-# then copy $OUT/vision-caption-gpu-<model>.json into the repository.
+# then copy $OUT/vision-caption-gpu-<model>.json (or, where no variant had an accuracy figure yet,
+# its .metadata.json; python -m varipipe.profiler.gpu_score scores those points later) into the
+# repository.
 #
 #   bash benchmarks/gpu_profile.sh OUTDIR [--dry-run] [--budget-s S] [--batches 1,2,4] [--variants a,b]
 set -euo pipefail
@@ -20,6 +27,8 @@ OUT=${1:?usage: bash benchmarks/gpu_profile.sh OUTDIR [--dry-run] [options of va
 shift
 CARRY=${GPU_CARRY:-$REPO/.gpu-carry}
 PYTHON=${PYTHON:-python3}
+# The last resort after the profiler's own hard stop (340 s from STARTED): 6 minutes of device time.
+KILL_AFTER_S=${GPU_PROFILE_KILL_AFTER_S:-355}
 mkdir -p "$OUT"
 
 # The installed layout from source: pyproject.toml's package-dir maps varipipe.pipelines to
@@ -46,5 +55,7 @@ export PYTHONUNBUFFERED=1
   echo "gpu_profile.sh: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $("$PYTHON" --version 2>&1)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
   # -P: the working directory (the repository, whose varipipe/ lacks the mapped packages) stays off sys.path
-  "$PYTHON" -P -m varipipe.profiler.gpu_profile "$OUT" --carry "$CARRY" --started-at "$STARTED" "$@"
+  # Every point is on disk as soon as it is measured: a kill loses only the point under way.
+  timeout --kill-after=5 "$KILL_AFTER_S" \
+    "$PYTHON" -P -m varipipe.profiler.gpu_profile "$OUT" --carry "$CARRY" --started-at "$STARTED" "$@"
 } 2>&1 | tee "$OUT/gpu_profile.log"

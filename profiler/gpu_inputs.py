@@ -5,8 +5,15 @@ llama.cpp, no Ray, no network, and at most 64 MiB of files travel with a run
 (the repository's tracked files included). ``prepare`` writes, on a host that
 has everything:
 
-- ``models/<name>/``: the weights that fit -- the detector's darknet files
-  (35 MB), copied with ``pipelines.models.copy_model``, so they are real there;
+- ``models/<name>/``: the detectors' files, copied with
+  ``pipelines.models.copy_model``, each as ``CARRIED_MODELS`` says: YOLOv10-N's
+  checkpoint as shipped (11.4 MB, float32: the GPU check runs on it),
+  YOLOv4-tiny (24 MB as .weights) as a float16 state dict with batch norm
+  folded (12 MB: the exact values its float16 GPU path computes with,
+  ``_darknet.save_state``), YOLOv3-tiny (35 MB; in the spec only as a
+  candidate) as its cfg alone, run with seeded random weights
+  (``_darknet.random_darknet``: its timing, not its detections, which the CPU
+  profile has);
 - ``site/``: small pure-Python architecture packages the GPU path imports
   (``efficientnet_lite_pytorch``, 124 KB);
 - ``inputs/``: the profiler's inputs with every upstream stage's real output
@@ -15,9 +22,11 @@ has everything:
   (the GGUF's own llama.cpp vocabulary) and of the tokens the Q4 variant
   generated for it (llama.cpp, greedy): the random-weights model there
   generates exactly those counts;
-- ``manifest.json``: the variants (specs as records, no YAML parser needed),
-  how each runs there (real or random weights), each one's accuracy figure
-  from the CPU profile, and how and when this was made.
+- ``manifest.json``: the variants (specs as records, no YAML parser needed;
+  params in ``CARRY_PATHS`` are paths relative to the folder), how each runs
+  there (``REAL``, ``REAL_FLOAT16`` or ``RANDOM`` weights), each one's accuracy figure
+  from the CPU profile or the spec (null where neither has one yet), and how and
+  when this was made.
 
 ``load`` reads it back with numpy and the standard library only.
 """
@@ -40,16 +49,27 @@ import numpy as np
 from varipipe.pipelines.variant import Payload
 from varipipe.records import Accuracy, AccuracyKind, VariantSpec
 
-__all__ = ["CARRY_SCHEMA", "CarriedVariant", "Carry", "prepare", "load", "DEFAULT_CARRY", "MAX_INPUTS"]
+__all__ = ["CARRY_SCHEMA", "CARRIED_MODELS", "CARRY_PATHS", "CarriedVariant", "Carry", "prepare", "load",
+           "carry_bytes", "cpu_figures", "DEFAULT_CARRY", "MAX_INPUTS", "REAL", "REAL_FLOAT16", "RANDOM"]
 
-CARRY_SCHEMA = 1
+CARRY_SCHEMA = 2  # 2: paths in params relative to the folder (CARRY_PATHS); detector models per CARRIED_MODELS
 DEFAULT_CARRY = Path(".gpu-carry")
 # Inputs carried at most: the CPU profiler's pool is 14 (7 photos and their mirror images).
 MAX_INPUTS = 16
 # How each variant family runs on the GPU host: its real weights where they fit in the
-# 64 MiB that travel (the detector's 35 MB), else its architecture with random weights.
+# 64 MiB that travel (the detectors'), else its architecture with random weights.
 REAL = "real"
+REAL_FLOAT16 = "real-float16"  # real weights carried rounded to float16, the dtype they run in on the GPU
 RANDOM = "random"
+# How each detector model's files travel (weights label per model). All three as shipped
+# (11.4 + 24 + 35 MB) would not fit beside the tracked files (about 13 MB) in the 64 MiB; the
+# carry is kept to about 30 MB so that the two together stay under 50 MiB as the repository grows.
+# YOLOv10-N and YOLOv4-tiny (the detector ladder) run with their real weights, YOLOv4-tiny's rounded
+# to float16 (the dtype its GPU path runs in); YOLOv3-tiny, kept in the spec only as a candidate,
+# travels as its cfg alone and runs with seeded random weights (timing only).
+CARRIED_MODELS = {"yolov10n-pt": REAL, "yolov4-tiny": REAL_FLOAT16, "yolov3-tiny": RANDOM}
+# Params whose values are paths relative to the carry folder; ``load`` makes them absolute.
+CARRY_PATHS = ("recording", "arch_config")
 
 
 @dataclass(frozen=True)
@@ -58,10 +78,13 @@ class Family:
 
     torch_factory: str  # "module:callable": the family's PyTorch runtime, on the CPU or a GPU
     weights: str  # REAL | RANDOM
+    params: tuple[tuple[str, str], ...] = ()  # spec params the PyTorch runtime needs on top of the variant's
 
 
 FAMILIES = {
     "varipipe.pipelines.variants.detector": Family("varipipe.pipelines.variants.detector_torch:make", REAL),
+    "varipipe.pipelines.variants.yolov10": Family("varipipe.pipelines.variants.detector_torch:make", REAL,
+                                                  (("arch", "yolov10"),)),
     "varipipe.pipelines.variants.classifier": Family("varipipe.pipelines.variants.classifier_torch:make", RANDOM),
     "varipipe.pipelines.variants.llm": Family("varipipe.pipelines.variants.llm_torch:make", RANDOM),
 }
@@ -76,8 +99,10 @@ class CarriedVariant:
     """A variant as it will run on the GPU host: its spec (params adjusted), weights, accuracy figure."""
 
     spec: VariantSpec
-    weights: str  # REAL | RANDOM
-    accuracy: Accuracy  # the CPU variant's figure (accuracy does not depend on the hardware)
+    weights: str  # REAL | REAL_FLOAT16 | RANDOM
+    # The CPU variant's figure (accuracy does not depend on the hardware); None where the CPU profile has
+    # none yet: the GPU run measures it anyway and keeps its points apart until one exists (gpu_score).
+    accuracy: Accuracy | None
     cpu_runtime: str  # the runtime that figure was measured with (opencv_dnn, onnx, llama_cpp)
 
 
@@ -145,8 +170,11 @@ def _spec_from_json(doc: dict[str, Any]) -> VariantSpec:
 # --- preparing (on a host with every package) --------------------------------------------------------
 
 
-def _accuracy_figures(pipeline: str, profile_path: Path | None) -> tuple[dict[tuple[str, str], Accuracy], str]:
+def cpu_figures(pipeline: str, profile_path: Path | None = None) -> tuple[dict[tuple[str, str], Accuracy], str]:
+    """Each variant's accuracy figure, (stage, variant) -> figure: its CPU points' in ``profile_path``
+    (default: the pipeline's shipped profile), else the spec's declared one; and the profile's path."""
     from varipipe.profiler.store import default_profile_path, load_profile
+    from varipipe.spec import find_spec
 
     path = profile_path or default_profile_path(pipeline)
     prof = load_profile(path, pipeline=pipeline)
@@ -155,6 +183,10 @@ def _accuracy_figures(pipeline: str, profile_path: Path | None) -> tuple[dict[tu
         if p.hardware.startswith("cpu:"):
             figures.setdefault((p.stage, p.variant), Accuracy(p.accuracy, AccuracyKind(p.accuracy_kind),
                                                               p.accuracy_source))
+    for stage in find_spec(pipeline).stages:
+        for v in stage.variants:
+            if v.accuracy is not None:
+                figures.setdefault((stage.name, v.name), v.accuracy)
     return figures, str(path)
 
 
@@ -191,6 +223,50 @@ def _record_llm(spec: VariantSpec, payloads: Sequence[Payload], target: Path) ->
     return {"prompts": len(prompts), "new_tokens_mean": float(np.mean([c.tokens for c in captions]))}
 
 
+def _model_name(torch_spec: VariantSpec) -> str:
+    """The model files a PyTorch detector variant is built from (its architecture decides)."""
+    from varipipe.pipelines.variant import build_variant
+
+    return build_variant(torch_spec).model_name()  # not loaded: cheap
+
+
+def _carry_model(name: str, out: Path) -> tuple[str, dict[str, str]]:
+    """Carry model ``name`` into ``out`` (once) as ``CARRIED_MODELS`` says; (weights label, params to add)."""
+    from varipipe.pipelines.models import COPY_MANIFEST, copy_model, model_files
+
+    weights = CARRIED_MODELS.get(name, REAL)
+    if weights == RANDOM:  # the architecture alone: the darknet cfg
+        cfg = model_files(name).config
+        if cfg is None:
+            raise ValueError(f"model {name!r}: random weights need its darknet cfg")
+        target = out / "arch" / f"{name}.cfg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cfg, target)
+        return RANDOM, {"weights": RANDOM, "arch_config": str(target.relative_to(out))}
+    folder = out / "models" / name
+    if not (folder / COPY_MANIFEST).exists():
+        copy_model(name, out / "models")
+        if weights == REAL_FLOAT16:
+            _to_float16_state(folder)
+    return weights, {}
+
+
+def _to_float16_state(folder: Path) -> None:
+    """Replace a copied darknet model's .weights by a float16 state dict of the folded network."""
+    import torch
+
+    from varipipe.pipelines.models import COPY_MANIFEST
+    from varipipe.pipelines.variants._darknet import STATE_SUFFIX, load_darknet, save_state
+
+    manifest = json.loads((folder / COPY_MANIFEST).read_text(encoding="utf-8"))
+    weights = folder / manifest["weights"]
+    target = folder / f"{weights.stem}.float16{STATE_SUFFIX}"
+    save_state(load_darknet(folder / manifest["config"], weights), target, torch.float16)
+    weights.unlink()
+    manifest["weights"] = target.name
+    (folder / COPY_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
 def _copy_package(name: str, site: Path) -> None:
     found = importlib.util.find_spec(name)
     if found is None or not found.submodule_search_locations:
@@ -202,12 +278,11 @@ def _copy_package(name: str, site: Path) -> None:
 def prepare(out: Path, pipeline: str = "vision-caption", cpu_profile: Path | None = None,
             max_inputs: int = MAX_INPUTS, log: Callable[[str], None] = print) -> Path:
     """Write the carry folder ``out`` for ``pipeline``; returns the manifest's path."""
-    from varipipe.pipelines.models import copy_model
     from varipipe.profiler.inputs import payloads_for_stage, stage_inputs
     from varipipe.spec import find_spec
 
     spec = find_spec(pipeline)
-    figures, profile_used = _accuracy_figures(spec.name, cpu_profile)
+    figures, profile_used = cpu_figures(spec.name, cpu_profile)
     (out / "inputs").mkdir(parents=True, exist_ok=True)
     log(f"running the default upstream variants on the inputs of {spec.name} (CPU)")
     full = stage_inputs(spec, threads=1)[:max_inputs]
@@ -221,25 +296,28 @@ def prepare(out: Path, pipeline: str = "vision-caption", cpu_profile: Path | Non
     for stage in spec.stages:
         for v in stage.variants:
             family = FAMILIES.get(_family(v))
-            figure = figures.get((stage.name, v.name)) or v.accuracy
-            if family is None or figure is None:
-                skipped[f"{stage.name}/{v.name}"] = ("no GPU path for its family" if family is None
-                                                     else f"no accuracy figure in {profile_used} or the spec")
+            figure = figures.get((stage.name, v.name))
+            if family is None:
+                skipped[f"{stage.name}/{v.name}"] = "no GPU path for its family"
                 continue
-            params = dict(v.params)
+            params = {**v.params, **dict(family.params)}
+            weights = family.weights
             if family.weights == REAL:
-                copy_model(str(v.params.get("model", "yolov3-tiny")), out / "models")
+                weights, extra = _carry_model(_model_name(dataclasses.replace(v, factory=family.torch_factory,
+                                                                              params=params)), out)
+                params.update(extra)
             else:
                 params["weights"] = RANDOM
             if _family(v) == LLM_FAMILY:
                 log(f"recording {v.name}'s prompts and generated lengths (llama.cpp, CPU)")
                 rec = out / "inputs" / f"recording-{v.name}.json"
                 info = _record_llm(v, payloads_for_stage(spec, stage.name, full), rec)
-                params["recording"] = rec.name  # relative to inputs/; made absolute by load()
+                params["recording"] = str(rec.relative_to(out))  # made absolute by load()
                 log(f"  {info['prompts']} prompts, {info['new_tokens_mean']:.1f} tokens generated on average")
             torch_spec = dataclasses.replace(v, factory=family.torch_factory, runtime=TORCH_RUNTIME, params=params)
-            carried.append({"spec": _spec_to_json(torch_spec), "weights": family.weights, "cpu_runtime": v.runtime,
-                            "accuracy": {"value": figure.value, "kind": figure.kind.value, "source": figure.source}})
+            carried.append({"spec": _spec_to_json(torch_spec), "weights": weights, "cpu_runtime": v.runtime,
+                            "accuracy": None if figure is None else {"value": figure.value, "kind": figure.kind.value,
+                                                                     "source": figure.source}})
     site = out / "site"
     for name in PACKAGES:
         _copy_package(name, site)
@@ -247,13 +325,21 @@ def prepare(out: Path, pipeline: str = "vision-caption", cpu_profile: Path | Non
         "schema": CARRY_SCHEMA, "pipeline": spec.name, "made": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "accuracy_from": profile_used, "inputs": len(full), "variants": carried, "skipped": skipped,
         "packages": list(PACKAGES),
-        "note": ("detector: real weights (copied); classifiers and LLMs: their architectures with seeded random "
-                 "weights (their weights do not fit in what travels); accuracy does not depend on the hardware, so "
-                 "each variant keeps the figure of its CPU runtime"),
+        "models": {name: CARRIED_MODELS.get(name, REAL) for name in sorted(_carried_names(out))},
+        "note": ("detectors of the ladder: real weights (YOLOv10-N's checkpoint as shipped, YOLOv4-tiny as a "
+                 "float16 state dict: the values its float16 GPU path computes with); YOLOv3-tiny (a candidate "
+                 "only), the classifiers and the LLMs: their architectures with seeded random weights (their "
+                 "weights do not fit in what travels); accuracy does not depend on the hardware, so each variant "
+                 "keeps the figure of its CPU runtime"),
     }
     path = out / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _carried_names(out: Path) -> set[str]:
+    models = {p.name for p in (out / "models").iterdir()} if (out / "models").exists() else set()
+    return models | ({p.stem for p in (out / "arch").glob("*.cfg")} if (out / "arch").exists() else set())
 
 
 def carry_bytes(root: Path) -> int:
@@ -272,12 +358,12 @@ def load(root: Path, stage_names: Sequence[str] | None = None) -> Carry:
     variants = []
     for item in manifest["variants"]:
         spec = _spec_from_json(item["spec"])
-        if "recording" in spec.params:
-            spec = dataclasses.replace(spec, params={**spec.params,
-                                                     "recording": str(root / "inputs" / spec.params["recording"])})
+        paths = {k: str(root / str(v)) for k, v in spec.params.items() if k in CARRY_PATHS}
+        if paths:
+            spec = dataclasses.replace(spec, params={**spec.params, **paths})
         a = item["accuracy"]
-        variants.append(CarriedVariant(spec, item["weights"], Accuracy(a["value"], AccuracyKind(a["kind"]), a["source"]),
-                                       item["cpu_runtime"]))
+        figure = None if a is None else Accuracy(a["value"], AccuracyKind(a["kind"]), a["source"])
+        variants.append(CarriedVariant(spec, item["weights"], figure, item["cpu_runtime"]))
     doc = json.loads((root / "inputs" / "outputs.json").read_text(encoding="utf-8"))
     with np.load(root / "inputs" / "images.npz") as npz:
         images = {k: npz[k] for k in npz.files}

@@ -10,11 +10,15 @@ every point, so a run cut short still leaves its points.
 
 - Hardware label ``gpu:<model>`` (``torch.cuda.get_device_name``, normalised);
   memory is the peak CUDA memory allocated (``torch.cuda.max_memory_allocated``).
-- Weights: real for the detector, seeded random weights of the same
-  architecture for the classifiers and the LLMs (their files do not travel);
-  every point says which in ``accuracy_source`` and ``metadata.weights``.
-  Accuracy does not depend on the hardware, so each point carries the figure
-  measured for its CPU variant (for the LLMs: the Q4 GGUF on llama.cpp).
+- Weights: real for the ladder's detectors (YOLOv4-tiny's rounded to float16,
+  the dtype it runs in), seeded random weights of the same architecture for
+  YOLOv3-tiny, the classifiers and the LLMs (their files do not travel); every
+  point says which in ``accuracy_source`` and ``metadata.weights``. Accuracy
+  does not depend on the hardware, so each point carries the figure measured
+  for its CPU variant (for the LLMs: the Q4 GGUF on llama.cpp); a variant the
+  CPU profile has no figure for yet is measured all the same and its points
+  kept in ``metadata.unscored`` until ``varipipe.profiler.gpu_score`` gives
+  them the CPU figure.
 - The LLMs generate, per batch, the number of tokens the Q4 variant generated
   on the CPU for the batch's longest caption.
 - Warm-up: every warm-up batch is timed (``metadata.replica_start``): the first
@@ -26,8 +30,15 @@ every point, so a run cut short still leaves its points.
   against the same code in float32 on the CPU, real weights -- raw rows and labels.
 - ``--dry-run`` (and any host without CUDA) runs the same code on the CPU with
   tiny sample counts: the test of this script in ``make test``.
-- ``--budget-s``: no variant starts once the run has used its budget; the ones
-  left are listed in ``metadata.skipped``.
+- Order and deadlines, for a run of at most 6 minutes of device time: the
+  variants run in ``RUN_ORDER`` (the detector ladder, the classifiers, the
+  LLMs, the YOLOv3-tiny candidates), so a run cut short keeps the most useful
+  points; no variant starts after ``--budget-s`` (listed in
+  ``metadata.skipped``), no batch size after ``--deadline-s`` or where the
+  variant's longest point so far would take it past ``--variant-budget-s`` or
+  the hard stop (``metadata.cut_short``); at ``--hard-stop-s`` the point under
+  way is abandoned and the run ends with what it has (``metadata.hard_stop``).
+  All count from the shell's start (``--started-at``).
 
     python -m varipipe.profiler.gpu_profile OUTDIR [--carry .gpu-carry] [--dry-run]
 """
@@ -35,28 +46,43 @@ every point, so a run cut short still leaves its points.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import platform
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from varipipe.profiler.gpu_inputs import DEFAULT_CARRY, REAL, CarriedVariant, Carry, load
+from varipipe.profiler.gpu_inputs import (
+    DEFAULT_CARRY,
+    REAL,
+    REAL_FLOAT16,
+    CarriedVariant,
+    Carry,
+    load,
+)
 from varipipe.profiler.measure import Hardware, PointResult, measure_variant
 from varipipe.profiler.plan import SampledPoint, WindowPolicy
 from varipipe.profiler.store import SCHEMA_VERSION, save_profile
-from varipipe.records import Profile, ProfilePoint
+from varipipe.records import Accuracy, Profile, ProfilePoint
 
-__all__ = ["GPU_BATCHES", "GPU_POLICY", "DRY_RUN_POLICY", "WATCHED_MODULES", "main", "run"]
+__all__ = ["GPU_BATCHES", "STAGE_BATCHES", "GPU_POLICY", "DRY_RUN_POLICY", "RUN_ORDER", "WATCHED_MODULES", "UNSCORED",
+           "Budget", "HardStop", "accuracy_note", "hard_stop_after", "main", "metadata_only_path", "run", "run_order",
+           "scored_point", "write_results"]
 
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+# The LLMs at fewer sizes: on CUDA each of the first two sizes compiles the decode step (tens of seconds
+# each; torch.compile's automatic dynamic shapes make later sizes reuse the second graph), and every
+# point costs warm-up and sampling time a 6-minute run must share among 17 variants.
+STAGE_BATCHES = {"llm": (1, 4, 16, 64)}
 DRY_RUN_BATCHES = (1, 2)
 # The profiler's window scheme (plan.WindowPolicy: windows until 3 agree within 10 %) with small
 # windows -- 10 batches and >= 0.1 s -- and a 1.5 s cap per point: the whole flagship (9 variants x
@@ -70,8 +96,29 @@ GPU_POLICY = WindowPolicy(name="gpu", window_batches=10, window_min_s=0.1, max_s
 DRY_RUN_POLICY = WindowPolicy(name="gpu-dry-run", window_batches=1, window_min_s=0.0, max_seconds=0.01,
                               min_window_batches=1, stable_windows=2, max_windows=2, warmup_batches=1,
                               reference_calls=1)
-# The whole run is designed for 6 minutes with Python's start-up: no variant starts after this.
-DEFAULT_BUDGET_S = 330.0
+# The whole run, Python's start-up included, is designed to end within 6 minutes of device time
+# (issue 19: about 15 minutes of GPU time at a time, start-up of the machine included, and room to
+# run it again). Counted from the shell's start: no variant starts after this...
+DEFAULT_BUDGET_S = 270.0
+# ... no batch size starts after this, nor where the variant's longest point so far (the first one
+# includes the load and the first compilation) would take it past the hard stop ...
+DEFAULT_DEADLINE_S = 300.0
+# ... nor where it would take its variant past this: an LLM whose every new size recompiles (tens of
+# seconds each on the issue's H200) must not eat the next variant's turn ...
+DEFAULT_VARIANT_BUDGET_S = 90.0
+# ... and here the point under way is abandoned: the run saves what it has and ends, 20 s before the
+# 6 minutes for the summary, the shell and the copy of the results.
+DEFAULT_HARD_STOP_S = 340.0
+# The run's order, most useful first, so that the deadlines cut the least useful (stage, models; () = any):
+# the flagship's detector ladder (YOLOv10-N, then YOLOv4-tiny and its multi-scale rungs), the classifiers
+# (seconds each), the LLMs (three quarters of a request's CPU time, but each compiles for tens of seconds
+# first), then the YOLOv3-tiny rungs (kept in the spec only as candidates; random weights). Within a
+# group, spec order.
+RUN_ORDER = (("detector", ("yolov10n",)), ("detector", ("yolov4-tiny",)), ("classifier", ()), ("llm", ()),
+             ("detector", ()))
+# The accuracy fields of a point measured for a variant without a CPU figure yet: such points stay in
+# metadata.unscored (never in the profile's points) until gpu_score gives them the CPU figure.
+UNSCORED = {"accuracy": None, "accuracy_kind": None, "accuracy_source": None}
 # Modules the GPU host lacks or that the GPU path must not need; the run records which it loaded.
 WATCHED_MODULES = ("ray", "llama_cpp", "onnxruntime", "cv2", "pydantic", "skimage")
 # Library versions worth keeping beside GPU timings.
@@ -124,15 +171,91 @@ def _hardware(dry_run: bool, threads: int) -> tuple[Hardware, dict[str, Any]]:
 def _weights_note(cv: CarriedVariant) -> str:
     if cv.weights == REAL:
         return "its real weights"
+    if cv.weights == REAL_FLOAT16:
+        return "its real weights, carried rounded to float16 (the values its float16 GPU path computes with)"
+    if cv.spec.stage == "detector":
+        return ("seeded random weights of the same darknet cfg (its weights do not travel), the heads' biases at "
+                "RetinaNet's prior: no box reaches NMS (the real weights pass 0-6 per bundled photo), so the "
+                "post-processing time is a lower bound")
     if cv.cpu_runtime == "llama_cpp":
         return ("seeded random weights of the GGUF's architecture (not the Q4 variant: its weights do not travel), "
                 "generating the token counts the Q4 variant generated on the CPU")
     return "seeded random weights of the same architecture (its weights do not travel)"
 
 
-def _accuracy_source(cv: CarriedVariant, hardware: str, dtype: str) -> str:
-    return (f"{cv.accuracy.source} [the {cv.cpu_runtime} variant's figure, measured on the CPU: accuracy does not "
-            f"depend on the hardware; this point's latency: PyTorch {dtype} on {hardware} with {_weights_note(cv)}]")
+def accuracy_note(cpu_runtime: str, weights_note: str, hardware: str, dtype: str) -> str:
+    """What a GPU point's ``accuracy_source`` says after the CPU figure's own source."""
+    return (f"[the {cpu_runtime} variant's figure, measured on the CPU: accuracy does not depend on the hardware; "
+            f"this point's latency: PyTorch {dtype} on {hardware} with {weights_note}]")
+
+
+def run_order(variants: Sequence[CarriedVariant]) -> list[CarriedVariant]:
+    """``variants`` in ``RUN_ORDER`` (spec order within a group; any left over last)."""
+    def rank(cv: CarriedVariant) -> int:
+        model = str(cv.spec.params.get("model", ""))
+        return next((i for i, (stage, models) in enumerate(RUN_ORDER)
+                     if cv.spec.stage == stage and (not models or model in models)), len(RUN_ORDER))
+
+    return sorted(variants, key=rank)  # stable: spec order within a group
+
+
+def scored_point(measured: dict[str, Any], figure: Accuracy, note: str) -> ProfilePoint:
+    """A GPU point: its measured fields with the CPU variant's accuracy ``figure`` and its ``note``."""
+    return ProfilePoint(**{**measured, "accuracy": figure.value, "accuracy_kind": figure.kind.value,
+                           "accuracy_source": f"{figure.source} {note}"})
+
+
+class _Deadline(Exception):
+    """No new batch size for this variant: the run's deadline or the variant's budget is reached."""
+
+
+class HardStop(BaseException):
+    """The run's hard stop: raised in the main thread by SIGALRM wherever it is (not an Exception, so
+    that no ``except Exception`` of the code under measurement swallows it)."""
+
+
+@dataclass
+class _Alarm:
+    """The hard stop's state: a ring while ``held`` (a save under way) waits until the save is done."""
+
+    message: str = ""
+    held: bool = False
+    rang: bool = False
+
+    def ring(self, _signum: int, _frame: Any) -> None:
+        if self.held:
+            self.rang = True
+            return
+        raise HardStop(self.message)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """No HardStop inside; one that rang meanwhile is raised on the way out. (Blocking SIGALRM with
+        pthread_sigmask would not do: numpy's and torch's threads leave it unblocked, and Python runs
+        handlers in the main thread whichever thread the signal reached.)"""
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+            if self.rang:
+                self.rang = False
+                raise HardStop(self.message)
+
+
+_ALARM = _Alarm()
+
+
+def hard_stop_after(seconds: float, message: str) -> None:
+    """Raise ``HardStop(message)`` in the main thread ``seconds`` from now (SIGALRM; replaces any earlier one)."""
+    _ALARM.message, _ALARM.rang = message, False
+    signal.signal(signal.SIGALRM, _ALARM.ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))  # 0 would disarm it
+
+
+def _no_hard_stop() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    _ALARM.rang = False
 
 
 @dataclass
@@ -145,28 +268,58 @@ class _State:
     metadata: dict[str, Any]
     points: list[ProfilePoint] = field(default_factory=list)
 
-    def save(self) -> None:
-        from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
+    @property
+    def metadata_only(self) -> Path:
+        """Where the metadata goes while no point has an accuracy figure (a profile needs one)."""
+        return metadata_only_path(self.out)
 
-        meta = dict(self.metadata)
-        if self.points:
-            meta["latency_model"] = {m: fits_to_metadata(fit_profile(self.points, m)) for m in ("p99", "mean")}
-            save_profile(Profile(self.pipeline, tuple(self.points), meta, {}, SCHEMA_VERSION), self.out)
+    def save(self) -> None:
+        """Write the profile (or, before its first scored point, the metadata alone), atomically and
+        with the hard stop held off until it is written."""
+        with _ALARM.holding():
+            write_results(self.out, self.pipeline, self.points, self.metadata)
+
+
+def write_results(out: Path, pipeline: str, points: Sequence[ProfilePoint], metadata: dict[str, Any]) -> Path:
+    """The profile at ``out`` (points, metadata, latency model), or while no point has an accuracy figure
+    the metadata alone at ``metadata_only_path(out)``; atomically. Returns the path written."""
+    from varipipe.profiler.latency_model import fit_profile, fits_to_metadata
+
+    if points:
+        meta = {**metadata, "latency_model": {m: fits_to_metadata(fit_profile(list(points), m))
+                                              for m in ("p99", "mean")}}
+        save_profile(Profile(pipeline, tuple(points), meta, {}, SCHEMA_VERSION), out)
+        metadata_only_path(out).unlink(missing_ok=True)
+        return out
+    path = metadata_only_path(out)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pipeline": pipeline, "metadata": metadata}, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def metadata_only_path(profile: Path) -> Path:
+    """``<profile stem>.metadata.json``: a run's metadata while it has no scored point."""
+    return profile.with_name(profile.stem + ".metadata.json")
 
 
 def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batches: Sequence[int],
-             policy: WindowPolicy, log: _Log) -> None:
+             policy: WindowPolicy, log: _Log, stop: Callable[[float], str | None]) -> None:
+    """Measure one variant at ``batches``; after each point, ``stop(seconds the next may take)`` (a reason,
+    or None) may end it: the estimate is the variant's longest point so far, load and warm-up included."""
     from varipipe.pipelines.variant import build_variant
 
     spec = cv.spec
     key = f"{spec.stage}/{spec.name}"
     dtype = build_variant(spec, threads=hw.threads, device=hw.device).dtype_name()  # not loaded: cheap
-    source = _accuracy_source(cv, hw.label, dtype)
+    note = accuracy_note(cv.cpu_runtime, _weights_note(cv), hw.label, dtype)
+    state.metadata["accuracy_note"][key] = note
     state.metadata["weights"][key] = cv.weights
     state.metadata["dtype"][key] = dtype
     state.metadata["variants"][key] = {"runtime": spec.runtime, "factory": spec.factory, "cpu_runtime": cv.cpu_runtime,
                                        "input_size": spec.input_size, "params": dict(spec.params)}
     start = state.metadata["replica_start"].setdefault(f"{key}/{hw.label}", {"warmup_s": {}})
+    timing = {"last": time.perf_counter(), "longest": 0.0}  # when the last point landed; the longest point
 
     def heard(batch: int, conditions: dict) -> None:
         conditions = dict(conditions)
@@ -188,14 +341,18 @@ def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batc
 
     def landed(r: PointResult) -> None:
         s = r.stats
-        state.points.append(ProfilePoint(
+        figure = cv.accuracy
+        measured = dict(
             stage=spec.stage, variant=spec.name, batch=r.batch, hardware=hw.label, latency_p50_s=s.p50_s,
             latency_p95_s=s.p95_s, latency_p99_s=s.p99_s, throughput_rps=s.throughput_rps, memory_mb=r.memory_mb,
-            samples=s.samples, accuracy=cv.accuracy.value, accuracy_kind=cv.accuracy.kind.value,
-            accuracy_source=source, latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
+            samples=s.samples, latency_mean_s=s.mean_s, p99_low_samples=s.p99_low_samples,
             windows=r.stability.windows, stable=r.stability.stable, latency_cv=round(r.stability.latency_cv, 5),
             throughput_cv=round(r.stability.throughput_cv, 5), reference_before_s=r.reference_before_s,
-            reference_after_s=r.reference_after_s))
+            reference_after_s=r.reference_after_s)
+        if figure is None:  # kept apart until the CPU profile has a figure (varipipe.profiler.gpu_score)
+            state.metadata["unscored"].append({**measured, **UNSCORED})
+        else:
+            state.points.append(scored_point(measured, figure, note))
         if "first_batch" not in start:  # a new replica's start: load + warm-up (compilation) before serving
             start["first_batch"] = r.batch
             start["cold_start_s"] = round(start["load_s"] + sum(start.get("model_warmup_s", []))
@@ -204,7 +361,15 @@ def _measure(state: _State, cv: CarriedVariant, hw: Hardware, carry: Carry, batc
         first_call = start["warmup_s"].get(str(r.batch)) or [0.0]
         log(f"  b={r.batch:<3d} p50 {s.p50_s * 1e3:8.2f} ms  p99 {s.p99_s * 1e3:8.2f} ms  "
             f"{s.throughput_rps:9.1f} items/s  {r.memory_mb:8.1f} MiB  n={s.samples:<3d} "
-            f"{'stable' if r.stability.stable else 'capped'}  first call {first_call[0]:6.2f} s")
+            f"{'stable' if r.stability.stable else 'capped'}  first call {first_call[0]:6.2f} s"
+            + ("" if figure else "  (no accuracy figure yet: metadata.unscored)"))
+        now = time.perf_counter()
+        timing["longest"], timing["last"] = max(timing["longest"], now - timing["last"]), now
+        reason = stop(timing["longest"]) if r.batch != batches[-1] else None
+        if reason is not None:
+            left = [b for b in batches if b > r.batch]
+            state.metadata["cut_short"][key] = f"batches {left} not measured: {reason}"
+            raise _Deadline(reason)
 
     def loaded(load_s: float) -> None:
         start["load_s"] = round(load_s, 3)
@@ -252,9 +417,25 @@ def detector_check(cv: CarriedVariant, hw: Hardware, payloads: Sequence[Any]) ->
         ref.unload()
 
 
-def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches: Sequence[int] | None,
+@dataclass(frozen=True)
+class Budget:
+    """When the run stops starting things, in seconds since it started (or since a variant started)."""
+
+    start_variants_s: float = DEFAULT_BUDGET_S  # no variant starts after this
+    start_points_s: float = DEFAULT_DEADLINE_S  # no batch size starts after this
+    per_variant_s: float = DEFAULT_VARIANT_BUDGET_S  # no batch size that would take its variant past this
+    hard_stop_s: float = DEFAULT_HARD_STOP_S  # the point under way is abandoned, the run ends
+
+
+def _grid(stage: str, batches: Sequence[int] | None, device: str) -> tuple[int, ...]:
+    if batches:
+        return tuple(batches)
+    return DRY_RUN_BATCHES if device == "cpu" else STAGE_BATCHES.get(stage, GPU_BATCHES)
+
+
+def run(outdir: Path, carry_root: Path, dry_run: bool, budget: Budget, batches: Sequence[int] | None,
         variants: Sequence[str] | None, threads: int, started_at: float | None, command: str) -> Path:
-    """Measure every carried variant (or ``variants``); returns the profile's path."""
+    """Measure every carried variant (or ``variants``) in ``RUN_ORDER``; returns the profile's path."""
     log = _Log(_clock_start(started_at))
     log(f"python {platform.python_version()} on {platform.node()}: importing torch")
     hw, info = _hardware(dry_run, threads)
@@ -263,7 +444,8 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
     os.environ["VARIPIPE_CACHE"] = str(carry_root / "models")  # model_files finds the carried copies there
     carry = load(carry_root)
     policy = DRY_RUN_POLICY if hw.device == "cpu" else GPU_POLICY
-    grid = tuple(batches or (DRY_RUN_BATCHES if hw.device == "cpu" else GPU_BATCHES))
+    chosen = run_order([cv for cv in carry.variants if not variants or cv.spec.name in variants])
+    grids = {cv.spec.stage: _grid(cv.spec.stage, batches, hw.device) for cv in chosen}
     outdir.mkdir(parents=True, exist_ok=True)
     label = hw.label.replace(":", "-")
     from varipipe.profiler.hostinfo import cpu_model
@@ -274,10 +456,12 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
         "host": platform.node(), "host_cpu": cpu_model(), "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "platform": platform.platform(), "libraries": _versions(),
         "device": info, "hardware": hw.label, "dry_run": hw.device == "cpu", "mode": policy.name,
-        "sampling": dataclasses.asdict(policy), "batches": list(grid), "budget_s": budget_s,
+        "sampling": dataclasses.asdict(policy), "batches": {k: list(v) for k, v in grids.items()},
+        "budget": dataclasses.asdict(budget), "order": [f"{cv.spec.stage}/{cv.spec.name}" for cv in chosen],
         "schema_version": SCHEMA_VERSION, "carry": carry.manifest.get("note", ""),
         "carry_made": carry.manifest.get("made", ""), "accuracy_from": carry.manifest.get("accuracy_from", ""),
         "weights": {}, "dtype": {}, "variants": {}, "conditions": {}, "replica_start": {}, "failed": {},
+        "cut_short": {}, "accuracy_note": {}, "unscored": [],
         "skipped": dict(carry.manifest.get("skipped", {})),
         "replica_start_note": ("per variant, one replica measured its batch sizes in increasing order: load_s "
                                "(weights read and moved to the device, or random init), model_warmup_s (batch-1 "
@@ -291,11 +475,47 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
                           if hw.device == "gpu" else "RSS growth of this process (dry run on the CPU)"),
         "throughput_method": "batch / mean batch latency, batches back to back on one replica (saturation)",
     })
-    if state.out.exists():
-        state.out.unlink()  # a fresh run: points of an older run would mix two sessions' conditions
-    state.samples.unlink(missing_ok=True)
-    chosen = [cv for cv in carry.variants if not variants or cv.spec.name in variants]
-    checked = next((cv for cv in chosen if cv.weights == REAL and cv.spec.stage == "detector"), None)
+    for old in (state.out, state.metadata_only, state.samples):
+        old.unlink(missing_ok=True)  # a fresh run: points of an older run would mix two sessions' conditions
+    hard_stop_after(budget.hard_stop_s - log.elapsed(), f"the hard stop, {budget.hard_stop_s:.0f} s after the start")
+    try:
+        _run_variants(state, chosen, hw, carry, grids, policy, budget, log)
+    except HardStop as e:
+        state.metadata["hard_stop"] = f"{e}: the point under way was abandoned and the run ended at {log.elapsed():.0f} s"
+        log(f"HARD STOP: {state.metadata['hard_stop']}")
+    finally:
+        _no_hard_stop()
+    state.metadata["modules_loaded"] = sorted(m for m in WATCHED_MODULES if m in sys.modules)
+    state.metadata["duration_s"] = round(log.elapsed(), 1)
+    state.save()
+    log(f"done: {len(state.points)} points in {state.out}, {len(state.metadata['unscored'])} kept in "
+        "metadata.unscored (no accuracy figure yet)")
+    print(summary(state.points, state.metadata), flush=True)
+    return state.out
+
+
+def _run_variants(state: _State, chosen: Sequence[CarriedVariant], hw: Hardware, carry: Carry,
+                  grids: dict[str, tuple[int, ...]], policy: WindowPolicy, budget: Budget, log: _Log) -> None:
+    """The detector check, then each variant in turn, within the budget; ``HardStop`` may end it anywhere."""
+    current: dict[str, str] = {}  # "key": the variant under measurement, once the check is done
+    try:
+        _check_and_measure(state, chosen, hw, carry, grids, policy, budget, log, current)
+    except HardStop:
+        if "key" in current:
+            state.metadata["cut_short"][current["key"]] = "the hard stop came while it was measured"
+        else:
+            state.metadata["gpu_check"] = {"failed": "the hard stop came during the check"}
+        for cv in chosen:
+            key = f"{cv.spec.stage}/{cv.spec.name}"
+            if key not in state.metadata["variants"] and key not in state.metadata["skipped"]:
+                state.metadata["skipped"][key] = "not started before the hard stop"
+        raise
+
+
+def _check_and_measure(state: _State, chosen: Sequence[CarriedVariant], hw: Hardware, carry: Carry,
+                       grids: dict[str, tuple[int, ...]], policy: WindowPolicy, budget: Budget, log: _Log,
+                       current: dict[str, str]) -> None:
+    checked = next((cv for cv in chosen if cv.weights in (REAL, REAL_FLOAT16) and cv.spec.stage == "detector"), None)
     if checked is not None:
         try:
             state.metadata["gpu_check"] = detector_check(checked, hw, carry.payloads[checked.spec.stage])
@@ -305,42 +525,60 @@ def run(outdir: Path, carry_root: Path, dry_run: bool, budget_s: float, batches:
             log(f"check FAILED: {type(e).__name__}: {e}")
     for i, cv in enumerate(chosen):
         key = f"{cv.spec.stage}/{cv.spec.name}"
-        if log.elapsed() > budget_s:
+        if log.elapsed() > budget.start_variants_s:
             for rest in chosen[i:]:
                 state.metadata["skipped"][f"{rest.spec.stage}/{rest.spec.name}"] = (
-                    f"budget of {budget_s:.0f} s used up after {log.elapsed():.0f} s")
+                    f"budget of {budget.start_variants_s:.0f} s used up after {log.elapsed():.0f} s")
             log(f"budget used up: skipping {len(chosen) - i} variants")
             break
+        began = log.elapsed()
+        current["key"] = key
+
+        def stop(estimate: float, began: float = began) -> str | None:
+            now = log.elapsed()
+            if now > budget.start_points_s:
+                return f"the run's deadline ({budget.start_points_s:.0f} s) passed at {now:.0f} s"
+            if now + estimate > budget.hard_stop_s:
+                return (f"its longest point so far ({estimate:.0f} s) would not end before the hard stop "
+                        f"({budget.hard_stop_s:.0f} s) at {now:.0f} s")
+            if now - began + estimate > budget.per_variant_s:
+                return (f"its longest point so far ({estimate:.0f} s) would take it past the variant's budget "
+                        f"({budget.per_variant_s:.0f} s) after {now - began:.0f} s")
+            return None
+
         try:
-            _measure(state, cv, hw, carry, grid, policy, log)
+            _measure(state, cv, hw, carry, grids[cv.spec.stage], policy, log, stop)
+        except _Deadline as e:
+            log(f"  stopped {key}: {e}")
         except Exception as e:  # noqa: BLE001 - one variant's failure must not lose the others' points
             state.metadata["failed"][key] = f"{type(e).__name__}: {e}"[:2000]
             log(f"  FAILED {key}: {type(e).__name__}: {e}")
         state.metadata["modules_loaded"] = sorted(m for m in WATCHED_MODULES if m in sys.modules)
         state.metadata["duration_s"] = round(log.elapsed(), 1)
         state.save()
-    log(f"done: {len(state.points)} points in {state.out}")
-    print(summary(state.points, state.metadata), flush=True)
-    return state.out
 
 
 def summary(points: Sequence[ProfilePoint], metadata: dict[str, Any]) -> str:
-    """A table of the points with each batch size's warm-up, and each variant's cold start."""
+    """A table of the points (then those without an accuracy figure yet, marked *) with each batch size's
+    warm-up, each variant's cold start, and what was skipped, cut short or failed."""
     lines = [f"{'stage/variant':34s} {'hw':10s} {'b':>3s} {'p50 ms':>9s} {'p99 ms':>9s} {'items/s':>9s} "
              f"{'MiB':>8s} {'n':>4s} {'warm-up s':>9s}"]
-    for p in points:
-        start = metadata["replica_start"].get(f"{p.stage}/{p.variant}/{p.hardware}", {})
-        warmup = sum(start.get("warmup_s", {}).get(str(p.batch), [float("nan")]))
-        lines.append(f"{p.stage + '/' + p.variant:34s} {p.hardware:10s} {p.batch:3d} {p.latency_p50_s * 1e3:9.2f} "
-                     f"{p.latency_p99_s * 1e3:9.2f} {p.throughput_rps:9.1f} {p.memory_mb:8.1f} {p.samples:4d} "
-                     f"{warmup:9.2f}")
+    rows = [(p.to_dict(), "") for p in points] + [(u, " *") for u in metadata.get("unscored", [])]
+    for p, mark in rows:
+        start = metadata["replica_start"].get(f"{p['stage']}/{p['variant']}/{p['hardware']}", {})
+        warmup = sum(start.get("warmup_s", {}).get(str(p["batch"]), [float("nan")]))
+        lines.append(f"{p['stage'] + '/' + p['variant'] + mark:34s} {p['hardware']:10s} {p['batch']:3d} "
+                     f"{p['latency_p50_s'] * 1e3:9.2f} {p['latency_p99_s'] * 1e3:9.2f} {p['throughput_rps']:9.1f} "
+                     f"{p['memory_mb']:8.1f} {p['samples']:4d} {warmup:9.2f}")
     for key, start in metadata["replica_start"].items():
         if "cold_start_s" in start:
             lines.append(f"cold start {key}: {start['cold_start_s']:.2f} s (load {start['load_s']:.2f} s + "
                          f"warm-up at b={start['first_batch']})")
-    for what in ("skipped", "failed"):
+    for what in ("skipped", "cut_short", "failed"):
         for k, v in metadata.get(what, {}).items():
             lines.append(f"{what}: {k}: {v}")
+    if "hard_stop" in metadata:
+        lines.append(f"hard stop: {metadata['hard_stop']}")
     return "\n".join(lines)
 
 
@@ -359,9 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="run on the CPU with tiny sample counts")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help="start no variant after this many seconds since --started-at (default: %(default)s)")
+    parser.add_argument("--deadline-s", type=float, default=DEFAULT_DEADLINE_S,
+                        help="start no batch size after this many seconds (default: %(default)s)")
+    parser.add_argument("--variant-budget-s", type=float, default=DEFAULT_VARIANT_BUDGET_S,
+                        help="start no batch size that would take its variant past this many seconds, by its "
+                             "longest point so far (default: %(default)s)")
+    parser.add_argument("--hard-stop-s", type=float, default=DEFAULT_HARD_STOP_S,
+                        help="abandon the point under way and end the run after this many seconds "
+                             "(default: %(default)s)")
     parser.add_argument("--batches", type=_int_list, default=None,
-                        help=f"batch sizes (default {','.join(map(str, GPU_BATCHES))}; dry run "
-                             f"{','.join(map(str, DRY_RUN_BATCHES))})")
+                        help=f"batch sizes (default {','.join(map(str, GPU_BATCHES))}, the LLMs "
+                             f"{','.join(map(str, STAGE_BATCHES['llm']))}; dry run {','.join(map(str, DRY_RUN_BATCHES))})")
     parser.add_argument("--variants", type=lambda t: tuple(v for v in t.split(",") if v), default=None,
                         help="only these variants (comma-separated names)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of the replica (default: %(default)s)")
@@ -373,7 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no carry folder at {carry} (make it with benchmarks/gpu_carry.sh)", file=sys.stderr)
         return 2
     command = "python -m varipipe.profiler.gpu_profile " + " ".join(sys.argv[1:] if argv is None else argv)
-    run(Path(args.outdir), carry, args.dry_run, args.budget_s, args.batches, args.variants, args.threads,
+    budget = Budget(args.budget_s, args.deadline_s, args.variant_budget_s, args.hard_stop_s)
+    run(Path(args.outdir), carry, args.dry_run, budget, args.batches, args.variants, args.threads,
         args.started_at, command)
     return 0
 
