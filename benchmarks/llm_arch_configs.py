@@ -1,13 +1,13 @@
 """Derive the LLM variants' transformers configs from their GGUF metadata and commit them.
 
-The GGUF files (98 MB, 253 MB) cannot travel to a GPU host that runs from
+The GGUF files (98 MB, 253 MB, 491 MB) cannot travel to a GPU host that runs from
 source with 64 MiB of files, but their *architectures* can: this reads each
 GGUF's metadata with transformers (through the ``gguf`` package, the same code
 that loads the weights) and writes the config into
 ``pipelines/variants/data/llm_arch/<model>.json``. ``llm_torch`` builds the
 random-weights model from it, and the GPU profile times that model.
 
-    python benchmarks/llm_arch_configs.py [--check]
+    python benchmarks/llm_arch_configs.py [--check] [MODEL ...]
 
 ``--check`` rebuilds each config from the GGUF and compares it with the committed
 one, and compares the parameter count of a model built from it with the
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from varipipe.pipelines.models import model_files  # noqa: E402
 from varipipe.pipelines.variants.llm_torch import arch_config, arch_config_path  # noqa: E402
 
-MODELS = ("smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m")
+MODELS = ("smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m")
 # Keys of a config that name the file or the library rather than the architecture.
 _DROP = ("_name_or_path", "_model_name_or_path", "transformers_version", "quantization_config", "dtype",
          "torch_dtype")
@@ -70,8 +70,10 @@ def check(model: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare the committed configs with the GGUF files")
+    parser.add_argument("models", nargs="*", default=list(MODELS), choices=MODELS, metavar="MODEL",
+                        help=f"only these (default: all of {', '.join(MODELS)})")
     args = parser.parse_args()
-    for model in MODELS:
+    for model in args.models:
         if args.check:
             check(model)
             continue

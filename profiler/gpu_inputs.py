@@ -16,9 +16,11 @@ has everything:
   profile has);
 - ``site/``: small pure-Python architecture packages the GPU path imports
   (``efficientnet_lite_pytorch``, 124 KB);
-- ``inputs/``: the profiler's inputs with every upstream stage's real output
-  (the default variants, run here exactly as ``profiler.inputs.stage_inputs``
-  runs them), and for each LLM variant a *recording* of every prompt's token ids
+- ``inputs/``: the profiler's inputs (the pipeline's evaluation photos where it
+  has a set, each with its question for the LLM) with every upstream stage's
+  real output (the default variants, run here exactly as
+  ``profiler.inputs.stage_inputs`` runs them), and for each LLM variant a
+  *recording* of every prompt's token ids
   (the GGUF's own llama.cpp vocabulary) and of the tokens the Q4 variant
   generated for it (llama.cpp, greedy): the random-weights model there
   generates exactly those counts;
@@ -52,7 +54,7 @@ from varipipe.records import Accuracy, AccuracyKind, VariantSpec
 __all__ = ["CARRY_SCHEMA", "CARRIED_MODELS", "CARRY_PATHS", "CarriedVariant", "Carry", "prepare", "load",
            "carry_bytes", "cpu_figures", "DEFAULT_CARRY", "MAX_INPUTS", "REAL", "REAL_FLOAT16", "RANDOM"]
 
-CARRY_SCHEMA = 2  # 2: paths in params relative to the folder (CARRY_PATHS); detector models per CARRIED_MODELS
+CARRY_SCHEMA = 2  # 2: params' paths relative to the folder (CARRY_PATHS), CARRIED_MODELS, questions
 DEFAULT_CARRY = Path(".gpu-carry")
 # Inputs carried at most: the CPU profiler's pool is 14 (7 photos and their mirror images).
 MAX_INPUTS = 16
@@ -289,9 +291,10 @@ def prepare(out: Path, pipeline: str = "vision-caption", cpu_profile: Path | Non
     images = {p.request_id: p.image for p in full if p.image is not None}
     np.savez_compressed(out / "inputs" / "images.npz", **images)
     texts = {p.request_id: p.text for p in full if p.text is not None}
+    questions = {p.request_id: p.question for p in full if p.question is not None}
     outputs = {p.request_id: {k: _encode(v) for k, v in p.outputs.items()} for p in full}
-    (out / "inputs" / "outputs.json").write_text(json.dumps({"order": [p.request_id for p in full],
-                                                             "texts": texts, "outputs": outputs}) + "\n")
+    (out / "inputs" / "outputs.json").write_text(json.dumps({"order": [p.request_id for p in full], "texts": texts,
+                                                             "questions": questions, "outputs": outputs}) + "\n")
     carried, skipped = [], {}
     for stage in spec.stages:
         for v in stage.variants:
@@ -373,6 +376,7 @@ def load(root: Path, stage_names: Sequence[str] | None = None) -> Carry:
         upstream = set(stages[:i])
         payloads[stage] = [
             Payload(request_id=rid, image=images.get(rid), text=doc["texts"].get(rid),
+                    question=doc["questions"].get(rid),
                     outputs={k: _decode(v) for k, v in doc["outputs"][rid].items() if k in upstream})
             for rid in doc["order"]]
     return Carry(root, manifest["pipeline"], tuple(variants), payloads, manifest)

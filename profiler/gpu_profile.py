@@ -81,13 +81,13 @@ __all__ = ["GPU_BATCHES", "STAGE_BATCHES", "GPU_POLICY", "DRY_RUN_POLICY", "RUN_
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 # The LLMs at fewer sizes: on CUDA each of the first two sizes compiles the decode step (tens of seconds
 # each; torch.compile's automatic dynamic shapes make later sizes reuse the second graph), and every
-# point costs warm-up and sampling time a 6-minute run must share among 17 variants.
+# point costs warm-up and sampling time a 6-minute run must share among the variants.
 STAGE_BATCHES = {"llm": (1, 4, 16, 64)}
 DRY_RUN_BATCHES = (1, 2)
 # The profiler's window scheme (plan.WindowPolicy: windows until 3 agree within 10 %) with small
-# windows -- 10 batches and >= 0.1 s -- and a 1.5 s cap per point: the whole flagship (9 variants x
-# 7 batch sizes) samples in about two minutes, leaving the rest of a 6-minute run to start-up,
-# loading and the LLMs' compilation. Three timed warm-up batches per point: the first at a new
+# windows -- 10 batches and >= 0.1 s -- and a 1.5 s cap per point: the flagship's 6 vision variants
+# x 7 batch sizes sample in about a minute, leaving the rest of a 6-minute run to start-up, loading
+# and the LLM's compilation. Three timed warm-up batches per point: the first at a new
 # batch size compiles (LLM) or picks kernels (cuDNN); CUDA graphs record on the next. Three
 # reference calls (the variant's batch-1 call) between points: about 10 s in all.
 GPU_POLICY = WindowPolicy(name="gpu", window_batches=10, window_min_s=0.1, max_seconds=1.5, warmup_batches=3,
@@ -104,18 +104,20 @@ DEFAULT_BUDGET_S = 270.0
 # includes the load and the first compilation) would take it past the hard stop ...
 DEFAULT_DEADLINE_S = 300.0
 # ... nor where it would take its variant past this: an LLM whose every new size recompiles (tens of
-# seconds each on the issue's H200) must not eat the next variant's turn ...
-DEFAULT_VARIANT_BUDGET_S = 90.0
+# seconds each on the issue's H200) must not eat the next variant's turn. The flagship has one LLM on
+# the GPU path (Qwen2.5-Coder-0.5B; the template rung is string rules) after 3 detectors and 3
+# classifiers of about 15 s each, so it may take most of what is left ...
+DEFAULT_VARIANT_BUDGET_S = 150.0
 # ... and here the point under way is abandoned: the run saves what it has and ends, 20 s before the
 # 6 minutes for the summary, the shell and the copy of the results.
 DEFAULT_HARD_STOP_S = 340.0
 # The run's order, most useful first, so that the deadlines cut the least useful (stage, models; () = any):
-# the flagship's detector ladder (YOLOv10-N, then YOLOv4-tiny and its multi-scale rungs), the classifiers
-# (seconds each), the LLMs (three quarters of a request's CPU time, but each compiles for tens of seconds
-# first), then the YOLOv3-tiny rungs (kept in the spec only as candidates; random weights). Within a
-# group, spec order.
-RUN_ORDER = (("detector", ("yolov10n",)), ("detector", ("yolov4-tiny",)), ("classifier", ()), ("llm", ()),
-             ("detector", ()))
+# the detector ladder (YOLOv10-N; YOLOv4-tiny where a pipeline still has it), the classifiers (seconds
+# each), the LLMs (Qwen2.5-Coder-0.5B, the flagship's LLM rung, first: three quarters of a request's CPU
+# time, but each compiles for tens of seconds first), then any other detector (YOLOv3-tiny, random
+# weights). Within a group, spec order.
+RUN_ORDER = (("detector", ("yolov10n",)), ("detector", ("yolov4-tiny",)), ("classifier", ()),
+             ("llm", ("qwen2.5-coder-0.5b-instruct-q4_k_m",)), ("llm", ()), ("detector", ()))
 # The accuracy fields of a point measured for a variant without a CPU figure yet: such points stay in
 # metadata.unscored (never in the profile's points) until gpu_score gives them the CPU figure.
 UNSCORED = {"accuracy": None, "accuracy_kind": None, "accuracy_source": None}

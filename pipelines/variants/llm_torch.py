@@ -2,10 +2,14 @@
 
 The same spec entries as the llama.cpp variants (``llm.py``); ``device="gpu"``
 in the factory builds this one. It writes the same prompts (``llm.build_prompt``
-and ``llm.build_instruction_prompt``) and decodes greedily with the same token
-budget and stop strings, but the *whole batch in one* ``generate`` call:
-prompts left-padded, one KV cache for all sequences, each sequence finishing
-at its own stop (a finished one only waits for the batch).
+and ``llm.build_instruction_prompt``; for a request with a question,
+``_qa_prompt.build_qa_prompt`` with ``qa_shots`` examples) and decodes greedily
+with the same token budget and stop strings (an answer: ``qa_max_tokens``,
+``QA_STOP``), but the *whole batch in one* ``generate`` call: prompts
+left-padded, one KV cache for all sequences, each sequence finishing at its own
+stop (a finished one only waits for the batch). With real weights, the
+questions of a batch and its captions are two calls (their budgets and stops
+differ).
 
 **This is not the Q4 variant.** transformers reads the GGUF file with the
 ``gguf`` package and *dequantises* it (``weights: gguf``): the network runs in
@@ -31,7 +35,8 @@ the first call at a new batch size. A replica must warm up before it takes
 traffic; the GPU profile records that warm-up per batch size.
 
 Spec params: as ``llm.py`` (``model``, ``prompt_style``, ``max_tokens``,
-``instruction``, ``primer``, ``system``, ``max_context_chars``, ``stop``), plus
+``instruction``, ``primer``, ``system``, ``max_context_chars``, ``stop``,
+``qa_max_tokens``, ``qa_shots``), plus
 ``weights`` (``gguf`` | ``random``), ``recording`` and ``arch_config`` (random weights: a
 config JSON other than the committed one), ``cache``
 (``static`` | ``dynamic``), ``gpu_dtype`` (default bfloat16: Gemma-3's
@@ -50,6 +55,13 @@ from typing import Any
 from varipipe.errors import ModelUnavailableError
 from varipipe.pipelines.models import model_files
 from varipipe.pipelines.variant import Payload, StageOutput
+from varipipe.pipelines.variants._qa_prompt import (
+    QA_MAX_TOKENS,
+    QA_STOP,
+    SHOTS,
+    build_qa_prompt,
+    clean_answer,
+)
 from varipipe.pipelines.variants._torch_runtime import TorchVariant
 from varipipe.pipelines.variants.llm import (
     _STOP,
@@ -71,9 +83,12 @@ __all__ = ["TorchCaptioner", "Recording", "arch_config", "arch_config_path", "WE
 WEIGHTS = ("gguf", "random")
 CACHES = ("static", "dynamic")
 RANDOM_SEED = 0  # random weights are seeded: every run times the same network
-# Static KV cache length = this + max_tokens. The captions' prompts are under 100 tokens
-# (llm.N_CTX's note); a longer prompt makes transformers grow the cache (and recompile).
-MAX_PROMPT_TOKENS = 128
+# Static KV cache length = this + the larger token budget. The captions' prompts are under 100
+# tokens (llm.N_CTX's note); the questions' with the 4 few-shot examples 159-233 on the labelled
+# set's 332 questions with ground-truth labels (Gemma-3's, Qwen2.5's and SmolLM2's llama.cpp
+# vocabularies), and real detectors may name more classes: room for ~90 more tokens. A longer
+# prompt makes transformers grow the cache (and recompile).
+MAX_PROMPT_TOKENS = 320
 RECORDING_SCHEMA = 1
 
 
@@ -145,6 +160,8 @@ class TorchCaptioner(TorchVariant):
         self.system = str(self.param("system", SYSTEM))
         self.max_context_chars = int(self.param("max_context_chars", MAX_CONTEXT_CHARS))
         self.stop = [str(s) for s in self.param("stop", _STOP)]
+        self.qa_max_tokens = int(self.param("qa_max_tokens", QA_MAX_TOKENS))
+        self.qa_shots = int(self.param("qa_shots", len(SHOTS)))
         self.weights = str(self.param("weights", "gguf"))
         self.cache = str(self.param("cache", "static"))
         for key, value, allowed in (("prompt_style", self.style, STYLES), ("weights", self.weights, WEIGHTS),
@@ -197,6 +214,8 @@ class TorchCaptioner(TorchVariant):
 
     def prompt(self, payload: Payload) -> tuple[str, list[str]]:
         """The prompt for one request (as the llama.cpp variant builds it) and the labels it names."""
+        if payload.question is not None:
+            return build_qa_prompt(payload, self.style, self.qa_shots), prompt_labels(payload)
         if self.instruction is None:
             labels = prompt_labels(payload)
             return build_prompt(labels, self.style), labels
@@ -213,33 +232,53 @@ class TorchCaptioner(TorchVariant):
         # no_grad, not inference_mode: torch.compile's CUDA graphs (static cache) are captured under it
         with torch.no_grad():
             if self._recording is not None:
-                return self._infer_recorded(model, prompts)
-            return self._infer_real(model, prompts)
+                return self._infer_recorded(model, batch, prompts)
+            out: list[StageOutput | None] = [None] * len(batch)
+            for asked in (True, False):  # questions and captions: their budgets and stops differ
+                rows = [i for i, p in enumerate(batch) if (p.question is not None) == asked]
+                if rows:
+                    done = self._infer_real(model, [batch[i] for i in rows], [prompts[i] for i in rows])
+                    for i, o in zip(rows, done, strict=True):
+                        out[i] = o
+            return [o for o in out if o is not None]
+
+    def budget(self, payload: Payload) -> int:
+        """The most tokens one request may generate: an answer's or a caption's."""
+        return self.qa_max_tokens if payload.question is not None else self.max_tokens
 
     def _generate(self, model, input_ids, attention_mask, **kwargs):  # -> LongTensor [B, prompt + new]
         extra: dict[str, Any] = {}
-        if self.cache == "static":
+        if self.cache == "static":  # one length for answers and captions: a new length would recompile
             extra = {"cache_implementation": "static",
-                     "max_cache_len": max(MAX_PROMPT_TOKENS, int(input_ids.shape[1])) + self.max_tokens}
+                     "max_cache_len": max(MAX_PROMPT_TOKENS, int(input_ids.shape[1]))
+                     + max(self.max_tokens, self.qa_max_tokens)}
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                               num_beams=1, **extra, **kwargs)
 
-    def _infer_real(self, model, prompts: list[tuple[str, list[str]]]) -> list[StageOutput]:
+    def _infer_real(self, model, batch: Sequence[Payload], prompts: list[tuple[str, list[str]]]) -> list[StageOutput]:
+        """One generate call for requests of one kind (all questions or all captions)."""
         tok = self._tokenizer
+        asked = batch[0].question is not None
+        budget, stops = (self.qa_max_tokens, QA_STOP) if asked else (self.max_tokens, self.stop)
         enc = tok([p for p, _ in prompts], return_tensors="pt", padding=True).to(self._device)
-        out = self._generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=self.max_tokens,
-                             stop_strings=self.stop, tokenizer=tok, pad_token_id=tok.pad_token_id)
+        out = self._generate(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=budget,
+                             stop_strings=stops, tokenizer=tok, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:].cpu().tolist()
         ends = {tok.pad_token_id, tok.eos_token_id}
         captions: list[StageOutput] = []
-        for ids, (_, labels) in zip(new, prompts, strict=True):
+        for ids, (_, labels), payload in zip(new, prompts, batch, strict=True):
             n = next((i for i, t in enumerate(ids) if t in ends), len(ids))
             text = tok.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            stopped = n < self.max_tokens or any(s in text for s in self.stop)
+            if asked:  # as llama.cpp's stop: the answer ends before the first stop string
+                cut = min((text.find(s) for s in stops if s in text), default=len(text))
+                captions.append(Caption(clean_answer(text[:cut]), n, tuple(labels), payload.question))
+                continue
+            stopped = n < budget or any(s in text for s in stops)
             captions.append(Caption(first_sentence(text, stopped=stopped, primer=self.primer), n, tuple(labels)))
         return captions
 
-    def _infer_recorded(self, model, prompts: list[tuple[str, list[str]]]) -> list[StageOutput]:
+    def _infer_recorded(self, model, batch: Sequence[Payload],
+                        prompts: list[tuple[str, list[str]]]) -> list[StageOutput]:
         import torch
 
         assert self._recording is not None
@@ -248,12 +287,12 @@ class TorchCaptioner(TorchVariant):
         pad = int(model.config.pad_token_id or 0)
         ids = torch.tensor([[pad] * (width - len(r.ids)) + list(r.ids) for r in recorded], device=self._device)
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in recorded], device=self._device)
-        steps = min(self.max_tokens, max(r.new_tokens for r in recorded))
+        steps = max(1, *(min(r.new_tokens, self.budget(p)) for r, p in zip(recorded, batch, strict=True)))
         out = self._generate(model, ids, mask, min_new_tokens=steps, max_new_tokens=steps, pad_token_id=pad)
         generated = int(out.shape[1]) - width  # the batch runs until its longest recorded caption is done
         return [Caption(f"[random weights: {r.new_tokens} tokens recorded, {generated} generated in the batch]",
-                        min(r.new_tokens, generated), tuple(labels))
-                for r, (_, labels) in zip(recorded, prompts, strict=True)]
+                        min(r.new_tokens, self.budget(p), generated), tuple(labels), p.question)
+                for r, (_, labels), p in zip(recorded, prompts, batch, strict=True)]
 
 
 def make(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> TorchCaptioner:

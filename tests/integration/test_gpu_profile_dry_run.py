@@ -20,7 +20,7 @@ import pytest
 from varipipe.profiler import gpu_inputs
 from varipipe.profiler.gpu_profile import RUN_ORDER, WATCHED_MODULES
 from varipipe.profiler.store import load_profile, save_profile
-from varipipe.records import Profile, ProfilePoint
+from varipipe.records import Profile, ProfilePoint, VariantSpec
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +40,44 @@ def carry(tmp_path_factory) -> Path:
     return out
 
 
+def manifest_skipped(carry: Path) -> dict[str, str]:
+    return json.loads((carry / "manifest.json").read_text())["skipped"]
+
+
 def test_the_carry_fits_in_what_travels(carry):
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     size = sum((REPO / p).stat().st_size for p in tracked.decode().split("\0") if p and (REPO / p).is_file())
     assert size + gpu_inputs.carry_bytes(carry) <= TRAVEL_TARGET_BYTES < TRAVEL_LIMIT_BYTES
     manifest = json.loads((carry / "manifest.json").read_text())
-    weights = {v["spec"]["fields"]["name"]: v["weights"] for v in manifest["variants"]}
-    assert {weights["yolov10n-640"], weights["yolov4-tiny-416"], weights["yolov3-tiny-416"]} == {
-        gpu_inputs.REAL, gpu_inputs.REAL_FLOAT16, gpu_inputs.RANDOM}
-    assert {weights["mobilenet-v2"], weights["smollm2-135m"]} == {gpu_inputs.RANDOM}
-    # the ladder's real weights travel (YOLOv4-tiny in float16: half its 24 MB); YOLOv3-tiny's cfg alone
+    weights = {(v["spec"]["fields"]["stage"], v["weights"]) for v in manifest["variants"]}
+    # the detector's real weights travel; the classifiers and the LLM run their architectures
+    assert weights == {("detector", gpu_inputs.REAL), ("classifier", gpu_inputs.RANDOM), ("llm", gpu_inputs.RANDOM)}
     assert (carry / "models" / "yolov10n-pt" / "yolov10n.pt").stat().st_size > 10e6
-    assert 11e6 < (carry / "models" / "yolov4-tiny" / "yolov4-tiny.float16.pt").stat().st_size < 13e6
-    assert not (carry / "models" / "yolov3-tiny").exists() and (carry / "arch" / "yolov3-tiny.cfg").is_file()
+    assert manifest["skipped"] == {"llm/template": "no GPU path for its family"}  # string rules, no model
+
+
+def test_darknet_models_travel_as_float16_or_as_their_cfg(tmp_path, monkeypatch):
+    """Pipelines that still have darknet detectors (vision-caption-ci): YOLOv4-tiny as a float16 state dict
+    that finds what the full weights find, YOLOv3-tiny as its cfg (random weights)."""
+    from varipipe.pipelines.models import CACHE_ENV
+    from varipipe.pipelines.variant import Payload, build_variant
+    from varipipe.profiler.inputs import bundled_images
+
+    assert gpu_inputs._carry_model("yolov4-tiny", tmp_path) == (gpu_inputs.REAL_FLOAT16, {})
+    assert 11e6 < (tmp_path / "models" / "yolov4-tiny" / "yolov4-tiny.float16.pt").stat().st_size < 13e6
+    assert not list((tmp_path / "models" / "yolov4-tiny").glob("*.weights"))
+    assert gpu_inputs._carry_model("yolov3-tiny", tmp_path) == (
+        gpu_inputs.RANDOM, {"weights": "random", "arch_config": "arch/yolov3-tiny.cfg"})
+    assert not (tmp_path / "models" / "yolov3-tiny").exists()
+    spec = VariantSpec("detector", "v4", "torch", "varipipe.pipelines.variants.detector_torch:make", input_size=416,
+                       params={"model": "yolov4-tiny"})
+    photos = [Payload(request_id=n, image=img) for n, img in bundled_images()]
+    full = build_variant(spec)
+    full.load()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "models"))
+    carried = build_variant(spec)
+    carried.load()  # from the copy: the float16 state dict, read back to float32
+    assert [d.labels() for d in carried.infer(photos)] == [d.labels() for d in full.infer(photos)]
 
 
 def test_dry_run_on_a_simulated_gpu_host(carry, tmp_path):
@@ -63,12 +88,13 @@ def test_dry_run_on_a_simulated_gpu_host(carry, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     profile = load_profile(out / "vision-caption-cpu-1.json", pipeline="vision-caption")
     meta = profile.metadata
-    assert meta["dry_run"] is True and meta["failed"] == {} and meta["skipped"] == {}
+    assert meta["dry_run"] is True and meta["failed"] == {} and meta["skipped"] == manifest_skipped(carry)
     assert meta["cut_short"] == {} and "hard_stop" not in meta
     # The GPU path imported none of what the GPU host lacks (they were unfindable, too).
     assert meta["modules_loaded"] == [] and set(WATCHED_MODULES) >= {"ray", "llama_cpp"}
     manifest = json.loads((carry / "manifest.json").read_text())
     carried = [v["spec"]["fields"] for v in manifest["variants"]]
+    assert {v["stage"] for v in carried} == {"detector", "classifier", "llm"}
     unscored = [ProfilePoint(**{**u, "accuracy": 0.0, "accuracy_kind": "declared", "accuracy_source": "-"})
                 for u in meta["unscored"]]
     # Every variant measured: with the CPU variant's figure, or kept apart where it has none yet.
@@ -82,15 +108,19 @@ def test_dry_run_on_a_simulated_gpu_host(carry, tmp_path):
     groups = [next(i for i, (stage, models) in enumerate(RUN_ORDER) if key.startswith(stage + "/")
                    and (not models or any(f"/{m}-" in key for m in models))) for key in meta["order"]]
     assert groups == sorted(groups) and meta["order"][0].startswith("detector/yolov10n-")
+    assert profile.points  # efficientnet-lite0 has a figure (the spec's declared one): the profile exists
     for p in profile.points:
         start = profile.replica_start(p.stage, p.variant, p.hardware)
         assert start is not None and start.cold_start_s >= start.load_s > 0 and start.batch_change_s(2) > 0
-        assert p.memory_mb >= 0 and p.samples >= 1
         assert "accuracy does not depend on the hardware" in p.accuracy_source
-    llm = [p for p in profile.points if p.stage == "llm"]
-    assert llm and all("not the Q4 variant" in p.accuracy_source for p in llm)
-    assert {meta["weights"][f"{p.stage}/{p.variant}"] for p in profile.points if p.stage == "detector"} == {
-        gpu_inputs.REAL, gpu_inputs.REAL_FLOAT16, gpu_inputs.RANDOM}
+    for p in (*profile.points, *unscored):
+        assert p.memory_mb >= 0 and p.samples >= 1
+    for key in meta["order"]:  # every variant's start-up, scored or not
+        start = meta["replica_start"][f"{key}/cpu:1"]
+        assert start["cold_start_s"] >= start["load_s"] > 0 and set(start["warmup_s"]) == {"1", "2"}
+    llm = [note for key, note in meta["accuracy_note"].items() if key.startswith("llm/")]
+    assert llm and all("not the Q4 variant" in note for note in llm)  # each point's accuracy_source ends so
+    assert {meta["weights"][key] for key in meta["order"] if key.startswith("detector/")} == {gpu_inputs.REAL}
     inputs = manifest["inputs"]
     assert meta["gpu_check"]["variant"].startswith("yolov10n-")
     assert meta["gpu_check"]["images_with_the_same_labels"] == f"{inputs}/{inputs}"

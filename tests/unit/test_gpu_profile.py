@@ -23,10 +23,10 @@ def _carried(stage: str, name: str, model: str) -> CarriedVariant:
 def test_the_ladder_runs_first_then_classifiers_llms_and_the_other_detectors():
     spec_order = [_carried("detector", "v3-320", "yolov3-tiny"), _carried("detector", "v4-320", "yolov4-tiny"),
                   _carried("detector", "v10-320", "yolov10n"), _carried("classifier", "c", "mobilenet-v2"),
-                  _carried("llm", "l", "smollm2"), _carried("detector", "v4-416", "yolov4-tiny"),
-                  _carried("detector", "v10-640", "yolov10n")]
+                  _carried("llm", "s", "smollm2-135m-instruct-q4_1"), _carried("detector", "v4-416", "yolov4-tiny"),
+                  _carried("llm", "q", "qwen2.5-coder-0.5b-instruct-q4_k_m"), _carried("detector", "v10-640", "yolov10n")]
     assert [cv.spec.name for cv in gp.run_order(spec_order)] == [
-        "v10-320", "v10-640", "v4-320", "v4-416", "c", "l", "v3-320"]
+        "v10-320", "v10-640", "v4-320", "v4-416", "c", "q", "s", "v3-320"]
 
 
 def test_the_hard_stop_interrupts_whatever_the_run_is_waiting_on():

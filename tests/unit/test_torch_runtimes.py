@@ -251,6 +251,23 @@ def test_random_weights_generate_the_recorded_token_counts_for_the_whole_batch(t
     assert "3 generated in the batch" in alone.text
 
 
+def test_a_question_gets_the_qa_prompt_and_at_most_the_answer_budget(tmp_path):
+    from varipipe.pipelines.variants._qa_prompt import QA_MAX_TOKENS, build_qa_prompt
+
+    dets = Detections((Detection((1, 1, 9, 9), 15, "cat", 0.9), Detection((2, 2, 8, 8), 15, "cat", 0.8)), (10, 10))
+    asked = Payload("q", question="How many cats are in the picture?", outputs={"detector": dets})
+    llm = _captioner(tmp_path, "llama", "static", {"a cat": ([1, 5, 6, 7], 9)})
+    prompt, labels = llm.prompt(asked)
+    assert prompt == build_qa_prompt(asked, "completion") and "cat: 2" in prompt and labels == ["cat"]
+    rec = Recording.load(tmp_path / "rec.json")
+    rec.prompts[prompt] = RecordedPrompt((1, 8, 9), 12)  # more than an answer may take
+    (tmp_path / "rec.json").write_text(json.dumps(rec.to_json()))
+    llm.load()
+    answer, caption = llm.infer([asked, Payload("c", text="a cat")])
+    assert (answer.question, answer.tokens) == (asked.question, QA_MAX_TOKENS) and caption.question is None
+    assert "9 generated in the batch" in caption.text  # the batch runs to the caption's 9 tokens
+
+
 def test_random_weights_refuse_unrecorded_prompts(tmp_path):
     llm = _captioner(tmp_path, "llama", "dynamic", {"a cat": ([1, 5], 2)})
     llm.load()
@@ -270,12 +287,14 @@ def test_the_committed_architectures_build_on_the_meta_device():
     from varipipe.pipelines.variants.llm_torch import arch_config
 
     counts = {}
-    for model in ("smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m"):
+    for model in ("smollm2-135m-instruct-q4_1", "gemma3-270m-q4_k_m", "qwen2.5-coder-0.5b-instruct-q4_k_m"):
         with torch.device("meta"):
             net = AutoModelForCausalLM.from_config(arch_config(model))
         counts[model] = sum(p.numel() for p in net.parameters())
-    # benchmarks/llm_arch_configs.py --check: the dequantised GGUF models have these counts
-    assert counts == {"smollm2-135m-instruct-q4_1": 134_515_008, "gemma3-270m-q4_k_m": 268_098_176}
+    # benchmarks/llm_arch_configs.py --check: the dequantised GGUF models have these counts (Qwen's GGUF has
+    # its own output matrix, so 630 M rather than the tied 494 M of Qwen2.5-0.5B)
+    assert counts == {"smollm2-135m-instruct-q4_1": 134_515_008, "gemma3-270m-q4_k_m": 268_098_176,
+                      "qwen2.5-coder-0.5b-instruct-q4_k_m": 630_167_424}
 
 
 # --- what travels to a GPU host -----------------------------------------------------------------------------
