@@ -56,6 +56,7 @@ export PYTHONUNBUFFERED=1
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
   # -P: the working directory (the repository, whose varipipe/ lacks the mapped packages) stays off sys.path
   # Every point is on disk as soon as it is measured: a kill loses only the point under way.
-  timeout --kill-after=5 "$KILL_AFTER_S" \
-    "$PYTHON" -P -m varipipe.profiler.gpu_profile "$OUT" --carry "$CARRY" --started-at "$STARTED" "$@"
+  LIMIT=()
+  command -v timeout >/dev/null && LIMIT=(timeout --kill-after=5 "$KILL_AFTER_S") || echo "no timeout(1): the profiler's own hard stop only"
+  "${LIMIT[@]}" "$PYTHON" -P -m varipipe.profiler.gpu_profile "$OUT" --carry "$CARRY" --started-at "$STARTED" "$@"
 } 2>&1 | tee "$OUT/gpu_profile.log"
