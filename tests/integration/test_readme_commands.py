@@ -52,7 +52,7 @@ SHORT_DURATION_S = 600
 # Load generators (real time) are checked on 10 s of their trace window.
 SHORT_LOAD_S = 10
 # The full profile is checked on one point: the first stage's smallest variant, batch 1, one core.
-PROFILE_SUBSET = ("--stages", "detector", "--variants", "yolov3-tiny-320", "--batch", "1", "--cores", "1")
+PROFILE_SUBSET = ("--stages", "detector", "--variants", "yolov10n-256", "--batch", "1", "--cores", "1")
 # A PNG signature and nothing else: not an image any decoder accepts.
 PNG_SIGNATURE_ONLY = b"\x89PNG\r\n\x1a\n"
 README_PORT = "127.0.0.1:8000"  # where the README's curl examples send (varipipe serve's default)

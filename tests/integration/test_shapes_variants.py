@@ -23,6 +23,9 @@ LONG_SIDE = 10_000
 # things in (the content is resized into them, so boxes touch the borders).
 SHAPES = [(1, 1), (LONG_SIDE, 1), (1, LONG_SIDE), (LONG_SIDE, 2), (8, 160), (160, 8), (2000, 100), (100, 2000),
           (3000, 40), (900, 300), (640, 480)]
+# A box this close to the photo's edge makes the crop touch it (YOLOv10-N's boxes are not clipped
+# to exactly 0: the default detector's cat box starts 2.1 px in).
+BORDER_PX = 3.0
 IMAGE_STAGES = {"vision-caption": ("detector", "classifier"), "doc-ocr": ("det", "cls", "rec")}
 
 
@@ -90,4 +93,4 @@ def test_the_thin_strips_exercise_the_crops(upstream):
     lines = {p.request_id: p.outputs["det"] for p in upstream["doc-ocr", "rec"]}
     assert any(lines[f"{w}x{h}"].items for w, h in SHAPES if max(w, h) >= 10 * min(w, h))
     cats = upstream["vision-caption", "classifier"][SHAPES.index((900, 300))].outputs["detector"]
-    assert any(d.box[0] == 0 or d.box[2] == 900 for d in cats.items), cats
+    assert any(d.box[0] <= BORDER_PX or d.box[2] >= 900 - BORDER_PX for d in cats.items), cats

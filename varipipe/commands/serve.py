@@ -229,7 +229,7 @@ def line_buffered_stdout() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varipipe.errors import ConfigError
+    from varipipe.errors import ConfigError, UnknownNameError
     from varipipe.pipelines.server import LocalServer
     from varipipe.spec import find_spec
 
@@ -241,7 +241,15 @@ def run(args: argparse.Namespace) -> int:
     spec = find_spec(args.pipeline)
     state_file = args.state_file or str(Path.home() / ".cache" / "varipipe" / "state" / f"{spec.name}.json")
     decision = initial_decision(args, state_file)
-    check_decision(spec, decision)
+    try:
+        check_decision(spec, decision)
+    except (ConfigError, UnknownNameError) as e:
+        if args.decision:  # the user's own file: refused, with why
+            raise
+        # A decision kept from an earlier run of a spec that has changed since (a variant dropped
+        # from its ladder): start from the defaults instead of refusing to serve.
+        print(f"ignoring the decision kept in {state_file}: {e}; starting from the spec's defaults")
+        decision = None
     opts = app_options(args, state_file, gpu_requests(args, spec, decision))
     print(f"starting {spec.name} ({len(spec.stages)} stages) on {'Ray at ' + args.address if args.address else 'an embedded Ray'}...")
     # Handlers go in as soon as Ray runs (its own abort on SIGTERM): a signal that arrives
