@@ -137,9 +137,13 @@ def main() -> None:
                          "in turn from the QA set's dev items, as the load generator sends them")
     ap.add_argument("--llm-decoding", default="sequential,batched",
                     help=f"comma-separated LLM decodings to serve each configuration with, from {DECODINGS}")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {tuple(CONFIGS)}")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default {RESULTS.name})")
     args = ap.parse_args()
     decodings = [d.strip() for d in args.llm_decoding.split(",") if d.strip()]
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not configs or any(c not in CONFIGS for c in configs):
+        ap.error(f"--configs: each must be one of {tuple(CONFIGS)}, got {args.configs!r}")
     if not decodings or any(d not in DECODINGS for d in decodings):
         ap.error(f"--llm-decoding: each must be one of {DECODINGS}, got {args.llm_decoding!r}")
     body, ctype = load_image(args.image)
@@ -147,7 +151,8 @@ def main() -> None:
     results: dict[str, dict] = {d: {} for d in decodings}
     with tempfile.TemporaryDirectory() as folder:
         pipelines = {d: spec_with_decoding(d, Path(folder)) for d in decodings}
-        for name, v in CONFIGS.items():  # decodings interleaved per configuration
+        for name in configs:  # decodings interleaved per configuration
+            v = CONFIGS[name]
             for d in decodings:
                 print(f"llm decoding: {d}", flush=True)
                 req = Requests(body, ctype, questions)  # each run sends the same questions in the same order
@@ -155,7 +160,7 @@ def main() -> None:
     ratios = {}
     if "sequential" in results and "batched" in results:
         ratios = {name: results["batched"][name]["max_sustained_rps"] / results["sequential"][name]["max_sustained_rps"]
-                  for name in CONFIGS}
+                  for name in configs}
         for name, r in ratios.items():
             print(f"{name}: batched / sequential max sustained = x{r:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
