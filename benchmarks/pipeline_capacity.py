@@ -6,9 +6,9 @@ with 1, 2, 4 and 8 closed-loop clients (throughput stops growing once the CPUs
 are saturated). Real models, real HTTP, the embedded Ray.
 
 ``--llm-decoding`` runs each configuration once per LLM decoding, in one run:
-``batched`` (the spec as shipped: a batch decoded together) and ``sequential``
-(one sequence at a time, the path before issue 19: the spec with
-``decoding: sequential`` on its LLM variants, written to a temporary file).
+``batched`` (a batch decoded together) and ``sequential`` (one sequence at a
+time, the path before issue 19): copies of the spec with ``decoding`` set on
+its llama.cpp LLM variants, written to a temporary file.
 
 Each request carries a question about the photo (header ``x-question``), in
 turn from the QA set's dev items, as the load generator sends them (served
@@ -99,9 +99,8 @@ async def closed_loop(url: str, req: Requests, clients: int, seconds: float) -> 
 
 
 def spec_with_decoding(decoding: str, folder: Path) -> str:
-    """The pipeline to serve: the shipped spec, or a copy whose LLM variants decode ``decoding``."""
-    if decoding == "batched":
-        return PIPELINE
+    """The pipeline to serve: a copy of the shipped spec whose llama.cpp LLM variants decode ``decoding``
+    (the shipped spec may pin either: the flagship's Qwen rung says ``decoding: sequential``)."""
     from varipipe.spec import find_spec
 
     raw = yaml.safe_load(Path(find_spec(PIPELINE).source_file).read_text())
