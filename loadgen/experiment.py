@@ -30,7 +30,7 @@ from varipipe.errors import LiveMeasurementError
 from varipipe.loadgen.replayer import RequestRecord, replay
 from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.simulator import RunMetrics, SimSeries
-from varipipe.records import Decision, Profile, replica_price
+from varipipe.records import Decision, Profile, decision_cost
 
 __all__ = ["RunOutcome", "variant_switches", "load_peaks", "run_sim", "run_live", "write_results", "metrics_from_records", "git_commit",
            "file_sha256", "checkout_relative", "StartLive", "SUMMARY_FIELDS", "timeline_rows"]
@@ -147,12 +147,6 @@ def _accuracy(profile: Profile, stage: str, variant: str) -> float:
         return profile.variant_accuracy(stage, variant)
     except KeyError:
         return math.nan
-
-
-def _decision_cost(d: Decision, cost_mode: str) -> float:
-    if cost_mode == "reserved":
-        return float(sum(s.replicas * replica_price(s.hardware) for s in d.stages))
-    return float(d.predicted_cost)
 
 
 def metrics_from_records(records: Sequence[RequestRecord], sla_s: float, profile: Profile, duration_s: float,
@@ -282,7 +276,7 @@ def run_live(start_live: StartLive, profile: Profile, times: np.ndarray, body: b
                 (records_dir / f"{sla_name}-{policy}.jsonl").write_text(
                     "".join(r.to_json() + "\n" for r in records), encoding="utf-8")
             decisions = _decisions(polls, _config_url(url), interval_s)
-            cost = [(t, _decision_cost(d, cost_mode)) for t, d in decisions]
+            cost = [(t, decision_cost(d, cost_mode)) for t, d in decisions]
             pred = [(t, d.load_rps) for t, d in decisions]
             changes = sum(1 for (_, a), (_, b) in zip(decisions, decisions[1:], strict=False) if not b.same_config(a))
             m, series = metrics_from_records(records, sla_s, profile, duration, cost, pred, cost_mode, changes)

@@ -295,7 +295,7 @@ def peak_cores_extremes(profile: Profile, peak_rps: float, sla_s: float, cost_mo
     finds them on an unbounded cluster (the accurate one's ties broken by cost)."""
     from varipipe.adapter.configurations import Limits
     from varipipe.adapter.optimizer import solve
-    from varipipe.records import SLA, DecisionStatus
+    from varipipe.records import SLA, DecisionStatus, decision_cost
 
     limits = Limits(cost_mode=cost_mode, cluster_cores=_UNBOUNDED_CORES, max_replicas=int(_UNBOUNDED_CORES))
     out = []
@@ -305,6 +305,5 @@ def peak_cores_extremes(profile: Profile, peak_rps: float, sla_s: float, cost_mo
         if d.status is not DecisionStatus.OPTIMAL:
             raise ConfigError("scenario", "clusters", f"no {objective} configuration meets the SLA "
                               f"{sla_s:.3g} s at {peak_rps:g} req/s on this profile ({d.status.value}: {d.reason})")
-        out.append(float(sum(s.replicas * replica_price(s.hardware) for s in d.stages)) if cost_mode == "reserved"
-                   else float(d.predicted_cost))
+        out.append(decision_cost(d, cost_mode))
     return out[0], out[1]

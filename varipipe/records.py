@@ -309,6 +309,8 @@ class DecisionStatus(enum.StrEnum):
     FIXED = "fixed"  # chosen by a rule, not a solver (static, fa2, ray, pinned)
 
 
+
+
 @dataclass(frozen=True)
 class StageDecision:
     """What one stage runs: variant, batch, replicas, hardware, batch wait."""
@@ -383,6 +385,15 @@ class Decision:
         kw["status"] = DecisionStatus(d.get("status", "fixed"))
         kw["binding_constraints"] = tuple(d.get("binding_constraints", ()))
         return cls(**kw)
+
+
+def decision_cost(d: Decision, cost_mode: str) -> float:
+    """What a decision costs: ``reserved``, its replicas at :func:`replica_price`; ``shared``, the
+    optimizer's predicted CPU (and GPU) time. The experiment runner's cost and the scenario's
+    cluster sizing both read it."""
+    if cost_mode == "reserved":
+        return float(sum(s.replicas * replica_price(s.hardware) for s in d.stages))
+    return float(d.predicted_cost)
 
 
 @dataclass(frozen=True)

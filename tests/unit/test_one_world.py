@@ -11,7 +11,6 @@ import pytest
 from varipipe.adapter.configurations import Limits, default_max_replicas, stage_configurations
 from varipipe.adapter.policies import SolverPolicy, make_policy, policy_options
 from varipipe.adapter.policy import Forecast, PolicyContext, delegates_to_ray, policy_context
-from varipipe.loadgen.experiment import _decision_cost
 from varipipe.loadgen.runs import SimSettings, run_policy
 from varipipe.loadgen.runs import policy_context as sim_policy_context
 from varipipe.loadgen.simulator import SimConfig, simulate
@@ -33,6 +32,7 @@ from varipipe.records import (
     ProfilePoint,
     StageDecision,
     StageObservation,
+    decision_cost,
     replica_price,
 )
 from varipipe.spec import find_spec
@@ -161,7 +161,7 @@ def test_one_replica_price_in_optimizer_simulator_and_experiment_runner():
     (c,) = stage_configurations(GPU_PROFILE, "s", 3.0, limits)
     assert c.cost == replica_price("gpu:T4") * c.replicas
     d = Decision(stages=(StageDecision("s", "v", 1, 3, "gpu:T4"),))
-    assert _decision_cost(d, "reserved") == 3 * replica_price("gpu:T4")
+    assert decision_cost(d, "reserved") == 3 * replica_price("gpu:T4")
     res = run_policy(GPU_PROFILE, np.arange(0.0, 30.0, 0.5), "static",
                      SimSettings(sla_s=5.0, cost_mode="reserved", cluster_cores=64.0,
                                  policy_options={"replicas": 3}))
