@@ -62,6 +62,7 @@ import numpy as np
 
 from varipipe.adapter.latency_model import batch_curve
 from varipipe.errors import ConfigError
+from varipipe.jsonfile import write_json_atomic
 from varipipe.records import BatchTimes, Observation, Profile
 
 __all__ = ["CalibrationSettings", "Correction", "Calibration", "Calibrator", "calibrate", "make_calibrator",
@@ -530,11 +531,7 @@ class FileCalibrationStore:
             raise ConfigError(str(path), "(calibration)", f"cannot read the saved calibration: {e}") from e
 
     def save(self, calibrator: Calibrator) -> None:
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(calibrator.state()) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(self.path, calibrator.state())
 
     @staticmethod
     def beside(decision_state_file: str | Path) -> FileCalibrationStore:

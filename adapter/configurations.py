@@ -68,11 +68,15 @@ __all__ = [
     "accuracy_term",
     "combine_accuracy",
     "within_stage_limits",
+    "NO_COST_CEILING",
 ]
 
 COST_MODES = ("shared", "reserved")
 ACCURACY_MODES = ("multiply", "sum", "average")
 OBJECTIVES = ("weighted", "min-cost", "max-accuracy")
+# The max_cost of a max-accuracy objective that no ceiling bounds: finite (the solvers need
+# numbers) and above any cluster's cost, so only the capacity constraint binds.
+NO_COST_CEILING = 1e9
 
 # Utilisation ceiling per replica: 20 % headroom keeps queueing delay small
 # (an M/D/1 queue's wait grows as ρ/(1−ρ); at 0.8 it is 2 service times).

@@ -54,6 +54,7 @@ from varipipe.adapter.calibration import Calibrator
 from varipipe.adapter.policy import Forecast, Policy
 from varipipe.adapter.predictors import Predictor
 from varipipe.errors import ConfigError
+from varipipe.jsonfile import write_json_atomic
 from varipipe.records import Decision, Observation
 
 __all__ = ["ControlLoop", "Poller", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
@@ -112,11 +113,7 @@ class FileDecisionStore:
             raise ConfigError(str(path), "(decision)", f"cannot read the saved decision: {e}") from e
 
     def save(self, decision: Decision) -> None:
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(decision.to_dict(), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(self.path, decision.to_dict(), indent=1)
 
 
 @dataclass(frozen=True)

@@ -293,14 +293,14 @@ def peak_cores_extremes(profile: Profile, peak_rps: float, sla_s: float, cost_mo
     """Peak cores (reserved: replicas x price; shared: the optimizer's cost) of the cheapest and of the
     most accurate configuration that meets ``sla_s`` at ``peak_rps``, as the adapter's optimizer
     finds them on an unbounded cluster (the accurate one's ties broken by cost)."""
-    from varipipe.adapter.configurations import Limits
+    from varipipe.adapter.configurations import NO_COST_CEILING, Limits
     from varipipe.adapter.optimizer import solve
     from varipipe.records import SLA, DecisionStatus, decision_cost
 
     limits = Limits(cost_mode=cost_mode, cluster_cores=_UNBOUNDED_CORES, max_replicas=int(_UNBOUNDED_CORES))
     out = []
     # Bounds that never bind: any accuracy above zero, any cost the unbounded cluster allows.
-    for objective, bound in (("min-cost", {"min_accuracy": _ANY_ACCURACY}), ("max-accuracy", {"max_cost": _UNBOUNDED_CORES})):
+    for objective, bound in (("min-cost", {"min_accuracy": _ANY_ACCURACY}), ("max-accuracy", {"max_cost": NO_COST_CEILING})):
         d = solve(profile, peak_rps, SLA(sla_s), limits, objective=objective, **bound)
         if d.status is not DecisionStatus.OPTIMAL:
             raise ConfigError("scenario", "clusters", f"no {objective} configuration meets the SLA "

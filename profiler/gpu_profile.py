@@ -61,6 +61,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from varipipe.jsonfile import write_json_atomic
 from varipipe.profiler.gpu_inputs import (
     DEFAULT_CARRY,
     REAL,
@@ -293,11 +294,7 @@ def write_results(out: Path, pipeline: str, points: Sequence[ProfilePoint], meta
         save_profile(Profile(pipeline, tuple(points), meta, {}, SCHEMA_VERSION), out)
         metadata_only_path(out).unlink(missing_ok=True)
         return out
-    path = metadata_only_path(out)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pipeline": pipeline, "metadata": metadata}, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json_atomic(metadata_only_path(out), {"pipeline": pipeline, "metadata": metadata}, indent=1)
 
 
 def metadata_only_path(profile: Path) -> Path:

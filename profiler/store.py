@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from varipipe.errors import ProfileError
+from varipipe.jsonfile import write_json_atomic
 from varipipe.records import AccuracyKind, Profile, ProfilePoint
 
 __all__ = ["SCHEMA_VERSION", "load_profile", "save_profile", "profile_from_dict", "profile_to_dict", "default_profile_path"]
@@ -176,8 +177,4 @@ def load_profile(path: str | Path, pipeline: str | None = None) -> Profile:
 
 def save_profile(profile: Profile, path: str | Path) -> None:
     """Write atomically (temp file + rename) so an interrupted run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(profile_to_dict(profile), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, profile_to_dict(profile), indent=1)

@@ -63,16 +63,16 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
     add_calibration_arguments(parser)
 
 
-# --objective: the solver's objectives an operator picks when serving. max-accuracy is bounded by
-# the capacity constraint alone: its cost ceiling is finite (the solvers need numbers) and above
-# any cluster's cost.
+# --objective: the solver's objectives an operator picks when serving; max-accuracy is bounded by
+# the capacity constraint alone.
 OBJECTIVES = ("weighted", "max-accuracy")
-_NO_COST_CEILING = 1e9
 
 
 def objective_options(objective: str) -> dict:
     """The ILP policies' options for ``--objective``."""
-    return {"objective": "max-accuracy", "max_cost": _NO_COST_CEILING} if objective == "max-accuracy" else {}
+    from varipipe.adapter.configurations import NO_COST_CEILING
+
+    return {"objective": "max-accuracy", "max_cost": NO_COST_CEILING} if objective == "max-accuracy" else {}
 
 
 def _deadline_factor(text: str) -> float:
