@@ -79,6 +79,30 @@ class Variant(Protocol):
     def infer(self, batch: Sequence[Payload]) -> list[StageOutput]: ...
 
 
+class NoModelVariant:
+    """The part of a variant with no model to load (the template rung, the test identity stage):
+    a name, a CPU thread count, and ``loaded`` flipped by ``load``/``unload``. Subclasses add ``infer``."""
+
+    def __init__(self, spec: VariantSpec, threads: int = 1) -> None:
+        self.spec = spec
+        self._threads = max(1, int(threads))
+        self.loaded = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def hardware(self) -> str:
+        return f"cpu:{self._threads}"
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def unload(self) -> None:
+        self.loaded = False
+
+
 def build_variant(spec: VariantSpec, threads: int = 1, device: str = "cpu") -> Variant:
     """Import ``spec.factory`` ("module:callable") and build the variant (not yet loaded)."""
     module_name, _, attr = spec.factory.partition(":")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varipipe.pipelines.variant import Payload, StageOutput
+from varipipe.pipelines.variant import NoModelVariant, Payload, StageOutput
 from varipipe.records import VariantSpec
 
 
@@ -30,28 +30,15 @@ class Echo:
         return f"echo (batch of {self.batch_size})"
 
 
-class IdentityVariant:
+class IdentityVariant(NoModelVariant):
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
-        self.spec = spec
-        self._threads = threads
-        self.loaded = False
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def hardware(self) -> str:
-        return f"cpu:{self._threads}"
+        super().__init__(spec, threads)
 
     def load(self) -> None:
         time.sleep(float(self.spec.params.get("load_s", 0.0)))
         if self.spec.params.get("fail_load"):
             raise RuntimeError(f"variant {self.spec.name} is configured to fail loading")
-        self.loaded = True
-
-    def unload(self) -> None:
-        self.loaded = False
+        super().load()
 
     def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
         service = float(self.spec.params.get("service_s", 0.0))

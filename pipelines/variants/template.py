@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from varipipe.pipelines.variant import Payload, StageOutput
+from varipipe.pipelines.variant import NoModelVariant, Payload, StageOutput
 from varipipe.pipelines.variants.outputs import Caption, collect_labels, counted_labels
 from varipipe.records import VariantSpec
 from varipipe.text import article, plural
@@ -68,29 +68,13 @@ def caption(payload: Payload) -> str:
     return f"The photo shows {things}."
 
 
-class TemplateAnswerer:
+class TemplateAnswerer(NoModelVariant):
     """A variant with no model: ``infer`` answers (or captions) each request by the rules above."""
 
     def __init__(self, spec: VariantSpec, threads: int = 1, device: str = "cpu") -> None:
         if device != "cpu":
             raise spec.spec_error("", f"device {device!r}: the template rung runs on the CPU only")
-        self.spec = spec
-        self._threads = max(1, int(threads))
-        self.loaded = False
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def hardware(self) -> str:
-        return f"cpu:{self._threads}"
-
-    def load(self) -> None:
-        self.loaded = True
-
-    def unload(self) -> None:
-        self.loaded = False
+        super().__init__(spec, threads)
 
     def infer(self, batch: Sequence[Payload]) -> list[StageOutput]:
         out: list[StageOutput] = []
