@@ -281,7 +281,7 @@ class IngressCore:
         if deadline is None and self.deadline_s:
             deadline = arrival + self.deadline_s
         if self.admission and deadline is not None:
-            verdict = decide(arrival, deadline, self.queues.loads(), REPLY_MARGIN_S + self.queues.before_s)
+            verdict = decide(arrival, deadline, self.queues.loads(arrival), REPLY_MARGIN_S + self.queues.before_s)
             if not verdict.admit:
                 return self._reject(verdict, arrival, deadline, t0)
         # In the first stage's queue from now on: requests of a burst that are still being read
@@ -334,7 +334,8 @@ class IngressCore:
                 self._stage_events.add(StageExit(stage, self.clock(), time.perf_counter() - s0, lost=True))
                 raise
             finally:
-                self.queues.back(stage, trace.compute_s if trace else None, trace.batch_size if trace else 1)
+                self.queues.back(stage, trace.compute_s if trace else None, trace.batch_size if trace else 1,
+                                 self.clock())
             self._stage_events.add(StageExit(stage, self.clock(), time.perf_counter() - s0,
                                              dropped=payload.dropped_at == stage))
             if trace is None:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varipipe.admission import StageLoad, update_item_s
+from varipipe.admission import StageLoad, in_force, update_item_s
 from varipipe.errors import ConfigError
 from varipipe.records import Decision
 
@@ -54,6 +54,7 @@ class StageQueues:
         self.stages = tuple(stages)
         self.in_flight = dict.fromkeys(self.stages, 0)
         self.item_s = dict.fromkeys(self.stages, 0.0)
+        self.item_at = dict.fromkeys(self.stages, 0.0)  # when each estimate was last measured
         self.slots = {s: slots[s] for s in self.stages}
         self.before_s = 0.0  # the ingress's own work before the first stage (reading, decoding)
         self._prepare: deque[float] = deque(maxlen=PREPARE_SAMPLES)
@@ -78,17 +79,23 @@ class StageQueues:
     def sent(self, stage: str) -> None:
         self.in_flight[stage] += 1
 
-    def back(self, stage: str, compute_s: float | None = None, batch_size: int = 1) -> None:
-        """A stage answered; ``compute_s`` is the batch time it reported (None: it did not run it)."""
+    def back(self, stage: str, compute_s: float | None = None, batch_size: int = 1, now: float = 0.0) -> None:
+        """A stage answered at ``now``; ``compute_s`` is the batch time it reported (None: it did not run it)."""
         self.in_flight[stage] -= 1
         if compute_s is not None and compute_s >= 0:
             self.item_s[stage] = update_item_s(self.item_s[stage], compute_s, batch_size)
+            self.item_at[stage] = now
 
     def prepared(self, seconds: float) -> None:
         """The ingress's own time before the first stage for one request."""
         self._prepare.append(seconds)
         self.before_s = statistics.median(self._prepare)
 
-    def loads(self) -> tuple[StageLoad, ...]:
-        return tuple(StageLoad(s, self.in_flight[s], self.item_s[s], self.slots[s].batch, self.slots[s].replicas)
+    def loads(self, now: float | None = None) -> tuple[StageLoad, ...]:
+        """Every stage as a request arriving at ``now`` sees it. An estimate no answer has
+        measured for ``admission.STALE_ESTIMATE_S`` is forgotten (0): an ingress that rejects
+        everything gets no answers to correct it (None: every estimate in force)."""
+        return tuple(StageLoad(s, self.in_flight[s],
+                               self.item_s[s] if now is None else in_force(self.item_s[s], self.item_at[s], now),
+                               self.slots[s].batch, self.slots[s].replicas)
                      for s in self.stages)

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from varipipe.admission import update_expected, would_miss
+from varipipe.admission import in_force, update_expected, would_miss
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
 from varipipe.records import StageSpec
 
@@ -91,8 +91,10 @@ class StageCore:
         builder: Callable[[object, int], Variant] | None = None,
         replica_id: str = "",
         device: str = "cpu",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.stage = stage
+        self.clock = clock  # wall-clock seconds, as requests' deadlines are
         self.threads = threads
         self.device = device  # "gpu": the replica holds a GPU and builds its variants' GPU runtimes
         self._build = builder or (lambda spec, threads: build_variant(spec, threads=threads, device=device))
@@ -110,6 +112,7 @@ class StageCore:
         self.error = ""
         self.last_switch_s = 0.0
         self.expected_batch_s = 0.0  # EWMA of the batch compute time: the deadline check's estimate
+        self.last_batch_at = 0.0  # wall time the estimate was last measured (admission.in_force)
         # Every variant object this replica built and that is still alive: after a
         # switch only the new one may remain, which shows the old model was released.
         self._alive: weakref.WeakSet = weakref.WeakSet()
@@ -142,6 +145,7 @@ class StageCore:
             self.error = msg if not keep_error else self.error or msg
             return
         old, self.variant = self.variant, new  # batches that start from now on run on the new model
+        self.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's
         if old is not None:
             with self._retired_lock:
                 self._retired.append(old)
@@ -180,10 +184,11 @@ class StageCore:
         variant = self.variant  # one reference for the whole batch, even if a switch lands now
         if variant is None:
             raise RuntimeError(f"stage {self.stage.name} has no loaded variant: {self.error}")
-        start = time.time()
+        start = self.clock()
+        expected = in_force(self.expected_batch_s, self.last_batch_at, start)
         live = []
         for p in payloads:
-            if would_miss(start, self.expected_batch_s, p.deadline):
+            if would_miss(start, expected, p.deadline):
                 p.dropped_at = self.stage.name
             else:
                 live.append(p)
@@ -192,8 +197,9 @@ class StageCore:
         compute = time.perf_counter() - t0
         if len(outputs) != len(live):
             raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(live)} inputs")
-        if live:
-            self.expected_batch_s = update_expected(self.expected_batch_s, compute)
+        if live and variant is self.variant:  # a batch of a model switched out meanwhile measures nothing
+            self.expected_batch_s = update_expected(expected, compute)
+            self.last_batch_at = self.clock()
         hardware = str(getattr(variant, "hardware", ""))
         queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}
         for p, out in zip(live, outputs, strict=True):

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["EWMA_WEIGHT", "update_expected", "would_miss", "item_weight", "update_item_s", "StageLoad",
+__all__ = ["EWMA_WEIGHT", "STALE_ESTIMATE_S", "update_expected", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
            "Prediction", "Verdict", "predict", "decide"]
 
 # Weight of the newest batch in the moving average of batch time used to judge
@@ -32,6 +32,20 @@ EWMA_WEIGHT = 0.2
 def update_expected(expected_s: float, compute_s: float, weight: float = EWMA_WEIGHT) -> float:
     """The moving average after one more batch; the first batch sets it."""
     return compute_s if not expected_s else weight * compute_s + (1 - weight) * expected_s
+
+
+# A stage that sheds every item runs no batch, so nothing measures its estimate again: one
+# slow batch (a host hiccup, the model a switch replaced) would shed the stage for good. An
+# estimate no batch has refreshed for this long is forgotten, and the next batch measures
+# afresh. One adapter interval (adapter/policy.py DEFAULT_INTERVAL_S, 10 s): the time in
+# which the adapter itself sees a change and answers it.
+STALE_ESTIMATE_S = 10.0
+
+
+def in_force(expected_s: float, last_batch_s: float, now_s: float, stale_s: float = STALE_ESTIMATE_S) -> float:
+    """The estimate that judges a batch starting at ``now_s``: ``expected_s``, or 0 (none:
+    nothing is shed, the batch measures) when no batch has run for more than ``stale_s``."""
+    return 0.0 if now_s - last_batch_s > stale_s else expected_s
 
 
 def would_miss(start_s: float, expected_s: float, deadline_s: float | None) -> bool:

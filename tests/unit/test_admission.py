@@ -23,6 +23,13 @@ def test_first_batch_sets_the_estimate_then_it_moves_by_the_weight():
     assert update_expected(0.4, 0.9) == pytest.approx(0.4 + EWMA_WEIGHT * (0.9 - 0.4))
 
 
+def test_an_estimate_no_batch_refreshed_for_too_long_is_forgotten():
+    from varipipe.admission import STALE_ESTIMATE_S, in_force
+
+    assert in_force(2.0, 100.0, 100.0 + STALE_ESTIMATE_S) == 2.0
+    assert in_force(2.0, 100.0, 100.0 + STALE_ESTIMATE_S + 0.1) == 0.0
+
+
 def test_would_miss_only_when_the_expected_end_is_past_the_deadline():
     assert would_miss(1.0, 0.5, 1.4)
     assert not would_miss(1.0, 0.5, 1.5)

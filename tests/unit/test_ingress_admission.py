@@ -300,3 +300,16 @@ def test_queues_take_batch_and_replicas_from_the_decision():
                 {"stages": {"first": {"batch": "x", "replicas": 1}, "second": {"batch": 1, "replicas": 1}}}):
         with pytest.raises(ConfigError):
             q.configure(bad)
+
+
+def test_the_ingress_forgets_a_per_item_estimate_no_answer_refreshed():
+    """An ingress rejecting everything gets no answers to correct a stale estimate: after
+    STALE_ESTIMATE_S without one it is forgotten, so requests reach the stages again."""
+    from varipipe.admission import STALE_ESTIMATE_S
+
+    q = StageQueues(("first", "second"), {"first": StageSlots(1, 1), "second": StageSlots(1, 1)})
+    q.sent("first")
+    q.back("first", compute_s=5.0, batch_size=1, now=100.0)
+    assert [x.item_s for x in q.loads(100.0 + STALE_ESTIMATE_S)] == [5.0, 0.0]
+    assert [x.item_s for x in q.loads(100.0 + STALE_ESTIMATE_S + 1)] == [0.0, 0.0]
+    assert [x.item_s for x in q.loads()] == [5.0, 0.0]  # no clock: every estimate in force

@@ -145,6 +145,42 @@ def test_requests_past_their_deadline_are_dropped_not_run(spec):
     assert len(out) == 3
 
 
+def test_a_stage_that_sheds_everything_measures_again_once_its_estimate_is_stale(spec):
+    """One slow batch must not shed a stage for good: shedding every item runs no batch, so
+    nothing corrects the estimate; after STALE_ESTIMATE_S it is forgotten and re-measured."""
+    from varipipe.admission import STALE_ESTIMATE_S
+
+    now = [1000.0]
+    core = StageCore(spec.stage("first"), clock=lambda: now[0])
+    core.configure(StageConfig("fast", 4, 0.0, 1))
+    core.expected_batch_s, core.last_batch_at = 5.0, now[0]  # one batch took 5 s (a host hiccup)
+    sla = 1.0
+    shed = Payload(deadline=now[0] + sla)
+    core.infer([shed], [now[0]])
+    assert shed.dropped_at == "first"  # 5 s expected against a 1 s budget
+    now[0] += STALE_ESTIMATE_S / 2
+    still = Payload(deadline=now[0] + sla)
+    core.infer([still], [now[0]])
+    assert still.dropped_at == "first"  # the estimate is still in force
+    now[0] += STALE_ESTIMATE_S  # no batch ran for longer than STALE_ESTIMATE_S since the last one
+    again = Payload(deadline=now[0] + sla)
+    core.infer([again], [now[0]])
+    assert again.dropped_at == "" and "first" in again.outputs
+    assert core.expected_batch_s < sla and core.last_batch_at == now[0]  # measured afresh
+
+
+def test_a_variant_switch_forgets_the_old_models_batch_time(spec):
+    now = [1000.0]
+    core = StageCore(spec.stage("first"), clock=lambda: now[0])
+    core.configure(StageConfig("slow", 1, 0.0, 1))
+    core.expected_batch_s, core.last_batch_at = 5.0, now[0]
+    core.configure(StageConfig("fast", 1, 0.0, 2))
+    assert core.expected_batch_s == 0.0
+    p = Payload(deadline=now[0] + 1.0)
+    core.infer([p], [now[0]])
+    assert p.dropped_at == ""
+
+
 def test_controller_history_and_config_views():
     from varipipe.pipelines.controller_logic import ControllerState
 
