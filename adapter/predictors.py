@@ -8,6 +8,7 @@ share an instance. ``make_predictor(name)`` builds one by name; the LSTM lives i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -21,6 +22,8 @@ __all__ = [
     "MovingMax",
     "EWMA",
     "PREDICTORS",
+    "MIN_EXPECTED_ARRIVALS",
+    "peak_rate",
     "make_predictor",
 ]
 
@@ -34,6 +37,11 @@ MOVING_MAX_WINDOW_S = 60
 # last bucket as much as all older ones together.
 EWMA_BUCKET_S = 10
 EWMA_ALPHA = 0.5
+# Moving max / reactive below 1 req/s: the peak is read over buckets long enough to expect this many
+# arrivals (see ``peak_rate``). One is the least that keeps a reading from being all quantisation
+# (one arrival in a 1 s bucket reads 1 req/s whatever the rate), and it makes the bucket 1 s, the
+# per-second max unchanged, whenever the window's mean is >= 1 req/s.
+MIN_EXPECTED_ARRIVALS = 1.0
 
 
 @runtime_checkable
@@ -49,21 +57,52 @@ def _tail(history: Sequence[float], n: int) -> Sequence[float]:
     return history[-n:] if len(history) > n else history
 
 
+def peak_rate(counts: Sequence[float], min_expected: float = MIN_EXPECTED_ARRIVALS) -> float:
+    """The peak arrival rate in per-second ``counts``, read over buckets long enough to expect
+    ``min_expected`` arrivals at the window's mean rate.
+
+    The per-second max quantises rates below 1 req/s: at 0.3 req/s every second holds 0 or 1
+    arrivals, so the peak reads 1 req/s. Here the bucket is ``ceil(min_expected / mean)``
+    seconds (mean: the counts' own mean rate; at most the whole window) and the estimate is the
+    largest count over sliding buckets of that length, divided by it: a rate resolved in steps of
+    ``1 / bucket`` <= ``mean / min_expected`` rather than 1 req/s. At a mean of ``min_expected``
+    req/s or more the bucket is 1 s and this is the per-second max itself, so traces at >= 1
+    req/s read exactly as before. No arrivals (or no history) read 0.
+    """
+    n = len(counts)
+    total = float(sum(counts))
+    if n == 0 or total <= 0.0:
+        return float(max(counts)) if n else 0.0
+    bucket = min(n, max(1, math.ceil(min_expected * n / total)))
+    if bucket == 1:
+        return float(max(counts))
+    values = [float(c) for c in counts]
+    window = sum(values[:bucket])
+    best = window
+    for i in range(bucket, n):  # slide one second: add the newest, drop the oldest
+        window += values[i] - values[i - bucket]
+        best = max(best, window)
+    return best / bucket
+
+
 @dataclass(frozen=True)
 class MovingMax:
-    """The peak of the last ``window_s`` seconds: slow to scale down, quick up."""
+    """The peak rate of the last ``window_s`` seconds: slow to scale down, quick up.
+
+    Per-second max at >= 1 req/s; below, the peak over buckets long enough to expect one arrival
+    (``peak_rate``), so that 0.3 req/s reads about 0.3, not 1 req/s.
+    """
 
     window_s: int = MOVING_MAX_WINDOW_S
     name: str = "moving-max"
 
     def predict(self, history_rps: Sequence[float]) -> float:
-        tail = _tail(history_rps, self.window_s)
-        return float(max(tail)) if len(tail) else 0.0
+        return peak_rate(_tail(history_rps, self.window_s))
 
 
 @dataclass(frozen=True)
 class Reactive(MovingMax):
-    """Assume the next interval looks like the last one: the moving max over one interval."""
+    """Assume the next interval looks like the last one: the moving max (the peak rate) over one interval."""
 
     window_s: int = REACTIVE_WINDOW_S
     name: str = "reactive"
