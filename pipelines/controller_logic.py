@@ -147,6 +147,8 @@ class ControllerState:
             "policy": decision.policy, "status": decision.status.value,
             "reason": decision.reason, "explanation": decision.explanation,
             "binding_constraints": list(decision.binding_constraints),
+            # what it was decided for and what it promises (0: not predicted, e.g. the default config)
+            "load_rps": decision.load_rps, "predicted_accuracy": decision.predicted_accuracy,
         })
         log.info("decision %d serves: %s (%s)", self.generation, _summary(decision), decision.reason)
 

@@ -16,7 +16,8 @@ from varipipe.records import Decision, DecisionStatus, StageDecision
 
 POINT_KEYS = {"t", "interval_s", "arrival_rps", "predicted_rps", "completed", "within_sla", "errors", "drops",
               "rejected", "e2e_p50_s", "e2e_p99_s", "generation", "stages", "cost", "accuracy"}
-LOG_KEYS = {"time", "generation", "from", "to", "policy", "status", "reason", "explanation", "binding_constraints"}
+LOG_KEYS = {"time", "generation", "from", "to", "policy", "status", "reason", "explanation", "binding_constraints",
+            "load_rps", "predicted_accuracy"}
 
 
 class Clock:
@@ -101,6 +102,7 @@ def test_config_view_decision_log_and_adapter_off(state):
     assert set(second) >= LOG_KEYS
     assert first["from"] == "(none)" and second["from"] == first["to"]
     assert second["to"].startswith("first=slow b2 x1") and second["binding_constraints"] == ["sla_end_to_end"]
+    assert second["predicted_accuracy"] == 0.45 and second["load_rps"] == 0.0
     assert cfg["decision"]["predicted_cost"] == 0.3
     json.dumps(cfg)
 

@@ -75,14 +75,43 @@ def _phase(endpoint: str, url: str, photo: str, rate: float, seconds: float) -> 
     print(f"      {photo}{asked}: {_sample(endpoint, body, questions)}")
 
 
-def _print_decisions(url: str) -> None:
+def _stages(summary: str) -> dict[str, str]:
+    """``"detector=a b2 x1, llm=b b4 x1"`` (the decision log's summaries) -> stage -> configuration."""
+    return dict(part.split("=", 1) for part in summary.split(", ") if "=" in part)
+
+
+def decision_lines(log: list[dict], load_started: float) -> list[str]:
+    """The decision log as the demo prints it: when (seconds into the load), what serves, and why:
+    the load it was decided for, the end-to-end accuracy it promises, the constraints that bound it,
+    and the optimizer's explanation of each stage that changed (its runner-up and why it lost)."""
+    lines = []
+    for entry in log:
+        lines.append(f"  t={entry['time'] - load_started:+5.0f}s  {entry['to']}")
+        why = [f"{entry['policy'] or 'fixed'} {entry['status']}"]
+        if entry.get("load_rps"):
+            why.append(f"decided for {entry['load_rps']:.2f} req/s")
+        if entry.get("predicted_accuracy"):
+            why.append(f"end-to-end accuracy {entry['predicted_accuracy']:.4f}")
+        if entry.get("binding_constraints"):
+            why.append("binding: " + ", ".join(entry["binding_constraints"]))
+        if entry.get("reason"):
+            why.append(entry["reason"])
+        lines.append("           why: " + "; ".join(why))
+        before, after = _stages(entry["from"]), _stages(entry["to"])
+        changed = [st for st, cfg in after.items() if before and before.get(st) != cfg]
+        for line in (entry.get("explanation") or "").splitlines():
+            if any(line.startswith(f"{st}: ") for st in changed):
+                lines.append(f"           {line}")
+    return lines
+
+
+def _print_decisions(url: str, load_started: float) -> None:
     import httpx
 
     cfg = httpx.get(url + "/config", timeout=10).json()
-    print("\nconfigurations used:")
-    for entry in cfg.get("decision_log", []):
-        stamp = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-        print(f"  {stamp}  {entry['to']}   [{entry['policy']}: {entry['reason'] or entry['status']}]")
+    print("\nconfigurations used (t: seconds since the load started):")
+    for line in decision_lines(cfg.get("decision_log", []), load_started):
+        print(line)
     adapter = cfg.get("adapter", {})
     if adapter.get("enabled"):
         print(f"adapter: {adapter['steps']} steps, {adapter['applies']} applied, last error: "
@@ -112,9 +141,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving at {srv.endpoint}   config: {srv.url}/config   metrics: {srv.url}/metrics")
         print(f"watch the adapter live: {srv.url}/dashboard")
         per_phase = args.duration / len(LOAD_SHAPE)
+        load_started = time.time()  # the controller stamps its decision log with time.time() too
         for i, frac in enumerate(LOAD_SHAPE):
+            print(f"t={time.time() - load_started:+5.0f}s", end="")
             _phase(srv.endpoint, srv.url, PHOTOS[i % len(PHOTOS)], max(0.2, frac * args.peak_rps), per_phase)
-        _print_decisions(srv.url)
+        _print_decisions(srv.url, load_started)
         if args.keep_serving:
             print(f"still serving at {srv.endpoint} (dashboard: {srv.url}/dashboard); Ctrl-C to stop.")
             wait_for_signal()
