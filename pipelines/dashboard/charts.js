@@ -91,6 +91,8 @@ const VP = (() => {
     let yMin = opts.yMin ?? (ys.length ? Math.min(0, ...ys) : 0);
     let yMax = opts.yMax ?? (ys.length ? Math.max(...ys) * 1.08 : 1);
     if (!(yMax > yMin)) yMax = yMin + 1;
+    f.svg.setAttribute("data-y-min", yMin);
+    f.svg.setAttribute("data-y-max", yMax);
     const sx = (x) => M.left + ((x - xMin) / (xMax - xMin)) * f.pw;
     const sy = (y) => M.top + f.ph - ((Math.min(Math.max(y, yMin), yMax) - yMin) / (yMax - yMin)) * f.ph;
     for (const v of ticks(yMin, yMax, 4)) {
@@ -175,6 +177,18 @@ const VP = (() => {
     return f.svg;
   }
 
+  // A y range fitted to values that move little against their size (end-to-end accuracies a few per
+  // cent apart), so that a change fills part of the chart instead of a pixel: the values' span
+  // padded by a quarter of it on each side, and by at least FIT_MIN_PAD of the largest value (one
+  // value alone still gets a readable band); kept within [lo, hi]. Empty: [lo, hi].
+  const FIT_SPAN_PAD = 0.25, FIT_MIN_PAD = 0.02;
+  function fitRange(values, lo, hi) {
+    if (!values.length) return [lo, hi];
+    const vMin = Math.min(...values), vMax = Math.max(...values);
+    const pad = Math.max((vMax - vMin) * FIT_SPAN_PAD, Math.abs(vMax) * FIT_MIN_PAD, 1e-9);
+    return [Math.max(lo, vMin - pad), Math.min(hi, vMax + pad)];
+  }
+
   // Runs of equal labels in [[x, label, colourKey]] -> segments ending where the next begins (last: at xEnd).
   function segments(rows, xEnd) {
     const out = [];
@@ -188,5 +202,5 @@ const VP = (() => {
     return out;
   }
 
-  return { lineChart, swimlanes, segments, color, fmtNum, clockTime, ticks };
+  return { lineChart, swimlanes, segments, color, fmtNum, clockTime, ticks, fitRange };
 })();

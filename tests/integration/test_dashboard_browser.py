@@ -103,11 +103,17 @@ def test_dashboard_shows_the_adapter_at_work(steered, tmp_path):
         # Two configurations of the first stage at least: the adapter moved it.
         page.wait_for_function("() => document.querySelectorAll('#chart-config .segment[data-lane=first]')"
                                ".length >= 2", timeout=POLL_WAIT_MS)
+        # The accuracy chart's axis fits the accuracies the adapter moved between, so that the drop in
+        # the peak fills a good part of it (on a 0-1 axis a few per cent would be a pixel or two).
+        y_min, y_max = (float(page.get_attribute("#chart-accuracy svg", a)) for a in ("data-y-min", "data-y-max"))
         log = page.inner_text("#decisions")
         banner = page.inner_text("#banners")
         calibration = page.inner_text("#calibration")
         page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
+    accuracies = [p["accuracy"] for p in httpx.get(srv.url + "/api/history").json()["points"] if p["accuracy"] > 0]
+    assert y_min <= min(accuracies) < max(accuracies) <= y_max
+    assert (max(accuracies) - min(accuracies)) / (y_max - y_min) >= 0.5
     new = applied[-1]["decision"]["stages"][0]
     assert f"first={new['variant']} b{new['batch']} x{new['replicas']}" in log
     assert "applied" in log and "ipa / optimal" in log and "runner-up" in log
