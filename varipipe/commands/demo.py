@@ -11,8 +11,12 @@ DESCRIPTION = """The whole product in one command: prepares the models, serves t
 embedded Ray, sends a load that rises and falls (real photos from scikit-image), prints the
 answers, per-stage timings and every configuration the adapter chose, then exits."""
 
-# Load shape as fractions of --peak-rps, one entry per phase: quiet, rising, peak, falling, quiet.
-LOAD_SHAPE = (0.15, 0.5, 1.0, 1.0, 0.5, 0.15)
+# Load shape, per phase (quiet, rising, peak, falling, quiet): (fraction of --peak-rps, share of
+# --duration). The last quiet phase is the longest: the adapter sees the fall once the reactive
+# predictor's 10 s window (adapter/predictors.py) has left the busy seconds, decides at its next
+# 5 s step, and moving the LLM back to Qwen took ~10 s here (applier: a generation in 9.8 s): ~25 s,
+# more than an equal share of the default 120 s (20 s) gave it.
+LOAD_SHAPE = ((0.15, 1), (0.5, 1), (1.0, 2), (0.5, 1), (0.15, 2))
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 # Adapter interval for the demo: short, so a two-minute demo shows several decisions.
 DEMO_INTERVAL_S = 5.0
@@ -140,11 +144,11 @@ def run(args: argparse.Namespace) -> int:
     with LocalServer(opts, port=args.port) as srv:
         print(f"serving at {srv.endpoint}   config: {srv.url}/config   metrics: {srv.url}/metrics")
         print(f"watch the adapter live: {srv.url}/dashboard")
-        per_phase = args.duration / len(LOAD_SHAPE)
+        unit = args.duration / sum(share for _, share in LOAD_SHAPE)
         load_started = time.time()  # the controller stamps its decision log with time.time() too
-        for i, frac in enumerate(LOAD_SHAPE):
+        for i, (frac, share) in enumerate(LOAD_SHAPE):
             print(f"t={time.time() - load_started:+5.0f}s", end="")
-            _phase(srv.endpoint, srv.url, PHOTOS[i % len(PHOTOS)], max(0.2, frac * args.peak_rps), per_phase)
+            _phase(srv.endpoint, srv.url, PHOTOS[i % len(PHOTOS)], max(0.2, frac * args.peak_rps), share * unit)
         _print_decisions(srv.url, load_started)
         if args.keep_serving:
             print(f"still serving at {srv.endpoint} (dashboard: {srv.url}/dashboard); Ctrl-C to stop.")
