@@ -23,7 +23,9 @@ batch size and hardware and keeps one correction per (stage, variant):
 * **minimum samples** — a correction is in force once its (stage, variant) has
   ``min_samples`` batches; until then the variant takes its **stage's** pooled
   correction (all its variants' samples: the host's speed is shared, so a variant
-  the planner has not run yet is not mistaken for a faster one), else none.
+  the planner has not run yet is not mistaken for a faster one), else none. Batches
+  the profile puts under ``POOL_MIN_PREDICTED_S`` stay out of the pool: their time is
+  mostly the clock and the call around them, not the host's speed.
 * **bounded** — a factor is clipped to ``[min_factor, max_factor]``; a factor within
   ``dead_band`` of 1, or within ``z`` standard errors of 1 (the median's standard
   error, ``1.25 · σ / √n_eff`` of the log ratios, σ from their weighted MAD and
@@ -67,7 +69,8 @@ from varipipe.records import BatchTimes, Observation, Profile
 
 __all__ = ["CalibrationSettings", "Correction", "Calibration", "Calibrator", "calibrate", "make_calibrator",
            "FileCalibrationStore", "CalibrationOptions", "ESTIMATORS", "DEFAULT_HALF_LIFE_S",
-           "DEFAULT_MIN_SAMPLES", "DEFAULT_MIN_FACTOR", "DEFAULT_MAX_FACTOR", "DEFAULT_DEAD_BAND"]
+           "DEFAULT_MIN_SAMPLES", "DEFAULT_MIN_FACTOR", "DEFAULT_MAX_FACTOR", "DEFAULT_DEAD_BAND",
+           "POOL_MIN_PREDICTED_S"]
 
 ESTIMATORS = ("median", "trimmed", "mean")
 # Decay: the weight of a batch halves every half-life. 30 s: the host's speed moves over tens of
@@ -93,6 +96,12 @@ DEFAULT_Z = 3.0
 _MEDIAN_SE = math.sqrt(math.pi / 2)
 # MAD to standard deviation, for a normal law.
 _MAD_SIGMA = 1.4826
+# Batches shorter than this in the profile (p50) are not pooled into their stage's correction. The
+# flagship LLM's template rung takes 19.5 us a batch (profile p50); live, its ratio read x5.4 (timer
+# and call overhead on a string format), and pooled into the LLM stage's correction it put Qwen,
+# which had 8 batches of its own, at x4 (clipped): the demo never planned Qwen again. 1 ms is 50x
+# the template's time and under a tenth of the fastest model batch in the profiles (12 ms).
+POOL_MIN_PREDICTED_S = 1e-3
 # Batches kept per (stage, variant): 500 give the median a standard error of ~6 % of the batch
 # times' spread, and cover 3 half-lives of the default at ~5 batches/s; past that the newest 500
 # decide. Memory and the time of an estimate stay bounded at any rate (a simulated day at 40 req/s
@@ -411,7 +420,8 @@ class Calibrator:
             rows = ring.rows()
             weights = np.exp2(-np.maximum(now - rows[:, _T], 0.0) / s.half_life_s)
             ratios, share, work = self._ratios(key, rows, weights)
-            stages.setdefault(key[0], []).append((ratios, weights))
+            timed = rows[:, _PRED] >= POOL_MIN_PREDICTED_S  # the host's speed, not timer overhead
+            stages.setdefault(key[0], []).append((ratios[timed], weights[timed]))
             estimate = _estimate(ratios, weights, s.estimator) * work
             own[key] = self._correction(key, estimate, lambda r=ratios, w=weights: _log_se(r, w), rows, weights,
                                         share, work)

@@ -79,6 +79,22 @@ def test_a_slower_host_corrects_the_variant_run_and_its_stage():
     assert lm.source == "none" and lm.factor == 1.0  # another stage: no evidence, the profile
 
 
+def test_batches_too_short_to_time_the_host_stay_out_of_their_stage_pool():
+    # The flagship's LLM: a template rung of ~20 us a batch and a model of seconds. The template's
+    # ratio (x5, timer overhead on 20 us) must not become the model's correction while the model
+    # has fewer than min_samples batches of its own.
+    profile = Profile("p", (point("llm", "template", 1, latency=2e-5), point("llm", "lm", 1, latency=1.5)))
+    cal = Calibrator(profile)
+    cal.add([batches("llm", "template", noisy(1e-4, 120)), batches("llm", "lm", noisy(1.5 * 1.3, 8, seed=3))])
+    c = cal.calibration(120.0)
+    template, lm = corr(c, "llm", "template"), corr(c, "llm", "lm")
+    assert template.source == "variant" and template.factor == 4.0 and template.clipped  # its own: harmless
+    assert lm.source == "none" and lm.factor == 1.0  # 8 timed batches: too few for the stage's pool
+    cal.add([batches("llm", "lm", noisy(1.5 * 1.3, 12, seed=4), start=200.0)])
+    lm = corr(cal.calibration(220.0), "llm", "lm")
+    assert lm.source == "variant" and lm.factor == pytest.approx(1.3, rel=0.1)
+
+
 def test_the_prediction_is_for_the_same_batch_size_interpolated_between_measured_ones():
     cal = Calibrator(PROFILE)
     # Batches of 2 and 3: the profile measured 1 (0.10 s) and 4 (0.30 s): 0.1667 and 0.2333 s.
