@@ -68,6 +68,12 @@ def peak_rate(counts: Sequence[float], min_expected: float = MIN_EXPECTED_ARRIVA
     ``1 / bucket`` <= ``mean / min_expected`` rather than 1 req/s. At a mean of ``min_expected``
     req/s or more the bucket is 1 s and this is the per-second max itself, so traces at >= 1
     req/s read exactly as before. No arrivals (or no history) read 0.
+
+    The price: in a window whose mean is under ``min_expected`` req/s, a burst shorter than the
+    bucket is spread over it (nine quiet seconds then 5 arrivals read 2.5 req/s, not 5; a second
+    more at that load and the mean is 1 req/s: the per-second max again). Reading a lone busy
+    second as the rate instead is what quantises 0.3 req/s to 1, and under Poisson arrivals at
+    0.3 req/s a second with two arrivals comes in about a third of 10 s windows.
     """
     n = len(counts)
     total = float(sum(counts))
