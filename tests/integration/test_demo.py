@@ -25,7 +25,8 @@ def test_demo_runs_end_to_end():
 
     errors = [int(n) for n in re.findall(r"errors\s+(\d+)", out)]
     assert errors and not any(errors), f"{errors}\nstdout:\n{out[-4000:]}"
-    assert "configurations used:" in out
+    assert "configurations used (t: seconds since the load started):" in out
+    assert re.search(r"t= +[-+]\d+s  detector=.*\n +why: ", out), out[-3000:]  # each configuration says why
     # a real answer came back: the demo asks each photo a question from the labelled set's dev split
     assert re.search(r"chelsea '[^']+\?': '[^']+'", out), out[-3000:]
     for stage in ("detector:", "classifier:", "llm:"):
