@@ -71,7 +71,7 @@ from varipipe.adapter.calibration import Calibrator, make_calibrator
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
-from varipipe.admission import update_expected, would_miss
+from varipipe.admission import in_force, update_expected, would_miss
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.hostspeed import HostSpeed
 from varipipe.loadgen.service import ServiceModel, service_model
@@ -448,6 +448,7 @@ class _Stage:
     occupancy: _Occupancy = field(default_factory=_Occupancy)
     departures: _Departures = field(default_factory=_Departures)
     expected_batch_s: float = 0.0  # moving average of batch times: admission control's estimate
+    last_batch_s: float = 0.0  # when the estimate was last measured (a batch ended): admission.in_force
     outbox: tuple[np.ndarray, np.ndarray] | None = None  # (times, requests) done here, not yet due downstream
     # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
     batch_end_s: list[float] = field(default_factory=list)
@@ -483,12 +484,12 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     last_second = len(speed) - 1 if speed is not None else 0
     draw = st.noise.draw
     exp = math.exp
-    expected = st.expected_batch_s
+    expected, measured = st.expected_batch_s, st.last_batch_s
     while h < n_q and free:
         f = free[0]
         first = times[h]
         start = first if first > f else f
-        if shed and would_miss(start, expected, deadlines[h]):
+        if shed and would_miss(start, in_force(expected, measured, start), deadlines[h]):
             shed_pos.append(h)
             h += 1
             continue
@@ -508,8 +509,9 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if speed is not None:
             i = int(close)
             s *= speed[i if i < last_second else last_second]
-        expected = update_expected(expected, s)
+        expected = update_expected(in_force(expected, measured, close), s)
         end = close + s
+        measured = end if end > measured else measured
         heapq.heapreplace(free, end)
         heapq.heappush(ending, (end, n))
         firsts.append(h)
@@ -522,7 +524,7 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
             _add_busy(busy, close, end, threads)
         h += n
     q.head = h
-    st.expected_batch_s = expected
+    st.expected_batch_s, st.last_batch_s = expected, measured
     return h0, firsts, sizes, ids
 
 
@@ -722,7 +724,10 @@ class _Run:
         st.model, st.model_id = st.models[-1], len(st.models) - 1
 
     def _configure(self, st: _Stage, sd: StageDecision) -> None:
+        before = st.model
         self._set_model(st, sd)
+        if before is not None and (before.variant, before.hardware) != (st.model.variant, st.model.hardware):
+            st.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's (as live)
         st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:
