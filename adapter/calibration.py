@@ -428,7 +428,8 @@ class Calibrator:
         pooled = {}
         for st, parts in stages.items():
             r, w = np.concatenate([r for r, _ in parts]), np.concatenate([w for _, w in parts])
-            pooled[st] = (_estimate(r, w, s.estimator), lambda r=r, w=w: _log_se(r, w))
+            if len(r):  # a stage whose batches are all untimed (the template's) has no pooled figure
+                pooled[st] = (_estimate(r, w, s.estimator), lambda r=r, w=w: _log_se(r, w))
         out = []
         for key in sorted(self._variants, key=self._order):
             c = own.get(key)

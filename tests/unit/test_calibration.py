@@ -95,6 +95,17 @@ def test_batches_too_short_to_time_the_host_stay_out_of_their_stage_pool():
     assert lm.source == "variant" and lm.factor == pytest.approx(1.3, rel=0.1)
 
 
+def test_a_stage_that_ran_only_untimed_batches_has_no_pool_and_no_error():
+    # twitter-eval's LLM stage runs only the template: every batch is under POOL_MIN_PREDICTED_S,
+    # so the stage's pool is empty (this raised IndexError in the simulator at t=10 s).
+    profile = Profile("p", (point("llm", "template", 1, latency=2e-5), point("llm", "lm", 1, latency=1.5)))
+    cal = Calibrator(profile)
+    cal.add([batches("llm", "template", noisy(1e-4, 120))])
+    c = cal.calibration(120.0)
+    assert corr(c, "llm", "template").source == "variant"
+    assert corr(c, "llm", "lm").source == "none" and corr(c, "llm", "lm").factor == 1.0
+
+
 def test_the_prediction_is_for_the_same_batch_size_interpolated_between_measured_ones():
     cal = Calibrator(PROFILE)
     # Batches of 2 and 3: the profile measured 1 (0.10 s) and 4 (0.30 s): 0.1667 and 0.2333 s.
