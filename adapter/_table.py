@@ -20,10 +20,23 @@ import numpy as np
 
 from varipipe.adapter.configurations import _CEIL_EPS, Configuration, Limits, is_gpu
 from varipipe.adapter.latency_model import fit_latency_model
+from varipipe.adapter.queueing import latency_cv2, wait_quantile_s
 from varipipe.errors import UnknownNameError
 from varipipe.records import Profile, ProfilePoint, hardware_cores, replica_price
 
-__all__ = ["StageRows", "StageTable", "stage_rows", "stage_tables"]
+__all__ = ["StageRows", "StageTable", "stage_rows", "stage_tables", "UTILISATION_LEVELS", "DEFAULT_PERCENTILE"]
+
+# Replica counts a configuration is offered at besides the cheapest (``rho_max``): the
+# counts that keep each replica at or below these utilisations, so the optimizer can buy
+# a shorter queue with replicas instead of a cheaper variant (``queueing``). Their p99 wait
+# for the vision-caption detector at 34 ms a request: 3.2 / 1.3 / 0.9 / 0.6 service times
+# at 0.6 / 0.4 / 0.2 / 0.1 (adapter.queueing); below 0.1 it is little more than the batch's
+# own time, so no lower level is offered.
+UTILISATION_LEVELS = (0.6, 0.4, 0.2, 0.1)
+# The percentile queueing waits are priced at when none is given: the SLA's default (p99).
+DEFAULT_PERCENTILE = 99.0
+# A p100 SLA: no Poisson queue has a finite largest wait, so its queues are priced at p99.9.
+_MAX_WAIT_PERCENTILE = 99.9
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,14 +57,39 @@ class StageRows:
     cores: np.ndarray  # what a replica reserves of the CPU (0 on a GPU)
     price: np.ndarray  # what a replica costs (records.replica_price)
     on_gpu: np.ndarray  # bool
+    latency_cv2: np.ndarray  # squared coefficient of variation of a batch's time (queueing.latency_cv2)
 
-    def at(self, load: float, limits: Limits) -> StageTable:
-        """The rows priced at stage load ``load``: replicas, batch wait and cost (module docstring)."""
+    def take(self, idx: np.ndarray) -> StageRows:
+        """The rows at positions ``idx`` (repeats allowed), every column alike."""
+        cols = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return StageRows(**{k: (v if k == "stage" else tuple(v[i] for i in idx) if isinstance(v, tuple) else v[idx])
+                            for k, v in cols.items()})
+
+    def _replica_options(self, load: float, limits: Limits) -> tuple[StageRows, np.ndarray]:
+        """Each row at the cheapest replica count that carries ``load`` at ``rho_max``, and at the
+        larger counts that keep a replica at ``UTILISATION_LEVELS`` (distinct counts only, in
+        that order, right after it); a fixed replica count (rim) is the only one offered."""
         fixed = limits.fixed_replicas.get(self.stage)
         if fixed is not None:
-            replicas = np.full(self.batch.size, fixed, dtype=int)
-        else:
-            replicas = np.maximum(1, np.ceil(load / (limits.rho_max * self.throughput_rps) - _CEIL_EPS)).astype(int)
+            return self, np.full(self.batch.size, fixed, dtype=int)
+        levels = (limits.rho_max, *(r for r in UTILISATION_LEVELS if r < limits.rho_max))
+        with np.errstate(divide="ignore"):
+            counts = np.stack([np.maximum(1, np.ceil(load / (rho * self.throughput_rps) - _CEIL_EPS))
+                               for rho in levels], axis=1).astype(int)  # (rows, levels), non-decreasing
+        new = np.ones(counts.shape, dtype=bool)
+        new[:, 1:] = counts[:, 1:] > counts[:, :-1]
+        row, level = np.nonzero(new)  # row-major: each row's counts together, cheapest first
+        if len(row) == self.batch.size:
+            return self, counts[:, 0]
+        return self.take(row), counts[row, level]
+
+    def at(self, load: float, limits: Limits, percentile: float = DEFAULT_PERCENTILE) -> StageTable:
+        """The rows priced at stage load ``load``: replicas, batch wait, the ``percentile`` of the
+        queueing wait, and cost (module docstring)."""
+        rows, replicas = self._replica_options(load, limits)
+        return rows._priced(load, limits, replicas, min(percentile, _MAX_WAIT_PERCENTILE))
+
+    def _priced(self, load: float, limits: Limits, replicas: np.ndarray, percentile: float) -> StageTable:
         if load <= 0:
             wait = np.where(self.batch <= 1, 0.0, limits.max_batch_wait_s)
         else:
@@ -60,7 +98,8 @@ class StageRows:
                                 np.minimum((self.batch - 1) * replicas / load, limits.max_batch_wait_s))
         busy = load * self.latency_mean_s / self.batch
         cost = self.price * (replicas if limits.cost_mode == "reserved" else busy)
-        return StageTable(self, load, limits.cost_mode, replicas, wait, busy, cost)
+        queue = wait_quantile_s(load, replicas, self.batch, self.latency_mean_s, self.latency_cv2, percentile)
+        return StageTable(self, load, limits.cost_mode, replicas, wait, busy, cost, queue)
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +113,7 @@ class StageTable(Sequence[Configuration]):
     batch_wait_s: np.ndarray
     busy: np.ndarray  # seconds of its hardware busy per second, λ·l̄/b
     cost: np.ndarray
+    queue_wait_s: np.ndarray  # a formed batch's wait for its replica at the percentile (queueing)
 
     @property
     def stage(self) -> str:
@@ -97,8 +137,8 @@ class StageTable(Sequence[Configuration]):
 
     @property
     def latency_s(self) -> np.ndarray:
-        """What each row adds to the end-to-end p99: batch latency plus batch wait."""
-        return self.rows.latency_p99_s + self.batch_wait_s
+        """What each row adds to the end-to-end p99: batch latency, batch wait and queueing wait."""
+        return self.rows.latency_p99_s + self.batch_wait_s + self.queue_wait_s
 
     @property
     def cpu_use(self) -> np.ndarray:
@@ -138,7 +178,7 @@ class StageTable(Sequence[Configuration]):
             r.stage, r.variant[i], int(r.batch[i]), r.hardware[i], float(r.latency_p99_s[i]),
             float(r.latency_mean_s[i]), float(r.throughput_rps[i]), float(r.accuracy[i]), self.load_rps,
             int(self.replicas[i]), float(self.batch_wait_s[i]), float(self.cost[i]), bool(r.interpolated[i]),
-            float(r.memory_mb[i]))
+            float(r.memory_mb[i]), float(self.queue_wait_s[i]))
 
     def __iter__(self) -> Iterator[Configuration]:
         return (self[i] for i in range(len(self)))
@@ -173,7 +213,8 @@ class _Columns:
                          np.array(self.memory, dtype=float), np.array(self.interpolated, dtype=bool),
                          np.array([labels[h][0] for h in self.hardware], dtype=float),
                          np.array([labels[h][1] for h in self.hardware], dtype=float),
-                         np.array([labels[h][2] for h in self.hardware], dtype=bool))
+                         np.array([labels[h][2] for h in self.hardware], dtype=bool),
+                         latency_cv2(np.array(self.mean, dtype=float), np.array(self.p99, dtype=float)))
 
 
 def _measured(points: list[ProfilePoint], profile: Profile) -> _Columns:
@@ -264,8 +305,9 @@ def stage_rows(profile: Profile, limits: Limits) -> dict[str, StageRows]:
     return out
 
 
-def stage_tables(profile: Profile, loads: dict[str, float], limits: Limits) -> dict[str, StageTable]:
+def stage_tables(profile: Profile, loads: dict[str, float], limits: Limits,
+                 percentile: float = DEFAULT_PERCENTILE) -> dict[str, StageTable]:
     """Each stage's table at its load ``loads[stage]``. Includes rows beyond the replica cap;
     :meth:`StageTable.within` marks them."""
-    return {s: rows.at(loads[s], limits) for s, rows in stage_rows(profile, limits).items()}
+    return {s: rows.at(loads[s], limits, percentile) for s, rows in stage_rows(profile, limits).items()}
 

@@ -4,9 +4,11 @@ A configuration k of stage s is (variant, batch b, hardware), hardware ``cpu:t``
 (t cores) or ``gpu:<model>``. Given the stage's arrival rate ``λ_s`` every
 quantity the program needs is a constant of k:
 
-    n_k = ceil(λ_s / (ρ_max · h_k))          cheapest replica count with headroom
+    n_k = ceil(λ_s / (ρ_max · h_k))          cheapest replica count with headroom (and the
+                                             counts at ``_table.UTILISATION_LEVELS``, each a row)
     w_k = min((b − 1) · n_k / λ_s, w_max)    batch-formation wait (the timeout set)
-    latency_k = l_k (p99 of a batch of b) + w_k
+    q_k = the batch's wait for its replica   at the SLA's percentile (``queueing``)
+    latency_k = l_k (p99 of a batch of b) + w_k + q_k
     busy_k   = λ_s · l̄_k / b                 seconds of its hardware busy per second
     cost_k   = p_k · n_k                     reserved: p_k = records.replica_price
              = p_k · busy_k                  shared: the busy seconds at the same price
@@ -217,6 +219,7 @@ class Configuration:
     cost: float
     interpolated: bool = False  # batch size priced by the fitted latency model
     memory_mb: float = 0.0  # a replica's peak memory at this batch (on a GPU: GPU memory)
+    queue_wait_s: float = 0.0  # a formed batch's wait for its replica at the SLA's percentile (queueing)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
@@ -224,8 +227,8 @@ class Configuration:
 
     @property
     def latency_s(self) -> float:
-        """What this stage adds to the end-to-end p99: batch latency plus batch wait."""
-        return self.latency_p99_s + self.batch_wait_s
+        """What this stage adds to the end-to-end p99: batch latency, batch wait and queueing wait."""
+        return self.latency_p99_s + self.batch_wait_s + self.queue_wait_s
 
     @property
     def capacity_rps(self) -> float:

@@ -77,7 +77,8 @@ def _stage_line(problem: Problem, si: int, row: int, every: Sequence[Configurati
     st = problem.options[si]
     me = every[row]
     gpu = f", GPU memory {me.memory_mb:.0f} MiB per replica" if me.on_gpu else ""
-    head = (f"{me.stage}: {me.label()} (p99 {me.latency_p99_s * 1e3:.1f} ms + wait {me.batch_wait_s * 1e3:.1f} ms,"
+    head = (f"{me.stage}: {me.label()} (p99 {me.latency_p99_s * 1e3:.1f} ms + wait {me.batch_wait_s * 1e3:.1f} ms"
+            f" + queue {me.queue_wait_s * 1e3:.1f} ms,"
             f" accuracy {me.accuracy:.3f}, cost {me.cost:.3f}, load {me.load_rps:.1f}/s{gpu})")
     if st.score.size == 1:
         return head + "; the only configuration", ()

@@ -124,21 +124,23 @@ def _check_args(load_rps: float, accuracy: str, objective: str, solver: str,
 
 @dataclass(frozen=True)
 class _Pipeline:
-    """A profile's configurations before load (gathered once per solve) and its fan-out."""
+    """A profile's configurations before load (gathered once per solve), its fan-out, and the
+    percentile the SLA is kept at (what queueing waits are priced at)."""
 
     rows: dict[str, StageRows]
     fanout: Mapping[str, float]
+    percentile: float
 
     @classmethod
-    def of(cls, profile: Profile, limits: Limits) -> _Pipeline:
-        return cls(stage_rows(profile, limits), profile.fanout)
+    def of(cls, profile: Profile, limits: Limits, sla: SLA) -> _Pipeline:
+        return cls(stage_rows(profile, limits), profile.fanout, sla.percentile)
 
     def at(self, load_rps: float, limits: Limits) -> dict[str, StageTable]:
         """Every stage's configurations priced at pipeline load ``load_rps`` (see stage_loads)."""
         out = {}
         for stage, rows in self.rows.items():
             load_rps *= self.fanout.get(stage, 1.0)
-            out[stage] = rows.at(load_rps, limits)
+            out[stage] = rows.at(load_rps, limits, self.percentile)
         return out
 
 
@@ -224,7 +226,7 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     limits = limits or Limits()
     weights = weights or Weights()
     started = time.perf_counter()
-    pipeline = _Pipeline.of(profile, limits)
+    pipeline = _Pipeline.of(profile, limits, sla)
     every = pipeline.at(load_rps, limits)
     goal = _Goal(objective, accuracy, weights, sla.latency_s, max_cost, _accuracy_floor(min_accuracy, accuracy))
     problem = _problem(every, limits, goal)
@@ -358,6 +360,6 @@ def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, ac
                 f" lowest latency at that load; admission control sheds the rest")
     e2e = sum(c.latency_s for c in chosen.values())
     text = f"INFEASIBLE: {reason}\n{note}\npredicted e2e p99 {e2e:.3f}s vs SLA {sla.latency_s:.3f}s"
-    lines = [f"{s}: {c.label()} (p99+wait {c.latency_s * 1e3:.1f} ms, cost {c.cost:.3f})" for s, c in chosen.items()]
+    lines = [f"{s}: {c.label()} (p99+waits {c.latency_s * 1e3:.1f} ms, cost {c.cost:.3f})" for s, c in chosen.items()]
     return _decision(chosen, DecisionStatus.INFEASIBLE, reason, load_rps, accuracy, solver, started,
                      (), "\n".join([text, *lines]))

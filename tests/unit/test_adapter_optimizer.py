@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,9 @@ from varipipe.adapter.configurations import (
     within_stage_limits,
 )
 from varipipe.adapter.latency_model import fit_latency_model
+from varipipe.adapter._table import UTILISATION_LEVELS
 from varipipe.adapter.optimizer import available_solvers, objective_value, solve
+from varipipe.adapter.queueing import latency_cv2, wait_quantile_s
 from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
 from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, DecisionStatus, Profile
@@ -79,7 +82,7 @@ def chosen_configs(profile: Profile, decision, load: float, limits: Limits):
     out = {}
     for sd in decision.stages:
         [c] = [c for c in stage_configurations(profile, sd.stage, loads[sd.stage], limits)
-               if (c.variant, c.batch, c.hardware) == (sd.variant, sd.batch, sd.hardware)]
+               if (c.variant, c.batch, c.hardware, c.replicas) == (sd.variant, sd.batch, sd.hardware, sd.replicas)]
         out[sd.stage] = c
     return out
 
@@ -96,7 +99,9 @@ def assert_meets_sla_by_profile(profile: Profile, decision, load: float, sla: fl
         wait = 0.0 if sd.batch == 1 else (
             limits.max_batch_wait_s if rate == 0 else min((sd.batch - 1) * sd.replicas / rate, limits.max_batch_wait_s))
         assert sd.batch_wait_s == pytest.approx(wait)
-        total += p.latency_p99_s + wait
+        queue = wait_quantile_s(rate, np.array([sd.replicas]), np.array([sd.batch]), np.array([p.mean_latency_s]),
+                                latency_cv2(np.array([p.mean_latency_s]), np.array([p.latency_p99_s])), 99.0)[0]
+        total += p.latency_p99_s + wait + queue
     assert total <= sla + 1e-9
     assert decision.predicted_latency_s == pytest.approx(total)
 
@@ -387,7 +392,9 @@ def test_solver_crash_raises_solver_error(monkeypatch):
 ])
 @pytest.mark.parametrize("load", [0.0, 3.0, 250.0])
 def test_configurations_priced_by_the_documented_formulas(limits, load):
-    """Replicas, batch wait, cost (records.replica_price) from the raw points (configurations' docstring)."""
+    """Replicas (the cheapest count at rho_max, then one row per larger count that keeps a replica at
+    each of UTILISATION_LEVELS), batch wait, queueing wait and cost (records.replica_price) from the
+    raw points (configurations' docstring)."""
     from varipipe.records import replica_price
 
     profile = synthetic_profile(3, 3, (1, 2, 8, 16), ("cpu:1", "cpu:2", "gpu:h200"), seed=7)
@@ -396,17 +403,26 @@ def test_configurations_priced_by_the_documented_formulas(limits, load):
         configs = stage_configurations(profile, s, loads[s], limits)
         wanted = [p for p in profile.for_stage(s) if p.variant == limits.pinned.get(s, p.variant)
                   and (limits.hardware is None or p.hardware in limits.hardware)]
-        assert sorted(c.key for c in configs) == sorted(p.key for p in wanted)
-        for c in configs:
-            [p] = [p for p in wanted if p.key == c.key]
+        assert sorted({c.key for c in configs}) == sorted(p.key for p in wanted)
+        for p in wanted:
             lam = loads[s]
-            n = limits.fixed_replicas.get(s) or max(1, math.ceil(lam / (limits.rho_max * p.throughput_rps) - 1e-9))
-            wait = 0.0 if p.batch == 1 else min((p.batch - 1) * n / lam, limits.max_batch_wait_s) if lam else \
-                limits.max_batch_wait_s
-            busy = lam * p.mean_latency_s / p.batch
-            cost = replica_price(p.hardware) * (n if limits.cost_mode == "reserved" else busy)
-            assert (c.replicas, c.latency_p99_s, c.memory_mb) == (n, p.latency_p99_s, p.memory_mb)
-            assert c.batch_wait_s == pytest.approx(wait) and c.cost == pytest.approx(cost)
+            fixed = limits.fixed_replicas.get(s)
+            levels = (limits.rho_max, *(r for r in UTILISATION_LEVELS if r < limits.rho_max))
+            counts = [fixed] if fixed else sorted({max(1, math.ceil(lam / (r * p.throughput_rps) - 1e-9))
+                                                   for r in levels})
+            mine = [c for c in configs if c.key == p.key]
+            assert [c.replicas for c in mine] == counts
+            for c, n in zip(mine, counts, strict=True):
+                wait = 0.0 if p.batch == 1 else min((p.batch - 1) * n / lam, limits.max_batch_wait_s) if lam else \
+                    limits.max_batch_wait_s
+                busy = lam * p.mean_latency_s / p.batch
+                cost = replica_price(p.hardware) * (n if limits.cost_mode == "reserved" else busy)
+                queue = wait_quantile_s(lam, np.array([n]), np.array([p.batch]), np.array([p.mean_latency_s]),
+                                        latency_cv2(np.array([p.mean_latency_s]), np.array([p.latency_p99_s])), 99.0)
+                assert (c.latency_p99_s, c.memory_mb) == (p.latency_p99_s, p.memory_mb)
+                assert c.batch_wait_s == pytest.approx(wait) and c.cost == pytest.approx(cost)
+                assert c.queue_wait_s == pytest.approx(queue[0])
+                assert c.latency_s == pytest.approx(p.latency_p99_s + wait + queue[0])
 
 
 def test_max_cost_must_be_finite():
