@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from varipipe.adapter._table import UTILISATION_LEVELS
 from varipipe.adapter.configurations import (
     Limits,
     Weights,
@@ -18,7 +19,6 @@ from varipipe.adapter.configurations import (
     within_stage_limits,
 )
 from varipipe.adapter.latency_model import fit_latency_model
-from varipipe.adapter._table import UTILISATION_LEVELS
 from varipipe.adapter.optimizer import available_solvers, objective_value, solve
 from varipipe.adapter.queueing import latency_cv2, wait_quantile_s
 from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
