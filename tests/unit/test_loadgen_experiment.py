@@ -69,7 +69,10 @@ def test_resolve_on_another_trace(tmp_path):
     assert any("shorter" in n for n in rs.notes)
     assert rs.slas["ipa-5x"] == pytest.approx(5 * fastest_path_s(prof, "p50"))
     assert rs.slas["tight-2x-p99"] == pytest.approx(2 * fastest_path_s(prof, "p99"))
-    assert resolve(sc, prof, str(f), "non-binding").peak_cores_largest / rs.cluster_cores >= 0.8
+    # The non-binding row's cluster is sized so that its own peak needs >= 80 % of it (it had been
+    # divided by the binding row's cluster, which the queueing wait made the larger one here).
+    legacy = resolve(sc, prof, str(f), "non-binding")
+    assert legacy.peak_cores_largest / legacy.cluster_cores >= 0.8
 
 
 def test_cluster_rows_binding_midpoint_and_non_binding_largest():

@@ -169,12 +169,15 @@ def test_a_solver_policy_plans_and_runs_gpus_on_the_synthetic_fixture():
 
 def _trace_file(tmp_path: Path) -> str:
     f = tmp_path / "t.txt"
-    f.write_text("\n".join(["3"] * 40 + ["12"] * 40))
+    # 1 req/s, then 12: at 1 the LLM starts on the CPU; at 3 (the step's first rate before the
+    # optimizer priced the queueing wait) its CPU replicas' wait already sends it to the GPU at
+    # the first decision, which starts warm, so no move would pay the warm-up.
+    f.write_text("\n".join(["1"] * 40 + ["12"] * 40))
     return str(f)
 
 
 def test_simulate_cli_plans_gpus_and_their_warm_up_costs_attainment(tmp_path, capsys):
-    """The load steps from 3 to 12 rps at t=40: ipa moves the LLM onto a GPU, and the requests
+    """The load steps from 1 to 12 rps at t=40: ipa moves the LLM onto a GPU, and the requests
     wait while the new GPU replica compiles (the fixture's 31-52 s). The same profile without
     the warm-up record switches in the CPU's seconds and does better."""
     import dataclasses
