@@ -418,17 +418,24 @@ class Calibrator:
             if ring is None or not ring.n:
                 continue
             rows = ring.rows()
-            weights = np.exp2(-np.maximum(now - rows[:, _T], 0.0) / s.half_life_s)
+            # Decay relative to the variant's newest batch, not to ``now``: every estimate here is
+            # a weighted quantile or mean, unchanged when all its weights scale alike, and a variant
+            # idle for hours (2^-1000 at 30 s half-life) would otherwise weigh all zero, its median
+            # its smallest ratio. ``newest`` ties the variants of a stage back together for the pool.
+            newest = float(rows[:, _T].max())
+            weights = np.exp2(-np.maximum(newest - rows[:, _T], 0.0) / s.half_life_s)
             ratios, share, work = self._ratios(key, rows, weights)
             timed = rows[:, _PRED] >= POOL_MIN_PREDICTED_S  # the host's speed, not timer overhead
-            stages.setdefault(key[0], []).append((ratios[timed], weights[timed]))
+            stages.setdefault(key[0], []).append((ratios[timed], weights[timed], newest))
             estimate = _estimate(ratios, weights, s.estimator) * work
             own[key] = self._correction(key, estimate, lambda r=ratios, w=weights: _log_se(r, w), rows, weights,
                                         share, work)
         pooled = {}
         for st, parts in stages.items():
-            r, w = np.concatenate([r for r, _ in parts]), np.concatenate([w for _, w in parts])
-            if len(r):  # a stage whose batches are all untimed (the template's) has no pooled figure
+            latest = max(t for _, _, t in parts)  # each variant's weights, as of the stage's newest batch
+            r = np.concatenate([r for r, _, _ in parts])
+            w = np.concatenate([w * 2.0 ** (-(latest - t) / s.half_life_s) for _, w, t in parts])
+            if len(r) and w.sum() > 0:  # a stage whose batches are all untimed (the template's) has no pooled figure
                 pooled[st] = (_estimate(r, w, s.estimator), lambda r=r, w=w: _log_se(r, w))
         out = []
         for key in sorted(self._variants, key=self._order):
@@ -436,8 +443,8 @@ class Calibrator:
             if c is not None and c.samples >= s.min_samples:
                 out.append(c)
                 continue
-            n_stage = sum(len(r) for r, _ in stages.get(key[0], ()))
-            if n_stage >= s.min_samples:
+            n_stage = sum(len(r) for r, _, _ in stages.get(key[0], ()))
+            if n_stage >= s.min_samples and key[0] in pooled:
                 base = c or Correction(key[0], key[1], 1.0, "stage", 0.0, 0)
                 estimate, se = pooled[key[0]]
                 factor, clipped = self._bounded(estimate, se)

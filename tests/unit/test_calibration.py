@@ -297,3 +297,19 @@ def test_a_calibration_shift_lifts_the_hysteresis():
     assert loop.step(_observation(30.0, 9.0), Forecast(9.0)).action == "applied"
     assert [x.stage("det").variant for x in applied] == ["big", "small"]
     assert math.isclose(cal.calibration(30.0).factor("det", "big"), 2.0)
+
+
+def test_a_variant_idle_for_hours_keeps_the_correction_its_batches_measured():
+    # Weights decayed against `now` underflowed to zero after ~1000 half-lives (8 h at 30 s): the
+    # weighted median was then the smallest ratio ever seen and its standard error NaN (the
+    # two-day simulation warned "invalid value encountered in scalar divide").
+    ratios = noisy(1.5, 100, sigma=0.3, seed=5)
+    fresh, idle = Calibrator(PROFILE), Calibrator(PROFILE)
+    for cal in (fresh, idle):
+        cal.add([batches("det", "small", 0.10 * ratios)])
+    with np.errstate(all="raise"):  # no NaN on the way
+        late = idle.calibration(100.0 + 10 * 3600.0)
+    now = fresh.calibration(100.0)
+    assert corr(late, "det", "small").factor == pytest.approx(corr(now, "det", "small").factor)
+    assert corr(late, "det", "small").factor == pytest.approx(1.5, rel=0.1)
+    assert corr(late, "det", "big").factor == pytest.approx(corr(now, "det", "big").factor)  # the pool too
