@@ -27,8 +27,9 @@ TOKEN_ENV = "VARIPIPE_TOKEN"
 MAX_DEADLINE_SLAS = 100.0
 
 
-def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str = "ipa") -> None:
-    """Options shared by ``serve`` and ``demo``."""
+def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str = "ipa",
+                          sla_default: str = "the spec's") -> None:
+    """Options shared by ``serve`` and ``demo`` (``sla_default``: what ``--sla``'s help says it defaults to)."""
     parser.add_argument("--pipeline", default="vision-caption", help="pipeline name or spec YAML (default: %(default)s)")
     parser.add_argument("--policy", default=default_policy,
                         help="adaptation policy: ipa, fa2-low, fa2-high, rim, static, ray, oracle, module:Class, "
@@ -37,7 +38,7 @@ def add_serving_arguments(parser: argparse.ArgumentParser, default_policy: str =
                         help="load predictor: reactive, moving-max, ewma, lstm (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
                         help="adapter interval in seconds (default: %(default)s)")
-    parser.add_argument("--sla", type=float, default=None, help="end-to-end latency SLA in seconds (default: the spec's)")
+    parser.add_argument("--sla", type=float, default=None, help=f"end-to-end latency SLA in seconds (default: {sla_default})")
     parser.add_argument("--profiles", default="", help="profile store JSON (default: the shipped profile)")
     parser.add_argument("--cost-mode", choices=("shared", "reserved"), default=DEFAULT_COST_MODE,
                         help="shared: replicas share this host's cores; reserved: each reserves its cores")
