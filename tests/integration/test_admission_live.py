@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SLA_S = 0.5
 PER_ITEM_S = 0.05
 BURST = 80  # requests sent at once: the stages run about 10 within the SLA
+WARM_UP_DEADLINE_MS = 60_000  # as long as the client waits (httpx timeout below)
 
 SPEC = f"""\
 name: admission-chain
@@ -60,9 +61,13 @@ def server(serve_port, tmp_path_factory):
     # Requests without a header get the SLA as their deadline.
     opts = AppOptions(pipeline=str(spec), app_name="admission-test", deadline_sla_factor=1.0)
     with LocalServer(opts, port=serve_port, decision=decision(b1=4, b2=4)) as srv:
-        with httpx.Client(timeout=60) as c:  # the ingress learns the stages' service times
+        # The ingress learns the stages' service times. These warm-up requests carry a deadline of
+        # their own (WARM_UP_DEADLINE_MS): the server's default (the 0.5 s SLA) answered the first
+        # ones 504 on a loaded host while the replicas were still starting (a fresh-clone run).
+        with httpx.Client(timeout=60) as c:
             for _ in range(8):
-                assert c.post(srv.endpoint, content=_png()).status_code == 200
+                r = c.post(srv.endpoint, content=_png(), headers={"x-deadline-ms": str(WARM_UP_DEADLINE_MS)})
+                assert r.status_code == 200, r.text
         yield srv
 
 

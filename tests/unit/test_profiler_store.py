@@ -116,6 +116,10 @@ def test_shipped_profiles_load_and_cover_their_spec(name):
     assert path.exists(), f"shipped profile {path.name} is missing (profiler/profiles/)"
     prof = load_profile(path, pipeline=name)
     spec = find_spec(name)
+    # The simulator and the planner take the pipeline's order from the profile (Profile.stages): a
+    # profile merged with its LLM points first (dbc0452) simulated the LLM before the detector and
+    # made `deploy render`'s decision disagree with the spec.
+    assert prof.stages == spec.stage_names, f"{path.name} lists its stages as {prof.stages}"
     failed = prof.metadata.get("failed", {})
     left = [k for k in missing(plan(spec), prof.points) if not any(k2.startswith(f"{k.stage}/{k.variant}") for k2 in failed)]
     assert left == [], f"{path.name} lacks {len(left)} points, e.g. {left[:3]}"
