@@ -423,7 +423,7 @@ class Calibrator:
             # idle for hours (2^-1000 at 30 s half-life) would otherwise weigh all zero, its median
             # its smallest ratio. ``newest`` ties the variants of a stage back together for the pool.
             newest = float(rows[:, _T].max())
-            weights = np.exp2(-np.maximum(newest - rows[:, _T], 0.0) / s.half_life_s)
+            weights = np.exp2((rows[:, _T] - newest) / s.half_life_s)  # newest >= every row's time
             ratios, share, work = self._ratios(key, rows, weights)
             timed = rows[:, _PRED] >= POOL_MIN_PREDICTED_S  # the host's speed, not timer overhead
             stages.setdefault(key[0], []).append((ratios[timed], weights[timed], newest))
