@@ -172,11 +172,12 @@ class Ingress:
         deadline_s = opts.deadline_sla_factor * (opts.sla_s or spec.sla.latency_s)
         # On a cluster (KubeRay) the token comes from the environment, never from the manifest.
         token = opts.auth_token or os.environ.get(TOKEN_ENV, "")
-        self.core = IngressCore(spec, stages, controller, token, deadline_s, admission=opts.admission)
+        self.core = IngressCore(spec, stages, controller, token, deadline_s, admission=opts.admission,
+                                gate=opts.stage_gate)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and replicas of every stage, from the decision in force (admission control)."""
-        self.core.queues.configure(user_config)
+        self.core.configure(user_config)
 
     def _denied(self, request: Request) -> JSONResponse | None:
         """401 unless the request carries the bearer token (when one is set)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -30,10 +31,11 @@ from ray.exceptions import RayActorError
 from varipipe.admission import Verdict, decide, would_miss
 from varipipe.errors import BadInputError
 from varipipe.pipelines.flusher import Flusher
+from varipipe.pipelines.gate import FifoGate
 from varipipe.pipelines.images import MAX_BYTES, decode_image
 from varipipe.pipelines.metrics import RequestRecord, StageEntry, StageExit, StageTiming
 from varipipe.pipelines.queues import StageQueues, StageSlots
-from varipipe.pipelines.serve_config import default_decision
+from varipipe.pipelines.serve_config import default_decision, max_ongoing_for
 from varipipe.pipelines.variant import Payload
 from varipipe.question import MAX_QUESTION_CHARS, check_question
 from varipipe.records import PipelineSpec
@@ -231,6 +233,11 @@ def default_slots(spec: PipelineSpec) -> dict[str, StageSlots]:
     return {s.stage: StageSlots(s.batch, s.replicas) for s in default_decision(spec).stages}
 
 
+def stage_capacity(slots: StageSlots) -> int:
+    """Requests a stage's replicas accept at once: what its gate lets into Serve's router."""
+    return slots.replicas * max_ongoing_for(slots.batch)
+
+
 class IngressCore:
     """Walks a request through the stage deployments and records what happened.
 
@@ -245,7 +252,8 @@ class IngressCore:
 
     def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "",
                  deadline_s: float = 0.0, admission: bool = True,
-                 slots: dict[str, StageSlots] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 slots: dict[str, StageSlots] | None = None, clock: Callable[[], float] = time.time,
+                 gate: bool = True) -> None:
         self.spec = spec
         self.clock = clock  # wall-clock seconds: arrivals and deadlines
         self.deadline_s = deadline_s  # default deadline when the request sets none; 0 = none
@@ -254,6 +262,8 @@ class IngressCore:
         self.controller = controller
         self.auth_token = auth_token
         self.queues = StageQueues(spec.stage_names, slots or default_slots(spec))
+        # In front of each stage's handle: Serve's router never holds a backlog (pipelines/gate.py).
+        self.gates = {s: FifoGate(stage_capacity(self.queues.slots[s])) for s in spec.stage_names} if gate else {}
         self._records = Flusher(lambda recs: controller.record_requests.remote(recs))
         # Arrivals are counted when requests arrive, not when they are answered: under
         # overload answers lag, and the adapter must see the load, not the throughput.
@@ -262,6 +272,13 @@ class IngressCore:
         # arrivals (counted once, on entry) and its queue (sent and not back) for the adapter.
         self._stage_events = Flusher(lambda events: controller.record_stage_events.remote(events))
         self.started = clock()
+
+    def configure(self, user_config: dict[str, Any]) -> None:
+        """Batch size and replicas of every stage, from the decision in force: admission
+        control's slots and each stage's gate."""
+        self.queues.configure(user_config)
+        for stage, gate in self.gates.items():
+            gate.resize(stage_capacity(self.queues.slots[stage]))
 
     def authorized(self, request: Request) -> bool:
         if not self.auth_token:
@@ -321,7 +338,8 @@ class IngressCore:
             self._stage_events.add(StageEntry(stage, self.clock()))
             trace = None  # the stage's trace, once it ran the request
             try:
-                payload = await self.stages[stage].remote(payload)
+                async with self.gates.get(stage) or contextlib.nullcontext():
+                    payload = await self.stages[stage].remote(payload)
                 trace = None if payload.dropped_at else payload.trace[-1]
             except RayActorError as e:  # the replica died with this request inside (Serve replaces it)
                 log.warning("stage %s: replica lost request %s: %s", stage, payload.request_id, e)

@@ -140,6 +140,10 @@ class AppOptions:
     # say it cannot meet is answered at once (503 + Retry-After). False: stages alone drop
     # late requests, after they queued (the behaviour before issue 16).
     admission: bool = True
+    # The ingress's FIFO in front of each stage (pipelines/gate.py). False: requests beyond the
+    # replicas' max_ongoing_requests wait in Serve's router (before issue 16's fix; for comparison,
+    # benchmarks/router_backlog.py).
+    stage_gate: bool = True
     # Online calibration of the profile from the batches served (adapter.calibration); False:
     # --no-calibration. ``calibration_settings``: CalibrationSettings fields to override.
     calibration: bool = True
