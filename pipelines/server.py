@@ -9,6 +9,7 @@ experiment runner and the integration tests use::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -36,12 +37,29 @@ log = logging.getLogger(__name__)
 EMBEDDED_LOGICAL_CPUS = 16
 # Serve's cold start is ~3.8 s and a model load a few seconds more (DESIGN §7).
 READY_TIMEOUT_S = 180.0
+# Serve's controller kills an HTTP proxy that misses its readiness check 3 times (5 s each by
+# default) and starts another; serve.start, waiting on the first, then fails with ActorDiedError.
+# On this 2-core host with two CPU-bound processes beside a test, a proxy missed 3 x 5 s
+# (2026-12-06). 20 s each gives it 60 s, as long as serve.start itself waits for its proxies
+# (ray.serve's HTTP_PROXY_TIMEOUT). An embedded Ray only; a user's environment setting wins.
+PROXY_READY_CHECK_S = 20.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports. Every socket stays bound until all are drawn: ``free_port``
+    called n times can draw one port twice (a fresh-clone ``make test`` once gave a Ray node's
+    object manager and dashboard agent the same port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
@@ -64,6 +82,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # "local": always a new embedded instance. With no address Ray would join any
         # cluster that `ray start` left running on this machine (RAY_ADDRESS or
         # /tmp/ray/ray_current_cluster), and stopping that would stop someone else's.
+        # The embedded Ray's processes inherit this environment: Serve's controller reads it.
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_CHECK_S))
         ray.init(address="local", num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
     return True
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from varipipe.pipelines.server import free_port
+from varipipe.pipelines.server import free_port, free_ports
 from varipipe.records import Decision, StageDecision
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,20 +63,26 @@ def _env() -> dict[str, str]:
     return env
 
 
+# The ports `ray start` would otherwise pick itself; fixed so two nodes on one machine never clash.
+NODE_PORT_FLAGS = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+                   "dashboard-agent-grpc-port", "runtime-env-agent-port")
+
+
 class TwoNodeCluster:
     """A head and one more node, started with ``ray start`` in their own process groups."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = free_port()
+        # The head's ports, drawn together so that no two are the same (free_ports).
+        self.port, client_port, *self._head_ports = free_ports(2 + len(NODE_PORT_FLAGS))
         self.address = f"127.0.0.1:{self.port}"
-        self.client_address = f"ray://127.0.0.1:{free_port()}"  # Ray Client server on the head
+        self.client_address = f"ray://127.0.0.1:{client_port}"  # Ray Client server on the head
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, name: str, cpus: int, resource: str, extra: list[str]) -> None:
-        ports = {flag: free_port() for flag in ("node-manager-port", "object-manager-port", "metrics-export-port",
-                                                "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                "runtime-env-agent-port")}
+        # The worker's are drawn once the head is up and holds its own.
+        drawn = self._head_ports if name == "head" else free_ports(len(NODE_PORT_FLAGS))
+        ports = dict(zip(NODE_PORT_FLAGS, drawn, strict=True))
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
                f"--num-cpus={cpus}", f"--resources={json.dumps({resource: 1})}", f"--temp-dir={self.root / 'ray'}",
                f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",

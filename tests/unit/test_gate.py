@@ -135,22 +135,24 @@ def test_the_ingress_lets_no_more_into_a_stage_than_its_replicas_take_and_counts
         core = IngressCore(spec, stages, FakeController(), admission=False,
                            slots={s: StageSlots(batch=1, replicas=1) for s in spec.stage_names})
         tasks = [asyncio.create_task(core.handle(request(png, {}))) for _ in range(n)]
-        await _until(lambda: stages["first"].waiting >= capacity)
+        # Every request decoded (on a worker thread) and either at the stage or at its gate.
+        gate = core.gates["first"]
+        await _until(lambda: stages["first"].waiting + gate.waiting == n)
         await _settle()
-        at_stage, queued = stages["first"].waiting, core.queues.in_flight["first"]
+        at_stage, at_gate, queued = stages["first"].waiting, gate.waiting, core.queues.in_flight["first"]
         # A decision with two replicas of the first stage: the gate opens as far at once.
         core.configure(slots_user_config(Decision(stages=(StageDecision("first", "fast", 1, 2),
                                                           StageDecision("second", "fast", 1, 1)))))
-        await _settle()
-        after_resize = stages["first"].waiting
+        let_in = (gate.holders, gate.waiting)
+        await _until(lambda: stages["first"].waiting == n)
         for s in stages.values():
             s.gate.set()
         answers = await asyncio.gather(*tasks)
-        return at_stage, queued, after_resize, answers, core
+        return at_stage, at_gate, queued, let_in, answers, core
 
-    at_stage, queued, after_resize, answers, core = asyncio.run(run())
-    assert at_stage == capacity and queued == n
-    assert after_resize == n  # 2 x 8 places >= 13 requests
+    at_stage, at_gate, queued, let_in, answers, core = asyncio.run(run())
+    assert (at_stage, at_gate, queued) == (capacity, n - capacity, n)
+    assert let_in == (n, 0)  # 2 x 8 places >= 13 requests: all in at the resize itself
     assert [a.status for a in answers] == [200] * n
     assert core.queues.in_flight == {"first": 0, "second": 0}
     assert all(g.holders == 0 and g.waiting == 0 for g in core.gates.values())
