@@ -27,21 +27,21 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overload import SPEC, _pcts, open_loop, png  # noqa: E402
+from overload import SPEC, _pcts, _warm, open_loop, png  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SLA_S = 0.5  # the spec's nominal SLA; nothing here uses deadlines (admission stays out of the way)
-WARMUP_REQUESTS = 8
 SETTLE_S = 3.0  # between runs: the last answers' records reach the controller
 
 
-def drain(replies, duration_s: float) -> dict:
+def drain(replies) -> dict:
     """How the backlog left at the end of the sending drained."""
     ok = [r for r in replies if r.status == 200]
     last_send = max(r.sent_s for r in replies)
@@ -56,7 +56,7 @@ def run_once(srv, body: bytes, rate: float, duration_s: float) -> dict:
     t0 = time.perf_counter()
     replies = asyncio.run(open_loop(srv.endpoint, body, "image/png", rate, duration_s))
     ok = [r for r in replies if r.status == 200]
-    out = {"sent": len(replies), "ok": len(ok), **drain(replies, duration_s),
+    out = {"sent": len(replies), "ok": len(ok), **drain(replies),
            "latency": _pcts([r.latency_s for r in ok]), "wall_s": round(time.perf_counter() - t0, 1),
            "load_average_1m": round(os.getloadavg()[0], 2)}
     time.sleep(SETTLE_S)
@@ -72,7 +72,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "router_backlog.json"))
     args = ap.parse_args()
 
-    import httpx
     from ray import serve
 
     from varipipe.pipelines.serve_config import AppOptions
@@ -97,9 +96,7 @@ def main() -> int:
                     opts = AppOptions(pipeline=str(spec), app_name=f"backlog-{name}", admission=False,
                                       stage_gate=name == "gate")
                     with LocalServer(opts, port=port, decision=decision) as srv:
-                        with httpx.Client(timeout=60) as c:
-                            for _ in range(WARMUP_REQUESTS):
-                                c.post(srv.endpoint, content=body, headers={"content-type": "image/png"})
+                        _warm(srv, body, "image/png")
                         out = run_once(srv, body, rate, args.duration)
                     print(name, i, json.dumps(out), flush=True)
                     runs[name].append(out)
@@ -112,7 +109,7 @@ def main() -> int:
 
     def med(name: str, key: str) -> float | None:
         vals = [r[key] for r in runs[name] if r[key] is not None]
-        return round(sorted(vals)[len(vals) // 2], 2) if vals else None
+        return round(statistics.median(vals), 2) if vals else None
 
     summary = {n: {"drain_rps_median": med(n, "drain_rps"), "drain_s_median": med(n, "drain_s"),
                    "failed": sum(r["sent"] - r["ok"] for r in runs[n])} for n in runs}
