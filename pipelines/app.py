@@ -173,7 +173,7 @@ class Ingress:
         # On a cluster (KubeRay) the token comes from the environment, never from the manifest.
         token = opts.auth_token or os.environ.get(TOKEN_ENV, "")
         self.core = IngressCore(spec, stages, controller, token, deadline_s, admission=opts.admission,
-                                gate=opts.stage_gate)
+                                gate=opts.stage_gate, reserve=opts.admission_reserve)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch size and replicas of every stage, from the decision in force (admission control)."""

@@ -36,7 +36,7 @@ from varipipe.pipelines.images import MAX_BYTES, decode_image
 from varipipe.pipelines.metrics import RequestRecord, StageEntry, StageExit, StageTiming
 from varipipe.pipelines.queues import StageQueues, StageSlots
 from varipipe.pipelines.serve_config import default_decision, max_ongoing_for
-from varipipe.pipelines.variant import Payload
+from varipipe.pipelines.variant import Payload, StageTrace
 from varipipe.question import MAX_QUESTION_CHARS, check_question
 from varipipe.records import PipelineSpec
 
@@ -233,6 +233,14 @@ def default_slots(spec: PipelineSpec) -> dict[str, StageSlots]:
     return {s.stage: StageSlots(s.batch, s.replicas) for s in default_decision(spec).stages}
 
 
+def _stage_times(timing: StageTiming, trace: StageTrace) -> dict[str, Any]:
+    """How one stage served a request, as replies show it: the ingress's round trip (``seconds``),
+    and within it the replica's wait for its batch (``queue_s``) and the batch's run (``compute_s``)."""
+    return {"stage": timing.stage, "variant": timing.variant, "batch_size": timing.batch_size,
+            "seconds": round(timing.seconds, 6), "queue_s": round(trace.queue_s, 6),
+            "compute_s": round(trace.compute_s, 6)}
+
+
 def stage_capacity(slots: StageSlots) -> int:
     """Requests a stage's replicas accept at once: what its gate lets into Serve's router."""
     return slots.replicas * max_ongoing_for(slots.batch)
@@ -253,7 +261,7 @@ class IngressCore:
     def __init__(self, spec: PipelineSpec, stages: dict, controller, auth_token: str = "",
                  deadline_s: float = 0.0, admission: bool = True,
                  slots: dict[str, StageSlots] | None = None, clock: Callable[[], float] = time.time,
-                 gate: bool = True) -> None:
+                 gate: bool = True, reserve: bool = True) -> None:
         self.spec = spec
         self.clock = clock  # wall-clock seconds: arrivals and deadlines
         self.deadline_s = deadline_s  # default deadline when the request sets none; 0 = none
@@ -262,6 +270,7 @@ class IngressCore:
         self.controller = controller
         self.auth_token = auth_token
         self.queues = StageQueues(spec.stage_names, slots or default_slots(spec))
+        self.reserve = reserve  # keep the measured time outside the stages (False: a benchmark's baseline)
         # In front of each stage's handle: Serve's router never holds a backlog (pipelines/gate.py).
         self.gates = {s: FifoGate(stage_capacity(self.queues.slots[s])) for s in spec.stage_names} if gate else {}
         self._records = Flusher(lambda recs: controller.record_requests.remote(recs))
@@ -298,9 +307,10 @@ class IngressCore:
         if deadline is None and self.deadline_s:
             deadline = arrival + self.deadline_s
         if self.admission and deadline is not None:
-            verdict = decide(arrival, deadline, self.queues.loads(arrival), REPLY_MARGIN_S + self.queues.before_s)
+            reserve = self.queues.reserve_s(arrival) if self.reserve else 0.0
+            verdict = decide(arrival, deadline, self.queues.loads(arrival), REPLY_MARGIN_S + reserve)
             if not verdict.admit:
-                return self._reject(verdict, arrival, deadline, t0)
+                return self._reject(verdict, arrival, deadline, t0, reserve)
         # In the first stage's queue from now on: requests of a burst that are still being read
         # and decoded are ahead of the next one too, and each must see the others.
         first = self.spec.stage_names[0]
@@ -322,7 +332,6 @@ class IngressCore:
         except BaseException:  # cancelled (the client went away) or a fault: out of the queue all the same
             self.queues.back(first)
             raise
-        self.queues.prepared(time.perf_counter() - t0)
         payload = Payload(request_id=uuid.uuid4().hex[:12], image=image, text=text, question=question,
                           deadline=deadline)
         return await self._walk(payload, arrival, t0)
@@ -331,6 +340,7 @@ class IngressCore:
         """Send the request through the stages in order; count it in flight at each (the first
         counts it already)."""
         timings = []
+        gated = 0.0  # time held at the stages' gates: the admission rule's backlog counts it
         for i, stage in enumerate(self.spec.stage_names):
             s0 = time.perf_counter()
             if i:  # the first stage counted the request when it was admitted
@@ -339,6 +349,7 @@ class IngressCore:
             trace = None  # the stage's trace, once it ran the request
             try:
                 async with self.gates.get(stage) or contextlib.nullcontext():
+                    gated += time.perf_counter() - s0
                     payload = await self.stages[stage].remote(payload)
                 trace = None if payload.dropped_at else payload.trace[-1]
             except RayActorError as e:  # the replica died with this request inside (Serve replaces it)
@@ -364,22 +375,27 @@ class IngressCore:
                                              "of queued", "dropped_at": payload.dropped_at})
             timings.append(StageTiming(stage, trace.variant, time.perf_counter() - s0, trace.batch_size))
         latency = time.perf_counter() - t0
+        # What admission's model did not see: all but the gates, the replicas' queues and batches.
+        self.queues.outside(latency - gated - sum(tr.queue_s + tr.compute_s for tr in payload.trace), self.clock())
         if self.admission and would_miss(self.clock(), REPLY_MARGIN_S, payload.deadline):
-            return self._late(arrival, payload.deadline, latency, timings)
+            return self._late(arrival, payload.deadline, latency, timings, payload.trace)
         self._record(arrival, latency, 200, tuple(timings))
         return Answer(200, self._reply(payload, timings, latency))
 
-    def _reject(self, verdict: Verdict, arrival: float, deadline: float, t0: float) -> Answer:
-        """Answer a request the queues say cannot finish in time, before any work."""
+    def _reject(self, verdict: Verdict, arrival: float, deadline: float, t0: float, reserve_s: float) -> Answer:
+        """Answer a request the queues say cannot finish in time, before any work; ``reserve_s``
+        is the time admission kept for what happens outside the stages' queues and batches."""
         deadline_ms, predicted_ms = (deadline - arrival) * 1000, verdict.predicted_s * 1000
+        outside_ms = (REPLY_MARGIN_S + reserve_s) * 1000
         body: dict[str, Any] = {"rejected_at": verdict.stage, "predicted_ms": round(predicted_ms, 1),
-                                "deadline_ms": round(deadline_ms, 1),
+                                "deadline_ms": round(deadline_ms, 1), "outside_ms": round(outside_ms, 1),
                                 "in_flight": dict(self.queues.in_flight)}
         if verdict.overloaded:
             status, retry = 503, max(1, math.ceil(verdict.retry_after_s))
             body["error"] = (f"overloaded: with {self.queues.in_flight[verdict.stage]} requests in stage "
                              f"{verdict.stage!r} and its recent service times, this request would finish about "
-                             f"{predicted_ms:.0f} ms after arrival, past its deadline of {deadline_ms:.0f} ms; "
+                             f"{predicted_ms:.0f} ms after arrival, and {outside_ms:.0f} ms are kept for its way "
+                             f"outside the stages and back: past its deadline of {deadline_ms:.0f} ms; "
                              f"rejected at once instead of queued. Retry after {retry} s")
             body["retry_after_s"] = round(verdict.retry_after_s, 3)
             headers = {"retry-after": str(retry)}
@@ -387,20 +403,22 @@ class IngressCore:
             status, headers = 504, {}
             body["error"] = (f"deadline exceeded: the stages' recent service times alone (about "
                              f"{verdict.idle_s * 1000:.0f} ms with empty queues, running out at stage "
-                             f"{verdict.stage!r}) "
-                             f"exceed this request's deadline of {deadline_ms:.0f} ms; rejected before any work")
+                             f"{verdict.stage!r}) and the {outside_ms:.0f} ms kept for its way outside the stages "
+                             f"and back exceed this request's deadline of {deadline_ms:.0f} ms; rejected before any work")
             body["dropped_at"] = verdict.stage
         self._record(arrival, time.perf_counter() - t0, status, (), rejected_at=verdict.stage)
         return Answer(status, body, headers)
 
-    def _late(self, arrival: float, deadline: float, latency: float, timings: list[StageTiming]) -> Answer:
+    def _late(self, arrival: float, deadline: float, latency: float, timings: list[StageTiming],
+              trace: list[StageTrace]) -> Answer:
         """A request that finished past its deadline is answered 504, never a late 200."""
         last = self.spec.stage_names[-1]
         self._record(arrival, latency, 504, tuple(timings), last)
         return Answer(504, {"error": f"deadline exceeded: finished {latency * 1000:.0f} ms after arrival, "
                                      f"past its deadline of {(deadline - arrival) * 1000:.0f} ms (less "
                                      f"{REPLY_MARGIN_S * 1000:.0f} ms for the reply); answered 504, not a late 200",
-                            "dropped_at": last})
+                            "dropped_at": last, "latency_s": round(latency, 6),
+                            "stages": [_stage_times(t, tr) for t, tr in zip(timings, trace, strict=True)]})
 
     def _record(self, arrival: float, latency: float, status: int, timings: tuple, dropped_at: str = "",
                 rejected_at: str = "") -> None:
@@ -410,11 +428,7 @@ class IngressCore:
         stages = []
         for t, tr in zip(timings, payload.trace, strict=True):
             out = payload.outputs[t.stage]
-            stages.append({
-                "stage": t.stage, "variant": t.variant, "batch_size": t.batch_size, "seconds": round(t.seconds, 6),
-                "queue_s": round(tr.queue_s, 6), "compute_s": round(tr.compute_s, 6),
-                "output": out.to_json(), "summary": out.summary(),
-            })
+            stages.append({**_stage_times(t, tr), "output": out.to_json(), "summary": out.summary()})
         last = stages[-1]["summary"] if stages else ""
         reply = {"pipeline": self.spec.name, "request_id": payload.request_id, "latency_s": round(latency, 6),
                  "answer": last, "stages": stages}

@@ -13,22 +13,32 @@ the declarative config carries as it does the stages'). Free of Ray and clocks.
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from varipipe.admission import StageLoad, in_force, update_item_s
+from varipipe.admission import STALE_ESTIMATE_S, StageLoad, in_force, update_item_s
 from varipipe.errors import ConfigError
 from varipipe.records import Decision
 
-__all__ = ["StageSlots", "StageQueues", "slots_user_config", "PREPARE_SAMPLES"]
+__all__ = ["StageSlots", "StageQueues", "slots_user_config", "RESERVE_SAMPLES", "RESERVE_OUTLIERS"]
 
-# The ingress's own time before the first stage is the median of this many recent
-# requests: robust to the first request's cold start (imports, thread pool), which a
-# moving average would carry for dozens of requests.
-PREPARE_SAMPLES = 32
+# What the admission rule's model does not see is measured, not assumed: for every request
+# that went through all the stages, its time outside the replicas' queues and batches (its own
+# reading and decoding, Ray's hops to and from each replica, the ingress's event loop and the
+# proxy under a burst). Admission keeps the RESERVE_OUTLIERS + 1-th largest of the last
+# RESERVE_SAMPLES in reserve: the 90th percentile of a full window. Not a mean: with the mean
+# kept, about half of the requests admitted on the edge of their deadline would finish late.
+# Not the largest: a few outliers (a stage handle's first call, a pause of the host) must not
+# shut the ingress: one warm-up request of 5.1 s outside, with two CPU hogs beside the test,
+# made the largest of 8 reject a whole burst. 32 samples: a few seconds at the tens of
+# requests/s these pipelines serve, so a burst's figures count soon and leave soon. On the
+# shared 2-core host sequential requests put 14-26 ms there (the first 125-148 ms), an
+# 80-request burst 50-210 ms (median 72-86 ms); with nothing kept for it, 5 of 20 such bursts
+# had every admitted request finish late (benchmarks/README.md "Admission under a burst").
+RESERVE_SAMPLES = 32
+RESERVE_OUTLIERS = 3  # 32 - 3 = 29 = ceil(0.9 * 32): the 90th percentile of a full window
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,7 @@ class StageQueues:
         self.item_s = dict.fromkeys(self.stages, 0.0)
         self.item_at = dict.fromkeys(self.stages, 0.0)  # when each estimate was last measured
         self.slots = {s: slots[s] for s in self.stages}
-        self.before_s = 0.0  # the ingress's own work before the first stage (reading, decoding)
-        self._prepare: deque[float] = deque(maxlen=PREPARE_SAMPLES)
+        self._outside: deque[tuple[float, float]] = deque(maxlen=RESERVE_SAMPLES)  # (when, seconds)
 
     def configure(self, user_config: Mapping[str, Any]) -> None:
         """Take the batch size and replicas of every stage from the ingress's ``user_config``."""
@@ -86,10 +95,22 @@ class StageQueues:
             self.item_s[stage] = update_item_s(self.item_s[stage], compute_s, batch_size)
             self.item_at[stage] = now
 
-    def prepared(self, seconds: float) -> None:
-        """The ingress's own time before the first stage for one request."""
-        self._prepare.append(seconds)
-        self.before_s = statistics.median(self._prepare)
+    def outside(self, seconds: float, now: float) -> None:
+        """One request's time outside the replicas' queues and batches, measured at ``now``:
+        its time through the ingress less every stage's ``queue_s + compute_s`` (and its wait
+        at the stage's gate, which the rule's backlog counts)."""
+        self._outside.append((now, seconds))
+
+    def reserve_s(self, now: float | None = None) -> float:
+        """Time the admission rule keeps for what its model does not see: the recent
+        :meth:`outside` measurements less their ``RESERVE_OUTLIERS`` largest, the largest of
+        the rest; none older than ``admission.STALE_ESTIMATE_S`` at ``now`` (an ingress whose
+        reserve made it reject everything measures nothing new; None: all of them). 0 until
+        there are more than ``RESERVE_OUTLIERS``, and never below 0."""
+        recent = sorted(s for t, s in self._outside if now is None or now - t <= STALE_ESTIMATE_S)
+        if len(recent) <= RESERVE_OUTLIERS:
+            return 0.0
+        return max(0.0, recent[-1 - RESERVE_OUTLIERS])
 
     def loads(self, now: float | None = None) -> tuple[StageLoad, ...]:
         """Every stage as a request arriving at ``now`` sees it. An estimate no answer has

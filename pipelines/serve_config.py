@@ -144,6 +144,10 @@ class AppOptions:
     # replicas' max_ongoing_requests wait in Serve's router (before issue 16's fix; for comparison,
     # benchmarks/router_backlog.py).
     stage_gate: bool = True
+    # Admission keeps the measured time outside the stages in reserve (pipelines/queues.py
+    # reserve_s). False: it keeps only REPLY_MARGIN_S (for comparison, benchmarks/admission_burst.py;
+    # the rule before kept the ingress's median decoding time as well, about 2 ms there).
+    admission_reserve: bool = True
     # Online calibration of the profile from the batches served (adapter.calibration); False:
     # --no-calibration. ``calibration_settings``: CalibrationSettings fields to override.
     calibration: bool = True

@@ -140,8 +140,10 @@ class Verdict:
 def decide(now: float, deadline: float | None, loads: Sequence[StageLoad], margin_s: float = 0.0) -> Verdict:
     """Admit a request arriving at ``now`` unless it is expected to finish after ``deadline``.
 
-    ``margin_s`` is time the request spends outside the stages (the reply's way back
-    to the client); it is taken off the deadline. No deadline: always admitted.
+    ``margin_s`` is time the request spends outside the stages' queues and batches (the
+    reply's way back to the client, and what the ingress measured there recently:
+    ``pipelines/queues.py`` ``reserve_s``); it is taken off the deadline. No deadline:
+    always admitted.
     """
     if deadline is None:
         return Verdict(True, 0.0, math.inf, "")

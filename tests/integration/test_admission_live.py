@@ -6,7 +6,8 @@ within the deadline must be answered at once for the excess: 503 with
 ``Retry-After`` and a JSON reason naming the stage and the predicted finish; the
 requests that are served are never answered 200 after their deadline; every
 rejection is counted in ``/metrics``. Behaviour, not timing: nothing here asserts
-how fast anything was.
+how fast anything was (how often what admission lets in finishes in time is
+measured by ``benchmarks/admission_burst.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,13 @@ async def _burst(url: str, n: int, headers: dict[str, str]) -> list[httpx.Respon
 def _check(replies: list[httpx.Response], deadline_ms: float) -> list[httpx.Response]:
     statuses = [r.status_code for r in replies]
     assert set(statuses) <= {200, 503, 504}, statuses
-    assert 200 in statuses, [r.json() for r in replies[:3]]  # not everything is shed
+    # Not everything is shed at the door: some requests were admitted to the stages. Whether they
+    # then finished within the deadline is a matter of wall time on a shared host (the time outside
+    # the stages under a burst varied 50-210 ms here against a 450 ms budget), which
+    # benchmarks/admission_burst.py measures; here a late one must be a 504 that says so, never a
+    # late 200 (below).
+    admitted = [r for r in replies if r.status_code == 200 or "rejected_at" not in r.json()]
+    assert admitted, [r.json() for r in replies[:3]]
     rejected = [r for r in replies if r.status_code == 503]
     assert rejected, statuses  # a burst this far beyond capacity cannot all fit
     for r in rejected:

@@ -246,6 +246,8 @@ def test_a_request_finishing_past_its_deadline_gets_504_not_a_late_200(png):
     answer, core = asyncio.run(run())
     assert answer.status == 504 and answer.body["dropped_at"] == "second"
     assert "not a late 200" in answer.body["error"]
+    # Where its time went, as a 200 would show it.
+    assert [(s["stage"], s["compute_s"]) for s in answer.body["stages"]] == [("first", COMPUTE_S), ("second", COMPUTE_S)]
 
 
 def test_rejections_are_counted_in_the_metrics_never_as_errors(png):
@@ -313,3 +315,71 @@ def test_the_ingress_forgets_a_per_item_estimate_no_answer_refreshed():
     assert [x.item_s for x in q.loads(100.0 + STALE_ESTIMATE_S)] == [5.0, 0.0]
     assert [x.item_s for x in q.loads(100.0 + STALE_ESTIMATE_S + 1)] == [0.0, 0.0]
     assert [x.item_s for x in q.loads()] == [5.0, 0.0]  # no clock: every estimate in force
+
+
+def test_the_reserve_is_the_recent_time_outside_the_stages_less_a_few_outliers():
+    from varipipe.admission import STALE_ESTIMATE_S
+    from varipipe.pipelines.queues import RESERVE_OUTLIERS, RESERVE_SAMPLES
+
+    q = StageQueues(("first", "second"), {"first": StageSlots(1, 1), "second": StageSlots(1, 1)})
+    assert q.reserve_s(100.0) == 0.0  # nothing measured yet
+    q.outside(-0.5, now=100.0)  # the model over-predicted: nothing to keep, and it keeps nothing
+    for _ in range(RESERVE_OUTLIERS):
+        q.outside(5.0, now=100.0)  # a stage handle's first call, a pause of the host
+    assert q.reserve_s(100.0) == 0.0  # outliers alone never set it
+    q.outside(0.02, now=100.0)
+    assert q.reserve_s(100.0) == 0.02
+    for i in range(1, RESERVE_SAMPLES + 1):  # a full window: the older ones leave it
+        q.outside(i / 1000, now=100.0)
+    # The 90th percentile of a full window: the largest but RESERVE_OUTLIERS.
+    assert q.reserve_s(100.0) == pytest.approx((RESERVE_SAMPLES - RESERVE_OUTLIERS) / 1000)
+    # Stale measurements are forgotten, as the per-item estimates are: an ingress whose reserve
+    # made it reject everything would measure nothing new.
+    assert q.reserve_s(100.0 + STALE_ESTIMATE_S) > 0
+    assert q.reserve_s(100.0 + STALE_ESTIMATE_S + 1) == 0.0
+    assert q.reserve_s() > 0  # no clock: every measurement in force
+
+
+class SlowOutside(FakeStage):
+    """A stage whose replica reports no queue and no compute time, while the request takes
+    ``OUTSIDE_S`` of real time to come back: all of it outside the replica, as Ray's hops are."""
+
+    OUTSIDE_S = 0.1
+
+    async def _run(self, payload):
+        self.calls += 1
+        await asyncio.sleep(self.OUTSIDE_S)
+        payload.outputs[self.name] = Echo(self.name, "fast", 1)
+        payload.trace.append(StageTrace(self.name, "fast", 1, 0.0, 0.0))
+        return payload
+
+
+@pytest.mark.parametrize("reserve", [True, False])
+def test_admission_keeps_the_measured_time_outside_the_stages_for_it(png, reserve):
+    """The stages say 0 s; the ingress measured at least ``OUTSIDE_S`` more: a deadline that
+    leaves less than that beyond the reply's margin is not worth starting (reserve=False,
+    a benchmark's baseline: it is admitted, and would finish late)."""
+    from varipipe.admission import STALE_ESTIMATE_S
+    from varipipe.pipelines.queues import RESERVE_OUTLIERS
+
+    async def run():
+        clock = Clock()
+        stages = {n: SlowOutside(n) for n in ("first", "second")}
+        core = IngressCore(find_spec("identity-chain"), stages, FakeController(), clock=clock, reserve=reserve,
+                           slots={n: StageSlots(batch=1, replicas=1) for n in stages})
+        for _ in range(RESERVE_OUTLIERS + 1):  # measure: each >= 2 x OUTSIDE_S outside, more than outliers
+            assert (await core.handle(request(png, {}))).status == 200
+        tight = {"x-deadline-ms": str(1000 * (REPLY_MARGIN_S + SlowOutside.OUTSIDE_S))}
+        answer = await core.handle(request(png, tight))
+        clock.t += STALE_ESTIMATE_S + 1  # no request served since: the measurement is forgotten
+        later = await core.handle(request(png, tight))
+        return answer, later, stages["first"].calls - RESERVE_OUTLIERS - 1
+
+    answer, later, calls = asyncio.run(run())
+    if reserve:
+        assert answer.status == 504 and calls == 1  # rejected before any work
+        assert answer.body["outside_ms"] >= 1000 * (REPLY_MARGIN_S + 2 * SlowOutside.OUTSIDE_S)
+        assert "kept for its way outside the stages" in answer.body["error"]
+    else:
+        assert answer.status == 200 and calls == 2
+    assert later.status == 200
