@@ -40,7 +40,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overload import png  # noqa: E402
+from overload import SPEC, png  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SLA_S = 0.5  # tests/integration/test_admission_live.py's SLA and deadline
@@ -48,30 +48,6 @@ PER_ITEM_S = 0.05  # and its stages' service time per item
 WARM_UP = 8  # sequential requests before the bursts, as the test sends
 WARM_UP_DEADLINE_MS = 60_000  # the warm-ups' own deadline: the replicas may still be starting
 PAUSE_S = 1.0  # between bursts: every answer of the last one is back
-
-SPEC = f"""\
-name: admission-burst
-description: two identity stages with a fixed per-item service time (admission benchmark)
-input: image
-sla: {{latency_s: {SLA_S}}}
-stages:
-  - name: first
-    num_cpus: 0.25
-    variants:
-      - name: fast
-        runtime: identity
-        factory: varipipe.pipelines.variants.identity:make
-        accuracy: {{value: 0.5, kind: declared, source: "identity stage, nominal"}}
-        params: {{per_item_s: {PER_ITEM_S}}}
-  - name: second
-    num_cpus: 0.25
-    variants:
-      - name: fast
-        runtime: identity
-        factory: varipipe.pipelines.variants.identity:make
-        accuracy: {{value: 0.5, kind: declared, source: "identity stage, nominal"}}
-        params: {{per_item_s: {PER_ITEM_S}}}
-"""
 
 
 async def burst(url: str, n: int, body: bytes) -> list[httpx.Response]:
@@ -107,7 +83,7 @@ def main() -> int:
     from varipipe.records import Decision, StageDecision
 
     # As the test's decision (tests/integration/identity_chain.py): batch 4, one replica, 5 ms batch wait.
-    decision = Decision(stages=tuple(StageDecision(s, "fast", 4, 1, "cpu:1", 0.005) for s in ("first", "second")),
+    decision = Decision(stages=tuple(StageDecision(s, "work", 4, 1, "cpu:1", 0.005) for s in ("first", "second")),
                         policy="benchmark")
 
     body = png()
@@ -117,8 +93,8 @@ def main() -> int:
     runs: dict[str, list[dict]] = {"reserve": [], "no_reserve": []}
     try:
         with tempfile.TemporaryDirectory(prefix="vp-burst-") as tmp:
-            spec = Path(tmp) / "admission-burst.yaml"
-            spec.write_text(SPEC)
+            spec = Path(tmp) / "overload-chain.yaml"  # overload.py's two identity stages
+            spec.write_text(SPEC.format(sla=SLA_S, s=PER_ITEM_S))
             for i in range(args.rounds):
                 for name in ("no_reserve", "reserve") if i % 2 == 0 else ("reserve", "no_reserve"):
                     opts = AppOptions(pipeline=str(spec), app_name=f"burst-{name}", deadline_sla_factor=1.0,
