@@ -6,7 +6,7 @@ Issue 16: ``tests/integration/test_admission_live.py`` failed in a fresh-clone r
 in CI: of an 80-request burst the ingress admitted 4, and all 4 finished 474-521 ms
 after arrival against a 500 ms deadline (450 ms less the reply's margin), so nothing
 was answered 200. The rule's model costs the stages' queues and batches; the time
-outside them (the ingress reading 80 bodies at once, Ray's hops to and from each
+outside them (the ingress deciding 80 requests at once, Ray's hops to and from each
 replica, the proxy) was not in it. The ingress now measures that time on every
 request it serves and keeps a high quantile of it in reserve (``pipelines/queues.py``,
 ``reserve_s``).
