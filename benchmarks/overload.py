@@ -85,7 +85,7 @@ class Reply:
     status: int  # 0: no HTTP answer
     latency_s: float  # at the client
     kind: str  # "ok", "rejected" (by the ingress, before any work), "dropped" (504 after work began), "other"
-    server_latency_s: float | None = None  # a 200's latency_s as the ingress measured it
+    server_latency_s: float | None = None  # a 200's or a rejection's latency_s as the ingress measured it
 
 
 def png() -> bytes:
@@ -108,7 +108,7 @@ def classify(status: int, raw: bytes) -> tuple[str, float | None]:
     if status == 200:
         return "ok", body.get("latency_s")
     if body.get("rejected_at"):
-        return "rejected", None
+        return "rejected", body.get("latency_s")
     if status == 504 and body.get("dropped_at"):
         return "dropped", None
     return "other", None
@@ -191,6 +191,11 @@ def summarise(replies: list[Reply], sla_s: float, duration_s: float) -> dict:
         "rejection_latency": _pcts([r.latency_s for r in rejected]),
         "rejections_over_50ms": sum(r.latency_s > REJECTION_TARGET_S for r in rejected),
         "outside_ingress": _pcts(outside),
+        # Where a rejection's time went: the ingress's own part of the slowest ones, beside the client's.
+        "rejection_in_ingress": _pcts([r.server_latency_s for r in rejected if r.server_latency_s is not None]),
+        "slowest_rejections_client_vs_ingress_ms": [
+            [round(r.latency_s * 1000, 1), None if r.server_latency_s is None else round(r.server_latency_s * 1000, 1)]
+            for r in sorted(rejected, key=lambda r: r.latency_s)[-3:]],
     }
 
 

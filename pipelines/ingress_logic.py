@@ -406,7 +406,9 @@ class IngressCore:
                              f"{verdict.stage!r}) and the {outside_ms:.0f} ms kept for its way outside the stages "
                              f"and back exceed this request's deadline of {deadline_ms:.0f} ms; rejected before any work")
             body["dropped_at"] = verdict.stage
-        self._record(arrival, time.perf_counter() - t0, status, (), rejected_at=verdict.stage)
+        latency = time.perf_counter() - t0
+        body["latency_s"] = round(latency, 6)  # the ingress's own time for it, as a 200's latency_s
+        self._record(arrival, latency, status, (), rejected_at=verdict.stage)
         return Answer(status, body, headers)
 
     def _late(self, arrival: float, deadline: float, latency: float, timings: list[StageTiming],

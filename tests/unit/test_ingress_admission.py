@@ -164,6 +164,7 @@ def test_a_burst_beyond_capacity_is_rejected_at_once_with_retry_after_and_a_reas
         assert a.body["predicted_ms"] > 50000.0 - REPLY_MARGIN_S * 1000
         assert "overloaded" in a.body["error"] and "'first'" in a.body["error"]
         assert a.body["in_flight"]["first"] == 3
+        assert a.body["latency_s"] >= 0  # the ingress's own part of the rejection's time
     assert core.queues.in_flight == {"first": 0, "second": 0}
 
 
