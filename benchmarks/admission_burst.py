@@ -40,13 +40,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overload import SPEC, png  # noqa: E402
+from overload import SPEC, _warm, png  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SLA_S = 0.5  # tests/integration/test_admission_live.py's SLA and deadline
 PER_ITEM_S = 0.05  # and its stages' service time per item
-WARM_UP = 8  # sequential requests before the bursts, as the test sends
-WARM_UP_DEADLINE_MS = 60_000  # the warm-ups' own deadline: the replicas may still be starting
 PAUSE_S = 1.0  # between bursts: every answer of the last one is back
 
 
@@ -100,11 +98,7 @@ def main() -> int:
                     opts = AppOptions(pipeline=str(spec), app_name=f"burst-{name}", deadline_sla_factor=1.0,
                                       admission_reserve=name == "reserve")
                     with LocalServer(opts, port=port, decision=decision) as srv:
-                        with httpx.Client(timeout=60) as c:
-                            for _ in range(WARM_UP):
-                                r = c.post(srv.endpoint, content=body,
-                                           headers={"x-deadline-ms": str(WARM_UP_DEADLINE_MS)})
-                                r.raise_for_status()
+                        _warm(srv, body, "image/png")  # 8 sequential requests, as the test sends
                         for b in range(args.bursts):
                             out = {"round": i, "burst": b, **one_burst(srv.endpoint, args.size, body),
                                    "load_average_1m": round(os.getloadavg()[0], 2)}
