@@ -100,13 +100,36 @@ class Controller:
         self.state.stop()
 
 
+def lower_priority(nice: int) -> int:
+    """Add ``nice`` to every thread of this process; returns how many threads were changed.
+
+    Linux keeps a nice per thread, and ``os.nice`` changes only the caller's, so each
+    task under /proc/self/task is set; threads started later inherit their starter's.
+    Raising a nice needs no privilege, so this never fails for want of one.
+    """
+    if nice <= 0:
+        return 0
+    changed = 0
+    tasks = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [str(os.getpid())]
+    for task in tasks:
+        tid = int(task)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            changed += 1
+        except OSError:  # the thread ended meanwhile
+            continue
+    return changed
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class StageServer:
     """One stage: a variant behind ``@serve.batch`` (bypassed at batch size 1); batches run on a worker thread."""
 
-    def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle, device: str = "cpu") -> None:
+    def __init__(self, pipeline: str, stage: str, controller: DeploymentHandle, device: str = "cpu",
+                 nice: int = 0) -> None:
         import ray
 
+        lower_priority(nice)  # before any model thread starts: those inherit it
         spec = find_spec(pipeline)
         stage_spec = spec.stage(stage)
         self.core = StageCore(stage_spec, threads=stage_spec.threads,
@@ -264,5 +287,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             actor_options["num_gpus"] = gpus
         stages[s.name] = StageServer.options(
             name=stage_deployment_name(s.name), ray_actor_options=actor_options,
-        ).bind(opts.pipeline, s.name, controller, "gpu" if gpus > 0 else "cpu")
+        ).bind(opts.pipeline, s.name, controller, "gpu" if gpus > 0 else "cpu", opts.stage_nice)
     return Ingress.options(name=INGRESS).bind(opts.to_args(), stages, controller)

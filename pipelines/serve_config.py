@@ -53,6 +53,11 @@ DEFAULT_BATCH = 4
 # GPUs a replica reserves when a decision puts its stage on a GPU and no --gpus fraction says
 # otherwise: a whole one (issue 19: in reserved mode a GPU replica costs one GPU's price).
 DEFAULT_GPU_FRACTION = 1.0
+# Nice of the stage replicas' threads. Linux weighs a nice-10 thread 110 against a nice-0
+# thread's 1024 (kernel/sched/core.c sched_prio_to_weight), so a waking proxy or ingress
+# runs ahead of a batch at once while the batch keeps every idle cycle; per-thread nice
+# acts within one scheduler autogroup, and every Ray process of a node shares the raylet's.
+STAGE_NICE = 10
 
 
 def _gpu_amount(text: str, where: str) -> float:
@@ -148,6 +153,11 @@ class AppOptions:
     # reserve_s). False: it keeps only REPLY_MARGIN_S (for comparison, benchmarks/admission_burst.py;
     # the rule before kept the ingress's median decoding time as well, about 2 ms there).
     admission_reserve: bool = True
+    # Nice value of each stage replica's threads (pipelines/app.py lower_priority): the model
+    # replicas yield a core to Serve's proxy, the ingress and the controller whenever these wake,
+    # so a rejection is not answered behind a running batch. 0 = as started (for comparison,
+    # benchmarks/rejection_tail.py).
+    stage_nice: int = STAGE_NICE
     # Online calibration of the profile from the batches served (adapter.calibration); False:
     # --no-calibration. ``calibration_settings``: CalibrationSettings fields to override.
     calibration: bool = True

@@ -43,6 +43,10 @@ READY_TIMEOUT_S = 180.0
 # (2026-12-06). 20 s each gives it 60 s, as long as serve.start itself waits for its proxies
 # (ray.serve's HTTP_PROXY_TIMEOUT). An embedded Ray only; a user's environment setting wins.
 PROXY_READY_CHECK_S = 20.0
+# Nice of an embedded Ray's worker processes (Ray's default, RAY_worker_niceness, is 15): Serve's
+# proxy, the ingress and the controller at the same priority as Ray's own raylet and GCS, the
+# stage replicas STAGE_NICE below. An embedded Ray only; a user's environment setting wins.
+WORKER_NICENESS = 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -84,6 +88,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # /tmp/ray/ray_current_cluster), and stopping that would stop someone else's.
         # The embedded Ray's processes inherit this environment: Serve's controller reads it.
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_CHECK_S))
+        # Ray starts its workers' Python threads at nice 15 (RAY_worker_niceness), Serve's proxy
+        # and the ingress among them; at 0 they run ahead of the stage replicas, which lower
+        # their own threads by AppOptions.stage_nice (issue 16: rejections answered at once).
+        os.environ.setdefault("RAY_worker_niceness", str(WORKER_NICENESS))
         ray.init(address="local", num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
     return True
 

@@ -120,3 +120,18 @@ def test_no_request_lost_during_changes_under_load(server, png_bytes):
     assert not failed, f"{len(failed)} of {len(results)} failed at {rate:.0f} req/s: {failed[:3]}"
     batches = [s["batch_size"] for r in results for s in r.body["stages"]]
     assert max(batches) > 1, "batches never formed under load"
+
+
+def test_stage_replicas_run_every_thread_below_the_ingress(server):
+    """Issue 16: a replica's threads, the model's own included, run at STAGE_NICE or lower, so
+    Serve's proxy and the ingress (as started) answer rejections while batches run."""
+    import os
+    from pathlib import Path
+
+    from varipipe.pipelines.serve_config import STAGE_NICE
+
+    pids = {int(r["pid"]) for r in reports(server)}
+    assert pids
+    for pid in pids:
+        nices = [os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(nices) > 1 and min(nices) >= STAGE_NICE, (pid, nices)
