@@ -74,10 +74,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "admission_burst.json"))
     args = ap.parse_args()
 
-    from ray import serve
-
     from varipipe.pipelines.serve_config import AppOptions
-    from varipipe.pipelines.server import LocalServer, free_port, start_ray
+    from varipipe.pipelines.server import LocalServer, serve_session
     from varipipe.records import Decision, StageDecision
 
     # As the test's decision (tests/integration/identity_chain.py): batch 4, one replica, 5 ms batch wait.
@@ -85,11 +83,8 @@ def main() -> int:
                         policy="benchmark")
 
     body = png()
-    owns = start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     runs: dict[str, list[dict]] = {"reserve": [], "no_reserve": []}
-    try:
+    with serve_session() as port:
         with tempfile.TemporaryDirectory(prefix="vp-burst-") as tmp:
             spec = Path(tmp) / "overload-chain.yaml"  # overload.py's two identity stages
             spec.write_text(SPEC.format(sla=SLA_S, s=PER_ITEM_S))
@@ -105,12 +100,6 @@ def main() -> int:
                             print(name, json.dumps(out), flush=True)
                             runs[name].append(out)
                             time.sleep(PAUSE_S)
-    finally:
-        if owns:
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
 
     def summary(rs: list[dict]) -> dict:
         outside = [x for r in rs for x in r["outside_ms"]]

@@ -90,11 +90,17 @@ def _capacity(args) -> float:
         return asyncio.run(closed_loop(srv.endpoint, body, ctype, CAPACITY_CLIENTS, args.capacity_s))
 
 
-def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bool) -> dict:
+def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bool, keep: Path | None) -> dict:
+    """One live run; with ``keep``, its request records, batches and decisions go to that
+    JSON file (for reading a run again offline: per-stage speeds, queueing)."""
     records, polls, _ = live_run(_opts(sla_s, calibration), times, [body], POLL_S)
     duration = float(np.ceil(times[-1]))
     cost = [(d["t"], d["cost"]) for d in polls.decisions if d["cost"] is not None]
     m, _ = metrics_from_records(records, sla_s, profile, duration, cost, cost_mode="shared")
+    if keep is not None:
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_text(json.dumps({"records": [json.loads(r.to_json()) for r in records], "batches": polls.batches,
+                                    "decisions": polls.decisions, "corrections": polls.corrections}) + "\n")
     return {"metrics": m, "batches": polls.batches, "poll_errors": len(polls.errors)}
 
 
@@ -123,35 +129,83 @@ def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_
     return out
 
 
-KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "mean_cost", "mean_accuracy", "dropped", "requests")
+KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
 
 
-def _compare(lives: list[dict], sims: list) -> dict:
-    live = {k: float(np.mean([lo["metrics"][k] for lo in lives])) for k in KEYS}
-    sim = {k: float(np.mean([getattr(o, k) for o in sims])) for k in KEYS}
-    sim_by_seed = [{k: getattr(o, k) for k in KEYS} for o in sims]
+def _live_row(metrics: dict) -> dict:
+    """A live run's figures (its ``mean_cost`` is the decisions' predicted cost, read from /config)."""
+    return {k: metrics["mean_cost" if k == "decision_cost" else k] for k in KEYS}
+
+
+def _sim_row(o) -> dict:
+    """A simulated run's figures; its ``mean_cost`` is measured busy CPU time, so the decisions'
+    predicted cost comes from its timeline, as the live side's (fidelity.py does the same)."""
+    row = {k: getattr(o, k) for k in KEYS if k != "decision_cost"}
+    row["decision_cost"] = float(np.mean([d.predicted_cost for d in o.timeline])) if o.timeline else float("nan")
+    row["busy_cpu_s_per_s"] = o.mean_cost
+    return row
+
+
+def _compare(live_runs: list[dict], sim_by_seed: list[dict]) -> dict:
+    live = {k: float(np.mean([lo[k] for lo in live_runs])) for k in KEYS}
+    sim = {k: float(np.mean([so[k] for so in sim_by_seed])) for k in (*KEYS, "busy_cpu_s_per_s")}
 
     def spread_rel(k: str) -> float:
-        v = [lo["metrics"][k] for lo in lives]
+        v = [lo[k] for lo in live_runs]
         return (max(v) - min(v)) / live[k] if len(v) > 1 and live[k] else 0.0
 
-    att_spread = 100 * (max(lo["metrics"]["sla_attainment"] for lo in lives)
-                        - min(lo["metrics"]["sla_attainment"] for lo in lives))
+    att_spread = 100 * (max(lo["sla_attainment"] for lo in live_runs) - min(lo["sla_attainment"] for lo in live_runs))
     p99_rel = abs(sim["p99_latency_s"] - live["p99_latency_s"]) / live["p99_latency_s"]
     mean_rel = abs(sim["mean_latency_s"] - live["mean_latency_s"]) / live["mean_latency_s"]
     att_pts = 100 * abs(sim["sla_attainment"] - live["sla_attainment"])
     p99_bound = max(TARGET_P99_REL, spread_rel("p99_latency_s"))
     att_bound = max(TARGET_ATTAINMENT_POINTS, att_spread)
     return {
-        "live_runs": [{k: lo["metrics"][k] for k in KEYS} for lo in lives], "live_mean": live,
-        "sim_mean": sim, "sim_by_seed": sim_by_seed,
+        "live_runs": live_runs, "live_mean": live, "sim_mean": sim, "sim_by_seed": sim_by_seed,
         "p99": {"rel_diff": p99_rel, "live_spread_rel": spread_rel("p99_latency_s"), "bound": p99_bound,
                 "met": p99_rel <= p99_bound},
         "attainment": {"diff_points": att_pts, "live_spread_points": att_spread, "bound": att_bound,
                        "met": att_pts <= att_bound},
         "mean_latency": {"rel_diff": mean_rel, "live_spread_rel": spread_rel("mean_latency_s"),
                          "bound": TARGET_MEAN_REL, "met": mean_rel <= TARGET_MEAN_REL},
+        "decision_cost_rel_diff": abs(sim["decision_cost"] - live["decision_cost"]) / live["decision_cost"],
     }
+
+
+def _duration_s(rate: float, requests: int) -> int:
+    """Seconds of Poisson arrivals at ``rate`` that hold ``requests`` on average."""
+    return int(math.ceil(requests / rate))
+
+
+def _times(rate: float, duration_s: int, seed: int) -> np.ndarray:
+    return arrival_times(step_trace([rate], duration_s), "poisson", seed)
+
+
+def _print_row(row: dict) -> None:
+    print(f"  sim: attainment {row['sim_mean']['sla_attainment']:.4f} "
+          f"({row['attainment']['diff_points']:.2f} pts, bound {row['attainment']['bound']:.2f}) "
+          f"p99 {row['sim_mean']['p99_latency_s']:.3f} s ({100 * row['p99']['rel_diff']:.1f} %, bound "
+          f"{100 * row['p99']['bound']:.1f} %) mean {row['sim_mean']['mean_latency_s']:.3f} s "
+          f"({100 * row['mean_latency']['rel_diff']:.1f} %) decision cost {row['sim_mean']['decision_cost']:.3f} "
+          f"(live {row['live_mean']['decision_cost']:.3f})", flush=True)
+
+
+def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int) -> dict:
+    """``--from-live``: the simulated side again (after a simulator change) against the live runs
+    a result file holds, on the same arrivals, tuning figures and seeds; no Ray."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    t = doc["tuning"]
+    for row in doc["settings"]:
+        times = _times(row["rps"], row["duration_s"], seed)
+        # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
+        sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
+                     [seed + 100 + i for i in range(sim_seeds)], [])
+        row.update(_compare(row["live_runs"], [_sim_row(o) for o in sims]))
+        print(f"load {row['load_fraction']:g} calibration {row['calibration']}", flush=True)
+        _print_row(row)
+    doc["resimulated"] = {"git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:])}
+    return doc
 
 
 def main() -> int:
@@ -168,6 +222,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="arrival seed of the compared runs (tuning: seed + 1)")
     ap.add_argument("--image", default="chelsea")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity_loads.json"))
+    ap.add_argument("--keep", default="", help="a folder for each live run's records, batches and decisions")
+    ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     args = ap.parse_args()
 
     from varipipe.loadgen.replayer import load_image
@@ -178,6 +234,11 @@ def main() -> int:
     sla_s = args.sla or find_spec(PIPELINE).sla.latency_s
     body, _ = load_image(args.image)
     loads = [float(x) for x in args.loads.split(",")]
+    if args.from_live:
+        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed)
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     doc: dict = {"benchmark": "fidelity_loads", "pipeline": PIPELINE, "profile": checkout_relative(PROFILE),
                  "policy": POLICY, "sla_s": sla_s, "interval_s": INTERVAL_S, "cluster_cores": CLUSTER_CORES,
                  "git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -190,7 +251,8 @@ def main() -> int:
     print(f"capacity {capacity:.2f} req/s", flush=True)
 
     tune_times = arrival_times(step_trace([args.tune_fraction * capacity], args.tune_s), "poisson", args.seed + 1)
-    tune = _live(profile, tune_times, body, sla_s, calibration=True)
+    keep = Path(args.keep) if args.keep else None
+    tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json" if keep else None)
     stats = _speed_stats(profile, tune["batches"], args.tune_s)
     [flat] = run_sim(profile, tune_times, [POLICY], {"sla": sla_s},
                      SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared",
@@ -199,7 +261,7 @@ def main() -> int:
                                                                tau_s=stats["tau_s"], level=stats["level"])))
     overhead_s = max(tune["metrics"]["mean_latency_s"] - flat.mean_latency_s, 0.0)
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
-                     "requests": len(tune_times), "live": {k: tune["metrics"][k] for k in KEYS},
+                     "requests": len(tune_times), "live": _live_row(tune["metrics"]),
                      "sim_mean_latency_s": flat.mean_latency_s, "overhead_s": overhead_s, "host_speed": stats}
     print(f"tuning: overhead {overhead_s:.3f} s (live mean {tune['metrics']['mean_latency_s']:.3f} s, sim "
           f"{flat.mean_latency_s:.3f} s); host speed level {stats['level']:.3f} sigma {stats['sigma']:.3f} "
@@ -208,11 +270,13 @@ def main() -> int:
     doc["settings"] = []
     for frac in loads:
         rate = frac * capacity
-        times = arrival_times(step_trace([rate], int(math.ceil(args.requests / rate))), "poisson", args.seed)
+        duration_s = _duration_s(rate, args.requests)
+        times = _times(rate, duration_s, args.seed)
         for calibration in (True, False):
             lives = []
             for run in range(args.live_runs):
-                lives.append(_live(profile, times, body, sla_s, calibration))
+                name = f"load{frac:g}-{'cal' if calibration else 'nocal'}-run{run + 1}.json"
+                lives.append(_live(profile, times, body, sla_s, calibration, keep / name if keep else None))
                 m = lives[-1]["metrics"]
                 print(f"load {frac:g} ({rate:.2f} req/s, {len(times)} requests) calibration {calibration} live "
                       f"{run + 1}: attainment {m['sla_attainment']:.4f} p99 {m['p99_latency_s']:.3f} s mean "
@@ -221,14 +285,11 @@ def main() -> int:
                            for lo in lives]
             sims = _sims(profile, times, sla_s, calibration, overhead_s, stats,
                          [args.seed + 100 + i for i in range(args.sim_seeds)], live_series)
-            row = {"load_fraction": frac, "rps": rate, "requests": len(times), "calibration": calibration,
-                   **_compare(lives, sims)}
+            row = {"load_fraction": frac, "rps": rate, "duration_s": duration_s, "requests": len(times),
+                   "calibration": calibration,
+                   **_compare([_live_row(lo["metrics"]) for lo in lives], [_sim_row(o) for o in sims])}
             doc["settings"].append(row)
-            print(f"  sim: attainment {row['sim_mean']['sla_attainment']:.4f} "
-                  f"({row['attainment']['diff_points']:.2f} pts, bound {row['attainment']['bound']:.2f}) "
-                  f"p99 {row['sim_mean']['p99_latency_s']:.3f} s ({100 * row['p99']['rel_diff']:.1f} %, bound "
-                  f"{100 * row['p99']['bound']:.1f} %) mean {row['sim_mean']['mean_latency_s']:.3f} s "
-                  f"({100 * row['mean_latency']['rel_diff']:.1f} %)", flush=True)
+            _print_row(row)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")  # partial results survive a crash
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")

@@ -261,16 +261,11 @@ def main() -> int:
     args = ap.parse_args()
     clients = tuple(int(c) for c in args.clients.split(",")) if args.clients else CLIENTS.get(args.pipeline, (1, 2, 4, 8))
 
-    from ray import serve
-
     from varipipe.pipelines.serve_config import AppOptions
-    from varipipe.pipelines.server import LocalServer, free_port, start_ray
+    from varipipe.pipelines.server import LocalServer, serve_session
 
-    owns = start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     runs: dict[str, dict] = {}
-    try:
+    with serve_session() as port:
         with tempfile.TemporaryDirectory(prefix="vp-overload-") as tmp:
             spec, sla_s, body, ctype = _spec_and_body(args, tmp)
             deadline = {"x-deadline-ms": str(sla_s * 1000)}
@@ -293,12 +288,6 @@ def main() -> int:
                 runs["after_deadline_sla"] = _run(srv, "after_deadline_sla", body, ctype, rate, args, sla_s, deadline)
                 runs["after_default_deadline"] = _run(srv, "after_default_deadline", body, ctype, rate, args, sla_s,
                                                       {})
-    finally:
-        if owns:
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
     result = {
         "benchmark": "overload", "pipeline": args.pipeline,
         "command": "python benchmarks/overload.py " + " ".join(

@@ -17,15 +17,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from ray import serve
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.openloop, run from anywhere
 
 import httpx  # noqa: E402
 
 from tests.integration.openloop import Result, _one  # noqa: E402
 from varipipe.pipelines.serve_config import AppOptions  # noqa: E402
-from varipipe.pipelines.server import LocalServer, free_port, start_ray  # noqa: E402
+from varipipe.pipelines.server import LocalServer, serve_session  # noqa: E402
 from varipipe.records import Decision, StageDecision  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "reconfig.json"
@@ -64,7 +62,7 @@ async def load_until(url: str, body: bytes, rate: float, stop: asyncio.Event) ->
             delay = t0 + i / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(client, url, body, t0)))
+            tasks.append(asyncio.create_task(_one(client, url, body, t0, "image/png")))
             i += 1
         return list(await asyncio.gather(*tasks))
 
@@ -90,11 +88,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=20.0, help="open-loop requests per second")
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args()
-    start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    with LocalServer(AppOptions(pipeline="identity-chain", app_name="bench-reconfig"), port=port,
-                     decision=decision(batch=2)) as srv:
+    with serve_session() as port, LocalServer(AppOptions(pipeline="identity-chain", app_name="bench-reconfig"),
+                                              port=port, decision=decision(batch=2)) as srv:
         times, results = asyncio.run(scenario(srv, args.rate, args.repeats))
     failed = [r for r in results if r.status != 200]
     summary = {
@@ -107,7 +102,6 @@ def main() -> None:
     print(json.dumps({k: summary[k] for k in ("median_s", "max_s", "changes", "requests", "failed")}, indent=1))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
-    serve.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,22 +1,27 @@
-"""How fast is a rejection while the models hold the cores, with and without nice stage replicas?
+"""How fast is a rejection while the models hold the cores, at each CPU priority setting?
 
     python benchmarks/rejection_tail.py [--pipeline vision-caption-ci] [--rounds 3] [--duration 30]
 
 Issue 16: at 2x capacity every rejection must be answered in under 50 ms. On the real
 ``vision-caption-ci`` pipeline 2 of 906 rejections took 54.5 and 74 ms, while the
 ingress's own part of a rejection was 0.1 ms median and 4.4 ms at most
-(``benchmarks/overload.py``): the time went to Serve's proxy and its hops to the
-ingress and back, which wait for a core the detector, the classifier and the LLM
-hold. The stage replicas now run their threads at a nice of ``STAGE_NICE``
-(``AppOptions.stage_nice``), so a waking proxy or ingress runs ahead of a batch.
+(``benchmarks/overload.py``). Serve's logs of such runs put the rest in the proxy and
+in the ingress replica outside our handler: Ray starts every worker's Python threads
+at nice 15 (``RAY_worker_niceness``), so Serve's proxy and the ingress waited for a
+core beside the detector, the classifier and the LLM at the same priority. Now an
+embedded Ray starts its workers at nice 0 (``serve_config.WORKER_NICENESS``) and the
+stage replicas lower their own threads by ``AppOptions.stage_nice``.
 
-Each round deploys the pipeline with the stages at nice 0 (as before) and at
-``--nice``, alternating which goes first, warms each with 8 sequential requests and
-sends the same open loop: ``--overload`` x the capacity measured once at the start
-(closed loop, 8 clients, nice 0, admission off as in overload.py), with ``x-deadline-ms`` = the SLA, for
+Three settings, each run in a Ray of its own (Ray reads the niceness when it starts):
+``ray_default`` (workers 15, stages as started: before the fix), ``workers_0``
+(workers 0, stages as started) and ``stages_below`` (workers 0, stages ``--nice``
+lower: the default now). Each round runs all three, rotating which goes first; each
+run deploys the pipeline, warms it with 8 sequential requests and sends the same open
+loop: ``--overload`` x the capacity measured once at the start (closed loop, 8
+clients, admission off as in overload.py), with ``x-deadline-ms`` = the SLA, for
 ``--duration`` seconds. Per run and pooled per setting: rejections, how many took
-over 50 ms at the client, their p50 / p99 / max, the ingress's own part, and the
-goodput (200 within the SLA), which says what the models lose by yielding.
+over 20 / 30 / 50 ms at the client, their p50 / p99 / max, the ingress's own part,
+and the goodput (200 within the SLA), which says what the models lose by yielding.
 Writes benchmarks/results/rejection_tail[-<pipeline>].json.
 """
 
@@ -39,65 +44,68 @@ TAIL_MS = (20, 30)
 CAPACITY_CLIENTS = 8  # overload.py's largest vision-caption-ci client count (it gave the capacity there)
 
 
+# (Ray's worker niceness, the stages' nice) per setting. "ray_default": before issue 16's fix,
+# Ray's own RAY_worker_niceness (15) for every worker, stages as started; "workers_0": Ray's
+# workers at 0 (the proxy, the ingress), stages as started; "stages_below": both, the default now.
+RAY_DEFAULT_WORKER_NICENESS = 15  # Ray 2.60's worker_niceness (ray_config_def.h)
+
+
+def _settings(stage_nice: int) -> dict[str, tuple[int, int]]:
+    from varipipe.pipelines.serve_config import WORKER_NICENESS
+
+    return {"ray_default": (RAY_DEFAULT_WORKER_NICENESS, 0), "workers_0": (WORKER_NICENESS, 0),
+            "stages_below": (WORKER_NICENESS, stage_nice)}
+
+
 def main() -> int:
     from varipipe.pipelines.serve_config import STAGE_NICE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default="vision-caption-ci", help="a pipeline name (default: %(default)s)")
     ap.add_argument("--image", default="chelsea", help="the request image (sample name or file)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds, alternating which setting goes first")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds, rotating which setting goes first")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of open-loop load per run")
     ap.add_argument("--capacity-s", type=float, default=15.0, help="closed-loop seconds for the capacity")
     ap.add_argument("--overload", type=float, default=2.0, help="offered load / capacity")
-    ap.add_argument("--nice", type=int, default=STAGE_NICE, help="the stages' nice to compare with 0")
+    ap.add_argument("--nice", type=int, default=STAGE_NICE, help="the stages' nice in the stages_below setting")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
 
-    from ray import serve
-
     from varipipe.loadgen.replayer import load_image
-    from varipipe.pipelines.serve_config import AppOptions
-    from varipipe.pipelines.server import LocalServer, free_port, start_ray
+    from varipipe.pipelines.serve_config import WORKER_NICENESS_ENV, AppOptions
+    from varipipe.pipelines.server import LocalServer, serve_session
     from varipipe.spec import find_spec
 
     body, ctype = load_image(args.image)
     sla_s = find_spec(args.pipeline).sla.latency_s
     deadline = {"x-deadline-ms": str(sla_s * 1000)}
-    settings = {"nice_0": 0, f"nice_{args.nice}": args.nice}
+    settings = _settings(args.nice)
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     replies: dict[str, list] = {name: [] for name in settings}
-    owns = start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        # The capacity as overload.py measures it: admission off, no default deadline (with
-        # them, rejected clients of a closed loop come straight back and the 200s undercount).
-        with LocalServer(AppOptions(pipeline=args.pipeline, app_name="tail-capacity", admission=False),
-                         port=port) as srv:
-            _warm(srv, body, ctype)
-            capacity = asyncio.run(closed_loop(srv.endpoint, body, ctype, CAPACITY_CLIENTS, args.capacity_s))
-        rate = args.overload * capacity
-        print(f"capacity {capacity:.2f} req/s; open loop {rate:.2f} req/s", flush=True)
-        for i in range(args.rounds):
-            order = list(settings) if i % 2 == 0 else list(reversed(settings))
-            for name in order:
-                opts = AppOptions(pipeline=args.pipeline, app_name=f"tail-{settings[name]}", deadline_sla_factor=1.0,
-                                  stage_nice=settings[name])
-                with LocalServer(opts, port=port) as srv:
-                    _warm(srv, body, ctype)
-                    time.sleep(SETTLE_S)
-                    got = asyncio.run(open_loop(srv.endpoint, body, ctype, rate, args.duration, deadline))
-                    out = {"round": i, **summarise(got, sla_s, args.duration),
-                           "load_average_1m": round(os.getloadavg()[0], 2)}
-                    print(name, json.dumps(out), flush=True)
-                    runs[name].append(out)
-                    replies[name].extend(got)
-    finally:
-        if owns:
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
+    # The capacity as overload.py measures it: admission off, no default deadline (with
+    # them, rejected clients of a closed loop come straight back and the 200s undercount).
+    with serve_session() as port, LocalServer(AppOptions(pipeline=args.pipeline, app_name="tail-capacity",
+                                                         admission=False), port=port) as srv:
+        _warm(srv, body, ctype)
+        capacity = asyncio.run(closed_loop(srv.endpoint, body, ctype, CAPACITY_CLIENTS, args.capacity_s))
+    rate = args.overload * capacity
+    print(f"capacity {capacity:.2f} req/s; open loop {rate:.2f} req/s", flush=True)
+    names = list(settings)
+    for i in range(args.rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            workers, stages = settings[name]
+            # Ray reads its workers' niceness when it starts: a Ray of its own per run.
+            os.environ[WORKER_NICENESS_ENV] = str(workers)
+            opts = AppOptions(pipeline=args.pipeline, app_name=f"tail-{name}", deadline_sla_factor=1.0,
+                              stage_nice=stages)
+            with serve_session() as port, LocalServer(opts, port=port) as srv:
+                _warm(srv, body, ctype)
+                time.sleep(SETTLE_S)
+                got = asyncio.run(open_loop(srv.endpoint, body, ctype, rate, args.duration, deadline))
+            out = {"round": i, **summarise(got, sla_s, args.duration), "load_average_1m": round(os.getloadavg()[0], 2)}
+            print(name, json.dumps(out), flush=True)
+            runs[name].append(out)
+            replies[name].extend(got)
 
     def pooled(name: str) -> dict:
         rejected = [r for r in replies[name] if r.kind == "rejected"]
@@ -118,6 +126,7 @@ def main() -> int:
                    f"--overload {args.overload} --nice {args.nice}",
         "host": {"machine": platform.machine(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "sla_s": sla_s, "capacity_rps": round(capacity, 2), "offered_rps": round(rate, 2),
+        "settings": {name: {"worker_niceness": w, "stage_nice": n} for name, (w, n) in settings.items()},
         "runs": runs, "summary": {name: pooled(name) for name in settings},
     }
     out = Path(args.out or RESULTS_DIR / f"rejection_tail-{args.pipeline}.json")

@@ -72,10 +72,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "router_backlog.json"))
     args = ap.parse_args()
 
-    from ray import serve
-
     from varipipe.pipelines.serve_config import AppOptions
-    from varipipe.pipelines.server import LocalServer, free_port, start_ray
+    from varipipe.pipelines.server import LocalServer, serve_session
     from varipipe.records import Decision, StageDecision
 
     stage_rps = 1000.0 / args.service_ms
@@ -83,11 +81,8 @@ def main() -> int:
     decision = Decision(stages=(StageDecision("first", "work", 4, 1, "cpu:1", 0.005),
                                 StageDecision("second", "work", 4, 1, "cpu:1", 0.005)), policy="benchmark")
     body = png()
-    owns = start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     runs: dict[str, list[dict]] = {"gate": [], "router": []}
-    try:
+    with serve_session() as port:
         with tempfile.TemporaryDirectory(prefix="vp-backlog-") as tmp:
             spec = Path(tmp) / "overload-chain.yaml"
             spec.write_text(SPEC.format(sla=SLA_S, s=args.service_ms / 1000))
@@ -100,12 +95,6 @@ def main() -> int:
                         out = run_once(srv, body, rate, args.duration)
                     print(name, i, json.dumps(out), flush=True)
                     runs[name].append(out)
-    finally:
-        if owns:
-            import ray
-
-            serve.shutdown()
-            ray.shutdown()
 
     def med(name: str, key: str) -> float | None:
         vals = [r[key] for r in runs[name] if r[key] is not None]

@@ -27,7 +27,7 @@ from ray import serve
 
 from varipipe.pipelines.images import decode_image
 from varipipe.pipelines.serve_config import AppOptions
-from varipipe.pipelines.server import LocalServer, free_port, start_ray
+from varipipe.pipelines.server import LocalServer, serve_session
 from varipipe.records import Decision, StageDecision
 
 RESULTS = Path(__file__).parent / "results" / "serving_overhead.json"
@@ -112,17 +112,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes (default: %(default)s)")
     args = ap.parse_args()
-    start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     body = png()
     runs: dict[str, list[dict]] = {"baseline": [], "varipipe": []}
-    for _ in range(args.rounds):
-        for name, fn in (("baseline", run_baseline), ("varipipe", run_varipipe)):
-            res = fn(port, body, args.clients, args.seconds)
-            runs[name].append(res)
-            print(f"{name:9s} {res['throughput_rps']:7.1f} req/s  p50 {res['p50_s'] * 1000:6.1f} ms  "
-                  f"p99 {res['p99_s'] * 1000:6.1f} ms  errors {res['errors']}")
+    with serve_session() as port:
+        for _ in range(args.rounds):
+            for name, fn in (("baseline", run_baseline), ("varipipe", run_varipipe)):
+                res = fn(port, body, args.clients, args.seconds)
+                runs[name].append(res)
+                print(f"{name:9s} {res['throughput_rps']:7.1f} req/s  p50 {res['p50_s'] * 1000:6.1f} ms  "
+                      f"p99 {res['p99_s'] * 1000:6.1f} ms  errors {res['errors']}")
     best = {k: {"p50_s": statistics.median(r["p50_s"] for r in v),
                 "throughput_rps": statistics.median(r["throughput_rps"] for r in v)} for k, v in runs.items()}
     summary = {
@@ -135,7 +133,6 @@ def main() -> None:
           f"throughput ratio {summary['throughput_ratio']:.2f} (target >= 0.9)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    serve.shutdown()
 
 
 if __name__ == "__main__":

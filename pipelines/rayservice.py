@@ -19,7 +19,12 @@ from typing import Any
 
 import yaml
 
-from varipipe.pipelines.serve_config import AppOptions, build_app_config
+from varipipe.pipelines.serve_config import (
+    WORKER_NICENESS,
+    WORKER_NICENESS_ENV,
+    AppOptions,
+    build_app_config,
+)
 from varipipe.records import Decision, PipelineSpec
 
 __all__ = ["ClusterShape", "render_rayservice", "serve_config_v2", "worker_replicas", "gpu_worker_replicas",
@@ -106,7 +111,9 @@ def _container(name: str, shape: ClusterShape, cpus: int, memory: str, ports: li
         "resources": {"requests": dict(res), "limits": dict(res)},
         "ports": ports,
         "env": [{"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {
-            "name": shape.token_secret, "key": TOKEN_SECRET_KEY}}}],
+            "name": shape.token_secret, "key": TOKEN_SECRET_KEY}}},
+                # Serve's proxy and the ingress at nice 0, ahead of the stage replicas (serve_config).
+                {"name": WORKER_NICENESS_ENV, "value": str(WORKER_NICENESS)}],
     }
 
 

@@ -58,6 +58,12 @@ DEFAULT_GPU_FRACTION = 1.0
 # runs ahead of a batch at once while the batch keeps every idle cycle; per-thread nice
 # acts within one scheduler autogroup, and every Ray process of a node shares the raylet's.
 STAGE_NICE = 10
+# Ray starts its workers' Python threads at nice 15 (the RAY_worker_niceness setting), Serve's
+# proxy, the ingress and the controller among them. varipipe's embedded Ray, the KubeRay
+# manifest and deploy/ray/cluster.yaml start them at 0, with Ray's raylet and GCS, and the
+# stage replicas then STAGE_NICE below.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+WORKER_NICENESS = 0
 
 
 def _gpu_amount(text: str, where: str) -> float:

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,16 @@ import httpx
 
 from varipipe.errors import VaripipeError
 from varipipe.pipelines.applier import ApplyResult, ServeApplier
-from varipipe.pipelines.serve_config import AppOptions, default_decision
+from varipipe.pipelines.serve_config import (
+    WORKER_NICENESS,
+    WORKER_NICENESS_ENV,
+    AppOptions,
+    default_decision,
+)
 from varipipe.records import Decision
 from varipipe.spec import find_spec
 
-__all__ = ["LocalServer", "free_port", "start_ray", "delegated_scaling", "DelegatedScaling",
+__all__ = ["LocalServer", "free_port", "start_ray", "serve_session", "delegated_scaling", "DelegatedScaling",
            "EMBEDDED_LOGICAL_CPUS"]
 
 log = logging.getLogger(__name__)
@@ -43,10 +48,6 @@ READY_TIMEOUT_S = 180.0
 # (2026-12-06). 20 s each gives it 60 s, as long as serve.start itself waits for its proxies
 # (ray.serve's HTTP_PROXY_TIMEOUT). An embedded Ray only; a user's environment setting wins.
 PROXY_READY_CHECK_S = 20.0
-# Nice of an embedded Ray's worker processes (Ray's default, RAY_worker_niceness, is 15): Serve's
-# proxy, the ingress and the controller at the same priority as Ray's own raylet and GCS, the
-# stage replicas STAGE_NICE below. An embedded Ray only; a user's environment setting wins.
-WORKER_NICENESS = 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,9 +92,29 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # Ray starts its workers' Python threads at nice 15 (RAY_worker_niceness), Serve's proxy
         # and the ingress among them; at 0 they run ahead of the stage replicas, which lower
         # their own threads by AppOptions.stage_nice (issue 16: rejections answered at once).
-        os.environ.setdefault("RAY_worker_niceness", str(WORKER_NICENESS))
+        os.environ.setdefault(WORKER_NICENESS_ENV, str(WORKER_NICENESS))  # a user's setting wins
         ray.init(address="local", num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
     return True
+
+
+@contextlib.contextmanager
+def serve_session(host: str = "127.0.0.1") -> Iterator[int]:
+    """Ray (embedded unless one runs already) and Serve's HTTP proxy on a free port of
+    ``host``, for several applications in turn (``LocalServer(..., port=port)``); yields the
+    port. On exit Serve and Ray are shut down if this call started Ray."""
+    from ray import serve
+
+    owns = start_ray()
+    try:
+        port = free_port(host)
+        serve.start(http_options={"host": host, "port": port})
+        yield port
+    finally:
+        if owns:
+            import ray
+
+            serve.shutdown()
+            ray.shutdown()
 
 
 @dataclass(frozen=True)

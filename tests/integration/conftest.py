@@ -7,23 +7,14 @@ import sys
 
 import pytest
 
-from varipipe.pipelines.server import free_port, start_ray
+from varipipe.pipelines.server import serve_session
 
 
 @pytest.fixture(scope="session")
 def serve_port():
-    from ray import serve
-
     _refuse_gevent_patching()
-    owns = start_ray()
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    if owns:
-        import ray
-
-        serve.shutdown()
-        ray.shutdown()
+    with serve_session() as port:
+        yield port
 
 
 def _refuse_gevent_patching() -> None:

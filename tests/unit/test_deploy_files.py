@@ -52,6 +52,11 @@ def test_cluster_launcher_has_what_ray_up_needs():
         assert key in cfg, key
     assert any("ray start --head" in c for c in cfg["head_start_ray_commands"])
     assert any("ray start --address" in c for c in cfg["worker_start_ray_commands"])
+    # Ray's workers (Serve's proxy, the ingress) at nice 0 on every node, ahead of the stages.
+    from varipipe.pipelines.serve_config import WORKER_NICENESS, WORKER_NICENESS_ENV
+
+    for c in (*cfg["head_start_ray_commands"], *cfg["worker_start_ray_commands"]):
+        assert "ray start" not in c or f"{WORKER_NICENESS_ENV}={WORKER_NICENESS} ray start" in c, c
 
 
 def test_prometheus_scrapes_varipipe_metrics():

@@ -15,7 +15,13 @@ from varipipe.pipelines.rayservice import (
     to_yaml,
     worker_replicas,
 )
-from varipipe.pipelines.serve_config import AppOptions, build_app_config, default_decision
+from varipipe.pipelines.serve_config import (
+    WORKER_NICENESS,
+    WORKER_NICENESS_ENV,
+    AppOptions,
+    build_app_config,
+    default_decision,
+)
 from varipipe.records import Decision, StageDecision
 from varipipe.spec import find_spec
 
@@ -43,6 +49,10 @@ def _check_rayservice(doc: dict) -> dict:
         assert group["groupName"] and 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())
         assert group["template"]["spec"]["containers"][0]["image"]
+    # Every node starts Ray's workers (Serve's proxy, the ingress) at nice 0, ahead of the stages.
+    for group in (head, *cluster["workerGroupSpecs"]):
+        env = {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert env[WORKER_NICENESS_ENV] == str(WORKER_NICENESS)
     return serve_cfg
 
 
