@@ -16,8 +16,9 @@ does) and simulated on the same arrivals:
    time: ``loadgen.hostspeed.speed_statistics`` of the window's batches against the
    profile). The overhead is fitted with the host-speed model in place.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
-   each) and calibration on / off: ``--live-runs`` live runs on the same arrivals
-   (their spread is how far live agrees with itself), and the simulator on the same
+   each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
+   the two settings interleaved (on off, off on, ...; their spread is how far live
+   agrees with itself), and the simulator on the same
    arrivals, overhead and statistics, with host-speed series generated afresh for
    each of ``--sim-seeds`` seeds (never a live run's own series:
    ``check_not_replayed``); the simulated figure is the mean over seeds.
@@ -272,26 +273,31 @@ def main() -> int:
         rate = frac * capacity
         duration_s = _duration_s(rate, args.requests)
         times = _times(rate, duration_s, args.seed)
-        for calibration in (True, False):
-            lives = []
-            for run in range(args.live_runs):
+        # Live runs interleaved, on / off then off / on (A B B A ...), so a drift of the host
+        # over the minutes of a load does not fall on one setting (the first run, 2026-12-06,
+        # ran both calibrated runs first).
+        lives: dict[bool, list[dict]] = {True: [], False: []}
+        for run in range(args.live_runs):
+            for calibration in (True, False) if run % 2 == 0 else (False, True):
                 name = f"load{frac:g}-{'cal' if calibration else 'nocal'}-run{run + 1}.json"
-                lives.append(_live(profile, times, body, sla_s, calibration, keep / name if keep else None))
-                m = lives[-1]["metrics"]
+                lives[calibration].append(_live(profile, times, body, sla_s, calibration, keep / name if keep else None))
+                m = lives[calibration][-1]["metrics"]
                 print(f"load {frac:g} ({rate:.2f} req/s, {len(times)} requests) calibration {calibration} live "
                       f"{run + 1}: attainment {m['sla_attainment']:.4f} p99 {m['p99_latency_s']:.3f} s mean "
                       f"{m['mean_latency_s']:.3f} s cost {m['mean_cost']:.3f}", flush=True)
+        for calibration in (True, False):
             live_series = [speed_from_batches(profile, _batches_of(lo["batches"]), int(np.ceil(times[-1])))
-                           for lo in lives]
+                           for lo in lives[calibration]]
             sims = _sims(profile, times, sla_s, calibration, overhead_s, stats,
                          [args.seed + 100 + i for i in range(args.sim_seeds)], live_series)
             row = {"load_fraction": frac, "rps": rate, "duration_s": duration_s, "requests": len(times),
-                   "calibration": calibration,
-                   **_compare([_live_row(lo["metrics"]) for lo in lives], [_sim_row(o) for o in sims])}
+                   "calibration": calibration, **_compare([_live_row(lo["metrics"]) for lo in lives[calibration]],
+                                                          [_sim_row(o) for o in sims])}
             doc["settings"].append(row)
+            print(f"load {frac:g} calibration {calibration}", flush=True)
             _print_row(row)
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")  # partial results survive a crash
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")  # partial results survive a crash
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
