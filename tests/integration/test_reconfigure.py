@@ -128,10 +128,14 @@ def test_stage_replicas_run_every_thread_below_the_ingress(server):
     import os
     from pathlib import Path
 
+    from ray._private.state import state
+
     from varipipe.pipelines.serve_config import STAGE_NICE
 
-    pids = {int(r["pid"]) for r in reports(server)}
-    assert pids
+    # The live replicas, from the GCS (the controller keeps the reports of replicas long gone).
+    pids = {a["Pid"] for a in state.actor_table(None).values()
+            if a["State"] == "ALIVE" and a["ActorClassName"].startswith(f"ServeReplica:{APP}:stage-")}
+    assert len(pids) >= 2  # both stages
     for pid in pids:
         nices = [os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in Path(f"/proc/{pid}/task").iterdir()]
         assert len(nices) > 1 and min(nices) >= STAGE_NICE, (pid, nices)
