@@ -6,8 +6,8 @@
 ``ipa`` in shared mode on 2 cores, stages shedding late requests as the simulator
 does) and simulated on the same arrivals:
 
-1. **Capacity**, as ``overload.py`` measures it: closed loop of ``CAPACITY_CLIENTS``
-   clients for ``--capacity-s`` on the pipeline's default decision, admission off.
+1. **Capacity**, as ``overload.py`` measures it (``capacity_rps``): a closed loop of its
+   largest client count for ``--capacity-s`` on the pipeline's default decision, admission off.
 2. **Tuning window** (its own seed and rate; never compared below): ``ipa`` with
    calibration at ``--tune-fraction`` x capacity for ``--tune-s``. It fits the
    simulator's two host figures: the per-request time the profile's stages do not
@@ -32,7 +32,6 @@ Writes benchmarks/results/fidelity_loads.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import shlex
@@ -44,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import _batches_of, live_run  # noqa: E402
-from overload import _warm, closed_loop  # noqa: E402
+from overload import capacity_rps  # noqa: E402
 
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records, run_sim  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
@@ -62,8 +61,10 @@ PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"
 POLICY = "ipa"
 CLUSTER_CORES = 2.0  # this host
 INTERVAL_S = 5.0  # fidelity.py's control interval: several decisions a minute on a short run
-CAPACITY_CLIENTS = 8  # overload.py's largest vision-caption-ci client count (it gave the capacity there)
 POLL_S = 5.0  # /api/calibration reads: the batches the host speed is read from
+# The tuning window's simulated host-speed series: a seed of its own, far from the compared
+# settings' (seed + 100 ...).
+TUNING_SPEED_SEED = 10_000
 SPEED_STEP_S = 10  # speed_from_batches' step: a few batches of every stage per step at these rates
 # Targets (issue 18 part 4).
 TARGET_P99_REL = 0.15
@@ -82,13 +83,9 @@ def _opts(sla_s: float, calibration: bool):
 
 def _capacity(args) -> float:
     from varipipe.loadgen.replayer import load_image
-    from varipipe.pipelines.serve_config import AppOptions
-    from varipipe.pipelines.server import LocalServer
 
     body, ctype = load_image(args.image)
-    with LocalServer(AppOptions(pipeline=PIPELINE, app_name="capacity", admission=False), port=0) as srv:
-        _warm(srv, body, ctype)
-        return asyncio.run(closed_loop(srv.endpoint, body, ctype, CAPACITY_CLIENTS, args.capacity_s))
+    return capacity_rps(PIPELINE, body, ctype, args.capacity_s)
 
 
 def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bool, keep: Path | None) -> dict:
@@ -114,19 +111,29 @@ def _speed_stats(profile, batches: list[dict], seconds: int) -> dict:
             "series_10s": [round(float(x), 4) for x in series]}
 
 
+def _host_speed(stats: dict, seconds: int, seed: int) -> HostSpeed:
+    """A fresh host-speed series with a tuning window's statistics."""
+    return HostSpeed.generate(seconds, seed=seed, sigma=stats["sigma"], tau_s=stats["tau_s"], level=stats["level"])
+
+
+def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
+         overhead_s: float = 0.0):
+    """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)."""
+    base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
+                       seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed)
+    [o] = run_sim(profile, times, [POLICY], {"sla": sla_s}, base)
+    return o
+
+
 def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_s: float, stats: dict,
           seeds: list[int], live_series: list[np.ndarray]) -> list:
     seconds = int(np.ceil(times[-1])) + 60
     out = []
     for seed in seeds:
-        speed = HostSpeed.generate(seconds, seed=seed, sigma=stats["sigma"], tau_s=stats["tau_s"],
-                                   level=stats["level"])
+        speed = _host_speed(stats, seconds, seed)
         for series in live_series:
             check_not_replayed(speed, series)
-        base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
-                           seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed)
-        [o] = run_sim(profile, times, [POLICY], {"sla": sla_s}, base)
-        out.append(o)
+        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s))
     return out
 
 
@@ -251,15 +258,12 @@ def main() -> int:
     doc["capacity_rps"] = round(capacity, 3)
     print(f"capacity {capacity:.2f} req/s", flush=True)
 
-    tune_times = arrival_times(step_trace([args.tune_fraction * capacity], args.tune_s), "poisson", args.seed + 1)
+    tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json" if keep else None)
     stats = _speed_stats(profile, tune["batches"], args.tune_s)
-    [flat] = run_sim(profile, tune_times, [POLICY], {"sla": sla_s},
-                     SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared",
-                                 cluster_cores=CLUSTER_CORES, seed=args.seed + 1, calibration=True,
-                                 host_speed=HostSpeed.generate(args.tune_s + 60, seed=10_000, sigma=stats["sigma"],
-                                                               tau_s=stats["tau_s"], level=stats["level"])))
+    flat = _sim(profile, tune_times, sla_s, args.seed + 1, True,
+                _host_speed(stats, args.tune_s + 60, TUNING_SPEED_SEED))
     overhead_s = max(tune["metrics"]["mean_latency_s"] - flat.mean_latency_s, 0.0)
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),

@@ -245,6 +245,21 @@ def _warm(srv, body: bytes, ctype: str) -> None:
             c.post(srv.endpoint, content=body, headers=headers).raise_for_status()
 
 
+def capacity_rps(pipeline: str, body: bytes, ctype: str, seconds: float, port: int = 0,
+                 app_name: str = "capacity") -> float:
+    """A pipeline's capacity as ``main`` measures it, for the scripts that reuse it: its default
+    decision, admission off and no default deadline (with them, rejected clients of a closed
+    loop come straight back and the 200s undercount), warmed, then a closed loop of the largest
+    client count of ``CLIENTS`` for ``seconds``. ``port`` 0: a Ray of its own."""
+    from varipipe.pipelines.serve_config import AppOptions
+    from varipipe.pipelines.server import LocalServer
+
+    clients = max(CLIENTS.get(pipeline, (1, 2, 4, 8)))
+    with LocalServer(AppOptions(pipeline=pipeline, app_name=app_name, admission=False), port=port) as srv:
+        _warm(srv, body, ctype)
+        return asyncio.run(closed_loop(srv.endpoint, body, ctype, clients, seconds))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pipeline", default=SYNTHETIC,

@@ -37,11 +37,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overload import REJECTION_TARGET_S, SETTLE_S, _pcts, _warm, closed_loop, open_loop, summarise  # noqa: E402
+from overload import REJECTION_TARGET_S, SETTLE_S, _pcts, _warm, capacity_rps, open_loop, summarise  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TAIL_MS = (20, 30)
-CAPACITY_CLIENTS = 8  # overload.py's largest vision-caption-ci client count (it gave the capacity there)
 
 
 # (Ray's worker niceness, the stages' nice) per setting. "ray_default": before issue 16's fix,
@@ -82,12 +81,8 @@ def main() -> int:
     settings = _settings(args.nice)
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     replies: dict[str, list] = {name: [] for name in settings}
-    # The capacity as overload.py measures it: admission off, no default deadline (with
-    # them, rejected clients of a closed loop come straight back and the 200s undercount).
-    with serve_session() as port, LocalServer(AppOptions(pipeline=args.pipeline, app_name="tail-capacity",
-                                                         admission=False), port=port) as srv:
-        _warm(srv, body, ctype)
-        capacity = asyncio.run(closed_loop(srv.endpoint, body, ctype, CAPACITY_CLIENTS, args.capacity_s))
+    with serve_session() as port:
+        capacity = capacity_rps(args.pipeline, body, ctype, args.capacity_s, port, app_name="tail-capacity")
     rate = args.overload * capacity
     print(f"capacity {capacity:.2f} req/s; open loop {rate:.2f} req/s", flush=True)
     names = list(settings)

@@ -100,6 +100,10 @@ class Controller:
         self.state.stop()
 
 
+# The largest nice Linux gives a thread (its lowest priority).
+MAX_NICE = 19
+
+
 def lower_priority(nice: int) -> int:
     """Add ``nice`` to every thread of this process; returns how many threads were changed.
 
@@ -114,7 +118,7 @@ def lower_priority(nice: int) -> int:
     for task in tasks:
         tid = int(task)
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+            os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, os.getpriority(os.PRIO_PROCESS, tid) + nice))
             changed += 1
         except OSError:  # the thread ended meanwhile
             continue

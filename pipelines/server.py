@@ -89,9 +89,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
         # /tmp/ray/ray_current_cluster), and stopping that would stop someone else's.
         # The embedded Ray's processes inherit this environment: Serve's controller reads it.
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_CHECK_S))
-        # Ray starts its workers' Python threads at nice 15 (RAY_worker_niceness), Serve's proxy
-        # and the ingress among them; at 0 they run ahead of the stage replicas, which lower
-        # their own threads by AppOptions.stage_nice (issue 16: rejections answered at once).
+        # Serve's proxy and the ingress ahead of the stage replicas (serve_config.WORKER_NICENESS).
         os.environ.setdefault(WORKER_NICENESS_ENV, str(WORKER_NICENESS))  # a user's setting wins
         ray.init(address="local", num_cpus=num_cpus or EMBEDDED_LOGICAL_CPUS, **kwargs)
     return True
