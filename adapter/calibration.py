@@ -40,6 +40,23 @@ batch size and hardware and keeps one correction per (stage, variant):
   tokens hardly vary it is not identified and the batch is the unit (``g = 0``),
   which is then exact. The planner's factor is the speed (per work) times the
   live traffic's median work relative to the profile's.
+* **the tail, of its own** — the planner's SLA check reads a batch's p99, and a
+  median factor scales the profile's p99 by how the host does *in the middle*.
+  The profile's spread comes from the profiler's fixed inputs; live, inputs vary
+  (the LLM's tokens) and the host stalls, so live batches spread wider: on a
+  recorded live run (``benchmarks/results/calibration_forward.json``) 25.7 % of
+  the LLM's batches took longer than the median-scaled p99 (1 % is what a p99
+  promises). So each variant with ``TAIL_MIN_SAMPLES`` batches of its own also
+  keeps its **tail**: how many times the profile's spread its batches spread. Each
+  batch's log ratio, less their decayed median, is divided by the profile's own
+  lognormal σ at that batch size (σ_b = ln(p99 / p50) / z99, the simulator's law,
+  ``loadgen/service.py``); the tail ``k`` is (q95 − q50) / z95 of those, 1 where the
+  host spreads as profiled. It is in force when it is wider than that beyond the
+  dead band even at ``z`` standard errors below its estimate (a steady host does not
+  re-plan on a noisy 95th percentile), and the planner's p95 and p99 of a point then
+  become ``max(profile's × factor, p50 × factor × e^{z·k·σ_b})``: never below what
+  the median factor gives. On that run the LLM's batches over the planned p99 fell
+  to 2.2 %; ``tail=False`` turns it off.
 
 :func:`calibrate` turns a profile and a :class:`Calibration` into the corrected view
 the policies plan with: every latency figure of a corrected variant times its
@@ -67,10 +84,10 @@ from varipipe.errors import ConfigError
 from varipipe.jsonfile import write_json_atomic
 from varipipe.records import BatchTimes, Observation, Profile
 
-__all__ = ["CalibrationSettings", "Correction", "Calibration", "Calibrator", "calibrate", "make_calibrator",
+__all__ = ["CalibrationSettings", "Correction", "Calibration", "Calibrator", "calibrate", "profiled_sigma", "make_calibrator",
            "FileCalibrationStore", "CalibrationOptions", "ESTIMATORS", "DEFAULT_HALF_LIFE_S",
            "DEFAULT_MIN_SAMPLES", "DEFAULT_MIN_FACTOR", "DEFAULT_MAX_FACTOR", "DEFAULT_DEAD_BAND",
-           "POOL_MIN_PREDICTED_S"]
+           "POOL_MIN_PREDICTED_S", "TAIL_MIN_SAMPLES", "Z95", "Z99"]
 
 ESTIMATORS = ("median", "trimmed", "mean")
 # Decay: the weight of a batch halves every half-life. 30 s: the host's speed moves over tens of
@@ -102,6 +119,20 @@ _MAD_SIGMA = 1.4826
 # which had 8 batches of its own, at x4 (clipped): the demo never planned Qwen again. 1 ms is 50x
 # the template's time and under a tenth of the fastest model batch in the profiles (12 ms).
 POOL_MIN_PREDICTED_S = 1e-3
+# Standard-normal quantiles at 0.95 and 0.99: a lognormal with median m and σ has its q-quantile at m·e^{z_q·σ}.
+Z95 = 1.6448536269514722
+Z99 = 2.3263478740408408
+# Batches a variant needs before its own tail is in force: the 95th percentile of 20 rests on the
+# top one (of 10, the minimum for a factor, it would be the single slowest batch).
+TAIL_MIN_SAMPLES = 20
+# Standard error of the tail estimate (q95 - q50) / z95 of n standard-normal samples, in units of
+# the tail over sqrt(n): the asymptotic variances of the two sample quantiles, p(1-p)/phi(z_p)^2
+# (4.47 and 1.57), less twice their covariance, p50 (1 - p95) / (phi(z50) phi(z95)) = 0.61:
+# sqrt(4.82) / z95 = 1.33.
+_TAIL_SE = 1.33
+# The smallest profiled spread a batch is standardised by: a point profiled with p99 = p50 (a
+# string template's microseconds) would otherwise make any live spread infinitely wider.
+SIGMA_FLOOR = 0.01
 # Batches kept per (stage, variant): 500 give the median a standard error of ~6 % of the batch
 # times' spread, and cover 3 half-lives of the default at ~5 batches/s; past that the newest 500
 # decide. Memory and the time of an estimate stay bounded at any rate (a simulated day at 40 req/s
@@ -131,6 +162,7 @@ class CalibrationSettings:
     dead_band: float = DEFAULT_DEAD_BAND
     z: float = DEFAULT_Z  # standard errors from 1 an estimate must lie to be in force (0: no gate)
     per_token: bool = True  # fit the LLM's generated-token share where batches report tokens
+    tail: bool = True  # plan p95 / p99 on the variant's measured tail where wider than the profile's
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -164,6 +196,9 @@ class Correction:
     for the same batches (0 when it ran none). ``token_share``: the fitted share of
     time that grows with generated tokens (None: not fitted), ``work``: the live mean
     work per item relative to the profile's (its decayed median; 1.0 without tokens).
+    ``tail``: how many times the profile's spread the variant's batches spread (lognormal
+    σ over σ; 1.0: not measured, or not significantly wider: the profile's stands); the
+    planner's p95 / p99 of a point are at least its p50 × factor × e^{z·tail·σ_b}.
     """
 
     stage: str
@@ -178,10 +213,11 @@ class Correction:
     token_share: float | None = None
     work: float = 1.0
     clipped: bool = False
+    tail: float = 1.0
 
     @property
     def in_force(self) -> bool:
-        return self.factor != 1.0
+        return self.factor != 1.0 or self.tail != 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -207,31 +243,54 @@ class Calibration:
     def factors(self) -> dict[tuple[str, str], float]:
         return {(c.stage, c.variant): c.factor for c in self.corrections}
 
+    def tails(self) -> dict[tuple[str, str], float]:
+        """The measured tails in force (≠ 1), by (stage, variant)."""
+        return {(c.stage, c.variant): c.tail for c in self.corrections if c.tail != 1.0}
+
     def to_dict(self) -> dict[str, Any]:
         return {"time_s": self.time_s, "settings": self.settings.to_dict(), "unmatched": self.unmatched,
                 "corrections": [c.to_dict() for c in self.corrections]}
 
 
-def calibrate(profile: Profile, calibration: Calibration | Mapping[tuple[str, str], float]) -> Profile:
+def profiled_sigma(p50_s: float, p99_s: float) -> float:
+    """The lognormal σ a profile point's p50 and p99 imply (the simulator's law), at least SIGMA_FLOOR."""
+    return max(math.log(p99_s / p50_s) / Z99, SIGMA_FLOOR) if p50_s > 0 and p99_s > p50_s else SIGMA_FLOOR
+
+
+def calibrate(profile: Profile, calibration: Calibration | Mapping[tuple[str, str], float],
+              tails: Mapping[tuple[str, str], float] | None = None) -> Profile:
     """The profile the planner uses: each point of a corrected (stage, variant) with its latency
-    figures times the factor and its throughput divided by it. The same object when no factor
-    differs from 1 (the uncorrected profile, exactly)."""
-    factors = calibration.factors() if isinstance(calibration, Calibration) else dict(calibration)
+    figures times the factor and its throughput divided by it, and, where a tail ``k`` is in force,
+    its p95 / p99 at least its corrected p50 × e^{z·k·σ} (σ: the point's own, ``profiled_sigma``).
+    A :class:`Calibration` brings its tails; with a plain mapping of factors, ``tails``. The same
+    object when nothing differs from the profile."""
+    if isinstance(calibration, Calibration):
+        factors, tails = calibration.factors(), calibration.tails()
+    else:
+        factors, tails = dict(calibration), dict(tails or {})
     factors = {k: f for k, f in factors.items() if f != 1.0}
-    if not factors:
+    tails = {k: t for k, t in tails.items() if t != 1.0}
+    if not factors and not tails:
         return profile
     points = []
     for p in profile.points:
-        f = factors.get((p.stage, p.variant), 1.0)
-        if f == 1.0:
+        key = (p.stage, p.variant)
+        f, k = factors.get(key, 1.0), tails.get(key, 1.0)
+        if f == 1.0 and k == 1.0:
             points.append(p)
             continue
+        p50 = p.latency_p50_s * f
+        sigma = k * profiled_sigma(p.latency_p50_s, p.latency_p99_s)
+        p95, p99 = p.latency_p95_s * f, p.latency_p99_s * f
+        if k != 1.0:
+            p95, p99 = max(p95, p50 * math.exp(Z95 * sigma)), max(p99, p50 * math.exp(Z99 * sigma))
         points.append(dataclasses.replace(
-            p, latency_p50_s=p.latency_p50_s * f, latency_p95_s=p.latency_p95_s * f,
-            latency_p99_s=p.latency_p99_s * f, throughput_rps=p.throughput_rps / f,
+            p, latency_p50_s=p50, latency_p95_s=p95, latency_p99_s=p99, throughput_rps=p.throughput_rps / f,
             latency_mean_s=p.latency_mean_s * f if p.latency_mean_s is not None else None))
     meta = dict(profile.metadata)
     meta["calibration"] = {f"{s}/{v}": round(f, 6) for (s, v), f in sorted(factors.items())}
+    if tails:
+        meta["calibration_tail"] = {f"{s}/{v}": round(t, 6) for (s, v), t in sorted(tails.items())}
     return dataclasses.replace(profile, points=tuple(points), metadata=meta)
 
 
@@ -267,6 +326,16 @@ def _log_se(ratios: np.ndarray, weights: np.ndarray) -> float:
     return _MEDIAN_SE * sigma / math.sqrt(n_eff)
 
 
+def _tail(ratios: np.ndarray, sigmas: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """How many times its profiled σ each batch's log ratio spreads about their median, from the
+    upper part ((q95 − q50) / z95 of the standardised logs, decayed), and its standard error."""
+    logs = np.log(ratios)
+    u = (logs - _weighted_quantile(logs, weights, 0.5)) / sigmas
+    k = max(0.0, (_weighted_quantile(u, weights, 0.95) - _weighted_quantile(u, weights, 0.5)) / Z95)
+    n_eff = weights.sum() ** 2 / (weights * weights).sum()
+    return k, _TAIL_SE * k / math.sqrt(n_eff)
+
+
 def _token_share(ratios: np.ndarray, work: np.ndarray, weights: np.ndarray) -> float | None:
     """g in r = s * ((1 - g) + g * w), by weighted least squares of r on w; None where the work
     per item does not spread enough to tell."""
@@ -288,18 +357,19 @@ def _token_share(ratios: np.ndarray, work: np.ndarray, weights: np.ndarray) -> f
 
 
 # Columns of a ring's rows.
-_T, _SEC, _PRED, _WORK, _SIZE, _TOKENS, _HW = range(7)
+_T, _SEC, _PRED, _WORK, _SIZE, _TOKENS, _HW, _SIG = range(8)
 
 
 class _Ring:
     """The last ``capacity`` batches of one (stage, variant), one row each: end time, seconds,
     the profile's p50 for it, its work relative to the profile's (NaN: no tokens reported or no
-    profile figure), size, tokens, and its hardware (an index into ``hardware``)."""
+    profile figure), size, tokens, its hardware (an index into ``hardware``) and the profile's
+    lognormal σ for it."""
 
     __slots__ = ("data", "n", "head", "hardware")
 
     def __init__(self, capacity: int) -> None:
-        self.data = np.empty((capacity, 7), dtype=np.float64)
+        self.data = np.empty((capacity, 8), dtype=np.float64)
         self.n = self.head = 0
         self.hardware: list[str] = []
 
@@ -342,7 +412,7 @@ class Calibrator:
         self.settings = settings or CalibrationSettings()
         self.max_samples = max_samples
         self._rings: dict[tuple[str, str], _Ring] = {}
-        self._curves: dict[tuple[str, str, str], np.ndarray] = {}
+        self._curves: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}  # p50, σ by batch size
         self._unmatched = 0
         self._version = 0
         self._cached: tuple[float, int, Calibration] | None = None
@@ -365,7 +435,8 @@ class Calibrator:
             if not b.sizes:
                 continue
             key = (b.stage, b.variant)
-            predicted = self.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
+            sizes_i = np.asarray(b.sizes, dtype=np.int64)
+            predicted = self.predicted(b.stage, b.variant, b.hardware, sizes_i)
             if predicted is None:
                 self._unmatched += len(b.sizes)
                 continue
@@ -378,7 +449,8 @@ class Calibrator:
                 ring.hardware.append(b.hardware)
             rows = np.column_stack([np.asarray(b.ended_s, dtype=np.float64), np.asarray(b.seconds, dtype=np.float64),
                                     predicted, work, sizes, tokens,
-                                    np.full(len(sizes), float(ring.hardware.index(b.hardware)))])
+                                    np.full(len(sizes), float(ring.hardware.index(b.hardware))),
+                                    self._curves[(b.stage, b.variant, b.hardware)][1][sizes_i]])
             ok = np.isfinite(rows[:, :3]).all(axis=1) & (rows[:, _SEC] > 0)
             if not ok.all():
                 self._unmatched += int((~ok).sum())
@@ -388,20 +460,31 @@ class Calibrator:
     def predicted(self, stage: str, variant: str, hardware: str, sizes: np.ndarray) -> np.ndarray | None:
         """The profile's p50 for batches of ``sizes`` (interpolated as the simulator's service times)."""
         key = (stage, variant, hardware)
-        curve = self._curves.get(key)
+        curves = self._curves.get(key)
         top = int(sizes.max()) if len(sizes) else 1
-        if curve is None or len(curve) <= top:
+        if curves is None or len(curves[0]) <= top:
             pts = sorted((p for p in self.profile.points if p.key[:2] == (stage, variant) and p.hardware == hardware),
                          key=lambda p: p.batch)
             if not pts or top < 1:
                 return None
             grid = np.arange(max(top, pts[-1].batch, 16) + 1, dtype=np.float64)
             grid[0] = 1.0
-            curve = batch_curve([p.batch for p in pts], [p.latency_p50_s for p in pts], grid)
-            self._curves[key] = curve
+            batches = [p.batch for p in pts]
+            p50 = batch_curve(batches, [p.latency_p50_s for p in pts], grid)
+            p99 = batch_curve(batches, [p.latency_p99_s for p in pts], grid)
+            sigma = np.array([profiled_sigma(a, b) for a, b in zip(p50, p99, strict=True)])
+            curves = self._curves[key] = (p50, sigma)
         if (sizes < 1).any():
             return None
-        return curve[sizes]
+        return curves[0][sizes]
+
+    def p99_lift(self, stage: str, variant: str, hardware: str, batch: int, tail: float) -> float:
+        """How many times the profile's (factor-scaled) p99 a tail puts the planned p99 of a batch of
+        ``batch`` (1: not at all; a configuration the profile lacks: 1)."""
+        if tail == 1.0 or self.predicted(stage, variant, hardware, np.array([max(batch, 1)])) is None:
+            return 1.0
+        sigma = float(self._curves[(stage, variant, hardware)][1][max(batch, 1)])
+        return max(1.0, math.exp(Z99 * sigma * (tail - 1.0)))
 
     # ---- estimates
 
@@ -429,7 +512,7 @@ class Calibrator:
             stages.setdefault(key[0], []).append((ratios[timed], weights[timed], newest))
             estimate = _estimate(ratios, weights, s.estimator) * work
             own[key] = self._correction(key, estimate, lambda r=ratios, w=weights: _log_se(r, w), rows, weights,
-                                        share, work)
+                                        share, work, self._wider_tail(rows, weights))
         pooled = {}
         for st, parts in stages.items():
             latest = max(t for _, _, t in parts)  # each variant's weights, as of the stage's newest batch
@@ -452,7 +535,7 @@ class Calibrator:
                                                clipped=clipped))
             else:
                 base = c or Correction(key[0], key[1], 1.0, "none", 1.0, 0)
-                out.append(dataclasses.replace(base, factor=1.0, source="none", clipped=False))
+                out.append(dataclasses.replace(base, factor=1.0, source="none", clipped=False, tail=1.0))
         result = Calibration(now, tuple(out), s, self._unmatched)
         self._cached = (now, self._version, result)
         return result
@@ -477,6 +560,16 @@ class Calibrator:
         median_work = _weighted_quantile(work[has], weights[has], 0.5)
         return ratios / scale, share, (1 - share) + share * median_work
 
+    def _wider_tail(self, rows: np.ndarray, weights: np.ndarray) -> float:
+        """The variant's tail (module docstring) from its batch times as they come (tokens and all:
+        what the next ones will be), where there are enough of them and it is wider than the
+        profile's beyond the dead band even ``z`` standard errors below the estimate; else 1."""
+        s = self.settings
+        if not s.tail or len(rows) < TAIL_MIN_SAMPLES:
+            return 1.0
+        k, se = _tail(rows[:, _SEC] / rows[:, _PRED], rows[:, _SIG], weights)
+        return k if k - s.z * se > 1 + s.dead_band else 1.0
+
     def _bounded(self, estimate: float, log_se: Callable[[], float]) -> tuple[float, bool]:
         """The factor in force for ``estimate`` (``log_se()``: its standard error, asked only when
         the dead band does not already decide), and whether the bounds clipped it."""
@@ -487,21 +580,23 @@ class Calibrator:
         return bounded, bounded != estimate
 
     def _correction(self, key: tuple[str, str], estimate: float, log_se: Callable[[], float], rows: np.ndarray,
-                    weights: np.ndarray, share: float | None, work: float) -> Correction:
+                    weights: np.ndarray, share: float | None, work: float, tail: float) -> Correction:
         factor, clipped = self._bounded(estimate, log_se)
         recent = rows[-DISPLAY_SAMPLES:]
         return Correction(key[0], key[1], factor, "variant", estimate, len(rows),
                           observed_p50_s=float(np.median(recent[:, _SEC])),
                           predicted_p50_s=float(np.median(recent[:, _PRED])),
-                          last_sample_s=float(rows[:, _T].max()), token_share=share, work=work, clipped=clipped)
+                          last_sample_s=float(rows[:, _T].max()), token_share=share, work=work, clipped=clipped,
+                          tail=tail)
 
     @_locked
     def corrected(self, now: float) -> Profile:
         """The profile with the corrections in force at ``now`` (:func:`calibrate`); the same
         object while the factors do not change."""
-        factors = tuple(sorted(self.calibration(now).factors().items()))
-        if self._corrected is None or self._corrected[0] != factors:
-            self._corrected = (factors, calibrate(self.profile, dict(factors)))
+        cal = self.calibration(now)
+        key = (tuple(sorted(cal.factors().items())), tuple(sorted(cal.tails().items())))
+        if self._corrected is None or self._corrected[0] != key:
+            self._corrected = (key, calibrate(self.profile, cal))
         return self._corrected[1]
 
     # ---- state

@@ -29,7 +29,8 @@ Behaviour:
   its own profile, and :meth:`ControlLoop.status` says so). Whoever owns the
   calibrator feeds it the batches observed (the live controller every window,
   the simulator every interval); the loop only reads it. When the correction of a
-  variant in force has moved by ``CALIBRATION_SHIFT`` since the applied decision
+  variant in force, or the p99 its tail plans for the variant's configuration, has moved by
+  ``CALIBRATION_SHIFT`` since the applied decision
   was made, the hysteresis does not hold the next move: the applied decision's
   predictions were made on another basis, so "no faster" means nothing.
 * Dry run: decide and log, never apply.
@@ -175,7 +176,7 @@ class ControlLoop:
         policy the profile it corrects before each decision."""
         self.policy, self.verbose = policy, verbose
         self.calibrator = calibrator
-        self._applied_factors: dict[tuple[str, str], float] = {}
+        self._applied_factors: dict[tuple[str, str], tuple[float, float]] = {}
         self._apply, self._clock = apply, clock
         self.store = store
         self.dry_run = dry_run
@@ -280,18 +281,26 @@ class ControlLoop:
         if callable(set_profile):
             set_profile(self.calibrator.corrected(t))
 
-    def _factors(self, d: Decision, t: float) -> dict[tuple[str, str], float]:
+    def _factors(self, d: Decision, t: float) -> dict[tuple[str, str], tuple[float, float]]:
+        """Per variant of ``d``: its correction factor, and how far its tail in force lifts the planned
+        p99 of ``d``'s configuration (1 where none): what a plan's SLA check rests on."""
         if self.calibrator is None:
             return {}
         cal = self.calibrator.calibration(t)
-        return {(s.stage, s.variant): cal.factor(s.stage, s.variant) for s in d.stages}
+        tails = cal.tails()
+        return {(s.stage, s.variant): (cal.factor(s.stage, s.variant),
+                                       self.calibrator.p99_lift(s.stage, s.variant, s.hardware, s.batch,
+                                                                tails.get((s.stage, s.variant), 1.0)))
+                for s in d.stages}
 
     def _calibration_moved(self, cur: Decision, t: float) -> bool:
-        """The correction of a variant of ``cur`` moved by CALIBRATION_SHIFT since ``cur`` was applied."""
+        """The correction of a variant of ``cur``, or its tail's lift of the p99, moved by CALIBRATION_SHIFT
+        since ``cur`` was applied."""
         if self.calibrator is None:
             return False
         now = self._factors(cur, t)
-        return any(abs(f / self._applied_factors.get(k, 1.0) - 1.0) >= CALIBRATION_SHIFT for k, f in now.items())
+        return any(abs(x / y - 1.0) >= CALIBRATION_SHIFT
+                   for k, pair in now.items() for x, y in zip(pair, self._applied_factors.get(k, (1.0, 1.0)), strict=True))
 
     def _step(self, obs: Observation, forecast: Forecast) -> LoopEntry:
         t = obs.time_s

@@ -14,6 +14,10 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
 ``replay``   Offline, on a ``forward`` result: the same forward errors for candidate
              estimators and half-lives (adapter.calibration, the one implementation), fed the
              recorded batches in order. The default settings were chosen here.
+``tail``     Offline, on a ``forward`` result: at t = 120, 180, ... s, the share of each stage's
+             batches of (t, t+60 s] that took longer than the batch p99 the planner used at t:
+             the profile's, the profile's scaled by the median factor (``tail=False``), and
+             with the measured tail (the default); 1 % is what a p99 promises.
 ``choose``   Simulated (no lock): the noisy-neighbour scenario with the hog as a slow spell
              of the host (loadgen.hostspeed) on a grid of rates and SLAs, with and without
              calibration: where the hog genuinely matters. Run before the paired live runs.
@@ -28,6 +32,7 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
 
     flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py forward --out benchmarks/results/calibration_forward.json
     python benchmarks/calibration.py replay benchmarks/results/calibration_forward.json
+    python benchmarks/calibration.py tail benchmarks/results/calibration_forward.json --out benchmarks/results/calibration_tail.json
     python benchmarks/calibration.py choose
     flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py hog --rps 1 --sla 0.8 --pairs 3 --out benchmarks/results/calibration_hog.json
     python benchmarks/calibration.py summary benchmarks/results/calibration_hog.json --out benchmarks/results/calibration_hog.json
@@ -356,6 +361,37 @@ def cmd_replay(args) -> dict[str, Any]:
     return {"meta": _meta(args) | {"source": args.result}, "candidates": rows}
 
 
+def cmd_tail(args) -> dict[str, Any]:
+    """Per stage, the share of the next window's batches over the planned batch p99, three ways."""
+    from varipipe.loadgen.service import service_model
+
+    doc = json.loads(Path(args.result).read_text())
+    profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
+    rows = sorted(doc["batches"], key=lambda b: b["t"])
+    planners = {"profile": None, "median factor only": Calibrator(profile, CalibrationSettings(tail=False)),
+                "with the tail": Calibrator(profile)}
+    over: dict[str, dict[str, list[float]]] = {}
+    fed, t = 0, SKIP_S
+    while t + WINDOW_S <= doc["meta"]["seconds"]:
+        new = [r for r in rows[fed:] if r["t"] <= t]
+        fed += len(new)
+        for cal in planners.values():
+            if cal is not None:
+                cal.add(_batches_of(new))
+        planned = {name: cal.corrected(t) if cal else profile for name, cal in planners.items()}
+        for b in (b for b in rows if t < b["t"] <= t + WINDOW_S):
+            for name, prof in planned.items():
+                p99 = service_model(prof, b["stage"], b["variant"], b["hardware"], int(b["size"])).p99_s(int(b["size"]))
+                over.setdefault(b["stage"], {}).setdefault(name, []).append(float(b["seconds"] > p99))
+        t += WINDOW_S
+    out = {stage: {name: {"batches": len(v), "share_over_p99": float(np.mean(v))} for name, v in by.items()}
+           for stage, by in over.items()}
+    for stage, by in out.items():
+        print(f"  {stage:>10}: " + ", ".join(f"{name} {100 * r['share_over_p99']:.1f} %" for name, r in by.items())
+              + f" of {next(iter(by.values()))['batches']} batches over the planned p99", flush=True)
+    return {"meta": _meta(args) | {"source": args.result}, "stages": out}
+
+
 def cmd_choose(args) -> dict[str, Any]:
     from varipipe.adapter.calibration import calibrate
     from varipipe.loadgen.hostspeed import HostSpeed, Spell
@@ -554,6 +590,9 @@ def _args() -> argparse.Namespace:
     r = sub.add_parser("replay", help="offline: candidate estimators on a forward run's batches")
     common(r, "")
     r.add_argument("result")
+    t = sub.add_parser("tail", help="offline: a forward run's batches over the planned p99, with and without the tail")
+    common(t, "")
+    t.add_argument("result")
     c = sub.add_parser("choose", help="simulated: where the hog matters (rates x SLAs)")
     common(c, "vision-caption")
     c.add_argument("--rates", default="0.5,0.75,1.0,1.25")
@@ -580,7 +619,7 @@ def _args() -> argparse.Namespace:
 
 def main() -> int:
     args = _args()
-    run = {"forward": cmd_forward, "replay": cmd_replay, "choose": cmd_choose, "hog": cmd_hog,
+    run = {"forward": cmd_forward, "replay": cmd_replay, "tail": cmd_tail, "choose": cmd_choose, "hog": cmd_hog,
            "summary": cmd_summary}[args.command]
     out = run(args)
     if args.out:

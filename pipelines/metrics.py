@@ -166,6 +166,9 @@ class MetricsAggregator:
         cal = [*lbl, "stage", "variant"]
         self.m_cal_factor = Gauge("varipipe_calibration_factor", "Correction in force: the planner's latencies of "
                                   "the variant are the profile's times this (1 = the profile as is)", cal, registry=r)
+        self.m_cal_tail = Gauge("varipipe_calibration_tail", "Tail in force: the variant's batch times spread this "
+                                "many times the profile's (lognormal sigma ratio; 1 = the profile's), which "
+                                "widens the planner's p95 and p99", cal, registry=r)
         self.m_cal_estimate = Gauge("varipipe_calibration_estimate", "Observed / profile service time, as estimated "
                                     "(before the dead band, significance gate and bounds)", cal, registry=r)
         self.m_cal_observed = Gauge("varipipe_service_observed_p50_seconds", "p50 batch service time observed "
@@ -266,6 +269,7 @@ class MetricsAggregator:
         p = self.pipeline
         for c in calibration.corrections:
             self.m_cal_factor.labels(p, c.stage, c.variant).set(c.factor)
+            self.m_cal_tail.labels(p, c.stage, c.variant).set(c.tail)
             self.m_cal_estimate.labels(p, c.stage, c.variant).set(c.estimate)
             self.m_cal_samples.labels(p, c.stage, c.variant).set(c.samples)
             if c.samples:

@@ -314,7 +314,9 @@
     for (const c of rows) {
       const tr = document.createElement("tr");
       const est = c.estimate > 0 ? `×${num(c.estimate, 2)}` : "–";
-      const force = c.factor === 1 ? "none (×1)" : `×${num(c.factor, 2)}${c.clipped ? " (clipped)" : ""}`;
+      const middle = c.factor === 1 ? "none (×1)" : `×${num(c.factor, 2)}${c.clipped ? " (clipped)" : ""}`;
+      // Batches spreading wider than profiled: the planned p95 / p99 widen by the tail (adapter/calibration.py).
+      const force = c.tail && c.tail !== 1 ? `${middle}; tail ×${num(c.tail, 1)} the profile's` : middle;
       const from = { variant: "its batches", stage: "its stage's batches", none: "–" }[c.source] || c.source;
       const cells = [c.stage, c.variant, c.samples ? fmtS(c.predicted_p50_s) : "–", c.samples ? fmtS(c.observed_p50_s) : "–",
                      est, force, from, String(c.samples)];

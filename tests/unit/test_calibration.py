@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from varipipe.adapter.calibration import (
+    TAIL_MIN_SAMPLES,
+    Z95,
+    Z99,
     Calibration,
     CalibrationSettings,
     Calibrator,
@@ -176,6 +179,72 @@ def test_the_llm_is_calibrated_per_generated_token():
     assert per_batch.calibration(300.0).corrections[-1].token_share is None
 
 
+def test_batches_that_spread_wider_than_the_profile_widen_the_planned_tail():
+    # The host's median is the profile's, but its batches spread as a lognormal of sigma 0.3
+    # against the profile's 0.078 (p99 / p50 = 1.2): the median factor alone would plan
+    # p99 = 1.2 x p50, which a quarter of these batches exceed.
+    sigma_profile = math.log(1.2) / Z99
+    seconds = noisy(0.10, 400, sigma=0.3, seed=11)
+    cal = Calibrator(PROFILE)
+    cal.add([batches("det", "small", seconds, step=0.1)])  # 40 s: about one half-life, ~400 effective batches
+    c = corr(cal.calibration(40.0), "det", "small")
+    assert c.factor == 1.0  # the middle agrees with the profile
+    assert c.tail == pytest.approx(0.3 / sigma_profile, rel=0.15) and c.in_force
+    out = cal.corrected(40.0)
+    for p in (p for p in out.points if p.key[:2] == ("det", "small")):
+        assert p.latency_p50_s == pytest.approx(0.10 if p.batch == 1 else 0.30)
+        assert p.latency_p99_s == pytest.approx(p.latency_p50_s * math.exp(Z99 * c.tail * sigma_profile))
+        assert p.latency_p95_s == pytest.approx(p.latency_p50_s * math.exp(Z95 * c.tail * sigma_profile))
+    b1 = next(p for p in out.points if p.key[:3] == ("det", "small", 1))
+    assert np.mean(seconds > b1.latency_p99_s) < 0.03  # the planned p99 now holds for the batches seen
+    assert np.mean(seconds > 1.2 * 0.10) > 0.2  # the profile's did not
+    assert out.metadata["calibration_tail"] == {"det/small": pytest.approx(c.tail, abs=1e-6)}
+    # Variants without batches keep the profile's tail; tail=False plans on the factor alone.
+    assert next(p for p in out.points if p.key[:3] == ("det", "big", 1)) == PROFILE.points[2]
+    off = Calibrator(PROFILE, CalibrationSettings(tail=False))
+    off.add([batches("det", "small", seconds, step=0.1)])
+    assert off.corrected(40.0) is PROFILE
+
+
+def test_a_tail_is_measured_against_each_batch_sizes_own_profiled_spread():
+    # Batch 1 profiled narrow (p99 / p50 = 1.05), batch 4 wide (2.0); the host spreads each as
+    # profiled, with most batches of size 1: pooled raw, their spread would look wider than the
+    # profile's median, but against each size's own it is the profile's: nothing is in force.
+    prof = Profile("p", (point("det", "small", 1, latency=0.10, latency_p99_s=0.105),
+                         point("det", "small", 4, latency=0.30, latency_p99_s=0.60)))
+    rng = np.random.default_rng(15)
+    sizes = np.where(rng.random(600) < 0.7, 1, 4)
+    sig = np.where(sizes == 1, math.log(1.05), math.log(2.0)) / Z99
+    seconds = np.where(sizes == 1, 0.10, 0.30) * np.exp(sig * rng.standard_normal(600))
+    cal = Calibrator(prof)
+    cal.add([BatchTimes("det", "small", "cpu:1", tuple(int(x) for x in sizes), tuple(seconds),
+                        tuple(0.05 * i for i in range(600)), (0,) * 600)])
+    c = corr(cal.calibration(30.0), "det", "small")
+    assert c.tail == 1.0 and c.factor == 1.0
+    assert cal.corrected(30.0) is prof
+
+
+def test_a_tail_needs_its_own_batches_and_never_narrows_the_profile():
+    wide = noisy(0.10, TAIL_MIN_SAMPLES - 1, sigma=0.3, seed=12)
+    cal = Calibrator(PROFILE)
+    cal.add([batches("det", "small", wide)])
+    assert corr(cal.calibration(100.0), "det", "small").tail == 1.0  # too few for a 95th percentile
+    steady = Calibrator(PROFILE)
+    steady.add([batches("det", "small", noisy(0.20, 200, sigma=0.01, seed=13))])
+    c = corr(steady.calibration(200.0), "det", "small")
+    assert c.factor == pytest.approx(2.0, rel=0.02) and c.tail == 1.0
+    b1 = next(p for p in steady.corrected(200.0).points if p.key[:3] == ("det", "small", 1))
+    assert b1.latency_p99_s == pytest.approx(2.0 * 0.12, rel=0.02)  # the profile's own tail, scaled
+
+
+def test_calibrate_takes_tails_beside_plain_factors():
+    out = calibrate(PROFILE, {}, tails={("llm", "lm"): 3.0})
+    lm1 = next(p for p in out.points if p.key[:3] == ("llm", "lm", 1))
+    assert lm1.latency_p50_s == 0.5 and lm1.latency_p99_s == pytest.approx(0.5 * 1.2 ** 3)
+    assert lm1.throughput_rps == PROFILE.points[4].throughput_rps
+    assert calibrate(PROFILE, {}, tails={("llm", "lm"): 1.0}) is PROFILE
+
+
 def test_tokens_that_do_not_vary_leave_the_batch_as_the_unit():
     cal = Calibrator(PROFILE)
     cal.add([batches("llm", "lm", [0.75] * 50, tokens=[10] * 50)])
@@ -297,6 +366,31 @@ def test_a_calibration_shift_lifts_the_hysteresis():
     assert loop.step(_observation(30.0, 9.0), Forecast(9.0)).action == "applied"
     assert [x.stage("det").variant for x in applied] == ["big", "small"]
     assert math.isclose(cal.calibration(30.0).factor("det", "big"), 2.0)
+
+
+def test_a_wider_tail_alone_lifts_the_hysteresis_too():
+    def d(variant: str, load: float, latency: float) -> Decision:
+        return Decision(stages=(StageDecision("det", variant, 1, 1),), status=DecisionStatus.OPTIMAL,
+                        load_rps=load, predicted_latency_s=latency)
+
+    script = [d("big", 10.0, 0.2), d("small", 9.0, 0.3), d("small", 9.0, 0.3)]
+
+    class Scripted:
+        name = "scripted"
+
+        def decide(self, observation, forecast, current):
+            return script.pop(0)
+
+    cal = Calibrator(PROFILE)
+    applied: list[Decision] = []
+    loop = ControlLoop(Scripted(), applied.append, calibrator=cal)
+    loop.step(_observation(0.0, 10.0), Forecast(10.0))
+    assert loop.step(_observation(10.0, 9.0), Forecast(9.0)).action == "held"
+    # "big" keeps its profiled median (no factor) but its batches spread far wider than profiled.
+    cal.add([batches("det", "big", noisy(0.20, 400, sigma=0.4, seed=14), start=10.0, step=0.05)])
+    c = corr(cal.calibration(30.0), "det", "big")
+    assert c.factor == 1.0 and c.tail > 3
+    assert loop.step(_observation(30.0, 9.0), Forecast(9.0)).action == "applied"
 
 
 def test_a_variant_idle_for_hours_keeps_the_correction_its_batches_measured():
