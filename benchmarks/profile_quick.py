@@ -121,10 +121,12 @@ def _quick_duration(args, spec) -> dict:
     import subprocess
 
     out = Path(tempfile.mkdtemp()) / "quick.json"
-    cmd = ["varipipe", "profile", "--pipeline", spec.name, "--quick", "--no-progress", "--out", str(out)]
+    # The CLI of this interpreter's environment (``varipipe`` need not be on PATH).
+    cmd = [sys.executable, "-m", "varipipe.cli", "profile", "--pipeline", spec.name, "--quick", "--no-progress",
+           "--out", str(out)]
     t0 = time.monotonic()
     subprocess.run(cmd, check=False)
-    return {"source": "measured now", "command": shlex.join(cmd), "duration_s": round(time.monotonic() - t0, 1),
+    return {"source": "measured now", "command": shlex.join(["varipipe", *cmd[3:]]), "duration_s": round(time.monotonic() - t0, 1),
             "windows": True}
 
 
