@@ -10,11 +10,13 @@ does) and simulated on the same arrivals:
    largest client count for ``--capacity-s`` on the pipeline's default decision, admission off.
 2. **Tuning window** (its own seed and rate; never compared below): ``ipa`` with
    calibration at ``--tune-fraction`` x capacity for ``--tune-s``. It fits the
-   simulator's two host figures: the per-request time the profile's stages do not
-   contain (live mean latency − simulated mean latency, ``SimConfig.overhead_s``, as
-   ``fidelity.py``) and the host's speed as statistics (level, spread, correlation
-   time: ``loadgen.hostspeed.speed_statistics`` of the window's batches against the
-   profile). The overhead is fitted with the host-speed model in place.
+   simulator's host: with ``--host per-variant`` (the default), ``loadgen.hostspeed.fit_host``
+   (each variant's speed and tail against the profile: the simulated service times, while
+   the policy plans on the profile) and the residual speed's statistics; with ``--host
+   level``, one speed for every stage (``speed_statistics`` of the window's batches against
+   the profile, the first run's model). Then the per-request time the profile's stages do
+   not contain (live mean latency − simulated mean latency, ``SimConfig.overhead_s``, as
+   ``fidelity.py``), fitted with the host model in place.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
    each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
    the two settings interleaved (on off, off on, ...; their spread is how far live
@@ -49,6 +51,7 @@ from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_f
 from varipipe.loadgen.hostspeed import (  # noqa: E402
     HostSpeed,
     check_not_replayed,
+    fit_host,
     speed_from_batches,
     speed_statistics,
 )
@@ -102,8 +105,9 @@ def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bo
     return {"metrics": m, "batches": polls.batches, "poll_errors": len(polls.errors)}
 
 
-def _speed_stats(profile, batches: list[dict], seconds: int) -> dict:
-    series = speed_from_batches(profile, _batches_of(batches), seconds, SPEED_STEP_S)[::SPEED_STEP_S]
+def _speed_stats(series: np.ndarray, seconds: int) -> dict:
+    """``speed_statistics`` of a per-second series read every SPEED_STEP_S."""
+    series = series[::SPEED_STEP_S]
     level, sigma, tau = speed_statistics(series, step_s=SPEED_STEP_S)
     # A flat window reads as an infinite correlation time: a series that never moves, i.e. one
     # as long as the longest run here.
@@ -117,24 +121,41 @@ def _host_speed(stats: dict, seconds: int, seed: int) -> HostSpeed:
 
 
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
-         overhead_s: float = 0.0):
-    """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)."""
+         overhead_s: float = 0.0, host=None):
+    """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval);
+    ``host``: the simulated service times where they are not the profile's (it still plans on it)."""
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
                        seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed)
-    [o] = run_sim(profile, times, [POLICY], {"sla": sla_s}, base)
+    [o] = run_sim(host or profile, times, [POLICY], {"sla": sla_s}, base, planned=profile if host else None)
     return o
 
 
 def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_s: float, stats: dict,
-          seeds: list[int], live_series: list[np.ndarray]) -> list:
+          seeds: list[int], live_series: list[np.ndarray], host=None) -> list:
     seconds = int(np.ceil(times[-1])) + 60
     out = []
     for seed in seeds:
         speed = _host_speed(stats, seconds, seed)
         for series in live_series:
             check_not_replayed(speed, series)
-        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s))
+        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s, host))
     return out
+
+
+def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, seed: int, sla_s: float,
+                  live_mean_s: float, model: str) -> dict:
+    """The simulator's host from the tuning window's batches (module docstring, step 2): the host
+    profile (None: the profile itself), the speed statistics, the overhead and what they rest on."""
+    host = None
+    if model == "per-variant":
+        fit = fit_host(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
+        host, stats, extra = fit.host, _speed_stats(fit.residual, tune_s), {"host_fit": fit.to_dict()}
+    else:
+        stats = _speed_stats(speed_from_batches(profile, _batches_of(batches), tune_s, SPEED_STEP_S), tune_s)
+        extra = {}
+    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), host=host)
+    return {"host": host, "stats": stats, "overhead_s": max(live_mean_s - flat.mean_latency_s, 0.0),
+            "sim_mean_s": flat.mean_latency_s, "record": {"model": model, **extra}}
 
 
 KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
@@ -198,16 +219,34 @@ def _print_row(row: dict) -> None:
           f"(live {row['live_mean']['decision_cost']:.3f})", flush=True)
 
 
-def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int) -> dict:
+def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str) -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
-    a result file holds, on the same arrivals, tuning figures and seeds; no Ray."""
+    a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
+    or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json."""
     doc = json.loads(path.read_text(encoding="utf-8"))
     t = doc["tuning"]
+    host = None
+    if tuning_batches:
+        batches = json.loads(Path(tuning_batches).read_text(encoding="utf-8"))["batches"]
+        tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"], t["seed"],
+                           sla_s, t["live"]["mean_latency_s"], model)
+        host = tm["host"]
+        t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
+                  "host_model": tm["record"], "batches_from": tuning_batches})
+        print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
+              f"{t['live']['mean_latency_s']:.3f} s", flush=True)
+    elif t.get("host_model", {}).get("model") == "per-variant":
+        from varipipe.adapter.calibration import calibrate
+
+        fit = t["host_model"]["host_fit"]
+        key = lambda k: tuple(k.split("/", 1))  # noqa: E731
+        host = calibrate(profile, {key(k): v for k, v in fit["factors"].items()},
+                         tails={key(k): v for k, v in fit["tails"].items()})
     for row in doc["settings"]:
         times = _times(row["rps"], row["duration_s"], seed)
         # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
         sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
-                     [seed + 100 + i for i in range(sim_seeds)], [])
+                     [seed + 100 + i for i in range(sim_seeds)], [], host)
         row.update(_compare(row["live_runs"], [_sim_row(o) for o in sims]))
         print(f"load {row['load_fraction']:g} calibration {row['calibration']}", flush=True)
         _print_row(row)
@@ -232,6 +271,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity_loads.json"))
     ap.add_argument("--keep", default="", help="a folder for each live run's records, batches and decisions")
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
+    ap.add_argument("--tuning-batches", default="",
+                    help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json")
+    ap.add_argument("--host", choices=("per-variant", "level"), default="per-variant",
+                    help="the simulated host: each variant's speed and tail (default), or one speed for all")
     args = ap.parse_args()
 
     from varipipe.loadgen.replayer import load_image
@@ -243,7 +286,7 @@ def main() -> int:
     body, _ = load_image(args.image)
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
-        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed)
+        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host)
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.out}")
         return 0
@@ -261,15 +304,15 @@ def main() -> int:
     tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json" if keep else None)
-    stats = _speed_stats(profile, tune["batches"], args.tune_s)
-    flat = _sim(profile, tune_times, sla_s, args.seed + 1, True,
-                _host_speed(stats, args.tune_s + 60, TUNING_SPEED_SEED))
-    overhead_s = max(tune["metrics"]["mean_latency_s"] - flat.mean_latency_s, 0.0)
+    tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, args.seed + 1, sla_s,
+                       tune["metrics"]["mean_latency_s"], args.host)
+    host, stats, overhead_s = tm["host"], tm["stats"], tm["overhead_s"]
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),
-                     "sim_mean_latency_s": flat.mean_latency_s, "overhead_s": overhead_s, "host_speed": stats}
-    print(f"tuning: overhead {overhead_s:.3f} s (live mean {tune['metrics']['mean_latency_s']:.3f} s, sim "
-          f"{flat.mean_latency_s:.3f} s); host speed level {stats['level']:.3f} sigma {stats['sigma']:.3f} "
+                     "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": overhead_s, "host_speed": stats,
+                     "host_model": tm["record"]}
+    print(f"tuning ({args.host}): overhead {overhead_s:.3f} s (live mean {tune['metrics']['mean_latency_s']:.3f} s, "
+          f"sim {tm['sim_mean_s']:.3f} s); host speed level {stats['level']:.3f} sigma {stats['sigma']:.3f} "
           f"tau {stats['tau_s']:.0f} s", flush=True)
 
     doc["settings"] = []
@@ -293,7 +336,7 @@ def main() -> int:
             live_series = [speed_from_batches(profile, _batches_of(lo["batches"]), int(np.ceil(times[-1])))
                            for lo in lives[calibration]]
             sims = _sims(profile, times, sla_s, calibration, overhead_s, stats,
-                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series)
+                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series, host)
             row = {"load_fraction": frac, "rps": rate, "duration_s": duration_s, "requests": len(times),
                    "calibration": calibration, **_compare([_live_row(lo["metrics"]) for lo in lives[calibration]],
                                                           [_sim_row(o) for o in sims])}

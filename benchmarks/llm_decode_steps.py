@@ -1,7 +1,7 @@
 """What one llama.cpp decode step costs per sequence, by the number of sequences in the call.
 
     python benchmarks/llm_decode_steps.py [--pipeline vision-caption] [--rows 1,2,3,4,8,16] [--steps 12]
-                                          [--threads 1]
+                                          [--threads 1] [--out FILE]
 
 For every llama.cpp LLM variant of the pipeline: the batched decoder's context with
 16 sequences, each holding the same caption prompt (chelsea's labels), then
@@ -81,18 +81,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nice", type=int, default=-10,
                         help="autogroup nice of this process, as `varipipe profile --nice` (0: leave it)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     nice = raise_priority(args.nice) if args.nice else None
     rows = [int(r) for r in args.rows.split(",")]
     spec = find_spec(args.pipeline)
     results = [measure(v, rows, args.steps, args.threads) for v in spec.stage("llm").variants
                if v.runtime == "llama_cpp"]  # not the template rung: no model
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "command": "python benchmarks/llm_decode_steps.py " + " ".join(sys.argv[1:]),
         "threads": args.threads, "steps": args.steps, "nice": nice,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "variants": results}, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
     return 0
 
 

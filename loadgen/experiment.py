@@ -111,18 +111,20 @@ class RunOutcome(RunMetrics):
         return {k: getattr(self, k) for k in SUMMARY_FIELDS}
 
 
-def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings]) -> RunOutcome:
-    profile, arrivals, policy, sla_name, settings = args
-    r = run_policy(profile, arrivals, policy, settings)
+def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings, Profile | None]) -> RunOutcome:
+    profile, arrivals, policy, sla_name, settings, planned = args
+    r = run_policy(profile, arrivals, policy, settings, planned=planned)
     metrics = {f.name: getattr(r, f.name) for f in fields(RunMetrics)}
     return RunOutcome(**metrics, policy=policy, sla=sla_name, sla_s=settings.sla_s, mode="sim", wall_s=r.wall_s,
                       series=r.series, timeline=r.timeline)
 
 
 def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
-            base: SimSettings, jobs: int = 1, on_done: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
-    """Simulate every policy under every SLA on the same arrivals (``jobs`` processes)."""
-    work = [(profile, arrivals, p, name, replace(base, sla_s=s)) for name, s in slas.items() for p in policies]
+            base: SimSettings, jobs: int = 1, on_done: Callable[[RunOutcome], None] | None = None,
+            planned: Profile | None = None) -> list[RunOutcome]:
+    """Simulate every policy under every SLA on the same arrivals (``jobs`` processes). ``planned``:
+    the profile the policies plan on when the simulated host is not ``profile`` (``run_policy``)."""
+    work = [(profile, arrivals, p, name, replace(base, sla_s=s), planned) for name, s in slas.items() for p in policies]
     out: list[RunOutcome] = []
     if jobs <= 1:
         for w in work:

@@ -13,7 +13,11 @@ the host the profile was measured on, 2.0 = every batch takes twice as long):
   slow spells (:class:`Spell`: a neighbour's hog from ``start_s`` to ``end_s``).
 
 :func:`speed_statistics` measures (level, sigma, tau) of a measured series, so a
-simulated run can be given a *fresh* series with a live run's statistics. A
+simulated run can be given a *fresh* series with a live run's statistics.
+:func:`fit_host` reads a live window the finer way: one speed and one tail per
+variant (the host's stages need not move together, and live batches spread wider
+than the profiler's fixed inputs did), as a host profile for the simulator's
+service times, plus the residual series that is left for :func:`speed_statistics`. A
 simulated run that is compared with a live one must never replay that run's own
 series (it would be told the live run's noise): :func:`check_not_replayed`
 refuses it. Pure apart from reading a file.
@@ -30,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from varipipe.errors import ConfigError, VaripipeError
-from varipipe.records import BatchTimes
+from varipipe.records import BatchTimes, Profile
 
-__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches"]
+__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches",
+           "HostFit", "fit_host"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +204,58 @@ def parse_host_speed(text: str, seconds: int) -> HostSpeed:
                                   args.get("level", 1.0), spells)
     except ValueError as e:
         raise ConfigError("--host-speed", text, str(e)) from None
+
+
+# A weight that never decays over a window of minutes: every batch of it counts alike (the
+# calibrator's settings take a finite half-life).
+_NO_DECAY_S = 1e12
+
+
+@dataclass(frozen=True)
+class HostFit:
+    """A live window read as the simulator's host (:func:`fit_host`): per (stage, variant) its
+    speed against the profile and its tail, the profile those make (``host``: the simulated
+    service times; the policy still plans on the profile), and the per-second speed left after
+    the per-variant speeds (``residual``, ~1 on average: for :func:`speed_statistics`)."""
+
+    host: Profile
+    factors: dict[tuple[str, str], float]
+    tails: dict[tuple[str, str], float]
+    residual: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"factors": {f"{s}/{v}": round(f, 6) for (s, v), f in sorted(self.factors.items())},
+                "tails": {f"{s}/{v}": round(t, 6) for (s, v), t in sorted(self.tails.items())}}
+
+
+def fit_host(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> HostFit:
+    """The host a live window shows, per variant, with the calibration's one implementation:
+
+    1. each (stage, variant)'s speed: the median observed / profiled ratio over the whole window
+       (no decay, no dead band or significance gate: this is a model of the host, not a plan;
+       the LLM per generated token as the calibrator does; a variant with too few batches of its
+       own takes its stage's);
+    2. the residual speed per ``step_s``: :func:`speed_from_batches` against the profile with
+       those speeds (what moves all stages together over time);
+    3. each variant's tail against its profiled spread, on batch times divided by the residual
+       of their step (so the drift the simulator adds from ``residual``'s statistics is not
+       counted twice); a tail under 1 is left at 1 (the profile's spread).
+    """
+    from varipipe.adapter.calibration import CalibrationSettings, Calibrator, calibrate
+
+    settings = CalibrationSettings(half_life_s=_NO_DECAY_S, dead_band=0.0, z=0.0)
+    end = float(seconds)
+    speeds = Calibrator(profile, settings)
+    speeds.add(batches)
+    factors = {k: f for k, f in speeds.calibration(end).factors().items() if f != 1.0}
+    at_speed = calibrate(profile, factors)
+    residual = speed_from_batches(at_speed, batches, seconds, step_s)
+    steady = []
+    for b in batches:
+        div = [float(residual[min(max(int(t), 0), len(residual) - 1)]) for t in b.ended_s]
+        steady.append(BatchTimes(b.stage, b.variant, b.hardware, b.sizes,
+                                 tuple(x / d for x, d in zip(b.seconds, div, strict=True)), b.ended_s, b.tokens))
+    spread = Calibrator(at_speed, settings)
+    spread.add(steady)
+    tails = {(c.stage, c.variant): c.tail for c in spread.calibration(end).corrections if c.tail > 1.0}
+    return HostFit(calibrate(profile, factors, tails=tails), factors, tails, residual)

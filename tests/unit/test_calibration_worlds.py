@@ -72,6 +72,33 @@ def test_a_live_runs_speed_is_read_from_its_batches():
     assert speed.tolist() == [1.5] * 10 + [1.5] * 10 + [2.0] * 10  # median of 1 and 2; held; 2
 
 
+def test_a_live_window_is_fitted_as_a_host_per_variant():
+    from varipipe.adapter.calibration import Z99
+    from varipipe.loadgen.hostspeed import fit_host
+    from varipipe.records import BatchTimes
+
+    # A host on which "slow" runs at 0.5x its profile and "fast" at 2x, "fast" spreading three
+    # times its profiled sigma, and both slowed by 1.5x from 90 s on (a drift they share).
+    rng = np.random.default_rng(21)
+    sigma = math.log(1.2) / Z99  # the profile's p99 / p50 (profile_points)
+    t = np.arange(0.0, 120.0, 0.2)
+    drift = np.where(t >= 90, 1.5, 1.0)
+    slow = 0.30 * 0.5 * drift * np.exp(sigma * rng.standard_normal(len(t)))
+    fast = 0.10 * 2.0 * drift * np.exp(3 * sigma * rng.standard_normal(len(t)))
+    n = len(t)
+    fit = fit_host(PROFILE, [BatchTimes("s", "slow", "cpu:1", (1,) * n, tuple(slow), tuple(t), (0,) * n),
+                             BatchTimes("s", "fast", "cpu:1", (1,) * n, tuple(fast), tuple(t), (0,) * n)], 120)
+    assert fit.factors[("s", "slow")] == pytest.approx(0.5, rel=0.05)  # the median: the first 90 s
+    assert 2.0 < fit.factors[("s", "fast")] < 2.5  # its wide spread lets the drifted quarter pull its median
+    assert fit.residual[:90].mean() == pytest.approx(1.0, rel=0.1)  # the shared drift is left over
+    assert fit.residual[90:].mean() / fit.residual[:90].mean() == pytest.approx(1.5, rel=0.05)
+    assert fit.tails[("s", "fast")] == pytest.approx(3.0, rel=0.2) and ("s", "slow") not in fit.tails
+    fast1 = next(p for p in fit.host.points if p.key[:3] == ("s", "fast", 1))
+    assert fast1.latency_p50_s == pytest.approx(0.10 * fit.factors[("s", "fast")])
+    assert fast1.latency_p99_s == pytest.approx(fast1.latency_p50_s * math.exp(Z99 * fit.tails[("s", "fast")] * sigma))
+    assert fit.to_dict()["tails"] == {"s/fast": pytest.approx(fit.tails[("s", "fast")], abs=1e-6)}
+
+
 def test_a_simulated_run_may_not_replay_the_live_runs_own_series():
     live = HostSpeed.generate(300, seed=7, sigma=0.3).per_second
     check_not_replayed(HostSpeed.generate(300, seed=8, sigma=0.3), live)  # its statistics, another seed

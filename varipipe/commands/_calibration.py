@@ -15,7 +15,7 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: calibrate)")
     parser.add_argument("--calibration-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a calibration setting (repeatable): estimator=median|trimmed|mean, half_life_s, "
-                             "min_samples, min_factor, max_factor, dead_band, z, per_token=true|false")
+                             "min_samples, min_factor, max_factor, dead_band, z, per_token=true|false, tail=true|false")
 
 
 def calibration_settings(args: argparse.Namespace) -> dict[str, Any]:
