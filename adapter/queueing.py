@@ -112,6 +112,9 @@ def wait_quantile_s(load_rps: float, replicas: np.ndarray, batch: np.ndarray, me
     if waits.any():
         r, c = rho[waits], np.broadcast_to(np.asarray(cv2, dtype=float), rho.shape)[waits]
         x = _decay(r, c)
-        out[waits] = mean[waits] * np.maximum(np.log(_prefactor(x, r, c) / tail), 0.0) / x
+        # A root at the gamma's pole (a very wide service time, x·cv2 = 1 in floating point) gives C = 0:
+        # log 0 = -inf, i.e. no more than 1 - p of requests wait, as the limit is; no warning.
+        with np.errstate(divide="ignore"):
+            out[waits] = mean[waits] * np.maximum(np.log(_prefactor(x, r, c) / tail), 0.0) / x
     return out
 

@@ -402,6 +402,9 @@ def cmd_choose(args) -> dict[str, Any]:
     # policy still plans on the profile, and calibration corrects that).
     host_factors = _measured_factors(args.host_factors) if args.host_factors else {}
     host = calibrate(profile, host_factors)
+    from varipipe.commands._calibration import calibration_settings
+
+    settings = calibration_settings(args)
     rows = []
     for rps in [float(x) for x in args.rates.split(",")]:
         times = np.arange(0.0, HOG_RUN_S, 1.0 / rps)
@@ -412,7 +415,8 @@ def cmd_choose(args) -> dict[str, Any]:
                                            spells=[Spell(HOG_START_S, HOG_END_S, args.hog_factor)])
                 for cal in (False, True):
                     st = SimSettings(sla_s=sla, cost_mode="shared", cluster_cores=2.0, calibration=cal,
-                                     host_speed=speed, seed=seed, interval_s=args.interval, shed_late=args.shed,
+                                     calibration_settings=settings, host_speed=speed, seed=seed,
+                                     interval_s=args.interval, shed_late=args.shed,
                                      policy_options={"hardware": ["cpu:1"]})
                     r = run_policy(host, times, "ipa", st, planned=profile)
                     key = "with" if cal else "without"
@@ -428,6 +432,7 @@ def cmd_choose(args) -> dict[str, Any]:
                   f"{row['with_attainment']:.3f} ({row['gain_points']:+.1f} pts), cost x{row['cost_ratio']:.2f}",
                   flush=True)
     return {"meta": _meta(args) | {"pipeline": args.pipeline, "hog_factor": args.hog_factor, "sigma": args.sigma,
+                                   "settings": CalibrationSettings(**settings).to_dict(),
                                    "shed": args.shed, "rates": args.rates, "slas": args.slas,
                                    "host_factors": {f"{s}/{v}": f for (s, v), f in host_factors.items()},
                                    "host_factors_from": args.host_factors},

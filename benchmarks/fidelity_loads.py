@@ -10,11 +10,11 @@ does) and simulated on the same arrivals:
    largest client count for ``--capacity-s`` on the pipeline's default decision, admission off.
 2. **Tuning window** (its own seed and rate; never compared below): ``ipa`` with
    calibration at ``--tune-fraction`` x capacity for ``--tune-s``. It fits the
-   simulator's host: with ``--host per-variant`` (the default), ``loadgen.hostspeed.fit_host``
-   (each variant's speed and tail against the profile: the simulated service times, while
-   the policy plans on the profile) and the residual speed's statistics; with ``--host
-   level``, one speed for every stage (``speed_statistics`` of the window's batches against
-   the profile, the first run's model). Then the per-request time the profile's stages do
+   simulator's host: with ``--host level`` (the default), one speed for every stage
+   (``speed_statistics`` of the window's batches against the profile); with ``--host
+   per-variant``, ``loadgen.hostspeed.fit_host`` (each variant's speed and tail against the
+   profile: the simulated service times, while the policy plans on the profile) and the
+   residual speed's statistics. Then the per-request time the profile's stages do
    not contain (live mean latency − simulated mean latency, ``SimConfig.overhead_s``, as
    ``fidelity.py``), fitted with the host model in place.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
@@ -273,8 +273,9 @@ def main() -> int:
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     ap.add_argument("--tuning-batches", default="",
                     help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json")
-    ap.add_argument("--host", choices=("per-variant", "level"), default="per-variant",
-                    help="the simulated host: each variant's speed and tail (default), or one speed for all")
+    ap.add_argument("--host", choices=("level", "per-variant"), default="level",
+                    help="the simulated host: one speed for every stage (default), or each variant's speed and "
+                         "tail (fit_host; further from live at load on 2026-12-06: benchmarks/README.md)")
     args = ap.parse_args()
 
     from varipipe.loadgen.replayer import load_image
