@@ -344,7 +344,8 @@ def test_a_policy_without_set_profile_is_said_to_plan_uncorrected():
     assert ControlLoop(_NoProfile(), lambda d: None).status().calibration == "off"
 
 
-def test_a_calibration_shift_lifts_the_hysteresis():
+def _held_loop() -> tuple[ControlLoop, Calibrator, list[Decision]]:
+    """A loop that applied "big", then held a slower move to "small" (same basis); its calibrator."""
     def d(variant: str, load: float, latency: float) -> Decision:
         return Decision(stages=(StageDecision("det", variant, 1, 1),), status=DecisionStatus.OPTIMAL,
                         load_rps=load, predicted_latency_s=latency)
@@ -362,6 +363,11 @@ def test_a_calibration_shift_lifts_the_hysteresis():
     loop = ControlLoop(Scripted(), applied.append, calibrator=cal)
     loop.step(_observation(0.0, 10.0), Forecast(10.0))
     assert loop.step(_observation(10.0, 9.0), Forecast(9.0)).action == "held"  # a slower move, same basis
+    return loop, cal, applied
+
+
+def test_a_calibration_shift_lifts_the_hysteresis():
+    loop, cal, applied = _held_loop()
     cal.add([batches("det", "big", [0.4] * 20, start=10.0)])  # "big" is 2x slower than its profile
     assert loop.step(_observation(30.0, 9.0), Forecast(9.0)).action == "applied"
     assert [x.stage("det").variant for x in applied] == ["big", "small"]
@@ -369,28 +375,13 @@ def test_a_calibration_shift_lifts_the_hysteresis():
 
 
 def test_a_wider_tail_alone_lifts_the_hysteresis_too():
-    def d(variant: str, load: float, latency: float) -> Decision:
-        return Decision(stages=(StageDecision("det", variant, 1, 1),), status=DecisionStatus.OPTIMAL,
-                        load_rps=load, predicted_latency_s=latency)
-
-    script = [d("big", 10.0, 0.2), d("small", 9.0, 0.3), d("small", 9.0, 0.3)]
-
-    class Scripted:
-        name = "scripted"
-
-        def decide(self, observation, forecast, current):
-            return script.pop(0)
-
-    cal = Calibrator(PROFILE)
-    applied: list[Decision] = []
-    loop = ControlLoop(Scripted(), applied.append, calibrator=cal)
-    loop.step(_observation(0.0, 10.0), Forecast(10.0))
-    assert loop.step(_observation(10.0, 9.0), Forecast(9.0)).action == "held"
+    loop, cal, applied = _held_loop()
     # "big" keeps its profiled median (no factor) but its batches spread far wider than profiled.
     cal.add([batches("det", "big", noisy(0.20, 400, sigma=0.4, seed=14), start=10.0, step=0.05)])
     c = corr(cal.calibration(30.0), "det", "big")
     assert c.factor == 1.0 and c.tail > 3
     assert loop.step(_observation(30.0, 9.0), Forecast(9.0)).action == "applied"
+    assert [x.stage("det").variant for x in applied] == ["big", "small"]
 
 
 def test_a_variant_idle_for_hours_keeps_the_correction_its_batches_measured():
