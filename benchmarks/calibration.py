@@ -394,6 +394,7 @@ def cmd_tail(args) -> dict[str, Any]:
 
 def cmd_choose(args) -> dict[str, Any]:
     from varipipe.adapter.calibration import calibrate
+    from varipipe.commands._calibration import calibration_settings
     from varipipe.loadgen.hostspeed import HostSpeed, Spell
     from varipipe.loadgen.runs import SimSettings, run_policy
 
@@ -402,8 +403,6 @@ def cmd_choose(args) -> dict[str, Any]:
     # policy still plans on the profile, and calibration corrects that).
     host_factors = _measured_factors(args.host_factors) if args.host_factors else {}
     host = calibrate(profile, host_factors)
-    from varipipe.commands._calibration import calibration_settings
-
     settings = calibration_settings(args)
     rows = []
     for rps in [float(x) for x in args.rates.split(",")]:
