@@ -79,7 +79,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from varipipe.adapter.latency_model import batch_curve
+from varipipe.adapter.latency_model import Z95, Z99, batch_curve
 from varipipe.errors import ConfigError
 from varipipe.jsonfile import write_json_atomic
 from varipipe.records import BatchTimes, Observation, Profile
@@ -119,9 +119,6 @@ _MAD_SIGMA = 1.4826
 # which had 8 batches of its own, at x4 (clipped): the demo never planned Qwen again. 1 ms is 50x
 # the template's time and under a tenth of the fastest model batch in the profiles (12 ms).
 POOL_MIN_PREDICTED_S = 1e-3
-# Standard-normal quantiles at 0.95 and 0.99: a lognormal with median m and σ has its q-quantile at m·e^{z_q·σ}.
-Z95 = 1.6448536269514722
-Z99 = 2.3263478740408408
 # Batches a variant needs before its own tail is in force: the 95th percentile of 20 rests on the
 # top one (of 10, the minimum for a factor, it would be the single slowest batch).
 TAIL_MIN_SAMPLES = 20
@@ -436,8 +433,8 @@ class Calibrator:
                 continue
             key = (b.stage, b.variant)
             sizes_i = np.asarray(b.sizes, dtype=np.int64)
-            predicted = self.predicted(b.stage, b.variant, b.hardware, sizes_i)
-            if predicted is None:
+            curves = self._curves_for(b.stage, b.variant, b.hardware, int(sizes_i.max()))
+            if curves is None or (sizes_i < 1).any():
                 self._unmatched += len(b.sizes)
                 continue
             sizes = np.asarray(b.sizes, dtype=np.float64)
@@ -448,20 +445,20 @@ class Calibrator:
             if b.hardware not in ring.hardware:
                 ring.hardware.append(b.hardware)
             rows = np.column_stack([np.asarray(b.ended_s, dtype=np.float64), np.asarray(b.seconds, dtype=np.float64),
-                                    predicted, work, sizes, tokens,
+                                    curves[0][sizes_i], work, sizes, tokens,
                                     np.full(len(sizes), float(ring.hardware.index(b.hardware))),
-                                    self._curves[(b.stage, b.variant, b.hardware)][1][sizes_i]])
+                                    curves[1][sizes_i]])
             ok = np.isfinite(rows[:, :3]).all(axis=1) & (rows[:, _SEC] > 0)
             if not ok.all():
                 self._unmatched += int((~ok).sum())
             ring.add(rows[ok])
             self._version += 1
 
-    def predicted(self, stage: str, variant: str, hardware: str, sizes: np.ndarray) -> np.ndarray | None:
-        """The profile's p50 for batches of ``sizes`` (interpolated as the simulator's service times)."""
+    def _curves_for(self, stage: str, variant: str, hardware: str, top: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The profile's p50 and lognormal σ by batch size 0..≥ ``top`` for one configuration
+        (interpolated as the simulator's service times), cached; None where the profile lacks it."""
         key = (stage, variant, hardware)
         curves = self._curves.get(key)
-        top = int(sizes.max()) if len(sizes) else 1
         if curves is None or len(curves[0]) <= top:
             pts = sorted((p for p in self.profile.points if p.key[:2] == (stage, variant) and p.hardware == hardware),
                          key=lambda p: p.batch)
@@ -474,17 +471,23 @@ class Calibrator:
             p99 = batch_curve(batches, [p.latency_p99_s for p in pts], grid)
             sigma = np.array([profiled_sigma(a, b) for a, b in zip(p50, p99, strict=True)])
             curves = self._curves[key] = (p50, sigma)
-        if (sizes < 1).any():
+        return curves
+
+    def predicted(self, stage: str, variant: str, hardware: str, sizes: np.ndarray) -> np.ndarray | None:
+        """The profile's p50 for batches of ``sizes`` (interpolated as the simulator's service times)."""
+        curves = self._curves_for(stage, variant, hardware, int(sizes.max()) if len(sizes) else 1)
+        if curves is None or (sizes < 1).any():
             return None
         return curves[0][sizes]
 
     def p99_lift(self, stage: str, variant: str, hardware: str, batch: int, tail: float) -> float:
         """How many times the profile's (factor-scaled) p99 a tail puts the planned p99 of a batch of
         ``batch`` (1: not at all; a configuration the profile lacks: 1)."""
-        if tail == 1.0 or self.predicted(stage, variant, hardware, np.array([max(batch, 1)])) is None:
+        b = max(batch, 1)
+        curves = self._curves_for(stage, variant, hardware, b) if tail != 1.0 else None
+        if curves is None:
             return 1.0
-        sigma = float(self._curves[(stage, variant, hardware)][1][max(batch, 1)])
-        return max(1.0, math.exp(Z99 * sigma * (tail - 1.0)))
+        return max(1.0, math.exp(Z99 * float(curves[1][b]) * (tail - 1.0)))
 
     # ---- estimates
 

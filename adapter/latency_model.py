@@ -6,7 +6,9 @@ profiler did not measure. The one fit of this form in varipipe: the profiler
 (``profiler/latency_model.py``, its held-back errors and stored fits) and the
 simulator's service times (``loadgen/service.py``) call this one; it lives
 with the optimizer, whose model it is (DESIGN §5), and imports nothing of
-theirs. Pure: numbers in, numbers out.
+theirs. Pure: numbers in, numbers out. Around its median a batch's latency is read as a
+lognormal (the simulator's service times, the calibration's tail, the queueing model's
+variability): ``Z95`` / ``Z99`` place its percentiles.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LatencyModel", "fit_latency_model", "batch_curve"]
+__all__ = ["LatencyModel", "fit_latency_model", "batch_curve", "Z95", "Z99"]
+
+# Standard-normal quantiles at 0.95 and 0.99: a lognormal with median m and σ has its q-quantile at m·e^{z_q·σ}.
+Z95 = 1.6448536269514722
+Z99 = 2.3263478740408408
 
 
 @dataclass(frozen=True)

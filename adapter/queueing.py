@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["wait_quantile_s", "latency_cv2", "SATURATED_WAIT_S", "Z_P99"]
+from varipipe.adapter.latency_model import Z99 as Z_P99
 
-# The standard normal's 99th percentile: the profile's p99 latencies are the 99th percentile.
-Z_P99 = 2.3263478740408408
+__all__ = ["wait_quantile_s", "latency_cv2", "SATURATED_WAIT_S", "Z_P99"]  # Z_P99: the profile's p99 is the 99th percentile
+
 # What a replica at or past saturation (rho >= 1) is priced to wait: its queue grows without
 # bound. Finite because solvers need finite coefficients; such a row is never within the
 # capacity limits (``Limits.rho_max <= 1`` and the carried check), so it is never chosen.

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from varipipe.adapter.calibration import Z99
 from varipipe.adapter.configurations import is_gpu
-from varipipe.adapter.latency_model import batch_curve
+from varipipe.adapter.latency_model import Z99, batch_curve
 from varipipe.errors import ProfileError
 from varipipe.records import Profile, ProfilePoint, hardware_cores
 
 __all__ = ["ServiceModel", "service_model", "Z99"]  # Z99: a lognormal with median m and σ has p99 = m·e^{Z99·σ}
-
 
 
 @dataclass(frozen=True)
