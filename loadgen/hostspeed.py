@@ -10,7 +10,16 @@ the host the profile was measured on, 2.0 = every batch takes twice as long):
 * generated (:meth:`HostSpeed.generate`) with a seed: a log-normal
   Ornstein–Uhlenbeck process with a given spread (``sigma``, of the log
   multiplier) and correlation time (``tau_s``) around a level, and optional
-  slow spells (:class:`Spell`: a neighbour's hog from ``start_s`` to ``end_s``).
+  slow spells (:class:`Spell`: every service time ``factor`` times longer from
+  ``start_s`` to ``end_s``).
+
+A neighbour that hogs cores is modelled better as what it is, :class:`Neighbour`:
+busy threads that take their cores first and leave the replicas the rest (the
+simulator's processor sharing, shared mode), so it slows the pipeline only
+while the replicas want more cores than it leaves them, as a CPU hog does live
+on a half-idle host. First, because live the stage replicas run at nice
+``STAGE_NICE`` (10): a neighbour's thread at nice 0 weighs about 9 of theirs in
+Linux's scheduler (1024 against 110), so it keeps its core.
 
 :func:`speed_statistics` measures (level, sigma, tau) of a measured series, so a
 simulated run can be given a *fresh* series with a live run's statistics.
@@ -36,7 +45,7 @@ import numpy as np
 from varipipe.errors import ConfigError, VaripipeError
 from varipipe.records import BatchTimes, Profile
 
-__all__ = ["HostSpeed", "Spell", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches",
+__all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches",
            "HostFit", "fit_host"]
 
 
@@ -51,6 +60,21 @@ class Spell:
     def __post_init__(self) -> None:
         if not (0 <= self.start_s < self.end_s and self.factor > 0 and math.isfinite(self.factor)):
             raise ValueError(f"a slow spell needs 0 <= start < end and a factor > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """Another process's ``threads`` busy threads on the host from ``start_s`` to ``end_s``: they
+    take ``threads`` cores before the replicas (shared mode's processor sharing; module
+    docstring) and are not the run's cost."""
+
+    start_s: float
+    end_s: float
+    threads: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start_s < self.end_s and self.threads > 0 and math.isfinite(self.threads)):
+            raise ValueError(f"a neighbour needs 0 <= start < end and threads > 0, got {self}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,6 +228,16 @@ def parse_host_speed(text: str, seconds: int) -> HostSpeed:
                                   args.get("level", 1.0), spells)
     except ValueError as e:
         raise ConfigError("--host-speed", text, str(e)) from None
+
+
+def parse_neighbour(text: str) -> Neighbour:
+    """``--neighbour START-END[*THREADS]``: busy threads (default 1) from START to END s."""
+    span, _, threads = text.partition("*")
+    start, _, end = span.partition("-")
+    try:
+        return Neighbour(float(start), float(end), float(threads) if threads else 1.0)
+    except ValueError as e:
+        raise ConfigError("--neighbour", text, f"{e}; expected START-END[*THREADS], e.g. 60-180*1") from None
 
 
 # A weight that never decays over a window of minutes: every batch of it counts alike (the

@@ -37,7 +37,10 @@ that starts inside a segment depends only on arrivals before its start. In
 ``shared`` cost mode all replicas share the host's cores (processor sharing):
 during each ``SHARED_SLICE_S`` slice every batch runs slower by
 ``max(1, busy threads / cores)`` of the previous slice (a mean-field
-approximation with one slice of lag). A reconfiguration adds its own CPU there
+approximation with one slice of lag). A neighbour's busy threads
+(``SimConfig.neighbours``, a CPU hog at nice 0) take their cores ahead of the
+replicas and leave them the rest; they are not the run's cost.
+A reconfiguration adds its own CPU there
 (a replica start, a model load; measured on Ray Serve) over its delay, as
 replica processes starting on the same cores do live. In ``reserved`` mode each
 replica owns its cores.
@@ -73,7 +76,7 @@ from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import in_force, update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import HostSpeed
+from varipipe.loadgen.hostspeed import HostSpeed, Neighbour
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -122,6 +125,10 @@ VARIANT_SWITCH_CPU_S = 0.6  # per replica, loading the new variant in place: med
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
+# A stage replica's share of a core contested by threads at nice 0 (a neighbour): its threads
+# run at nice STAGE_NICE (10), weight 110 against 1024 for nice 0
+# (kernel/sched/core.c sched_prio_to_weight): 110 / (110 + 1024).
+STAGE_SHARE_CONTESTED = 110 / (110 + 1024)
 # Standard normals drawn per refill of a stage's service-time noise buffer.
 _NOISE_CHUNK = 1 << 16
 # After the last arrival, keep simulating this many SLAs for queues to drain;
@@ -153,10 +160,15 @@ class SimConfig:
     calibration_settings: Mapping[str, Any] = field(default_factory=dict)
     # The host's slowness over the run (a multiplier on service times per second); None: steady.
     host_speed: HostSpeed | None = None
+    # Other processes' busy threads on the host (a CPU hog), before the replicas: shared mode only.
+    neighbours: tuple[Neighbour, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
             raise VaripipeError(f"cost mode must be 'shared' or 'reserved', got {self.cost_mode!r}")
+        if self.neighbours and self.cost_mode != "shared":
+            raise VaripipeError("neighbours share the host's cores: they need cost mode 'shared' (in 'reserved' "
+                                "mode each replica owns its cores)")
         if not isinstance(self.cluster_gpus, int) or self.cluster_gpus < 0:
             raise VaripipeError(f"cluster_gpus must be an integer >= 0, got {self.cluster_gpus!r}")
         if not (self.overhead_s >= 0 and math.isfinite(self.overhead_s)):
@@ -528,6 +540,20 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     return h0, firsts, sizes, ids
 
 
+def _neighbour_load(neighbours: Sequence[Neighbour], seconds: int) -> np.ndarray:
+    """Per second, the cores the neighbours take ahead of the replicas (a part-second pro rata)."""
+    load = np.zeros(seconds)
+    for n in neighbours:
+        _add_busy(load, n.start_s, n.end_s, n.threads)
+    return load
+
+
+def _left_to_replicas(cores: float, neighbours: float | np.ndarray) -> float | np.ndarray:
+    """The cores the replicas have beside neighbours: what they leave, and at least the
+    replicas' weight's share of contested cores."""
+    return np.maximum(cores - neighbours, cores * STAGE_SHARE_CONTESTED)
+
+
 def _add_busy(busy: np.ndarray, t0: float, t1: float, weight: float) -> None:
     """Spread ``weight`` × overlap of [t0, t1) over per-second bins."""
     i = int(t0)
@@ -611,6 +637,7 @@ class _Accounts:
     """Per-second series the run accumulates (index = second from the start)."""
 
     busy: np.ndarray | None  # shared mode: CPU-seconds in use per second (None in reserved mode)
+    neighbours: np.ndarray | None  # shared mode: cores neighbours take ahead of the replicas per second
     gpu_busy: np.ndarray | None  # shared mode: GPU-seconds in use per second
     reserved: np.ndarray  # reserved mode: cores (or their price) provisioned
     replicas: np.ndarray  # replicas provisioned
@@ -669,6 +696,8 @@ class _Run:
         self.stages = self._make_stages()
         shared = config.cost_mode == "shared"
         self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
+                                  neighbours=_neighbour_load(config.neighbours, self.arrivals.seconds + 1)
+                                  if shared else None,
                                   gpu_busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
                                   reserved=np.zeros(self.arrivals.seconds + 1), replicas=np.zeros(self.arrivals.seconds + 1),
                                   predicted_rps=np.zeros(self.arrivals.seconds + 1))
@@ -804,14 +833,18 @@ class _Run:
     # ---- segments
 
     def _slowdown(self, t: float, gpu: bool) -> float:
-        """Processor sharing (shared mode): the previous second's busy threads over the cores,
-        or busy GPU-seconds over the GPUs for a stage on a GPU."""
+        """Processor sharing (shared mode): the previous second's busy threads over the cores the
+        neighbours leave, or busy GPU-seconds over the GPUs for a stage on a GPU."""
         busy = self.accounts.gpu_busy if gpu else self.accounts.busy
         if busy is None:
             return 1.0
         i = int(t) - 1
         capacity = self.cfg.cluster_gpus if gpu else self.cfg.cluster_cores
-        return max(1.0, busy[i] / capacity) if i >= 0 and capacity > 0 else 1.0
+        if i < 0 or capacity <= 0:
+            return 1.0
+        if not gpu and self.accounts.neighbours is not None:
+            capacity = _left_to_replicas(capacity, self.accounts.neighbours[i])
+        return max(1.0, busy[i] / capacity)
 
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
@@ -988,7 +1021,8 @@ def _cost_series(run: _Run) -> np.ndarray:
     busy, gpu = run.accounts.busy, run.accounts.gpu_busy
     if busy is None:
         return run.accounts.reserved
-    return np.minimum(busy, run.cfg.cluster_cores) + GPU_REPLICA_PRICE_CORES * np.minimum(gpu, run.cfg.cluster_gpus)
+    cores = _left_to_replicas(run.cfg.cluster_cores, run.accounts.neighbours)
+    return np.minimum(busy, cores) + GPU_REPLICA_PRICE_CORES * np.minimum(gpu, run.cfg.cluster_gpus)
 
 
 def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray) -> SimSeries:

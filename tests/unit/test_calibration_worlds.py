@@ -13,9 +13,11 @@ from varipipe.cli import main
 from varipipe.errors import ConfigError, VaripipeError
 from varipipe.loadgen.hostspeed import (
     HostSpeed,
+    Neighbour,
     Spell,
     check_not_replayed,
     parse_host_speed,
+    parse_neighbour,
     speed_statistics,
 )
 from varipipe.loadgen.runs import SimSettings, run_policy
@@ -220,6 +222,29 @@ def test_simulate_takes_the_calibration_flags(tmp_path, capsys):
     assert main([*base, "--calibration-setting", "halflife=10"]) == 2
     assert "--calibration-setting" in capsys.readouterr().err
     assert main([*base, "--calibration-setting", "estimator=mode"]) == 2
+
+
+def test_simulate_takes_a_noisy_neighbour(tmp_path, capsys):
+    trace = tmp_path / "t.txt"
+    trace.write_text(" ".join(["2"] * 60), encoding="utf-8")
+    prof = tmp_path / "p.json"
+    from varipipe.profiler.store import save_profile
+
+    save_profile(PROFILE, prof)
+    base = ["simulate", "--profiles", str(prof), "--trace", str(trace), "--sla", str(SLA_S), "--json",
+            "--cluster-cores", "2", "--arrivals", "uniform", "--no-calibration"]
+    assert main([*base, "--cost-mode", "shared"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    # 1.8 of the 2 cores taken from 10 s to 40 s: the stage's 0.6 busy threads get 0.2 cores.
+    assert main([*base, "--cost-mode", "shared", "--neighbour", "10-40*1.8"]) == 0
+    hogged = json.loads(capsys.readouterr().out)
+    assert hogged["sla_attainment"] < alone["sla_attainment"] - 0.2
+    assert parse_neighbour("60-180") == Neighbour(60.0, 180.0, 1.0)
+    for bad in ("60", "180-60", "60-180*0", "a-b"):
+        with pytest.raises(ConfigError, match="--neighbour.*START-END"):
+            parse_neighbour(bad)
+    assert main([*base, "--cost-mode", "reserved", "--neighbour", "10-40"]) != 0
+    assert "they need cost mode 'shared'" in capsys.readouterr().err
 
 
 def test_serve_options_carry_calibration():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from varipipe.adapter.policy import Forecast
+from varipipe.errors import VaripipeError
 from varipipe.loadgen import simulator
+from varipipe.loadgen.hostspeed import Neighbour
 from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.observation import percentile
@@ -143,6 +145,33 @@ def test_shared_mode_processor_sharing_slows_batches():
     assert shared.mean_latency_s > 1.5 * reserved.mean_latency_s
     assert shared.mean_cost <= 1.0 + 1e-9  # CPU-seconds per second, at most the host's cores
     assert shared.cost_unit != reserved.cost_unit
+
+
+def test_a_neighbour_keeps_its_cores_and_slows_the_replicas_only_when_they_run_short():
+    # Two stages of 0.1 s at 3 req/s keep 0.6 threads busy on a 2-core host.
+    arr = np.arange(0.0, 60.0, 1 / 3)
+
+    def run(*neighbours):
+        cfg = SimConfig(60.0, 10.0, "shared", 2.0, 0, neighbours=neighbours)
+        return simulate(_profile(), arr, Fixed(), _last, cfg, keep_table=True)
+
+    alone = run()
+    # One busy thread beside them leaves one core for 0.6 threads: nothing slows (a hog on a half-idle host).
+    assert run(Neighbour(20.0, 40.0, 1.0)).table.latency_s == pytest.approx(alone.table.latency_s)
+    # 1.5 leave half a core for 0.6 cores of work: the stages fall behind while it lasts, and
+    # catch up once it has gone.
+    hogged = run(Neighbour(20.0, 40.0, 1.5))
+    during, outside = (arr >= 21.0) & (arr < 40.0), (arr < 20.0) | (arr >= 50.0)
+    assert hogged.table.latency_s[outside] == pytest.approx(alone.table.latency_s[outside])
+    late = hogged.table.latency_s[during]
+    assert late.mean() > 2 * alone.table.latency_s[during].mean() and late[-1] > 5 * late[0]
+    # The neighbour's CPU is not the run's cost.
+    assert hogged.series.cost[21:40].max() < 1.0
+    # Neighbours on every core leave the replicas their nice-10 weight's share of them.
+    starved = run(Neighbour(20.0, 40.0, 2.0))
+    assert starved.table.latency_s[during].mean() > 1.5 * late.mean()
+    with pytest.raises(VaripipeError, match="share the host's cores: they need cost mode 'shared'"):
+        SimConfig(1.0, cost_mode="reserved", neighbours=(Neighbour(0.0, 1.0),))
 
 
 def test_shared_mode_charges_a_replica_start_its_cpu(monkeypatch):

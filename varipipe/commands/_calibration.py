@@ -55,3 +55,7 @@ def add_host_speed_argument(parser: argparse.ArgumentParser) -> None:
                         help="the simulated host's slowness over time, a multiplier on service times per second: "
                              "a file of numbers, or generate:seed=N,sigma=S,tau=T[,level=L][,spell=START-END*FACTOR] "
                              "(default: steady, the profile's host)")
+    parser.add_argument("--neighbour", action="append", default=[], metavar="START-END[*THREADS]",
+                        help="a noisy neighbour in the simulated host (shared cost mode): THREADS busy threads "
+                             "(default 1) from START to END s that keep their cores, as a CPU hog does beside the "
+                             "stage replicas (repeatable)")

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                       f"cost {o.mean_cost:.2f}, {o.wall_s:.0f} s", file=sys.stderr, flush=True)
 
         if args.mode == "sim":
-            from varipipe.loadgen.hostspeed import parse_host_speed
+            from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
 
             seconds = int(math.ceil(times[-1])) + 1 if len(times) else 1
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
@@ -192,15 +192,17 @@ def run(args: argparse.Namespace) -> int:
                                predictor=predictor, per_policy=plan["per_policy"],
                                policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}),
                                calibration=args.calibration, calibration_settings=calibration_settings(args),
-                               host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None)
+                               host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
+                               neighbours=tuple(parse_neighbour(n) for n in args.neighbour))
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
         else:
             from varipipe.loadgen.replayer import load_image
 
-            if args.host_speed:
+            if args.host_speed or args.neighbour:
                 from varipipe.errors import VaripipeError
 
-                raise VaripipeError("--host-speed models the host in simulation; a live run has the host it has")
+                raise VaripipeError("--host-speed and --neighbour model the host in simulation; a live run has the "
+                                    "host it has")
             start = _live_starter(args.pipeline or plan["pipeline"], interval, cost_mode, cores, predictor,
                                   profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}),
                                   args.calibration, calibration_settings(args))
@@ -213,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             "requests": int(len(times)),
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "calibration": {"enabled": args.calibration, "settings": calibration_settings(args),
-                            "host_speed": args.host_speed},
+                            "host_speed": args.host_speed, "neighbours": args.neighbour},
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)
     plots = plot_all(outcomes, args.out)

@@ -72,7 +72,7 @@ def _profile(path: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from varipipe.loadgen.hostspeed import parse_host_speed
+    from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
     from varipipe.loadgen.runs import (
         DEFAULT_PREDICTOR,
         SimSettings,
@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                            predictor=args.predictor or DEFAULT_PREDICTOR,
                            policy_options={"solver": args.solver} if args.solver else {},
                            calibration=args.calibration, calibration_settings=calibration_settings(args),
-                           host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None)
+                           host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
+                           neighbours=tuple(parse_neighbour(n) for n in args.neighbour))
     result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests))
     if args.dump_requests and result.table is not None:
         write_request_table(result.table, args.dump_requests)
