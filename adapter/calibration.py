@@ -47,7 +47,8 @@ batch size and hardware and keeps one correction per (stage, variant):
   recorded live run (``benchmarks/results/calibration_forward.json``) 25.7 % of
   the LLM's batches took longer than the median-scaled p99 (1 % is what a p99
   promises). So each variant with ``TAIL_MIN_SAMPLES`` batches of its own also
-  keeps its **tail**: how many times the profile's spread its batches spread. Each
+  keeps its **tail**: how many times the profile's spread its batches spread (a
+  variant with fewer takes its stage's, pooled as the factor is). Each
   batch's log ratio, less their decayed median, is divided by the profile's own
   lognormal σ at that batch size (σ_b = ln(p99 / p50) / z99, the simulator's law,
   ``loadgen/service.py``); the tail ``k`` is (q95 − q50) / z95 of those, 1 where the
@@ -323,11 +324,15 @@ def _log_se(ratios: np.ndarray, weights: np.ndarray) -> float:
     return _MEDIAN_SE * sigma / math.sqrt(n_eff)
 
 
-def _tail(ratios: np.ndarray, sigmas: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """How many times its profiled σ each batch's log ratio spreads about their median, from the
-    upper part ((q95 − q50) / z95 of the standardised logs, decayed), and its standard error."""
+def _standardised(ratios: np.ndarray, sigmas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each batch's log ratio less their (decayed) median, in units of its profiled σ."""
     logs = np.log(ratios)
-    u = (logs - _weighted_quantile(logs, weights, 0.5)) / sigmas
+    return (logs - _weighted_quantile(logs, weights, 0.5)) / sigmas
+
+
+def _tail(u: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """How many times their profiled σ standardised deviations ``u`` spread, from the upper part
+    ((q95 − q50) / z95, decayed), and its standard error."""
     k = max(0.0, (_weighted_quantile(u, weights, 0.95) - _weighted_quantile(u, weights, 0.5)) / Z95)
     n_eff = weights.sum() ** 2 / (weights * weights).sum()
     return k, _TAIL_SE * k / math.sqrt(n_eff)
@@ -497,7 +502,8 @@ class Calibrator:
         if self._cached is not None and self._cached[:2] == (now, self._version):
             return self._cached[2]
         s = self.settings
-        stages: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        stages: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}
+        spreads: dict[str, list[tuple[np.ndarray, np.ndarray, float]]] = {}  # standardised deviations
         own: dict[tuple[str, str], Correction] = {}
         for key in sorted(self._variants, key=self._order):
             ring = self._rings.get(key)
@@ -513,25 +519,32 @@ class Calibrator:
             ratios, share, work = self._ratios(key, rows, weights)
             timed = rows[:, _PRED] >= POOL_MIN_PREDICTED_S  # the host's speed, not timer overhead
             stages.setdefault(key[0], []).append((ratios[timed], weights[timed], newest))
+            u = _standardised(rows[:, _SEC] / rows[:, _PRED], rows[:, _SIG], weights)
+            spreads.setdefault(key[0], []).append((u[timed], weights[timed], newest))
             estimate = _estimate(ratios, weights, s.estimator) * work
             own[key] = self._correction(key, estimate, lambda r=ratios, w=weights: _log_se(r, w), rows, weights,
-                                        share, work, self._wider_tail(rows, weights))
+                                        share, work, self._wider_tail(u, weights))
         pooled = {}
         for st, parts in stages.items():
-            latest = max(t for _, _, t in parts)  # each variant's weights, as of the stage's newest batch
-            r = np.concatenate([r for r, _, _ in parts])
-            w = np.concatenate([w * 2.0 ** (-(latest - t) / s.half_life_s) for _, w, t in parts])
+            r, w = self._pool(parts)
             if len(r) and w.sum() > 0:  # a stage whose batches are all untimed (the template's) has no pooled figure
                 pooled[st] = (_estimate(r, w, s.estimator), lambda r=r, w=w: _log_se(r, w))
+        # A variant without a tail of its own takes its stage's: the host's stalls that widen one
+        # variant's batches will widen the next one's, and a variant not yet run must not look
+        # narrower for it (the planner would move to it, see its tail and move back: on
+        # 2026-12-06 the detector switched variants every 10-20 s on yolov10n-320's tail of 25).
+        pooled_tail = {st: self._wider_tail(*self._pool(parts)) for st, parts in spreads.items()}
         out = []
         for key in sorted(self._variants, key=self._order):
             c = own.get(key)
+            if c is not None and c.samples < TAIL_MIN_SAMPLES:
+                c = dataclasses.replace(c, tail=pooled_tail.get(key[0], 1.0))
             if c is not None and c.samples >= s.min_samples:
                 out.append(c)
                 continue
             n_stage = sum(len(r) for r, _, _ in stages.get(key[0], ()))
             if n_stage >= s.min_samples and key[0] in pooled:
-                base = c or Correction(key[0], key[1], 1.0, "stage", 0.0, 0)
+                base = c or Correction(key[0], key[1], 1.0, "stage", 0.0, 0, tail=pooled_tail.get(key[0], 1.0))
                 estimate, se = pooled[key[0]]
                 factor, clipped = self._bounded(estimate, se)
                 out.append(dataclasses.replace(base, factor=factor, source="stage", estimate=estimate,
@@ -563,14 +576,22 @@ class Calibrator:
         median_work = _weighted_quantile(work[has], weights[has], 0.5)
         return ratios / scale, share, (1 - share) + share * median_work
 
-    def _wider_tail(self, rows: np.ndarray, weights: np.ndarray) -> float:
-        """The variant's tail (module docstring) from its batch times as they come (tokens and all:
-        what the next ones will be), where there are enough of them and it is wider than the
-        profile's beyond the dead band even ``z`` standard errors below the estimate; else 1."""
+    def _pool(self, parts: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+        """A stage's variants' figures and weights together, each variant's weights as of the
+        stage's newest batch (``parts``: figures, weights, the variant's newest batch time)."""
+        latest = max(t for _, _, t in parts)
+        return (np.concatenate([x for x, _, _ in parts]),
+                np.concatenate([w * 2.0 ** (-(latest - t) / self.settings.half_life_s) for _, w, t in parts]))
+
+    def _wider_tail(self, u: np.ndarray, weights: np.ndarray) -> float:
+        """The tail (module docstring) of standardised deviations ``u`` of batch times as they come
+        (tokens and all: what the next ones will be), where there are enough of them and it is
+        wider than the profile's beyond the dead band even ``z`` standard errors below the
+        estimate; else 1."""
         s = self.settings
-        if not s.tail or len(rows) < TAIL_MIN_SAMPLES:
+        if not s.tail or len(u) < TAIL_MIN_SAMPLES:
             return 1.0
-        k, se = _tail(rows[:, _SEC] / rows[:, _PRED], rows[:, _SIG], weights)
+        k, se = _tail(u, weights)
         return k if k - s.z * se > 1 + s.dead_band else 1.0
 
     def _bounded(self, estimate: float, log_se: Callable[[], float]) -> tuple[float, bool]:

@@ -198,9 +198,12 @@ def test_batches_that_spread_wider_than_the_profile_widen_the_planned_tail():
     b1 = next(p for p in out.points if p.key[:3] == ("det", "small", 1))
     assert np.mean(seconds > b1.latency_p99_s) < 0.03  # the planned p99 now holds for the batches seen
     assert np.mean(seconds > 1.2 * 0.10) > 0.2  # the profile's did not
-    assert out.metadata["calibration_tail"] == {"det/small": pytest.approx(c.tail, abs=1e-6)}
-    # Variants without batches keep the profile's tail; tail=False plans on the factor alone.
-    assert next(p for p in out.points if p.key[:3] == ("det", "big", 1)) == PROFILE.points[2]
+    assert out.metadata["calibration_tail"] == {"det/small": pytest.approx(c.tail, abs=1e-6),
+                                                "det/big": pytest.approx(c.tail, abs=1e-6)}
+    # A variant without batches takes the stage's tail (below); another stage keeps the profile's;
+    # tail=False plans on the factor alone.
+    assert corr(cal.calibration(40.0), "det", "big").tail == pytest.approx(c.tail)
+    assert next(p for p in out.points if p.key[:3] == ("llm", "lm", 1)) == PROFILE.points[4]
     off = Calibrator(PROFILE, CalibrationSettings(tail=False))
     off.add([batches("det", "small", seconds, step=0.1)])
     assert off.corrected(40.0) is PROFILE
@@ -235,6 +238,20 @@ def test_a_tail_needs_its_own_batches_and_never_narrows_the_profile():
     assert c.factor == pytest.approx(2.0, rel=0.02) and c.tail == 1.0
     b1 = next(p for p in steady.corrected(200.0).points if p.key[:3] == ("det", "small", 1))
     assert b1.latency_p99_s == pytest.approx(2.0 * 0.12, rel=0.02)  # the profile's own tail, scaled
+
+
+def test_a_variant_without_a_tail_of_its_own_takes_its_stages():
+    # "small" ran 300 batches on a host that stalls (sigma 0.3 against the profile's 0.078); "big"
+    # only 5 so far. Were "big" planned on the profile's tail it would look narrower than "small"
+    # for want of batches, and the planner would move to it, then back once its own showed.
+    cal = Calibrator(PROFILE)
+    cal.add([batches("det", "small", noisy(0.10, 300, sigma=0.3, seed=21), step=0.1),
+             batches("det", "big", noisy(0.20, 5, sigma=0.3, seed=22), start=30.0, step=0.1)])
+    small, big = corr(cal.calibration(31.0), "det", "small"), corr(cal.calibration(31.0), "det", "big")
+    assert small.tail > 2 and big.tail == pytest.approx(small.tail, rel=0.1)
+    # With batches enough of its own (TAIL_MIN_SAMPLES at least), a variant's own tail counts.
+    cal.add([batches("det", "big", noisy(0.20, 100, sigma=0.01, seed=23), start=31.0, step=0.1)])
+    assert corr(cal.calibration(41.0), "det", "big").tail == 1.0
 
 
 def test_calibrate_takes_tails_beside_plain_factors():
