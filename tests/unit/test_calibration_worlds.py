@@ -204,15 +204,20 @@ def test_no_calibration_turns_it_off(tmp_path):
 # ------------------------------------------------------------------------ flags
 
 
-def test_simulate_takes_the_calibration_flags(tmp_path, capsys):
+def _simulate_command(tmp_path) -> list[str]:
+    """``varipipe simulate`` of PROFILE at 2 req/s for 60 s, evenly spaced, printing JSON."""
+    from varipipe.profiler.store import save_profile
+
     trace = tmp_path / "t.txt"
     trace.write_text(" ".join(["2"] * 60), encoding="utf-8")
     prof = tmp_path / "p.json"
-    from varipipe.profiler.store import save_profile
-
     save_profile(PROFILE, prof)
-    base = ["simulate", "--profiles", str(prof), "--trace", str(trace), "--sla", str(SLA_S), "--json",
-            "--cost-mode", "reserved", "--cluster-cores", "4", "--arrivals", "uniform"]
+    return ["simulate", "--profiles", str(prof), "--trace", str(trace), "--sla", str(SLA_S), "--json",
+            "--arrivals", "uniform"]
+
+
+def test_simulate_takes_the_calibration_flags(tmp_path, capsys):
+    base = [*_simulate_command(tmp_path), "--cost-mode", "reserved", "--cluster-cores", "4"]
     # 3x from 10 s: "slow" takes 0.9 s of the 1 s SLA (as 1.5x took it to 0.45 s of 0.5 s before).
     assert main([*base, "--no-calibration", "--host-speed", "generate:seed=1,spell=10-60*3"]) == 0
     off = json.loads(capsys.readouterr().out)
@@ -225,14 +230,7 @@ def test_simulate_takes_the_calibration_flags(tmp_path, capsys):
 
 
 def test_simulate_takes_a_noisy_neighbour(tmp_path, capsys):
-    trace = tmp_path / "t.txt"
-    trace.write_text(" ".join(["2"] * 60), encoding="utf-8")
-    prof = tmp_path / "p.json"
-    from varipipe.profiler.store import save_profile
-
-    save_profile(PROFILE, prof)
-    base = ["simulate", "--profiles", str(prof), "--trace", str(trace), "--sla", str(SLA_S), "--json",
-            "--cluster-cores", "2", "--arrivals", "uniform", "--no-calibration"]
+    base = [*_simulate_command(tmp_path), "--cluster-cores", "2", "--no-calibration"]
     assert main([*base, "--cost-mode", "shared"]) == 0
     alone = json.loads(capsys.readouterr().out)
     # 1.8 of the 2 cores taken from 10 s to 40 s: the stage's 0.6 busy threads get 0.2 cores.
