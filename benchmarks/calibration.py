@@ -18,9 +18,12 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
              batches of (t, t+60 s] that took longer than the batch p99 the planner used at t:
              the profile's, the profile's scaled by the median factor (``tail=False``), and
              with the measured tail (the default); 1 % is what a p99 promises.
-``choose``   Simulated (no lock): the noisy-neighbour scenario with the hog as a slow spell
-             of the host (loadgen.hostspeed) on a grid of rates and SLAs, with and without
-             calibration: where the hog genuinely matters. Run before the paired live runs.
+``choose``   Simulated (no lock): the noisy-neighbour scenario on a grid of rates and SLAs,
+             with and without calibration: where the hog genuinely matters. The hog is a
+             slow spell of the host, or (``--hog-threads``) busy threads that keep their
+             cores (loadgen.hostspeed.Neighbour: as the live hog at nice 0 beside the stages
+             at nice 10); ``--level/--sigma/--tau`` describe the host (a fidelity tuning
+             window's figures). Run before the paired live runs.
 ``summary``  Offline, on a ``hog`` result: the pairs again, with accuracy from the batches.
 ``hog``      Paired live runs, with and without calibration, interleaved (the order flips
              every pair): ``ipa`` on the flagship at a constant rate; a CPU hog (one busy
@@ -395,7 +398,7 @@ def cmd_tail(args) -> dict[str, Any]:
 def cmd_choose(args) -> dict[str, Any]:
     from varipipe.adapter.calibration import calibrate
     from varipipe.commands._calibration import calibration_settings
-    from varipipe.loadgen.hostspeed import HostSpeed, Spell
+    from varipipe.loadgen.hostspeed import HostSpeed, Neighbour, Spell
     from varipipe.loadgen.runs import SimSettings, run_policy
 
     profile = load_profile(args.profiles or default_profile_path(args.pipeline))
@@ -410,13 +413,17 @@ def cmd_choose(args) -> dict[str, Any]:
         for sla in [float(x) for x in args.slas.split(",")]:
             row: dict[str, Any] = {"rps": rps, "sla_s": sla}
             for seed in range(args.seeds):
-                speed = HostSpeed.generate(int(HOG_RUN_S) + 60, seed=seed, sigma=args.sigma, tau_s=30.0,
-                                           spells=[Spell(HOG_START_S, HOG_END_S, args.hog_factor)])
+                # The hog: busy threads that keep their cores (--hog-threads, hostspeed.Neighbour), or a slow spell.
+                spells = [] if args.hog_threads else [Spell(HOG_START_S, HOG_END_S, args.hog_factor)]
+                speed = HostSpeed.generate(int(HOG_RUN_S) + 60, seed=seed, sigma=args.sigma, tau_s=args.tau,
+                                           level=args.level, spells=spells)
+                neighbours = (Neighbour(HOG_START_S, HOG_END_S, args.hog_threads),) if args.hog_threads else ()
                 for cal in (False, True):
                     st = SimSettings(sla_s=sla, cost_mode="shared", cluster_cores=2.0, calibration=cal,
                                      calibration_settings=settings, host_speed=speed, seed=seed,
+                                     neighbours=neighbours,
                                      interval_s=args.interval, shed_late=args.shed,
-                                     policy_options={"hardware": ["cpu:1"]})
+                                     policy_options=_policy_options(args))
                     r = run_policy(host, times, "ipa", st, planned=profile)
                     key = "with" if cal else "without"
                     row.setdefault(key, []).append({"attainment": r.sla_attainment, "cost": r.mean_cost,
@@ -431,11 +438,19 @@ def cmd_choose(args) -> dict[str, Any]:
                   f"{row['with_attainment']:.3f} ({row['gain_points']:+.1f} pts), cost x{row['cost_ratio']:.2f}",
                   flush=True)
     return {"meta": _meta(args) | {"pipeline": args.pipeline, "hog_factor": args.hog_factor, "sigma": args.sigma,
+                                   "hog_threads": args.hog_threads, "level": args.level, "tau_s": args.tau,
                                    "settings": CalibrationSettings(**settings).to_dict(),
                                    "shed": args.shed, "rates": args.rates, "slas": args.slas,
                                    "host_factors": {f"{s}/{v}": f for (s, v), f in host_factors.items()},
                                    "host_factors_from": args.host_factors},
             "grid": rows}
+
+
+def _policy_options(args) -> dict[str, Any]:
+    """The planner's options from the command line (hardware; ``--objective`` as serve takes it)."""
+    from varipipe.commands.serve import objective_options
+
+    return {"hardware": args.hardware.split(",")} | objective_options(args.objective)
 
 
 def _measured_factors(path: str) -> dict[tuple[str, str], float]:
@@ -456,7 +471,7 @@ def cmd_hog(args) -> dict[str, Any]:
         if args.only_with:
             order = (True,)
         for calibration in order:
-            opts = _opts(args, "ipa", calibration, args.sla, {"hardware": ["cpu:1"]})
+            opts = _opts(args, "ipa", calibration, args.sla, _policy_options(args))
             started = time.perf_counter()
             records, polls, extra = live_run(opts, times, bodies, args.poll, hog=(HOG_START_S, HOG_END_S))
             runs.append(_hog_run(profile, args, pair, calibration, records, polls, extra,
@@ -579,6 +594,9 @@ def _args() -> argparse.Namespace:
                        help="a CalibrationSettings field for the live runs (repeatable)")
         p.add_argument("--profiles", default=None, help="profile JSON (default: the pipeline's shipped one)")
         p.add_argument("--interval", type=float, default=10.0, help="adapter interval (s)")
+        p.add_argument("--hardware", default="cpu:1", help="hardware the planner may use, comma-separated")
+        p.add_argument("--objective", default="weighted", choices=("weighted", "max-accuracy"),
+                       help="ipa's objective, as serve's --objective")
         p.add_argument("--out", default=None, help="result JSON (default: print only)")
         p.add_argument("--shed", action="store_true",
                        help="deadline shedding at the stages (varipipe.admission; default off here: a stage "
@@ -602,7 +620,13 @@ def _args() -> argparse.Namespace:
     c.add_argument("--rates", default="0.5,0.75,1.0,1.25")
     c.add_argument("--slas", default="1.0,1.25,1.5,2.0")
     c.add_argument("--hog-factor", type=float, default=2.0, help="the hog as a slow spell of this factor")
-    c.add_argument("--sigma", type=float, default=0.1, help="the host's own drift (log sd), tau 30 s")
+    c.add_argument("--hog-threads", type=float, default=0.0,
+                   help="the hog as this many busy threads that keep their cores (loadgen.hostspeed.Neighbour; "
+                        "then --hog-factor is unused)")
+    c.add_argument("--sigma", type=float, default=0.1, help="the host's own drift (log sd)")
+    c.add_argument("--tau", type=float, default=30.0, help="the host's drift's correlation time (s)")
+    c.add_argument("--level", type=float, default=1.0,
+                   help="the host's speed level (service time / the profile's; fidelity_loads.py's tuning measures it)")
     c.add_argument("--seeds", type=int, default=3)
     c.add_argument("--host-factors", default=None,
                    help="a forward/hog result: simulate a host whose service times are the profile's times the "
