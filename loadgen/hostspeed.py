@@ -17,9 +17,9 @@ A neighbour that hogs cores is modelled better as what it is, :class:`Neighbour`
 busy threads that take their cores first and leave the replicas the rest (the
 simulator's processor sharing, shared mode), so it slows the pipeline only
 while the replicas want more cores than it leaves them, as a CPU hog does live
-on a half-idle host. First, because live the stage replicas run at nice
-``STAGE_NICE`` (10): a neighbour's thread at nice 0 weighs about 9 of theirs in
-Linux's scheduler (1024 against 110), so it keeps its core.
+on a half-idle host. It comes first because, live, the stage replicas run at
+nice ``STAGE_NICE`` (10): a neighbour's thread at nice 0 weighs about 9 of
+theirs in Linux's scheduler (1024 against 110), so it keeps its core.
 
 :func:`speed_statistics` measures (level, sigma, tau) of a measured series, so a
 simulated run can be given a *fresh* series with a live run's statistics.
@@ -45,8 +45,8 @@ import numpy as np
 from varipipe.errors import ConfigError, VaripipeError
 from varipipe.records import BatchTimes, Profile
 
-__all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed", "parse_host_speed", "speed_from_batches",
-           "HostFit", "fit_host"]
+__all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
+           "parse_host_speed", "speed_from_batches", "HostFit", "fit_host"]
 
 
 @dataclass(frozen=True)
