@@ -26,7 +26,8 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
              window's figures). Run before the paired live runs.
 ``summary``  Offline, on a ``hog`` result: the pairs again, with accuracy from the batches.
 ``hog``      Paired live runs, with and without calibration, interleaved (the order flips
-             every pair): ``ipa`` on the flagship at a constant rate; a CPU hog (one busy
+             every pair): ``ipa`` on ``--pipeline`` (the flagship by default; ``--hardware``,
+             ``--objective`` for its planner) at a constant rate; a CPU hog (one busy
              process) from ``HOG_START_S`` to ``HOG_END_S`` of every run, the schedule fixed
              here. Per run: SLA attainment, the measured cost (CPU-seconds per second of the
              stage replicas' processes, from /proc) and the decisions' profile-priced cost,
