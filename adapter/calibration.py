@@ -519,11 +519,14 @@ class Calibrator:
             ratios, share, work = self._ratios(key, rows, weights)
             timed = rows[:, _PRED] >= POOL_MIN_PREDICTED_S  # the host's speed, not timer overhead
             stages.setdefault(key[0], []).append((ratios[timed], weights[timed], newest))
-            u = _standardised(rows[:, _SEC] / rows[:, _PRED], rows[:, _SIG], weights)
-            spreads.setdefault(key[0], []).append((u[timed], weights[timed], newest))
+            tail = 1.0
+            if s.tail:  # tail=False: no tails at all, and none of their work
+                u = _standardised(rows[:, _SEC] / rows[:, _PRED], rows[:, _SIG], weights)
+                spreads.setdefault(key[0], []).append((u[timed], weights[timed], newest))
+                tail = self._wider_tail(u, weights)
             estimate = _estimate(ratios, weights, s.estimator) * work
             own[key] = self._correction(key, estimate, lambda r=ratios, w=weights: _log_se(r, w), rows, weights,
-                                        share, work, self._wider_tail(u, weights))
+                                        share, work, tail)
         pooled = {}
         for st, parts in stages.items():
             r, w = self._pool(parts)
@@ -587,9 +590,9 @@ class Calibrator:
         """The tail (module docstring) of standardised deviations ``u`` of batch times as they come
         (tokens and all: what the next ones will be), where there are enough of them and it is
         wider than the profile's beyond the dead band even ``z`` standard errors below the
-        estimate; else 1."""
+        estimate; else 1. Asked only with ``settings.tail`` on."""
         s = self.settings
-        if not s.tail or len(u) < TAIL_MIN_SAMPLES:
+        if len(u) < TAIL_MIN_SAMPLES:
             return 1.0
         k, se = _tail(u, weights)
         return k if k - s.z * se > 1 + s.dead_band else 1.0

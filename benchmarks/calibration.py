@@ -408,17 +408,17 @@ def cmd_choose(args) -> dict[str, Any]:
     host_factors = _measured_factors(args.host_factors) if args.host_factors else {}
     host = calibrate(profile, host_factors)
     settings = calibration_settings(args)
+    # The hog: busy threads that keep their cores (--hog-threads, hostspeed.Neighbour), or a slow spell.
+    spells = [] if args.hog_threads else [Spell(HOG_START_S, HOG_END_S, args.hog_factor)]
+    neighbours = (Neighbour(HOG_START_S, HOG_END_S, args.hog_threads),) if args.hog_threads else ()
     rows = []
     for rps in [float(x) for x in args.rates.split(",")]:
         times = np.arange(0.0, HOG_RUN_S, 1.0 / rps)
         for sla in [float(x) for x in args.slas.split(",")]:
             row: dict[str, Any] = {"rps": rps, "sla_s": sla}
             for seed in range(args.seeds):
-                # The hog: busy threads that keep their cores (--hog-threads, hostspeed.Neighbour), or a slow spell.
-                spells = [] if args.hog_threads else [Spell(HOG_START_S, HOG_END_S, args.hog_factor)]
                 speed = HostSpeed.generate(int(HOG_RUN_S) + 60, seed=seed, sigma=args.sigma, tau_s=args.tau,
                                            level=args.level, spells=spells)
-                neighbours = (Neighbour(HOG_START_S, HOG_END_S, args.hog_threads),) if args.hog_threads else ()
                 for cal in (False, True):
                     st = SimSettings(sla_s=sla, cost_mode="shared", cluster_cores=2.0, calibration=cal,
                                      calibration_settings=settings, host_speed=speed, seed=seed,

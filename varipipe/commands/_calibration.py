@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-__all__ = ["add_calibration_arguments", "calibration_settings", "add_host_speed_argument"]
+__all__ = ["add_calibration_arguments", "calibration_settings", "add_host_speed_argument", "simulated_host"]
 
 
 def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,3 +59,12 @@ def add_host_speed_argument(parser: argparse.ArgumentParser) -> None:
                         help="a noisy neighbour in the simulated host (shared cost mode): THREADS busy threads "
                              "(default 1) from START to END s that keep their cores, as a CPU hog does beside the "
                              "stage replicas (repeatable)")
+
+
+def simulated_host(args: argparse.Namespace, seconds: int) -> dict[str, Any]:
+    """``--host-speed`` and ``--neighbour`` as the simulator's settings (``host_speed``,
+    ``neighbours``) for a run of ``seconds``."""
+    from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
+
+    return {"host_speed": parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
+            "neighbours": tuple(parse_neighbour(n) for n in args.neighbour)}

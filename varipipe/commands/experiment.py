@@ -18,6 +18,7 @@ from varipipe.commands._calibration import (
     add_calibration_arguments,
     add_host_speed_argument,
     calibration_settings,
+    simulated_host,
 )
 from varipipe.commands.load import add_trace_arguments
 
@@ -184,16 +185,13 @@ def run(args: argparse.Namespace) -> int:
                       f"cost {o.mean_cost:.2f}, {o.wall_s:.0f} s", file=sys.stderr, flush=True)
 
         if args.mode == "sim":
-            from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
-
             seconds = int(math.ceil(times[-1])) + 1 if len(times) else 1
             base = SimSettings(sla_s=1.0, interval_s=interval, cost_mode=cost_mode, cluster_cores=cores, seed=seed,
                                cluster_gpus=gpus, gpu_memory_mb=gpu_memory_mb,
                                predictor=predictor, per_policy=plan["per_policy"],
                                policy_options=plan["options"] | ({"solver": args.solver} if args.solver else {}),
                                calibration=args.calibration, calibration_settings=calibration_settings(args),
-                               host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
-                               neighbours=tuple(parse_neighbour(n) for n in args.neighbour))
+                               **simulated_host(args, seconds))
             outcomes = run_sim(profile, times, policies, plan["slas"], base, jobs=args.jobs, on_done=done)
         else:
             from varipipe.loadgen.replayer import load_image

@@ -12,6 +12,7 @@ from varipipe.commands._calibration import (
     add_calibration_arguments,
     add_host_speed_argument,
     calibration_settings,
+    simulated_host,
 )
 from varipipe.commands.load import add_trace_arguments
 
@@ -72,7 +73,6 @@ def _profile(path: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
     from varipipe.loadgen.runs import (
         DEFAULT_PREDICTOR,
         SimSettings,
@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
                            predictor=args.predictor or DEFAULT_PREDICTOR,
                            policy_options={"solver": args.solver} if args.solver else {},
                            calibration=args.calibration, calibration_settings=calibration_settings(args),
-                           host_speed=parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
-                           neighbours=tuple(parse_neighbour(n) for n in args.neighbour))
+                           **simulated_host(args, seconds))
     result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests))
     if args.dump_requests and result.table is not None:
         write_request_table(result.table, args.dump_requests)
