@@ -50,6 +50,7 @@ from overload import capacity_rps  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records, run_sim  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
     HostSpeed,
+    Neighbour,
     check_not_replayed,
     fit_host,
     speed_from_batches,
@@ -120,30 +121,43 @@ def _host_speed(stats: dict, seconds: int, seed: int) -> HostSpeed:
     return HostSpeed.generate(seconds, seed=seed, sigma=stats["sigma"], tau_s=stats["tau_s"], level=stats["level"])
 
 
+def _serving(rate: float, serving_cpu: dict | None, seconds: float) -> tuple[Neighbour, ...]:
+    """The serving path (ingress, Serve's controller and proxy, raylet, GCS: nice 0, beside the
+    stages) as a neighbour for the whole run: its CPU-s/s at ``rate``, interpolated between the
+    rates ``benchmarks/host_cpu.py`` measured (``--serving-cpu``); none without a measurement."""
+    if not serving_cpu:
+        return ()
+    runs = sorted(serving_cpu["runs"], key=lambda r: r["rps"])
+    threads = float(np.interp(rate, [r["rps"] for r in runs], [r["other_cpu_s_per_s"] for r in runs]))
+    return (Neighbour(0.0, seconds, threads),)
+
+
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
-         overhead_s: float = 0.0, host=None):
+         overhead_s: float = 0.0, host=None, serving: tuple[Neighbour, ...] = ()):
     """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval);
-    ``host``: the simulated service times where they are not the profile's (it still plans on it)."""
+    ``host``: the simulated service times where they are not the profile's (it still plans on it);
+    ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
-                       seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed)
+                       seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed,
+                       neighbours=serving)
     [o] = run_sim(host or profile, times, [POLICY], {"sla": sla_s}, base, planned=profile if host else None)
     return o
 
 
 def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_s: float, stats: dict,
-          seeds: list[int], live_series: list[np.ndarray], host=None) -> list:
+          seeds: list[int], live_series: list[np.ndarray], host=None, serving: tuple[Neighbour, ...] = ()) -> list:
     seconds = int(np.ceil(times[-1])) + 60
     out = []
     for seed in seeds:
         speed = _host_speed(stats, seconds, seed)
         for series in live_series:
             check_not_replayed(speed, series)
-        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s, host))
+        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s, host, serving))
     return out
 
 
 def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, seed: int, sla_s: float,
-                  live_mean_s: float, model: str) -> dict:
+                  live_mean_s: float, model: str, serving_cpu: dict | None = None) -> dict:
     """The simulator's host from the tuning window's batches (module docstring, step 2): the host
     profile (None: the profile itself), the speed statistics, the overhead and what they rest on."""
     host = None
@@ -153,7 +167,9 @@ def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: 
     else:
         stats = _speed_stats(speed_from_batches(profile, _batches_of(batches), tune_s, SPEED_STEP_S), tune_s)
         extra = {}
-    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), host=host)
+    serving = _serving(len(tune_times) / tune_s, serving_cpu, tune_s + 60)
+    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), host=host,
+                serving=serving)
     return {"host": host, "stats": stats, "overhead_s": max(live_mean_s - flat.mean_latency_s, 0.0),
             "sim_mean_s": flat.mean_latency_s, "record": {"model": model, **extra}}
 
@@ -219,7 +235,8 @@ def _print_row(row: dict) -> None:
           f"(live {row['live_mean']['decision_cost']:.3f})", flush=True)
 
 
-def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str) -> dict:
+def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str,
+               serving_cpu: dict | None = None) -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json."""
@@ -229,7 +246,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
     if tuning_batches:
         batches = json.loads(Path(tuning_batches).read_text(encoding="utf-8"))["batches"]
         tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"], t["seed"],
-                           sla_s, t["live"]["mean_latency_s"], model)
+                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu)
         host = tm["host"]
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": tuning_batches})
@@ -246,7 +263,8 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         times = _times(row["rps"], row["duration_s"], seed)
         # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
         sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
-                     [seed + 100 + i for i in range(sim_seeds)], [], host)
+                     [seed + 100 + i for i in range(sim_seeds)], [], host,
+                     _serving(row["rps"], serving_cpu, row["duration_s"] + 60))
         row.update(_compare(row["live_runs"], [_sim_row(o) for o in sims]))
         print(f"load {row['load_fraction']:g} calibration {row['calibration']}", flush=True)
         _print_row(row)
@@ -276,7 +294,11 @@ def main() -> int:
     ap.add_argument("--host", choices=("level", "per-variant"), default="level",
                     help="the simulated host: one speed for every stage (default), or each variant's speed and "
                          "tail (fit_host; further from live at load on 2026-12-06: benchmarks/README.md)")
+    ap.add_argument("--serving-cpu", default="",
+                    help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
+                         "neighbour of that many busy threads at the run's rate (default: left out)")
     args = ap.parse_args()
+    serving_cpu = json.loads(Path(args.serving_cpu).read_text(encoding="utf-8")) if args.serving_cpu else None
 
     from varipipe.loadgen.replayer import load_image
     from varipipe.profiler.store import load_profile
@@ -287,7 +309,8 @@ def main() -> int:
     body, _ = load_image(args.image)
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
-        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host)
+        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host,
+                         serving_cpu)
         Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {args.out}")
         return 0
@@ -306,7 +329,7 @@ def main() -> int:
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json" if keep else None)
     tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, args.seed + 1, sla_s,
-                       tune["metrics"]["mean_latency_s"], args.host)
+                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu)
     host, stats, overhead_s = tm["host"], tm["stats"], tm["overhead_s"]
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),
@@ -337,7 +360,8 @@ def main() -> int:
             live_series = [speed_from_batches(profile, _batches_of(lo["batches"]), int(np.ceil(times[-1])))
                            for lo in lives[calibration]]
             sims = _sims(profile, times, sla_s, calibration, overhead_s, stats,
-                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series, host)
+                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series, host,
+                         _serving(rate, serving_cpu, duration_s + 60))
             row = {"load_fraction": frac, "rps": rate, "duration_s": duration_s, "requests": len(times),
                    "calibration": calibration, **_compare([_live_row(lo["metrics"]) for lo in lives[calibration]],
                                                           [_sim_row(o) for o in sims])}
