@@ -25,6 +25,11 @@ does) and simulated on the same arrivals:
    each of ``--sim-seeds`` seeds (never a live run's own series:
    ``check_not_replayed``); the simulated figure is the mean over seeds.
 
+``--serving-cpu FILE`` (a ``benchmarks/host_cpu.py`` result) adds the serving path's CPU beside
+the stages to every simulated run, the tuning fit's included, as a ``Neighbour`` of that many busy
+threads at the run's rate; off by default (benchmarks/README.md: it moves the calibrated rows at
+80 % towards live and the uncalibrated ones away).
+
 Targets (issue 18): p99 within max(15 %, the live–live spread), attainment within
 max(2 points, the spread), mean latency within 10 %, each against the mean of the
 live runs. Cost (the decisions' predicted CPU-s/s) and accuracy are reported beside.
