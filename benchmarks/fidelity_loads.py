@@ -127,9 +127,11 @@ def _host_speed(stats: dict, seconds: int, seed: int) -> HostSpeed:
 
 
 def _serving(rate: float, serving_cpu: dict | None, seconds: float) -> tuple[Neighbour, ...]:
-    """The serving path (ingress, Serve's controller and proxy, raylet, GCS: nice 0, beside the
-    stages) as a neighbour for the whole run: its CPU-s/s at ``rate``, interpolated between the
-    rates ``benchmarks/host_cpu.py`` measured (``--serving-cpu``); none without a measurement."""
+    """What runs beside the stage replicas at nice 0 (the serving path: ingress, Serve's controller
+    and proxy, raylet, GCS; and the load generator and the host's other processes, as in a live
+    run) as a neighbour for the whole run: the CPU-s/s ``benchmarks/host_cpu.py`` measured for all
+    of it (``other_cpu_s_per_s``) at ``rate``, interpolated between its rates and held at the
+    nearest one beyond them (``--serving-cpu``); none without a measurement."""
     if not serving_cpu:
         return ()
     runs = sorted(serving_cpu["runs"], key=lambda r: r["rps"])
