@@ -1,0 +1,106 @@
+"""How much the stages slow each other on a shared host: a contention law per stage (issue 18 part 4).
+
+    python benchmarks/contention.py --tuning benchmarks/results/fidelity_loads_pooled_tail_80_tuning.json \
+        --runs benchmarks/results/fidelity_loads_pooled_tail_80_runs/*.json \
+        --out benchmarks/results/contention_fidelity_80.json
+
+Reads kept live runs (``fidelity_loads.py --keep``: every batch a stage ran, with its variant,
+hardware, size, service time and end time; no Ray, nothing timed). For each batch: its time over
+the profile's p50 for the same variant, batch size and hardware (the ratio calibration keeps),
+and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k) weighted by how
+much of this batch each overlapped. On the tuning window it fits, per stage, by least squares
+
+    log(ratio) = a + gamma * (busy threads beside it)
+
+and predicts each other run's per-stage median ratio from that run's own overlaps. The question
+it answers: does a law fitted at one load (the tuning window's) carry the slowdown the stages
+show at another (benchmarks/README.md, "Fidelity at two loads": the short stages 15-60 % slower at
+80 % than at 60 %)? Writes the fits and, per run and stage, the observed and predicted medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from varipipe.loadgen.experiment import checkout_relative, git_commit
+from varipipe.profiler.store import load_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
+
+
+def _threads(hardware: str) -> int:
+    return int(hardware.split(":", 1)[1]) if hardware.startswith("cpu:") else 1
+
+
+def batches(path: Path, p50: dict) -> list[dict]:
+    """A kept run's profiled batches, each with its ratio to the profile's p50 and the busy threads
+    beside it (the other batches' threads, weighted by their overlap with it)."""
+    rows = [b for b in json.loads(path.read_text(encoding="utf-8"))["batches"]
+            if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
+    end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
+    start = end - np.array([float(b["seconds"]) for b in rows])
+    threads = np.array([_threads(b["hardware"]) for b in rows], dtype=float)
+    out = []
+    for i, b in enumerate(rows):
+        overlap = np.clip(np.minimum(end, end[i]) - np.maximum(start, start[i]), 0.0, None) / max(end[i] - start[i], 1e-9)
+        overlap[i] = 0.0
+        out.append({"stage": b["stage"], "beside": float(overlap @ threads),
+                    "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]})
+    return out
+
+
+def fit(rows: list[dict], stage: str) -> dict:
+    x = np.array([r["beside"] for r in rows if r["stage"] == stage])
+    y = np.log([r["ratio"] for r in rows if r["stage"] == stage])
+    (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+    return {"a": float(a), "gamma": float(gamma), "batches": int(len(x)), "mean_beside": float(x.mean()),
+            "median_ratio": float(np.median(np.exp(y)))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tuning", required=True, help="the kept tuning window (fidelity_loads.py --keep DIR: tuning.json)")
+    ap.add_argument("--runs", nargs="+", required=True, help="kept runs to predict")
+    ap.add_argument("--profile", default=str(PROFILE))
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    profile = load_profile(Path(args.profile))
+    p50 = {(p.stage, p.variant, p.hardware, p.batch): p.latency_p50_s for p in profile.points}
+    tuning = batches(Path(args.tuning), p50)
+    stages = [s for s in profile.stages if any(r["stage"] == s for r in tuning)]
+    fits = {s: fit(tuning, s) for s in stages}
+    for s, f in fits.items():
+        print(f"tuning {s}: log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
+              f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, median ratio {f['median_ratio']:.2f})")
+    runs = {}
+    for path in map(Path, args.runs):
+        rows = batches(path, p50)
+        runs[path.stem] = {}
+        for s, f in fits.items():
+            x = np.array([r["beside"] for r in rows if r["stage"] == s])
+            obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
+            runs[path.stem][s] = {"batches": int(len(x)), "mean_beside": float(x.mean()),
+                                  "median_ratio": float(np.median(obs)),
+                                  "predicted_median_ratio": float(np.median(np.exp(f["a"] + f["gamma"] * x)))}
+        print(path.stem, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
+                                    f"{v['predicted_median_ratio']:.2f}" for s, v in runs[path.stem].items()))
+    if args.out:
+        doc = {"benchmark": "contention", "profile": checkout_relative(Path(args.profile)), "git_commit": git_commit(),
+               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": "python benchmarks/contention.py " + shlex.join(sys.argv[1:]),
+               "tuning": checkout_relative(Path(args.tuning)), "fits": fits, "runs": runs}
+        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
