@@ -539,22 +539,19 @@ class Calibrator:
         pooled_tail = {st: self._wider_tail(*self._pool(parts)) for st, parts in spreads.items()}
         out = []
         for key in sorted(self._variants, key=self._order):
-            c = own.get(key)
-            if c is not None and c.samples < TAIL_MIN_SAMPLES:
+            c = own.get(key) or Correction(key[0], key[1], 1.0, "none", 1.0, 0)  # no batches of its own
+            if c.samples < TAIL_MIN_SAMPLES:
                 c = dataclasses.replace(c, tail=pooled_tail.get(key[0], 1.0))
-            if c is not None and c.samples >= s.min_samples:
+            if c.samples >= s.min_samples:
                 out.append(c)
                 continue
             n_stage = sum(len(r) for r, _, _ in stages.get(key[0], ()))
             if n_stage >= s.min_samples and key[0] in pooled:
-                base = c or Correction(key[0], key[1], 1.0, "stage", 0.0, 0, tail=pooled_tail.get(key[0], 1.0))
                 estimate, se = pooled[key[0]]
                 factor, clipped = self._bounded(estimate, se)
-                out.append(dataclasses.replace(base, factor=factor, source="stage", estimate=estimate,
-                                               clipped=clipped))
+                out.append(dataclasses.replace(c, factor=factor, source="stage", estimate=estimate, clipped=clipped))
             else:
-                base = c or Correction(key[0], key[1], 1.0, "none", 1.0, 0)
-                out.append(dataclasses.replace(base, factor=1.0, source="none", clipped=False, tail=1.0))
+                out.append(dataclasses.replace(c, factor=1.0, source="none", clipped=False, tail=1.0))
         result = Calibration(now, tuple(out), s, self._unmatched)
         self._cached = (now, self._version, result)
         return result
