@@ -44,7 +44,7 @@ batch size and hardware and keeps one correction per (stage, variant):
   median factor scales the profile's p99 by how the host does *in the middle*.
   The profile's spread comes from the profiler's fixed inputs; live, inputs vary
   (the LLM's tokens) and the host stalls, so live batches spread wider: on a
-  recorded live run (``benchmarks/results/calibration_forward.json``) 25.7 % of
+  recorded live run (``benchmarks/results/calibration_forward.json.gz``) 25.7 % of
   the LLM's batches took longer than the median-scaled p99 (1 % is what a p99
   promises). So each variant with ``TAIL_MIN_SAMPLES`` batches of its own also
   keeps its **tail**: how many times the profile's spread its batches spread (a

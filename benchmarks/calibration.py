@@ -34,19 +34,18 @@ Subcommands (the live ones start Ray: run them under ``flock /tmp/varipipe-heavy
              accuracy (the profile's accuracy of the variants that served each request), and
              the forward error of the corrections in force.
 
-    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py forward --out benchmarks/results/calibration_forward.json
-    python benchmarks/calibration.py replay benchmarks/results/calibration_forward.json
-    python benchmarks/calibration.py tail benchmarks/results/calibration_forward.json --out benchmarks/results/calibration_tail.json
+    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py forward --out benchmarks/results/calibration_forward.json.gz
+    python benchmarks/calibration.py replay benchmarks/results/calibration_forward.json.gz
+    python benchmarks/calibration.py tail benchmarks/results/calibration_forward.json.gz --out benchmarks/results/calibration_tail.json
     python benchmarks/calibration.py choose
-    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py hog --rps 1 --sla 0.8 --pairs 3 --out benchmarks/results/calibration_hog.json
-    python benchmarks/calibration.py summary benchmarks/results/calibration_hog.json --out benchmarks/results/calibration_hog.json
+    flock /tmp/varipipe-heavy.lock python benchmarks/calibration.py hog --rps 1 --sla 0.8 --pairs 3 --out benchmarks/results/calibration_hog.json.gz
+    python benchmarks/calibration.py summary benchmarks/results/calibration_hog.json.gz --out benchmarks/results/calibration_hog.json.gz
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shlex
@@ -61,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from varipipe.adapter.calibration import CalibrationSettings, Calibrator
+from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.profiler.store import default_profile_path, load_profile
 from varipipe.records import BatchTimes
 
@@ -340,7 +340,7 @@ def _print_forward(res: dict[str, Any]) -> None:
 def cmd_replay(args) -> dict[str, Any]:
     """Each candidate's forward errors on the recorded batches of a forward run (its windows) or
     of a hog run (every 60 s window after the first 2 minutes of each run, hog included)."""
-    doc = json.loads(Path(args.result).read_text())
+    doc = read_json(args.result)
     profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
     runs = [(r["batches"], HOG_RUN_S) for r in doc["runs"]] if "runs" in doc else [(doc["batches"], doc["meta"]["seconds"])]
     rows = []
@@ -369,7 +369,7 @@ def cmd_tail(args) -> dict[str, Any]:
     """Per stage, the share of the next window's batches over the planned batch p99, three ways."""
     from varipipe.loadgen.service import service_model
 
-    doc = json.loads(Path(args.result).read_text())
+    doc = read_json(args.result)
     profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
     rows = sorted(doc["batches"], key=lambda b: b["t"])
     planners = {"profile": None, "median factor only": Calibrator(profile, CalibrationSettings(tail=False)),
@@ -456,7 +456,7 @@ def _policy_options(args) -> dict[str, Any]:
 
 def _measured_factors(path: str) -> dict[tuple[str, str], float]:
     """Each (stage, variant)'s estimate at the last poll of a live run (its own, or its stage's)."""
-    doc = json.loads(Path(path).read_text())
+    doc = read_json(path)
     polls = doc["polls"] if "polls" in doc else doc["runs"][0]["corrections"]
     last = polls[-1]["corrections"]
     return {(c["stage"], c["variant"]): float(c["estimate"]) for c in last if c["source"] != "none"}
@@ -548,7 +548,7 @@ def _switches(decisions: list[dict[str, Any]]) -> int:
 def cmd_summary(args) -> dict[str, Any]:
     """A hog result's pairs again, with the batch-weighted accuracy and switch counts (for a
     result written before they were recorded)."""
-    doc = json.loads(Path(args.result).read_text())
+    doc = read_json(args.result)
     profile = load_profile(args.profiles or default_profile_path(doc["meta"]["pipeline"]))
     for r in doc["runs"]:
         r["batch_accuracy"] = batch_accuracy(profile, r["batches"])
@@ -655,7 +655,7 @@ def main() -> int:
     out = run(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n", encoding="utf-8")
+        write_json_atomic(args.out, out, indent=1, default=float)
         print(f"wrote {args.out}")
     return 0
 

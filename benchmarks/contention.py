@@ -1,7 +1,7 @@
 """How much the stages slow each other on a shared host: a contention law per stage (issue 18 part 4).
 
-    python benchmarks/contention.py --tuning benchmarks/results/fidelity_loads_pooled_tail_80_tuning.json \
-        --runs benchmarks/results/fidelity_loads_pooled_tail_80_runs/*.json \
+    python benchmarks/contention.py --tuning benchmarks/results/fidelity_loads_pooled_tail_80_tuning.json.gz \
+        --runs benchmarks/results/fidelity_loads_pooled_tail_80_runs/*.json.gz \
         --out benchmarks/results/contention_fidelity_80.json
 
 Reads kept live runs (``fidelity_loads.py --keep``: every batch a stage ran, with its variant,
@@ -21,7 +21,6 @@ show at another (benchmarks/README.md, "Fidelity at two loads": the short stages
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, git_commit
 from varipipe.profiler.store import load_profile
 
@@ -43,7 +43,7 @@ def _threads(hardware: str) -> int:
 def batches(path: Path, p50: dict) -> list[dict]:
     """A kept run's profiled batches, each with its ratio to the profile's p50 and the busy threads
     beside it (the other batches' threads, weighted by their overlap with it)."""
-    rows = [b for b in json.loads(path.read_text(encoding="utf-8"))["batches"]
+    rows = [b for b in read_json(path)["batches"]
             if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
     end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
     start = end - np.array([float(b["seconds"]) for b in rows])
@@ -83,21 +83,22 @@ def main() -> int:
     runs = {}
     for path in map(Path, args.runs):
         rows = batches(path, p50)
-        runs[path.stem] = {}
+        name = path.name.removesuffix(".gz").removesuffix(".json")
+        runs[name] = {}
         for s, f in fits.items():
             x = np.array([r["beside"] for r in rows if r["stage"] == s])
             obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
-            runs[path.stem][s] = {"batches": int(len(x)), "mean_beside": float(x.mean()),
+            runs[name][s] = {"batches": int(len(x)), "mean_beside": float(x.mean()),
                                   "median_ratio": float(np.median(obs)),
                                   "predicted_median_ratio": float(np.median(np.exp(f["a"] + f["gamma"] * x)))}
-        print(path.stem, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
-                                    f"{v['predicted_median_ratio']:.2f}" for s, v in runs[path.stem].items()))
+        print(name, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
+                                    f"{v['predicted_median_ratio']:.2f}" for s, v in runs[name].items()))
     if args.out:
         doc = {"benchmark": "contention", "profile": checkout_relative(Path(args.profile)), "git_commit": git_commit(),
                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "command": "python benchmarks/contention.py " + shlex.join(sys.argv[1:]),
                "tuning": checkout_relative(Path(args.tuning)), "fits": fits, "runs": runs}
-        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
     return 0
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shlex
 import sys
 import threading
@@ -47,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from varipipe.adapter.policies import RAY_SIM_CONTROL_PERIOD_S, RayPolicy
+from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, run_live, run_sim
 from varipipe.loadgen.replayer import load_image
 from varipipe.loadgen.runs import SimSettings, policy_context, run_policy
@@ -357,7 +357,7 @@ def _ray_check(args, profile, body, ctype, base, max_replicas: int, stages: list
     lives, live_ongoing = [], []
     live_command = "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])
     if args.ray_live_from is not None:
-        earlier = json.loads(args.ray_live_from.read_text(encoding="utf-8"))
+        earlier = read_json(args.ray_live_from)
         kept = earlier["ray"]
         if (kept["trace_rps"], kept["step_s"], earlier["seed"]) != (levels_rps, step_s, args.seed):
             raise SystemExit(f"{args.ray_live_from}: its ray check ran other steps or another seed "
@@ -454,7 +454,7 @@ def main() -> int:
                        "ray_replicas": TARGET_RAY_REPLICAS},
            "policies": rows, "ray": ray, "command": "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    write_json_atomic(args.out, doc, indent=1)
     print(f"wrote {args.out}")
     return 0
 

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import _batches_of, live_run  # noqa: E402
 from overload import capacity_rps  # noqa: E402
 
+from varipipe.jsonfile import read_json, write_json_atomic  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records, run_sim  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
     HostSpeed,
@@ -105,9 +106,8 @@ def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bo
     cost = [(d["t"], d["cost"]) for d in polls.decisions if d["cost"] is not None]
     m, _ = metrics_from_records(records, sla_s, profile, duration, cost, cost_mode="shared")
     if keep is not None:
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        keep.write_text(json.dumps({"records": [json.loads(r.to_json()) for r in records], "batches": polls.batches,
-                                    "decisions": polls.decisions, "corrections": polls.corrections}) + "\n")
+        write_json_atomic(keep, {"records": [json.loads(r.to_json()) for r in records], "batches": polls.batches,
+                                 "decisions": polls.decisions, "corrections": polls.corrections})
     return {"metrics": m, "batches": polls.batches, "poll_errors": len(polls.errors)}
 
 
@@ -246,12 +246,12 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
                serving_cpu: dict | None = None) -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
-    or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json."""
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
+    doc = read_json(path)
     t = doc["tuning"]
     host = None
     if tuning_batches:
-        batches = json.loads(Path(tuning_batches).read_text(encoding="utf-8"))["batches"]
+        batches = read_json(tuning_batches)["batches"]
         tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"], t["seed"],
                            sla_s, t["live"]["mean_latency_s"], model, serving_cpu)
         host = tm["host"]
@@ -297,7 +297,7 @@ def main() -> int:
     ap.add_argument("--keep", default="", help="a folder for each live run's records, batches and decisions")
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     ap.add_argument("--tuning-batches", default="",
-                    help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json")
+                    help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json.gz")
     ap.add_argument("--host", choices=("level", "per-variant"), default="level",
                     help="the simulated host: one speed for every stage (default), or each variant's speed and "
                          "tail (fit_host; further from live at load on 2026-12-06: benchmarks/README.md)")
@@ -305,7 +305,7 @@ def main() -> int:
                     help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
                          "neighbour of that many busy threads at the run's rate (default: left out)")
     args = ap.parse_args()
-    serving_cpu = json.loads(Path(args.serving_cpu).read_text(encoding="utf-8")) if args.serving_cpu else None
+    serving_cpu = read_json(args.serving_cpu) if args.serving_cpu else None
 
     from varipipe.loadgen.replayer import load_image
     from varipipe.profiler.store import load_profile
@@ -318,7 +318,7 @@ def main() -> int:
     if args.from_live:
         doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host,
                          serving_cpu)
-        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
         return 0
     doc: dict = {"benchmark": "fidelity_loads", "pipeline": PIPELINE, "profile": checkout_relative(PROFILE),
@@ -334,7 +334,7 @@ def main() -> int:
 
     tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
-    tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json" if keep else None)
+    tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json.gz" if keep else None)
     tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, args.seed + 1, sla_s,
                        tune["metrics"]["mean_latency_s"], args.host, serving_cpu)
     host, stats, overhead_s = tm["host"], tm["stats"], tm["overhead_s"]
@@ -357,7 +357,7 @@ def main() -> int:
         lives: dict[bool, list[dict]] = {True: [], False: []}
         for run in range(args.live_runs):
             for calibration in (True, False) if run % 2 == 0 else (False, True):
-                name = f"load{frac:g}-{'cal' if calibration else 'nocal'}-run{run + 1}.json"
+                name = f"load{frac:g}-{'cal' if calibration else 'nocal'}-run{run + 1}.json.gz"
                 lives[calibration].append(_live(profile, times, body, sla_s, calibration, keep / name if keep else None))
                 m = lives[calibration][-1]["metrics"]
                 print(f"load {frac:g} ({rate:.2f} req/s, {len(times)} requests) calibration {calibration} live "
@@ -376,8 +376,8 @@ def main() -> int:
             print(f"load {frac:g} calibration {calibration}", flush=True)
             _print_row(row)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")  # partial results survive a crash
-    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+        write_json_atomic(args.out, doc, indent=1)  # partial results survive a crash
+    write_json_atomic(args.out, doc, indent=1)
     print(f"wrote {args.out}")
     return 0
 
