@@ -88,7 +88,9 @@ def peak_rate(counts: Sequence[float], min_expected: float = MIN_EXPECTED_ARRIVA
     for i in range(bucket, n):  # slide one second: add the newest, drop the oldest
         window += values[i] - values[i - bucket]
         best = max(best, window)
-    return best / bucket
+    # Never under the window's mean: where the bucket does not divide the window, every bucket can
+    # hold less than its share ([1, 0, 1] in 2 s buckets reads 0.5 req/s against a mean of 0.67).
+    return max(best / bucket, total / n)
 
 
 @dataclass(frozen=True)

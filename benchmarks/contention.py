@@ -7,8 +7,10 @@
 Reads kept live runs (``fidelity_loads.py --keep``: every batch a stage ran, with its variant,
 hardware, size, service time and end time; no Ray, nothing timed). For each batch: its time over
 the profile's p50 for the same variant, batch size and hardware (the ratio calibration keeps),
-and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k) weighted by how
-much of this batch each overlapped. On the tuning window it fits, per stage, by least squares
+and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k), read two ways:
+weighted by how much of this batch each overlapped (``during``), or those in flight when it starts
+(``at_start``: all a simulator knows then; the law ``loadgen.hostspeed.fit_contention`` fits and the
+simulator's ``SimConfig.contention`` applies). On the tuning window it fits, per stage, by least squares
 
     log(ratio) = a + gamma * (busy threads beside it)
 
@@ -30,14 +32,15 @@ import numpy as np
 
 from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, git_commit
+from varipipe.loadgen.hostspeed import hardware_threads, threads_beside
 from varipipe.profiler.store import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
-
-
-def _threads(hardware: str) -> int:
-    return int(hardware.split(":", 1)[1]) if hardware.startswith("cpu:") else 1
+# What runs beside a batch: the threads in flight over its whole time, each weighted by its overlap
+# ("during"), or those in flight when it starts ("at_start": all a simulator knows then, what
+# loadgen.hostspeed.fit_contention and the simulator's contention use).
+BESIDE = ("during", "at_start")
 
 
 def batches(path: Path, p50: dict) -> list[dict]:
@@ -47,18 +50,19 @@ def batches(path: Path, p50: dict) -> list[dict]:
             if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
     end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
     start = end - np.array([float(b["seconds"]) for b in rows])
-    threads = np.array([_threads(b["hardware"]) for b in rows], dtype=float)
+    threads = np.array([hardware_threads(b["hardware"]) for b in rows], dtype=float)
+    at_start = threads_beside(start, end, threads)
     out = []
     for i, b in enumerate(rows):
         overlap = np.clip(np.minimum(end, end[i]) - np.maximum(start, start[i]), 0.0, None) / max(end[i] - start[i], 1e-9)
         overlap[i] = 0.0
-        out.append({"stage": b["stage"], "beside": float(overlap @ threads),
+        out.append({"stage": b["stage"], "during": float(overlap @ threads), "at_start": float(at_start[i]),
                     "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]})
     return out
 
 
-def fit(rows: list[dict], stage: str) -> dict:
-    x = np.array([r["beside"] for r in rows if r["stage"] == stage])
+def fit(rows: list[dict], stage: str, beside: str) -> dict:
+    x = np.array([r[beside] for r in rows if r["stage"] == stage])
     y = np.log([r["ratio"] for r in rows if r["stage"] == stage])
     (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
     return {"a": float(a), "gamma": float(gamma), "batches": int(len(x)), "mean_beside": float(x.mean()),
@@ -76,23 +80,24 @@ def main() -> int:
     p50 = {(p.stage, p.variant, p.hardware, p.batch): p.latency_p50_s for p in profile.points}
     tuning = batches(Path(args.tuning), p50)
     stages = [s for s in profile.stages if any(r["stage"] == s for r in tuning)]
-    fits = {s: fit(tuning, s) for s in stages}
-    for s, f in fits.items():
-        print(f"tuning {s}: log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
-              f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, median ratio {f['median_ratio']:.2f})")
-    runs = {}
-    for path in map(Path, args.runs):
-        rows = batches(path, p50)
-        name = path.name.removesuffix(".gz").removesuffix(".json")
-        runs[name] = {}
-        for s, f in fits.items():
-            x = np.array([r["beside"] for r in rows if r["stage"] == s])
-            obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
-            runs[name][s] = {"batches": int(len(x)), "mean_beside": float(x.mean()),
-                                  "median_ratio": float(np.median(obs)),
-                                  "predicted_median_ratio": float(np.median(np.exp(f["a"] + f["gamma"] * x)))}
-        print(name, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
-                                    f"{v['predicted_median_ratio']:.2f}" for s, v in runs[name].items()))
+    kept = {path: batches(path, p50) for path in map(Path, args.runs)}
+    fits: dict[str, dict] = {}
+    runs: dict[str, dict] = {}
+    for beside in BESIDE:
+        fits[beside] = {s: fit(tuning, s, beside) for s in stages}
+        for s, f in fits[beside].items():
+            print(f"tuning, {beside}: {s}: log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
+                  f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, median ratio {f['median_ratio']:.2f})")
+        for path, rows in kept.items():
+            name = path.name.removesuffix(".gz").removesuffix(".json")
+            for s, f in fits[beside].items():
+                x = np.array([r[beside] for r in rows if r["stage"] == s])
+                obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
+                runs.setdefault(name, {}).setdefault(beside, {})[s] = {
+                    "batches": int(len(x)), "mean_beside": float(x.mean()), "median_ratio": float(np.median(obs)),
+                    "predicted_median_ratio": float(np.median(np.exp(f["a"] + f["gamma"] * x)))}
+            print(" ", name, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
+                                        f"{v['predicted_median_ratio']:.2f}" for s, v in runs[name][beside].items()))
     if args.out:
         doc = {"benchmark": "contention", "profile": checkout_relative(Path(args.profile)), "git_commit": git_commit(),
                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -14,7 +14,8 @@ does) and simulated on the same arrivals:
    (``speed_statistics`` of the window's batches against the profile); with ``--host
    per-variant``, ``loadgen.hostspeed.fit_host`` (each variant's speed and tail against the
    profile: the simulated service times, while the policy plans on the profile) and the
-   residual speed's statistics. Then the per-request time the profile's stages do
+   residual speed's statistics; with ``--host contention``, ``loadgen.hostspeed.fit_contention``
+   (each stage's contention law, each variant's tail, the residual's statistics). Then the per-request time the profile's stages do
    not contain (live mean latency − simulated mean latency, ``SimConfig.overhead_s``, as
    ``fidelity.py``), fitted with the host model in place.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
@@ -24,6 +25,10 @@ does) and simulated on the same arrivals:
    arrivals, overhead and statistics, with host-speed series generated afresh for
    each of ``--sim-seeds`` seeds (never a live run's own series:
    ``check_not_replayed``); the simulated figure is the mean over seeds.
+
+The simulated stages are routed as Serve routes live (``--routing replica``, the default here:
+each replica its own line, ``SimConfig.routing``); ``--routing central``, one line per stage, as
+the simulator does by default and as this benchmark did before 2026-12-06 18:00 UTC.
 
 ``--serving-cpu FILE`` (a ``benchmarks/host_cpu.py`` result) adds the serving path's CPU beside
 the stages to every simulated run, the tuning fit's included, as a ``Neighbour`` of that many busy
@@ -44,6 +49,7 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,15 +61,18 @@ from overload import capacity_rps  # noqa: E402
 from varipipe.jsonfile import read_json, write_json_atomic  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records, run_sim  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
+    Contention,
     HostSpeed,
     Neighbour,
     check_not_replayed,
+    fit_contention,
     fit_host,
     speed_from_batches,
     speed_statistics,
 )
 from varipipe.loadgen.runs import SimSettings  # noqa: E402
 from varipipe.loadgen.traces import arrival_times, step_trace  # noqa: E402
+from varipipe.records import ROUTINGS, Profile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = "vision-caption-ci"
@@ -139,46 +148,63 @@ def _serving(rate: float, serving_cpu: dict | None, seconds: float) -> tuple[Nei
     return (Neighbour(0.0, seconds, threads),)
 
 
+@dataclass(frozen=True)
+class _World:
+    """What the simulated side assumes of the live one besides the host's drift: ``host``, the
+    simulated service times where they are not the profile's (the policy still plans on the
+    profile); ``contention``, the stages' contention laws (``--host contention``); ``routing``,
+    how a stage's replicas get their work (``--routing``, ``SimConfig.routing``)."""
+
+    host: Profile | None = None
+    contention: Contention | None = None
+    routing: str = "central"
+
+
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
-         overhead_s: float = 0.0, host=None, serving: tuple[Neighbour, ...] = ()):
-    """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval);
-    ``host``: the simulated service times where they are not the profile's (it still plans on it);
-    ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
+         overhead_s: float = 0.0, world: _World = _World(), serving: tuple[Neighbour, ...] = ()):
+    """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)
+    in ``world``; ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
                        seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed,
-                       neighbours=serving)
+                       neighbours=serving, contention=world.contention, routing=world.routing)
+    host = world.host
     [o] = run_sim(host or profile, times, [POLICY], {"sla": sla_s}, base, planned=profile if host else None)
     return o
 
 
 def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_s: float, stats: dict,
-          seeds: list[int], live_series: list[np.ndarray], host=None, serving: tuple[Neighbour, ...] = ()) -> list:
+          seeds: list[int], live_series: list[np.ndarray], world: _World, serving: tuple[Neighbour, ...] = ()) -> list:
     seconds = int(np.ceil(times[-1])) + 60
     out = []
     for seed in seeds:
         speed = _host_speed(stats, seconds, seed)
         for series in live_series:
             check_not_replayed(speed, series)
-        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s, host, serving))
+        out.append(_sim(profile, times, sla_s, seed, calibration, speed, overhead_s, world, serving))
     return out
 
 
 def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, seed: int, sla_s: float,
-                  live_mean_s: float, model: str, serving_cpu: dict | None = None) -> dict:
+                  live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central") -> dict:
     """The simulator's host from the tuning window's batches (module docstring, step 2): the host
     profile (None: the profile itself), the speed statistics, the overhead and what they rest on."""
-    host = None
+    host, contention = None, None
     if model == "per-variant":
         fit = fit_host(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
         host, stats, extra = fit.host, _speed_stats(fit.residual, tune_s), {"host_fit": fit.to_dict()}
+    elif model == "contention":
+        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
+        host, contention, stats = fit.host, fit.contention, _speed_stats(fit.residual, tune_s)
+        extra = {"contention": fit.to_dict()}
     else:
         stats = _speed_stats(speed_from_batches(profile, _batches_of(batches), tune_s, SPEED_STEP_S), tune_s)
         extra = {}
     serving = _serving(len(tune_times) / tune_s, serving_cpu, tune_s + 60)
-    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), host=host,
+    world = _World(host, contention, routing)
+    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), world=world,
                 serving=serving)
-    return {"host": host, "stats": stats, "overhead_s": max(live_mean_s - flat.mean_latency_s, 0.0),
-            "sim_mean_s": flat.mean_latency_s, "record": {"model": model, **extra}}
+    return {"world": world, "stats": stats, "overhead_s": max(live_mean_s - flat.mean_latency_s, 0.0),
+            "sim_mean_s": flat.mean_latency_s, "record": {"model": model, "routing": routing, **extra}}
 
 
 KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
@@ -243,18 +269,18 @@ def _print_row(row: dict) -> None:
 
 
 def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str,
-               serving_cpu: dict | None = None) -> dict:
+               serving_cpu: dict | None = None, routing: str = "central") -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
     doc = read_json(path)
     t = doc["tuning"]
-    host = None
+    world = _World(routing=routing)
     if tuning_batches:
         batches = read_json(tuning_batches)["batches"]
         tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"], t["seed"],
-                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu)
-        host = tm["host"]
+                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing)
+        world = tm["world"]
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": tuning_batches})
         print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
@@ -264,13 +290,15 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
 
         fit = t["host_model"]["host_fit"]
         key = lambda k: tuple(k.split("/", 1))  # noqa: E731
-        host = calibrate(profile, {key(k): v for k, v in fit["factors"].items()},
-                         tails={key(k): v for k, v in fit["tails"].items()})
+        world = _World(calibrate(profile, {key(k): v for k, v in fit["factors"].items()},
+                                 tails={key(k): v for k, v in fit["tails"].items()}), routing=routing)
+    elif t.get("host_model", {}).get("model") == "contention":
+        raise SystemExit(f"{path}: its host model is the contention laws; pass --tuning-batches to fit them again")
     for row in doc["settings"]:
         times = _times(row["rps"], row["duration_s"], seed)
         # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
         sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
-                     [seed + 100 + i for i in range(sim_seeds)], [], host,
+                     [seed + 100 + i for i in range(sim_seeds)], [], world,
                      _serving(row["rps"], serving_cpu, row["duration_s"] + 60))
         row.update(_compare(row["live_runs"], [_sim_row(o) for o in sims]))
         print(f"load {row['load_fraction']:g} calibration {row['calibration']}", flush=True)
@@ -298,9 +326,12 @@ def main() -> int:
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     ap.add_argument("--tuning-batches", default="",
                     help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json.gz")
-    ap.add_argument("--host", choices=("level", "per-variant"), default="level",
-                    help="the simulated host: one speed for every stage (default), or each variant's speed and "
-                         "tail (fit_host; further from live at load on 2026-12-06: benchmarks/README.md)")
+    ap.add_argument("--host", choices=("level", "per-variant", "contention"), default="level",
+                    help="the simulated host: one speed for every stage (default), each variant's speed and tail "
+                         "(fit_host), or each stage's contention law and each variant's tail (fit_contention)")
+    ap.add_argument("--routing", choices=ROUTINGS, default="replica",
+                    help="the simulated stages' replicas: each its own line, routed as Serve does (default; closer "
+                         "to live at 80 %%: benchmarks/README.md), or one central line per stage (SimConfig.routing)")
     ap.add_argument("--serving-cpu", default="",
                     help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
                          "neighbour of that many busy threads at the run's rate (default: left out)")
@@ -317,7 +348,7 @@ def main() -> int:
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
         doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host,
-                         serving_cpu)
+                         serving_cpu, args.routing)
         write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
         return 0
@@ -336,8 +367,8 @@ def main() -> int:
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json.gz" if keep else None)
     tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, args.seed + 1, sla_s,
-                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu)
-    host, stats, overhead_s = tm["host"], tm["stats"], tm["overhead_s"]
+                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing)
+    world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),
                      "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": overhead_s, "host_speed": stats,
@@ -367,7 +398,7 @@ def main() -> int:
             live_series = [speed_from_batches(profile, _batches_of(lo["batches"]), int(np.ceil(times[-1])))
                            for lo in lives[calibration]]
             sims = _sims(profile, times, sla_s, calibration, overhead_s, stats,
-                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series, host,
+                         [args.seed + 100 + i for i in range(args.sim_seeds)], live_series, world,
                          _serving(rate, serving_cpu, duration_s + 60))
             row = {"load_fraction": frac, "rps": rate, "duration_s": duration_s, "requests": len(times),
                    "calibration": calibration, **_compare([_live_row(lo["metrics"]) for lo in lives[calibration]],

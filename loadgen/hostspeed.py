@@ -26,7 +26,10 @@ simulated run can be given a *fresh* series with a live run's statistics.
 :func:`fit_host` reads a live window the finer way: one speed and one tail per
 variant (the host's stages need not move together, and live batches spread wider
 than the profiler's fixed inputs did), as a host profile for the simulator's
-service times, plus the residual series that is left for :func:`speed_statistics`. A
+service times, plus the residual series that is left for :func:`speed_statistics`. :func:`fit_contention` reads
+it as the stages slowing each other: per stage, the log of a batch's time over the
+profile grows linearly with the busy threads in flight beside it when it starts
+(:class:`Contention`, which the simulator applies batch by batch in shared mode). A
 simulated run that is compared with a live one must never replay that run's own
 series (it would be told the live run's noise): :func:`check_not_replayed`
 refuses it. Pure apart from reading a file.
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +49,8 @@ from varipipe.errors import ConfigError, VaripipeError
 from varipipe.records import BatchTimes, Profile
 
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
-           "parse_host_speed", "speed_from_batches", "HostFit", "fit_host"]
+           "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
+           "ContentionFit", "threads_beside", "hardware_threads", "fit_contention"]
 
 
 @dataclass(frozen=True)
@@ -293,3 +297,133 @@ def fit_host(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step
     spread.add(steady)
     tails = {(c.stage, c.variant): c.tail for c in spread.calibration(end).corrections if c.tail > 1.0}
     return HostFit(calibrate(profile, factors, tails=tails), factors, tails, residual)
+
+
+@dataclass(frozen=True)
+class ContentionLaw:
+    """One stage's contention law: a batch that starts beside ``x`` busy threads (the other
+    batches in flight then, each counted at its hardware's cores) takes ``exp(a + gamma * x)``
+    times the profile's p50 for it. ``a``: the stage's speed on this host with nothing beside it;
+    ``gamma``: what each busy thread beside it costs. ``batches``: how many it was fitted on."""
+
+    a: float
+    gamma: float
+    batches: int = 0
+
+    def factor(self, beside: float) -> float:
+        return math.exp(self.a + self.gamma * beside)
+
+
+@dataclass(frozen=True)
+class Contention:
+    """Per stage, its :class:`ContentionLaw` (a stage without one runs at its profile's speed)."""
+
+    laws: Mapping[str, ContentionLaw]
+
+    def to_dict(self) -> dict:
+        return {s: {"a": round(law.a, 6), "gamma": round(law.gamma, 6), "batches": law.batches}
+                for s, law in self.laws.items()}
+
+
+def threads_beside(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
+    """Per batch, the threads of the other batches in flight when it starts (started before it,
+    not yet ended): what the simulator can know at that instant."""
+    starts, ends, threads = (np.asarray(a, dtype=np.float64) for a in (starts, ends, threads))
+    out = np.zeros(len(starts))
+    for k, t0 in enumerate(starts):
+        out[k] = float(threads[(starts < t0) & (ends > t0)].sum())  # not itself: it does not start before t0
+    return out
+
+
+@dataclass(frozen=True)
+class ContentionFit:
+    """A live window read as stages that slow each other (:func:`fit_contention`): the laws, each
+    variant's tail against its profiled spread once the laws and the drift are taken out, the
+    profile with those tails (``host``: the simulated service times' spread; the policy still
+    plans on the profile), and the per-second speed left after the laws (``residual``, ~1 on
+    average: for :func:`speed_statistics`)."""
+
+    contention: Contention
+    host: Profile
+    tails: dict[tuple[str, str], float]
+    residual: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"laws": self.contention.to_dict(),
+                "tails": {f"{s}/{v}": round(t, 6) for (s, v), t in sorted(self.tails.items())}}
+
+
+# A stage needs at least this many batches, and some spread in what ran beside them, for its law;
+# below that it keeps a flat law at its median speed (gamma 0).
+MIN_CONTENTION_BATCHES = 20
+MIN_BESIDE_SPREAD = 0.05  # busy threads: the standard deviation of x under which a slope means nothing
+
+
+def hardware_threads(hardware: str) -> float:
+    """A batch's busy threads: ``cpu:k`` runs k; a GPU batch holds one host thread."""
+    return float(hardware.split(":", 1)[1]) if hardware.startswith("cpu:") else 1.0
+
+
+def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> ContentionFit:
+    """Per stage, least squares of log(batch time / the profile's p50 for it) on the busy threads
+    beside it when it started (:func:`threads_beside`, over every batch of the window, any stage),
+    and the residual speed per ``step_s`` (the median over the step's batches of time / what the
+    law predicts, held over the step; 1 before the first). ``ended_s`` relative to the window's
+    start; batches the profile cannot predict are left out of the fit but still run beside others."""
+    from varipipe.adapter.calibration import Calibrator
+
+    pred = Calibrator(profile)
+    rows = [(b.stage, t - s, t, hardware_threads(b.hardware), s, q)
+            for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]
+    if not rows:
+        return ContentionFit(Contention({}), profile, {}, np.ones(max(seconds, 1)))
+    stage = np.array([r[0] for r in rows])
+    start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
+    source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
+    beside = threads_beside(start, end, threads)
+    ok = np.isfinite(p50) & (p50 > 0) & (took > 0)
+    laws: dict[str, ContentionLaw] = {}
+    for s in profile.stages:
+        m = ok & (stage == s)
+        if not m.any():
+            continue
+        x, y = beside[m], np.log(took[m] / p50[m])
+        if m.sum() >= MIN_CONTENTION_BATCHES and x.std() >= MIN_BESIDE_SPREAD:
+            (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+        else:
+            a, gamma = float(np.median(y)), 0.0
+        laws[s] = ContentionLaw(float(a), float(gamma), int(m.sum()))
+    steps = max(1, math.ceil(seconds / step_s))
+    ratios: list[list[float]] = [[] for _ in range(steps)]
+    for k in np.flatnonzero(ok):
+        law = laws.get(str(stage[k]))
+        i = int(end[k] // step_s)
+        if law is not None and 0 <= i < steps:
+            ratios[i].append(float(took[k] / p50[k]) / law.factor(float(beside[k])))
+    out, last = np.empty(steps), 1.0
+    for i, r in enumerate(ratios):
+        last = float(np.median(r)) if r else last
+        out[i] = last
+    residual = np.repeat(out, step_s)[:seconds]
+    # The tails as fit_host reads them: on batch times with the law's factor and the drift taken out.
+    steady = []
+    for k in np.flatnonzero(ok):
+        law = laws.get(str(stage[k]))
+        if law is None:
+            continue
+        b, j = source[k]
+        div = law.factor(float(beside[k])) * float(residual[min(max(int(end[k]), 0), len(residual) - 1)])
+        steady.append(BatchTimes(b.stage, b.variant, b.hardware, (b.sizes[j],), (b.seconds[j] / div,),
+                                 (b.ended_s[j],), (b.tokens[j],)))
+    from varipipe.adapter.calibration import CalibrationSettings, calibrate
+
+    spread = Calibrator(profile, CalibrationSettings(half_life_s=_NO_DECAY_S, dead_band=0.0, z=0.0))
+    spread.add(steady)
+    tails = {(c.stage, c.variant): c.tail for c in spread.calibration(float(seconds)).corrections if c.tail > 1.0}
+    return ContentionFit(Contention(laws), calibrate(profile, {}, tails=tails), tails, residual)
+
+
+def _predicted_or_nan(pred, b: BatchTimes) -> list[float]:
+    """The profile's p50 for each of ``b``'s batches (NaN where the profile has no such configuration)."""
+    p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64)) if len(b.sizes) else None
+    return p.tolist() if p is not None else [math.nan] * len(b.sizes)

@@ -31,6 +31,17 @@ on by default as in ``serve``). The host's speed may move: ``SimConfig.host_spee
 the host's slowness in the second the batch starts (a GPU batch's time is the
 GPU's: the series models the host's cores).
 
+How replicas get their work (``SimConfig.routing``): by default (``"central"``) a stage
+has one line, and a free replica takes its next batch from its head. Live, Serve's router
+sends each request to a replica as it arrives (power of two choices: the one with fewer
+requests queued or running; with two replicas, both are asked) and the replica batches
+from its own line (``"replica"``). The difference shows at load: items an upstream batch
+releases together go to different replicas and run as batches of one, where a central
+line batches them (vision-caption-ci at 80 % of capacity: the LLM ran 10 % of its batches
+at size 2 live, 34 % in a central line, 11 % routed). Routed, an arrival that finds every
+replica at its ``max_ongoing_requests`` waits in the ingress's gate until a batch ends,
+and a removed replica drains its line before it goes.
+
 Time advances in segments in which every configuration is fixed; within a
 segment stages are processed in pipeline order, which is exact because a batch
 that starts inside a segment depends only on arrivals before its start. In
@@ -39,7 +50,14 @@ during each ``SHARED_SLICE_S`` slice every batch runs slower by
 ``max(1, busy threads / cores)`` of the previous slice (a mean-field
 approximation with one slice of lag). A neighbour's busy threads
 (``SimConfig.neighbours``, a CPU hog at nice 0) take their cores ahead of the
-replicas and leave them the rest; they are not the run's cost.
+replicas and leave them the rest; they are not the run's cost. Below saturation
+the stages still slow each other live (caches, memory bandwidth, the serving path's
+threads, moments when more threads are runnable than there are cores); with
+``SimConfig.contention`` (:func:`~varipipe.loadgen.hostspeed.fit_contention`, fitted on a
+live window) each CPU batch's time is also multiplied by its stage's law at the busy
+threads of the batches in flight when it starts: those of earlier segments, and of
+the stages before it in this one (a later stage's batch that starts earlier in the
+same segment is not formed yet, so it is missed).
 A reconfiguration adds its own CPU there
 (a replica start, a model load; measured on Ray Serve) over its delay, as
 replica processes starting on the same cores do live. In ``reserved`` mode each
@@ -63,7 +81,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,13 +94,14 @@ from varipipe.adapter.calibration import Calibrator, make_calibrator
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
-from varipipe.admission import in_force, update_expected, would_miss
+from varipipe.admission import in_force, max_ongoing_for, update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import HostSpeed, Neighbour
+from varipipe.loadgen.hostspeed import Contention, ContentionLaw, HostSpeed, Neighbour
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
     GPU_REPLICA_PRICE_CORES,
+    ROUTINGS,
     Decision,
     Observation,
     Profile,
@@ -162,6 +183,12 @@ class SimConfig:
     host_speed: HostSpeed | None = None
     # Other processes' busy threads on the host (a CPU hog), before the replicas: shared mode only.
     neighbours: tuple[Neighbour, ...] = ()
+    # The stages slowing each other below saturation (hostspeed.fit_contention): each CPU batch's
+    # time times its stage's law at the busy threads in flight when it starts; shared mode only.
+    contention: Contention | None = None
+    # How a stage's replicas get their work: "central", one FIFO line per stage that any free
+    # replica takes its next batch from; "replica", as Serve routes live (module docstring).
+    routing: str = "central"
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
@@ -169,6 +196,11 @@ class SimConfig:
         if self.neighbours and self.cost_mode != "shared":
             raise VaripipeError("neighbours share the host's cores: they need cost mode 'shared' (in 'reserved' "
                                 "mode each replica owns its cores)")
+        if self.routing not in ROUTINGS:
+            raise VaripipeError(f"routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
+        if self.contention is not None and self.cost_mode != "shared":
+            raise VaripipeError("a contention law models replicas sharing the host's cores: it needs cost mode "
+                                "'shared' (in 'reserved' mode each replica owns its cores)")
         if not isinstance(self.cluster_gpus, int) or self.cluster_gpus < 0:
             raise VaripipeError(f"cluster_gpus must be an integer >= 0, got {self.cluster_gpus!r}")
         if not (self.overhead_s >= 0 and math.isfinite(self.overhead_s)):
@@ -420,6 +452,29 @@ class _Ran:
 
 
 @dataclass
+class _Line:
+    """One replica with its own line (``routing="replica"``): the items routed to it and not yet
+    in a batch (entry time, deadline, item), when its batch in progress ends and how many items
+    it holds; a removed replica drains its line and takes nothing new."""
+
+    free_s: float
+    waiting: deque[tuple[float, float, int]] = field(default_factory=deque)
+    running: int = 0
+    draining: bool = False
+
+    def ongoing(self, t: float) -> int:
+        """What Serve's router counts for this replica at ``t``: items queued at it or running."""
+        return len(self.waiting) + (self.running if self.free_s > t else 0)
+
+    def close_s(self, batch: int, wait_s: float) -> float:
+        """When its next batch would start with the items it has: ``batch`` of them there, or the
+        first one's wait over, and not before the replica is free."""
+        w = self.waiting
+        ready = w[batch - 1][0] if len(w) >= batch else w[0][0] + wait_s
+        return ready if ready > self.free_s else self.free_s
+
+
+@dataclass
 class _FanIn:
     """A fan-out stage's join: a request moves on when its last item is done."""
 
@@ -455,6 +510,8 @@ class _Stage:
     batch: int = 1
     batch_wait_s: float = 0.0
     replica_free_s: list[float] = field(default_factory=list)  # heap: when each replica is next free
+    lines: list[_Line] | None = None  # routing="replica": each replica's own line (None: one central line)
+    route_rng: random.Random | None = None  # routing="replica": ties between equally loaded replicas
     # State.
     queue: _Queue = field(default_factory=_Queue)
     occupancy: _Occupancy = field(default_factory=_Occupancy)
@@ -475,27 +532,33 @@ class _Stage:
             self.entered_s[items] = times
         self.queue.push(times, self.deadline_s[items], items)
 
+    def replicas(self) -> int:
+        """Replicas serving now (a draining one no longer counts: Serve sends it nothing)."""
+        if self.lines is None:
+            return len(self.replica_free_s)
+        return sum(not r.draining for r in self.lines)
+
+    def waiting(self) -> bool:
+        """Items not yet in a batch, in the stage's line or a replica's."""
+        return bool(len(self.queue)) or (self.lines is not None and any(r.waiting for r in self.lines))
+
 
 def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
-                 shed_pos: list[int], speed: list[float] | None) -> tuple[int, list[int], list[int], list[int]]:
+                 shed_pos: list[int], speed: list[float] | None, law: ContentionLaw | None = None,
+                 inflight: list[tuple[float, float, float]] | None = None) -> tuple[int, list[int], list[int], list[int]]:
     """Form and run the batches that start before ``t_end`` (the hot loop). Appends the queue
     positions of shed items to ``shed_pos``; returns (first queue position, batch first
     positions, batch sizes, batch ids) for the caller to vectorise. ``speed``: the host's
-    slowness per second (None: steady), applied in the second a batch starts."""
+    slowness per second (None: steady), applied in the second a batch starts. ``inflight``:
+    the run's (start, end, threads) of the batches that may still run (contention); each batch
+    joins it, and with ``law`` its time is the law's factor at the threads in flight at its start."""
     q = st.queue
     times, deadlines, free = q.times, q.deadlines, st.replica_free_s
     n_q, h, h0 = len(times), q.head, q.head
-    b, wait, m = st.batch, st.batch_wait_s, st.model
-    med, sig = m.median_s, m.sigma
-    threads = m.threads
-    model_id = st.model_id
+    b, wait, batch_end = st.batch, st.batch_wait_s, st.batch_end_s
     firsts: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
-    batch_end, batch_model, batch_service, ending = st.batch_end_s, st.batch_model, st.batch_service_s, st.occupancy.ending
-    last_second = len(speed) - 1 if speed is not None else 0
-    draw = st.noise.draw
-    exp = math.exp
     expected, measured = st.expected_batch_s, st.last_batch_s
     while h < n_q and free:
         f = free[0]
@@ -517,27 +580,138 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
             n = bisect_right(times, close, h, min(h + b, n_q)) - h
         if close >= t_end:
             break
-        s = med[n] * exp(sig[n] * draw()) * slow
-        if speed is not None:
-            i = int(close)
-            s *= speed[i if i < last_second else last_second]
-        expected = update_expected(in_force(expected, measured, close), s)
-        end = close + s
-        measured = end if end > measured else measured
+        ids.append(len(batch_end))
+        end, expected, measured = _start_batch(st, n, close, slow, speed, law, inflight, busy, expected, measured)
         heapq.heapreplace(free, end)
-        heapq.heappush(ending, (end, n))
         firsts.append(h)
         sizes.append(n)
-        ids.append(len(batch_end))
-        batch_end.append(end)
-        batch_model.append(model_id)
-        batch_service.append(s)
-        if busy is not None:
-            _add_busy(busy, close, end, threads)
         h += n
     q.head = h
     st.expected_batch_s, st.last_batch_s = expected, measured
     return h0, firsts, sizes, ids
+
+
+def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, law: ContentionLaw | None,
+                 inflight: list[tuple[float, float, float]] | None, busy: np.ndarray | None, expected: float,
+                 measured: float) -> tuple[float, float, float]:
+    """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
+    times the processor-sharing slowdown, the host's slowness in its first second and, with a
+    contention ``law``, the law at the threads in flight then; booked in the stage's batches, its
+    occupancy, the busy account and ``inflight``. Returns (end, expected, measured): its end and
+    admission control's moving average after it."""
+    m = st.model
+    s = m.median_s[n] * math.exp(m.sigma[n] * st.noise.draw()) * slow
+    if speed is not None:
+        i = int(close)
+        s *= speed[i if i < len(speed) else len(speed) - 1]
+    if law is not None:
+        beside = 0.0
+        for s0, e0, k in inflight:
+            if s0 < close < e0:
+                beside += k
+        s *= math.exp(law.a + law.gamma * beside)
+    expected = update_expected(in_force(expected, measured, close), s)
+    end = close + s
+    heapq.heappush(st.occupancy.ending, (end, n))
+    st.batch_end_s.append(end)
+    st.batch_model.append(st.model_id)
+    st.batch_service_s.append(s)
+    if busy is not None:
+        _add_busy(busy, close, end, m.threads)
+    if inflight is not None:
+        inflight.append((close, end, m.threads))
+    return end, expected, (end if end > measured else measured)
+
+
+def _pick_line(lines: list[_Line], t: float, cap: int, pick: Callable[[], float]) -> _Line | None:
+    """Where Serve's router sends a request arriving at ``t``: of two replicas drawn at random
+    (both, with two), the one with fewer requests queued or running there (a tie: either). When
+    that one holds ``cap`` (its ``max_ongoing_requests``) the router tries again, so the least
+    loaded replica of all. None: no replica serving, or every one full (the gate holds it)."""
+    serving = [r for r in lines if not r.draining]
+    if not serving:
+        return None
+    pair = serving
+    if len(serving) > 2:
+        i = int(pick() * len(serving))
+        j = int(pick() * (len(serving) - 1))
+        pair = [serving[i], serving[j + (j >= i)]]
+    best = _least_loaded(pair, t, pick)
+    if best.ongoing(t) >= cap:
+        best = _least_loaded(serving, t, pick)
+    return best if best.ongoing(t) < cap else None
+
+
+def _least_loaded(lines: list[_Line], t: float, pick: Callable[[], float]) -> _Line:
+    """The line with the fewest requests at ``t``; equals drawn alike (reservoir sampling)."""
+    best, fewest, ties = lines[0], lines[0].ongoing(t), 1
+    for r in lines[1:]:
+        k = r.ongoing(t)
+        if k < fewest:
+            best, fewest, ties = r, k, 1
+        elif k == fewest:
+            ties += 1
+            if pick() * ties < 1.0:
+                best = r
+    return best
+
+
+def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
+                shed_items: list[int], speed: list[float] | None, law: ContentionLaw | None = None,
+                inflight: list[tuple[float, float, float]] | None = None) -> tuple[list[int], list[int], list[int]]:
+    """``routing="replica"``: route the stage's arrivals before ``t_end`` to its replicas' own
+    lines (:func:`_pick_line`) and run the batches that start before it, in time order. When
+    every replica holds its ``max_ongoing_requests``, arrivals wait in the ingress's gate
+    (pipelines/gate.py) until a batch ends. A replica's batch forms from its own line by the
+    central rule (``batch`` items there, or the first one's wait over) and sheds as it does.
+    Appends shed items to ``shed_items``; returns (items in batch order, batch sizes, batch ids)."""
+    q = st.queue
+    times, deadlines, qitems = q.times, q.deadlines, q.items
+    n_q, h = len(times), q.head
+    b, wait, batch_end = st.batch, st.batch_wait_s, st.batch_end_s
+    cap = max_ongoing_for(b)
+    lines, pick = st.lines, st.route_rng.random
+    items: list[int] = []
+    sizes: list[int] = []
+    ids: list[int] = []
+    expected, measured = st.expected_batch_s, st.last_batch_s
+    gate_s = 0.0  # the gate holds arrivals until then (every replica full)
+    while True:
+        route_s = (times[h] if times[h] > gate_s else gate_s) if h < n_q else math.inf
+        line, close = None, math.inf
+        for r in lines:
+            if r.waiting:
+                c = r.close_s(b, wait)
+                if c < close:
+                    line, close = r, c
+        if line is not None and close < t_end and close <= route_s:  # in time order: batches, then the arrival
+            w, f = line.waiting, line.free_s
+            first_t, first_dl, first_item = w[0]
+            start = first_t if first_t > f else f
+            if shed and would_miss(start, in_force(expected, measured, start), first_dl):
+                shed_items.append(first_item)
+                w.popleft()
+                continue
+            n = b if len(w) >= b else len(w)
+            ids.append(len(batch_end))
+            end, expected, measured = _start_batch(st, n, close, slow, speed, law, inflight, busy, expected, measured)
+            line.free_s, line.running = end, n
+            items.extend(w.popleft()[2] for _ in range(n))
+            sizes.append(n)
+            continue
+        if route_s >= t_end:
+            break
+        best = _pick_line(lines, route_s, cap, pick)
+        if best is None:
+            gate_s = min((r.free_s for r in lines if not r.draining and r.free_s > route_s), default=math.inf)
+            if gate_s == math.inf:
+                break  # no replica serving (every one removed): arrivals wait for a new one
+            continue
+        best.waiting.append((route_s, deadlines[h], int(qitems[h])))
+        h += 1
+    q.head = h
+    st.expected_batch_s, st.last_batch_s = expected, measured
+    return items, sizes, ids
 
 
 def _neighbour_load(neighbours: Sequence[Neighbour], seconds: int) -> np.ndarray:
@@ -716,6 +890,8 @@ class _Run:
         # Online calibration, as live: fed the batches of every interval, read by the loop.
         self.calibrator: Calibrator | None = make_calibrator(planned or profile, config)
         self.speed = config.host_speed.multipliers(self.arrivals.seconds + 1) if config.host_speed else None
+        # Contention: the CPU batches that may still be running (start, end, threads), pruned per segment.
+        self.inflight: list[tuple[float, float, float]] | None = [] if config.contention is not None else None
         self.loop = None if delegates_to_ray(policy) else ControlLoop(
             policy, self._apply, initial=initial, verbose=False, log_size=1, calibrator=self.calibrator)
 
@@ -739,7 +915,9 @@ class _Run:
             stages.append(_Stage(name=name, index=i, parent=parent, deadline_s=deadline,
                                  entered_s=np.full(m, np.nan), done_s=np.full(m, np.nan),
                                  batch_of=np.full(m, -1, dtype=np.int64),
-                                 noise=_Noise(np.random.default_rng([self.cfg.seed, i])), one_per_request=one_each))
+                                 noise=_Noise(np.random.default_rng([self.cfg.seed, i])), one_per_request=one_each,
+                                 lines=[] if self.cfg.routing == "replica" else None,
+                                 route_rng=random.Random(f"{self.cfg.seed}/{i}") if self.cfg.routing == "replica" else None))
         return stages
 
     # ---- configuration
@@ -771,7 +949,10 @@ class _Run:
         if self.current is None:
             for st, sd in zip(self.stages, new.stages, strict=True):
                 self._configure(st, sd)
-                st.replica_free_s = [self.now] * sd.replicas
+                if st.lines is not None:
+                    st.lines = [_Line(self.now) for _ in range(sd.replicas)]
+                else:
+                    st.replica_free_s = [self.now] * sd.replicas
         else:
             self.applied += 1
             self._schedule(new, self.now)
@@ -814,10 +995,20 @@ class _Run:
                 self._configure(st, c.decision)
             elif c.kind == "add":
                 for _ in range(c.replicas):
-                    heapq.heappush(st.replica_free_s, c.at_s)
+                    if st.lines is not None:
+                        st.lines.append(_Line(c.at_s))
+                    else:
+                        heapq.heappush(st.replica_free_s, c.at_s)
+            elif st.lines is not None:  # remove the least loaded: each drains its line, then goes
+                serving = sorted((r for r in st.lines if not r.draining), key=lambda r: r.ongoing(t))
+                for r in serving[:c.replicas]:
+                    r.draining = True
             else:  # remove the replicas that free up first; in-flight batches finish
                 for _ in range(min(c.replicas, len(st.replica_free_s))):
                     heapq.heappop(st.replica_free_s)
+        for st in self.stages:
+            if st.lines is not None:
+                st.lines = [r for r in st.lines if not (r.draining and not r.waiting and r.free_s <= t)]
 
     def _provisioned(self) -> tuple[float, int]:
         """Reserved cores (GPUs at their price) and replicas, counting replicas that are starting
@@ -825,7 +1016,7 @@ class _Run:
         cores, reps = 0.0, 0
         starting = self.changes.starting()
         for st in self.stages:
-            r = len(st.replica_free_s) + starting.get(st.index, 0)
+            r = st.replicas() + starting.get(st.index, 0)
             cores += r * replica_price(st.model.hardware)
             reps += r
         return cores, reps
@@ -849,6 +1040,8 @@ class _Run:
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
         slow = {False: self._slowdown(t0, False), True: self._slowdown(t0, True)}
+        if self.inflight:  # a batch formed in this segment starts at t0 or later
+            self.inflight[:] = [b for b in self.inflight if b[1] > t0]
         lo, hi = np.searchsorted(self.arrivals.times, [t0, t1], side="left")
         times, reqs = self.arrivals.times[lo:hi], np.arange(lo, hi, dtype=np.int64)
         for st in self.stages:
@@ -890,16 +1083,25 @@ class _Run:
         shed_pos: list[int] = []
         busy = self.accounts.gpu_busy if st.model.on_gpu else self.accounts.busy
         speed = None if st.model.on_gpu else self.speed  # the host's cores, not the GPU
-        h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed)
+        on_cpu = self.inflight is not None and not st.model.on_gpu
+        law = self.cfg.contention.laws.get(st.name) if on_cpu else None
+        if st.lines is None:
+            h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed, law,
+                                                   self.inflight if on_cpu else None)
+            shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)] if shed_pos else None
+            items = st.queue.items[h0:][_expand(h0, firsts, sizes)] if firsts else None
+        else:
+            routed, sizes, bids = _run_routed(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed, law,
+                                              self.inflight if on_cpu else None)
+            shed = np.asarray(shed_pos, dtype=np.int64) if shed_pos else None
+            items = np.asarray(routed, dtype=np.int64) if sizes else None
         counters = self.interval.stages[st.name]
-        if shed_pos:
-            shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)]
+        if shed is not None:
             self.outcome.dropped[st.parent[shed]] = True
             counters.drops += len(shed)
             st.occupancy.finished += len(shed)  # shed when its batch would have formed: gone now
-        if not firsts:
+        if items is None:
             return self._release(st, np.empty(0), np.empty(0, np.int64), t1)
-        items = st.queue.items[h0:][_expand(h0, firsts, sizes)]
         ends = np.repeat(np.asarray(st.batch_end_s[bids[0]: bids[-1] + 1], dtype=np.float64), sizes)
         st.done_s[items] = ends
         st.batch_of[items] = np.repeat(np.asarray(bids, dtype=np.int64), sizes)
@@ -940,7 +1142,7 @@ class _Run:
 
     def _observe(self, t: float) -> Observation:
         iv = self.period_s
-        state = {st.name: StageState(st.occupancy.now(t), len(st.replica_free_s)) for st in self.stages}
+        state = {st.name: StageState(st.occupancy.now(t), st.replicas()) for st in self.stages}
         interval, self.interval = self.interval, _Interval.fresh(self.profile.stages)
         e2e = np.concatenate(interval.e2e) if interval.e2e else np.empty(0)
         lo = max(0, int(t) - HISTORY_S)
@@ -991,7 +1193,7 @@ class _Run:
                 break
 
     def _busy_left(self) -> bool:
-        return any(len(st.queue) or st.outbox is not None for st in self.stages)
+        return any(st.waiting() or st.outbox is not None for st in self.stages)
 
 
 # --------------------------------------------------------------------------- results

@@ -16,6 +16,7 @@ from typing import Any
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S
 from varipipe.adapter.predictors import DEFAULT_PREDICTOR
+from varipipe.admission import max_ongoing_for
 from varipipe.pipelines.queues import slots_user_config
 from varipipe.pipelines.stage import StageConfig
 from varipipe.records import Decision, PipelineSpec, StageDecision
@@ -37,10 +38,6 @@ __all__ = [
 APP_IMPORT_PATH = "varipipe.pipelines.app:build_app"
 INGRESS = "ingress"
 CONTROLLER = "controller"
-# Requests a replica may hold beyond its batch: one batch running plus one forming,
-# so batches can fill (docs/ray-serve-facts.md: max_ongoing_requests must be >= batch size).
-ONGOING_BATCHES = 2
-MIN_MAX_ONGOING = 8  # Ray Serve's own default for max_ongoing_requests is 5; a little headroom
 # The ingress and controller hold many requests waiting on downstream stages.
 INGRESS_MAX_ONGOING = 1000
 # One ingress replica: it is then the only sender to the stages, so its own count of
@@ -110,10 +107,6 @@ def stage_gpus(explicit: dict[str, float], decision: Decision | None) -> dict[st
 
 def stage_deployment_name(stage: str) -> str:
     return f"stage-{stage}"
-
-
-def max_ongoing_for(batch: int) -> int:
-    return max(MIN_MAX_ONGOING, ONGOING_BATCHES * batch)
 
 
 @dataclass(frozen=True)

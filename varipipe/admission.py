@@ -21,8 +21,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["EWMA_WEIGHT", "STALE_ESTIMATE_S", "update_expected", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
+__all__ = ["ONGOING_BATCHES", "MIN_MAX_ONGOING", "max_ongoing_for", "EWMA_WEIGHT", "STALE_ESTIMATE_S", "update_expected", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
            "Prediction", "Verdict", "predict", "decide"]
+
+# Requests a stage replica may hold beyond its batch (its ``max_ongoing_requests``): one batch
+# running plus one forming, so batches can fill (docs/ray-serve-facts.md: max_ongoing_requests must
+# be >= batch size). The ingress's gate (pipelines/gate.py) lets no more than that into a stage's
+# replicas, and the simulator's routed replicas hold as many.
+ONGOING_BATCHES = 2
+MIN_MAX_ONGOING = 8  # Ray Serve's own default for max_ongoing_requests is 5; a little headroom
+
+
+def max_ongoing_for(batch: int) -> int:
+    """A stage replica's ``max_ongoing_requests`` at ``batch``."""
+    return max(MIN_MAX_ONGOING, ONGOING_BATCHES * batch)
+
 
 # Weight of the newest batch in the moving average of batch time used to judge
 # deadlines: about the last five batches count, so a variant switch shows up fast.

@@ -37,6 +37,7 @@ __all__ = [
     "hardware_cores",
     "replica_price",
     "GPU_REPLICA_PRICE_CORES",
+    "ROUTINGS",
 ]
 
 
@@ -175,6 +176,12 @@ def replica_price(hardware: str) -> float:
     (``cpu:2`` -> 2.0), or :data:`GPU_REPLICA_PRICE_CORES` for a GPU. The one price the
     optimizer, the simulator and the experiment runner use."""
     return hardware_cores(hardware) if hardware.partition(":")[0] == "cpu" else GPU_REPLICA_PRICE_CORES
+
+
+# How a stage's replicas get their work in the simulator (``SimConfig.routing``, ``--routing``):
+# "central", one line per stage that any free replica takes its next batch from; "replica", each
+# replica its own line, an arrival going to the replica with the fewest requests (Serve's router).
+ROUTINGS = ("central", "replica")
 
 
 @dataclass(frozen=True)

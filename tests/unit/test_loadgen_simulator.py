@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,18 @@ import pytest
 from varipipe.adapter.policy import Forecast
 from varipipe.errors import VaripipeError
 from varipipe.loadgen import simulator
-from varipipe.loadgen.hostspeed import Neighbour
+from varipipe.loadgen.hostspeed import (
+    Contention,
+    ContentionLaw,
+    Neighbour,
+    fit_contention,
+    threads_beside,
+)
 from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.observation import percentile
 from varipipe.profiler.store import load_profile
-from varipipe.records import Decision, Observation, Profile, ProfilePoint, StageDecision
+from varipipe.records import BatchTimes, Decision, Observation, Profile, ProfilePoint, StageDecision
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "loadgen" / "vision-caption-synthetic.json"
 
@@ -331,3 +338,108 @@ def test_observed_queue_length_is_the_items_in_the_stage_now():
         t = obs.time_s
         expected = int(np.sum(a_in <= t) - np.sum(a_done <= t))
         assert obs.stages[0].queue_length == expected > 50
+
+
+# --------------------------------------------------------------------------- routing="replica"
+
+
+def _routed(arr, policy, sla=2.0, profile=None, mode="reserved", **cfg):
+    return simulate(profile or _profile(), arr, policy, _last, SimConfig(sla, 10.0, mode, 8.0, 0, routing="replica", **cfg),
+                    keep_table=True)
+
+
+def test_routed_replicas_conserve_requests_through_adds_removals_and_shedding():
+    arr = _arrivals(25, 60)
+    for policy, sla in ((Fixed(replicas=1, later={10.0: 3, 30.0: 1}), 30.0), (Fixed(replicas=1, batch=4, wait=0.05), 0.5)):
+        r = _routed(arr, policy, sla=sla)
+        t = r.table
+        assert r.completed + r.dropped == r.requests == len(arr)
+        assert np.isnan(t.done_s[t.dropped]).all() and not np.isnan(t.done_s[~t.dropped]).any()
+        for batch in t.item_batch:
+            sizes = np.bincount(batch[batch >= 0])
+            assert sizes.max() <= policy.batch
+    # Removed replicas drain their lines: with room in the SLA nothing is lost on the way down.
+    assert _routed(arr, Fixed(replicas=3, later={10.0: 1}), sla=1000.0).dropped == 0
+
+
+def test_routed_simultaneous_arrivals_go_to_different_replicas_where_a_central_line_batches_them():
+    # Pairs of requests at once (an upstream batch of two returning), two idle replicas, batch 2:
+    # the central line hands both to the first free replica; Serve's router sends one to each.
+    arr = np.repeat(np.arange(0.0, 20.0, 1.0), 2)
+    policy = Fixed(replicas=2, batch=2, wait=0.05)
+    central = _run(arr, policy)
+    routed = _routed(arr, Fixed(replicas=2, batch=2, wait=0.05))
+    for res, size in ((central, 2), (routed, 1)):
+        sizes = np.bincount(res.table.item_batch[0][res.table.item_batch[0] >= 0])
+        assert set(sizes[sizes > 0]) == {size}
+    # batch 1 takes 0.1 s, batch 2 0.15 s (l(b) = 0.05 + 0.05 b), after the 0.05 s wait for a second item
+    assert routed.table.latency_s == pytest.approx(2 * 0.15)
+    assert central.table.latency_s == pytest.approx(2 * 0.15)
+
+
+def test_routed_arrivals_join_the_least_loaded_replica_and_wait_at_the_gate_when_all_are_full():
+    # One replica, batch 1, 0.1 s each: 30 requests at once. It holds max_ongoing_for(1) (8) of
+    # them; the rest wait in the gate and still run in arrival order, one every 0.1 s.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    r = _routed(np.zeros(30), Fixed(replicas=1, stages=("a",)), sla=100.0, profile=profile)
+    assert np.sort(r.table.latency_s) == pytest.approx(0.1 * np.arange(1, 31))
+    # Two replicas: the queue splits evenly, so the last one is done after 15 service times.
+    r = _routed(np.zeros(30), Fixed(replicas=2, stages=("a",)), sla=100.0, profile=profile)
+    assert r.table.latency_s.max() == pytest.approx(1.5)
+
+
+def test_routed_arrivals_spread_over_more_replicas_by_two_choices():
+    # Four replicas, 40 requests at once, 0.1 s each: two choices spread them about evenly (all
+    # four would serve ten each, 1.0 s), and none is lost.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    r = _routed(np.zeros(40), Fixed(replicas=4, stages=("a",)), sla=100.0, profile=profile)
+    assert r.completed == 40
+    assert 1.0 - 1e-9 <= r.table.latency_s.max() <= 1.3
+
+
+def test_routing_must_be_known():
+    with pytest.raises(VaripipeError, match="routing must be one of central, replica"):
+        SimConfig(1.0, routing="random")
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def test_contention_slows_a_batch_by_its_stages_law_at_the_threads_in_flight_when_it_starts():
+    # Stage a alone, two replicas, 0.1 s a batch. Law: a = ln 1.5, gamma = ln 2 per busy thread.
+    # Request 0 starts alone: 0.15 s. Request 1 starts at 0.05 beside request 0: 0.3 s.
+    # Request 2 starts at 1.0, alone again.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    law = Contention({"a": ContentionLaw(math.log(1.5), math.log(2.0))})
+    cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=law)
+    r = simulate(profile, np.array([0.0, 0.05, 1.0]), Fixed(replicas=2, stages=("a",)), _last, cfg, keep_table=True)
+    assert r.table.latency_s == pytest.approx([0.15, 0.3, 0.15])
+    with pytest.raises(VaripipeError, match="contention law .* needs cost mode 'shared'"):
+        SimConfig(1.0, cost_mode="reserved", contention=law)
+
+
+def test_threads_beside_counts_the_other_batches_in_flight_at_a_start():
+    starts, ends, threads = np.array([0.0, 0.5, 0.5, 3.0]), np.array([1.0, 2.0, 0.7, 4.0]), np.array([1.0, 2.0, 1.0, 1.0])
+    assert threads_beside(starts, ends, threads).tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_fit_contention_recovers_a_law_from_batches_that_follow_it():
+    # Stage a (profile p50 0.1 s) runs at exp(-0.2 + 0.4 x) of it beside x busy threads of stage b,
+    # whose batches (1 or 3 threads, or none) come and go; b has a flat law at 1.2.
+    rng = np.random.default_rng(0)
+    profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 1.0, hw="cpu:1"),
+                               _point("b", "v", 1, 1.0, hw="cpu:3")))
+    a_b, b_b = [], []
+    for k in range(200):
+        t0 = 5.0 * k
+        hw = ("cpu:1", "cpu:3", None)[k % 3]
+        if hw:
+            b_b.append(BatchTimes("b", "v", hw, (1,), (1.2,), (t0 + 1.2,), (0,)))
+        x = 0.0 if hw is None else float(hw[-1])
+        took = 0.1 * math.exp(-0.2 + 0.4 * x + 0.01 * rng.standard_normal())
+        a_b.append(BatchTimes("a", "v", "cpu:1", (1,), (took,), (t0 + 0.5 + took,), (0,)))
+    fit = fit_contention(profile, a_b + b_b, 1000)
+    a, b = fit.contention.laws["a"], fit.contention.laws["b"]
+    assert (a.a, a.gamma) == (pytest.approx(-0.2, abs=0.01), pytest.approx(0.4, abs=0.01))
+    assert (b.gamma, math.exp(b.a)) == (0.0, pytest.approx(1.2))  # nothing ever runs beside b: no slope
+    assert fit.residual == pytest.approx(1.0, abs=0.02)

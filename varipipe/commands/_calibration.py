@@ -59,12 +59,19 @@ def add_host_speed_argument(parser: argparse.ArgumentParser) -> None:
                         help="a noisy neighbour in the simulated host (shared cost mode): THREADS busy threads "
                              "(default 1) from START to END s that keep their cores, as a CPU hog does beside the "
                              "stage replicas (repeatable)")
+    from varipipe.records import ROUTINGS
+
+    parser.add_argument("--routing", choices=ROUTINGS, default=ROUTINGS[0],
+                        help="how the simulated stages' replicas get their work: one line per stage that any free "
+                             "replica takes its next batch from (default), or each replica its own line, an arrival "
+                             "going to the less loaded of two replicas, as Serve's router does live "
+                             "(closer to live at load: benchmarks/README.md, 'Fidelity at two loads')")
 
 
 def simulated_host(args: argparse.Namespace, seconds: int) -> dict[str, Any]:
-    """``--host-speed`` and ``--neighbour`` as the simulator's settings (``host_speed``,
-    ``neighbours``) for a run of ``seconds``."""
+    """``--host-speed``, ``--neighbour`` and ``--routing`` as the simulator's settings (``host_speed``,
+    ``neighbours``, ``routing``) for a run of ``seconds``."""
     from varipipe.loadgen.hostspeed import parse_host_speed, parse_neighbour
 
     return {"host_speed": parse_host_speed(args.host_speed, seconds) if args.host_speed else None,
-            "neighbours": tuple(parse_neighbour(n) for n in args.neighbour)}
+            "neighbours": tuple(parse_neighbour(n) for n in args.neighbour), "routing": args.routing}

@@ -214,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "calibration": {"enabled": args.calibration, "settings": calibration_settings(args),
                             "host_speed": args.host_speed, "neighbours": args.neighbour},
+            "routing": args.routing if args.mode == "sim" else "serve",
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)
     plots = plot_all(outcomes, args.out)
