@@ -14,10 +14,13 @@ simulator's ``SimConfig.contention`` applies). On the tuning window it fits, per
 
     log(ratio) = a + gamma * (busy threads beside it)
 
-and predicts each other run's per-stage median ratio from that run's own overlaps. The question
+and predicts each other run's per-stage geometric mean ratio from that run's own overlaps (the
+statistic a least-squares fit in logs predicts; a median of the law's values is not the median of
+the ratios, which also spread around the law). The question
 it answers: does a law fitted at one load (the tuning window's) carry the slowdown the stages
 show at another (benchmarks/README.md, "Fidelity at two loads": the short stages 15-60 % slower at
-80 % than at 60 %)? Writes the fits and, per run and stage, the observed and predicted medians.
+80 % than at 60 %)? Writes the fits and, per run and stage, the observed and predicted geometric
+means (and the observed median).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def fit(rows: list[dict], stage: str, beside: str) -> dict:
     y = np.log([r["ratio"] for r in rows if r["stage"] == stage])
     (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
     return {"a": float(a), "gamma": float(gamma), "batches": int(len(x)), "mean_beside": float(x.mean()),
-            "median_ratio": float(np.median(np.exp(y)))}
+            "median_ratio": float(np.median(np.exp(y))), "geomean_ratio": float(np.exp(y.mean()))}
 
 
 def main() -> int:
@@ -87,7 +90,8 @@ def main() -> int:
         fits[beside] = {s: fit(tuning, s, beside) for s in stages}
         for s, f in fits[beside].items():
             print(f"tuning, {beside}: {s}: log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
-                  f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, median ratio {f['median_ratio']:.2f})")
+                  f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, geometric mean ratio {f['geomean_ratio']:.2f}, "
+                  f"median {f['median_ratio']:.2f})")
         for path, rows in kept.items():
             name = path.name.removesuffix(".gz").removesuffix(".json")
             for s, f in fits[beside].items():
@@ -95,9 +99,10 @@ def main() -> int:
                 obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
                 runs.setdefault(name, {}).setdefault(beside, {})[s] = {
                     "batches": int(len(x)), "mean_beside": float(x.mean()), "median_ratio": float(np.median(obs)),
-                    "predicted_median_ratio": float(np.median(np.exp(f["a"] + f["gamma"] * x)))}
-            print(" ", name, " | ".join(f"{s} beside {v['mean_beside']:.2f} median {v['median_ratio']:.2f} predicted "
-                                        f"{v['predicted_median_ratio']:.2f}" for s, v in runs[name][beside].items()))
+                    "geomean_ratio": float(np.exp(np.log(obs).mean())),
+                    "predicted_geomean_ratio": float(np.exp(np.mean(f["a"] + f["gamma"] * x)))}
+            print(" ", name, " | ".join(f"{s} beside {v['mean_beside']:.2f} geometric mean {v['geomean_ratio']:.2f} "
+                                        f"predicted {v['predicted_geomean_ratio']:.2f}" for s, v in runs[name][beside].items()))
     if args.out:
         doc = {"benchmark": "contention", "profile": checkout_relative(Path(args.profile)), "git_commit": git_commit(),
                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
