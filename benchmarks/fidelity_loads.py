@@ -304,7 +304,8 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         print(f"load {row['load_fraction']:g} calibration {row['calibration']}", flush=True)
         _print_row(row)
     doc["resimulated"] = {"git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:])}
+                          "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]),
+                          "routing": world.routing}
     return doc
 
 
