@@ -1,0 +1,92 @@
+"""Live against simulated, per setting, for several simulated worlds: one picture of ``fidelity_loads.py``'s rows.
+
+    python benchmarks/plot_fidelity.py --out benchmarks/results/fidelity_worlds.png
+
+Reads result files of ``fidelity_loads.py`` (the live runs and the simulated means they hold)
+for the same live runs re-simulated in different worlds (``--from-live``: host model, routing),
+and draws, per figure (SLA attainment, p99 latency, mean latency) and per setting (load and
+calibration), each live run, the live mean, and each world's simulated mean, with the target's
+band around the live mean. No simulation here: it only reads the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from varipipe.jsonfile import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+# (label, the pooled-tail rerun's file at 80 %, the tail run's file at 40 % and 80 %): the same live runs each.
+WORLDS = (
+    ("level host, central line", "fidelity_loads_pooled_tail_80.json", "fidelity_loads_tail.json"),
+    ("level host, Serve's routing", "fidelity_loads_pooled_tail_80_replica.json", "fidelity_loads_tail_replica.json"),
+    ("contention law, Serve's routing", "fidelity_loads_pooled_tail_80_contention_replica.json",
+     "fidelity_loads_tail_contention_replica.json"),
+)
+FIGURES = (("sla_attainment", "SLA attainment", "attainment"), ("p99_latency_s", "p99 latency (s)", "p99"),
+           ("mean_latency_s", "mean latency (s)", "mean_latency"))
+MARKERS = ("o", "s", "^", "D")
+
+
+def _settings(paths: list[Path]) -> list[tuple[str, dict]]:
+    """Every setting of the files, labelled: which live runs, load and calibration."""
+    out = []
+    for path in paths:
+        run = "rerun" if "pooled" in path.name else "tail run"
+        for row in read_json(path)["settings"]:
+            out.append((f"{run}\n{row['load_fraction']:.0%} {'on' if row['calibration'] else 'off'}", row))
+    return out
+
+
+def _band(row: dict, key: str, field: str) -> tuple[float, float]:
+    """The target's band around the live mean: attainment in points, latencies relative."""
+    live, bound = row["live_mean"][key], row[field]["bound"]
+    if key == "sla_attainment":
+        return live - bound / 100, live + bound / 100
+    return live * (1 - bound), live * (1 + bound)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(RESULTS / "fidelity_worlds.png"))
+    args = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    worlds = [(label, _settings([RESULTS / a, RESULTS / b])) for label, a, b in WORLDS]
+    names = [name for name, _ in worlds[0][1]]
+    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(11, 9), sharex=True)
+    x = np.arange(len(names))
+    for ax, (key, title, field) in zip(axes, FIGURES, strict=True):
+        first = worlds[0][1]
+        for i, (_, row) in enumerate(first):
+            lo, hi = _band(row, key, field)
+            ax.fill_between([i - 0.4, i + 0.4], lo, hi, color="0.9", zorder=0,
+                            label="target band around live" if i == 0 else None)
+            runs = [r[key] for r in row["live_runs"]]
+            ax.plot([i - 0.3] * len(runs), runs, "k.", label="live runs" if i == 0 else None)
+            ax.plot([i - 0.3], [row["live_mean"][key]], "k_", markersize=18, label="live mean" if i == 0 else None)
+        for w, (label, settings) in enumerate(worlds):
+            assert [n for n, _ in settings] == names, f"{label}: other settings than {names}"
+            ax.plot(x - 0.1 + 0.15 * w, [row["sim_mean"][key] for _, row in settings], MARKERS[w], linestyle="none",
+                    label=f"simulated: {label}")
+        ax.set_ylabel(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower left", ncol=2)
+    axes[-1].set_xticks(x, names, fontsize=8)
+    fig.suptitle("vision-caption-ci, ipa, 1 s SLA: live against simulated (fidelity_loads.py --from-live)")
+    fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=90)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
