@@ -180,7 +180,8 @@ def replica_price(hardware: str) -> float:
 
 # How a stage's replicas get their work in the simulator (``SimConfig.routing``, ``--routing``):
 # "central", one line per stage that any free replica takes its next batch from; "replica", each
-# replica its own line, an arrival going to the replica with the fewest requests (Serve's router).
+# replica its own line, an arrival going to the less loaded of two replicas drawn at random, as
+# Serve's router sends it (loadgen/simulator.py).
 ROUTINGS = ("central", "replica")
 
 

@@ -268,3 +268,12 @@ def test_simulate_takes_the_routing(tmp_path, capsys):
         assert results[routing]["requests"] == results[routing]["completed"] + results[routing]["dropped"]
     # Evenly spaced arrivals never meet at a stage: where nothing waits, both routings run alike.
     assert results["replica"]["p99_latency_s"] == pytest.approx(results["central"]["p99_latency_s"], rel=0.05)
+
+
+def test_a_live_experiment_refuses_a_simulated_routing(tmp_path, capsys):
+    trace = tmp_path / "t.txt"
+    trace.write_text("2 2 2 2 2", encoding="utf-8")
+    argv = ["experiment", "--mode", "live", "--trace", str(trace), "--sla", "1", "--pipeline", "vision-caption-ci",
+            "--out", str(tmp_path / "out")]
+    assert main([*argv, "--routing", "replica"]) == 2
+    assert "a live run is routed by Serve" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 from typing import Any
 
+from varipipe.records import ROUTINGS
+
 __all__ = ["add_calibration_arguments", "calibration_settings", "add_host_speed_argument", "simulated_host"]
 
 
@@ -59,8 +61,6 @@ def add_host_speed_argument(parser: argparse.ArgumentParser) -> None:
                         help="a noisy neighbour in the simulated host (shared cost mode): THREADS busy threads "
                              "(default 1) from START to END s that keep their cores, as a CPU hog does beside the "
                              "stage replicas (repeatable)")
-    from varipipe.records import ROUTINGS
-
     parser.add_argument("--routing", choices=ROUTINGS, default=ROUTINGS[0],
                         help="how the simulated stages' replicas get their work: one line per stage that any free "
                              "replica takes its next batch from (default), or each replica its own line, an arrival "

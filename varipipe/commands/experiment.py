@@ -21,6 +21,7 @@ from varipipe.commands._calibration import (
     simulated_host,
 )
 from varipipe.commands.load import add_trace_arguments
+from varipipe.records import ROUTINGS
 
 NAME = "experiment"
 HELP = "run several policies on the same trace (simulated or live) and write a table and plots"
@@ -201,6 +202,11 @@ def run(args: argparse.Namespace) -> int:
 
                 raise VaripipeError("--host-speed and --neighbour model the host in simulation; a live run has the "
                                     "host it has")
+            if args.routing != ROUTINGS[0]:
+                from varipipe.errors import VaripipeError
+
+                raise VaripipeError("--routing models how replicas get their work in simulation; a live run is "
+                                    "routed by Serve")
             start = _live_starter(args.pipeline or plan["pipeline"], interval, cost_mode, cores, predictor,
                                   profile_path, plan["options"] | ({"solver": args.solver} if args.solver else {}),
                                   args.calibration, calibration_settings(args))
@@ -214,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
             "scenario": args.scenario, "resolved": plan["resolved"], "command": "varipipe " + shlex.join(sys.argv[1:]),
             "calibration": {"enabled": args.calibration, "settings": calibration_settings(args),
                             "host_speed": args.host_speed, "neighbours": args.neighbour},
-            "routing": args.routing if args.mode == "sim" else "serve",
+            "routing": args.routing if args.mode == "sim" else "serve",  # live: Serve's own router
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
     paths = write_results(args.out, outcomes, meta)
     plots = plot_all(outcomes, args.out)
