@@ -13,7 +13,7 @@ The model here, per configuration (pure numpy, vectorised over a stage's rows):
   it as an M/G/1 queue of batches (Poisson arrivals of full batches of ``b``: for
   ``b > 1`` real batch arrivals are more regular, so this errs long). One queue per
   replica, not one shared queue: Serve's router sends a request to one replica,
-  and a shared queue (the simulator's) only waits less;
+  and a shared queue (the simulator's default, ``routing="central"``) only waits less;
 * a batch's service time has the profile's mean and a variability fitted to its
   p99 (a lognormal through mean and p99, stood in for by the gamma of the same
   coefficient of variation, whose exponential moments exist);
