@@ -654,7 +654,6 @@ def main() -> int:
            "summary": cmd_summary}[args.command]
     out = run(args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, out, indent=1, default=float)
         print(f"wrote {args.out}")
     return 0

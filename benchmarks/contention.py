@@ -35,8 +35,9 @@ import numpy as np
 
 from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, git_commit
-from varipipe.loadgen.hostspeed import hardware_threads, threads_beside
+from varipipe.loadgen.hostspeed import threads_beside
 from varipipe.profiler.store import load_profile
+from varipipe.records import busy_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
@@ -53,7 +54,7 @@ def batches(path: Path, p50: dict) -> list[dict]:
             if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
     end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
     start = end - np.array([float(b["seconds"]) for b in rows])
-    threads = np.array([hardware_threads(b["hardware"]) for b in rows], dtype=float)
+    threads = np.array([busy_threads(b["hardware"]) for b in rows], dtype=float)
     at_start = threads_beside(start, end, threads)
     out = []
     for i, b in enumerate(rows):

@@ -453,7 +453,6 @@ def main() -> int:
            "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
                        "ray_replicas": TARGET_RAY_REPLICAS},
            "policies": rows, "ray": ray, "command": "python benchmarks/fidelity.py " + shlex.join(sys.argv[1:])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, doc, indent=1)
     print(f"wrote {args.out}")
     return 0

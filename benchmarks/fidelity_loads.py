@@ -407,7 +407,6 @@ def main() -> int:
             doc["settings"].append(row)
             print(f"load {frac:g} calibration {calibration}", flush=True)
             _print_row(row)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, doc, indent=1)  # partial results survive a crash
     write_json_atomic(args.out, doc, indent=1)
     print(f"wrote {args.out}")

@@ -46,11 +46,11 @@ from pathlib import Path
 import numpy as np
 
 from varipipe.errors import ConfigError, VaripipeError
-from varipipe.records import BatchTimes, Profile
+from varipipe.records import BatchTimes, Profile, busy_threads
 
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
            "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
-           "ContentionFit", "threads_beside", "hardware_threads", "fit_contention"]
+           "ContentionFit", "threads_beside", "fit_contention"]
 
 
 @dataclass(frozen=True)
@@ -359,11 +359,6 @@ MIN_CONTENTION_BATCHES = 20
 MIN_BESIDE_SPREAD = 0.05  # busy threads: the standard deviation of x under which a slope means nothing
 
 
-def hardware_threads(hardware: str) -> float:
-    """A batch's busy threads: ``cpu:k`` runs k; a GPU batch holds one host thread."""
-    return float(hardware.split(":", 1)[1]) if hardware.startswith("cpu:") else 1.0
-
-
 def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> ContentionFit:
     """Per stage, least squares of log(batch time / the profile's p50 for it) on the busy threads
     beside it when it started (:func:`threads_beside`, over every batch of the window, any stage),
@@ -373,7 +368,7 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     from varipipe.adapter.calibration import Calibrator
 
     pred = Calibrator(profile)
-    rows = [(b.stage, t - s, t, hardware_threads(b.hardware), s, q)
+    rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, q)
             for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]
     if not rows:
         return ContentionFit(Contention({}), profile, {}, np.ones(max(seconds, 1)))

@@ -17,7 +17,7 @@ import numpy as np
 from varipipe.adapter.configurations import is_gpu
 from varipipe.adapter.latency_model import Z99, batch_curve
 from varipipe.errors import ProfileError
-from varipipe.records import Profile, ProfilePoint, hardware_cores
+from varipipe.records import Profile, ProfilePoint, busy_threads
 
 __all__ = ["ServiceModel", "service_model", "Z99"]  # Z99: a lognormal with median m and σ has p99 = m·e^{Z99·σ}
 
@@ -64,4 +64,4 @@ def service_model(profile: Profile, stage: str, variant: str, hardware: str, max
     p99 = np.maximum(_curve(pts, "latency_p99_s", sizes), p50)
     sigma = np.log(p99 / p50) / Z99
     return ServiceModel(stage, variant, hardware, tuple(p50.tolist()), tuple(sigma.tolist()),
-                        accuracy=profile.variant_accuracy(stage, variant), threads=max(hardware_cores(hardware), 1.0))
+                        accuracy=profile.variant_accuracy(stage, variant), threads=busy_threads(hardware))

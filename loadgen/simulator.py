@@ -609,7 +609,7 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
         for s0, e0, k in inflight:
             if s0 < close < e0:
                 beside += k
-        s *= math.exp(law.a + law.gamma * beside)
+        s *= law.factor(beside)
     expected = update_expected(in_force(expected, measured, close), s)
     end = close + s
     heapq.heappush(st.occupancy.ending, (end, n))

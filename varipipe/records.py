@@ -35,6 +35,7 @@ __all__ = [
     "BatchTimes",
     "Observation",
     "hardware_cores",
+    "busy_threads",
     "replica_price",
     "GPU_REPLICA_PRICE_CORES",
     "ROUTINGS",
@@ -161,6 +162,13 @@ def hardware_cores(hardware: str) -> float:
     if kind == "cpu":
         return float(amount or 1)
     return 0.0
+
+
+def busy_threads(hardware: str) -> float:
+    """Host threads a batch on ``hardware`` keeps busy: its cores (``cpu:2`` -> 2.0), and at least
+    one (a GPU batch holds the host thread that drives it). The simulator's processor sharing and
+    contention count batches so, and the contention fit counts live batches the same way."""
+    return max(hardware_cores(hardware), 1.0)
 
 
 # What one GPU replica costs in ``reserved`` mode, in cores: the on-demand price of a
