@@ -101,7 +101,7 @@ class Polls:
     t0: float
     corrections: list[dict[str, Any]] = field(default_factory=list)  # {"t", "corrections": [...]}
     batches: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # {"t", "stages", "cost"}
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # {"t", "stages", "cost", "status", "load_rps"}
     cpu: dict[int, list[float]] = field(default_factory=dict)  # pid -> [first, last] CPU seconds
     cpu_stage: dict[int, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -135,6 +135,7 @@ def _poll(url: str, polls: Polls, stop: threading.Event, every_s: float) -> None
                                       "corrections": cal.get("corrections", [])})
             d = cfg.get("decision") or {}
             polls.decisions.append({"t": now - polls.t0, "cost": d.get("predicted_cost"),
+                                    "status": d.get("status"), "load_rps": d.get("load_rps"),
                                     "stages": [(s["stage"], s["variant"], s["batch"], s["replicas"], s["hardware"])
                                                for s in d.get("stages", [])]})
             for r in reps:
