@@ -16,11 +16,16 @@ accuracy are constants of k at the stage's load (see ``configurations``).
 
 Infeasible is a status: the decision returned then carries the most load the
 capacity limit allows, with the lowest latency at that load, and the reason.
+Given the ``incumbent`` (the decision deployed now), the fallback keeps it when it
+carries that load within the limits and the new fallback would be faster by no
+more than ``FALLBACK_KEEP_TOLERANCE``: a change of deployment costs the host more
+than a gain that small (``FALLBACK_KEEP_TOLERANCE``'s comment).
 Pure apart from measuring its own solve time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -52,7 +57,7 @@ from varipipe.errors import UnknownNameError
 from varipipe.records import SLA, Decision, DecisionStatus, Profile, StageDecision
 
 __all__ = ["solve", "Limits", "Weights", "SOLVERS", "DEFAULT_SOLVER", "available_solvers", "objective_value",
-           "TIE_BREAK"]
+           "TIE_BREAK", "FALLBACK_KEEP_TOLERANCE"]
 
 # Weight of the secondary term in min-cost / max-accuracy modes: breaks ties only
 # (a whole log-unit of accuracy is worth a millionth of a core).
@@ -64,6 +69,15 @@ _BISECT_STEPS = 30
 # reading coefficients rounded to 12 digits (PuLP's model files for CBC) still finds
 # its choice within the capacity limit (CBC called the exact boundary infeasible).
 _CARRY_MARGIN = 1e-6
+# The infeasible fallback keeps the incumbent (the deployed decision) unless the new fallback's
+# predicted end-to-end p99 is lower by more than this share of the incumbent's. It is the
+# calibration's dead band (adapter.calibration.DEFAULT_DEAD_BAND: a correction within 5 % of 1 is
+# not applied), so a gain the corrections cannot resolve does not move the deployment. Measured
+# without it (benchmarks/README.md, "Why calibrated ipa lost attainment at 80 %"): calibrated ipa
+# at 80 % of capacity, infeasible at every decision, changed its deployment 9-14 times in 100 s,
+# each for a predicted gain of 0-4 % (ties among them), and each a replica started or stopped on
+# the host that serves the requests.
+FALLBACK_KEEP_TOLERANCE = 0.05
 
 
 def _score(objective: str, weights: Weights, acc, cost, batch, latency):
@@ -214,12 +228,15 @@ def _chosen(problem: Problem, every: dict[str, StageTable], rows: tuple[int, ...
 
 def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = None, weights: Weights | None = None, *,
           accuracy: str = "multiply", objective: str = "weighted", min_accuracy: float | None = None,
-          max_cost: float | None = None, solver: str = DEFAULT_SOLVER, lp_path: str | None = None) -> Decision:
+          max_cost: float | None = None, solver: str = DEFAULT_SOLVER, lp_path: str | None = None,
+          incumbent: Decision | None = None) -> Decision:
     """Pick variant, batch, replicas and hardware per stage for ``load_rps`` requests/s.
 
     ``solver`` is "dp" (the default: an exact dynamic program over stages, pruned by
     Lagrangian bounds), "cbc" (PuLP's bundled CBC) or "highs" (highspy). Returns an OPTIMAL decision,
-    TIMED_OUT with the solver's incumbent, or INFEASIBLE with the fallback and why.
+    TIMED_OUT with the solver's incumbent, or INFEASIBLE with the fallback and why; ``incumbent``,
+    the decision deployed now, is what the fallback keeps when it is within
+    ``FALLBACK_KEEP_TOLERANCE`` of the new fallback (module docstring).
     ``lp_path`` is a debugging flag: the PuLP model is also written there as an .lp file.
     """
     _check_args(load_rps, accuracy, objective, solver, min_accuracy, max_cost)
@@ -235,7 +252,7 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
         reason = _diagnose(problem, every, limits, load_rps)
         if outcome.timed_out:
             reason = f"solver hit its {limits.time_limit_s}s time limit without a solution; {reason}"
-        return _fallback(pipeline, load_rps, sla, limits, accuracy, solver, reason, started)
+        return _fallback(pipeline, load_rps, sla, limits, accuracy, solver, reason, started, incumbent)
     status = DecisionStatus.TIMED_OUT if outcome.timed_out else DecisionStatus.OPTIMAL
     chosen = _chosen(problem, every, outcome.rows)
     why = explain(problem, outcome.rows, every, lambda c: _exclusion(c, limits))
@@ -345,8 +362,33 @@ def _max_carried(pipeline: _Pipeline, load_rps: float, limits: Limits) -> float:
     return lo * (1 - _CARRY_MARGIN)
 
 
+def _incumbent_at(pipeline: _Pipeline, load_rps: float, limits: Limits,
+                  incumbent: Decision | None) -> dict[str, Configuration] | None:
+    """``incumbent``'s configurations priced at ``load_rps`` with its own replica counts, when each
+    is within its stage's limits there and together they keep the fallback's constraints; else None."""
+    if incumbent is None or [s.stage for s in incumbent.stages] != list(pipeline.rows):
+        return None
+    own = dataclasses.replace(limits, fixed_replicas={s.stage: s.replicas for s in incumbent.stages})
+    every = pipeline.at(load_rps, own)
+    problem = _problem(every, own, _FALLBACK_GOAL)
+    rows = []
+    for sd, t, opt in zip(incumbent.stages, every.values(), problem.options, strict=True):
+        r = t.rows
+        match = [i for i in np.flatnonzero(opt.allowed)
+                 if (r.variant[i], int(r.batch[i]), r.hardware[i]) == (sd.variant, sd.batch, sd.hardware)]
+        if not match:
+            return None
+        rows.append(int(match[0]))
+    use = sum(opt.use[r] for opt, r in zip(problem.options, rows, strict=True))
+    return _chosen(problem, every, tuple(rows)) if (use <= problem.bounds + TOLERANCE).all() else None
+
+
+def _same(a: Configuration, b: Configuration) -> bool:
+    return (a.variant, a.batch, a.hardware, a.replicas) == (b.variant, b.batch, b.hardware, b.replicas)
+
+
 def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, accuracy: str, solver: str,
-              reason: str, started: float) -> Decision:
+              reason: str, started: float, incumbent: Decision | None = None) -> Decision:
     carried = _max_carried(pipeline, load_rps, limits)
     every = pipeline.at(carried, limits)
     problem = _problem(every, limits, _FALLBACK_GOAL)
@@ -358,6 +400,14 @@ def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, ac
     else:
         note = (f"fallback carries {carried:.1f} of {load_rps:.1f} rps (highest capacity within the limit),"
                 f" lowest latency at that load; admission control sheds the rest")
+        kept = _incumbent_at(pipeline, carried, limits, incumbent)
+        if kept is not None and any(not _same(kept[s], c) for s, c in chosen.items()):
+            new_s = sum(c.latency_s for c in chosen.values())
+            kept_s = sum(c.latency_s for c in kept.values())
+            if new_s >= kept_s * (1 - FALLBACK_KEEP_TOLERANCE):
+                chosen = kept
+                note += (f"; the deployed configuration kept: the new fallback's predicted p99 {new_s:.3f}s is within"
+                         f" {FALLBACK_KEEP_TOLERANCE:.0%} of its {kept_s:.3f}s")
     e2e = sum(c.latency_s for c in chosen.values())
     text = f"INFEASIBLE: {reason}\n{note}\npredicted e2e p99 {e2e:.3f}s vs SLA {sla.latency_s:.3f}s"
     lines = [f"{s}: {c.label()} (p99+waits {c.latency_s * 1e3:.1f} ms, cost {c.cost:.3f})" for s, c in chosen.items()]

@@ -175,7 +175,8 @@ class SolverPolicy(_Replans):
     def decide(self, observation: Observation, forecast: Forecast, current: Decision) -> Decision:
         load = self.load_estimate(observation, forecast)
         limits = dataclasses.replace(self.limits, pinned={**self.base_pins, **self.operator_pins})
-        d = solve(self.ctx.profile, load, self.ctx.sla, limits, **self.solve_options)
+        d = solve(self.ctx.profile, load, self.ctx.sla, limits, **self.solve_options,
+                  incumbent=current if current.stages else None)
         return dataclasses.replace(d, policy=self.name, time_s=observation.time_s)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -19,7 +20,12 @@ from varipipe.adapter.configurations import (
     within_stage_limits,
 )
 from varipipe.adapter.latency_model import fit_latency_model
-from varipipe.adapter.optimizer import available_solvers, objective_value, solve
+from varipipe.adapter.optimizer import (
+    FALLBACK_KEEP_TOLERANCE,
+    available_solvers,
+    objective_value,
+    solve,
+)
 from varipipe.adapter.queueing import latency_cv2, wait_quantile_s
 from varipipe.adapter.synthetic import synthetic_profile, vision_caption_like
 from varipipe.errors import UnknownNameError
@@ -430,3 +436,71 @@ def test_max_cost_must_be_finite():
     profile = vision_caption_like()
     with pytest.raises(ValueError, match="max_cost must be a finite number"):
         solve(profile, 1.0, SLA(4.0), objective="max-accuracy", max_cost=float("inf"))
+
+
+# ---------------------------------------------------------------- the fallback keeps the deployment
+
+
+def _with(d, stage: str, **change):
+    """``d`` with one stage's configuration changed (variant, batch, replicas, hardware)."""
+    return dataclasses.replace(d, stages=tuple(dataclasses.replace(s, **change) if s.stage == stage else s
+                                               for s in d.stages))
+
+
+# SLA below the fastest path: infeasible, the fallback is the lowest latency at the load. Here it
+# runs each stage on cpu:2 at batch 1: one detector and classifier replica, four of the LLM.
+FALLBACK_LIMITS = Limits(cost_mode="shared", cluster_cores=8.0, max_replicas=4)
+
+
+def _fallback():
+    d = solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS)
+    assert d.status is DecisionStatus.INFEASIBLE
+    assert [(s.batch, s.replicas, s.hardware) for s in d.stages] == [(1, 1, "cpu:2"), (1, 1, "cpu:2"), (1, 4, "cpu:2")]
+    return d
+
+
+def test_fallback_keeps_a_deployment_it_prices_alike():
+    """In shared mode a classifier replica more costs no CPU time and, at 1 req/s, no wait: the
+    model prices both alike, so the deployed one stays (without it the solver's order picks)."""
+    new = _fallback()
+    deployed = _with(new, "classifier", replicas=2)
+    d = solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS, incumbent=deployed)
+    assert d.status is DecisionStatus.INFEASIBLE and d.same_config(deployed)
+    assert d.predicted_latency_s == pytest.approx(new.predicted_latency_s)
+    assert "deployed configuration kept" in d.explanation
+    # The new fallback itself deployed: nothing to keep, the same decision.
+    assert solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS, incumbent=new).same_config(new)
+
+
+def test_fallback_keeps_a_deployment_within_the_tolerance():
+    """Two detector replicas: a replica count the table does not offer at this load (only the
+    cheapest and those at its utilisation levels), priced at its own count it is no slower."""
+    new = _fallback()
+    deployed = _with(new, "detector", replicas=2)
+    d = solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS, incumbent=deployed)
+    assert d.same_config(deployed)
+    assert d.predicted_latency_s * (1 - FALLBACK_KEEP_TOLERANCE) <= new.predicted_latency_s
+
+
+def test_fallback_moves_for_a_larger_gain_or_a_deployment_that_does_not_fit():
+    new = _fallback()
+    # One LLM replica instead of four: more than 5 % slower at this load, so the fallback moves.
+    one = _with(new, "llm", replicas=1)
+    assert solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS, incumbent=one).same_config(new)
+    assert sum(s.latency_s for s in price_decision_at(one)) * (1 - FALLBACK_KEEP_TOLERANCE) > new.predicted_latency_s
+    # A deployment over the replica cap, or naming a variant the profile lacks, is not kept.
+    for bad in (_with(new, "llm", replicas=9), _with(new, "llm", variant="no-such-llm")):
+        assert solve(VC, 1.0, SLA(0.05), FALLBACK_LIMITS, incumbent=bad).same_config(new)
+    # A feasible problem ignores the deployment: the optimum, as without it.
+    feasible = solve(VC, 1.0, SLA(3.0), Limits(cluster_cores=2.0))
+    assert solve(VC, 1.0, SLA(3.0), Limits(cluster_cores=2.0), incumbent=one).same_config(feasible)
+
+
+def price_decision_at(d):
+    """``d``'s stages priced by the fallback's own tables at its load with its replica counts."""
+    from varipipe.adapter.optimizer import _incumbent_at, _max_carried, _Pipeline
+
+    pipeline = _Pipeline.of(VC, FALLBACK_LIMITS, SLA(0.05))
+    kept = _incumbent_at(pipeline, _max_carried(pipeline, 1.0, FALLBACK_LIMITS), FALLBACK_LIMITS, d)
+    assert kept is not None
+    return list(kept.values())

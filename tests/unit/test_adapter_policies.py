@@ -238,3 +238,17 @@ def test_ray_desired_matches_rays_rule():
     assert p.desired(ongoing=7.0, current=1) == 4  # ceil(7 / 2)
     assert p.desired(ongoing=0.0, current=3) == 1  # bounded by min_replicas
     assert p.desired(ongoing=100.0, current=1) == CTX.max_replicas
+
+
+def test_solver_policies_hand_the_optimizer_the_deployed_decision():
+    """An infeasible SLA: ipa's fallback keeps the deployed decision where the optimizer prices it
+    alike (a classifier replica more, free in shared mode), so a tie does not redeploy."""
+    ctx = PolicyContext(spec=None, profile=PROFILE, sla=SLA(0.05), cost_mode="shared", cluster_cores=8.0,
+                        max_replicas=4)
+    p = make_policy("ipa", ctx)
+    first = p.decide(obs(1.0), Forecast(1.0), EMPTY)
+    assert first.status is DecisionStatus.INFEASIBLE
+    deployed = Decision(stages=tuple(StageDecision(s.stage, s.variant, s.batch, s.replicas + (s.stage == "classifier"),
+                                                   s.hardware) for s in first.stages))
+    again = p.decide(obs(1.0), Forecast(1.0), deployed)
+    assert again.same_config(deployed) and not again.same_config(first)
