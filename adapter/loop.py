@@ -20,7 +20,9 @@ Behaviour:
   faster (a slower, more accurate or smaller configuration) waits until such
   a move has been proposed ``hold_intervals`` times in a row, or the forecast
   fell by ``load_drop_fraction`` of the load the applied decision was made
-  for; a move to a faster or larger configuration happens at once.
+  for; a move to a faster or larger configuration happens at once, and so does
+  a move from an infeasible decision to a feasible one. Between two infeasible
+  decisions (overload fallbacks) the same rule holds.
 * Pins (stage=variant) go to the policy when it supports ``set_pinned``;
   otherwise the decided variant is overridden.
 * Calibration: with a ``calibrator`` (``adapter.calibration``), each step first
@@ -242,8 +244,8 @@ class ControlLoop:
     def _should_wait(self, new: Decision, t: float) -> str:
         """Empty when ``new`` may be applied now; otherwise why it is held."""
         cur = self.applied
-        if cur is None or not cur.feasible or not cur.stages:
-            return ""
+        if cur is None or not cur.stages or (new.feasible and not cur.feasible):
+            return ""  # nothing deployed yet, or a move that brings the SLA back: never held
         if self._calibration_moved(cur, t):
             return ""
         if new.load_rps >= cur.load_rps or new.predicted_latency_s < cur.predicted_latency_s:

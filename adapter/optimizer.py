@@ -16,10 +16,12 @@ accuracy are constants of k at the stage's load (see ``configurations``).
 
 Infeasible is a status: the decision returned then carries the most load the
 capacity limit allows, with the lowest latency at that load, and the reason.
-Given the ``incumbent`` (the decision deployed now), the fallback keeps it when it
-carries that load within the limits and the new fallback would be faster by no
-more than ``FALLBACK_KEEP_TOLERANCE``: a change of deployment costs the host more
-than a gain that small (``FALLBACK_KEEP_TOLERANCE``'s comment).
+Latencies within ``FALLBACK_KEEP_TOLERANCE`` of that lowest one count as equal
+(the model cannot resolve them; ``FALLBACK_KEEP_TOLERANCE``'s comment): of those,
+the fallback takes the choice that holds the fewest replica cores (replicas ×
+``records.replica_price``; on a shared host, the fewest threads beside the
+requests' own), and keeps the ``incumbent`` (the decision deployed now) when it
+is one of them and holds no more.
 Pure apart from measuring its own solve time.
 """
 
@@ -54,7 +56,7 @@ from varipipe.adapter.configurations import (
 )
 from varipipe.adapter.explain import explain
 from varipipe.errors import UnknownNameError
-from varipipe.records import SLA, Decision, DecisionStatus, Profile, StageDecision
+from varipipe.records import SLA, Decision, DecisionStatus, Profile, StageDecision, replica_price
 
 __all__ = ["solve", "Limits", "Weights", "SOLVERS", "DEFAULT_SOLVER", "available_solvers", "objective_value",
            "TIE_BREAK", "FALLBACK_KEEP_TOLERANCE"]
@@ -69,14 +71,15 @@ _BISECT_STEPS = 30
 # reading coefficients rounded to 12 digits (PuLP's model files for CBC) still finds
 # its choice within the capacity limit (CBC called the exact boundary infeasible).
 _CARRY_MARGIN = 1e-6
-# The infeasible fallback keeps the incumbent (the deployed decision) unless the new fallback's
-# predicted end-to-end p99 is lower by more than this share of the incumbent's. It is the
+# The infeasible fallback counts end-to-end p99s within this share of the lowest as equal, takes the
+# lightest of them and keeps the incumbent (the deployed decision) among them. It is the
 # calibration's dead band (adapter.calibration.DEFAULT_DEAD_BAND: a correction within 5 % of 1 is
-# not applied), so a gain the corrections cannot resolve does not move the deployment. Measured
-# without it (benchmarks/README.md, "Why calibrated ipa lost attainment at 80 %"): calibrated ipa
-# at 80 % of capacity, infeasible at every decision, changed its deployment 9-14 times in 100 s,
-# each for a predicted gain of 0-4 % (ties among them), and each a replica started or stopped on
-# the host that serves the requests.
+# not applied), so a gain the corrections cannot resolve neither moves the deployment nor adds a
+# replica. Measured without it (benchmarks/README.md, "Why calibrated ipa lost attainment at
+# 80 %"): calibrated ipa at 80 % of capacity, infeasible at every decision, changed its deployment
+# 9-14 times in 100 s, each for a predicted gain of 0-4 % (ties among them); kept but not the
+# lightest, it held a second detector replica for a 0.4 % gain, and live missed 35 % of requests
+# with it against 25 % with one.
 FALLBACK_KEEP_TOLERANCE = 0.05
 
 
@@ -387,6 +390,23 @@ def _same(a: Configuration, b: Configuration) -> bool:
     return (a.variant, a.batch, a.hardware, a.replicas) == (b.variant, b.batch, b.hardware, b.replicas)
 
 
+def _held(chosen: Mapping[str, Configuration]) -> float:
+    """The replica cores a choice holds: replicas × ``records.replica_price`` (threads, on a shared host)."""
+    return sum(c.replicas * replica_price(c.hardware) for c in chosen.values())
+
+
+def _lightest_within(problem: Problem, every: dict[str, StageTable], latency_s: float, solver: str,
+                     limits: Limits) -> tuple[int, ...] | None:
+    """Of the choices within ``problem``'s constraints whose summed latency is at most ``latency_s``,
+    the one holding the fewest replica cores (:func:`_held`), the lowest latency among equals."""
+    options = tuple(StageOptions(score=-(t.rows.price * t.replicas) - TIE_BREAK * t.latency_s,
+                                 use=np.concatenate([t.latency_s[:, None], o.use], axis=1), allowed=o.allowed)
+                    for t, o in zip(every.values(), problem.options, strict=True))
+    light = Problem(stages=problem.stages, options=options, constraints=("sla_end_to_end", *problem.constraints),
+                    bounds=np.concatenate([[latency_s], problem.bounds]))
+    return run_solver(light, solver, limits.time_limit_s).rows
+
+
 def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, accuracy: str, solver: str,
               reason: str, started: float, incumbent: Decision | None = None) -> Decision:
     carried = _max_carried(pipeline, load_rps, limits)
@@ -400,14 +420,19 @@ def _fallback(pipeline: _Pipeline, load_rps: float, sla: SLA, limits: Limits, ac
     else:
         note = (f"fallback carries {carried:.1f} of {load_rps:.1f} rps (highest capacity within the limit),"
                 f" lowest latency at that load; admission control sheds the rest")
+        fastest_s = sum(c.latency_s for c in chosen.values())
+        equal_s = fastest_s * (1 + FALLBACK_KEEP_TOLERANCE)  # what counts as equally fast
+        light = _lightest_within(problem, every, equal_s + TOLERANCE, solver, limits)
+        if light is not None and _held(lighter := _chosen(problem, every, light)) < _held(chosen):
+            chosen = lighter
+            note += (f"; of the choices within {FALLBACK_KEEP_TOLERANCE:.0%} of its predicted p99 {fastest_s:.3f}s,"
+                     f" the one holding the fewest replica cores ({_held(chosen):g})")
         kept = _incumbent_at(pipeline, carried, limits, incumbent)
-        if kept is not None and any(not _same(kept[s], c) for s, c in chosen.items()):
-            new_s = sum(c.latency_s for c in chosen.values())
-            kept_s = sum(c.latency_s for c in kept.values())
-            if new_s >= kept_s * (1 - FALLBACK_KEEP_TOLERANCE):
-                chosen = kept
-                note += (f"; the deployed configuration kept: the new fallback's predicted p99 {new_s:.3f}s is within"
-                         f" {FALLBACK_KEEP_TOLERANCE:.0%} of its {kept_s:.3f}s")
+        if (kept is not None and any(not _same(kept[s], c) for s, c in chosen.items())
+                and sum(c.latency_s for c in kept.values()) <= equal_s + TOLERANCE and _held(kept) <= _held(chosen)):
+            chosen = kept
+            note += (f"; the deployed configuration kept: within {FALLBACK_KEEP_TOLERANCE:.0%} of the lowest"
+                     f" predicted p99 {fastest_s:.3f}s, and no heavier")
     e2e = sum(c.latency_s for c in chosen.values())
     text = f"INFEASIBLE: {reason}\n{note}\npredicted e2e p99 {e2e:.3f}s vs SLA {sla.latency_s:.3f}s"
     lines = [f"{s}: {c.label()} (p99+waits {c.latency_s * 1e3:.1f} ms, cost {c.cost:.3f})" for s, c in chosen.items()]

@@ -103,6 +103,21 @@ def test_faster_move_is_immediate_slower_move_waits_for_hold_intervals():
     assert h.loop.log()[2].note.startswith("slower move held 1/3")
 
 
+def test_the_hold_applies_between_infeasible_decisions_but_not_on_the_way_back_to_feasible():
+    import dataclasses
+
+    def infeasible(d: Decision) -> Decision:
+        return dataclasses.replace(d, status=DecisionStatus.INFEASIBLE)
+
+    # Overload fallbacks: a slower move sized for less load waits as between feasible decisions.
+    h = Harness([infeasible(FAST), infeasible(decision("accurate", 18, 0.5)), infeasible(decision("accurate", 18, 0.5))],
+                hold_intervals=2, load_drop_fraction=0.9)
+    assert [h.step().action for _ in range(3)] == ["applied", "held", "applied"]
+    # A feasible decision after a fallback goes in at once, slower and for less load as it may be.
+    h = Harness([infeasible(FAST), decision("accurate", 18, 0.5)], hold_intervals=5, load_drop_fraction=0.9)
+    assert [h.step().action for _ in range(2)] == ["applied", "applied"]
+
+
 def test_large_load_drop_skips_the_hold():
     h = Harness([FAST, SLOW], hold_intervals=5, load_drop_fraction=0.3)
     assert [h.step().action for _ in range(2)] == ["applied", "applied"]

@@ -241,14 +241,14 @@ def test_ray_desired_matches_rays_rule():
 
 
 def test_solver_policies_hand_the_optimizer_the_deployed_decision():
-    """An infeasible SLA: ipa's fallback keeps the deployed decision where the optimizer prices it
-    alike (a classifier replica more, free in shared mode), so a tie does not redeploy."""
+    """An infeasible SLA: ipa's fallback keeps the deployed decision when it is as light as the new
+    one and as fast within the tolerance (here: another classifier at the same replica and cores)."""
     ctx = PolicyContext(spec=None, profile=PROFILE, sla=SLA(0.05), cost_mode="shared", cluster_cores=8.0,
                         max_replicas=4)
     p = make_policy("ipa", ctx)
     first = p.decide(obs(1.0), Forecast(1.0), EMPTY)
-    assert first.status is DecisionStatus.INFEASIBLE
-    deployed = Decision(stages=tuple(StageDecision(s.stage, s.variant, s.batch, s.replicas + (s.stage == "classifier"),
-                                                   s.hardware) for s in first.stages))
+    assert first.status is DecisionStatus.INFEASIBLE and first.stage("classifier").variant == "mobilenetv2"
+    deployed = Decision(stages=tuple(StageDecision(s.stage, "efficientnet-lite0" if s.stage == "classifier" else s.variant,
+                                                   s.batch, s.replicas, s.hardware) for s in first.stages))
     again = p.decide(obs(1.0), Forecast(1.0), deployed)
     assert again.same_config(deployed) and not again.same_config(first)
