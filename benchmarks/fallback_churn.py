@@ -10,11 +10,12 @@ in force at each poll; no Ray, nothing timed) and, per run:
   the first decision), and how many of those added a replica;
 * **replayed**: the calibrated planning of the run again (for a calibrated run: a calibrator fed
   the run's batches up to each decision time, as the live controller fed it), solved at the
-  forecast the live decisions were made for (``--forecast``: the reactive peak at 80 %, 7 req/s,
-  ``fidelity_plans.py``), once handing the optimizer the decision in force (``incumbent``, what
+  load each live decision was planned for (its recorded ``load_rps``; runs kept before that was
+  recorded: ``--forecast``, the reactive peak at 80 %, 7 req/s, ``fidelity_plans.py``), once
+  handing the optimizer the decision in force (``incumbent``, what
   the solver policies do since the fallback keeps it, ``optimizer.FALLBACK_KEEP_TOLERANCE``) and
-  once not: how many times each changes the deployment, and for each change without it, the
-  predicted gain (the kept decision's p99 over the new one's, both priced at the new fallback's
+  once not: how many times each changes the deployment, what it deploys most, and for each change
+  without it, the predicted gain (the kept decision's p99 over the new one's, both priced at the new fallback's
   carried load);
 * **by configuration**: requests missed (dropped or over the SLA) and each stage's batch time over
   its profile's p50 (geometric mean), per configuration in force and setting, so that a
@@ -76,20 +77,24 @@ def replay(doc: dict, profile, ctx, calibrated: bool, forecast: float) -> dict:
     for with_incumbent in (False, True):
         cal = make_calibrator(profile, _opts(SLA_S, True)) if calibrated else None
         batches = _batches_of(doc["batches"])
-        i, current, moved, gains = 0, None, 0, []
+        i, current, moved, gains, shapes = 0, None, 0, [], collections.Counter()
         for d in doc["decisions"][1:]:
             t = float(d["t"])
             while cal is not None and i < len(batches) and batches[i].ended_s[0] <= t:
                 cal.add([batches[i]])
                 i += 1
             planned = cal.corrected(t) if cal is not None else profile
-            new = solve(planned, forecast, ctx.sla, limits, incumbent=current if with_incumbent else None)
+            load = d.get("load_rps") or forecast  # kept runs since 2026-12-06 21:00 record it
+            new = solve(planned, load, ctx.sla, limits, incumbent=current if with_incumbent else None)
             if current is not None and not new.same_config(current):
                 moved += 1
                 if not with_incumbent:
-                    gains.append(_gain(planned, ctx, limits, forecast, current, new))
+                    gains.append(_gain(planned, ctx, limits, load, current, new))
             current = new
-        out["with_incumbent" if with_incumbent else "without"] = {"changes": moved}
+            shapes[tuple((s.variant, s.batch, s.replicas, s.hardware) for s in new.stages)] += 1
+        shape, n = shapes.most_common(1)[0] if shapes else ((), 0)
+        out["with_incumbent" if with_incumbent else "without"] = {
+            "changes": moved, "most_deployed": [list(x) for x in shape], "most_deployed_share": n / max(sum(shapes.values()), 1)}
         if not with_incumbent:
             out["without"]["predicted_gains"] = [g for g in gains if g is not None]
     return out
@@ -130,7 +135,8 @@ def by_configuration(doc: dict, p50: dict, setting: str, acc: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", required=True, help="kept live runs (fidelity_loads.py --keep DIR: load*.json.gz)")
-    ap.add_argument("--forecast", type=float, default=FORECAST_RPS, help="the load the live decisions were planned for")
+    ap.add_argument("--forecast", type=float, default=FORECAST_RPS,
+                    help="the load the live decisions were planned for, where a run did not record it")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     profile = load_profile(PROFILE)
@@ -147,9 +153,12 @@ def main() -> int:
         by_configuration(doc, p50, setting, acc)
         r = runs[name]
         gains = r["replayed"]["without"]["predicted_gains"]
+        kept = r["replayed"]["with_incumbent"]
         print(f"{name}: {r['changes']} changes ({r['replica_additions']} adding a replica); replayed without the "
-              f"incumbent {r['replayed']['without']['changes']}, with it {r['replayed']['with_incumbent']['changes']}; "
-              f"predicted gains of the changes without it: {', '.join(f'{g:.1%}' for g in gains) or '-'}")
+              f"incumbent {r['replayed']['without']['changes']}, with it {kept['changes']}; "
+              f"predicted gains of the changes without it: {', '.join(f'{g:.1%}' for g in gains) or '-'}; "
+              f"deployed most ({kept['most_deployed_share']:.0%}): "
+              + ", ".join(f"{v[:10]} b{b} x{n} {h}" for v, b, n, h in kept["most_deployed"]))
     configs = []
     for (setting, shape), v in sorted(acc.items(), key=lambda kv: -kv[1]["requests"]):
         ratios = {s: float(np.exp(np.mean(np.log(x)))) for s, x in v["ratios"].items()}
