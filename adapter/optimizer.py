@@ -77,9 +77,9 @@ _CARRY_MARGIN = 1e-6
 # not applied), so a gain the corrections cannot resolve neither moves the deployment nor adds a
 # replica. Measured without it (benchmarks/README.md, "Why calibrated ipa lost attainment at
 # 80 %"): calibrated ipa at 80 % of capacity, infeasible at every decision, changed its deployment
-# 9-14 times in 100 s, each for a predicted gain of 0-4 % (ties among them); kept but not the
-# lightest, it held a second detector replica for a 0.4 % gain, and live missed 35 % of requests
-# with it against 25 % with one.
+# 5-8 times in 100 s (uncalibrated: 0-1), for predicted gains of 0-4 % (ties among them); keeping
+# the deployment but not taking the lightest, it held a second detector replica, under which live
+# missed 35 % of requests against 25 % without.
 FALLBACK_KEEP_TOLERANCE = 0.05
 
 
@@ -238,8 +238,9 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     ``solver`` is "dp" (the default: an exact dynamic program over stages, pruned by
     Lagrangian bounds), "cbc" (PuLP's bundled CBC) or "highs" (highspy). Returns an OPTIMAL decision,
     TIMED_OUT with the solver's incumbent, or INFEASIBLE with the fallback and why; ``incumbent``,
-    the decision deployed now, is what the fallback keeps when it is within
-    ``FALLBACK_KEEP_TOLERANCE`` of the new fallback (module docstring).
+    the decision deployed now, is what the fallback keeps when its p99 is within
+    ``FALLBACK_KEEP_TOLERANCE`` of the fastest and it holds no more than the fallback's choice
+    (module docstring).
     ``lp_path`` is a debugging flag: the PuLP model is also written there as an .lp file.
     """
     _check_args(load_rps, accuracy, objective, solver, min_accuracy, max_cost)
