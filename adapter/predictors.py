@@ -103,9 +103,10 @@ class MovingMax:
 
     window_s: int = MOVING_MAX_WINDOW_S
     name: str = "moving-max"
+    min_expected: float = MIN_EXPECTED_ARRIVALS  # the buckets' expected arrivals (``peak_rate``)
 
     def predict(self, history_rps: Sequence[float]) -> float:
-        return peak_rate(_tail(history_rps, self.window_s))
+        return peak_rate(_tail(history_rps, self.window_s), self.min_expected)
 
 
 @dataclass(frozen=True)

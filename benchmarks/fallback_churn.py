@@ -73,17 +73,11 @@ def changes(doc: dict) -> dict:
 def replay(doc: dict, profile, ctx, calibrated: bool, forecast: float) -> dict:
     """The run's planning again at each decision time, with and without the incumbent."""
     limits = _limits(ctx)
+    steps = list(zip(_planned(doc, profile, calibrated), doc["decisions"][1:], strict=True))
     out = {}
     for with_incumbent in (False, True):
-        cal = make_calibrator(profile, _opts(SLA_S, True)) if calibrated else None
-        batches = _batches_of(doc["batches"])
-        i, current, moved, gains, shapes = 0, None, 0, [], collections.Counter()
-        for d in doc["decisions"][1:]:
-            t = float(d["t"])
-            while cal is not None and i < len(batches) and batches[i].ended_s[0] <= t:
-                cal.add([batches[i]])
-                i += 1
-            planned = cal.corrected(t) if cal is not None else profile
+        current, moved, gains, shapes = None, 0, [], collections.Counter()
+        for planned, d in steps:
             load = d.get("load_rps") or forecast  # kept runs since 2026-12-06 21:00 record it
             new = solve(planned, load, ctx.sla, limits, incumbent=current if with_incumbent else None)
             if current is not None and not new.same_config(current):
@@ -97,6 +91,23 @@ def replay(doc: dict, profile, ctx, calibrated: bool, forecast: float) -> dict:
             "changes": moved, "most_deployed": [list(x) for x in shape], "most_deployed_share": n / max(sum(shapes.values()), 1)}
         if not with_incumbent:
             out["without"]["predicted_gains"] = [g for g in gains if g is not None]
+    return out
+
+
+def _planned(doc: dict, profile, calibrated: bool) -> list:
+    """The profile planned on at each decision after the first: for a calibrated run, corrected by
+    a calibrator fed the run's batches up to that decision, as the live controller fed it."""
+    if not calibrated:
+        return [profile] * len(doc["decisions"][1:])
+    cal = make_calibrator(profile, _opts(SLA_S, True))
+    batches = _batches_of(doc["batches"])
+    i, out = 0, []
+    for d in doc["decisions"][1:]:
+        t = float(d["t"])
+        while i < len(batches) and batches[i].ended_s[0] <= t:
+            cal.add([batches[i]])
+            i += 1
+        out.append(cal.corrected(t))
     return out
 
 

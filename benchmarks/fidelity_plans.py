@@ -32,7 +32,6 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from fidelity_loads import CLUSTER_CORES, INTERVAL_S, POLICY, PROFILE, _duration
 
 from varipipe.adapter.policies import make_policy  # noqa: E402
 from varipipe.adapter.policy import Forecast  # noqa: E402
-from varipipe.adapter.predictors import REACTIVE_WINDOW_S, make_predictor, peak_rate  # noqa: E402
+from varipipe.adapter.predictors import Reactive, make_predictor  # noqa: E402
 from varipipe.jsonfile import write_json_atomic  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit  # noqa: E402
 from varipipe.loadgen.runs import SimSettings, policy_context  # noqa: E402
@@ -60,23 +59,11 @@ BUCKET_ARRIVALS = 10.0
 FORECASTERS = ("reactive", "reactive-10", "rate")
 
 
-@dataclass(frozen=True)
-class _BucketedReactive:
-    """The default reactive peak, read over buckets of ``min_expected`` expected arrivals."""
-
-    min_expected: float
-    window_s: int = REACTIVE_WINDOW_S
-    name: str = "reactive-10"
-
-    def predict(self, history_rps: Sequence[float]) -> float:
-        tail = history_rps[-self.window_s:] if len(history_rps) > self.window_s else history_rps
-        return peak_rate(tail, min_expected=self.min_expected)
-
-
 def _forecaster(name: str, rate: float):
     if name == "rate":
         return lambda time_s, history: Forecast(rps=rate, predictor="rate")
-    predictor = make_predictor("reactive") if name == "reactive" else _BucketedReactive(BUCKET_ARRIVALS)
+    predictor = (make_predictor("reactive") if name == "reactive"
+                 else Reactive(name="reactive-10", min_expected=BUCKET_ARRIVALS))
     return predictor_forecaster(predictor, horizon_s=INTERVAL_S)
 
 
