@@ -8,9 +8,9 @@ Reads kept live runs (``fidelity_loads.py --keep``: every batch a stage ran, wit
 hardware, size, service time and end time; no Ray, nothing timed). For each batch: its time over
 the profile's p50 for the same variant, batch size and hardware (the ratio calibration keeps),
 and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k), read two ways:
-weighted by how much of this batch each overlapped (``during``), or those in flight when it starts
-(``at_start``: all a simulator knows then; the law ``loadgen.hostspeed.fit_contention`` fits and the
-simulator's ``SimConfig.contention`` applies). On the tuning window it fits, per stage, by least squares
+weighted by how much of this batch each overlapped (``during``: what ``loadgen.hostspeed.fit_contention``
+fits since 2026-12-07), or those in flight when it starts (``at_start``: all a simulator knows at that
+instant, what the law was fitted on before). On the tuning window it fits, per stage, by least squares
 
     log(ratio) = a + gamma * (busy threads beside it)
 
@@ -35,16 +35,21 @@ import numpy as np
 
 from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, git_commit
-from varipipe.loadgen.hostspeed import threads_beside
+from varipipe.loadgen.hostspeed import threads_during
 from varipipe.profiler.store import load_profile
 from varipipe.records import busy_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
 # What runs beside a batch: the threads in flight over its whole time, each weighted by its overlap
-# ("during"), or those in flight when it starts ("at_start": all a simulator knows then, what
-# loadgen.hostspeed.fit_contention and the simulator's contention use).
+# ("during", what loadgen.hostspeed.fit_contention fits), or those in flight when it starts
+# ("at_start": all a simulator knows at that instant; the law's reading before 2026-12-07).
 BESIDE = ("during", "at_start")
+
+
+def _at_start(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
+    """Per batch, the threads of the other batches in flight when it starts."""
+    return np.array([float(threads[(starts < t0) & (ends > t0)].sum()) for t0 in starts])
 
 
 def batches(path: Path, p50: dict) -> list[dict]:
@@ -55,14 +60,10 @@ def batches(path: Path, p50: dict) -> list[dict]:
     end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
     start = end - np.array([float(b["seconds"]) for b in rows])
     threads = np.array([busy_threads(b["hardware"]) for b in rows], dtype=float)
-    at_start = threads_beside(start, end, threads)
-    out = []
-    for i, b in enumerate(rows):
-        overlap = np.clip(np.minimum(end, end[i]) - np.maximum(start, start[i]), 0.0, None) / max(end[i] - start[i], 1e-9)
-        overlap[i] = 0.0
-        out.append({"stage": b["stage"], "during": float(overlap @ threads), "at_start": float(at_start[i]),
-                    "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]})
-    return out
+    at_start, during = _at_start(start, end, threads), threads_during(start, end, threads)
+    return [{"stage": b["stage"], "during": float(during[i]), "at_start": float(at_start[i]),
+             "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]}
+            for i, b in enumerate(rows)]
 
 
 def fit(rows: list[dict], stage: str, beside: str) -> dict:

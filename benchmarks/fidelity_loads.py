@@ -10,14 +10,16 @@ does) and simulated on the same arrivals:
    largest client count for ``--capacity-s`` on the pipeline's default decision, admission off.
 2. **Tuning window** (its own seed and rate; never compared below): ``ipa`` with
    calibration at ``--tune-fraction`` x capacity for ``--tune-s``. It fits the
-   simulator's host: with ``--host level`` (the default), one speed for every stage
-   (``speed_statistics`` of the window's batches against the profile); with ``--host
+   simulator's host: with ``--host contention`` (the default since 2026-12-07),
+   ``loadgen.hostspeed.fit_contention`` (each stage's contention law: its batches' time over
+   the profile against the busy threads beside them; each variant's tail; the residual
+   speed's statistics); with ``--host level`` (the default before), one speed for every
+   stage (``speed_statistics`` of the window's batches against the profile); with ``--host
    per-variant``, ``loadgen.hostspeed.fit_host`` (each variant's speed and tail against the
    profile: the simulated service times, while the policy plans on the profile) and the
-   residual speed's statistics; with ``--host contention``, ``loadgen.hostspeed.fit_contention``
-   (each stage's contention law, each variant's tail, the residual's statistics). Then the per-request time the profile's stages do
-   not contain (live mean latency − simulated mean latency, ``SimConfig.overhead_s``, as
-   ``fidelity.py``), fitted with the host model in place.
+   residual speed's statistics. Then the per-request time the profile's stages do
+   not contain (live mean latency − simulated mean latency over ``TUNING_SIM_SEEDS`` seeds,
+   ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
    each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
    the two settings interleaved (on off, off on, ...; their spread is how far live
@@ -25,6 +27,11 @@ does) and simulated on the same arrivals:
    arrivals, overhead and statistics, with host-speed series generated afresh for
    each of ``--sim-seeds`` seeds (never a live run's own series:
    ``check_not_replayed``); the simulated figure is the mean over seeds.
+
+A simulated run starts as a live one does (``--start live``, the default since 2026-12-07): the
+spec's default decision serves until the loop first decides, at a phase of its interval drawn per
+seed after ``IDLE_LEAD_S`` idle seconds (``SimConfig.first_decision_s``); ``--start warm``, the
+simulator's own start (the first decision at once, on the first interval's mean load).
 
 The simulated stages are routed as Serve routes live (``--routing replica``, the default here:
 each replica its own line, ``SimConfig.routing``); ``--routing central``, one line per stage, as
@@ -84,11 +91,19 @@ POLL_S = 5.0  # /api/calibration reads: the batches the host speed is read from
 # The tuning window's simulated host-speed series: a seed of its own, far from the compared
 # settings' (seed + 100 ...).
 TUNING_SPEED_SEED = 10_000
+TUNING_SIM_SEEDS = 5  # the tuning window simulated as often as a compared setting (--sim-seeds' default)
 SPEED_STEP_S = 10  # speed_from_batches' step: a few batches of every stage per step at these rates
 # Targets (issue 18 part 4).
 TARGET_P99_REL = 0.15
 TARGET_ATTAINMENT_POINTS = 2.0
 TARGET_MEAN_REL = 0.10
+# --start live: how a live run starts, which the simulated side copies. The server is up and idle
+# before the replay, so the adapter's load history holds idle seconds: at least the reactive
+# predictor's window (adapter.predictors.REACTIVE_WINDOW_S, 10 s), which the simulated arrivals are
+# shifted by. The spec's default decision serves until the loop first decides, at a phase of its
+# interval the replay does not know: drawn per simulated seed (the same for both settings).
+IDLE_LEAD_S = 10.0
+LOOP_PHASE_SEED = 20_000
 
 
 def _opts(sla_s: float, calibration: bool):
@@ -145,7 +160,7 @@ def _serving(rate: float, serving_cpu: dict | None, seconds: float) -> tuple[Nei
         return ()
     runs = sorted(serving_cpu["runs"], key=lambda r: r["rps"])
     threads = float(np.interp(rate, [r["rps"] for r in runs], [r["other_cpu_s_per_s"] for r in runs]))
-    return (Neighbour(0.0, seconds, threads),)
+    return (Neighbour(0.0, seconds + IDLE_LEAD_S, threads),)
 
 
 @dataclass(frozen=True)
@@ -153,28 +168,41 @@ class _World:
     """What the simulated side assumes of the live one besides the host's drift: ``host``, the
     simulated service times where they are not the profile's (the policy still plans on the
     profile); ``contention``, the stages' contention laws (``--host contention``); ``routing``,
-    how a stage's replicas get their work (``--routing``, ``SimConfig.routing``)."""
+    how a stage's replicas get their work (``--routing``, ``SimConfig.routing``); ``start``, how
+    a run starts (``--start``): ``live``, the spec's default decision serving until the loop
+    first decides at a random phase after idle seconds (:data:`IDLE_LEAD_S`), or ``warm``, the
+    simulator's own start (the first decision at once, on the first interval's mean load)."""
 
     host: Profile | None = None
     contention: Contention | None = None
     routing: str = "central"
+    start: str = "live"
 
 
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
          overhead_s: float = 0.0, world: _World = _World(), serving: tuple[Neighbour, ...] = ()):
     """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)
     in ``world``; ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
+    first_s, lead_s, initial = 0.0, 0.0, None
+    if world.start == "live":
+        from varipipe.pipelines.serve_config import default_decision
+        from varipipe.spec import find_spec
+
+        lead_s, initial = IDLE_LEAD_S, default_decision(find_spec(PIPELINE))
+        first_s = lead_s + float(np.random.default_rng([LOOP_PHASE_SEED, seed]).uniform(0.0, INTERVAL_S))
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
                        seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed,
-                       neighbours=serving, contention=world.contention, routing=world.routing)
+                       neighbours=serving, contention=world.contention, routing=world.routing,
+                       first_decision_s=first_s)
     host = world.host
-    [o] = run_sim(host or profile, times, [POLICY], {"sla": sla_s}, base, planned=profile if host else None)
+    [o] = run_sim(host or profile, times + lead_s, [POLICY], {"sla": sla_s}, base, planned=profile if host else None,
+                  initial=initial)
     return o
 
 
 def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_s: float, stats: dict,
           seeds: list[int], live_series: list[np.ndarray], world: _World, serving: tuple[Neighbour, ...] = ()) -> list:
-    seconds = int(np.ceil(times[-1])) + 60
+    seconds = int(np.ceil(times[-1] + IDLE_LEAD_S)) + 60
     out = []
     for seed in seeds:
         speed = _host_speed(stats, seconds, seed)
@@ -184,8 +212,9 @@ def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_
     return out
 
 
-def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, seed: int, sla_s: float,
-                  live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central") -> dict:
+def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, sla_s: float,
+                  live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central",
+                  start: str = "live") -> dict:
     """The simulator's host from the tuning window's batches (module docstring, step 2): the host
     profile (None: the profile itself), the speed statistics, the overhead and what they rest on."""
     host, contention = None, None
@@ -200,11 +229,15 @@ def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: 
         stats = _speed_stats(speed_from_batches(profile, _batches_of(batches), tune_s, SPEED_STEP_S), tune_s)
         extra = {}
     serving = _serving(len(tune_times) / tune_s, serving_cpu, tune_s + 60)
-    world = _World(host, contention, routing)
-    flat = _sim(profile, tune_times, sla_s, seed, True, _host_speed(stats, tune_s + 60, TUNING_SPEED_SEED), world=world,
-                serving=serving)
-    return {"world": world, "stats": stats, "overhead_s": max(live_mean_s - flat.mean_latency_s, 0.0),
-            "sim_mean_s": flat.mean_latency_s, "record": {"model": model, "routing": routing, **extra}}
+    world = _World(host, contention, routing, start)
+    # The window's simulated mean over several seeds (each its own series, noise and loop phase):
+    # one seed's start alone moves it by tens of milliseconds, and the overhead is what is left.
+    flat = [_sim(profile, tune_times, sla_s, TUNING_SPEED_SEED + i, True,
+                 _host_speed(stats, tune_s + int(IDLE_LEAD_S) + 60, TUNING_SPEED_SEED + i), world=world, serving=serving)
+            for i in range(TUNING_SIM_SEEDS)]
+    sim_mean_s = float(np.mean([o.mean_latency_s for o in flat]))
+    return {"world": world, "stats": stats, "overhead_s": max(live_mean_s - sim_mean_s, 0.0),
+            "sim_mean_s": sim_mean_s, "record": {"model": model, "routing": routing, "start": start, **extra}}
 
 
 KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
@@ -269,17 +302,20 @@ def _print_row(row: dict) -> None:
 
 
 def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str,
-               serving_cpu: dict | None = None, routing: str = "central") -> dict:
+               serving_cpu: dict | None = None, routing: str = "central", start: str = "live") -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
     doc = read_json(path)
     t = doc["tuning"]
-    world = _World(routing=routing)
+    world = _World(routing=routing, start=start)
+    if not tuning_batches and t.get("host_model", {}).get("start", "warm") != start:
+        raise SystemExit(f"{path}: its overhead was fitted with a {t.get('host_model', {}).get('start', 'warm')} "
+                         f"start; pass --tuning-batches to fit it again with --start {start}")
     if tuning_batches:
         batches = read_json(tuning_batches)["batches"]
-        tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"], t["seed"],
-                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing)
+        tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
+                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start)
         world = tm["world"]
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": tuning_batches})
@@ -291,7 +327,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         fit = t["host_model"]["host_fit"]
         key = lambda k: tuple(k.split("/", 1))  # noqa: E731
         world = _World(calibrate(profile, {key(k): v for k, v in fit["factors"].items()},
-                                 tails={key(k): v for k, v in fit["tails"].items()}), routing=routing)
+                                 tails={key(k): v for k, v in fit["tails"].items()}), routing=routing, start=start)
     elif t.get("host_model", {}).get("model") == "contention":
         raise SystemExit(f"{path}: its host model is the contention laws; pass --tuning-batches to fit them again")
     for row in doc["settings"]:
@@ -305,7 +341,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         _print_row(row)
     doc["resimulated"] = {"git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]),
-                          "routing": world.routing}
+                          "routing": world.routing, "start": world.start}
     return doc
 
 
@@ -327,12 +363,17 @@ def main() -> int:
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     ap.add_argument("--tuning-batches", default="",
                     help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json.gz")
-    ap.add_argument("--host", choices=("level", "per-variant", "contention"), default="level",
-                    help="the simulated host: one speed for every stage (default), each variant's speed and tail "
-                         "(fit_host), or each stage's contention law and each variant's tail (fit_contention)")
+    ap.add_argument("--host", choices=("level", "per-variant", "contention"), default="contention",
+                    help="the simulated host: each stage's contention law and each variant's tail (fit_contention; "
+                         "default since 2026-12-07), one speed for every stage (before), or each variant's speed and "
+                         "tail (fit_host)")
     ap.add_argument("--routing", choices=ROUTINGS, default="replica",
                     help="the simulated stages' replicas: each its own line, routed as Serve does (default; closer "
                          "to live at 80 %%: benchmarks/README.md), or one central line per stage (SimConfig.routing)")
+    ap.add_argument("--start", choices=("live", "warm"), default="live",
+                    help="how a simulated run starts: as a live one (the spec's default decision until the loop "
+                         "first decides, at a random phase after idle seconds; default) or the simulator's warm start "
+                         "(the first decision at once on the first interval's mean load; before 2026-12-07)")
     ap.add_argument("--serving-cpu", default="",
                     help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
                          "neighbour of that many busy threads at the run's rate (default: left out)")
@@ -349,7 +390,7 @@ def main() -> int:
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
         doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host,
-                         serving_cpu, args.routing)
+                         serving_cpu, args.routing, args.start)
         write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
         return 0
@@ -367,8 +408,8 @@ def main() -> int:
     tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json.gz" if keep else None)
-    tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, args.seed + 1, sla_s,
-                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing)
+    tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, sla_s,
+                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start)
     world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),

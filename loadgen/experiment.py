@@ -111,9 +111,9 @@ class RunOutcome(RunMetrics):
         return {k: getattr(self, k) for k in SUMMARY_FIELDS}
 
 
-def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings, Profile | None]) -> RunOutcome:
-    profile, arrivals, policy, sla_name, settings, planned = args
-    r = run_policy(profile, arrivals, policy, settings, planned=planned)
+def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings, Profile | None, Decision | None]) -> RunOutcome:
+    profile, arrivals, policy, sla_name, settings, planned, initial = args
+    r = run_policy(profile, arrivals, policy, settings, planned=planned, initial=initial)
     metrics = {f.name: getattr(r, f.name) for f in fields(RunMetrics)}
     return RunOutcome(**metrics, policy=policy, sla=sla_name, sla_s=settings.sla_s, mode="sim", wall_s=r.wall_s,
                       series=r.series, timeline=r.timeline)
@@ -121,10 +121,12 @@ def _sim_one(args: tuple[Profile, np.ndarray, str, str, SimSettings, Profile | N
 
 def run_sim(profile: Profile, arrivals: np.ndarray, policies: Sequence[str], slas: Mapping[str, float],
             base: SimSettings, jobs: int = 1, on_done: Callable[[RunOutcome], None] | None = None,
-            planned: Profile | None = None) -> list[RunOutcome]:
+            planned: Profile | None = None, initial: Decision | None = None) -> list[RunOutcome]:
     """Simulate every policy under every SLA on the same arrivals (``jobs`` processes). ``planned``:
-    the profile the policies plan on when the simulated host is not ``profile`` (``run_policy``)."""
-    work = [(profile, arrivals, p, name, replace(base, sla_s=s), planned) for name, s in slas.items() for p in policies]
+    the profile the policies plan on when the simulated host is not ``profile``; ``initial``: what
+    serves before the first decision (``run_policy``)."""
+    work = [(profile, arrivals, p, name, replace(base, sla_s=s), planned, initial)
+            for name, s in slas.items() for p in policies]
     out: list[RunOutcome] = []
     if jobs <= 1:
         for w in work:

@@ -28,8 +28,9 @@ variant (the host's stages need not move together, and live batches spread wider
 than the profiler's fixed inputs did), as a host profile for the simulator's
 service times, plus the residual series that is left for :func:`speed_statistics`. :func:`fit_contention` reads
 it as the stages slowing each other: per stage, the log of a batch's time over the
-profile grows linearly with the busy threads in flight beside it when it starts
-(:class:`Contention`, which the simulator applies batch by batch in shared mode). A
+profile grows linearly with the busy threads beside it over its time
+(:func:`threads_during`; :class:`Contention`, which the simulator applies in shared
+mode at the previous second's busy threads beside each stage, their expected value). A
 simulated run that is compared with a live one must never replay that run's own
 series (it would be told the live run's noise): :func:`check_not_replayed`
 refuses it. Pure apart from reading a file.
@@ -50,7 +51,7 @@ from varipipe.records import BatchTimes, Profile, busy_threads
 
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
            "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
-           "ContentionFit", "threads_beside", "fit_contention"]
+           "ContentionFit", "threads_during", "fit_contention"]
 
 
 @dataclass(frozen=True)
@@ -301,10 +302,11 @@ def fit_host(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step
 
 @dataclass(frozen=True)
 class ContentionLaw:
-    """One stage's contention law: a batch that starts beside ``x`` busy threads (the other
-    batches in flight then, each counted at its hardware's cores) takes ``exp(a + gamma * x)``
-    times the profile's p50 for it. ``a``: the stage's speed on this host with nothing beside it;
-    ``gamma``: what each busy thread beside it costs. ``batches``: how many it was fitted on."""
+    """One stage's contention law: a batch beside ``x`` busy threads over its time (the other
+    batches, each counted at its hardware's cores and weighted by how much of the batch it
+    overlapped: :func:`threads_during`) takes ``exp(a + gamma * x)`` times the profile's p50 for
+    it. ``a``: the stage's speed on this host with nothing beside it; ``gamma``: what each busy
+    thread beside it costs. ``batches``: how many it was fitted on."""
 
     a: float
     gamma: float
@@ -325,13 +327,17 @@ class Contention:
                 for s, law in self.laws.items()}
 
 
-def threads_beside(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
-    """Per batch, the threads of the other batches in flight when it starts (started before it,
-    not yet ended): what the simulator can know at that instant."""
+def threads_during(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
+    """Per batch, the busy threads beside it on average over its time: each other batch's threads
+    weighted by the share of this batch's time it overlapped. (Read at a batch's start instead,
+    a long batch misses the short ones that come and go after it starts: the LLM's slope fell
+    from 0.27 to 0.09 a thread that way, benchmarks/README.md.)"""
     starts, ends, threads = (np.asarray(a, dtype=np.float64) for a in (starts, ends, threads))
     out = np.zeros(len(starts))
-    for k, t0 in enumerate(starts):
-        out[k] = float(threads[(starts < t0) & (ends > t0)].sum())  # not itself: it does not start before t0
+    for k in range(len(starts)):
+        overlap = np.clip(np.minimum(ends, ends[k]) - np.maximum(starts, starts[k]), 0.0, None)
+        overlap[k] = 0.0  # not itself
+        out[k] = float(overlap @ threads) / max(float(ends[k] - starts[k]), 1e-9)
     return out
 
 
@@ -361,7 +367,7 @@ MIN_BESIDE_SPREAD = 0.05  # busy threads: the standard deviation of x under whic
 
 def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> ContentionFit:
     """Per stage, least squares of log(batch time / the profile's p50 for it) on the busy threads
-    beside it when it started (:func:`threads_beside`, over every batch of the window, any stage),
+    beside it over its time (:func:`threads_during`, over every batch of the window, any stage),
     and the residual speed per ``step_s`` (the median over the step's batches of time / what the
     law predicts, held over the step; 1 before the first). ``ended_s`` relative to the window's
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
@@ -375,7 +381,7 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     stage = np.array([r[0] for r in rows])
     start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
     source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
-    beside = threads_beside(start, end, threads)
+    beside = threads_during(start, end, threads)
     ok = np.isfinite(p50) & (p50 > 0) & (took > 0)
     laws: dict[str, ContentionLaw] = {}
     for s in profile.stages:

@@ -25,7 +25,7 @@ from varipipe.loadgen.simulator import (
     predictor_forecaster,
     simulate,
 )
-from varipipe.records import Profile
+from varipipe.records import Decision, Profile
 
 __all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
 
@@ -60,11 +60,13 @@ def policy_context(profile: Profile, settings: SimSettings) -> PolicyContext:
 
 
 def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, settings: SimSettings,
-               keep_table: bool = False, policy: Policy | None = None, planned: Profile | None = None) -> SimResult:
+               keep_table: bool = False, policy: Policy | None = None, planned: Profile | None = None,
+               initial: Decision | None = None) -> SimResult:
     """Simulate ``arrivals`` under the adapter's policy ``policy_name`` (or ``policy``, built
     by the caller with :func:`policy_context`, e.g. to watch its internals). ``planned``: the
     profile the policy plans on and calibration corrects, when the host is not ``profile``'s
-    (``profile`` then gives the service times)."""
+    (``profile`` then gives the service times). ``initial``: what serves before the first
+    decision (``SimConfig.first_decision_s``)."""
     from varipipe.adapter.policies import make_policy
     from varipipe.adapter.predictors import make_predictor
 
@@ -73,7 +75,7 @@ def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, setting
                              **_policy_options(policy_name, settings, arrivals))
     forecaster = predictor_forecaster(make_predictor(settings.predictor), horizon_s=settings.interval_s)
     return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table,
-                    planned=planned)
+                    planned=planned, initial=initial)
 
 
 def write_request_table(table: RequestTable, path: str | Path) -> None:

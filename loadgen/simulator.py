@@ -54,10 +54,12 @@ replicas and leave them the rest; they are not the run's cost. Below saturation
 the stages still slow each other live (caches, memory bandwidth, the serving path's
 threads, moments when more threads are runnable than there are cores); with
 ``SimConfig.contention`` (:func:`~varipipe.loadgen.hostspeed.fit_contention`, fitted on a
-live window) each CPU batch's time is also multiplied by its stage's law at the busy
-threads of the batches in flight when it starts: those of earlier segments, and of
-the stages before it in this one (a later stage's batch that starts earlier in the
-same segment is not formed yet, so it is missed).
+live window) each CPU batch's time is its stage's law at the busy threads beside it in
+place of that slowdown (never less than processor sharing at the law's own speed). Live,
+the law is fitted on the threads a batch had beside it over its whole time; a batch's
+time cannot wait for what starts after it, so the simulator reads the expected value of
+that, the mean-field way: the previous slice's busy threads of the other stages and of
+the stage's other replicas (its own busy threads × (replicas − 1) / replicas).
 A reconfiguration adds its own CPU there
 (a replica start, a model load; measured on Ray Serve) over its delay, as
 replica processes starting on the same cores do live. In ``reserved`` mode each
@@ -96,7 +98,7 @@ from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import in_force, max_ongoing_for, update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import Contention, ContentionLaw, HostSpeed, Neighbour
+from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -184,11 +186,17 @@ class SimConfig:
     # Other processes' busy threads on the host (a CPU hog), before the replicas: shared mode only.
     neighbours: tuple[Neighbour, ...] = ()
     # The stages slowing each other below saturation (hostspeed.fit_contention): each CPU batch's
-    # time times its stage's law at the busy threads in flight when it starts; shared mode only.
+    # time times its stage's law at the previous slice's busy threads beside it; shared mode only.
     contention: Contention | None = None
     # How a stage's replicas get their work: "central", one FIFO line per stage that any free
     # replica takes its next batch from; "replica", as Serve routes live (module docstring).
     routing: str = "central"
+    # When the policy first decides. 0: at the start, on a warm-start forecast (the first
+    # interval's mean load), in force at once, the same for every policy. > 0: as a live
+    # ``serve`` starts: the run's ``initial`` decision (the spec's default) serves from the
+    # start, and the loop first decides this many seconds in, on its forecaster, its changes
+    # taking their delays as any later ones (the live loop ticks at a phase of its own).
+    first_decision_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cost_mode not in ("shared", "reserved"):
@@ -203,6 +211,8 @@ class SimConfig:
                                 "'shared' (in 'reserved' mode each replica owns its cores)")
         if not isinstance(self.cluster_gpus, int) or self.cluster_gpus < 0:
             raise VaripipeError(f"cluster_gpus must be an integer >= 0, got {self.cluster_gpus!r}")
+        if not (self.first_decision_s >= 0 and math.isfinite(self.first_decision_s)):
+            raise VaripipeError(f"first_decision_s must be a number >= 0, got {self.first_decision_s!r}")
         if not (self.overhead_s >= 0 and math.isfinite(self.overhead_s)):
             raise VaripipeError(f"overhead_s must be a number >= 0, got {self.overhead_s!r}")
         for name in ("sla_s", "interval_s", "cluster_cores"):
@@ -512,6 +522,7 @@ class _Stage:
     replica_free_s: list[float] = field(default_factory=list)  # heap: when each replica is next free
     lines: list[_Line] | None = None  # routing="replica": each replica's own line (None: one central line)
     route_rng: random.Random | None = None  # routing="replica": ties between equally loaded replicas
+    busy: np.ndarray | None = None  # contention: this stage's busy threads per second (the run's ``busy`` in part)
     # State.
     queue: _Queue = field(default_factory=_Queue)
     occupancy: _Occupancy = field(default_factory=_Occupancy)
@@ -544,14 +555,11 @@ class _Stage:
 
 
 def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
-                 shed_pos: list[int], speed: list[float] | None, law: ContentionLaw | None = None,
-                 inflight: list[tuple[float, float, float]] | None = None) -> tuple[int, list[int], list[int], list[int]]:
+                 shed_pos: list[int], speed: list[float] | None) -> tuple[int, list[int], list[int], list[int]]:
     """Form and run the batches that start before ``t_end`` (the hot loop). Appends the queue
     positions of shed items to ``shed_pos``; returns (first queue position, batch first
     positions, batch sizes, batch ids) for the caller to vectorise. ``speed``: the host's
-    slowness per second (None: steady), applied in the second a batch starts. ``inflight``:
-    the run's (start, end, threads) of the batches that may still run (contention); each batch
-    joins it, and with ``law`` its time is the law's factor at the threads in flight at its start."""
+    slowness per second (None: steady), applied in the second a batch starts."""
     q = st.queue
     times, deadlines, free = q.times, q.deadlines, st.replica_free_s
     n_q, h, h0 = len(times), q.head, q.head
@@ -581,7 +589,7 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if close >= t_end:
             break
         ids.append(len(batch_end))
-        end, expected, measured = _start_batch(st, n, close, slow, speed, law, inflight, busy, expected, measured)
+        end, expected, measured = _start_batch(st, n, close, slow, speed, busy, expected, measured)
         heapq.heapreplace(free, end)
         firsts.append(h)
         sizes.append(n)
@@ -591,25 +599,18 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     return h0, firsts, sizes, ids
 
 
-def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, law: ContentionLaw | None,
-                 inflight: list[tuple[float, float, float]] | None, busy: np.ndarray | None, expected: float,
-                 measured: float) -> tuple[float, float, float]:
+def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, busy: np.ndarray | None,
+                 expected: float, measured: float) -> tuple[float, float, float]:
     """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
-    times the processor-sharing slowdown, the host's slowness in its first second and, with a
-    contention ``law``, the law at the threads in flight then; booked in the stage's batches, its
-    occupancy, the busy account and ``inflight``. Returns (end, expected, measured): its end and
-    admission control's moving average after it."""
+    times ``slow`` (the segment's processor sharing, or its contention law) and the host's
+    slowness in its first second; booked in the stage's batches, its occupancy and the busy
+    accounts. Returns (end, expected, measured): its end and admission control's moving
+    average after it."""
     m = st.model
     s = m.median_s[n] * math.exp(m.sigma[n] * st.noise.draw()) * slow
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
-    if law is not None:
-        beside = 0.0
-        for s0, e0, k in inflight:
-            if s0 < close < e0:
-                beside += k
-        s *= law.factor(beside)
     expected = update_expected(in_force(expected, measured, close), s)
     end = close + s
     heapq.heappush(st.occupancy.ending, (end, n))
@@ -618,8 +619,8 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
     st.batch_service_s.append(s)
     if busy is not None:
         _add_busy(busy, close, end, m.threads)
-    if inflight is not None:
-        inflight.append((close, end, m.threads))
+    if st.busy is not None and not m.on_gpu:
+        _add_busy(st.busy, close, end, m.threads)
     return end, expected, (end if end > measured else measured)
 
 
@@ -657,8 +658,7 @@ def _least_loaded(lines: list[_Line], t: float, pick: Callable[[], float]) -> _L
 
 
 def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndarray | None,
-                shed_items: list[int], speed: list[float] | None, law: ContentionLaw | None = None,
-                inflight: list[tuple[float, float, float]] | None = None) -> tuple[list[int], list[int], list[int]]:
+                shed_items: list[int], speed: list[float] | None) -> tuple[list[int], list[int], list[int]]:
     """``routing="replica"``: route the stage's arrivals before ``t_end`` to its replicas' own
     lines (:func:`_pick_line`) and run the batches that start before it, in time order. When
     every replica holds its ``max_ongoing_requests``, arrivals wait in the ingress's gate
@@ -694,7 +694,7 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                 continue
             n = b if len(w) >= b else len(w)
             ids.append(len(batch_end))
-            end, expected, measured = _start_batch(st, n, close, slow, speed, law, inflight, busy, expected, measured)
+            end, expected, measured = _start_batch(st, n, close, slow, speed, busy, expected, measured)
             line.free_s, line.running = end, n
             items.extend(w.popleft()[2] for _ in range(n))
             sizes.append(n)
@@ -890,8 +890,9 @@ class _Run:
         # Online calibration, as live: fed the batches of every interval, read by the loop.
         self.calibrator: Calibrator | None = make_calibrator(planned or profile, config)
         self.speed = config.host_speed.multipliers(self.arrivals.seconds + 1) if config.host_speed else None
-        # Contention: the CPU batches that may still be running (start, end, threads), pruned per segment.
-        self.inflight: list[tuple[float, float, float]] | None = [] if config.contention is not None else None
+        if config.contention is not None:  # the contention law reads what runs beside each stage
+            for st in self.stages:
+                st.busy = np.zeros(self.arrivals.seconds + 1)
         self.loop = None if delegates_to_ray(policy) else ControlLoop(
             policy, self._apply, initial=initial, verbose=False, log_size=1, calibrator=self.calibrator)
 
@@ -1037,16 +1038,31 @@ class _Run:
             capacity = _left_to_replicas(capacity, self.accounts.neighbours[i])
         return max(1.0, busy[i] / capacity)
 
+    def _contended(self, st: _Stage, t0: float, shared: float) -> float:
+        """A CPU stage's slowdown in the segment from ``t0``: processor sharing (``shared``), or
+        with a contention law its factor at the busy threads beside the stage in the previous
+        slice (the other stages', and the stage's own × (replicas − 1) / replicas: its other
+        replicas), never below processor sharing at the law's own speed."""
+        law = self.cfg.contention.laws.get(st.name) if self.cfg.contention is not None else None
+        if law is None or st.busy is None:
+            return shared
+        i = int(t0) - 1
+        beside = 0.0
+        if i >= 0:
+            own = float(st.busy[i])
+            r = st.replicas()
+            beside = float(self.accounts.busy[i]) - own + (own * (r - 1) / r if r > 1 else 0.0)
+        return max(law.factor(beside), math.exp(law.a) * shared)
+
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
         slow = {False: self._slowdown(t0, False), True: self._slowdown(t0, True)}
-        if self.inflight:  # a batch formed in this segment starts at t0 or later
-            self.inflight[:] = [b for b in self.inflight if b[1] > t0]
         lo, hi = np.searchsorted(self.arrivals.times, [t0, t1], side="left")
         times, reqs = self.arrivals.times[lo:hi], np.arange(lo, hi, dtype=np.int64)
         for st in self.stages:
             times, reqs = self._feed(st, times, reqs)
-            times, reqs = self._process(st, t1, slow[st.model is not None and st.model.on_gpu])
+            gpu = st.model is not None and st.model.on_gpu
+            times, reqs = self._process(st, t1, slow[gpu] if gpu else self._contended(st, t0, slow[False]))
             if st.departures.chunks:
                 st.departures.until(t1, self.interval.stages[st.name])
             if st.ran.chunks:
@@ -1083,16 +1099,12 @@ class _Run:
         shed_pos: list[int] = []
         busy = self.accounts.gpu_busy if st.model.on_gpu else self.accounts.busy
         speed = None if st.model.on_gpu else self.speed  # the host's cores, not the GPU
-        on_cpu = self.inflight is not None and not st.model.on_gpu
-        law = self.cfg.contention.laws.get(st.name) if on_cpu else None
         if st.lines is None:
-            h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed, law,
-                                                   self.inflight if on_cpu else None)
+            h0, firsts, sizes, bids = _run_batches(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed)
             shed = st.queue.items[np.asarray(shed_pos, dtype=np.int64)] if shed_pos else None
             items = st.queue.items[h0:][_expand(h0, firsts, sizes)] if firsts else None
         else:
-            routed, sizes, bids = _run_routed(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed, law,
-                                              self.inflight if on_cpu else None)
+            routed, sizes, bids = _run_routed(st, t1, slow, self.cfg.shed_late, busy, shed_pos, speed)
             shed = np.asarray(shed_pos, dtype=np.int64) if shed_pos else None
             items = np.asarray(routed, dtype=np.int64) if sizes else None
         counters = self.interval.stages[st.name]
@@ -1176,7 +1188,9 @@ class _Run:
     def run(self) -> None:
         iv = self.period_s
         end = float(self.arrivals.seconds - 1)
-        next_decision = 0.0
+        next_decision = self.cfg.first_decision_s
+        if next_decision > 0:  # a live start: the initial decision serves until the loop first decides
+            self._apply(self.initial)
         slice_s = SHARED_SLICE_S if self.accounts.busy is not None else iv
         while self.now < end:
             t = self.now
@@ -1280,10 +1294,14 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
 
     ``forecaster(time_s, history_rps) -> Forecast`` feeds the policy's forecast;
     the first decision is taken at t=0 on the first interval's mean load and
-    applied at once (every policy starts from a warm configuration).
+    applied at once (every policy starts from a warm configuration), or with
+    ``config.first_decision_s`` > 0 at that time, ``initial`` serving until then.
     """
     import time
 
+    if config.first_decision_s > 0 and initial is None:
+        raise VaripipeError("a run whose first decision comes later (first_decision_s > 0) needs the initial "
+                            "decision that serves until then")
     started = time.perf_counter()
     run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial, planned)
     if run.arrivals.n:

@@ -16,7 +16,7 @@ from varipipe.loadgen.hostspeed import (
     ContentionLaw,
     Neighbour,
     fit_contention,
-    threads_beside,
+    threads_during,
 )
 from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
 from varipipe.loadgen.traces import Trace, arrival_times
@@ -143,6 +143,27 @@ def test_replica_add_takes_effect_after_delay():
     assert np.diff(before).min() >= 0.1 - 1e-9  # one replica: completions at least a service time apart
     assert np.diff(after).min() < 0.1  # three replicas overlap
     assert r.decisions == 1
+
+
+def test_a_live_start_serves_the_initial_decision_until_the_loop_first_decides():
+    # Stage a (0.1 s), the policy always 2 replicas, the initial decision 1. Warm start: 2 replicas
+    # from t = 0. Live start (first decision at 5 s): the initial replica alone serves until the
+    # second, decided at 5 s, comes REPLICA_ADD_S later.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    initial = Decision((StageDecision("a", "v", 1, 1, "cpu:1", 0.0),))
+    arr = np.array([0.0, 0.0, 6.0, 6.0, 5.0 + REPLICA_ADD_S + 1.0, 5.0 + REPLICA_ADD_S + 1.0])
+    warm = simulate(profile, arr, Fixed(replicas=2, stages=("a",)), _last, SimConfig(100.0, 5.0, "reserved", 8.0, 0),
+                    initial=initial, keep_table=True)
+    assert warm.table.latency_s == pytest.approx([0.1] * 6)
+    policy = Fixed(replicas=2, stages=("a",))
+    live = simulate(profile, arr, policy, _last, SimConfig(100.0, 5.0, "reserved", 8.0, 0, first_decision_s=5.0),
+                    initial=initial, keep_table=True)
+    assert live.table.latency_s == pytest.approx([0.1, 0.2, 0.1, 0.2, 0.1, 0.1])
+    assert policy.seen[0][0].time_s == 5.0 and policy.seen[0][1].predictor == "last"  # its forecaster, no warm start
+    with pytest.raises(VaripipeError, match="needs the initial decision"):
+        simulate(profile, arr, Fixed(stages=("a",)), _last, SimConfig(100.0, first_decision_s=5.0))
+    with pytest.raises(VaripipeError, match="first_decision_s must be a number >= 0"):
+        SimConfig(1.0, first_decision_s=-1.0)
 
 
 def test_shared_mode_processor_sharing_slows_batches():
@@ -405,27 +426,44 @@ def test_routing_must_be_known():
 # --------------------------------------------------------------------------- contention
 
 
-def test_contention_slows_a_batch_by_its_stages_law_at_the_threads_in_flight_when_it_starts():
-    # Stage a alone, two replicas, 0.1 s a batch. Law: a = ln 1.5, gamma = ln 2 per busy thread.
-    # Request 0 starts alone: 0.15 s. Request 1 starts at 0.05 beside request 0: 0.3 s.
-    # Request 2 starts at 1.0, alone again.
-    profile = Profile("test", (_point("a", "v", 1, 0.1),))
-    law = Contention({"a": ContentionLaw(math.log(1.5), math.log(2.0))})
+def test_contention_slows_a_stage_by_its_law_at_the_previous_seconds_threads_beside_it():
+    # Stages a (0.1 s) then b (0.5 s), one replica each; a's law: a = 0, gamma = ln 2 per busy
+    # thread, b has none (processor sharing on 8 cores: no slowdown). Request 0 (t = 0): nothing
+    # ran before, a takes 0.1 s, b 0.1-0.6 s. Request 1 (t = 1.2): in second 0, b was busy 0.5 s
+    # beside a (a's own 0.1 s is not beside it), so a takes 0.1 * 2 ** 0.5.
+    profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 0.5)))
+    law = Contention({"a": ContentionLaw(0.0, math.log(2.0))})
     cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=law)
-    r = simulate(profile, np.array([0.0, 0.05, 1.0]), Fixed(replicas=2, stages=("a",)), _last, cfg, keep_table=True)
-    assert r.table.latency_s == pytest.approx([0.15, 0.3, 0.15])
+    r = simulate(profile, np.array([0.0, 1.2]), Fixed(), _last, cfg, keep_table=True)
+    assert r.table.latency_s == pytest.approx([0.6, 0.1 * 2 ** 0.5 + 0.5])
     with pytest.raises(VaripipeError, match="contention law .* needs cost mode 'shared'"):
         SimConfig(1.0, cost_mode="reserved", contention=law)
 
 
-def test_threads_beside_counts_the_other_batches_in_flight_at_a_start():
+def test_contention_counts_a_stages_other_replicas_beside_it_but_not_itself():
+    # Stage a alone, 0.1 s, law a = ln 1.5, gamma = ln 2. Two requests at t = 0 run side by side
+    # (nothing before them: 0.15 s each); a third at t = 1.0 sees second 0's 0.3 busy thread-seconds
+    # of the stage, half of them its other replica's with two replicas, none with one.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=Contention({"a": ContentionLaw(math.log(1.5), math.log(2.0))}))
+    two = simulate(profile, np.array([0.0, 0.0, 1.0]), Fixed(replicas=2, stages=("a",)), _last, cfg, keep_table=True)
+    assert two.table.latency_s == pytest.approx([0.15, 0.15, 0.15 * 2 ** 0.15])
+    one = simulate(profile, np.array([0.0, 1.0]), Fixed(replicas=1, stages=("a",)), _last, cfg, keep_table=True)
+    assert one.table.latency_s == pytest.approx([0.15, 0.15])
+
+
+def test_threads_during_weights_each_other_batch_by_its_overlap():
+    # Batch 0 (0-1 s) has batch 1 (2 threads) beside it for half its time and batch 2 (1 thread) for
+    # 0.2 of it; batch 3 is alone.
     starts, ends, threads = np.array([0.0, 0.5, 0.5, 3.0]), np.array([1.0, 2.0, 0.7, 4.0]), np.array([1.0, 2.0, 1.0, 1.0])
-    assert threads_beside(starts, ends, threads).tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert threads_during(starts, ends, threads) == pytest.approx([0.5 * 2 + 0.2 * 1, 0.5 / 1.5 + 0.2 / 1.5,
+                                                                    1.0 + 2.0, 0.0])
 
 
 def test_fit_contention_recovers_a_law_from_batches_that_follow_it():
     # Stage a (profile p50 0.1 s) runs at exp(-0.2 + 0.4 x) of it beside x busy threads of stage b,
-    # whose batches (1 or 3 threads, or none) come and go; b has a flat law at 1.2.
+    # whose batches (1 or 3 threads, or none) come and go, each over the whole of a's batch; b takes
+    # 1.2 s whatever runs beside it (a's batches, for part of its time): a flat law.
     rng = np.random.default_rng(0)
     profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 1.0, hw="cpu:1"),
                                _point("b", "v", 1, 1.0, hw="cpu:3")))
@@ -441,5 +479,5 @@ def test_fit_contention_recovers_a_law_from_batches_that_follow_it():
     fit = fit_contention(profile, a_b + b_b, 1000)
     a, b = fit.contention.laws["a"], fit.contention.laws["b"]
     assert (a.a, a.gamma) == (pytest.approx(-0.2, abs=0.01), pytest.approx(0.4, abs=0.01))
-    assert (b.gamma, math.exp(b.a)) == (0.0, pytest.approx(1.2))  # nothing ever runs beside b: no slope
+    assert (b.gamma, math.exp(b.a)) == (pytest.approx(0.0, abs=1e-9), pytest.approx(1.2))  # b takes 1.2 s beside anything
     assert fit.residual == pytest.approx(1.0, abs=0.02)
