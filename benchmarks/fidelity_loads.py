@@ -56,6 +56,7 @@ import math
 import shlex
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def _live(profile, times: np.ndarray, body: bytes, sla_s: float, calibration: bo
     if keep is not None:
         write_json_atomic(keep, {"records": [json.loads(r.to_json()) for r in records], "batches": polls.batches,
                                  "decisions": polls.decisions, "corrections": polls.corrections})
-    return {"metrics": m, "batches": polls.batches, "poll_errors": len(polls.errors)}
+    return {"metrics": m, "batches": polls.batches, "decisions": polls.decisions, "poll_errors": len(polls.errors)}
 
 
 def _speed_stats(series: np.ndarray, seconds: int) -> dict:
@@ -212,17 +213,30 @@ def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_
     return out
 
 
+def _replicas_from(decisions: list[dict]):
+    """``replicas(stage, t)``: each stage's replicas in the decision serving at ``t`` (polled from
+    ``/config`` every POLL_S; one before the first), for ``fit_contention``."""
+    steps = sorted((float(d["t"]), {s[0]: int(s[3]) for s in d["stages"]}) for d in decisions if d.get("stages"))
+    times = [t for t, _ in steps]
+
+    def replicas(stage: str, t: float) -> int:
+        i = bisect_right(times, t) - 1
+        return steps[i][1].get(stage, 1) if i >= 0 else 1
+    return replicas
+
+
 def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, sla_s: float,
                   live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central",
-                  start: str = "live") -> dict:
-    """The simulator's host from the tuning window's batches (module docstring, step 2): the host
-    profile (None: the profile itself), the speed statistics, the overhead and what they rest on."""
+                  start: str = "live", decisions: list[dict] = ()) -> dict:
+    """The simulator's host from the tuning window's batches and polled decisions (module
+    docstring, step 2): the host profile (None: the profile itself), the speed statistics, the
+    overhead and what they rest on."""
     host, contention = None, None
     if model == "per-variant":
         fit = fit_host(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
         host, stats, extra = fit.host, _speed_stats(fit.residual, tune_s), {"host_fit": fit.to_dict()}
     elif model == "contention":
-        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
+        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S, _replicas_from(list(decisions)))
         host, contention, stats = fit.host, fit.contention, _speed_stats(fit.residual, tune_s)
         extra = {"contention": fit.to_dict()}
     else:
@@ -313,9 +327,10 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         raise SystemExit(f"{path}: its overhead was fitted with a {t.get('host_model', {}).get('start', 'warm')} "
                          f"start; pass --tuning-batches to fit it again with --start {start}")
     if tuning_batches:
-        batches = read_json(tuning_batches)["batches"]
-        tm = _tuning_model(profile, batches, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
-                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start)
+        kept = read_json(tuning_batches)
+        tm = _tuning_model(profile, kept["batches"], _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
+                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start,
+                           kept.get("decisions", []))
         world = tm["world"]
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": tuning_batches})
@@ -409,7 +424,8 @@ def main() -> int:
     keep = Path(args.keep) if args.keep else None
     tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json.gz" if keep else None)
     tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, sla_s,
-                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start)
+                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start,
+                       tune["decisions"])
     world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
     doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                      "requests": len(tune_times), "live": _live_row(tune["metrics"]),

@@ -1,6 +1,6 @@
 """Live against simulated, per setting, for several simulated worlds: one picture of ``fidelity_loads.py``'s rows.
 
-    python benchmarks/plot_fidelity.py --out benchmarks/results/fidelity_worlds.png
+    python benchmarks/plot_fidelity.py [--set tail|lightest] --out benchmarks/results/fidelity_worlds.png
 
 Reads result files of ``fidelity_loads.py`` (the live runs and the simulated means they hold)
 for the same live runs re-simulated in different worlds (``--from-live``: host model, routing),
@@ -20,24 +20,36 @@ from varipipe.jsonfile import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-# (label, the pooled-tail rerun's file at 80 %, the tail run's file at 40 % and 80 %): the same live runs each.
-WORLDS = (
-    ("level host, central line", "fidelity_loads_pooled_tail_80.json", "fidelity_loads_tail.json"),
-    ("level host, Serve's routing", "fidelity_loads_pooled_tail_80_replica.json", "fidelity_loads_tail_replica.json"),
-    ("contention law, Serve's routing", "fidelity_loads_pooled_tail_80_contention_replica.json",
-     "fidelity_loads_tail_contention_replica.json"),
-)
+# Per set of live runs, its simulated worlds: (label, [(which live runs, result file), ...]); every
+# world of a set holds the same live runs.
+WORLD_SETS = {
+    # 2026-12-06: the pooled-tail rerun at 80 %, the tail run at 40 % and 80 %.
+    "tail": (
+        ("level host, central line", [("rerun", "fidelity_loads_pooled_tail_80.json"),
+                                      ("tail run", "fidelity_loads_tail.json")]),
+        ("level host, Serve's routing", [("rerun", "fidelity_loads_pooled_tail_80_replica.json"),
+                                         ("tail run", "fidelity_loads_tail_replica.json")]),
+        ("contention law at start, Serve's routing", [("rerun", "fidelity_loads_pooled_tail_80_contention_replica.json"),
+                                                      ("tail run", "fidelity_loads_tail_contention_replica.json")]),
+    ),
+    # 2026-12-07: the two runs with the lightest fallback, both loads each.
+    "lightest": (
+        ("level host, warm start (before)", [("run 1", "fidelity_loads_lightest.json"),
+                                             ("run 2", "fidelity_loads_lightest2.json")]),
+        ("contention law, live start", [("run 1", "fidelity_loads_lightest_contention_live.json"),
+                                        ("run 2", "fidelity_loads_lightest2_contention_live.json")]),
+    ),
+}
 FIGURES = (("sla_attainment", "SLA attainment", "attainment"), ("p99_latency_s", "p99 latency (s)", "p99"),
            ("mean_latency_s", "mean latency (s)", "mean_latency"))
 MARKERS = ("o", "s", "^", "D")
 
 
-def _settings(paths: list[Path]) -> list[tuple[str, dict]]:
+def _settings(files: list[tuple[str, str]]) -> list[tuple[str, dict]]:
     """Every setting of the files, labelled: which live runs, load and calibration."""
     out = []
-    for path in paths:
-        run = "rerun" if "pooled" in path.name else "tail run"
-        for row in read_json(path)["settings"]:
+    for run, name in files:
+        for row in read_json(RESULTS / name)["settings"]:
             out.append((f"{run}\n{row['load_fraction']:.0%} {'on' if row['calibration'] else 'off'}", row))
     return out
 
@@ -52,6 +64,7 @@ def _band(row: dict, key: str, field: str) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", choices=sorted(WORLD_SETS), default="tail", help="which live runs and their worlds")
     ap.add_argument("--out", default=str(RESULTS / "fidelity_worlds.png"))
     args = ap.parse_args()
     import matplotlib
@@ -59,7 +72,7 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    worlds = [(label, _settings([RESULTS / a, RESULTS / b])) for label, a, b in WORLDS]
+    worlds = [(label, _settings(files)) for label, files in WORLD_SETS[args.set]]
     names = [name for name, _ in worlds[0][1]]
     fig, axes = plt.subplots(len(FIGURES), 1, figsize=(11, 9), sharex=True)
     x = np.arange(len(names))

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,8 @@ from varipipe.records import BatchTimes, Profile, busy_threads
 
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
            "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
-           "ContentionFit", "threads_during", "fit_contention"]
+           "ContentionFit", "threads_during", "threads_before", "beside_from_busy",
+           "fit_contention"]
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,40 @@ def threads_during(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) ->
     return out
 
 
+def beside_from_busy(total: float, own: float, replicas: int) -> float:
+    """The busy threads beside a stage's batch, read from a second's busy threads: all of them
+    (``total``) but the stage's own (``own``), save those of its other replicas (``own`` ×
+    (replicas − 1) / replicas). What the simulator applies a contention law at (the previous
+    second's), and what :func:`fit_contention` anchors the law's level on."""
+    return total - own + (own * (replicas - 1) / replicas if replicas > 1 else 0.0)
+
+
+def threads_before(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray, stages: np.ndarray,
+                   replicas: Callable[[str, float], int] | None = None) -> np.ndarray:
+    """Per batch, :func:`beside_from_busy` of the second before the one it starts in (0 in the
+    first), from every batch's threads spread over the seconds it ran, as the simulator reads it;
+    ``replicas(stage, t)``: the stage's replicas then (None: one each)."""
+    starts, ends, threads = (np.asarray(a, dtype=np.float64) for a in (starts, ends, threads))
+    n = int(max(float(ends.max(initial=0.0)), 0.0)) + 2
+    busy = {s: np.zeros(n) for s in set(stages.tolist())}
+    for s, t0, t1, k in zip(stages.tolist(), starts, ends, threads, strict=True):
+        t0 = max(t0, 0.0)
+        i0, i1 = int(t0), int(t1)
+        if i0 == i1:
+            busy[s][i0] += k * (t1 - t0)
+            continue
+        busy[s][i0] += k * (i0 + 1 - t0)
+        busy[s][i0 + 1:i1] += k
+        busy[s][i1] += k * (t1 - i1)
+    total = sum(busy.values())
+    out = np.zeros(len(starts))
+    for j, (s, t0) in enumerate(zip(stages.tolist(), starts, strict=True)):
+        i = int(max(t0, 0.0)) - 1
+        if i >= 0:
+            out[j] = beside_from_busy(float(total[i]), float(busy[s][i]), replicas(s, t0) if replicas else 1)
+    return out
+
+
 @dataclass(frozen=True)
 class ContentionFit:
     """A live window read as stages that slow each other (:func:`fit_contention`): the laws, each
@@ -365,10 +400,14 @@ MIN_CONTENTION_BATCHES = 20
 MIN_BESIDE_SPREAD = 0.05  # busy threads: the standard deviation of x under which a slope means nothing
 
 
-def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> ContentionFit:
+def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10,
+                   replicas: Callable[[str, float], int] | None = None) -> ContentionFit:
     """Per stage, least squares of log(batch time / the profile's p50 for it) on the busy threads
-    beside it over its time (:func:`threads_during`, over every batch of the window, any stage),
-    and the residual speed per ``step_s`` (the median over the step's batches of time / what the
+    beside it over its time (:func:`threads_during`, over every batch of the window, any stage):
+    the slope. The level is then anchored on what the simulator reads, the previous second's busy
+    threads beside the stage (:func:`threads_before`, ``replicas(stage, t)`` its replicas then): the
+    law at their mean is the batches' geometric mean ratio (read over the batch's time, the threads
+    beside run higher than the second before shows: batches cluster). Then the residual speed per ``step_s`` (the median over the step's batches of time / what the
     law predicts, held over the step; 1 before the first). ``ended_s`` relative to the window's
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
     from varipipe.adapter.calibration import Calibrator
@@ -381,16 +420,18 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     stage = np.array([r[0] for r in rows])
     start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
     source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
-    beside = threads_during(start, end, threads)
+    during = threads_during(start, end, threads)
+    beside = threads_before(start, end, threads, stage, replicas)
     ok = np.isfinite(p50) & (p50 > 0) & (took > 0)
     laws: dict[str, ContentionLaw] = {}
     for s in profile.stages:
         m = ok & (stage == s)
         if not m.any():
             continue
-        x, y = beside[m], np.log(took[m] / p50[m])
+        x, y = during[m], np.log(took[m] / p50[m])
         if m.sum() >= MIN_CONTENTION_BATCHES and x.std() >= MIN_BESIDE_SPREAD:
-            (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+            (_, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
+            a = float(y.mean() - gamma * beside[m].mean())
         else:
             a, gamma = float(np.median(y)), 0.0
         laws[s] = ContentionLaw(float(a), float(gamma), int(m.sum()))

@@ -98,7 +98,7 @@ from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import in_force, max_ongoing_for, update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour
+from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, beside_from_busy
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -1047,11 +1047,7 @@ class _Run:
         if law is None or st.busy is None:
             return shared
         i = int(t0) - 1
-        beside = 0.0
-        if i >= 0:
-            own = float(st.busy[i])
-            r = st.replicas()
-            beside = float(self.accounts.busy[i]) - own + (own * (r - 1) / r if r > 1 else 0.0)
+        beside = beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas()) if i >= 0 else 0.0
         return max(law.factor(beside), math.exp(law.a) * shared)
 
     def _segment(self, t0: float, t1: float) -> None:

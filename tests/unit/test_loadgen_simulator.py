@@ -15,7 +15,9 @@ from varipipe.loadgen.hostspeed import (
     Contention,
     ContentionLaw,
     Neighbour,
+    beside_from_busy,
     fit_contention,
+    threads_before,
     threads_during,
 )
 from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
@@ -460,24 +462,54 @@ def test_threads_during_weights_each_other_batch_by_its_overlap():
                                                                     1.0 + 2.0, 0.0])
 
 
-def test_fit_contention_recovers_a_law_from_batches_that_follow_it():
-    # Stage a (profile p50 0.1 s) runs at exp(-0.2 + 0.4 x) of it beside x busy threads of stage b,
-    # whose batches (1 or 3 threads, or none) come and go, each over the whole of a's batch; b takes
-    # 1.2 s whatever runs beside it (a's batches, for part of its time): a flat law.
-    rng = np.random.default_rng(0)
-    profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 1.0, hw="cpu:1"),
-                               _point("b", "v", 1, 1.0, hw="cpu:3")))
-    a_b, b_b = [], []
-    for k in range(200):
+def _contention_window(b_from: float, seed: int = 0):
+    """Stage a (profile p50 0.1 s) runs at exp(-0.2 + 0.4 x) of it beside x busy threads of stage b,
+    whose batches (1 or 3 threads, or none) come and go, each over the whole of a's batch (a's starts
+    0.5 s into a 5 s step, b's ``b_from`` s into it and lasts 3 s); b takes 1.2 times its profile
+    whatever runs beside it: a flat law."""
+    rng = np.random.default_rng(seed)
+    profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 2.5, hw="cpu:1"),
+                               _point("b", "v", 1, 2.5, hw="cpu:3")))
+    a_b, b_b, ys = [], [], []
+    for k in range(1, 200):
         t0 = 5.0 * k
         hw = ("cpu:1", "cpu:3", None)[k % 3]
         if hw:
-            b_b.append(BatchTimes("b", "v", hw, (1,), (1.2,), (t0 + 1.2,), (0,)))
+            b_b.append(BatchTimes("b", "v", hw, (1,), (3.0,), (t0 + b_from + 3.0,), (0,)))
         x = 0.0 if hw is None else float(hw[-1])
-        took = 0.1 * math.exp(-0.2 + 0.4 * x + 0.01 * rng.standard_normal())
+        y = -0.2 + 0.4 * x + 0.01 * rng.standard_normal()
+        ys.append(y)
+        took = 0.1 * math.exp(y)
         a_b.append(BatchTimes("a", "v", "cpu:1", (1,), (took,), (t0 + 0.5 + took,), (0,)))
-    fit = fit_contention(profile, a_b + b_b, 1000)
+    return profile, a_b + b_b, np.array(ys)
+
+
+def test_fit_contention_recovers_a_law_from_batches_that_follow_it():
+    # b's batches start a second before a's: the second before a batch of a shows what runs beside it.
+    profile, batches, _ = _contention_window(b_from=-1.0)
+    fit = fit_contention(profile, batches, 1000)
     a, b = fit.contention.laws["a"], fit.contention.laws["b"]
     assert (a.a, a.gamma) == (pytest.approx(-0.2, abs=0.01), pytest.approx(0.4, abs=0.01))
-    assert (b.gamma, math.exp(b.a)) == (pytest.approx(0.0, abs=1e-9), pytest.approx(1.2))  # b takes 1.2 s beside anything
+    assert (b.gamma, math.exp(b.a)) == (pytest.approx(0.0, abs=1e-9), pytest.approx(1.2))  # b takes 1.2 times beside anything
     assert fit.residual == pytest.approx(1.0, abs=0.02)
+
+
+def test_fit_contention_anchors_the_laws_level_on_the_second_before_a_batch():
+    # b's batches start with a's (0.2 s before): over its time a batch of a has them beside it (the
+    # slope), but the second before it, which the simulator reads, shows nothing. The law keeps the
+    # slope and takes the level that gives the window's geometric mean at what the simulator reads.
+    profile, batches, ys = _contention_window(b_from=0.3)
+    law = fit_contention(profile, batches, 1000).contention.laws["a"]
+    assert law.gamma == pytest.approx(0.4, abs=0.01)
+    assert law.a == pytest.approx(float(ys.mean()), abs=1e-6)  # x read before = 0 for every batch of a
+
+
+def test_threads_before_reads_the_previous_seconds_busy_threads_beside_a_batch():
+    # Stage a: 2 replicas, its batches 0.0-0.5 s and 1.2-1.4 s; stage b (2 threads) 0.5-1.0 s. The
+    # second batch of a reads second 0: b's 2 x 0.5 thread-seconds and half of a's own 0.5 (its other
+    # replica's share with 2 replicas); b's batch starts in second 0: nothing before it.
+    starts, ends, threads = np.array([0.0, 1.2, 0.5]), np.array([0.5, 1.4, 1.0]), np.array([1.0, 1.0, 2.0])
+    stages = np.array(["a", "a", "b"])
+    got = threads_before(starts, ends, threads, stages, lambda s, t: 2 if s == "a" else 1)
+    assert got == pytest.approx([0.0, 1.0 + 0.5 * 0.5, 0.0])
+    assert beside_from_busy(3.0, 1.0, 1) == 2.0 and beside_from_busy(3.0, 1.0, 4) == 2.75
