@@ -32,12 +32,18 @@ WORLD_SETS = {
         ("contention law at start, Serve's routing", [("rerun", "fidelity_loads_pooled_tail_80_contention_replica.json"),
                                                       ("tail run", "fidelity_loads_tail_contention_replica.json")]),
     ),
-    # 2026-12-07: the two runs with the lightest fallback, both loads each.
+    # 2026-12-07: four live runs of both loads on the lightest fallback (the last two made with the
+    # contention world and a live start as the benchmark's defaults, the first version of the law and
+    # the anchored one), each simulated both ways.
     "lightest": (
         ("level host, warm start (before)", [("run 1", "fidelity_loads_lightest.json"),
-                                             ("run 2", "fidelity_loads_lightest2.json")]),
+                                             ("run 2", "fidelity_loads_lightest2.json"),
+                                             ("run 3", "fidelity_loads_contention_level_warm.json"),
+                                             ("run 4", "fidelity_loads_anchored_level_warm.json")]),
         ("contention law, live start", [("run 1", "fidelity_loads_lightest_contention_live.json"),
-                                        ("run 2", "fidelity_loads_lightest2_contention_live.json")]),
+                                        ("run 2", "fidelity_loads_lightest2_contention_live.json"),
+                                        ("run 3", "fidelity_loads_contention_anchored.json"),
+                                        ("run 4", "fidelity_loads_anchored.json")]),
     ),
 }
 FIGURES = (("sla_attainment", "SLA attainment", "attainment"), ("p99_latency_s", "p99 latency (s)", "p99"),
@@ -74,7 +80,7 @@ def main() -> int:
 
     worlds = [(label, _settings(files)) for label, files in WORLD_SETS[args.set]]
     names = [name for name, _ in worlds[0][1]]
-    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(11, 9), sharex=True)
+    fig, axes = plt.subplots(len(FIGURES), 1, figsize=(max(11, 0.8 * len(names)), 9), sharex=True)
     x = np.arange(len(names))
     for ax, (key, title, field) in zip(axes, FIGURES, strict=True):
         first = worlds[0][1]
