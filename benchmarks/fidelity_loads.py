@@ -216,7 +216,8 @@ def _sims(profile, times: np.ndarray, sla_s: float, calibration: bool, overhead_
 def _replicas_from(decisions: list[dict]):
     """``replicas(stage, t)``: each stage's replicas in the decision serving at ``t`` (polled from
     ``/config`` every POLL_S; one before the first), for ``fit_contention``."""
-    steps = sorted((float(d["t"]), {s[0]: int(s[3]) for s in d["stages"]}) for d in decisions if d.get("stages"))
+    steps = sorted(((float(d["t"]), {s[0]: int(s[3]) for s in d["stages"]}) for d in decisions if d.get("stages")),
+                   key=lambda step: step[0])
     times = [t for t, _ in steps]
 
     def replicas(stage: str, t: float) -> int:
