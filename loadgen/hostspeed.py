@@ -52,7 +52,7 @@ from varipipe.records import BatchTimes, Profile, busy_threads
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
            "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
            "ContentionFit", "threads_during", "threads_before", "beside_from_busy",
-           "fit_contention"]
+           "add_busy", "fit_contention"]
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,16 @@ def threads_during(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) ->
     return out
 
 
+def add_busy(busy: np.ndarray, t0: float, t1: float, weight: float) -> None:
+    """Spread ``weight`` × overlap of [t0, t1) over per-second bins (the simulator's busy accounts)."""
+    i = int(t0)
+    while t0 < t1 and i < len(busy):
+        nxt = i + 1.0
+        busy[i] += weight * ((t1 if t1 < nxt else nxt) - t0)
+        t0 = nxt
+        i += 1
+
+
 def beside_from_busy(total: float, own: float, replicas: int) -> float:
     """The busy threads beside a stage's batch, read from a second's busy threads: all of them
     (``total``) but the stage's own (``own``), save those of its other replicas (``own`` ×
@@ -359,14 +369,7 @@ def threads_before(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray, st
     n = int(max(float(ends.max(initial=0.0)), 0.0)) + 2
     busy = {s: np.zeros(n) for s in set(stages.tolist())}
     for s, t0, t1, k in zip(stages.tolist(), starts, ends, threads, strict=True):
-        t0 = max(t0, 0.0)
-        i0, i1 = int(t0), int(t1)
-        if i0 == i1:
-            busy[s][i0] += k * (t1 - t0)
-            continue
-        busy[s][i0] += k * (i0 + 1 - t0)
-        busy[s][i0 + 1:i1] += k
-        busy[s][i1] += k * (t1 - i1)
+        add_busy(busy[s], max(float(t0), 0.0), float(t1), float(k))
     total = sum(busy.values())
     out = np.zeros(len(starts))
     for j, (s, t0) in enumerate(zip(stages.tolist(), starts, strict=True)):

@@ -98,7 +98,7 @@ from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
 from varipipe.admission import in_force, max_ongoing_for, update_expected, would_miss
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, beside_from_busy
+from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, add_busy, beside_from_busy
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -618,9 +618,9 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
     st.batch_model.append(st.model_id)
     st.batch_service_s.append(s)
     if busy is not None:
-        _add_busy(busy, close, end, m.threads)
+        add_busy(busy, close, end, m.threads)
     if st.busy is not None and not m.on_gpu:
-        _add_busy(st.busy, close, end, m.threads)
+        add_busy(st.busy, close, end, m.threads)
     return end, expected, (end if end > measured else measured)
 
 
@@ -718,7 +718,7 @@ def _neighbour_load(neighbours: Sequence[Neighbour], seconds: int) -> np.ndarray
     """Per second, the cores the neighbours take ahead of the replicas (a part-second pro rata)."""
     load = np.zeros(seconds)
     for n in neighbours:
-        _add_busy(load, n.start_s, n.end_s, n.threads)
+        add_busy(load, n.start_s, n.end_s, n.threads)
     return load
 
 
@@ -726,16 +726,6 @@ def _left_to_replicas(cores: float, neighbours: float | np.ndarray) -> float | n
     """The cores the replicas have beside neighbours: what they leave, and at least the
     replicas' weight's share of contested cores."""
     return np.maximum(cores - neighbours, cores * STAGE_SHARE_CONTESTED)
-
-
-def _add_busy(busy: np.ndarray, t0: float, t1: float, weight: float) -> None:
-    """Spread ``weight`` × overlap of [t0, t1) over per-second bins."""
-    i = int(t0)
-    while t0 < t1 and i < len(busy):
-        nxt = i + 1.0
-        busy[i] += weight * ((t1 if t1 < nxt else nxt) - t0)
-        t0 = nxt
-        i += 1
 
 
 def _expand(h0: int, firsts: list[int], sizes: list[int]) -> np.ndarray:
@@ -987,7 +977,7 @@ class _Run:
     def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
         """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
         if self.accounts.busy is not None and cpu_s > 0:
-            _add_busy(self.accounts.busy, t, t + seconds, cpu_s / seconds)
+            add_busy(self.accounts.busy, t, t + seconds, cpu_s / seconds)
 
     def _take_effect(self, t: float) -> None:
         for c in self.changes.due(t):
@@ -1068,8 +1058,8 @@ class _Run:
             self.interval.e2e.append(times - self.arrivals.times[reqs])
         cores, reps = self._provisioned()
         if self.cfg.cost_mode == "reserved":
-            _add_busy(self.accounts.reserved, t0, t1, cores)
-        _add_busy(self.accounts.replicas, t0, t1, reps)
+            add_busy(self.accounts.reserved, t0, t1, cores)
+        add_busy(self.accounts.replicas, t0, t1, reps)
 
     def _feed(self, st: _Stage, times: np.ndarray, reqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Requests entering a stage become its items; requests with no items there pass through.
