@@ -51,6 +51,7 @@ Writes benchmarks/results/fidelity_loads.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -180,16 +181,22 @@ class _World:
     start: str = "live"
 
 
+@functools.cache
+def _default_decision():
+    """What a live ``serve`` of the pipeline starts on (read once: every simulated run starts on it)."""
+    from varipipe.pipelines.serve_config import default_decision
+    from varipipe.spec import find_spec
+
+    return default_decision(find_spec(PIPELINE))
+
+
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
          overhead_s: float = 0.0, world: _World = _World(), serving: tuple[Neighbour, ...] = ()):
     """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)
     in ``world``; ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
     first_s, lead_s, initial = 0.0, 0.0, None
     if world.start == "live":
-        from varipipe.pipelines.serve_config import default_decision
-        from varipipe.spec import find_spec
-
-        lead_s, initial = IDLE_LEAD_S, default_decision(find_spec(PIPELINE))
+        lead_s, initial = IDLE_LEAD_S, _default_decision()
         first_s = lead_s + float(np.random.default_rng([LOOP_PHASE_SEED, seed]).uniform(0.0, INTERVAL_S))
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
                        seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed,

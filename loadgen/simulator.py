@@ -1033,8 +1033,8 @@ class _Run:
         with a contention law its factor at the busy threads beside the stage in the previous
         slice (the other stages', and the stage's own × (replicas − 1) / replicas: its other
         replicas), never below processor sharing at the law's own speed."""
-        law = self.cfg.contention.laws.get(st.name) if self.cfg.contention is not None else None
-        if law is None or st.busy is None:
+        law = self.cfg.contention.laws.get(st.name) if st.busy is not None else None  # busy: kept with a law
+        if law is None:
             return shared
         i = int(t0) - 1
         beside = beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas()) if i >= 0 else 0.0
