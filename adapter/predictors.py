@@ -4,6 +4,13 @@ One interface, ``predict(history_rps) -> float`` (requests/s, newest sample
 last), pure and stateless between calls so the live loop and the simulator can
 share an instance. ``make_predictor(name)`` builds one by name; the LSTM lives in
 ``lstm.py`` and imports torch only when it is built.
+
+Traffic that starts: the seconds before the first arrival in the history (a server
+started, or idle for all of it) are not a load and are not read as one
+(``since_first_arrival``). Read as load, they made the first decision of a live
+run plan for a fraction of the rate that had begun (a 10 s window of 8 idle
+seconds and 2 arrivals reads 0.4 req/s): a plan for 0.67 req/s at 3 req/s, and a
+second reconfiguration 5 s later (benchmarks/README.md, "Traffic that starts").
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ __all__ = [
     "PREDICTORS",
     "MIN_EXPECTED_ARRIVALS",
     "peak_rate",
+    "since_first_arrival",
     "make_predictor",
 ]
 
@@ -55,6 +63,15 @@ class Predictor(Protocol):
 
 def _tail(history: Sequence[float], n: int) -> Sequence[float]:
     return history[-n:] if len(history) > n else history
+
+
+def since_first_arrival(history: Sequence[float]) -> Sequence[float]:
+    """``history`` from its first second with an arrival on (all of it when that is the first
+    second; empty when there is none): the idle seconds before traffic began are no load."""
+    for i, count in enumerate(history):
+        if count > 0:
+            return history[i:] if i else history
+    return history[:0]
 
 
 def peak_rate(counts: Sequence[float], min_expected: float = MIN_EXPECTED_ARRIVALS) -> float:
@@ -106,7 +123,7 @@ class MovingMax:
     min_expected: float = MIN_EXPECTED_ARRIVALS  # the buckets' expected arrivals (``peak_rate``)
 
     def predict(self, history_rps: Sequence[float]) -> float:
-        return peak_rate(_tail(history_rps, self.window_s), self.min_expected)
+        return peak_rate(_tail(since_first_arrival(history_rps), self.window_s), self.min_expected)
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,7 @@ class EWMA:
     name: str = "ewma"
 
     def predict(self, history_rps: Sequence[float]) -> float:
+        history_rps = since_first_arrival(history_rps)
         if not len(history_rps):
             return 0.0
         tail = list(_tail(history_rps, self.bucket_s * self.max_buckets))

@@ -15,6 +15,7 @@ from varipipe.adapter.predictors import (
     Reactive,
     make_predictor,
     peak_rate,
+    since_first_arrival,
 )
 from varipipe.errors import UnknownNameError
 
@@ -71,16 +72,29 @@ def test_peak_rate_lies_between_the_mean_and_the_per_second_max(counts):
 def test_peak_rate_on_empty_short_and_silent_histories():
     assert peak_rate([]) == 0.0 and Reactive().predict([]) == 0.0 and MovingMax().predict([]) == 0.0
     assert Reactive().predict([0.0] * 30) == 0.0
-    assert Reactive().predict([0.0, 1.0, 0.0]) == pytest.approx(1 / 3)  # shorter than the window
-    assert Reactive().predict([0.0] * 20 + [1.0]) == pytest.approx(1 / 10)  # one arrival in 10 s
-    assert Reactive().predict(np.array([0.0, 0.0, 1.0, 0.0])) == pytest.approx(0.25)  # numpy, as the simulator
+    assert Reactive().predict([1.0, 0.0, 0.0]) == pytest.approx(1 / 3)  # shorter than the window
+    assert Reactive().predict([1.0] + [0.0] * 20 + [1.0]) == pytest.approx(1 / 10)  # one arrival in 10 s
+    assert Reactive().predict(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)  # numpy, as the simulator
+
+
+def test_seconds_before_the_first_arrival_are_not_load():
+    # A live run: the server idles, then 3 req/s begins. Read as load, the idle seconds made the
+    # window's mean 0.5 req/s, 2 s buckets, and a reading of 2.5 req/s where the peak is 3.
+    onset = [0.0] * 8 + [2.0, 3.0]
+    assert since_first_arrival(onset) == [2.0, 3.0]
+    assert Reactive().predict(onset) == 3.0
+    assert MovingMax().predict([0.0] * 50 + [1.0, 0.0]) == pytest.approx(0.5)  # not 1 / 52
+    assert EWMA().predict([0.0] * 25 + [4.0] * 5) == 4.0  # the idle buckets folded in read 1.0
+    # after the traffic began, a quiet spell is load again: the same last 10 s read over 5 s buckets
+    assert Reactive().predict([1.0] + onset[:-2] + [0.0, 2.0]) == pytest.approx(2 / 5)
+    assert len(since_first_arrival(np.zeros(5))) == 0 and list(since_first_arrival(np.array([0.0, 1.0]))) == [1.0]
 
 
 def test_peak_rate_keeps_the_peak_of_a_mixed_window():
     # 1 req/s then quiet: the mean (0.6) gives 2 s buckets, and the busy part still reads 1 req/s.
     assert Reactive().predict([1.0] * 5 + [0.0, 0.0, 1.0, 0.0, 0.0]) == pytest.approx(1.0)
     # a burst shorter than the bucket is spread over it: 3 arrivals in one quiet second of 10
-    assert Reactive().predict([0.0] * 8 + [3.0, 0.0]) == pytest.approx(3 / 4)
+    assert Reactive().predict([1.0] + [0.0] * 8 + [3.0, 0.0]) == pytest.approx(3 / 4)
 
 
 def test_moving_max_remembers_longer():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from varipipe.adapter.policy import Forecast
+from varipipe.adapter.predictors import Reactive
 from varipipe.errors import VaripipeError
 from varipipe.loadgen import simulator
 from varipipe.loadgen.hostspeed import (
@@ -166,6 +167,22 @@ def test_a_live_start_serves_the_initial_decision_until_the_loop_first_decides()
         simulate(profile, arr, Fixed(stages=("a",)), _last, SimConfig(100.0, first_decision_s=5.0))
     with pytest.raises(VaripipeError, match="first_decision_s must be a number >= 0"):
         SimConfig(1.0, first_decision_s=-1.0)
+
+
+def test_a_live_start_reads_the_traffic_that_began_not_the_idle_seconds_before_it():
+    # As fidelity_loads.py starts a run: 10 idle seconds, then 3 req/s; the loop first decides at
+    # 11 s on the reactive predictor. The seconds before the first arrival are no load
+    # (predictors.since_first_arrival): it plans for the 3 req/s that began, not for the 0.75 req/s
+    # a 10 s window of 9 idle seconds and 3 arrivals reads (4 s buckets for its mean of 0.3).
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    initial = Decision((StageDecision("a", "v", 1, 1, "cpu:1", 0.0),))
+    arr = 10.0 + np.arange(0.0, 20.0, 1 / 3)
+    policy = Fixed(stages=("a",))
+    simulate(profile, arr, policy, simulator.predictor_forecaster(Reactive()),
+             SimConfig(40.0, 5.0, "reserved", 8.0, 0, first_decision_s=11.0), initial=initial)
+    first_obs, first_forecast = policy.seen[0]
+    assert first_obs.time_s == 11.0 and list(first_obs.history_rps)[:10] == [0.0] * 10
+    assert first_forecast.rps == 3.0
 
 
 def test_shared_mode_processor_sharing_slows_batches():
