@@ -96,7 +96,7 @@ from varipipe.adapter.calibration import Calibrator, make_calibrator
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
-from varipipe.admission import in_force, max_ongoing_for, update_expected, would_miss
+from varipipe.admission import COLD_BATCHES, after_batch, in_force, max_ongoing_for, would_miss
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, add_busy, beside_from_busy
 from varipipe.loadgen.service import ServiceModel, service_model
@@ -528,6 +528,7 @@ class _Stage:
     occupancy: _Occupancy = field(default_factory=_Occupancy)
     departures: _Departures = field(default_factory=_Departures)
     expected_batch_s: float = 0.0  # moving average of batch times: admission control's estimate
+    cold_batches: int = COLD_BATCHES  # the model's first batches, which leave the estimate (as live)
     last_batch_s: float = 0.0  # when the estimate was last measured (a batch ended): admission.in_force
     outbox: tuple[np.ndarray, np.ndarray] | None = None  # (times, requests) done here, not yet due downstream
     # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
@@ -611,7 +612,7 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
-    expected = update_expected(in_force(expected, measured, close), s)
+    expected, st.cold_batches = after_batch(in_force(expected, measured, close), s, st.cold_batches)
     end = close + s
     heapq.heappush(st.occupancy.ending, (end, n))
     st.batch_end_s.append(end)
@@ -926,6 +927,7 @@ class _Run:
         self._set_model(st, sd)
         if before is not None and (before.variant, before.hardware) != (st.model.variant, st.model.hardware):
             st.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's (as live)
+            st.cold_batches = COLD_BATCHES
         st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:

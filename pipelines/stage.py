@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from varipipe.admission import in_force, update_expected, would_miss
+from varipipe.admission import COLD_BATCHES, after_batch, in_force, would_miss
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
 from varipipe.records import StageSpec
 
@@ -112,6 +112,7 @@ class StageCore:
         self.error = ""
         self.last_switch_s = 0.0
         self.expected_batch_s = 0.0  # EWMA of the batch compute time: the deadline check's estimate
+        self.cold_batches = COLD_BATCHES  # the loaded model's first batches, which it leaves (admission)
         self.last_batch_at = 0.0  # wall time the estimate was last measured (admission.in_force)
         # Every variant object this replica built and that is still alive: after a
         # switch only the new one may remain, which shows the old model was released.
@@ -146,6 +147,7 @@ class StageCore:
             return
         old, self.variant = self.variant, new  # batches that start from now on run on the new model
         self.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's
+        self.cold_batches = COLD_BATCHES  # nor do the new one's first (its set-up)
         if old is not None:
             with self._retired_lock:
                 self._retired.append(old)
@@ -198,7 +200,7 @@ class StageCore:
         if len(outputs) != len(live):
             raise RuntimeError(f"variant {variant.name} returned {len(outputs)} outputs for {len(live)} inputs")
         if live and variant is self.variant:  # a batch of a model switched out meanwhile measures nothing
-            self.expected_batch_s = update_expected(expected, compute)
+            self.expected_batch_s, self.cold_batches = after_batch(expected, compute, self.cold_batches)
             self.last_batch_at = self.clock()
         hardware = str(getattr(variant, "hardware", ""))
         queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}

@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["ONGOING_BATCHES", "MIN_MAX_ONGOING", "max_ongoing_for", "EWMA_WEIGHT", "STALE_ESTIMATE_S", "update_expected", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
+__all__ = ["ONGOING_BATCHES", "MIN_MAX_ONGOING", "max_ongoing_for", "EWMA_WEIGHT", "STALE_ESTIMATE_S", "COLD_BATCHES", "update_expected", "after_batch", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
            "Prediction", "Verdict", "predict", "decide"]
 
 # Requests a stage replica may hold beyond its batch (its ``max_ongoing_requests``): one batch
@@ -45,6 +45,22 @@ EWMA_WEIGHT = 0.2
 def update_expected(expected_s: float, compute_s: float, weight: float = EWMA_WEIGHT) -> float:
     """The moving average after one more batch; the first batch sets it."""
     return compute_s if not expected_s else weight * compute_s + (1 - weight) * expected_s
+
+
+# A model's first batches after it loads run its lazy set-up (OpenCV DNN builds its network on the
+# first forward: yolov3-tiny-416's first call took 0.25 s against 0.08 s after it on a quiet host,
+# 2026-12-07, and 1.2 s while a replica started beside it), so they do not set the estimate: one
+# such batch, read as the model's time, shed every request of the stage until STALE_ESTIMATE_S
+# (benchmarks/README.md, "Traffic that starts"). The stages (live and simulated) count them.
+COLD_BATCHES = 1
+
+
+def after_batch(expected_s: float, compute_s: float, cold: int) -> tuple[float, int]:
+    """The estimate after a batch of ``compute_s`` that ran on ``expected_s`` (the one in force),
+    and the cold batches left: while any are, the batch leaves the estimate as it was."""
+    if cold > 0:
+        return expected_s, cold - 1
+    return update_expected(expected_s, compute_s), 0
 
 
 # A stage that sheds every item runs no batch, so nothing measures its estimate again: one

@@ -345,17 +345,23 @@ def test_overhead_shifts_every_latency_by_the_constant():
 
 
 def test_sheds_a_request_whose_batch_is_expected_to_end_after_its_deadline():
-    # 0.1 s per request and stage, one replica each, three requests at t=0, SLA 0.25 s.
-    # 1st: a 0-0.1, b 0.1-0.2, done. 2nd: a 0.1-0.2; at b it would end at 0.3 > 0.25:
+    # 0.1 s per request and stage, one replica each, SLA 0.25 s. A request at t=0 runs each
+    # model's first batch, which sets no estimate (admission.COLD_BATCHES, as live). Three at t=1:
+    # 1st: a 1.0-1.1, b 1.1-1.2, done. 2nd: a 1.1-1.2; at b it would end at 1.3 > 1.25:
     # shed there, as the live stage does (it used to run and finish late). 3rd: shed at a.
     profile = Profile("test", tuple(_point(s, "v", 1, 0.1) for s in ("a", "b")))
-    r = simulate(profile, np.zeros(3), Fixed(), _last, SimConfig(0.25, 10.0, "reserved", 8.0, 0), keep_table=True)
-    assert (r.completed, r.dropped) == (1, 2)
-    assert r.table.done_s[0] == pytest.approx(0.2)
-    assert r.sla_attainment == pytest.approx(1 / 3)
+    arr = np.array([0.0, 1.0, 1.0, 1.0])
+    r = simulate(profile, arr, Fixed(), _last, SimConfig(0.25, 10.0, "reserved", 8.0, 0), keep_table=True)
+    assert (r.completed, r.dropped) == (2, 2)
+    assert r.table.done_s[:2] == pytest.approx([0.2, 1.2])
+    assert r.sla_attainment == pytest.approx(2 / 4)
     t = r.table
-    assert not np.isnan(t.item_done_s[0][1]) and np.isnan(t.item_done_s[1][1])  # 2nd ran at a, shed at b
-    assert np.isnan(t.item_done_s[0][2])  # 3rd shed at a
+    assert not np.isnan(t.item_done_s[0][2]) and np.isnan(t.item_done_s[1][2])  # 2nd ran at a, shed at b
+    assert np.isnan(t.item_done_s[0][3])  # 3rd shed at a
+    # Without the first request, the first batch at a and at b is each model's first: nothing is
+    # expected of it, so the t=1 requests are not judged until each stage has run a warm batch.
+    cold = simulate(profile, arr[1:], Fixed(), _last, SimConfig(0.25, 10.0, "reserved", 8.0, 0))
+    assert (cold.completed, cold.dropped) == (2, 1)  # 2nd runs at b (no estimate yet) and ends late
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1001])

@@ -4,6 +4,7 @@ import gc
 
 import pytest
 
+from varipipe.admission import COLD_BATCHES
 from varipipe.pipelines.metrics import (
     BatchRecord,
     MetricsAggregator,
@@ -153,6 +154,7 @@ def test_a_stage_that_sheds_everything_measures_again_once_its_estimate_is_stale
     now = [1000.0]
     core = StageCore(spec.stage("first"), clock=lambda: now[0])
     core.configure(StageConfig("fast", 4, 0.0, 1))
+    core.infer([Payload()], [now[0]])  # the model's first batch (its set-up: admission.COLD_BATCHES)
     core.expected_batch_s, core.last_batch_at = 5.0, now[0]  # one batch took 5 s (a host hiccup)
     sla = 1.0
     shed = Payload(deadline=now[0] + sla)
@@ -167,6 +169,29 @@ def test_a_stage_that_sheds_everything_measures_again_once_its_estimate_is_stale
     core.infer([again], [now[0]])
     assert again.dropped_at == "" and "first" in again.outputs
     assert core.expected_batch_s < sla and core.last_batch_at == now[0]  # measured afresh
+
+
+def test_a_models_first_batch_does_not_set_the_estimate(spec):
+    """A model's first batch runs its set-up (OpenCV DNN builds its network on the first forward):
+    read as the model's time, one cold batch over the SLA shed every request for STALE_ESTIMATE_S."""
+    import time
+
+    now = [1000.0]
+    core = StageCore(spec.stage("first"), clock=lambda: now[0])
+    core.configure(StageConfig("fast", 1, 0.0, 1))
+    model_infer = core.variant.infer
+
+    def cold_first(batch, calls=[]):  # noqa: B006 - counts the calls
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.3)  # the set-up
+        return model_infer(batch)
+    core.variant.infer = cold_first
+    for _ in range(3):
+        core.infer([Payload(deadline=now[0] + 0.2)], [now[0]])
+    assert 0.0 < core.expected_batch_s < 0.1  # the warm batches' time, not the 0.3 s of the first
+    core.configure(StageConfig("slow", 1, 0.0, 2))
+    assert (core.expected_batch_s, core.cold_batches) == (0.0, COLD_BATCHES)  # a new model: cold again
 
 
 def test_a_variant_switch_forgets_the_old_models_batch_time(spec):
