@@ -194,6 +194,32 @@ def test_a_models_first_batch_does_not_set_the_estimate(spec):
     assert (core.expected_batch_s, core.cold_batches) == (0.0, COLD_BATCHES)  # a new model: cold again
 
 
+def test_a_model_switched_in_warms_up_on_a_served_request_before_it_serves(spec):
+    from varipipe.pipelines.variant import build_variant
+
+    calls: list[tuple[str, str]] = []
+
+    def builder(vspec, threads):
+        v = build_variant(vspec, threads)
+        model_infer = v.infer
+
+        def infer(batch):
+            calls.extend((v.name, p.request_id) for p in batch)
+            return model_infer(batch)
+        v.infer = infer
+        return v
+
+    core = StageCore(spec.stage("first"), builder=builder)
+    core.configure(StageConfig("fast", 4, 0.0, 1))
+    assert calls == []  # nothing served yet: nothing to warm up on
+    core.infer([Payload(request_id="r1"), Payload(request_id="r2")])
+    core.configure(StageConfig("slow", 4, 0.0, 2))
+    # the new model ran once, on a copy of a request the stage served, before taking any
+    assert calls[2:] == [("slow", "warm-up")]
+    out = core.infer([Payload(request_id="r3")])
+    assert calls[3:] == [("slow", "r3")] and out[0].trace[-1].variant == "slow"
+
+
 def test_a_variant_switch_forgets_the_old_models_batch_time(spec):
     now = [1000.0]
     core = StageCore(spec.stage("first"), clock=lambda: now[0])
