@@ -100,12 +100,18 @@ TARGET_P99_REL = 0.15
 TARGET_ATTAINMENT_POINTS = 2.0
 TARGET_MEAN_REL = 0.10
 # --start live: how a live run starts, which the simulated side copies. The server is up and idle
-# before the replay, so the adapter's load history holds idle seconds: at least the reactive
-# predictor's window (adapter.predictors.REACTIVE_WINDOW_S, 10 s), which the simulated arrivals are
-# shifted by. The spec's default decision serves until the loop first decides, at a phase of its
+# before the replay, so the adapter's load history begins with idle seconds (no load to the
+# predictors since 2026-12-07: adapter.predictors.since_first_arrival): the simulated arrivals are
+# shifted by the reactive predictor's window (adapter.predictors.REACTIVE_WINDOW_S, 10 s). The spec's default decision serves until the loop first decides, at a phase of its
 # interval the replay does not know: drawn per simulated seed (the same for both settings).
 IDLE_LEAD_S = 10.0
 LOOP_PHASE_SEED = 20_000
+TUNING_KEPT = "tuning.json.gz"  # the tuning window's records in a --keep folder (one window)
+
+
+def _tuning_name(frac: float) -> str:
+    """The tuning window before load ``frac`` in a --keep folder (--tune-each-load)."""
+    return f"tuning-load{frac:g}.json.gz"
 
 
 def _opts(sla_s: float, calibration: bool):
@@ -301,7 +307,9 @@ def _compare(live_runs: list[dict], sim_by_seed: list[dict]) -> dict:
                        "met": att_pts <= att_bound},
         "mean_latency": {"rel_diff": mean_rel, "live_spread_rel": spread_rel("mean_latency_s"),
                          "bound": TARGET_MEAN_REL, "met": mean_rel <= TARGET_MEAN_REL},
-        "decision_cost_rel_diff": abs(sim["decision_cost"] - live["decision_cost"]) / live["decision_cost"],
+        # nan where live read no decision's cost (a run shorter than the first poll of /config)
+        "decision_cost_rel_diff": (abs(sim["decision_cost"] - live["decision_cost"]) / live["decision_cost"]
+                                   if live["decision_cost"] else float("nan")),
     }
 
 
@@ -329,21 +337,32 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
     a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
     doc = read_json(path)
-    t = doc["tuning"]
-    world = _World(routing=routing, start=start)
-    if not tuning_batches and t.get("host_model", {}).get("start", "warm") != start:
-        raise SystemExit(f"{path}: its overhead was fitted with a {t.get('host_model', {}).get('start', 'warm')} "
-                         f"start; pass --tuning-batches to fit it again with --start {start}")
-    if tuning_batches:
-        kept = read_json(tuning_batches)
+    by_load = doc.get("tuning_by_load")
+    if by_load and not (tuning_batches and Path(tuning_batches).is_dir()):
+        raise SystemExit(f"{path}: it fitted the host before each load; pass --tuning-batches with its --keep folder")
+
+    def fitted(t: dict, kept_path: str) -> _World:
+        """The tuning record ``t`` fitted again from ``kept_path`` (updated in place), its world."""
+        kept = read_json(kept_path)
         tm = _tuning_model(profile, kept["batches"], _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
                            sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start,
                            kept.get("decisions", []))
-        world = tm["world"]
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
-                  "host_model": tm["record"], "batches_from": tuning_batches})
+                  "host_model": tm["record"], "batches_from": kept_path})
         print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
               f"{t['live']['mean_latency_s']:.3f} s", flush=True)
+        return tm["world"]
+
+    t = doc["tuning"]
+    world = _World(routing=routing, start=start)
+    if by_load:
+        worlds = {frac: fitted(rec, str(Path(tuning_batches) / rec["kept_as"])) for frac, rec in by_load.items()}
+        doc["tuning"] = by_load[next(iter(by_load))]
+    elif not tuning_batches and t.get("host_model", {}).get("start", "warm") != start:
+        raise SystemExit(f"{path}: its overhead was fitted with a {t.get('host_model', {}).get('start', 'warm')} "
+                         f"start; pass --tuning-batches to fit it again with --start {start}")
+    elif tuning_batches:
+        world = fitted(t, str(Path(tuning_batches) / TUNING_KEPT) if Path(tuning_batches).is_dir() else tuning_batches)
     elif t.get("host_model", {}).get("model") == "per-variant":
         from varipipe.adapter.calibration import calibrate
 
@@ -355,6 +374,8 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tun
         raise SystemExit(f"{path}: its host model is the contention laws; pass --tuning-batches to fit them again")
     for row in doc["settings"]:
         times = _times(row["rps"], row["duration_s"], seed)
+        if by_load:
+            t, world = by_load[f"{row['load_fraction']:g}"], worlds[f"{row['load_fraction']:g}"]
         # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
         sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
                      [seed + 100 + i for i in range(sim_seeds)], [], world,
@@ -379,13 +400,17 @@ def main() -> int:
     ap.add_argument("--capacity", type=float, default=None, help="skip the measurement: this many req/s")
     ap.add_argument("--tune-fraction", type=float, default=0.6, help="tuning window's load / capacity")
     ap.add_argument("--tune-s", type=int, default=180, help="tuning window's length")
+    ap.add_argument("--tune-each-load", action="store_true",
+                    help="a tuning window (the same arrivals) just before each load's live runs, the host fitted "
+                         "again on it (default: one window, before the first load)")
     ap.add_argument("--seed", type=int, default=0, help="arrival seed of the compared runs (tuning: seed + 1)")
     ap.add_argument("--image", default="chelsea")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity_loads.json"))
     ap.add_argument("--keep", default="", help="a folder for each live run's records, batches and decisions")
     ap.add_argument("--from-live", default="", help="a result file: simulate again against its live runs (no Ray)")
     ap.add_argument("--tuning-batches", default="",
-                    help="with --from-live: fit the tuning figures again from this --keep folder's tuning.json.gz")
+                    help="with --from-live: fit the tuning figures again from a --keep folder's tuning.json.gz (this "
+                         "file, or the folder: the run's own window for each load with --tune-each-load)")
     ap.add_argument("--host", choices=("level", "per-variant", "contention"), default="contention",
                     help="the simulated host: each stage's contention law and each variant's tail (fit_contention; "
                          "default since 2026-12-07), one speed for every stage (before), or each variant's speed and "
@@ -430,21 +455,33 @@ def main() -> int:
 
     tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
-    tune = _live(profile, tune_times, body, sla_s, True, keep / "tuning.json.gz" if keep else None)
-    tm = _tuning_model(profile, tune["batches"], tune_times, args.tune_s, sla_s,
-                       tune["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start,
-                       tune["decisions"])
-    world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
-    doc["tuning"] = {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
-                     "requests": len(tune_times), "live": _live_row(tune["metrics"]),
-                     "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": overhead_s, "host_speed": stats,
-                     "host_model": tm["record"]}
-    print(f"tuning ({args.host}): overhead {overhead_s:.3f} s (live mean {tune['metrics']['mean_latency_s']:.3f} s, "
-          f"sim {tm['sim_mean_s']:.3f} s); host speed level {stats['level']:.3f} sigma {stats['sigma']:.3f} "
-          f"tau {stats['tau_s']:.0f} s", flush=True)
 
+    def tune(name: str) -> tuple[dict, dict]:
+        """A tuning window live (kept as ``name``) and the simulator's host fitted on it."""
+        live = _live(profile, tune_times, body, sla_s, True, keep / name if keep else None)
+        tm = _tuning_model(profile, live["batches"], tune_times, args.tune_s, sla_s,
+                           live["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start,
+                           live["decisions"])
+        stats = tm["stats"]
+        print(f"tuning {name} ({args.host}): overhead {tm['overhead_s']:.3f} s (live mean "
+              f"{live['metrics']['mean_latency_s']:.3f} s, sim {tm['sim_mean_s']:.3f} s); host speed level "
+              f"{stats['level']:.3f} sigma {stats['sigma']:.3f} tau {stats['tau_s']:.0f} s", flush=True)
+        return tm, {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
+                    "requests": len(tune_times), "live": _live_row(live["metrics"]), "kept_as": name,
+                    "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": tm["overhead_s"], "host_speed": stats,
+                    "host_model": tm["record"]}
+
+    if not args.tune_each_load:
+        tm, doc["tuning"] = tune(TUNING_KEPT)
+    else:
+        doc["tuning_each_load"] = True
     doc["settings"] = []
     for frac in loads:
+        if args.tune_each_load:  # the host fitted again just before this load's live runs
+            tm, record = tune(_tuning_name(frac))
+            doc.setdefault("tuning", record)  # the first window, where one record is read
+            doc.setdefault("tuning_by_load", {})[f"{frac:g}"] = record
+        world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
         rate = frac * capacity
         duration_s = _duration_s(rate, args.requests)
         times = _times(rate, duration_s, args.seed)
