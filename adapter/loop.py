@@ -35,6 +35,11 @@ Behaviour:
   ``CALIBRATION_SHIFT`` since the applied decision
   was made, the hysteresis does not hold the next move: the applied decision's
   predictions were made on another basis, so "no faster" means nothing.
+* Traffic that has just begun: with a decision in force that the loop did not make (the
+  spec's default or a restored one), the loop keeps it (``held``) until the history since
+  the first arrival holds ``START_ARRIVALS`` arrivals or ``START_WINDOW_S`` seconds. A plan on one or two arrivals was a plan for a fraction
+  of the rate that had begun, and its reconfigurations (a replica start on a 2-core
+  host) cost the first requests more than the default decision did.
 * Dry run: decide and log, never apply.
 * Failures of observe / predict / decide / apply are recorded, the last
   decision stays in force, and the next step runs as usual.
@@ -55,13 +60,13 @@ from typing import Protocol
 
 from varipipe.adapter.calibration import Calibrator
 from varipipe.adapter.policy import Forecast, Policy
-from varipipe.adapter.predictors import Predictor
+from varipipe.adapter.predictors import REACTIVE_WINDOW_S, Predictor, since_first_arrival
 from varipipe.errors import ConfigError
 from varipipe.jsonfile import write_json_atomic
 from varipipe.records import Decision, Observation
 
 __all__ = ["ControlLoop", "Poller", "LoopEntry", "LoopStatus", "DecisionStore", "FileDecisionStore", "MemoryDecisionStore",
-           "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE", "CALIBRATION_SHIFT"]
+           "HOLD_INTERVALS", "LOAD_DROP_FRACTION", "LOG_SIZE", "CALIBRATION_SHIFT", "START_ARRIVALS", "START_WINDOW_S"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,12 @@ LOG_SIZE = 1000
 # A correction of a variant in force that moved by 10 % (twice the calibration's dead band) since
 # the applied decision was made lifts the hysteresis for the next move (see the module docstring).
 CALIBRATION_SHIFT = 0.1
+# Traffic that has just begun (module docstring): the decision in force holds until the history
+# since the first arrival holds this many arrivals (10: a Poisson count read within about ±30 %)
+# or one reactive window (adapter.predictors.REACTIVE_WINDOW_S, 10 s), whichever comes first: at
+# 1.55 req/s about 7 s, at 100 req/s the first second.
+START_ARRIVALS = 10
+START_WINDOW_S = REACTIVE_WINDOW_S
 # Arrival rates a Poller keeps for its predictor when observations carry no history
 # (an hour of 1 s steps; the predictors look back at most a few minutes).
 HISTORY_LEN = 3600
@@ -257,6 +268,18 @@ class ControlLoop:
             return ""
         return f"slower move held {self._held}/{self.hold_intervals} (load {new.load_rps:.1f} vs {cur.load_rps:.1f})"
 
+    def _traffic_too_new(self, obs: Observation) -> str:
+        """Empty when the loop may decide; otherwise why the decision in force (not the loop's own)
+        holds: traffic began fewer than START_WINDOW_S seconds ago with fewer than START_ARRIVALS arrivals."""
+        if self.applied is None or not self.applied.stages or self._applies:
+            return ""  # nothing deployed yet, or the loop has decided on traffic before: decide
+        since = since_first_arrival(obs.history_rps)
+        arrivals, seconds = float(sum(since)), len(since)
+        if arrivals == 0 or arrivals >= START_ARRIVALS or seconds >= START_WINDOW_S:
+            return ""
+        return (f"traffic began {seconds} s ago ({arrivals:.0f} arrivals): the decision in force holds until "
+                f"{START_ARRIVALS} arrivals or {START_WINDOW_S} s")
+
     def step(self, observation: Observation, forecast: Forecast) -> LoopEntry:
         """Decide on ``observation`` and ``forecast`` and apply if the gates allow; never raises."""
         with self._lock:
@@ -312,6 +335,10 @@ class ControlLoop:
         except Exception as e:
             self._record_error(f"calibration failed: {type(e).__name__}: {e}", t)
             return LoopEntry(t, "failed", None, note=f"calibrate: {e}")
+        wait = self._traffic_too_new(obs)
+        if wait:
+            self._failures = 0
+            return LoopEntry(t, "held", None, forecast.rps, note=wait)
         try:
             new = self._pinned(self.policy.decide(obs, forecast, self.applied or Decision(stages=())))
         except Exception as e:

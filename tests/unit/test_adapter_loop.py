@@ -86,6 +86,30 @@ def test_apply_only_when_the_decision_changes():
     assert h.policy.seen_current[1] is FAST  # the policy sees what is applied
 
 
+def test_the_decision_in_force_holds_until_traffic_has_begun_for_real():
+    # A server on its initial decision; traffic begins. On 1-2 arrivals the loop does not plan
+    # (it planned for a fraction of the rate that began, and paid for the reconfiguration).
+    from varipipe.adapter.loop import START_ARRIVALS, START_WINDOW_S
+
+    loop = ControlLoop(ScriptedPolicy([FAST, FAST, FAST]), lambda d: None, initial=SLOW)
+
+    def step(history):
+        return loop.step(Observation(time_s=0.0, interval_s=5.0, arrival_rps=0.0, history_rps=history),
+                         Forecast(rps=1.0))
+    held = step([0.0] * 20 + [1.0, 0.0, 1.0])
+    assert held.action == "held" and held.decision is None and "traffic began 3 s ago (2 arrivals)" in held.note
+    assert loop.applied is SLOW and loop.policy.seen_current == []  # the policy was not asked
+    assert step([0.0] * 20 + [2.0] * 5).action == "applied"  # START_ARRIVALS reached in 5 s
+    assert step([0.0] * 20 + [1.0]).action == "unchanged"  # once the loop has decided, it holds no more
+    assert START_ARRIVALS == 10 and START_WINDOW_S == 10
+    sparse = ControlLoop(ScriptedPolicy([FAST]), lambda d: None, initial=SLOW)
+    # a sparse start decides after START_WINDOW_S seconds of traffic whatever it holds
+    assert sparse.step(Observation(0.0, 5.0, 0.0, history_rps=[0.0] * 5 + [1.0] + [0.0] * 9),
+                       Forecast(rps=0.1)).action == "applied"
+    fresh = ControlLoop(ScriptedPolicy([FAST]), lambda d: None)  # nothing deployed: decides at once
+    assert fresh.step(Observation(0.0, 5.0, 0.0, history_rps=[1.0]), Forecast(rps=1.0)).action == "applied"
+
+
 def test_batch_wait_only_change_is_not_applied():
     import dataclasses
 

@@ -151,17 +151,18 @@ def test_replica_add_takes_effect_after_delay():
 def test_a_live_start_serves_the_initial_decision_until_the_loop_first_decides():
     # Stage a (0.1 s), the policy always 2 replicas, the initial decision 1. Warm start: 2 replicas
     # from t = 0. Live start (first decision at 5 s): the initial replica alone serves until the
-    # second, decided at 5 s, comes REPLICA_ADD_S later.
+    # second, decided at 5 s, comes REPLICA_ADD_S later. Ten arrivals back to back in the first
+    # second, so that the loop may decide at 5 s (adapter.loop.START_ARRIVALS).
     profile = Profile("test", (_point("a", "v", 1, 0.1),))
     initial = Decision((StageDecision("a", "v", 1, 1, "cpu:1", 0.0),))
-    arr = np.array([0.0, 0.0, 6.0, 6.0, 5.0 + REPLICA_ADD_S + 1.0, 5.0 + REPLICA_ADD_S + 1.0])
+    arr = np.concatenate([np.arange(10) / 10, [6.0, 6.0, 5.0 + REPLICA_ADD_S + 1.0, 5.0 + REPLICA_ADD_S + 1.0]])
     warm = simulate(profile, arr, Fixed(replicas=2, stages=("a",)), _last, SimConfig(100.0, 5.0, "reserved", 8.0, 0),
                     initial=initial, keep_table=True)
-    assert warm.table.latency_s == pytest.approx([0.1] * 6)
+    assert warm.table.latency_s == pytest.approx([0.1] * 14)
     policy = Fixed(replicas=2, stages=("a",))
     live = simulate(profile, arr, policy, _last, SimConfig(100.0, 5.0, "reserved", 8.0, 0, first_decision_s=5.0),
                     initial=initial, keep_table=True)
-    assert live.table.latency_s == pytest.approx([0.1, 0.2, 0.1, 0.2, 0.1, 0.1])
+    assert live.table.latency_s == pytest.approx([0.1] * 10 + [0.1, 0.2, 0.1, 0.1])
     assert policy.seen[0][0].time_s == 5.0 and policy.seen[0][1].predictor == "last"  # its forecaster, no warm start
     with pytest.raises(VaripipeError, match="needs the initial decision"):
         simulate(profile, arr, Fixed(stages=("a",)), _last, SimConfig(100.0, first_decision_s=5.0))
@@ -169,11 +170,11 @@ def test_a_live_start_serves_the_initial_decision_until_the_loop_first_decides()
         SimConfig(1.0, first_decision_s=-1.0)
 
 
-def test_a_live_start_reads_the_traffic_that_began_not_the_idle_seconds_before_it():
+def test_a_live_start_holds_the_initial_decision_until_traffic_has_begun_for_real():
     # As fidelity_loads.py starts a run: 10 idle seconds, then 3 req/s; the loop first decides at
-    # 11 s on the reactive predictor. The seconds before the first arrival are no load
-    # (predictors.since_first_arrival): it plans for the 3 req/s that began, not for the 0.75 req/s
-    # a 10 s window of 9 idle seconds and 3 arrivals reads (4 s buckets for its mean of 0.3).
+    # 11 s, interval 5 s, on the reactive predictor. At 11 s the history holds 3 arrivals: the
+    # initial decision holds (adapter.loop.START_ARRIVALS); at 16 s it holds 18 and the policy
+    # plans for the 3 req/s that began, the idle seconds before them read as no load.
     profile = Profile("test", (_point("a", "v", 1, 0.1),))
     initial = Decision((StageDecision("a", "v", 1, 1, "cpu:1", 0.0),))
     arr = 10.0 + np.arange(0.0, 20.0, 1 / 3)
@@ -181,7 +182,7 @@ def test_a_live_start_reads_the_traffic_that_began_not_the_idle_seconds_before_i
     simulate(profile, arr, policy, simulator.predictor_forecaster(Reactive()),
              SimConfig(40.0, 5.0, "reserved", 8.0, 0, first_decision_s=11.0), initial=initial)
     first_obs, first_forecast = policy.seen[0]
-    assert first_obs.time_s == 11.0 and list(first_obs.history_rps)[:10] == [0.0] * 10
+    assert first_obs.time_s == 16.0 and list(first_obs.history_rps)[:10] == [0.0] * 10
     assert first_forecast.rps == 3.0
 
 
