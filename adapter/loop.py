@@ -36,8 +36,9 @@ Behaviour:
   was made, the hysteresis does not hold the next move: the applied decision's
   predictions were made on another basis, so "no faster" means nothing.
 * Traffic that has just begun: with a decision in force that the loop did not make (the
-  spec's default or a restored one), the loop keeps it (``held``) until the history since
-  the first arrival holds ``START_ARRIVALS`` arrivals or ``START_WINDOW_S`` seconds. A plan on one or two arrivals was a plan for a fraction
+  spec's default or a restored one), the loop keeps it (``held``) while no request has
+  come and until the history since the first arrival holds ``START_ARRIVALS`` arrivals or
+  ``START_WINDOW_S`` seconds. A plan on one or two arrivals was a plan for a fraction
   of the rate that had begun, and its reconfigurations (a replica start on a 2-core
   host) cost the first requests more than the default decision did.
 * Dry run: decide and log, never apply.
@@ -183,10 +184,14 @@ class ControlLoop:
                  clock: Callable[[], float] = time.monotonic, store: DecisionStore | None = None,
                  initial: Decision | None = None, dry_run: bool = False, pins: Mapping[str, str] | None = None,
                  hold_intervals: int = HOLD_INTERVALS, load_drop_fraction: float = LOAD_DROP_FRACTION,
-                 log_size: int = LOG_SIZE, verbose: bool = True, calibrator: Calibrator | None = None) -> None:
+                 log_size: int = LOG_SIZE, verbose: bool = True, calibrator: Calibrator | None = None,
+                 hold_start: bool = True) -> None:
         """``clock`` times ``apply`` (the log's apply duration); ``verbose=False`` keeps applies
         out of the INFO log (a simulated day applies thousands of times); ``calibrator``: hand the
-        policy the profile it corrects before each decision."""
+        policy the profile it corrects before each decision; ``hold_start=False``: decide from the
+        first step whatever the traffic (the simulator's warm start, whose first forecast is the
+        first interval's own mean load)."""
+        self.hold_start = hold_start
         self.policy, self.verbose = policy, verbose
         self.calibrator = calibrator
         self._applied_factors: dict[tuple[str, str], tuple[float, float]] = {}
@@ -271,12 +276,14 @@ class ControlLoop:
     def _traffic_too_new(self, obs: Observation) -> str:
         """Empty when the loop may decide; otherwise why the decision in force (not the loop's own)
         holds: traffic began fewer than START_WINDOW_S seconds ago with fewer than START_ARRIVALS arrivals."""
-        if self.applied is None or not self.applied.stages or self._applies:
+        if not self.hold_start or self.applied is None or not self.applied.stages or self._applies:
             return ""  # nothing deployed yet, or the loop has decided on traffic before: decide
         since = since_first_arrival(obs.history_rps)
         arrivals, seconds = float(sum(since)), len(since)
-        if arrivals == 0 or arrivals >= START_ARRIVALS or seconds >= START_WINDOW_S:
+        if arrivals >= START_ARRIVALS or seconds >= START_WINDOW_S:
             return ""
+        if arrivals == 0:  # an idle server: a plan for no load is replaced at the first arrivals
+            return f"no traffic yet: the decision in force holds until {START_ARRIVALS} arrivals or {START_WINDOW_S} s"
         return (f"traffic began {seconds} s ago ({arrivals:.0f} arrivals): the decision in force holds until "
                 f"{START_ARRIVALS} arrivals or {START_WINDOW_S} s")
 

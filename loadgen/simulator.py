@@ -885,7 +885,8 @@ class _Run:
             for st in self.stages:
                 st.busy = np.zeros(self.arrivals.seconds + 1)
         self.loop = None if delegates_to_ray(policy) else ControlLoop(
-            policy, self._apply, initial=initial, verbose=False, log_size=1, calibrator=self.calibrator)
+            policy, self._apply, initial=initial, verbose=False, log_size=1, calibrator=self.calibrator,
+            hold_start=config.first_decision_s > 0)  # a live start holds as live does; a warm start decides at once
 
     def _make_stages(self) -> list[_Stage]:
         """Items per request multiply along the chain (the adapter's ``stage_loads``): a stage

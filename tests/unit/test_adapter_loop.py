@@ -96,6 +96,8 @@ def test_the_decision_in_force_holds_until_traffic_has_begun_for_real():
     def step(history):
         return loop.step(Observation(time_s=0.0, interval_s=5.0, arrival_rps=0.0, history_rps=history),
                          Forecast(rps=1.0))
+    idle = step([0.0] * 20)  # an idle server keeps its decision: a plan for no load would be replaced at once
+    assert idle.action == "held" and idle.note.startswith("no traffic yet")
     held = step([0.0] * 20 + [1.0, 0.0, 1.0])
     assert held.action == "held" and held.decision is None and "traffic began 3 s ago (2 arrivals)" in held.note
     assert loop.applied is SLOW and loop.policy.seen_current == []  # the policy was not asked
@@ -106,6 +108,8 @@ def test_the_decision_in_force_holds_until_traffic_has_begun_for_real():
     # a sparse start decides after START_WINDOW_S seconds of traffic whatever it holds
     assert sparse.step(Observation(0.0, 5.0, 0.0, history_rps=[0.0] * 5 + [1.0] + [0.0] * 9),
                        Forecast(rps=0.1)).action == "applied"
+    warm = ControlLoop(ScriptedPolicy([FAST]), lambda d: None, initial=SLOW, hold_start=False)  # the simulator's warm start
+    assert warm.step(Observation(0.0, 5.0, 0.0, history_rps=[]), Forecast(rps=1.0)).action == "applied"
     fresh = ControlLoop(ScriptedPolicy([FAST]), lambda d: None)  # nothing deployed: decides at once
     assert fresh.step(Observation(0.0, 5.0, 0.0, history_rps=[1.0]), Forecast(rps=1.0)).action == "applied"
 
