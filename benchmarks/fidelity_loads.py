@@ -19,7 +19,9 @@ does) and simulated on the same arrivals:
    profile: the simulated service times, while the policy plans on the profile) and the
    residual speed's statistics. Then the per-request time the profile's stages do
    not contain (live mean latency − simulated mean latency over ``TUNING_SIM_SEEDS`` seeds,
-   ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place.
+   ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place. With
+   ``--tune-each-load`` the window runs again (the same arrivals) just before each load's live
+   runs and that load is simulated on the host fitted there.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
    each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
    the two settings interleaved (on off, off on, ...; their spread is how far live
