@@ -113,8 +113,9 @@ class StageCore:
         self.last_switch_s = 0.0
         self.expected_batch_s = 0.0  # EWMA of the batch compute time: the deadline check's estimate
         self.cold_batches = COLD_BATCHES  # the loaded model's first batches, which it leaves (admission)
-        # One request of the last batch served: a model switched in runs it once before it serves,
-        # so its set-up (a first forward several times a steady one) falls on no request.
+        # A copy of a request of the last batch served, as it came to this stage: a model switched
+        # in runs it once before it serves, so its set-up (a first forward several times a steady
+        # one) falls on no request.
         self._warm_input: list[Payload] = []
         self.last_batch_at = 0.0  # wall time the estimate was last measured (admission.in_force)
         # Every variant object this replica built and that is still alive: after a
@@ -170,8 +171,7 @@ class StageCore:
             return
         t0 = time.perf_counter()
         try:
-            new.infer([Payload(request_id="warm-up", image=p.image, text=p.text, question=p.question,
-                               outputs=dict(p.outputs)) for p in sample])
+            new.infer(sample)
         except Exception as e:  # noqa: BLE001 - the switch goes on; the first request pays the set-up
             log.warning("stage %s: warm-up of %s failed: %s: %s", self.stage.name, new.name, type(e).__name__, e)
             return
@@ -223,8 +223,10 @@ class StageCore:
         if live and variant is self.variant:  # a batch of a model switched out meanwhile measures nothing
             self.expected_batch_s, self.cold_batches = after_batch(expected, compute, self.cold_batches)
             self.last_batch_at = self.clock()
-        if live:
-            self._warm_input = live[:1]
+        if live:  # what the request brought to this stage, copied before the stage adds its output
+            p = live[0]
+            self._warm_input = [Payload(request_id="warm-up", image=p.image, text=p.text, question=p.question,
+                                        outputs=dict(p.outputs))]
         hardware = str(getattr(variant, "hardware", ""))
         queued = {id(p): max(0.0, start - arrivals[i]) if arrivals else 0.0 for i, p in enumerate(payloads)}
         for p, out in zip(live, outputs, strict=True):
