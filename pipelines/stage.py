@@ -113,7 +113,7 @@ class StageCore:
         self.last_switch_s = 0.0
         self.expected_batch_s = 0.0  # EWMA of the batch compute time: the deadline check's estimate
         self.cold_batches = COLD_BATCHES  # the loaded model's first batches, which it leaves (admission)
-        # A copy of a request of the last batch served, as it came to this stage: a model switched
+        # A copy of the first request served, as it came to this stage: a model switched
         # in runs it once before it serves, so its set-up (a first forward several times a steady
         # one) falls on no request.
         self._warm_input: list[Payload] = []
@@ -223,7 +223,9 @@ class StageCore:
         if live and variant is self.variant:  # a batch of a model switched out meanwhile measures nothing
             self.expected_batch_s, self.cold_batches = after_batch(expected, compute, self.cold_batches)
             self.last_batch_at = self.clock()
-        if live:  # what the request brought to this stage, copied before the stage adds its output
+        # The warm-up sample, taken once (any request served will do), as it came to the stage:
+        # copied before the stage adds its output below.
+        if live and not self._warm_input:
             p = live[0]
             self._warm_input = [Payload(request_id="warm-up", image=p.image, text=p.text, question=p.question,
                                         outputs=dict(p.outputs))]
