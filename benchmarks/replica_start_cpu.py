@@ -3,8 +3,9 @@
 On one host every replica shares the same cores, so a new replica process
 importing its runtime and loading its model slows the batches already running.
 The simulator charges that CPU in ``shared`` mode
-(``loadgen.simulator.REPLICA_START_CPU_S`` and ``VARIANT_SWITCH_CPU_S``); this
-script measures it on real Ray Serve with the real ``vision-caption-ci`` models.
+(``loadgen.simulator.REPLICA_START_CPU`` and ``VARIANT_SWITCH_CPU``); this
+script measures it on real Ray Serve with the real models of ``vision-caption-ci``
+(default) or the flagship ``vision-caption``.
 
 For each change it applies the decision (the applier returns once every changed
 replica is RUNNING with its model loaded), waits ``SETTLE_S`` more, and sums the
@@ -15,7 +16,24 @@ driver and all its descendants: GCS, raylet, Serve controller, proxy, replicas
 a shared machine. Changes: 1 -> 2 replicas of each stage (and back, untimed),
 and a variant switch in the detector and the classifier.
 
-    python benchmarks/replica_start_cpu.py [--repeats 3]
+Where that CPU runs matters as much as how much: every thread of the session is
+sampled (``SAMPLE_S``) with its nice, and the CPU is split into what ran ahead
+of the serving stages (nice below ``STAGE_NICE``: a new Ray worker process, the
+Serve controller, the applier in the driver, Ray's raylet and GCS) and what ran
+at their level (the new replica once its constructor lowered it: its model
+load), with the split per process role. Then each replica start is repeated
+under a closed-loop load (``CLIENTS`` clients, one request at a time each): the
+median latency of the requests in the ``BASELINE_S`` before the change against
+the requests that overlap it.
+
+The applier in the driver polls Serve until the changed replicas serve; each poll
+costs it 40-50 ms of CPU at nice 0. ``--polls`` measures the applier's poll
+schedules side by side, alternated repeat by repeat in one Ray session:
+``growing`` (the product since 2026-12-07: ``pipelines.applier.poll_pauses``,
+0.1 s growing by 1.5x to 0.5 s) and ``fixed`` (every 0.1 s, before).
+
+    python benchmarks/replica_start_cpu.py [--repeats 3] [--pipeline vision-caption-ci|vision-caption]
+                                            [--polls growing,fixed]
 
 Prints and writes benchmarks/results/replica_start_cpu.json.
 """
@@ -27,19 +45,23 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from varipipe.pipelines.serve_config import AppOptions  # noqa: E402
-from varipipe.pipelines.server import LocalServer  # noqa: E402
+from varipipe.loadgen.questions import question_headers, questions_for  # noqa: E402
+from varipipe.loadgen.replayer import load_image  # noqa: E402
+from varipipe.pipelines import applier  # noqa: E402
+from varipipe.pipelines.serve_config import STAGE_NICE, AppOptions  # noqa: E402
+from varipipe.pipelines.server import LocalServer, serve_session  # noqa: E402
 from varipipe.records import Decision, StageDecision  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "replica_start_cpu.json"
-PIPELINE = "vision-caption-ci"
 # Idle rate of the Ray processes, measured right before each change.
 BASELINE_S = 5.0
 # After the applier returns (replica RUNNING, model loaded): a replica's first
@@ -47,80 +69,286 @@ BASELINE_S = 5.0
 SETTLE_S = 2.0
 # Between changes, so one change's tail does not count in the next baseline.
 GAP_S = 5.0
-
-
-def decision(detector="yolov3-tiny-320", classifier="mobilenet-v2", replicas: dict | None = None) -> Decision:
-    r = {"detector": 1, "classifier": 1, "llm": 1, **(replicas or {})}
-    return Decision(stages=(StageDecision("detector", detector, 1, r["detector"], "cpu:1"),
-                            StageDecision("classifier", classifier, 1, r["classifier"], "cpu:1"),
-                            StageDecision("llm", "smollm2-135m", 1, r["llm"], "cpu:1")))
-
-
-BASE = decision()
-# kind -> (change, undo)
-CHANGES = {
-    "add:detector": (decision(replicas={"detector": 2}), BASE),
-    "add:classifier": (decision(replicas={"classifier": 2}), BASE),
-    "add:llm": (decision(replicas={"llm": 2}), BASE),
-    "switch:detector": (decision(detector="yolov3-tiny-416"), BASE),
-    "switch:classifier": (decision(classifier="efficientnet-lite0"), BASE),
+# Thread sampling period: 10 ms clock ticks, a few per sample for a busy thread.
+SAMPLE_S = 0.05
+# Closed-loop clients of the load phase: two keep a request in the LLM while another is in
+# the detector or classifier, as a pipeline under load does.
+CLIENTS = 2
+# Per pipeline: the variants it starts with (detector, classifier, llm) and the ones each
+# switch goes to; batch 1, one replica each, cpu:1.
+VARIANTS = {
+    "vision-caption-ci": {"base": ("yolov3-tiny-320", "mobilenet-v2", "smollm2-135m"),
+                          "switch": ("yolov3-tiny-416", "efficientnet-lite0")},
+    "vision-caption": {"base": ("yolov10n-320", "mobilenet-v2-160", "qwen2.5-coder-0.5b"),
+                       "switch": ("yolov10n-416", "efficientnet-lite0")},
 }
 
 
-def session_cpu_s() -> dict[int, float]:
-    """CPU seconds (user + system) of this process and every descendant, by pid."""
+# --polls: the applier's POLL_GROWTH under each name (the applier runs in this process).
+POLLS = {"growing": applier.POLL_GROWTH, "fixed": 1.0}
+
+
+def decision(variants: tuple[str, str, str], replicas: dict | None = None) -> Decision:
+    r = {"detector": 1, "classifier": 1, "llm": 1, **(replicas or {})}
+    return Decision(stages=tuple(StageDecision(stage, v, 1, r[stage], "cpu:1")
+                                 for stage, v in zip(("detector", "classifier", "llm"), variants, strict=True)))
+
+
+def changes(pipeline: str) -> tuple[Decision, dict[str, tuple[Decision, Decision]]]:
+    """The base decision, and kind -> (change, undo): 1 -> 2 replicas of each stage, a variant
+    switch in the detector and in the classifier."""
+    base_v = VARIANTS[pipeline]["base"]
+    det, cls = VARIANTS[pipeline]["switch"]
+    base = decision(base_v)
+    return base, {
+        "add:detector": (decision(base_v, {"detector": 2}), base),
+        "add:classifier": (decision(base_v, {"classifier": 2}), base),
+        "add:llm": (decision(base_v, {"llm": 2}), base),
+        "switch:detector": (decision((det, *base_v[1:])), base),
+        "switch:classifier": (decision((base_v[0], cls, base_v[2])), base),
+    }
+
+
+def session_roles() -> dict[int, str]:
+    """This process and every descendant, by pid, each named by its role: Ray's process title
+    (``ray::ServeReplica:APP:stage-llm``, ``ray::ServeController``, ``ray::IDLE``) with the
+    application's name taken out, or the executable's name (raylet, gcs_server)."""
     me = psutil.Process(os.getpid())
-    out = {}
-    for p in [me, *me.children(recursive=True)]:
+    out = {me.pid: "driver"}
+    for p in me.children(recursive=True):
         try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            title = (p.cmdline() or [p.name()])[0]
         except psutil.Error:  # exited meanwhile
             continue
+        if title.startswith("ray::ServeReplica:"):
+            title = "ray::ServeReplica:" + title.rsplit(":", 1)[-1]
+        out[p.pid] = title if title.startswith("ray::") else Path(title.split()[0]).name
     return out
 
 
-def used_since(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU used between two snapshots: a new process counts in full, an exited one not at all."""
-    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+def _thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """(CPU clock ticks, nice) of each thread of ``pid``, from /proc/PID/task/TID/stat."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Fields after the command: rest[k] is field k + 3 of proc(5): utime 14, stime 15, nice 19.
+        out[int(tid)] = (int(rest[11]) + int(rest[12]), int(rest[16]))
+    return out
+
+
+class NiceSampler:
+    """CPU of every thread of the session, by the nice the thread had when it ran."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.ahead_s = 0.0  # nice below STAGE_NICE: ahead of the serving stages
+        self.level_s = 0.0  # nice STAGE_NICE or more
+        self.by_role: dict[str, list[float]] = {}  # role -> [ahead s, level s]
+        self.by_pid: dict[int, list[float]] = {}  # pid -> [ahead s, level s]
+        self.roles: dict[int, str] = {}  # pid -> its role when last seen
+        self.existing: set[int] = set()  # the pids running when sampling began
+        self._last: dict[tuple[int, int], int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, count: bool) -> None:
+        for pid, role in session_roles().items():
+            self.roles[pid] = role
+            if not count:
+                self.existing.add(pid)
+            for tid, (ticks, nice) in _thread_ticks(pid).items():
+                delta = ticks - self._last.get((pid, tid), 0)
+                self._last[(pid, tid)] = ticks
+                if count and delta > 0:
+                    ahead = nice < STAGE_NICE
+                    if ahead:
+                        self.ahead_s += delta / self.hz
+                    else:
+                        self.level_s += delta / self.hz
+                    self.by_role.setdefault(role, [0.0, 0.0])[0 if ahead else 1] += delta / self.hz
+                    self.by_pid.setdefault(pid, [0.0, 0.0])[0 if ahead else 1] += delta / self.hz
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self._sample(True)
+
+    def __enter__(self) -> NiceSampler:
+        self._sample(False)  # threads already running count from here
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(True)
+
+
+def sampled(seconds: float | None = None, then=None) -> tuple[float, float, float, dict[str, list[float]]]:
+    """(ahead, level, wall seconds, by role) of the session's CPU over ``seconds`` of sleep or one
+    call of ``then``."""
+    t0 = time.monotonic()
+    with NiceSampler() as s:
+        if then is not None:
+            then()
+            time.sleep(SETTLE_S)
+        else:
+            time.sleep(seconds)
+    return s.ahead_s, s.level_s, time.monotonic() - t0, s.by_role
 
 
 def measure(srv: LocalServer, change: Decision, undo: Decision) -> dict:
-    s0 = session_cpu_s()
-    time.sleep(BASELINE_S)
-    s1 = session_cpu_s()
-    idle_rate = used_since(s0, s1) / BASELINE_S
-    t0 = time.monotonic()
-    res = srv.apply(change)
-    time.sleep(SETTLE_S)
-    s2 = session_cpu_s()
-    window = time.monotonic() - t0
-    total = used_since(s1, s2)
+    """The CPU a change burns above the session's idle rate, split by priority."""
+    idle_ahead, idle_level, idle_s, _ = sampled(BASELINE_S)
+    applied: list = []
+    ahead, level, window, by_role = sampled(then=lambda: applied.append(srv.apply(change)))
     srv.apply(undo)
     time.sleep(GAP_S)
-    return {"apply_s": res.seconds, "window_s": window, "cpu_s": total, "idle_cpu_rate": idle_rate,
-            "cpu_s_above_idle": total - idle_rate * window}
+    ahead_above = ahead - idle_ahead / idle_s * window
+    level_above = level - idle_level / idle_s * window
+    return {"apply_s": applied[0].seconds, "window_s": window, "cpu_s": ahead + level,
+            "idle_cpu_rate": (idle_ahead + idle_level) / idle_s,
+            "cpu_s_above_idle": ahead_above + level_above,
+            "ahead_cpu_s_above_idle": ahead_above, "level_cpu_s_above_idle": level_above,
+            "cpu_s_by_role": {k: {"ahead": round(a, 3), "level": round(b, 3)} for k, (a, b) in sorted(by_role.items())}}
+
+
+class Load:
+    """``CLIENTS`` closed-loop clients; each request's (start, end, status) on the monotonic clock."""
+
+    def __init__(self, url: str, pipeline: str) -> None:
+        body, ctype = load_image("chelsea")
+        self.url, self.body, self.ctype = url, body, ctype
+        self.questions = questions_for(pipeline, "chelsea")
+        self.done: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(CLIENTS)]
+
+    def _client(self, i: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            n = i
+            while not self._stop.is_set():
+                headers = {"content-type": self.ctype, **question_headers(self.questions, n)}
+                t0 = time.monotonic()
+                status = c.post(self.url, content=self.body, headers=headers).status_code
+                self.done.append((t0, time.monotonic(), status))
+                n += CLIENTS
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+# Processes whose CPU under load is the serving itself, which a change slows down: left out of
+# the change's own CPU (``change_cpu_under_load``).
+SERVING_ROLES = ("ray::ServeReplica:stage-", "ray::ServeReplica:ingress", "ray::ProxyActor")
+
+
+def change_cpu_under_load(base: NiceSampler, base_s: float, window: NiceSampler, window_s: float) -> tuple[float, float]:
+    """(ahead, level) CPU-seconds of the change itself under load: every process it started
+    (the new replica, a worker Ray starts in its stead), and the other processes' CPU above their
+    rate in the baseline (the applier in the driver, Serve's controller, raylet, GCS); the serving
+    replicas, the ingress and the proxy are left out."""
+    ahead = level = 0.0
+    for pid, (a, b) in window.by_pid.items():
+        if pid not in window.existing:
+            ahead, level = ahead + a, level + b
+        elif not window.roles[pid].startswith(SERVING_ROLES):
+            a0, b0 = base.by_pid.get(pid, [0.0, 0.0])
+            ahead += a - a0 / base_s * window_s
+            level += b - b0 / base_s * window_s
+    return ahead, level
+
+
+def measure_under_load(srv: LocalServer, change: Decision, undo: Decision) -> dict:
+    """Median latency of the requests before a change against those that overlap it, and the
+    change's own CPU meanwhile."""
+    with Load(srv.endpoint, srv.spec.name) as load:
+        time.sleep(GAP_S)  # the clients' first requests settle
+        t0 = time.monotonic()
+        with NiceSampler() as base:
+            time.sleep(BASELINE_S)
+        t1 = time.monotonic()
+        with NiceSampler() as window:
+            res = srv.apply(change)
+            time.sleep(SETTLE_S)
+        t2 = time.monotonic()
+    srv.apply(undo)
+    time.sleep(GAP_S)
+    ahead, level = change_cpu_under_load(base, t1 - t0, window, t2 - t1)
+    before = [e - s for s, e, st in load.done if s >= t0 and e <= t1 and st == 200]
+    during = [e - s for s, e, st in load.done if e > t1 and s < t2 and st == 200]
+    failed = sum(st != 200 for s, e, st in load.done if e > t0)
+    return {"apply_s": res.seconds, "before_n": len(before), "during_n": len(during), "failed": failed,
+            "before_p50_s": statistics.median(before) if before else None,
+            "during_p50_s": statistics.median(during) if during else None,
+            "during_max_s": max(during) if during else None,
+            "slowdown": statistics.median(during) / statistics.median(before) if before and during else None,
+            "ahead_cpu_s": ahead, "level_cpu_s": level}
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pipeline", default="vision-caption-ci", choices=sorted(VARIANTS))
+    ap.add_argument("--polls", default="growing", help=f"comma-separated, of {', '.join(POLLS)}")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    runs: dict[str, list[dict]] = {k: [] for k in CHANGES}
-    with LocalServer(AppOptions(pipeline=PIPELINE, app_name="bench-start-cpu"), decision=BASE) as srv:
+    polls = args.polls.split(",")
+    base, kinds = changes(args.pipeline)
+    runs = {p: {k: [] for k in kinds} for p in polls}
+    loaded = {p: {k: [] for k in kinds if k.startswith("add:")} for p in polls}
+    opts = AppOptions(pipeline=args.pipeline, app_name="bench-start-cpu")
+    with serve_session() as port, LocalServer(opts, port=port, decision=base) as srv:
         time.sleep(GAP_S)
         for i in range(args.repeats):
-            for kind, (change, undo) in CHANGES.items():
-                r = measure(srv, change, undo)
-                runs[kind].append(r)
-                print(f"[{i + 1}/{args.repeats}] {kind}: {r['cpu_s_above_idle']:.2f} CPU-s above idle "
-                      f"(apply {r['apply_s']:.2f} s, idle {r['idle_cpu_rate']:.2f} CPU)", flush=True)
-    summary = {k: {"median_cpu_s": statistics.median(x["cpu_s_above_idle"] for x in v),
-                   "median_apply_s": statistics.median(x["apply_s"] for x in v)} for k, v in runs.items()}
-    out = {"benchmark": "replica_start_cpu", "pipeline": PIPELINE,
+            for poll in polls:  # alternated, so a drift of the host falls on each
+                applier.POLL_GROWTH = POLLS[poll]
+                for kind, (change, undo) in kinds.items():
+                    r = measure(srv, change, undo)
+                    runs[poll][kind].append(r)
+                    print(f"[{i + 1}/{args.repeats}] {poll} {kind}: {r['cpu_s_above_idle']:.2f} CPU-s above idle, "
+                          f"{r['ahead_cpu_s_above_idle']:.2f} of it ahead of the stages (apply {r['apply_s']:.2f} s)",
+                          flush=True)
+                for kind in loaded[poll]:
+                    r = measure_under_load(srv, *kinds[kind])
+                    loaded[poll][kind].append(r)
+                    print(f"[{i + 1}/{args.repeats}] {poll} {kind} under load: p50 {r['before_p50_s']:.3f} s before, "
+                          f"{r['during_p50_s']:.3f} s during ({r['during_n']} requests, {r['failed']} failed); the "
+                          f"change's CPU {r['ahead_cpu_s']:.2f} s ahead, {r['level_cpu_s']:.2f} s at the stages' level",
+                          flush=True)
+    summary = {p: {k: {"median_cpu_s": _median(x["cpu_s_above_idle"] for x in v),
+                       "median_ahead_cpu_s": _median(x["ahead_cpu_s_above_idle"] for x in v),
+                       "median_level_cpu_s": _median(x["level_cpu_s_above_idle"] for x in v),
+                       "median_apply_s": _median(x["apply_s"] for x in v),
+                       **({"median_slowdown_under_load": _median(x["slowdown"] for x in loaded[p][k]),
+                           "failed_under_load": sum(x["failed"] for x in loaded[p][k]),
+                           "median_ahead_cpu_s_under_load": _median(x["ahead_cpu_s"] for x in loaded[p][k]),
+                           "median_level_cpu_s_under_load": _median(x["level_cpu_s"] for x in loaded[p][k])}
+                          if k in loaded[p] else {})}
+                   for k, v in runs[p].items()} for p in polls}
+    out = {"benchmark": "replica_start_cpu", "pipeline": args.pipeline,
            "command": "python benchmarks/replica_start_cpu.py " + " ".join(sys.argv[1:]),
-           "cpu_count": os.cpu_count(), "summary": summary, "runs": runs}
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
+           "stage_nice": STAGE_NICE, "clients": CLIENTS, "summary": summary, "runs": runs, "under_load": loaded}
     print(json.dumps(summary, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

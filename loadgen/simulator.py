@@ -126,8 +126,9 @@ __all__ = [
     "BATCH_CHANGE_S",
     "VARIANT_SWITCH_S",
     "REPLICA_PROCESS_S",
-    "REPLICA_START_CPU_S",
-    "VARIANT_SWITCH_CPU_S",
+    "ChangeCpu",
+    "REPLICA_START_CPU",
+    "VARIANT_SWITCH_CPU",
 ]
 
 # Reconfiguration delays, docs/ray-serve-facts.md ("Which call changes what"),
@@ -140,11 +141,29 @@ MODEL_LOAD_S = 2.0  # "2.4 s with a 2 s model load": the load measured there
 VARIANT_SWITCH_S = USER_CONFIG_S + MODEL_LOAD_S  # variant switch = reconfigure + model load
 # A replica process before its model load: a GPU replica then spends its profiled cold start.
 REPLICA_PROCESS_S = REPLICA_ADD_S - MODEL_LOAD_S
-# CPU that a change burns on the host while it takes effect (shared mode only: the
-# cores serving replicas run on), measured by benchmarks/replica_start_cpu.py on Ray
-# Serve 2.60 with vision-caption-ci (results/replica_start_cpu.json, 3 repeats):
-REPLICA_START_CPU_S = 3.5  # a new replica process (worker, runtime import, model load): medians 3.0 / 3.6 / 3.5 CPU-s
-VARIANT_SWITCH_CPU_S = 0.6  # per replica, loading the new variant in place: medians 0.64 (detector), 0.54 (classifier)
+
+
+@dataclass(frozen=True)
+class ChangeCpu:
+    """CPU-seconds one change burns on the host while it takes effect (shared mode only: the
+    cores serving replicas run on), split by where it runs: ``ahead_s`` ahead of the stages'
+    nice-10 threads (nice 0: a new Ray worker process before its replica lowers itself, Serve's
+    controller, the applier polling it), ``level_s`` at their level (the model load)."""
+
+    ahead_s: float
+    level_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.ahead_s + self.level_s
+
+
+# Measured by benchmarks/replica_start_cpu.py on Ray Serve 2.60 with the flagship (vision-caption,
+# results/replica_start_cpu_flagship.json, the applier's growing polls, medians of 2 per stage):
+# a new replica 1.7-1.9 CPU-s, 1.45-1.46 of it ahead of the stages idle and 1.44-1.59 under load,
+# 0.20-0.45 at their level (its model load); a switch 0.43-0.50 per replica, 0.32-0.39 ahead.
+REPLICA_START_CPU = ChangeCpu(ahead_s=1.5, level_s=0.3)
+VARIANT_SWITCH_CPU = ChangeCpu(ahead_s=0.35, level_s=0.1)
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
@@ -803,6 +822,9 @@ class _Accounts:
 
     busy: np.ndarray | None  # shared mode: CPU-seconds in use per second (None in reserved mode)
     neighbours: np.ndarray | None  # shared mode: cores neighbours take ahead of the replicas per second
+    # shared mode: CPU-seconds per second of the run's own reconfigurations that run ahead of the
+    # replicas (nice 0: a new worker process, Serve's controller, the applier); the run's cost
+    ahead: np.ndarray | None
     gpu_busy: np.ndarray | None  # shared mode: GPU-seconds in use per second
     reserved: np.ndarray  # reserved mode: cores (or their price) provisioned
     replicas: np.ndarray  # replicas provisioned
@@ -863,6 +885,7 @@ class _Run:
         self.accounts = _Accounts(busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
                                   neighbours=_neighbour_load(config.neighbours, self.arrivals.seconds + 1)
                                   if shared else None,
+                                  ahead=np.zeros(self.arrivals.seconds + 1) if shared else None,
                                   gpu_busy=np.zeros(self.arrivals.seconds + 1) if shared else None,
                                   reserved=np.zeros(self.arrivals.seconds + 1), replicas=np.zeros(self.arrivals.seconds + 1),
                                   predicted_rps=np.zeros(self.arrivals.seconds + 1))
@@ -959,12 +982,12 @@ class _Run:
             delays = self._delays(st, sd)
             if (old.variant, old.hardware) != (sd.variant, sd.hardware):
                 self.changes.schedule(t + delays.switch_s, st.index, "model", decision=sd)
-                self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas) * VARIANT_SWITCH_CPU_S)
+                self._charge(t, VARIANT_SWITCH_S, min(old.replicas, sd.replicas), VARIANT_SWITCH_CPU)
             elif (old.batch, old.batch_wait_s) != (sd.batch, sd.batch_wait_s):
                 self.changes.schedule(t + delays.batch_s, st.index, "batch", decision=sd)
             if sd.replicas > old.replicas:
                 self.changes.schedule(t + delays.add_s, st.index, "add", replicas=sd.replicas - old.replicas)
-                self._charge(t, REPLICA_ADD_S, (sd.replicas - old.replicas) * REPLICA_START_CPU_S)
+                self._charge(t, REPLICA_ADD_S, sd.replicas - old.replicas, REPLICA_START_CPU)
             elif sd.replicas < old.replicas:
                 self.changes.schedule(t + REPLICA_REMOVE_S, st.index, "remove", replicas=old.replicas - sd.replicas)
 
@@ -977,10 +1000,15 @@ class _Run:
         started = REPLICA_PROCESS_S + start.cold_start_s
         return _Delays(started, BATCH_CHANGE_S + (start.batch_change_s(sd.batch) or 0.0), started)
 
-    def _charge(self, t: float, seconds: float, cpu_s: float) -> None:
-        """Spread ``cpu_s`` of reconfiguration work evenly over [t, t + seconds) (shared mode)."""
-        if self.accounts.busy is not None and cpu_s > 0:
-            add_busy(self.accounts.busy, t, t + seconds, cpu_s / seconds)
+    def _charge(self, t: float, seconds: float, times: int, cpu: ChangeCpu) -> None:
+        """Spread ``times`` changes' CPU evenly over [t, t + seconds) (shared mode): what runs at
+        the stages' level as busy threads beside them, what runs ahead of them as a neighbour."""
+        if self.accounts.busy is None or times <= 0:
+            return
+        if cpu.level_s > 0:
+            add_busy(self.accounts.busy, t, t + seconds, times * cpu.level_s / seconds)
+        if cpu.ahead_s > 0:
+            add_busy(self.accounts.ahead, t, t + seconds, times * cpu.ahead_s / seconds)
 
     def _take_effect(self, t: float) -> None:
         for c in self.changes.due(t):
@@ -1028,19 +1056,22 @@ class _Run:
         if i < 0 or capacity <= 0:
             return 1.0
         if not gpu and self.accounts.neighbours is not None:
-            capacity = _left_to_replicas(capacity, self.accounts.neighbours[i])
+            capacity = _left_to_replicas(capacity, self.accounts.neighbours[i] + self.accounts.ahead[i])
         return max(1.0, busy[i] / capacity)
 
     def _contended(self, st: _Stage, t0: float, shared: float) -> float:
         """A CPU stage's slowdown in the segment from ``t0``: processor sharing (``shared``), or
         with a contention law its factor at the busy threads beside the stage in the previous
         slice (the other stages', and the stage's own × (replicas − 1) / replicas: its other
-        replicas), never below processor sharing at the law's own speed."""
+        replicas, and a reconfiguration's threads ahead of the stages: the law was fitted on threads
+        at the stages' level, and one at nice 0 slows a batch at least as much), never below
+        processor sharing at the law's own speed."""
         law = self.cfg.contention.laws.get(st.name) if st.busy is not None else None  # busy: kept with a law
         if law is None:
             return shared
         i = int(t0) - 1
-        beside = beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas()) if i >= 0 else 0.0
+        beside = (beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas())
+                  + float(self.accounts.ahead[i])) if i >= 0 else 0.0
         return max(law.factor(beside), math.exp(law.a) * shared)
 
     def _segment(self, t0: float, t1: float) -> None:
@@ -1227,7 +1258,7 @@ def _cost_series(run: _Run) -> np.ndarray:
     if busy is None:
         return run.accounts.reserved
     cores = _left_to_replicas(run.cfg.cluster_cores, run.accounts.neighbours)
-    return np.minimum(busy, cores) + GPU_REPLICA_PRICE_CORES * np.minimum(gpu, run.cfg.cluster_gpus)
+    return np.minimum(busy + run.accounts.ahead, cores) + GPU_REPLICA_PRICE_CORES * np.minimum(gpu, run.cfg.cluster_gpus)
 
 
 def _series(run: _Run, latency: np.ndarray, within: np.ndarray, acc: np.ndarray) -> SimSeries:

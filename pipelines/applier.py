@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ from varipipe.pipelines.serve_config import (
 )
 from varipipe.records import Decision
 
-__all__ = ["ApplyResult", "AppView", "DeploymentView", "LiveServe", "ServeAccess", "ServeApplier",
+__all__ = ["ApplyResult", "AppView", "DeploymentView", "LiveServe", "ServeAccess", "ServeApplier", "poll_pauses",
            "deploy_config"]
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,14 @@ log = logging.getLogger(__name__)
 # How long an apply may take before it is reported as failed: a replica start is
 # 2.3-8.2 s here (docs/ray-serve-facts.md) and a model load adds a few seconds more.
 APPLY_TIMEOUT_S = 120.0
+# Polls for the changed replicas: the first after POLL_S, each later one POLL_GROWTH times the
+# one before, at most POLL_MAX_S apart. One poll (Serve's status and the controller's reports)
+# costs the process 40-50 ms of CPU at nice 0, ahead of the stage replicas: polling every 0.1 s
+# through a 2-s replica start was half of the start's CPU (benchmarks/replica_start_cpu.py).
+# Growing polls find a 2-s start in 7 instead of 20, at most POLL_MAX_S late.
 POLL_S = 0.1
+POLL_GROWTH = 1.5
+POLL_MAX_S = 0.5
 # ray.serve.schema.ApplicationStatus / DeploymentStatus values (str enums; ray is imported lazily here).
 DELETING = "DELETING"
 DEPLOY_FAILED = "DEPLOY_FAILED"
@@ -148,6 +155,14 @@ def deploy_config(app_config: dict[str, Any], only_if_live: bool = False) -> boo
             if a.deployed_app_config is not None]
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [*kept, app_config]}))
     return True
+
+
+def poll_pauses() -> Iterator[float]:
+    """The pauses between an apply's polls: POLL_S, growing by POLL_GROWTH to POLL_MAX_S."""
+    pause = POLL_S
+    while True:
+        yield pause
+        pause = min(POLL_MAX_S, pause * POLL_GROWTH)
 
 
 class ServeApplier:
@@ -265,13 +280,15 @@ class ServeApplier:
     def _wait(self, decision: Decision, changed: tuple[str, ...]) -> list[str]:
         """Block until the changed stages run the new config; return replica errors."""
         deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
+        for pause in poll_pauses():
+            if time.monotonic() >= deadline:
+                break
             ready, errors = self._check(decision, changed)
             if errors:
                 return errors
             if ready:
                 return []
-            self._sleep(POLL_S)
+            self._sleep(pause)
         raise ReconfigurationError(f"generation {self.generation} not serving after {self.timeout_s:.0f}s")
 
     def _check(self, decision: Decision, changed: tuple[str, ...]) -> tuple[bool, list[str]]:

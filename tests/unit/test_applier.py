@@ -187,3 +187,20 @@ def test_with_rays_autoscaler_one_replica_confirms_a_stage():
     st.report_replica(ReplicaStatus("first-0", "first", "fast", ("fast",), 2, 4, 0.005, 0.0, 0.0, "", 0, 0.0))
     view = st.config_view()
     assert view["pending"] is None and view["decision"]["stages"][0]["replicas"] == 3
+
+
+def test_polls_grow_apart_to_a_cap_so_a_replica_start_costs_few():
+    from itertools import islice
+
+    from varipipe.pipelines.applier import POLL_MAX_S, POLL_S, poll_pauses
+
+    pauses = list(islice(poll_pauses(), 12))
+    assert pauses[0] == POLL_S and pauses[-1] == POLL_MAX_S
+    assert all(b >= a for a, b in zip(pauses, pauses[1:], strict=False)) and max(pauses) == POLL_MAX_S
+    # a 2-s replica start is seen within POLL_MAX_S, in a third of the polls at POLL_S apart
+    elapsed, polls = 0.0, 1
+    for p in pauses:
+        if elapsed >= 2.0:
+            break
+        elapsed, polls = elapsed + p, polls + 1
+    assert elapsed < 2.0 + POLL_MAX_S and polls <= 2.0 / POLL_S / 2

@@ -21,7 +21,13 @@ from varipipe.loadgen.hostspeed import (
     threads_before,
     threads_during,
 )
-from varipipe.loadgen.simulator import REPLICA_ADD_S, VARIANT_SWITCH_S, SimConfig, simulate
+from varipipe.loadgen.simulator import (
+    REPLICA_ADD_S,
+    VARIANT_SWITCH_S,
+    ChangeCpu,
+    SimConfig,
+    simulate,
+)
 from varipipe.loadgen.traces import Trace, arrival_times
 from varipipe.observation import percentile
 from varipipe.profiler.store import load_profile
@@ -226,21 +232,25 @@ def test_shared_mode_charges_a_replica_start_its_cpu(monkeypatch):
     # Both stages go from 1 to 2 replicas at t=10; the starts burn CPU for REPLICA_ADD_S.
     arr = _arrivals(3, 30)
 
-    def run(start_cpu_s: float, cores: float):
-        monkeypatch.setattr(simulator, "REPLICA_START_CPU_S", start_cpu_s)
+    def run(start: ChangeCpu, cores: float):
+        monkeypatch.setattr(simulator, "REPLICA_START_CPU", start)
         return _run(arr, Fixed(replicas=1, later={10.0: 2}), mode="shared", cores=cores, sla=60.0)
 
-    free, charged = run(0.0, 8.0), run(6.0, 8.0)
-    extra = charged.series.cost - free.series.cost  # CPU-seconds per second (below the 8-core cap)
-    assert extra.sum() == pytest.approx(2 * 6.0)  # two new replicas, 6 CPU-s each
-    assert np.flatnonzero(extra > 1e-9).tolist() == list(range(10, 10 + int(np.ceil(REPLICA_ADD_S))))
+    free = run(ChangeCpu(0.0, 0.0), 8.0)
+    for charge in (ChangeCpu(0.0, 6.0), ChangeCpu(4.0, 2.0)):  # all at the stages' level; most ahead
+        extra = run(charge, 8.0).series.cost - free.series.cost  # CPU-seconds per second (below the 8-core cap)
+        assert extra.sum() == pytest.approx(2 * 6.0)  # two new replicas, 6 CPU-s each, wherever they run
+        assert np.flatnonzero(extra > 1e-9).tolist() == list(range(10, 10 + int(np.ceil(REPLICA_ADD_S))))
     # On one core the batches running meanwhile slow down; before the change nothing differs.
-    free, charged = run(0.0, 1.0), run(6.0, 1.0)
-    lat_free, lat_charged = free.table.latency_s, charged.table.latency_s
+    free = run(ChangeCpu(0.0, 0.0), 1.0)
+    level, ahead = run(ChangeCpu(0.0, 3.0), 1.0), run(ChangeCpu(3.0, 0.0), 1.0)
     before = arr < 10.0
-    assert lat_charged[before] == pytest.approx(lat_free[before])
     during = (arr >= 11.0) & (arr < 10.0 + REPLICA_ADD_S)
-    assert lat_charged[during].mean() > 1.5 * lat_free[during].mean()
+    for charged in (level, ahead):
+        assert charged.table.latency_s[before] == pytest.approx(free.table.latency_s[before])
+        assert charged.table.latency_s[during].mean() > 1.5 * free.table.latency_s[during].mean()
+    # The same CPU ahead of the stages (nice 0) takes the core from them: later than at their level.
+    assert ahead.table.latency_s[during].mean() > level.table.latency_s[during].mean()
 
 
 def test_shared_mode_charges_a_variant_switch_per_replica(monkeypatch):
@@ -252,8 +262,8 @@ def test_shared_mode_charges_a_variant_switch_per_replica(monkeypatch):
     profile = Profile("test", tuple(_point(s, v, 1, 0.1) for s in ("a", "b") for v in ("v", "w")))
     arr = _arrivals(2, 30)
     runs = []
-    for cpu in (0.0, 1.5):
-        monkeypatch.setattr(simulator, "VARIANT_SWITCH_CPU_S", cpu)
+    for cpu in (ChangeCpu(0.0, 0.0), ChangeCpu(1.0, 0.5)):
+        monkeypatch.setattr(simulator, "VARIANT_SWITCH_CPU", cpu)
         runs.append(simulate(profile, arr, Switch(), _last, SimConfig(60.0, 10.0, "shared", 8.0, 0)))
     extra = runs[1].series.cost - runs[0].series.cost
     assert extra.sum() == pytest.approx(2 * 3 * 1.5)  # two stages, three replicas each load the new model
@@ -476,6 +486,22 @@ def test_contention_counts_a_stages_other_replicas_beside_it_but_not_itself():
     assert two.table.latency_s == pytest.approx([0.15, 0.15, 0.15 * 2 ** 0.15])
     one = simulate(profile, np.array([0.0, 1.0]), Fixed(replicas=1, stages=("a",)), _last, cfg, keep_table=True)
     assert one.table.latency_s == pytest.approx([0.15, 0.15])
+
+
+def test_contention_counts_a_reconfigurations_threads_ahead_of_the_stages_beside_them(monkeypatch):
+    # Stage a alone, 0.1 s, law a = 0, gamma = ln 2; one request a second. At t = 10 it goes to a
+    # second replica, whose start runs 3 CPU-s ahead of the stages over REPLICA_ADD_S: 1 thread
+    # beside each batch of the seconds after, which the law doubles; before, nothing differs.
+    monkeypatch.setattr(simulator, "REPLICA_START_CPU", ChangeCpu(ahead_s=REPLICA_ADD_S, level_s=0.0))
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=Contention({"a": ContentionLaw(0.0, math.log(2.0))}))
+    arr = np.arange(20) + 0.5
+    r = simulate(profile, arr, Fixed(replicas=1, stages=("a",), later={10.0: 2}), _last, cfg, keep_table=True)
+    lat = r.table.latency_s
+    assert lat[:10] == pytest.approx(0.1)
+    assert lat[11:10 + int(REPLICA_ADD_S)] == pytest.approx(0.2)  # 1 thread ahead beside: x2
+    # once it has started, only the stage's other replica is beside a batch (half its 0.1 busy s)
+    assert lat[10 + int(REPLICA_ADD_S) + 2:] == pytest.approx(0.1 * 2 ** 0.05, rel=0.01)
 
 
 def test_threads_during_weights_each_other_batch_by_its_overlap():
