@@ -96,7 +96,14 @@ from varipipe.adapter.calibration import Calibrator, make_calibrator
 from varipipe.adapter.configurations import DEFAULT_CLUSTER_CORES, DEFAULT_COST_MODE, is_gpu
 from varipipe.adapter.loop import ControlLoop
 from varipipe.adapter.policy import DEFAULT_INTERVAL_S, Forecast, Policy, delegates_to_ray
-from varipipe.admission import COLD_BATCHES, after_batch, in_force, max_ongoing_for, would_miss
+from varipipe.admission import (
+    COLD_BATCHES,
+    after_batch,
+    fresh_estimate,
+    in_force,
+    max_ongoing_for,
+    would_miss,
+)
 from varipipe.errors import VaripipeError
 from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, add_busy, beside_from_busy
 from varipipe.loadgen.service import ServiceModel, service_model
@@ -950,8 +957,7 @@ class _Run:
         before = st.model
         self._set_model(st, sd)
         if before is not None and (before.variant, before.hardware) != (st.model.variant, st.model.hardware):
-            st.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's (as live)
-            st.cold_batches = COLD_BATCHES
+            st.expected_batch_s, st.cold_batches = fresh_estimate()  # as live
         st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:

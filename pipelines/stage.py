@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from varipipe.admission import COLD_BATCHES, after_batch, in_force, would_miss
+from varipipe.admission import COLD_BATCHES, after_batch, fresh_estimate, in_force, would_miss
 from varipipe.pipelines.variant import Payload, StageTrace, Variant, build_variant
 from varipipe.records import StageSpec
 
@@ -151,8 +151,7 @@ class StageCore:
             self.error = msg if not keep_error else self.error or msg
             return
         old, self.variant = self.variant, new  # batches that start from now on run on the new model
-        self.expected_batch_s = 0.0  # the old model's batch times say nothing of the new one's
-        self.cold_batches = COLD_BATCHES  # nor do the new one's first (its set-up)
+        self.expected_batch_s, self.cold_batches = fresh_estimate()  # the new model's own, from its first batches
         if old is not None:
             with self._retired_lock:
                 self._retired.append(old)

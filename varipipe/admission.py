@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["ONGOING_BATCHES", "MIN_MAX_ONGOING", "max_ongoing_for", "EWMA_WEIGHT", "STALE_ESTIMATE_S", "COLD_BATCHES", "update_expected", "after_batch", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
+__all__ = ["ONGOING_BATCHES", "MIN_MAX_ONGOING", "max_ongoing_for", "EWMA_WEIGHT", "STALE_ESTIMATE_S", "COLD_BATCHES", "fresh_estimate", "update_expected", "after_batch", "in_force", "would_miss", "item_weight", "update_item_s", "StageLoad",
            "Prediction", "Verdict", "predict", "decide"]
 
 # Requests a stage replica may hold beyond its batch (its ``max_ongoing_requests``): one batch
@@ -53,6 +53,12 @@ def update_expected(expected_s: float, compute_s: float, weight: float = EWMA_WE
 # such batch, read as the model's time, shed every request of the stage until STALE_ESTIMATE_S
 # (benchmarks/README.md, "Traffic that starts"). The stages (live and simulated) count them.
 COLD_BATCHES = 1
+
+
+def fresh_estimate() -> tuple[float, int]:
+    """The estimate a stage starts a newly loaded model with, and the cold batches to leave out
+    of it: none (the old model's batch times say nothing of the new one's), COLD_BATCHES."""
+    return 0.0, COLD_BATCHES
 
 
 def after_batch(expected_s: float, compute_s: float, cold: int) -> tuple[float, int]:
