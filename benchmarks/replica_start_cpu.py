@@ -9,7 +9,7 @@ script measures it on real Ray Serve with the real models of ``vision-caption-ci
 
 For each change it applies the decision (the applier returns once every changed
 replica is RUNNING with its model loaded), waits ``SETTLE_S`` more, and sums the
-CPU time (user + system) of every process of the local Ray session -- the
+CPU time (user + system, per thread from /proc) of every process of the local Ray session -- the
 driver and all its descendants: GCS, raylet, Serve controller, proxy, replicas
 -- over that window, minus the same processes' idle rate measured just before
 (``BASELINE_S``). Other work on the host does not count, so the figure holds on
@@ -24,7 +24,8 @@ at their level (the new replica once its constructor lowered it: its model
 load), with the split per process role. Then each replica start is repeated
 under a closed-loop load (``CLIENTS`` clients, one request at a time each): the
 median latency of the requests in the ``BASELINE_S`` before the change against
-the requests that overlap it.
+the requests that overlap it, and the change's own CPU meanwhile
+(``change_cpu_under_load``).
 
 The applier in the driver polls Serve until the changed replicas serve; each poll
 costs it 40-50 ms of CPU at nice 0. ``--polls`` measures the applier's poll
@@ -35,7 +36,8 @@ schedules side by side, alternated repeat by repeat in one Ray session:
     python benchmarks/replica_start_cpu.py [--repeats 3] [--pipeline vision-caption-ci|vision-caption]
                                             [--polls growing,fixed]
 
-Prints and writes benchmarks/results/replica_start_cpu.json.
+Prints and writes benchmarks/results/replica_start_cpu.json (vision-caption-ci) or
+replica_start_cpu_flagship.json (vision-caption), or ``--out``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ from varipipe.pipelines.serve_config import STAGE_NICE, AppOptions  # noqa: E402
 from varipipe.pipelines.server import LocalServer, serve_session  # noqa: E402
 from varipipe.records import Decision, StageDecision  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "replica_start_cpu.json"
+RESULTS = {"vision-caption-ci": Path(__file__).parent / "results" / "replica_start_cpu.json",
+           "vision-caption": Path(__file__).parent / "results" / "replica_start_cpu_flagship.json"}
 # Idle rate of the Ray processes, measured right before each change.
 BASELINE_S = 5.0
 # After the applier returns (replica RUNNING, model loaded): a replica's first
@@ -310,8 +313,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pipeline", default="vision-caption-ci", choices=sorted(VARIANTS))
     ap.add_argument("--polls", default="growing", help=f"comma-separated, of {', '.join(POLLS)}")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/replica_start_cpu[_flagship].json")
     args = ap.parse_args()
+    args.out = args.out or RESULTS[args.pipeline]
     polls = args.polls.split(",")
     base, kinds = changes(args.pipeline)
     runs = {p: {k: [] for k in kinds} for p in polls}

@@ -160,10 +160,6 @@ class ChangeCpu:
     ahead_s: float
     level_s: float
 
-    @property
-    def total_s(self) -> float:
-        return self.ahead_s + self.level_s
-
 
 # Measured by benchmarks/replica_start_cpu.py on Ray Serve 2.60 with the flagship (vision-caption,
 # results/replica_start_cpu_flagship.json, the applier's growing polls, medians of 2 per stage):

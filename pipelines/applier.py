@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 120.0
 # Polls for the changed replicas: the first after POLL_S, each later one POLL_GROWTH times the
 # one before, at most POLL_MAX_S apart. One poll (Serve's status and the controller's reports)
-# costs the process 40-50 ms of CPU at nice 0, ahead of the stage replicas: polling every 0.1 s
-# through a 2-s replica start was half of the start's CPU (benchmarks/replica_start_cpu.py).
-# Growing polls find a 2-s start in 7 instead of 20, at most POLL_MAX_S late.
+# costs the process 40-50 ms of CPU at nice 0, ahead of the stage replicas. Growing polls find
+# a 2-s replica start in 7 instead of 20, at most POLL_MAX_S late, and took 0.13-0.34 CPU-s
+# off a flagship replica start against polls every 0.1 s (benchmarks/replica_start_cpu.py).
 POLL_S = 0.1
 POLL_GROWTH = 1.5
 POLL_MAX_S = 0.5
