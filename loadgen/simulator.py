@@ -60,10 +60,11 @@ the law is fitted on the threads a batch had beside it over its whole time; a ba
 time cannot wait for what starts after it, so the simulator reads the expected value of
 that, the mean-field way: the previous slice's busy threads of the other stages and of
 the stage's other replicas (its own busy threads × (replicas − 1) / replicas).
-A reconfiguration adds its own CPU there
-(a replica start, a model load; measured on Ray Serve) over its delay, as
-replica processes starting on the same cores do live. In ``reserved`` mode each
-replica owns its cores.
+A reconfiguration adds its own CPU there over its delay (``ChangeCpu``, measured on
+Ray Serve): what runs at nice 0 (a new Ray worker, Serve's controller, the applier)
+as a neighbour, and as threads beside a batch under a contention law; its model load
+as busy threads; all of it is the run's cost. In ``reserved`` mode each replica owns
+its cores.
 
 GPU configurations (``gpu:<model>``) take their batch times from the profile's
 GPU points like any other. In ``reserved`` mode a GPU replica owns its GPU; in
