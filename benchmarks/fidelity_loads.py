@@ -53,7 +53,6 @@ Writes benchmarks/results/fidelity_loads.json.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import shlex
@@ -81,7 +80,7 @@ from varipipe.loadgen.hostspeed import (  # noqa: E402
     speed_from_batches,
     speed_statistics,
 )
-from varipipe.loadgen.runs import SimSettings  # noqa: E402
+from varipipe.loadgen.runs import SimSettings, live_start  # noqa: E402
 from varipipe.loadgen.traces import arrival_times, step_trace  # noqa: E402
 from varipipe.records import ROUTINGS, Profile  # noqa: E402
 
@@ -107,7 +106,6 @@ TARGET_MEAN_REL = 0.10
 # shifted by the reactive predictor's window (adapter.predictors.REACTIVE_WINDOW_S, 10 s). The spec's default decision serves until the loop first decides, at a phase of its
 # interval the replay does not know: drawn per simulated seed (the same for both settings).
 IDLE_LEAD_S = 10.0
-LOOP_PHASE_SEED = 20_000
 TUNING_KEPT = "tuning.json.gz"  # the tuning window's records in a --keep folder (one window)
 
 
@@ -189,23 +187,14 @@ class _World:
     start: str = "live"
 
 
-@functools.cache
-def _default_decision():
-    """What a live ``serve`` of the pipeline starts on (read once: every simulated run starts on it)."""
-    from varipipe.pipelines.serve_config import default_decision
-    from varipipe.spec import find_spec
-
-    return default_decision(find_spec(PIPELINE))
-
-
 def _sim(profile, times: np.ndarray, sla_s: float, seed: int, calibration: bool, speed: HostSpeed,
          overhead_s: float = 0.0, world: _World = _World(), serving: tuple[Neighbour, ...] = ()):
     """One simulated ``ipa`` run on this host's settings (shared mode, its cores, the interval)
     in ``world``; ``serving``: the serving path's CPU as a neighbour (:func:`_serving`)."""
     first_s, lead_s, initial = 0.0, 0.0, None
     if world.start == "live":
-        lead_s, initial = IDLE_LEAD_S, _default_decision()
-        first_s = lead_s + float(np.random.default_rng([LOOP_PHASE_SEED, seed]).uniform(0.0, INTERVAL_S))
+        lead_s = IDLE_LEAD_S
+        first_s, initial = live_start(PIPELINE, INTERVAL_S, seed, lead_s)
     base = SimSettings(sla_s=sla_s, interval_s=INTERVAL_S, cost_mode="shared", cluster_cores=CLUSTER_CORES,
                        seed=seed, overhead_s=overhead_s, calibration=calibration, host_speed=speed,
                        neighbours=serving, contention=world.contention, routing=world.routing,

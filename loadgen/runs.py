@@ -27,7 +27,16 @@ from varipipe.loadgen.simulator import (
 )
 from varipipe.records import Decision, Profile
 
-__all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "DEFAULT_PREDICTOR"]
+__all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "live_start", "DEFAULT_PREDICTOR",
+           "LOOP_PHASE_SEED", "STARTS"]
+
+# How a simulated run starts: "warm", the policy decides at t = 0 on the first interval's own load
+# (the simulator's default); "live", as a server does: the spec's default decision serves until the
+# control loop first steps, at a phase of its interval, and holds it on scant traffic
+# (adapter.loop START_ARRIVALS).
+STARTS = ("warm", "live")
+# Mixed with a run's seed to draw the phase of its control loop, apart from the other seeded draws.
+LOOP_PHASE_SEED = 20_000
 
 
 
@@ -76,6 +85,18 @@ def run_policy(profile: Profile, arrivals: np.ndarray, policy_name: str, setting
     forecaster = predictor_forecaster(make_predictor(settings.predictor), horizon_s=settings.interval_s)
     return simulate(profile, arrivals, policy, forecaster, settings.sim_config(), keep_table=keep_table,
                     planned=planned, initial=initial)
+
+
+def live_start(pipeline: str, interval_s: float, seed: int, lead_s: float = 0.0) -> tuple[float, Decision]:
+    """A live start: when the control loop first steps (``lead_s`` idle seconds before the traffic,
+    then a phase of its interval drawn from ``seed``) and what serves until then (the spec's
+    default decision, as ``varipipe serve`` deploys it). For ``SimConfig.first_decision_s`` and
+    ``run_policy(initial=...)``; the arrivals are shifted by ``lead_s`` by the caller."""
+    from varipipe.pipelines.serve_config import default_decision
+    from varipipe.spec import find_spec
+
+    phase = float(np.random.default_rng([LOOP_PHASE_SEED, seed]).uniform(0.0, interval_s))
+    return lead_s + phase, default_decision(find_spec(pipeline))
 
 
 def write_request_table(table: RequestTable, path: str | Path) -> None:

@@ -74,3 +74,26 @@ def test_experiment_scenario_by_name_runs_a_part_of_its_window_at_the_full_scale
     resolved = json.loads((out / "results.json").read_text())["meta"]["resolved"]
     assert resolved["trace"] == "twitter" and resolved["part_of_window_s"] == [0, 120]
     assert resolved["run_scale"] == resolved["scale"]  # the part keeps the whole window's scale
+
+
+def test_simulate_live_start_serves_the_default_decision_until_the_loop_first_steps(tmp_path, capsys):
+    from varipipe.loadgen.runs import live_start
+    from varipipe.pipelines.serve_config import default_decision
+    from varipipe.spec import find_spec
+
+    first_s, initial = live_start("vision-caption", 10.0, 3)
+    assert 0.0 <= first_s < 10.0 and first_s == live_start("vision-caption", 10.0, 3)[0]  # drawn from the seed
+    assert initial == default_decision(find_spec("vision-caption"))
+    assert live_start("vision-caption", 10.0, 3, lead_s=5.0)[0] == first_s + 5.0
+
+    def replicas(start: str) -> list[float]:
+        rc = main(["simulate", "--trace", _trace(tmp_path), "--policy", "ipa", "--sla", "3", "--cost-mode", "shared",
+                   "--seed", "3", "--loop-start", start, "--json"])
+        assert rc == 0
+        return json.loads(capsys.readouterr().out)["series"]["replicas"]
+
+    default = sum(s.replicas for s in initial.stages)
+    live = replicas("live")
+    assert live[:int(first_s)] == [default] * int(first_s)  # the default decision, untouched by the policy
+    assert live[int(first_s) + 1] != default  # then the policy's own plan (4 replicas here)
+    assert replicas("warm")[0] != default  # warm: the policy's plan from t = 0

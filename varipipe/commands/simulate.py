@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one GPU's memory, MiB (default: what a GPU profile recorded, metadata.device)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
                         help="adaptation interval in seconds (default: %(default)s)")
+    parser.add_argument("--loop-start", choices=("warm", "live"), default="warm",
+                        help="warm: the policy decides at t=0 on the first interval's load; live: as a server "
+                             "starts, the spec's default decision serves until the loop first steps (at a phase "
+                             "of its interval drawn from --seed) and holds it on scant traffic (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result (with the time series) as JSON")
     parser.add_argument("--series-step", type=int, default=1, help="seconds per time-series bucket in --json output")
     parser.add_argument("--dump-requests", default=None, help="CSV file: one row per simulated request")
@@ -76,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from varipipe.loadgen.runs import (
         DEFAULT_PREDICTOR,
         SimSettings,
+        live_start,
         run_policy,
         write_request_table,
     )
@@ -83,14 +88,15 @@ def run(args: argparse.Namespace) -> int:
     profile = _profile(args.profiles)
     arrivals = _arrivals(args)
     seconds = int(math.ceil(arrivals[-1])) + 1 if len(arrivals) else 1
+    first_s, initial = live_start(profile.pipeline, args.interval, args.seed) if args.loop_start == "live" else (0.0, None)
     settings = SimSettings(sla_s=args.sla, interval_s=args.interval, cost_mode=args.cost_mode,
                            cluster_cores=args.cluster_cores, max_replicas=args.max_replicas, seed=args.seed,
                            cluster_gpus=args.cluster_gpus, gpu_memory_mb=args.gpu_memory_mb,
                            predictor=args.predictor or DEFAULT_PREDICTOR,
                            policy_options={"solver": args.solver} if args.solver else {},
                            calibration=args.calibration, calibration_settings=calibration_settings(args),
-                           **simulated_host(args, seconds))
-    result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests))
+                           first_decision_s=first_s, **simulated_host(args, seconds))
+    result = run_policy(profile, arrivals, args.policy, settings, keep_table=bool(args.dump_requests), initial=initial)
     if args.dump_requests and result.table is not None:
         write_request_table(result.table, args.dump_requests)
     summary = result.summary()
