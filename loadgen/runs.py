@@ -28,13 +28,8 @@ from varipipe.loadgen.simulator import (
 from varipipe.records import Decision, Profile
 
 __all__ = ["SimSettings", "policy_context", "run_policy", "write_request_table", "live_start", "DEFAULT_PREDICTOR",
-           "LOOP_PHASE_SEED", "STARTS"]
+           "LOOP_PHASE_SEED"]
 
-# How a simulated run starts: "warm", the policy decides at t = 0 on the first interval's own load
-# (the simulator's default); "live", as a server does: the spec's default decision serves until the
-# control loop first steps, at a phase of its interval, and holds it on scant traffic
-# (adapter.loop START_ARRIVALS).
-STARTS = ("warm", "live")
 # Mixed with a run's seed to draw the phase of its control loop, apart from the other seeded draws.
 LOOP_PHASE_SEED = 20_000
 
