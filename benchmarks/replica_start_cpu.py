@@ -152,10 +152,11 @@ class NiceSampler:
 
     def __init__(self) -> None:
         self.hz = os.sysconf("SC_CLK_TCK")
-        self.ahead_s = 0.0  # nice below STAGE_NICE: ahead of the serving stages
-        self.level_s = 0.0  # nice STAGE_NICE or more
-        self.by_role: dict[str, list[float]] = {}  # role -> [ahead s, level s]
-        self.by_pid: dict[int, list[float]] = {}  # pid -> [ahead s, level s]
+        # [ahead s, level s]: CPU at a nice below STAGE_NICE (ahead of the serving stages), and at
+        # STAGE_NICE or more; by the role a process had when it ran, and by process.
+        self.by_role: dict[str, list[float]] = {}
+        self.by_pid: dict[int, list[float]] = {}
+        self.seconds = 0.0  # wall time sampled
         self.roles: dict[int, str] = {}  # pid -> its role when last seen
         self.existing: set[int] = set()  # the pids running when sampling began
         self._last: dict[tuple[int, int], int] = {}
@@ -171,19 +172,24 @@ class NiceSampler:
                 delta = ticks - self._last.get((pid, tid), 0)
                 self._last[(pid, tid)] = ticks
                 if count and delta > 0:
-                    ahead = nice < STAGE_NICE
-                    if ahead:
-                        self.ahead_s += delta / self.hz
-                    else:
-                        self.level_s += delta / self.hz
-                    self.by_role.setdefault(role, [0.0, 0.0])[0 if ahead else 1] += delta / self.hz
-                    self.by_pid.setdefault(pid, [0.0, 0.0])[0 if ahead else 1] += delta / self.hz
+                    where = 0 if nice < STAGE_NICE else 1
+                    self.by_role.setdefault(role, [0.0, 0.0])[where] += delta / self.hz
+                    self.by_pid.setdefault(pid, [0.0, 0.0])[where] += delta / self.hz
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_S):
             self._sample(True)
 
+    @property
+    def ahead_s(self) -> float:
+        return sum(a for a, _ in self.by_pid.values())
+
+    @property
+    def level_s(self) -> float:
+        return sum(b for _, b in self.by_pid.values())
+
     def __enter__(self) -> NiceSampler:
+        self._t0 = time.monotonic()
         self._sample(False)  # threads already running count from here
         self._thread.start()
         return self
@@ -192,35 +198,25 @@ class NiceSampler:
         self._stop.set()
         self._thread.join()
         self._sample(True)
-
-
-def sampled(seconds: float | None = None, then=None) -> tuple[float, float, float, dict[str, list[float]]]:
-    """(ahead, level, wall seconds, by role) of the session's CPU over ``seconds`` of sleep or one
-    call of ``then``."""
-    t0 = time.monotonic()
-    with NiceSampler() as s:
-        if then is not None:
-            then()
-            time.sleep(SETTLE_S)
-        else:
-            time.sleep(seconds)
-    return s.ahead_s, s.level_s, time.monotonic() - t0, s.by_role
+        self.seconds = time.monotonic() - self._t0
 
 
 def measure(srv: LocalServer, change: Decision, undo: Decision) -> dict:
     """The CPU a change burns above the session's idle rate, split by priority."""
-    idle_ahead, idle_level, idle_s, _ = sampled(BASELINE_S)
-    applied: list = []
-    ahead, level, window, by_role = sampled(then=lambda: applied.append(srv.apply(change)))
+    with NiceSampler() as idle:
+        time.sleep(BASELINE_S)
+    with NiceSampler() as s:
+        res = srv.apply(change)
+        time.sleep(SETTLE_S)
     srv.apply(undo)
     time.sleep(GAP_S)
-    ahead_above = ahead - idle_ahead / idle_s * window
-    level_above = level - idle_level / idle_s * window
-    return {"apply_s": applied[0].seconds, "window_s": window, "cpu_s": ahead + level,
-            "idle_cpu_rate": (idle_ahead + idle_level) / idle_s,
+    ahead_above = s.ahead_s - idle.ahead_s / idle.seconds * s.seconds
+    level_above = s.level_s - idle.level_s / idle.seconds * s.seconds
+    return {"apply_s": res.seconds, "window_s": s.seconds, "cpu_s": s.ahead_s + s.level_s,
+            "idle_cpu_rate": (idle.ahead_s + idle.level_s) / idle.seconds,
             "cpu_s_above_idle": ahead_above + level_above,
             "ahead_cpu_s_above_idle": ahead_above, "level_cpu_s_above_idle": level_above,
-            "cpu_s_by_role": {k: {"ahead": round(a, 3), "level": round(b, 3)} for k, (a, b) in sorted(by_role.items())}}
+            "cpu_s_by_role": {k: {"ahead": round(a, 3), "level": round(b, 3)} for k, (a, b) in sorted(s.by_role.items())}}
 
 
 class Load:
@@ -260,7 +256,7 @@ class Load:
 SERVING_ROLES = ("ray::ServeReplica:stage-", "ray::ServeReplica:ingress", "ray::ProxyActor")
 
 
-def change_cpu_under_load(base: NiceSampler, base_s: float, window: NiceSampler, window_s: float) -> tuple[float, float]:
+def change_cpu_under_load(base: NiceSampler, window: NiceSampler) -> tuple[float, float]:
     """(ahead, level) CPU-seconds of the change itself under load: every process it started
     (the new replica, a worker Ray starts in its stead), and the other processes' CPU above their
     rate in the baseline (the applier in the driver, Serve's controller, raylet, GCS); the serving
@@ -271,8 +267,8 @@ def change_cpu_under_load(base: NiceSampler, base_s: float, window: NiceSampler,
             ahead, level = ahead + a, level + b
         elif not window.roles[pid].startswith(SERVING_ROLES):
             a0, b0 = base.by_pid.get(pid, [0.0, 0.0])
-            ahead += a - a0 / base_s * window_s
-            level += b - b0 / base_s * window_s
+            ahead += a - a0 / base.seconds * window.seconds
+            level += b - b0 / base.seconds * window.seconds
     return ahead, level
 
 
@@ -291,7 +287,7 @@ def measure_under_load(srv: LocalServer, change: Decision, undo: Decision) -> di
         t2 = time.monotonic()
     srv.apply(undo)
     time.sleep(GAP_S)
-    ahead, level = change_cpu_under_load(base, t1 - t0, window, t2 - t1)
+    ahead, level = change_cpu_under_load(base, window)
     before = [e - s for s, e, st in load.done if s >= t0 and e <= t1 and st == 200]
     during = [e - s for s, e, st in load.done if e > t1 and s < t2 and st == 200]
     failed = sum(st != 200 for s, e, st in load.done if e > t0)
