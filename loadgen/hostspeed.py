@@ -41,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -322,10 +322,22 @@ class Contention:
     """Per stage, its :class:`ContentionLaw` (a stage without one runs at its profile's speed)."""
 
     laws: Mapping[str, ContentionLaw]
+    # Per stage, its batches' times in the fitted window over what the law and the drift predict
+    # (the profile's p50 × the law's factor × the residual speed): the simulator draws each CPU
+    # batch's noise from these instead of the profile's log-normal. Live batch times have a floor
+    # and a long tail that a log-normal of the same spread has not: fitted on its upper tail, it
+    # ran the LLM's batches 10 % faster in geometric mean, and its p10 0.18 s against 0.25 s live
+    # (benchmarks/README.md, "Fidelity: batches as the host runs them"). Empty: the log-normal.
+    residuals: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {s: {"a": round(law.a, 6), "gamma": round(law.gamma, 6), "batches": law.batches}
-                for s, law in self.laws.items()}
+        out: dict = {s: {"a": round(law.a, 6), "gamma": round(law.gamma, 6), "batches": law.batches}
+                     for s, law in self.laws.items()}
+        for s, r in self.residuals.items():
+            if s in out:
+                out[s]["residuals"] = {"n": len(r), **{f"p{q}": round(float(np.percentile(r, q)), 4)
+                                                       for q in (10, 50, 90, 99)}, "mean": round(float(np.mean(r)), 4)}
+        return out
 
 
 def threads_during(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
@@ -452,6 +464,7 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     residual = np.repeat(out, step_s)[:seconds]
     # The tails as fit_host reads them: on batch times with the law's factor and the drift taken out.
     steady = []
+    left: dict[str, list[float]] = {}  # per stage: what the law and the drift leave of each batch
     for k in np.flatnonzero(ok):
         law = laws.get(str(stage[k]))
         if law is None:
@@ -460,12 +473,14 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
         div = law.factor(float(beside[k])) * float(residual[min(max(int(end[k]), 0), len(residual) - 1)])
         steady.append(BatchTimes(b.stage, b.variant, b.hardware, (b.sizes[j],), (b.seconds[j] / div,),
                                  (b.ended_s[j],), (b.tokens[j],)))
+        left.setdefault(b.stage, []).append(float(took[k] / p50[k] / div))
+    residuals = {s: tuple(v) for s, v in left.items() if len(v) >= MIN_CONTENTION_BATCHES}
     from varipipe.adapter.calibration import CalibrationSettings, calibrate
 
     spread = Calibrator(profile, CalibrationSettings(half_life_s=_NO_DECAY_S, dead_band=0.0, z=0.0))
     spread.add(steady)
     tails = {(c.stage, c.variant): c.tail for c in spread.calibration(float(seconds)).corrections if c.tail > 1.0}
-    return ContentionFit(Contention(laws), calibrate(profile, {}, tails=tails), tails, residual)
+    return ContentionFit(Contention(laws, residuals), calibrate(profile, {}, tails=tails), tails, residual)
 
 
 def _predicted_or_nan(pred, b: BatchTimes) -> list[float]:

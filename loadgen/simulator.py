@@ -40,7 +40,10 @@ releases together go to different replicas and run as batches of one, where a ce
 line batches them (vision-caption-ci at 80 % of capacity: the LLM ran 10 % of its batches
 at size 2 live, 34 % in a central line, 11 % routed). Routed, an arrival that finds every
 replica at its ``max_ongoing_requests`` waits in the ingress's gate until a batch ends,
-and a removed replica drains its line before it goes.
+and a removed replica drains its line before it goes. A replica forms its batches as
+``@serve.batch`` does (Ray 2.60): the next batch is formed while one runs, closing when
+``batch`` items are there or ``batch_wait_s`` after the batcher took its first item,
+and each of its items is judged against its deadline when the batch starts.
 
 Time advances in segments in which every configuration is fixed; within a
 segment stages are processed in pipeline order, which is exact because a batch
@@ -55,7 +58,9 @@ the stages still slow each other live (caches, memory bandwidth, the serving pat
 threads, moments when more threads are runnable than there are cores); with
 ``SimConfig.contention`` (:func:`~varipipe.loadgen.hostspeed.fit_contention`, fitted on a
 live window) each CPU batch's time is its stage's law at the busy threads beside it in
-place of that slowdown (never less than processor sharing at the law's own speed). Live,
+place of that slowdown (never less than processor sharing at the law's own speed), with
+its noise drawn from what the law left of the window's batches (``Contention.residuals``)
+in place of the profile's log-normal. Live,
 the law is fitted on the threads a batch had beside it over its whole time; a batch's
 time cannot wait for what starts after it, so the simulator reads the expected value of
 that, the mean-field way: the previous slice's busy threads of the other stages and of
@@ -175,7 +180,7 @@ SHARED_SLICE_S = 1.0
 # run at nice STAGE_NICE (10), weight 110 against 1024 for nice 0
 # (kernel/sched/core.c sched_prio_to_weight): 110 / (110 + 1024).
 STAGE_SHARE_CONTESTED = 110 / (110 + 1024)
-# Standard normals drawn per refill of a stage's service-time noise buffer.
+# Draws per refill of a stage's service-time noise buffer.
 _NOISE_CHUNK = 1 << 16
 # After the last arrival, keep simulating this many SLAs for queues to drain;
 # whatever is still unfinished then is counted as dropped.
@@ -387,19 +392,29 @@ def predictor_forecaster(predictor: object, horizon_s: float = 0.0) -> Forecaste
 
 
 class _Noise:
-    """Standard normals for one stage's service times, drawn from its own generator in chunks."""
+    """One stage's service-time noise, a multiplier on the median, drawn from its own generator
+    in chunks: log-normal with the profile's spread, or, for a CPU batch of a stage with
+    ``residuals`` (a contention fit's, ``Contention.residuals``), one of those drawn at random."""
 
-    __slots__ = ("rng", "buffer", "next")
+    __slots__ = ("rng", "normal", "next_normal", "residuals", "pooled", "next_pooled")
 
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng, self.buffer, self.next = rng, [], 0
+    def __init__(self, rng: np.random.Generator, residuals: Sequence[float] = ()) -> None:
+        self.rng, self.normal, self.next_normal = rng, [], 0
+        self.residuals = np.asarray(residuals, dtype=np.float64) if len(residuals) else None
+        self.pooled, self.next_pooled = [], 0
 
-    def draw(self) -> float:
-        if self.next >= len(self.buffer):
-            self.buffer = self.rng.standard_normal(_NOISE_CHUNK).tolist()
-            self.next = 0
-        self.next += 1
-        return self.buffer[self.next - 1]
+    def factor(self, sigma: float, on_gpu: bool) -> float:
+        if self.residuals is not None and not on_gpu:
+            if self.next_pooled >= len(self.pooled):
+                self.pooled = self.rng.choice(self.residuals, _NOISE_CHUNK).tolist()
+                self.next_pooled = 0
+            self.next_pooled += 1
+            return self.pooled[self.next_pooled - 1]
+        if self.next_normal >= len(self.normal):
+            self.normal = self.rng.standard_normal(_NOISE_CHUNK).tolist()
+            self.next_normal = 0
+        self.next_normal += 1
+        return math.exp(sigma * self.normal[self.next_normal - 1])
 
 
 @dataclass
@@ -494,17 +509,37 @@ class _Line:
     waiting: deque[tuple[float, float, int]] = field(default_factory=deque)
     running: int = 0
     draining: bool = False
+    formed_s: float = -math.inf  # when its last batch was formed (closed): the next one's wait starts no earlier
 
     def ongoing(self, t: float) -> int:
         """What Serve's router counts for this replica at ``t``: items queued at it or running."""
         return len(self.waiting) + (self.running if self.free_s > t else 0)
 
-    def close_s(self, batch: int, wait_s: float) -> float:
-        """When its next batch would start with the items it has: ``batch`` of them there, or the
-        first one's wait over, and not before the replica is free."""
+    def formed(self, batch: int, wait_s: float) -> float:
+        """When its next batch is formed, as ``@serve.batch`` forms it (Ray 2.60
+        ``_BatchQueue``): the wait starts when the batcher takes the first item, which is
+        when it arrives or, with items queued, when the batch before was formed; the batch
+        closes with ``batch`` items there or when the wait is over, whether the replica is
+        free or not (the batcher forms batches while one runs; they run one at a time)."""
         w = self.waiting
-        ready = w[batch - 1][0] if len(w) >= batch else w[0][0] + wait_s
+        t0 = w[0][0] if w[0][0] > self.formed_s else self.formed_s
+        limit = t0 + wait_s
+        if len(w) >= batch and w[batch - 1][0] <= limit:
+            return w[batch - 1][0] if w[batch - 1][0] > t0 else t0
+        return limit
+
+    def close_s(self, batch: int, wait_s: float) -> float:
+        """When its next batch starts: formed (:meth:`formed`), and the replica free."""
+        ready = self.formed(batch, wait_s)
         return ready if ready > self.free_s else self.free_s
+
+    def take(self, batch: int, formed_s: float) -> list[tuple[float, float, int]]:
+        """The items of the batch formed at ``formed_s``: those there by then, at most ``batch``."""
+        w, out = self.waiting, []
+        while w and len(out) < batch and w[0][0] <= formed_s:
+            out.append(w.popleft())
+        self.formed_s = formed_s
+        return out
 
 
 @dataclass
@@ -631,7 +666,7 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
     accounts. Returns (end, expected, measured): its end and admission control's moving
     average after it."""
     m = st.model
-    s = m.median_s[n] * math.exp(m.sigma[n] * st.noise.draw()) * slow
+    s = m.median_s[n] * st.noise.factor(m.sigma[n], m.on_gpu) * slow
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
@@ -686,9 +721,10 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
     """``routing="replica"``: route the stage's arrivals before ``t_end`` to its replicas' own
     lines (:func:`_pick_line`) and run the batches that start before it, in time order. When
     every replica holds its ``max_ongoing_requests``, arrivals wait in the ingress's gate
-    (pipelines/gate.py) until a batch ends. A replica's batch forms from its own line by the
-    central rule (``batch`` items there, or the first one's wait over) and sheds as it does.
-    Appends shed items to ``shed_items``; returns (items in batch order, batch sizes, batch ids)."""
+    (pipelines/gate.py) until a batch ends. A replica's batch forms from its own line as
+    ``@serve.batch`` forms it (:meth:`_Line.formed`: while the batch before still runs), and
+    each of its items is shed when the batch starts if it would miss its deadline, as the live
+    stage does. Appends shed items to ``shed_items``; returns (items in batch order, batch sizes, batch ids)."""
     q = st.queue
     times, deadlines, qitems = q.times, q.deadlines, q.items
     n_q, h = len(times), q.head
@@ -709,18 +745,18 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                 if c < close:
                     line, close = r, c
         if line is not None and close < t_end and close <= route_s:  # in time order: batches, then the arrival
-            w, f = line.waiting, line.free_s
-            first_t, first_dl, first_item = w[0]
-            start = first_t if first_t > f else f
-            if shed and would_miss(start, in_force(expected, measured, start), first_dl):
-                shed_items.append(first_item)
-                w.popleft()
+            batch = line.take(b, line.formed(b, wait))
+            if shed:  # as the live stage: each item of the batch judged when it starts
+                now = in_force(expected, measured, close)
+                shed_items.extend(it for _, dl, it in batch if would_miss(close, now, dl))
+                batch = [x for x in batch if not would_miss(close, now, x[1])]
+            if not batch:
                 continue
-            n = b if len(w) >= b else len(w)
+            n = len(batch)
             ids.append(len(batch_end))
             end, expected, measured = _start_batch(st, n, close, slow, speed, busy, expected, measured)
             line.free_s, line.running = end, n
-            items.extend(w.popleft()[2] for _ in range(n))
+            items.extend(it for _, _, it in batch)
             sizes.append(n)
             continue
         if route_s >= t_end:
@@ -922,6 +958,7 @@ class _Run:
         n = self.arrivals.n
         k = np.ones(n, dtype=np.int64)
         stages = []
+        residuals = self.cfg.contention.residuals if self.cfg.contention is not None else {}
         for i, name in enumerate(self.profile.stages):
             fan = float(self.profile.fanout.get(name, 1.0))
             if fan != 1.0:
@@ -935,7 +972,7 @@ class _Run:
             stages.append(_Stage(name=name, index=i, parent=parent, deadline_s=deadline,
                                  entered_s=np.full(m, np.nan), done_s=np.full(m, np.nan),
                                  batch_of=np.full(m, -1, dtype=np.int64),
-                                 noise=_Noise(np.random.default_rng([self.cfg.seed, i])), one_per_request=one_each,
+                                 noise=_Noise(np.random.default_rng([self.cfg.seed, i]), residuals.get(name, ())), one_per_request=one_each,
                                  lines=[] if self.cfg.routing == "replica" else None,
                                  route_rng=random.Random(f"{self.cfg.seed}/{i}") if self.cfg.routing == "replica" else None))
         return stages

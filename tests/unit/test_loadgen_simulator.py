@@ -454,6 +454,38 @@ def test_routed_arrivals_spread_over_more_replicas_by_two_choices():
     assert 1.0 - 1e-9 <= r.table.latency_s.max() <= 1.3
 
 
+def _two_sizes(b1: float = 0.5, b2: float = 0.6) -> Profile:
+    return Profile("test", (_point("a", "v", 1, b1), _point("a", "v", 2, b2)))
+
+
+def test_routed_batches_form_while_the_replica_runs_as_serve_batch_forms_them():
+    # One replica, batch 2, 0.1 s wait; a batch of 1 takes 0.5 s, of 2 0.6 s. Ray 2.60's @serve.batch
+    # forms the next batch while one runs: the item at 0.2 waits 0.1 s for a partner and goes alone
+    # (formed at 0.3), the one at 0.4 forms its own batch (0.4-0.5); both run after the first batch
+    # (0.05-0.65), one after the other. (A replica that gathered until it was free would have run
+    # them together at 0.65.)
+    r = _routed(np.array([0.0, 0.05, 0.2, 0.4]), Fixed(batch=2, wait=0.1, stages=("a",)), sla=100.0,
+                profile=_two_sizes())
+    assert r.table.done_s == pytest.approx([0.65, 0.65, 1.15, 1.65])
+    assert np.bincount(r.table.item_batch[0]).tolist() == [2, 1, 1]
+    # Items already waiting when the batch before was formed fill the next one at once.
+    r = _routed(np.array([0.0, 0.05, 0.2, 0.25]), Fixed(batch=2, wait=0.1, stages=("a",)), sla=100.0,
+                profile=_two_sizes())
+    assert r.table.done_s == pytest.approx([0.65, 0.65, 1.25, 1.25])
+
+
+def test_routed_sheds_each_item_of_a_batch_when_it_starts_and_runs_the_rest():
+    # SLA 0.55 s. The batch at 0 is the model's first (cold: sets no estimate); the one at 1.0 sets
+    # 0.5 s. The items at 3.0 and 3.09 form one batch at 3.09, expected to end at 3.59: past the
+    # first one's deadline (3.55), not the second's (3.64). As the live stage, the first is shed and
+    # the second runs alone, done at 3.59 (gathered and run together both would end late, at 3.69).
+    r = _routed(np.array([0.0, 1.0, 3.0, 3.09]), Fixed(batch=2, wait=0.1, stages=("a",)), sla=0.55,
+                profile=_two_sizes())
+    assert (r.completed, r.dropped) == (3, 1)
+    assert r.table.dropped.tolist() == [False, False, True, False]
+    assert r.table.done_s[[0, 1, 3]] == pytest.approx([0.6, 1.6, 3.59])
+
+
 def test_routing_must_be_known():
     with pytest.raises(VaripipeError, match="routing must be one of central, replica"):
         SimConfig(1.0, routing="random")
@@ -502,6 +534,39 @@ def test_contention_counts_a_reconfigurations_threads_ahead_of_the_stages_beside
     assert lat[11:10 + int(REPLICA_ADD_S)] == pytest.approx(0.2)  # 1 thread ahead beside: x2
     # once it has started, only the stage's other replica is beside a batch (half its 0.1 busy s)
     assert lat[10 + int(REPLICA_ADD_S) + 2:] == pytest.approx(0.1 * 2 ** 0.05, rel=0.01)
+
+
+def test_a_stage_with_residuals_draws_its_cpu_batches_noise_from_them():
+    # Flat law (factor 1), 8 cores: a batch takes the profile's 0.1 s times one of the residuals.
+    profile = Profile("test", (_point("a", "v", 1, 0.1, p99=0.3),))
+    law = Contention({"a": ContentionLaw(0.0, 0.0)}, residuals={"a": (1.0, 2.0)})
+    arr = np.arange(0.0, 200.0, 1.0)
+    r = simulate(profile, arr, Fixed(stages=("a",)), _last, SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=law),
+                 keep_table=True)
+    lat = np.round(r.table.latency_s, 9)
+    assert set(lat.tolist()) == {0.1, 0.2} and 60 < (lat == 0.2).sum() < 140
+    # Without residuals, the profile's log-normal (p99 3x the p50): times spread continuously.
+    r = simulate(profile, arr, Fixed(stages=("a",)), _last,
+                 SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=Contention({"a": ContentionLaw(0.0, 0.0)})),
+                 keep_table=True)
+    assert len(set(np.round(r.table.latency_s, 9).tolist())) > 150
+
+
+def test_fit_contention_keeps_what_the_law_and_drift_leave_of_each_batch():
+    # Batches with a floor and a long tail (1 + an exponential, as live LLM batches): the residuals
+    # keep that shape, divided by the drift (the median of each 10 s step), where a log-normal of
+    # the same upper spread would put batches below the floor.
+    rng = np.random.default_rng(3)
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    e = 1.0 + rng.exponential(0.3, 1200)  # 40 batches in each of the drift's 10 s steps
+    batches = [BatchTimes("a", "v", "cpu:1", (1,), (0.1 * x,), (0.25 * k + 0.1 * x,), (0,)) for k, x in enumerate(e)]
+    fit = fit_contention(profile, batches, 300)
+    left = np.asarray(fit.contention.residuals["a"])
+    assert len(left) == len(e)
+    assert np.percentile(left, [10, 50, 90]) == pytest.approx(np.percentile(e, [10, 50, 90]) / np.median(e), rel=0.05)
+    assert left.min() > 0.7  # the floor: 1 / median(e) = 0.83, less the drift's step-to-step wobble
+    summary = fit.contention.to_dict()["a"]["residuals"]
+    assert summary["n"] == len(e) and summary["p50"] == pytest.approx(1.0, abs=0.05)
 
 
 def test_threads_during_weights_each_other_batch_by_its_overlap():
