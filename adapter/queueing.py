@@ -84,14 +84,27 @@ def _prefactor(x: np.ndarray, rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
 
 
 def _decay(rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
-    """``θ·E[S]``: the positive root of the excess (negative just above 0 while ρ < 1, convex)."""
+    """``θ·E[S]``: the positive root of the excess (negative just above 0 while ρ < 1, convex).
+
+    Bisection on :func:`_excess`, written out: the same numbers with the constant-service
+    branch and the NaN guard only where they apply (a simulated run prices its stages every
+    interval, and these steps were most of its planning time; benchmarks/README.md,
+    "Simulator speed")."""
     lo = np.zeros_like(rho)
-    hi = np.where(cv2 < _CV2_CONSTANT, _X_MAX, np.minimum(1.0 / np.maximum(cv2, _CV2_CONSTANT), _X_MAX))
-    for _ in range(_ROOT_STEPS):
-        mid = (lo + hi) / 2
-        above = _excess(mid, rho, cv2) > 0
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid)
+    const = cv2 < _CV2_CONSTANT
+    c = np.where(const, 1.0, cv2)
+    any_const = bool(const.any())
+    hi = np.where(const, _X_MAX, np.minimum(1.0 / np.maximum(cv2, _CV2_CONSTANT), _X_MAX))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(_ROOT_STEPS):
+            mid = (lo + hi) / 2
+            mgf = np.expm1(-np.log1p(-np.minimum(mid * c, 1.0)) / c)
+            if any_const:
+                mgf = np.where(const, np.expm1(np.minimum(mid, 700.0)), mgf)
+            mgf[np.isnan(mgf)] = np.inf  # as _excess: past the gamma's pole the excess is infinite
+            above = rho * mgf - mid > 0
+            hi = np.where(above, mid, hi)
+            lo = np.where(above, lo, mid)
     return (lo + hi) / 2
 
 

@@ -10,7 +10,7 @@ past the largest with the fitted ``l(b) = α + β·b`` (DESIGN §5). Pure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +33,11 @@ class ServiceModel:
     sigma: tuple[float, ...]
     accuracy: float
     threads: float
+    # Read for every batch the simulator runs: set once (is_gpu parses the hardware string).
+    on_gpu: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "on_gpu", is_gpu(self.hardware))
 
     @property
     def max_batch(self) -> int:
@@ -41,9 +46,6 @@ class ServiceModel:
     def p99_s(self, batch: int) -> float:
         return self.median_s[batch] * math.exp(self.sigma[batch] * Z99)
 
-    @property
-    def on_gpu(self) -> bool:
-        return is_gpu(self.hardware)
 
 
 def _curve(points: list[ProfilePoint], attr: str, sizes: np.ndarray) -> np.ndarray:
