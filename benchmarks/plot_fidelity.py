@@ -45,6 +45,19 @@ WORLD_SETS = {
                                         ("run 3", "fidelity_loads_contention_anchored.json"),
                                         ("run 4", "fidelity_loads_anchored.json")]),
     ),
+    # 2026-12-07: runs 5-7 (the host fitted before each load, a live start) and run 8, simulated with
+    # a log-normal batch noise and batches gathered until a replica is free (before), and with the
+    # window's residuals and batches formed as @serve.batch forms them.
+    "batches": (
+        ("log-normal noise, gathered batches (before)", [("run 5", "fidelity_loads_each_load_resim_replica_cpu.json"),
+                                                          ("run 6", "fidelity_loads_start_hold_resim_replica_cpu.json"),
+                                                          ("run 7", "fidelity_loads_replica_cpu.json"),
+                                                          ("run 8", "fidelity_loads_batches_lognormal.json")]),
+        ("residuals, Serve's batching", [("run 5", "fidelity_loads_each_load_resim_batches.json"),
+                                         ("run 6", "fidelity_loads_start_hold_resim_batches.json"),
+                                         ("run 7", "fidelity_loads_replica_cpu_resim_batches.json"),
+                                         ("run 8", "fidelity_loads_batches.json")]),
+    ),
 }
 FIGURES = (("sla_attainment", "SLA attainment", "attainment"), ("p99_latency_s", "p99 latency (s)", "p99"),
            ("mean_latency_s", "mean latency (s)", "mean_latency"))
@@ -97,7 +110,7 @@ def main() -> int:
                     label=f"simulated: {label}")
         ax.set_ylabel(title)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower left", ncol=2)
+    axes[0].legend(fontsize=8, loc="best", ncol=2)
     axes[-1].set_xticks(x, names, fontsize=8)
     fig.suptitle("vision-caption-ci, ipa, 1 s SLA: live against simulated (fidelity_loads.py --from-live)")
     fig.tight_layout()
