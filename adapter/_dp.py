@@ -15,7 +15,10 @@ None of the three can drop the optimum, so the DP is exact. μ comes from a few
 sweeps of coordinate bisection on the Lagrangian dual; the incumbent from
 completing each partial choice with the stages' Lagrangian choices. On the
 9 stages × 162 configurations instance of ``benchmarks/solve_time.py`` a few
-states survive each stage. Pure numpy.
+states survived each stage; since configurations come at several replica counts
+(the queueing wait, 2026-12-05) some instances keep hundreds and compare tens of
+thousands, and past ``MAX_CANDIDATES`` the caller hands the program to a MIP
+solver. Pure numpy.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 
 from varipipe.adapter._problem import TOLERANCE, Problem
 
-__all__ = ["solve_dp"]
+__all__ = ["solve_dp", "TooManyStates", "MAX_CANDIDATES"]
 
 # Coordinate-bisection effort on the Lagrangian dual. Any μ gives a valid bound, so these
 # trade solve time for tighter pruning only: 3 sweeps over the constraints, 20 halvings
@@ -39,8 +42,18 @@ _BRACKET_STEPS = 40
 # Multiples of μ whose Lagrangian choices complete partial choices into incumbents:
 # larger multiples choose rows that use less of every constraint (more likely feasible).
 _INCUMBENT_SCALES = (1.0, 2.0, 4.0)
-# Pareto pruning compares this many states at once (memory: chunk × states × D booleans).
+# Pareto pruning compares this many states at once (memory: chunk × frontier × D booleans).
 _PARETO_CHUNK = 512
+# A stage's extensions that pass the bounds, beyond which the DP gives the program up to a MIP
+# solver (exact too): its Pareto step compares each with the frontier kept so far, so its time
+# grows with both. On benchmarks/solve_time.py's 9-stage instances (2026-12-07), at 2,600-3,000
+# extensions the DP took 160-245 ms and HiGHS 96-219 ms; at 6,600-47,000, 0.3-1.7 s against
+# HiGHS's 74-111 ms.
+MAX_CANDIDATES = 5000
+
+
+class TooManyStates(Exception):
+    """A stage of the DP would compare more than its ``max_candidates`` partial choices."""
 
 
 def _padded(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,19 +143,31 @@ class _Dual:
 
 def _pareto(score: np.ndarray, use: np.ndarray) -> np.ndarray:
     """Indices of states that no other state dominates (≤ use everywhere, ≥ score); of equal
-    states the first is kept."""
+    states the first is kept.
+
+    In order of score (best first), a state is dominated when an earlier one uses no more of
+    anything; dominance is transitive, so the earlier states to compare with are those kept so
+    far (the frontier) and the earlier ones of its own chunk. Comparing with every earlier
+    state instead was quadratic in the states: 47,000 of them at one stage of a 9-stage
+    instance took 50 s (benchmarks/README.md, "Solve time")."""
     m = score.size
     if m <= 1:
         return np.arange(m)
     order = np.lexsort((use.sum(axis=1), -score))  # best score first, then least use
     u = use[order]
-    dominated = np.zeros(m, dtype=bool)
+    kept: list[np.ndarray] = []  # positions in ``order`` of the frontier so far, chunk by chunk
+    frontier = u[:0]
     for start in range(0, m, _PARETO_CHUNK):
         stop = min(m, start + _PARETO_CHUNK)
-        covers = (u[None, :, :] <= u[start:stop, None, :]).all(axis=2)  # [j, i]: state i uses ≤ state j
-        earlier = np.arange(m)[None, :] < np.arange(start, stop)[:, None]
-        dominated[start:stop] = (covers & earlier).any(axis=1)
-    return order[~dominated]
+        chunk = u[start:stop]
+        dominated = (frontier[None, :, :] <= chunk[:, None, :]).all(axis=2).any(axis=1)
+        covers = (chunk[None, :, :] <= chunk[:, None, :]).all(axis=2)  # [j, i]: chunk state i uses ≤ state j
+        earlier = np.arange(stop - start)[None, :] < np.arange(stop - start)[:, None]
+        dominated |= (covers & earlier).any(axis=1)
+        new = np.flatnonzero(~dominated) + start
+        kept.append(new)
+        frontier = np.concatenate([frontier, u[new]])
+    return order[np.concatenate(kept)]
 
 
 def _completions(dual: _Dual, mu: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -154,8 +179,10 @@ def _completions(dual: _Dual, mu: np.ndarray) -> list[tuple[np.ndarray, np.ndarr
     return out
 
 
-def solve_dp(problem: Problem) -> tuple[int, ...] | None:
-    """The optimal row per stage, or None when no choice meets every constraint."""
+def solve_dp(problem: Problem, max_candidates: int | None = None) -> tuple[int, ...] | None:
+    """The optimal row per stage, or None when no choice meets every constraint. With
+    ``max_candidates``, raises :class:`TooManyStates` rather than compare more partial choices
+    than that at one stage (the caller hands the program to another exact solver)."""
     v, u, alone = _padded(problem)
     bounds = problem.bounds + TOLERANCE
     if not alone.any(axis=1).all():
@@ -180,6 +207,8 @@ def solve_dp(problem: Problem) -> tuple[int, ...] | None:
                               & (n_score + bound_rest[i] + (bounds - n_use) @ mu >= incumbent - TOLERANCE))
         if keep.size == 0:
             return None
+        if max_candidates is not None and keep.size > max_candidates:
+            raise TooManyStates(f"stage {problem.stages[i]!r}: {keep.size} partial choices")
         keep = keep[_pareto(n_score[keep], n_use[keep])]
         score, use = n_score[keep], n_use[keep]
         back.append((keep // cols.size, cols[keep % cols.size]))

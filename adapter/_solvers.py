@@ -8,23 +8,29 @@ contract suite (tests/unit/test_adapter_optimizer.py) runs against each.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from varipipe.adapter._dp import solve_dp
+from varipipe.adapter._dp import MAX_CANDIDATES, TooManyStates, solve_dp
 from varipipe.adapter._problem import TOLERANCE, Problem, StageOptions
 from varipipe.errors import SolverError, UnknownNameError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Problem", "StageOptions", "Outcome", "TOLERANCE", "SOLVERS", "DEFAULT_SOLVER", "available_solvers",
            "run_solver"]
 
 SOLVERS = ("dp", "cbc", "highs")
-# The DP: exact, and on the 9 x 9 x 6 x 3 instance of benchmarks/solve_time.py a few
-# times faster than either MIP solver through PuLP (benchmarks/README.md, adapter section).
+# The DP: exact, and on most 9 x 9 x 6 x 3 instances of benchmarks/solve_time.py a few times
+# faster than either MIP solver through PuLP; where its partial choices explode (more than
+# _dp.MAX_CANDIDATES at a stage) it hands the program to HiGHS, or CBC (benchmarks/README.md,
+# "Solve time").
 DEFAULT_SOLVER = "dp"
 
 # MIP gaps: prove optimality, so the ILP equals brute-force enumeration exactly.
@@ -58,6 +64,7 @@ _HIGHS_OPTIONS = {"mip_feasibility_tolerance": 1e-10, "primal_feasibility_tolera
 class Outcome:
     rows: tuple[int, ...] | None  # the chosen row of each stage
     timed_out: bool = False
+    solver: str = ""  # the backend that solved it, where not the one asked (the DP's hand-over)
 
 
 @functools.cache  # what is installed does not change while the process runs; listSolvers probes PATH
@@ -79,7 +86,12 @@ def run_solver(problem: Problem, solver: str, time_limit_s: float, lp_path: str 
     if solver == "dp":
         if lp_path is not None:
             _model(problem)[0].writeLP(lp_path)
-        return Outcome(solve_dp(problem))
+        mip = next((s for s in ("highs", "cbc") if s in available_solvers()), None)
+        try:
+            return Outcome(solve_dp(problem, MAX_CANDIDATES if mip else None))
+        except TooManyStates as e:
+            log.info("dp: %s; solved with %s instead", e, mip)
+            return dataclasses.replace(_solve_pulp(problem, mip, time_limit_s, None), solver=mip)
     if solver in ("cbc", "highs"):
         return _solve_pulp(problem, solver, time_limit_s, lp_path)
     raise UnknownNameError("solver", solver, SOLVERS)

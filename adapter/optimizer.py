@@ -260,7 +260,7 @@ def solve(profile: Profile, load_rps: float, sla: SLA, limits: Limits | None = N
     status = DecisionStatus.TIMED_OUT if outcome.timed_out else DecisionStatus.OPTIMAL
     chosen = _chosen(problem, every, outcome.rows)
     why = explain(problem, outcome.rows, every, lambda c: _exclusion(c, limits))
-    return _decision(chosen, status, "", load_rps, accuracy, solver, started, why.binding, why.text)
+    return _decision(chosen, status, "", load_rps, accuracy, outcome.solver or solver, started, why.binding, why.text)
 
 
 def _decision(chosen: dict[str, Configuration], status: DecisionStatus, reason: str, load_rps: float,

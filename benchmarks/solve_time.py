@@ -95,7 +95,14 @@ def small_instances(n: int, rng: random.Random) -> tuple[str, list[Instance]]:
 
 
 def full_formulation(inst: Instance) -> float:
-    """Baseline: x binary and n integer per configuration, built and solved with CBC; seconds."""
+    """Baseline: x binary and n integer per configuration, built and solved with CBC; seconds.
+
+    A configuration is a row of the optimizer's tables: since the optimizer prices queueing
+    waits (2026-12-05) a (variant, batch, hardware) comes at several replica counts, each its
+    own row with the waits of that count, so the keys carry the count, n is at least the row's
+    count when it is chosen, and the SLA reads each row's latency (batch p99, batch wait and
+    queueing wait at that count). The version before, keyed without the count, stopped with
+    "overlapping constraint names" from then on."""
     import pulp
 
     started = time.perf_counter()
@@ -104,22 +111,22 @@ def full_formulation(inst: Instance) -> float:
     prob = pulp.LpProblem("full", pulp.LpMaximize)
     configs = [c for s in profile.stages for c in stage_configurations(profile, s, loads[s], limits)
                if within_stage_limits(c, limits)]
-    x = {c.key: prob.add_variable(f"x{i}", cat=pulp.LpBinary) for i, c in enumerate(configs)}
-    n = {c.key: prob.add_variable(f"n{i}", 0, limits.max_replicas, cat=pulp.LpInteger) for i, c in enumerate(configs)}
-    price = {c.key: c.cost / c.replicas for c in configs}
+    x = [prob.add_variable(f"x{i}", cat=pulp.LpBinary) for i in range(len(configs))]
+    n = [prob.add_variable(f"n{i}", 0, limits.max_replicas, cat=pulp.LpInteger) for i in range(len(configs))]
+    price = [c.cost / c.replicas for c in configs]
     w = Weights()
-    prob += pulp.lpSum(w.alpha * math.log(c.accuracy) * x[c.key] - w.beta * price[c.key] * n[c.key]
-                       - w.gamma * c.batch * x[c.key] for c in configs)
+    prob += pulp.lpSum(w.alpha * math.log(c.accuracy) * x[i] - w.beta * price[i] * n[i] - w.gamma * c.batch * x[i]
+                       for i, c in enumerate(configs))
     for s in profile.stages:
-        prob += pulp.lpSum(x[c.key] for c in configs if c.stage == s) == 1, f"one_config_{s}"
-    for c in configs:
-        prob += n[c.key] <= limits.max_replicas * x[c.key], f"n_on_{c.key}"
-        prob += limits.rho_max * c.throughput_rps * n[c.key] >= c.load_rps * x[c.key], f"capacity_{c.key}"
-    wait = [(c.batch - 1) / c.load_rps * n[c.key] for c in configs if c.load_rps > 0]
-    prob += pulp.lpSum(c.latency_p99_s * x[c.key] for c in configs) + pulp.lpSum(wait) <= inst.sla_s, "sla_end_to_end"
-    prob += pulp.lpSum(price[c.key] * n[c.key] for c in configs if not c.on_gpu) <= limits.capacity_limit, \
+        prob += pulp.lpSum(x[i] for i, c in enumerate(configs) if c.stage == s) == 1, f"one_config_{s}"
+    for i, c in enumerate(configs):
+        prob += n[i] <= limits.max_replicas * x[i], f"n_on_{i}"
+        prob += n[i] >= c.replicas * x[i], f"n_row_{i}"
+        prob += limits.rho_max * c.throughput_rps * n[i] >= c.load_rps * x[i], f"capacity_{i}"
+    prob += pulp.lpSum(c.latency_s * x[i] for i, c in enumerate(configs)) <= inst.sla_s, "sla_end_to_end"
+    prob += pulp.lpSum(price[i] * n[i] for i, c in enumerate(configs) if not c.on_gpu) <= limits.capacity_limit, \
         "cluster_capacity"
-    prob += pulp.lpSum(n[c.key] for c in configs if c.on_gpu) <= limits.cluster_gpus, "gpu_count"
+    prob += pulp.lpSum(n[i] for i, c in enumerate(configs) if c.on_gpu) <= limits.cluster_gpus, "gpu_count"
     status = prob.solve(pulp.PULP_CBC_CMD(msg=False))
     if status not in (pulp.LpStatusOptimal, pulp.LpStatusInfeasible):
         raise RuntimeError(f"baseline CBC status {pulp.LpStatus[status]}")

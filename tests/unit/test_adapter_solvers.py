@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varipipe.adapter._dp import _pareto, solve_dp
+from varipipe.adapter import _solvers as solvers
+from varipipe.adapter._dp import TooManyStates, _pareto, solve_dp
 from varipipe.adapter._solvers import SOLVERS, Problem, StageOptions, available_solvers, run_solver
 
 
@@ -61,6 +62,35 @@ def test_every_backend_reaches_brute_force(problem, solver):
         return
     assert rows is not None and problem.feasible(rows)
     assert problem.value(rows) == pytest.approx(best, abs=1e-7)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(problem=problems())
+def test_the_dp_hands_a_program_with_too_many_partial_choices_to_a_mip_solver(problem, monkeypatch):
+    # With a cap of one partial choice per stage, a program with a choice to make goes to HiGHS
+    # (the first MIP solver installed), which reaches the same optimum and says it solved it.
+    monkeypatch.setattr(solvers, "MAX_CANDIDATES", 1)
+    best = brute_force(problem)
+    out = run_solver(problem, "dp", time_limit_s=10.0)
+    assert (out.rows is None) == (best is None)
+    if best is not None:
+        assert problem.value(out.rows) == pytest.approx(best, abs=1e-7)
+    if out.solver == "highs":
+        with pytest.raises(TooManyStates, match="partial choices"):
+            solve_dp(problem, max_candidates=1)
+    else:
+        assert out.solver == "" and solve_dp(problem, max_candidates=1) == out.rows
+
+
+def test_a_dp_hand_over_names_the_solver_that_solved_it(monkeypatch):
+    two = StageOptions(np.array([1.0, 0.5]), np.array([[1.0], [0.0]]), np.array([True, True]))
+    problem = Problem(("a", "b"), (two, two), ("c",), np.array([1.0]))
+    own = run_solver(problem, "dp", 10.0)  # a row of 1.0 in each stage breaks c: one of each
+    assert own.solver == "" and problem.value(own.rows) == pytest.approx(1.5)
+    monkeypatch.setattr(solvers, "MAX_CANDIDATES", 1)
+    out = run_solver(problem, "dp", 10.0)
+    assert out.solver == "highs" and problem.value(out.rows) == pytest.approx(1.5)
 
 
 def test_a_stage_without_allowed_rows_is_infeasible_for_every_backend():
