@@ -1,0 +1,33 @@
+"""``benchmarks/solve_time.py`` runs: its baseline model is built from the optimizer's rows, and
+when their shape changed (several replica counts per configuration, 2026-12-05) it stopped with
+a PuLP error for two days unnoticed. One instance of each family, baseline included."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "solve_time.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("solve_time_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_solve_time_benchmark_builds_and_solves_its_instances_and_baseline():
+    st = _module()
+    rng = random.Random(0)
+    [big] = st.big_instances(1, rng)
+    _, [small] = st.small_instances(1, rng)
+    assert st.full_formulation(big) > 0
+    for inst in (big, small):
+        values = {solver: st.objective(st.timed_solve(inst, solver)[1]) for solver in ("dp", "highs")}
+        assert (values["dp"] is None) == (values["highs"] is None)
+        if values["dp"] is not None:
+            assert abs(values["dp"] - values["highs"]) <= st.OBJECTIVE_TOLERANCE
