@@ -12,8 +12,9 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WAIT_S = 0.1  # the batcher's wait for a second item
-BUSY_S = 1.0  # each batch's time: long enough that the later items arrive while the first runs
-SENDS_S = (0.0, 0.02, 0.2, 0.6)  # two together, then two apart (further than WAIT_S) while it runs
+BUSY_S = 2.0  # each batch's time: long enough that the later items arrive while the first runs
+# Two together, then two 0.8 s apart (eight times WAIT_S, room for a stalled host) while it runs.
+SENDS_S = (0.0, 0.02, 0.2, 1.0)
 
 
 def test_serve_batch_forms_batches_while_the_replica_is_busy(serve_port):
