@@ -69,16 +69,6 @@ def latency_cv2(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:
     return np.expm1(sigma ** 2)
 
 
-def _excess(x: np.ndarray, rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
-    """``ρ·(E[e^(xS/E[S])] − 1) − x`` for gamma service of mean 1 and ``cv2`` (constant at 0)."""
-    const = cv2 < _CV2_CONSTANT
-    c = np.where(const, 1.0, cv2)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        gamma = np.expm1(-np.log1p(-np.minimum(x * c, 1.0)) / c)
-        mgf = np.where(const, np.expm1(np.minimum(x, 700.0)), gamma)
-    return rho * np.nan_to_num(mgf, nan=np.inf, posinf=np.inf) - x
-
-
 def _prefactor(x: np.ndarray, rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
     """The Cramér-Lundberg constant ``C = (1 − ρ)/(ρ·M'(x) − 1)``, ``M`` the service's moment
     generating function at ``x = θ·E[S]`` (mean 1): ``P(W > t) ~ C·e^(−θt)``. ``C = ρ`` for
@@ -91,9 +81,10 @@ def _prefactor(x: np.ndarray, rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
 
 
 def _decay(rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
-    """``θ·E[S]``: the positive root of the excess (negative just above 0 while ρ < 1, convex).
+    """``θ·E[S]``: the positive root of the excess ``ρ·(E[e^(xS/E[S])] − 1) − x`` (gamma service
+    of mean 1 and ``cv2``, constant at 0; negative just above 0 while ρ < 1, convex).
 
-    Bisection on :func:`_excess` until the bracket is narrow, then Newton steps from its top:
+    Bisection on the excess until the bracket is narrow, then Newton steps from its top:
     the excess is convex and positive there, so each step lands between the root and the top,
     quadratically closer. A simulated run prices its stages every interval and a solve prices
     every row: 60 bisection steps were most of both (benchmarks/README.md, "Simulator speed",
@@ -112,7 +103,7 @@ def _decay(rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
             mgf = np.expm1(-np.log1p(-np.minimum(mid * c, 1.0)) / c)
             if any_const:
                 mgf = np.where(const, np.expm1(np.minimum(mid, 700.0)), mgf)
-            mgf[np.isnan(mgf)] = np.inf  # as _excess: past the gamma's pole the excess is infinite
+            mgf[np.isnan(mgf)] = np.inf  # past the gamma's pole the excess is infinite
             excess = rho * mgf - mid
             above = excess > 0
             hi = np.where(above, mid, hi)
