@@ -69,14 +69,36 @@ def latency_cv2(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:
     return np.expm1(sigma ** 2)
 
 
+def _mgf(x: np.ndarray, c: np.ndarray, const: np.ndarray, any_const: bool) -> np.ndarray:
+    """``E[e^(xS)] − 1`` for gamma service of mean 1 and squared coefficient of variation ``c``
+    (``const``: constant service, ``e^x − 1``); infinite past the gamma's pole."""
+    mgf = np.expm1(-np.log1p(-np.minimum(x * c, 1.0)) / c)
+    if any_const:
+        mgf = np.where(const, np.expm1(np.minimum(x, 700.0)), mgf)
+    mgf[np.isnan(mgf)] = np.inf
+    return mgf
+
+
+def _mgf_slope(x: np.ndarray, c: np.ndarray, const: np.ndarray, any_const: bool) -> np.ndarray:
+    """``E[S·e^(xS)]``, the slope of :func:`_mgf` (``e^x`` for constant service)."""
+    slope = (1.0 - np.minimum(x * c, 1.0)) ** (-1.0 / c - 1.0)
+    if any_const:
+        slope = np.where(const, np.exp(np.minimum(x, 700.0)), slope)
+    return slope
+
+
+def _shape(cv2: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(c, const, any const) for :func:`_mgf`: rows below _CV2_CONSTANT are constant service."""
+    const = cv2 < _CV2_CONSTANT
+    return np.where(const, 1.0, cv2), const, bool(const.any())
+
+
 def _prefactor(x: np.ndarray, rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
     """The Cramér-Lundberg constant ``C = (1 − ρ)/(ρ·M'(x) − 1)``, ``M`` the service's moment
     generating function at ``x = θ·E[S]`` (mean 1): ``P(W > t) ~ C·e^(−θt)``. ``C = ρ`` for
     exponential service; above ``ρ`` at light load for near-constant service."""
-    const = cv2 < _CV2_CONSTANT
-    c = np.where(const, 1.0, cv2)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        slope = np.where(const, np.exp(np.minimum(x, 700.0)), (1.0 - np.minimum(x * c, 1.0)) ** (-1.0 / c - 1.0))
+        slope = _mgf_slope(x, *_shape(cv2))
     return (1.0 - rho) / (rho * slope - 1.0)
 
 
@@ -90,34 +112,22 @@ def _decay(rho: np.ndarray, cv2: np.ndarray) -> np.ndarray:
     every row: 60 bisection steps were most of both (benchmarks/README.md, "Simulator speed",
     "Solve time")."""
     lo = np.zeros_like(rho)
-    const = cv2 < _CV2_CONSTANT
-    c = np.where(const, 1.0, cv2)
-    any_const = bool(const.any())
-    hi = np.where(const, _X_MAX, np.minimum(1.0 / np.maximum(cv2, _CV2_CONSTANT), _X_MAX))
+    shape = _shape(cv2)
+    hi = np.where(shape[1], _X_MAX, np.minimum(1.0 / np.maximum(cv2, _CV2_CONSTANT), _X_MAX))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         at_pole = np.ones(rho.shape, dtype=bool)  # the top still where the excess is infinite
         for step in range(_ROOT_STEPS):
             if step >= _BISECT_STEPS and not at_pole.any():
                 break  # narrow, and Newton can start from every top: a finite excess there
             mid = (lo + hi) / 2
-            mgf = np.expm1(-np.log1p(-np.minimum(mid * c, 1.0)) / c)
-            if any_const:
-                mgf = np.where(const, np.expm1(np.minimum(mid, 700.0)), mgf)
-            mgf[np.isnan(mgf)] = np.inf  # past the gamma's pole the excess is infinite
-            excess = rho * mgf - mid
+            excess = rho * _mgf(mid, *shape) - mid
             above = excess > 0
             hi = np.where(above, mid, hi)
             lo = np.where(above, lo, mid)
             at_pole &= ~(above & np.isfinite(excess))
         x = hi
         for _ in range(_NEWTON_STEPS):
-            base = 1.0 - np.minimum(x * c, 1.0)
-            mgf = np.expm1(-np.log1p(-np.minimum(x * c, 1.0)) / c)
-            slope = base ** (-1.0 / c - 1.0)
-            if any_const:
-                mgf = np.where(const, np.expm1(np.minimum(x, 700.0)), mgf)
-                slope = np.where(const, np.exp(np.minimum(x, 700.0)), slope)
-            step = (rho * mgf - x) / (rho * slope - 1.0)
+            step = (rho * _mgf(x, *shape) - x) / (rho * _mgf_slope(x, *shape) - 1.0)
             ok = np.isfinite(step) & (step > 0)  # from above the root a step goes down, never past it
             x = np.where(ok, x - step, x)
             if not (ok & (step > _ROOT_TOLERANCE * x)).any():

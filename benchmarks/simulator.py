@@ -21,7 +21,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from varipipe.adapter._solvers import DEFAULT_SOLVER, SOLVERS
+from varipipe.adapter.optimizer import DEFAULT_SOLVER, SOLVERS
 from varipipe.adapter.policies import make_policy
 from varipipe.adapter.policy import PolicyContext
 from varipipe.loadgen.experiment import git_commit

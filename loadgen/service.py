@@ -47,7 +47,6 @@ class ServiceModel:
         return self.median_s[batch] * math.exp(self.sigma[batch] * Z99)
 
 
-
 def _curve(points: list[ProfilePoint], attr: str, sizes: np.ndarray) -> np.ndarray:
     return batch_curve([p.batch for p in points], [getattr(p, attr) for p in points], sizes)
 

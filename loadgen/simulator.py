@@ -528,11 +528,6 @@ class _Line:
             return w[batch - 1][0] if w[batch - 1][0] > t0 else t0
         return limit
 
-    def close_s(self, batch: int, wait_s: float) -> float:
-        """When its next batch starts: formed (:meth:`formed`), and the replica free."""
-        ready = self.formed(batch, wait_s)
-        return ready if ready > self.free_s else self.free_s
-
     def take(self, batch: int, formed_s: float) -> list[tuple[float, float, int]]:
         """The items of the batch formed at ``formed_s``: those there by then, at most ``batch``."""
         w, out = self.waiting, []
@@ -738,18 +733,23 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
     gate_s = 0.0  # the gate holds arrivals until then (every replica full)
     while True:
         route_s = (times[h] if times[h] > gate_s else gate_s) if h < n_q else math.inf
-        line, close = None, math.inf
+        line, close, formed = None, math.inf, 0.0
         for r in lines:
             if r.waiting:
-                c = r.close_s(b, wait)
+                f = r.formed(b, wait)
+                c = f if f > r.free_s else r.free_s  # its next batch starts once formed and the replica free
                 if c < close:
-                    line, close = r, c
+                    line, close, formed = r, c, f
         if line is not None and close < t_end and close <= route_s:  # in time order: batches, then the arrival
-            batch = line.take(b, line.formed(b, wait))
+            batch = line.take(b, formed)
             if shed:  # as the live stage: each item of the batch judged when it starts
-                now = in_force(expected, measured, close)
-                shed_items.extend(it for _, dl, it in batch if would_miss(close, now, dl))
-                batch = [x for x in batch if not would_miss(close, now, x[1])]
+                now, kept = in_force(expected, measured, close), []
+                for x in batch:
+                    if would_miss(close, now, x[1]):
+                        shed_items.append(x[2])
+                    else:
+                        kept.append(x)
+                batch = kept
             if not batch:
                 continue
             n = len(batch)
