@@ -8,14 +8,17 @@ bounds: every backend must reach brute force's optimum, or say infeasible.
 from __future__ import annotations
 
 import itertools
+import math
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from varipipe.adapter import _dp
 from varipipe.adapter import _solvers as solvers
-from varipipe.adapter._dp import TooManyStates, _pareto, solve_dp
+from varipipe.adapter._dp import TooManyStates, _Ladder, _padded, _pareto, solve_dp
 from varipipe.adapter._solvers import SOLVERS, Problem, StageOptions, available_solvers, run_solver
 
 
@@ -107,12 +110,14 @@ def test_problem_rejects_use_of_the_wrong_shape():
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), m=st.integers(0, 40), d=st.integers(0, 3))
-def test_pareto_keeps_exactly_the_undominated_states(seed, m, d):
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(0, 40), d=st.integers(0, 3), chunk=st.sampled_from([3, 7, 128]))
+def test_pareto_keeps_exactly_the_undominated_states(seed, m, d, chunk):
+    # Small chunks: states compared with the frontier of earlier chunks, not only their own.
     rng = np.random.default_rng(seed)
     score = rng.integers(0, 4, m).astype(float)
     use = rng.integers(0, 4, (m, d)).astype(float)
-    kept = set(_pareto(score, use).tolist())
+    with mock.patch.object(_dp, "_PARETO_CHUNK", chunk):
+        kept = set(_pareto(score, use).tolist())
     for j in range(m):
         equal = [i for i in range(m) if score[i] == score[j] and (use[i] == use[j]).all()]
         better = [i for i in range(m) if score[i] >= score[j] and (use[i] <= use[j]).all() and i not in equal]
@@ -126,3 +131,64 @@ def test_dp_handles_a_program_without_constraints():
     st_ = StageOptions(np.array([0.2, 0.9, 0.5]), np.zeros((3, 0)), np.array([True, True, True]))
     problem = Problem(("a", "b"), (st_, st_), (), np.zeros(0))
     assert solve_dp(problem) == (1, 1)
+
+
+@st.composite
+def larger_problems(draw) -> Problem:
+    """2-5 stages of up to 7 rows and 1-3 constraints: room for partial choices to dominate,
+    for the narrow pass to miss, and for a coarse ladder to round."""
+    n_stages = draw(st.integers(2, 5))
+    n_constraints = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    grid = draw(st.sampled_from([None, 4]))
+
+    def values(shape, low, high):
+        v = rng.uniform(low, high, shape)
+        return np.round(v * grid) / grid if grid else v
+
+    options = tuple(StageOptions(score=values(n, -1.0, 1.0), use=values((n, n_constraints), -0.5, 2.0),
+                                 allowed=rng.random(n) < 0.9) for n in rng.integers(1, 8, n_stages))
+    return Problem(tuple(f"s{i}" for i in range(n_stages)), options, tuple(f"c{d}" for d in range(n_constraints)),
+                   np.asarray(values(n_constraints, 0.0, 1.5 * n_stages), dtype=float))
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=larger_problems(), rungs=st.sampled_from([1, 2, 3, 7, 512]), width=st.sampled_from([1, 2, 16]))
+def test_the_dp_reaches_brute_force_with_any_ladder_and_narrow_pass(problem, rungs, width):
+    # A ladder of 1-7 steps rounds a lot, a narrow pass of 1-2 partial choices misses a lot: the
+    # DP must stay exact whatever they give it.
+    best = brute_force(problem)
+    with mock.patch.object(_dp, "_RUNGS", rungs), mock.patch.object(_dp, "_BEAM_WIDTH", width):
+        rows = solve_dp(problem)
+    assert (rows is None) == (best is None)
+    if best is not None:
+        assert problem.feasible(rows) and problem.value(rows) == pytest.approx(best, abs=1e-7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(problem=larger_problems(), rungs=st.sampled_from([1, 2, 3, 7, 512]), seed=st.integers(0, 2**32 - 1))
+def test_the_ladder_bound_is_never_below_a_feasible_completion(problem, rungs, seed):
+    # Any μ ≥ 0 gives a valid bound (not only the dual's): every prefix through stage i, against
+    # brute force over the later stages' rows.
+    packed = _padded(problem)
+    if packed is None:
+        return
+    v, u, ok, _ = packed
+    bounds = problem.bounds + 1e-9
+    mu = np.random.default_rng(seed).exponential(1.0, bounds.size)
+    with mock.patch.object(_dp, "_RUNGS", rungs):
+        ladder = _Ladder.of(v, u, ok, bounds, mu)
+        if ladder is None:
+            return
+        rows = [np.flatnonzero(ok[i]) for i in range(len(problem.stages))]
+        for i in range(len(problem.stages)):
+            for prefix in itertools.product(*rows[:i + 1]):
+                score = sum(v[j, r] for j, r in enumerate(prefix))
+                use = sum(u[j, r] for j, r in enumerate(prefix))
+                best = -math.inf
+                for rest in itertools.product(*rows[i + 1:]):
+                    total = use + sum((u[i + 1 + j, r] for j, r in enumerate(rest)), np.zeros(bounds.size))
+                    if (total <= bounds).all():
+                        best = max(best, score + sum(v[i + 1 + j, r] for j, r in enumerate(rest)))
+                if best > -math.inf:
+                    assert ladder.bound(i, np.array([score]), use[None, :], bounds)[0] >= best - 1e-9
