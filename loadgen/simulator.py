@@ -10,7 +10,8 @@ the profiled latency distribution of (variant, batch, hardware)
 items there (``k`` around ``profile.fanout[stage]``), and moves on when its last
 item is done. A request whose deadline (arrival + SLA) would pass before the
 batch that would take it is expected to finish is shed (dropped), by the same
-rule and moving average of batch times as the live stages (:mod:`varipipe.admission`).
+rule and moving average of batch times as the live stages (:mod:`varipipe.admission`);
+with ``routing="replica"`` each replica keeps its own average, as each live replica does.
 
 Every ``interval_s`` the simulator builds an :class:`Observation`, asks the
 forecaster for the next interval's load and steps the live adapter's
@@ -510,10 +511,19 @@ class _Line:
     running: int = 0
     draining: bool = False
     formed_s: float = -math.inf  # when its last batch was formed (closed): the next one's wait starts no earlier
+    # Admission control's estimate, each replica its own as live (pipelines/stage.py: one StageCore a
+    # replica): its moving average of batch times, when a batch last ended, and the cold batches left.
+    expected_s: float = 0.0
+    measured_s: float = 0.0
+    cold: int = COLD_BATCHES
 
     def ongoing(self, t: float) -> int:
         """What Serve's router counts for this replica at ``t``: items queued at it or running."""
         return len(self.waiting) + (self.running if self.free_s > t else 0)
+
+    def forget(self) -> None:
+        """A new model on the replica: a fresh estimate, as live (admission.fresh_estimate)."""
+        self.expected_s, self.cold = fresh_estimate()
 
     def formed(self, batch: int, wait_s: float) -> float:
         """When its next batch is formed, as ``@serve.batch`` forms it (Ray 2.60
@@ -643,7 +653,8 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if close >= t_end:
             break
         ids.append(len(batch_end))
-        end, expected, measured = _start_batch(st, n, close, slow, speed, busy, expected, measured)
+        end, expected, measured, st.cold_batches = _start_batch(st, n, close, slow, speed, busy, expected, measured,
+                                                                st.cold_batches)
         heapq.heapreplace(free, end)
         firsts.append(h)
         sizes.append(n)
@@ -654,18 +665,18 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
 
 
 def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, busy: np.ndarray | None,
-                 expected: float, measured: float) -> tuple[float, float, float]:
+                 expected: float, measured: float, cold: int) -> tuple[float, float, float, int]:
     """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
     times ``slow`` (the segment's processor sharing, or its contention law) and the host's
     slowness in its first second; booked in the stage's batches, its occupancy and the busy
-    accounts. Returns (end, expected, measured): its end and admission control's moving
-    average after it."""
+    accounts. Returns (end, expected, measured, cold): its end and admission control's estimate
+    after it (``expected``, ``measured``, ``cold``: the replica's, or the stage's in one line)."""
     m = st.model
     s = m.median_s[n] * st.noise.factor(m.sigma[n], m.on_gpu) * slow
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
-    expected, st.cold_batches = after_batch(in_force(expected, measured, close), s, st.cold_batches)
+    expected, cold = after_batch(in_force(expected, measured, close), s, cold)
     end = close + s
     heapq.heappush(st.occupancy.ending, (end, n))
     st.batch_end_s.append(end)
@@ -675,7 +686,7 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
         add_busy(busy, close, end, m.threads)
     if st.busy is not None and not m.on_gpu:
         add_busy(st.busy, close, end, m.threads)
-    return end, expected, (end if end > measured else measured)
+    return end, expected, (end if end > measured else measured), cold
 
 
 def _pick_line(lines: list[_Line], t: float, cap: int, pick: Callable[[], float]) -> _Line | None:
@@ -729,7 +740,6 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
     items: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
-    expected, measured = st.expected_batch_s, st.last_batch_s
     gate_s = 0.0  # the gate holds arrivals until then (every replica full)
     while True:
         route_s = (times[h] if times[h] > gate_s else gate_s) if h < n_q else math.inf
@@ -742,8 +752,8 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                     line, close, formed = r, c, f
         if line is not None and close < t_end and close <= route_s:  # in time order: batches, then the arrival
             batch = line.take(b, formed)
-            if shed:  # as the live stage: each item of the batch judged when it starts
-                now, kept = in_force(expected, measured, close), []
+            if shed:  # as the live stage: each item of the batch judged when it starts, on its replica's estimate
+                now, kept = in_force(line.expected_s, line.measured_s, close), []
                 for x in batch:
                     if would_miss(close, now, x[1]):
                         shed_items.append(x[2])
@@ -754,7 +764,8 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                 continue
             n = len(batch)
             ids.append(len(batch_end))
-            end, expected, measured = _start_batch(st, n, close, slow, speed, busy, expected, measured)
+            end, line.expected_s, line.measured_s, line.cold = _start_batch(
+                st, n, close, slow, speed, busy, line.expected_s, line.measured_s, line.cold)
             line.free_s, line.running = end, n
             items.extend(it for _, _, it in batch)
             sizes.append(n)
@@ -770,7 +781,6 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
         best.waiting.append((route_s, deadlines[h], int(qitems[h])))
         h += 1
     q.head = h
-    st.expected_batch_s, st.last_batch_s = expected, measured
     return items, sizes, ids
 
 
@@ -992,6 +1002,8 @@ class _Run:
         self._set_model(st, sd)
         if before is not None and (before.variant, before.hardware) != (st.model.variant, st.model.hardware):
             st.expected_batch_s, st.cold_batches = fresh_estimate()  # as live
+            for line in st.lines or ():
+                line.forget()
         st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:

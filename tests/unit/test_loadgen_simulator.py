@@ -486,6 +486,20 @@ def test_routed_sheds_each_item_of_a_batch_when_it_starts_and_runs_the_rest():
     assert r.table.done_s[[0, 1, 3]] == pytest.approx([0.6, 1.6, 3.59])
 
 
+def test_routed_replicas_each_keep_their_own_admission_estimate():
+    # Two replicas, 0.5 s a request, SLA 0.45 s. Live each replica has its own estimate
+    # (pipelines/stage.py: one StageCore a replica), and each one's first batch sets none
+    # (admission.COLD_BATCHES). The pair at 0 runs one cold batch on each. The request at 1.0
+    # finds its replica with no estimate and runs (late). Of the pair at 3.0, the one routed to
+    # that replica (0.5 s expected: it would end at 3.5, past 3.45) is shed, the other's replica
+    # has still measured nothing and runs it. (One estimate for the stage had shed all three.)
+    profile = Profile("test", (_point("a", "v", 1, 0.5),))
+    r = _routed(np.array([0.0, 0.0, 1.0, 3.0, 3.0]), Fixed(replicas=2, stages=("a",)), sla=0.45, profile=profile)
+    assert r.table.dropped.tolist().count(True) == 1 and r.table.dropped[3:].any()
+    assert r.table.done_s[:3] == pytest.approx([0.5, 0.5, 1.5])
+    assert np.nanmax(r.table.done_s[3:]) == pytest.approx(3.5)
+
+
 def test_routing_must_be_known():
     with pytest.raises(VaripipeError, match="routing must be one of central, replica"):
         SimConfig(1.0, routing="random")
