@@ -7,10 +7,11 @@
 Reads kept live runs (``fidelity_loads.py --keep``: every batch a stage ran, with its variant,
 hardware, size, service time and end time; no Ray, nothing timed). For each batch: its time over
 the profile's p50 for the same variant, batch size and hardware (the ratio calibration keeps),
-and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k), read two ways:
-weighted by how much of this batch each overlapped (``during``: what ``loadgen.hostspeed.fit_contention``
-fits since 2026-12-07), or those in flight when it starts (``at_start``: all a simulator knows at that
-instant, what the law was fitted on before). On the tuning window it fits, per stage, by least squares
+and the **busy threads beside it**, the other batches' threads (``cpu:k`` is k), read four ways
+(``BESIDE``: over the batch's time, at its start, the second before it as the simulator reads
+them, and what a simulator running each second stage by stage knows of at its start); for
+each, Pearson's r with log(ratio) says how much of the batches' slowdown the reading can carry.
+On the tuning window it fits, per stage, by least squares
 
     log(ratio) = a + gamma * (busy threads beside it)
 
@@ -35,16 +36,20 @@ import numpy as np
 
 from varipipe.jsonfile import read_json, write_json_atomic
 from varipipe.loadgen.experiment import checkout_relative, git_commit
-from varipipe.loadgen.hostspeed import threads_during
+from varipipe.loadgen.hostspeed import threads_before, threads_during
 from varipipe.profiler.store import load_profile
 from varipipe.records import busy_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
 # What runs beside a batch: the threads in flight over its whole time, each weighted by its overlap
-# ("during", what loadgen.hostspeed.fit_contention fits), or those in flight when it starts
-# ("at_start": all a simulator knows at that instant; the law's reading before 2026-12-07).
-BESIDE = ("during", "at_start")
+# ("during", what loadgen.hostspeed.fit_contention fits the slope on), those in flight when it
+# starts ("at_start", the law's reading before 2026-12-07), the previous second's busy threads
+# beside its stage ("before": what the simulator applies the law at, loadgen.hostspeed.threads_before),
+# or what a simulator that runs each second stage by stage knows of when it starts the batch
+# ("known", _known: a reading tried on 2026-12-07 and not kept, benchmarks/README.md "Fidelity:
+# what runs beside a batch, read when it starts").
+BESIDE = ("during", "at_start", "before", "known")
 
 
 def _at_start(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.ndarray:
@@ -52,25 +57,58 @@ def _at_start(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> np.n
     return np.array([float(threads[(starts < t0) & (ends > t0)].sum()) for t0 in starts])
 
 
-def batches(path: Path, p50: dict) -> list[dict]:
+def _known(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """Per batch, the other batches' threads over its time that a simulator running each second
+    stage by stage in pipeline order (``ranks``) knows of when it starts the batch: an earlier
+    stage's that start before the end of its second, its own stage's that started before it, a
+    later stage's that started before its second; weighted by their overlap with it."""
+    out = np.zeros(len(starts))
+    for k in range(len(starts)):
+        c, r = starts[k], ranks[k]
+        known = np.where(ranks < r, starts < np.floor(c) + 1, np.where(ranks > r, starts < np.floor(c), starts < c))
+        known[k] = False
+        overlap = np.clip(np.minimum(ends, ends[k]) - np.maximum(starts, c), 0.0, None)
+        out[k] = float(overlap[known] @ threads[known]) / max(float(ends[k] - c), 1e-9)
+    return out
+
+
+def _replicas(decisions: list[dict]):
+    """``replicas(stage, t)``: each stage's replicas in the last polled decision before ``t``."""
+    steps = sorted((float(d["t"]), {s[0]: int(s[3]) for s in d["stages"]}) for d in decisions if d.get("stages"))
+
+    def replicas(stage: str, t: float) -> int:
+        before = [r for at, r in steps if at <= t]
+        return before[-1].get(stage, 1) if before else 1
+    return replicas
+
+
+def batches(path: Path, p50: dict, stages: list[str]) -> list[dict]:
     """A kept run's profiled batches, each with its ratio to the profile's p50 and the busy threads
-    beside it (the other batches' threads, weighted by their overlap with it)."""
-    rows = [b for b in read_json(path)["batches"]
-            if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
+    beside it read each way (``BESIDE``)."""
+    doc = read_json(path)
+    rows = [b for b in doc["batches"] if (b["stage"], b["variant"], b["hardware"], int(b["size"])) in p50]
     end = np.array([float(b["t"]) for b in rows])  # a batch is reported when it ends
     start = end - np.array([float(b["seconds"]) for b in rows])
     threads = np.array([busy_threads(b["hardware"]) for b in rows], dtype=float)
-    at_start, during = _at_start(start, end, threads), threads_during(start, end, threads)
-    return [{"stage": b["stage"], "during": float(during[i]), "at_start": float(at_start[i]),
+    stage = np.array([b["stage"] for b in rows])
+    beside = {"during": threads_during(start, end, threads), "at_start": _at_start(start, end, threads),
+              "before": threads_before(start, end, threads, stage, _replicas(doc.get("decisions", []))),
+              "known": _known(start, end, threads, np.array([stages.index(s) for s in stage.tolist()]))}
+    return [{"stage": b["stage"], **{k: float(v[i]) for k, v in beside.items()},
              "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]}
             for i, b in enumerate(rows)]
+
+
+def _r(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r of a reading with log(ratio): how much of a batch's slowdown it can carry."""
+    return float(np.corrcoef(x, y)[0, 1]) if len(x) > 2 and x.std() > 0 else 0.0
 
 
 def fit(rows: list[dict], stage: str, beside: str) -> dict:
     x = np.array([r[beside] for r in rows if r["stage"] == stage])
     y = np.log([r["ratio"] for r in rows if r["stage"] == stage])
     (a, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
-    return {"a": float(a), "gamma": float(gamma), "batches": int(len(x)), "mean_beside": float(x.mean()),
+    return {"a": float(a), "gamma": float(gamma), "r": _r(x, y), "batches": int(len(x)), "mean_beside": float(x.mean()),
             "median_ratio": float(np.median(np.exp(y))), "geomean_ratio": float(np.exp(y.mean()))}
 
 
@@ -83,15 +121,15 @@ def main() -> int:
     args = ap.parse_args()
     profile = load_profile(Path(args.profile))
     p50 = {(p.stage, p.variant, p.hardware, p.batch): p.latency_p50_s for p in profile.points}
-    tuning = batches(Path(args.tuning), p50)
+    tuning = batches(Path(args.tuning), p50, list(profile.stages))
     stages = [s for s in profile.stages if any(r["stage"] == s for r in tuning)]
-    kept = {path: batches(path, p50) for path in map(Path, args.runs)}
+    kept = {path: batches(path, p50, list(profile.stages)) for path in map(Path, args.runs)}
     fits: dict[str, dict] = {}
     runs: dict[str, dict] = {}
     for beside in BESIDE:
         fits[beside] = {s: fit(tuning, s, beside) for s in stages}
         for s, f in fits[beside].items():
-            print(f"tuning, {beside}: {s}: log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
+            print(f"tuning, {beside}: {s}: r {f['r']:+.2f}, log(ratio) = {f['a']:.3f} + {f['gamma']:.3f} x busy threads beside "
                   f"(mean {f['mean_beside']:.2f}, {f['batches']} batches, geometric mean ratio {f['geomean_ratio']:.2f}, "
                   f"median {f['median_ratio']:.2f})")
         for path, rows in kept.items():
@@ -100,10 +138,11 @@ def main() -> int:
                 x = np.array([r[beside] for r in rows if r["stage"] == s])
                 obs = np.array([r["ratio"] for r in rows if r["stage"] == s])
                 runs.setdefault(name, {}).setdefault(beside, {})[s] = {
-                    "batches": int(len(x)), "mean_beside": float(x.mean()), "median_ratio": float(np.median(obs)),
+                    "batches": int(len(x)), "r": _r(x, np.log(obs)), "mean_beside": float(x.mean()),
+                    "median_ratio": float(np.median(obs)),
                     "geomean_ratio": float(np.exp(np.log(obs).mean())),
                     "predicted_geomean_ratio": float(np.exp(np.mean(f["a"] + f["gamma"] * x)))}
-            print(" ", name, " | ".join(f"{s} beside {v['mean_beside']:.2f} geometric mean {v['geomean_ratio']:.2f} "
+            print(" ", name, " | ".join(f"{s} r {v['r']:+.2f} beside {v['mean_beside']:.2f} geometric mean {v['geomean_ratio']:.2f} "
                                         f"predicted {v['predicted_geomean_ratio']:.2f}" for s, v in runs[name][beside].items()))
     if args.out:
         doc = {"benchmark": "contention", "profile": checkout_relative(Path(args.profile)), "git_commit": git_commit(),

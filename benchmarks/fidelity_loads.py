@@ -322,12 +322,24 @@ def _print_row(row: dict) -> None:
           f"(live {row['live_mean']['decision_cost']:.3f})", flush=True)
 
 
-def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, seed: int, tuning_batches: str, model: str,
+def _compared_seed(doc: dict) -> int:
+    """The arrival seed of a result file's compared runs: its own record, or (files before
+    2026-12-07 12:40 UTC) its tuning window's seed less one (``--seed`` + 1)."""
+    if "seed" in doc:
+        return int(doc["seed"])
+    tuning = doc.get("tuning_by_load") or {"": doc["tuning"]}
+    return int(next(iter(tuning.values()))["seed"]) - 1
+
+
+def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches: str, model: str,
                serving_cpu: dict | None = None, routing: str = "central", start: str = "live") -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
-    a result file holds, on the same arrivals and seeds; no Ray. The tuning figures are the file's,
+    a result file holds, on the same arrivals (the file's seed, whatever ``--seed`` says: a
+    re-simulation of run 9, made with ``--seed 2``, first ran seed 0's arrivals against it) and
+    simulation seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
     doc = read_json(path)
+    seed = _compared_seed(doc)
     by_load = doc.get("tuning_by_load")
     if by_load and not (tuning_batches and Path(tuning_batches).is_dir()):
         raise SystemExit(f"{path}: it fitted the host before each load; pass --tuning-batches with its --keep folder")
@@ -394,7 +406,8 @@ def main() -> int:
     ap.add_argument("--tune-each-load", action="store_true",
                     help="a tuning window (the same arrivals) just before each load's live runs, the host fitted "
                          "again on it (default: one window, before the first load)")
-    ap.add_argument("--seed", type=int, default=0, help="arrival seed of the compared runs (tuning: seed + 1)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="arrival seed of the compared runs (tuning: seed + 1); --from-live reads the file's")
     ap.add_argument("--image", default="chelsea")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fidelity_loads.json"))
     ap.add_argument("--keep", default="", help="a folder for each live run's records, batches and decisions")
@@ -428,7 +441,7 @@ def main() -> int:
     body, _ = load_image(args.image)
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
-        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.seed, args.tuning_batches, args.host,
+        doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.tuning_batches, args.host,
                          serving_cpu, args.routing, args.start)
         write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
@@ -436,7 +449,7 @@ def main() -> int:
     doc: dict = {"benchmark": "fidelity_loads", "pipeline": PIPELINE, "profile": checkout_relative(PROFILE),
                  "policy": POLICY, "sla_s": sla_s, "interval_s": INTERVAL_S, "cluster_cores": CLUSTER_CORES,
                  "git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]),
+                 "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]), "seed": args.seed,
                  "targets": {"p99_rel": TARGET_P99_REL, "attainment_points": TARGET_ATTAINMENT_POINTS,
                              "mean_latency_rel": TARGET_MEAN_REL}}
     # Each run's LocalServer starts and stops its own Ray, as calibration.py's and fidelity.py's.
