@@ -294,7 +294,8 @@ class _Search:
         if packed is None:
             return None
         v, u, ok, index = packed
-        bounds = problem.bounds + TOLERANCE
+        finite = np.isfinite(problem.bounds)  # a constraint bounded by +inf cannot bind: left out
+        u, bounds = u[:, :, finite], problem.bounds[finite] + TOLERANCE
         dual = _Dual(v, u, bounds)
         mu = dual.multipliers(ok)
         scaled_rest = [_suffix(np.where(ok, v - u @ (mu * k), -np.inf).max(axis=1)) for k in _INCUMBENT_SCALES]

@@ -127,6 +127,8 @@ def _add_constraints(prob, problem: Problem, x) -> None:
     import pulp
 
     for d, name in enumerate(problem.constraints):
+        if problem.bounds[d] == np.inf:  # cannot bind (and PuLP refuses an infinite right-hand side)
+            continue
         terms = [(v, float(problem.options[si].use[r, d])) for (si, r), v in x.items()]
         terms = [t for t in terms if t[1] != 0.0]
         if terms:  # a constraint no row uses holds or fails whatever is chosen: _trivially_broken

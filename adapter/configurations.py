@@ -140,8 +140,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.cost_mode not in COST_MODES:
             raise ValueError(f"cost_mode must be one of {COST_MODES}, got {self.cost_mode!r}")
-        if not self.cluster_cores > 0:
-            raise ValueError(f"cluster_cores must be > 0, got {self.cluster_cores!r}")
+        if not (self.cluster_cores > 0 and math.isfinite(self.cluster_cores)):
+            raise ValueError(f"cluster_cores must be a finite number > 0, got {self.cluster_cores!r}")
         if self.max_replicas is None:
             object.__setattr__(self, "max_replicas", default_max_replicas(self.cluster_cores))
         if not isinstance(self.max_replicas, int) or self.max_replicas < 1:

@@ -376,6 +376,8 @@ def test_bad_arguments_name_the_value():
         solve(VC, 1.0, SLA(1.0), solver="glpk")
     with pytest.raises(ValueError, match="cost_mode"):
         Limits(cost_mode="cloud")
+    with pytest.raises(ValueError, match="cluster_cores must be a finite number > 0, got inf"):
+        Limits(cluster_cores=float("inf"))  # had been an OverflowError from int(inf)
 
 
 def test_solver_crash_raises_solver_error(monkeypatch):

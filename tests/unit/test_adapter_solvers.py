@@ -31,10 +31,12 @@ def brute_force(problem: Problem) -> float | None:
     return best
 
 
-@st.composite
-def problems(draw) -> Problem:
-    n_stages = draw(st.integers(1, 4))
-    n_constraints = draw(st.integers(0, 4))
+def _random_problem(draw, stages: tuple[int, int], constraints: tuple[int, int], rows: int, allowed: float,
+                    bounds: tuple[float, float]) -> Problem:
+    """A random multiple-choice program: per stage 1..``rows`` rows, each allowed with
+    probability ``allowed``; bounds uniform in ``bounds`` × the stage count (the low end as is)."""
+    n_stages = draw(st.integers(*stages))
+    n_constraints = draw(st.integers(*constraints))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     # Coarse values make ties and exact boundaries common.
     grid = draw(st.sampled_from([None, 4]))
@@ -45,12 +47,18 @@ def problems(draw) -> Problem:
 
     options = []
     for _ in range(n_stages):
-        n = int(rng.integers(1, 6))
+        n = int(rng.integers(1, rows + 1))
         use = values((n, n_constraints), -0.5, 2.0)
-        options.append(StageOptions(score=values(n, -1.0, 1.0), use=use, allowed=rng.random(n) < 0.85))
-    bounds = values(n_constraints, -0.5, 2.0 * n_stages)
+        options.append(StageOptions(score=values(n, -1.0, 1.0), use=use, allowed=rng.random(n) < allowed))
+    low, high = bounds
     return Problem(stages=tuple(f"s{i}" for i in range(n_stages)), options=tuple(options),
-                   constraints=tuple(f"c{d}" for d in range(n_constraints)), bounds=np.asarray(bounds, dtype=float))
+                   constraints=tuple(f"c{d}" for d in range(n_constraints)),
+                   bounds=np.asarray(values(n_constraints, low, high * n_stages), dtype=float))
+
+
+@st.composite
+def problems(draw) -> Problem:
+    return _random_problem(draw, stages=(1, 4), constraints=(0, 4), rows=5, allowed=0.85, bounds=(-0.5, 2.0))
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -104,6 +112,18 @@ def test_a_stage_without_allowed_rows_is_infeasible_for_every_backend():
         assert run_solver(problem, solver, 10.0).rows is None
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_constraint_bounded_by_infinity_binds_nothing(solver):
+    # An unbounded constraint (say --cores inf) is no constraint: the DP's multipliers had turned
+    # its bound into NaN and called the program infeasible; PuLP refuses an infinite right-hand side.
+    o = StageOptions(np.array([1.0, 0.5, 0.2]), np.array([[1.0, 3.0], [0.5, 1.0], [0.1, 0.0]]), np.ones(3, bool))
+    unbounded = Problem(("a", "b"), (o, o), ("c", "d"), np.array([1.2, np.inf]))
+    without = Problem(("a", "b"), tuple(StageOptions(o.score, o.use[:, :1], o.allowed) for o in (o, o)), ("c",),
+                      np.array([1.2]))
+    got, want = run_solver(unbounded, solver, 10.0).rows, run_solver(without, solver, 10.0).rows
+    assert got is not None and unbounded.value(got) == pytest.approx(without.value(want))
+
+
 def test_problem_rejects_use_of_the_wrong_shape():
     with pytest.raises(ValueError, match="shape"):
         Problem(("a",), (StageOptions(np.zeros(2), np.zeros((2, 2)), np.ones(2, bool)),), ("c",), np.zeros(1))
@@ -137,19 +157,7 @@ def test_dp_handles_a_program_without_constraints():
 def larger_problems(draw) -> Problem:
     """2-5 stages of up to 7 rows and 1-3 constraints: room for partial choices to dominate,
     for the narrow pass to miss, and for a coarse ladder to round."""
-    n_stages = draw(st.integers(2, 5))
-    n_constraints = draw(st.integers(1, 3))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    grid = draw(st.sampled_from([None, 4]))
-
-    def values(shape, low, high):
-        v = rng.uniform(low, high, shape)
-        return np.round(v * grid) / grid if grid else v
-
-    options = tuple(StageOptions(score=values(n, -1.0, 1.0), use=values((n, n_constraints), -0.5, 2.0),
-                                 allowed=rng.random(n) < 0.9) for n in rng.integers(1, 8, n_stages))
-    return Problem(tuple(f"s{i}" for i in range(n_stages)), options, tuple(f"c{d}" for d in range(n_constraints)),
-                   np.asarray(values(n_constraints, 0.0, 1.5 * n_stages), dtype=float))
+    return _random_problem(draw, stages=(2, 5), constraints=(1, 3), rows=7, allowed=0.9, bounds=(0.0, 1.5))
 
 
 @settings(max_examples=150, deadline=None)
