@@ -501,6 +501,21 @@ class _Ran:
 
 
 @dataclass
+class _Estimate:
+    """Admission control's estimate of one batcher, as a live replica keeps it (pipelines/stage.py,
+    one StageCore a replica): its moving average of batch times, when a batch last ended
+    (admission.in_force), and the cold batches left (a new model's first, which leave it)."""
+
+    expected_s: float = 0.0
+    measured_s: float = 0.0
+    cold: int = COLD_BATCHES
+
+    def forget(self) -> None:
+        """A new model: a fresh estimate, as live (admission.fresh_estimate)."""
+        self.expected_s, self.cold = fresh_estimate()
+
+
+@dataclass
 class _Line:
     """One replica with its own line (``routing="replica"``): the items routed to it and not yet
     in a batch (entry time, deadline, item), when its batch in progress ends and how many items
@@ -511,19 +526,11 @@ class _Line:
     running: int = 0
     draining: bool = False
     formed_s: float = -math.inf  # when its last batch was formed (closed): the next one's wait starts no earlier
-    # Admission control's estimate, each replica its own as live (pipelines/stage.py: one StageCore a
-    # replica): its moving average of batch times, when a batch last ended, and the cold batches left.
-    expected_s: float = 0.0
-    measured_s: float = 0.0
-    cold: int = COLD_BATCHES
+    estimate: _Estimate = field(default_factory=_Estimate)  # each replica its own, as live
 
     def ongoing(self, t: float) -> int:
         """What Serve's router counts for this replica at ``t``: items queued at it or running."""
         return len(self.waiting) + (self.running if self.free_s > t else 0)
-
-    def forget(self) -> None:
-        """A new model on the replica: a fresh estimate, as live (admission.fresh_estimate)."""
-        self.expected_s, self.cold = fresh_estimate()
 
     def formed(self, batch: int, wait_s: float) -> float:
         """When its next batch is formed, as ``@serve.batch`` forms it (Ray 2.60
@@ -590,9 +597,7 @@ class _Stage:
     queue: _Queue = field(default_factory=_Queue)
     occupancy: _Occupancy = field(default_factory=_Occupancy)
     departures: _Departures = field(default_factory=_Departures)
-    expected_batch_s: float = 0.0  # moving average of batch times: admission control's estimate
-    cold_batches: int = COLD_BATCHES  # the model's first batches, which leave the estimate (as live)
-    last_batch_s: float = 0.0  # when the estimate was last measured (a batch ended): admission.in_force
+    estimate: _Estimate = field(default_factory=_Estimate)  # the central line's (routed: each replica's)
     outbox: tuple[np.ndarray, np.ndarray] | None = None  # (times, requests) done here, not yet due downstream
     # Every batch run: its end and the model that ran it (an index in the append-only ``models``).
     batch_end_s: list[float] = field(default_factory=list)
@@ -631,12 +636,12 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     firsts: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
-    expected, measured = st.expected_batch_s, st.last_batch_s
+    est = st.estimate
     while h < n_q and free:
         f = free[0]
         first = times[h]
         start = first if first > f else f
-        if shed and would_miss(start, in_force(expected, measured, start), deadlines[h]):
+        if shed and would_miss(start, in_force(est.expected_s, est.measured_s, start), deadlines[h]):
             shed_pos.append(h)
             h += 1
             continue
@@ -653,31 +658,31 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if close >= t_end:
             break
         ids.append(len(batch_end))
-        end, expected, measured, st.cold_batches = _start_batch(st, n, close, slow, speed, busy, expected, measured,
-                                                                st.cold_batches)
+        end = _start_batch(st, n, close, slow, speed, busy, est)
         heapq.heapreplace(free, end)
         firsts.append(h)
         sizes.append(n)
         h += n
     q.head = h
-    st.expected_batch_s, st.last_batch_s = expected, measured
     return h0, firsts, sizes, ids
 
 
 def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, busy: np.ndarray | None,
-                 expected: float, measured: float, cold: int) -> tuple[float, float, float, int]:
+                 est: _Estimate) -> float:
     """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
     times ``slow`` (the segment's processor sharing, or its contention law) and the host's
     slowness in its first second; booked in the stage's batches, its occupancy and the busy
-    accounts. Returns (end, expected, measured, cold): its end and admission control's estimate
-    after it (``expected``, ``measured``, ``cold``: the replica's, or the stage's in one line)."""
+    accounts; ``est``, admission control's estimate of the batcher that formed it (the replica's,
+    or the stage's in one line), measures it. Returns its end."""
     m = st.model
     s = m.median_s[n] * st.noise.factor(m.sigma[n], m.on_gpu) * slow
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
-    expected, cold = after_batch(in_force(expected, measured, close), s, cold)
+    est.expected_s, est.cold = after_batch(in_force(est.expected_s, est.measured_s, close), s, est.cold)
     end = close + s
+    if end > est.measured_s:
+        est.measured_s = end
     heapq.heappush(st.occupancy.ending, (end, n))
     st.batch_end_s.append(end)
     st.batch_model.append(st.model_id)
@@ -686,7 +691,7 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
         add_busy(busy, close, end, m.threads)
     if st.busy is not None and not m.on_gpu:
         add_busy(st.busy, close, end, m.threads)
-    return end, expected, (end if end > measured else measured), cold
+    return end
 
 
 def _pick_line(lines: list[_Line], t: float, cap: int, pick: Callable[[], float]) -> _Line | None:
@@ -753,7 +758,7 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
         if line is not None and close < t_end and close <= route_s:  # in time order: batches, then the arrival
             batch = line.take(b, formed)
             if shed:  # as the live stage: each item of the batch judged when it starts, on its replica's estimate
-                now, kept = in_force(line.expected_s, line.measured_s, close), []
+                now, kept = in_force(line.estimate.expected_s, line.estimate.measured_s, close), []
                 for x in batch:
                     if would_miss(close, now, x[1]):
                         shed_items.append(x[2])
@@ -764,8 +769,7 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                 continue
             n = len(batch)
             ids.append(len(batch_end))
-            end, line.expected_s, line.measured_s, line.cold = _start_batch(
-                st, n, close, slow, speed, busy, line.expected_s, line.measured_s, line.cold)
+            end = _start_batch(st, n, close, slow, speed, busy, line.estimate)
             line.free_s, line.running = end, n
             items.extend(it for _, _, it in batch)
             sizes.append(n)
@@ -1001,9 +1005,8 @@ class _Run:
         before = st.model
         self._set_model(st, sd)
         if before is not None and (before.variant, before.hardware) != (st.model.variant, st.model.hardware):
-            st.expected_batch_s, st.cold_batches = fresh_estimate()  # as live
-            for line in st.lines or ():
-                line.forget()
+            for est in (st.estimate, *(line.estimate for line in st.lines or ())):
+                est.forget()  # as live
         st.batch, st.batch_wait_s = max(sd.batch, 1), max(sd.batch_wait_s, 0.0)
 
     def _apply(self, new: Decision) -> None:
