@@ -34,11 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
-from varipipe.jsonfile import read_json, write_json_atomic
-from varipipe.loadgen.experiment import checkout_relative, git_commit
-from varipipe.loadgen.hostspeed import threads_before, threads_during
-from varipipe.profiler.store import load_profile
-from varipipe.records import busy_threads
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fidelity_loads import _replicas_from  # noqa: E402  (the kept runs' decisions, as the fit reads them)
+
+from varipipe.jsonfile import read_json, write_json_atomic  # noqa: E402
+from varipipe.loadgen.experiment import checkout_relative, git_commit  # noqa: E402
+from varipipe.loadgen.hostspeed import threads_before, threads_during  # noqa: E402
+from varipipe.profiler.store import load_profile  # noqa: E402
+from varipipe.records import busy_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiler" / "profiles" / "vision-caption-ci.json"  # fidelity_loads.py's pipeline
@@ -72,16 +75,6 @@ def _known(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray, ranks: np.
     return out
 
 
-def _replicas(decisions: list[dict]):
-    """``replicas(stage, t)``: each stage's replicas in the last polled decision before ``t``."""
-    steps = sorted((float(d["t"]), {s[0]: int(s[3]) for s in d["stages"]}) for d in decisions if d.get("stages"))
-
-    def replicas(stage: str, t: float) -> int:
-        before = [r for at, r in steps if at <= t]
-        return before[-1].get(stage, 1) if before else 1
-    return replicas
-
-
 def batches(path: Path, p50: dict, stages: list[str]) -> list[dict]:
     """A kept run's profiled batches, each with its ratio to the profile's p50 and the busy threads
     beside it read each way (``BESIDE``)."""
@@ -92,7 +85,7 @@ def batches(path: Path, p50: dict, stages: list[str]) -> list[dict]:
     threads = np.array([busy_threads(b["hardware"]) for b in rows], dtype=float)
     stage = np.array([b["stage"] for b in rows])
     beside = {"during": threads_during(start, end, threads), "at_start": _at_start(start, end, threads),
-              "before": threads_before(start, end, threads, stage, _replicas(doc.get("decisions", []))),
+              "before": threads_before(start, end, threads, stage, _replicas_from(doc.get("decisions", []))),
               "known": _known(start, end, threads, np.array([stages.index(s) for s in stage.tolist()]))}
     return [{"stage": b["stage"], **{k: float(v[i]) for k, v in beside.items()},
              "ratio": float(b["seconds"]) / p50[(b["stage"], b["variant"], b["hardware"], int(b["size"]))]}
