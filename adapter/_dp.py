@@ -279,8 +279,8 @@ class _Search:
     ok: np.ndarray
     bounds: np.ndarray
     mu: np.ndarray
-    bound_rest: np.ndarray  # (S,) the Lagrangian bound on what the stages after i add, less μ·B
-    scaled_rest: list[np.ndarray]  # the same at each of _INCUMBENT_SCALES × μ
+    # At each of _INCUMBENT_SCALES × μ, (S,): the Lagrangian bound on what the stages after i add, less μ·B.
+    scaled_rest: list[np.ndarray]
     least_rest: np.ndarray  # (S, D) the least the stages after i use
     completions: list[tuple[np.ndarray, np.ndarray]]
     stages: tuple[str, ...]
@@ -299,9 +299,14 @@ class _Search:
         dual = _Dual(v, u, bounds)
         mu = dual.multipliers(ok)
         scaled_rest = [_suffix(np.where(ok, v - u @ (mu * k), -np.inf).max(axis=1)) for k in _INCUMBENT_SCALES]
-        return cls(v, u, ok, bounds, mu, scaled_rest[_INCUMBENT_SCALES.index(1.0)], scaled_rest,
+        return cls(v, u, ok, bounds, mu, scaled_rest,
                    _suffix(np.where(ok[:, :, None], u, np.inf).min(axis=1)), _completions(dual, mu),
                    problem.stages, index, _Ladder.of(v, u, ok, bounds, mu))
+
+    @property
+    def bound_rest(self) -> np.ndarray:
+        """The Lagrangian bound at μ itself (the scale 1 of ``scaled_rest``)."""
+        return self.scaled_rest[_INCUMBENT_SCALES.index(1.0)]
 
     def _widest(self, keep: np.ndarray, reach: np.ndarray, n_score: np.ndarray, n_use: np.ndarray, i: int,
                 width: int) -> np.ndarray:
