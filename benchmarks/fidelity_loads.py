@@ -21,7 +21,8 @@ does) and simulated on the same arrivals:
    not contain (live mean latency − simulated mean latency over ``TUNING_SIM_SEEDS`` seeds,
    ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place. With
    ``--tune-each-load`` the window runs again (the same arrivals) just before each load's live
-   runs and that load is simulated on the host fitted there.
+   runs and that load is simulated on the host fitted there; with ``--tune-at-load`` as well, each
+   such window runs at its load (its own arrivals, ``--seed`` + 1) instead of ``--tune-fraction``.
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
    each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
    the two settings interleaved (on off, off on, ...; their spread is how far live
@@ -71,6 +72,7 @@ from overload import capacity_rps  # noqa: E402
 from varipipe.jsonfile import read_json, write_json_atomic  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records, run_sim  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
+    READINGS,
     Contention,
     HostSpeed,
     Neighbour,
@@ -232,7 +234,7 @@ def _replicas_from(decisions: list[dict]):
 
 def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, sla_s: float,
                   live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central",
-                  start: str = "live", decisions: list[dict] = ()) -> dict:
+                  start: str = "live", decisions: list[dict] = (), reading: str = "before") -> dict:
     """The simulator's host from the tuning window's batches and polled decisions (module
     docstring, step 2): the host profile (None: the profile itself), the speed statistics, the
     overhead and what they rest on."""
@@ -241,7 +243,8 @@ def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: 
         fit = fit_host(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
         host, stats, extra = fit.host, _speed_stats(fit.residual, tune_s), {"host_fit": fit.to_dict()}
     elif model == "contention":
-        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S, _replicas_from(list(decisions)))
+        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S, _replicas_from(list(decisions)),
+                             reading)
         host, contention, stats = fit.host, fit.contention, _speed_stats(fit.residual, tune_s)
         extra = {"contention": fit.to_dict()}
     else:
@@ -332,12 +335,15 @@ def _compared_seed(doc: dict) -> int:
 
 
 def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches: str, model: str,
-               serving_cpu: dict | None = None, routing: str = "central", start: str = "live") -> dict:
+               serving_cpu: dict | None = None, routing: str = "central", start: str = "live",
+               reading: str = "before", offset_s: float = 0.0) -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals (the file's seed, whatever ``--seed`` says: a
     re-simulation of run 9, made with ``--seed 2``, first ran seed 0's arrivals against it) and
     simulation seeds; no Ray. The tuning figures are the file's,
-    or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz."""
+    or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz.
+    ``offset_s`` (``--overhead-offset``) is added to every simulated request's fitted overhead: not a
+    fit, a sensitivity check (how far the figures move with the latency's level alone)."""
     doc = read_json(path)
     seed = _compared_seed(doc)
     by_load = doc.get("tuning_by_load")
@@ -349,7 +355,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         kept = read_json(kept_path)
         tm = _tuning_model(profile, kept["batches"], _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
                            sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start,
-                           kept.get("decisions", []))
+                           kept.get("decisions", []), reading)
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": kept_path})
         print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
@@ -380,7 +386,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         if by_load:
             t, world = by_load[f"{row['load_fraction']:g}"], worlds[f"{row['load_fraction']:g}"]
         # Live batches are not in the result file: each seed's series is generated afresh, never replayed.
-        sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"], t["host_speed"],
+        sims = _sims(profile, times, sla_s, row["calibration"], t["overhead_s"] + offset_s, t["host_speed"],
                      [seed + 100 + i for i in range(sim_seeds)], [], world,
                      _serving(row["rps"], serving_cpu, row["duration_s"] + 60))
         row.update(_compare(row["live_runs"], [_sim_row(o) for o in sims]))
@@ -388,7 +394,8 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         _print_row(row)
     doc["resimulated"] = {"git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]),
-                          "routing": world.routing, "start": world.start}
+                          "routing": world.routing, "start": world.start, "reading": reading,
+                          "overhead_offset_s": offset_s}
     return doc
 
 
@@ -406,6 +413,9 @@ def main() -> int:
     ap.add_argument("--tune-each-load", action="store_true",
                     help="a tuning window (the same arrivals) just before each load's live runs, the host fitted "
                          "again on it (default: one window, before the first load)")
+    ap.add_argument("--tune-at-load", action="store_true",
+                    help="with --tune-each-load: each window at the load of the runs it precedes (on its own "
+                         "arrivals, --seed + 1) instead of --tune-fraction: the host fitted where it is simulated")
     ap.add_argument("--seed", type=int, default=0,
                     help="arrival seed of the compared runs (tuning: seed + 1); --from-live reads the file's")
     ap.add_argument("--image", default="chelsea")
@@ -426,10 +436,21 @@ def main() -> int:
                     help="how a simulated run starts: as a live one (the spec's default decision until the loop "
                          "first decides, at a random phase after idle seconds; default) or the simulator's warm start "
                          "(the first decision at once on the first interval's mean load; before 2026-12-07)")
+    ap.add_argument("--reading", choices=READINGS, default="before",
+                    help="with --host contention, what the simulator reads each stage's law at: the previous "
+                         "second's busy threads beside it (default), or those over each batch's own time, off the "
+                         "previous of CONTENTION_PASSES passes (loadgen.simulator)")
+    ap.add_argument("--overhead-offset", type=float, default=0.0,
+                    help="with --from-live: seconds added to every simulated request's fitted overhead (a "
+                         "sensitivity check of the figures to the latency's level, not a fit; default 0)")
     ap.add_argument("--serving-cpu", default="",
                     help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
                          "neighbour of that many busy threads at the run's rate (default: left out)")
     args = ap.parse_args()
+    if args.tune_at_load and not args.tune_each_load:
+        ap.error("--tune-at-load sets the load of each load's own tuning window: it needs --tune-each-load")
+    if args.overhead_offset and not args.from_live:
+        ap.error("--overhead-offset is a sensitivity check of a re-simulation: it needs --from-live")
     serving_cpu = read_json(args.serving_cpu) if args.serving_cpu else None
 
     from varipipe.loadgen.replayer import load_image
@@ -442,7 +463,7 @@ def main() -> int:
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
         doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.tuning_batches, args.host,
-                         serving_cpu, args.routing, args.start)
+                         serving_cpu, args.routing, args.start, args.reading, args.overhead_offset)
         write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
         return 0
@@ -457,32 +478,33 @@ def main() -> int:
     doc["capacity_rps"] = round(capacity, 3)
     print(f"capacity {capacity:.2f} req/s", flush=True)
 
-    tune_times = _times(args.tune_fraction * capacity, args.tune_s, args.seed + 1)
     keep = Path(args.keep) if args.keep else None
 
-    def tune(name: str) -> tuple[dict, dict]:
-        """A tuning window live (kept as ``name``) and the simulator's host fitted on it."""
+    def tune(name: str, fraction: float) -> tuple[dict, dict]:
+        """A tuning window live at ``fraction`` of the capacity (kept as ``name``) and the
+        simulator's host fitted on it."""
+        tune_times = _times(fraction * capacity, args.tune_s, args.seed + 1)
         live = _live(profile, tune_times, body, sla_s, True, keep / name if keep else None)
         tm = _tuning_model(profile, live["batches"], tune_times, args.tune_s, sla_s,
                            live["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start,
-                           live["decisions"])
+                           live["decisions"], args.reading)
         stats = tm["stats"]
         print(f"tuning {name} ({args.host}): overhead {tm['overhead_s']:.3f} s (live mean "
               f"{live['metrics']['mean_latency_s']:.3f} s, sim {tm['sim_mean_s']:.3f} s); host speed level "
               f"{stats['level']:.3f} sigma {stats['sigma']:.3f} tau {stats['tau_s']:.0f} s", flush=True)
-        return tm, {"rps": args.tune_fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
+        return tm, {"rps": fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                     "requests": len(tune_times), "live": _live_row(live["metrics"]), "kept_as": name,
                     "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": tm["overhead_s"], "host_speed": stats,
                     "host_model": tm["record"]}
 
     if not args.tune_each_load:
-        tm, doc["tuning"] = tune(TUNING_KEPT)
+        tm, doc["tuning"] = tune(TUNING_KEPT, args.tune_fraction)
     else:
         doc["tuning_each_load"] = True
     doc["settings"] = []
     for frac in loads:
         if args.tune_each_load:  # the host fitted again just before this load's live runs
-            tm, record = tune(_tuning_name(frac))
+            tm, record = tune(_tuning_name(frac), frac if args.tune_at_load else args.tune_fraction)
             doc.setdefault("tuning", record)  # the first window, where one record is read
             doc.setdefault("tuning_by_load", {})[f"{frac:g}"] = record
         world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]

@@ -52,7 +52,7 @@ from varipipe.records import BatchTimes, Profile, busy_threads
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
            "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
            "ContentionFit", "threads_during", "threads_before", "beside_from_busy",
-           "add_busy", "fit_contention"]
+           "add_busy", "fit_contention", "BusyGrid", "READINGS"]
 
 
 @dataclass(frozen=True)
@@ -317,9 +317,17 @@ class ContentionLaw:
         return math.exp(self.a + self.gamma * beside)
 
 
+# What a contention law is applied at in the simulator (Contention.reading):
+# "before", the previous second's busy threads beside the stage, read as the run goes (one pass);
+# "during", the busy threads beside the batch over its own time, as the law is fitted, read off the
+# previous pass of the same run (the simulator runs CONTENTION_PASSES passes, a fixed point).
+READINGS = ("before", "during")
+
+
 @dataclass(frozen=True)
 class Contention:
-    """Per stage, its :class:`ContentionLaw` (a stage without one runs at its profile's speed)."""
+    """Per stage, its :class:`ContentionLaw` (a stage without one runs at its profile's speed),
+    and what the simulator reads it at (``reading``, one of :data:`READINGS`)."""
 
     laws: Mapping[str, ContentionLaw]
     # Per stage, its batches' times in the fitted window over what the law and the drift predict
@@ -329,6 +337,11 @@ class Contention:
     # ran the LLM's batches 10 % faster in geometric mean, and its p10 0.18 s against 0.25 s live
     # (benchmarks/README.md, "Fidelity: batches as the host runs them"). Empty: the log-normal.
     residuals: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    reading: str = "before"
+
+    def __post_init__(self) -> None:
+        if self.reading not in READINGS:
+            raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {self.reading!r}")
 
     def to_dict(self) -> dict:
         out: dict = {s: {"a": round(law.a, 6), "gamma": round(law.gamma, 6), "batches": law.batches}
@@ -372,6 +385,76 @@ def beside_from_busy(total: float, own: float, replicas: int) -> float:
     return total - own + (own * (replicas - 1) / replicas if replicas > 1 else 0.0)
 
 
+# The grid a pass's busy threads are kept on for the next pass to read (BusyGrid): a fifth of the
+# shortest batches the fitted stages run (the CI pipeline's detector, 0.1-0.2 s at batch 1 live,
+# benchmarks/README.md "Fidelity: batches as the host runs them").
+BUSY_GRID_S = 0.02
+
+
+class BusyGrid:
+    """Busy threads per stage over a finished pass of a simulated run, on a grid of ``step_s``:
+    what a batch of the next pass reads beside it over its own time (:meth:`beside`), the reading
+    a ``"during"`` contention law is fitted on. Kept as each stage's cumulative thread-seconds at
+    the grid's points, linear in between."""
+
+    def __init__(self, seconds: float, step_s: float = BUSY_GRID_S) -> None:
+        self.step_s = float(step_s)
+        self.bins = int(math.ceil(max(seconds, 0.0) / self.step_s)) + 2
+        self._own: dict[str, np.ndarray] = {}
+        self._total = np.zeros(self.bins + 1)
+        self._frozen = False
+
+    def add(self, stage: str, starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> None:
+        """Book a stage's batches: ``threads`` each from ``starts`` to ``ends`` (beyond the grid: cut)."""
+        if self._frozen:
+            raise VaripipeError("a busy grid is read-only once read")
+        cut = (self.bins - 1) * self.step_s
+        a = np.clip(np.asarray(starts, dtype=np.float64), 0.0, cut) / self.step_s
+        b = np.clip(np.asarray(ends, dtype=np.float64), 0.0, cut) / self.step_s
+        w = np.asarray(threads, dtype=np.float64) * self.step_s
+        per_bin = np.zeros(self.bins)
+        i0, i1 = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
+        same = i0 == i1
+        np.add.at(per_bin, i0[same], w[same] * (b[same] - a[same]))
+        d = ~same
+        np.add.at(per_bin, i0[d], w[d] * (i0[d] + 1 - a[d]))
+        np.add.at(per_bin, i1[d], w[d] * (b[d] - i1[d]))
+        full = np.zeros(self.bins + 1)  # whole bins between: a difference array
+        np.add.at(full, i0[d] + 1, w[d])
+        np.add.at(full, i1[d], -w[d])
+        per_bin += np.cumsum(full)[:-1]
+        own = self._own.setdefault(stage, np.zeros(self.bins))
+        own += per_bin
+
+    def _freeze(self) -> None:
+        if not self._frozen:
+            self._own = {s: np.concatenate([[0.0], np.cumsum(v)]) for s, v in self._own.items()}
+            self._total = sum(self._own.values(), np.zeros(self.bins + 1))
+            self._frozen = True
+
+    def _mean(self, cum: np.ndarray, t0: float, t1: float) -> float:
+        if t1 <= t0:
+            return 0.0
+        return (_at(cum, t1 / self.step_s) - _at(cum, t0 / self.step_s)) / (t1 - t0)
+
+    def beside(self, stage: str, t0: float, t1: float, replicas: int) -> float:
+        """The busy threads beside a batch of ``stage`` from ``t0`` to ``t1`` on average: every
+        stage's but its own, save its other replicas' (:func:`beside_from_busy`)."""
+        self._freeze()
+        own = self._own.get(stage)
+        total = self._mean(self._total, t0, t1)
+        return beside_from_busy(total, self._mean(own, t0, t1) if own is not None else 0.0, replicas)
+
+
+def _at(cum: np.ndarray, x: float) -> float:
+    """``cum`` (cumulative, one value per grid point) at fractional grid position ``x``, linear between points."""
+    last = len(cum) - 1
+    if x >= last:
+        return float(cum[last])
+    i = int(x)
+    return float(cum[i] + (cum[i + 1] - cum[i]) * (x - i))
+
+
 def threads_before(starts: np.ndarray, ends: np.ndarray, threads: np.ndarray, stages: np.ndarray,
                    replicas: Callable[[str, float], int] | None = None) -> np.ndarray:
     """Per batch, :func:`beside_from_busy` of the second before the one it starts in (0 in the
@@ -405,7 +488,7 @@ class ContentionFit:
     residual: np.ndarray
 
     def to_dict(self) -> dict:
-        return {"laws": self.contention.to_dict(),
+        return {"laws": self.contention.to_dict(), "reading": self.contention.reading,
                 "tails": {f"{s}/{v}": round(t, 6) for (s, v), t in sorted(self.tails.items())}}
 
 
@@ -416,13 +499,15 @@ MIN_BESIDE_SPREAD = 0.05  # busy threads: the standard deviation of x under whic
 
 
 def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10,
-                   replicas: Callable[[str, float], int] | None = None) -> ContentionFit:
+                   replicas: Callable[[str, float], int] | None = None, reading: str = "before") -> ContentionFit:
     """Per stage, least squares of log(batch time / the profile's p50 for it) on the busy threads
     beside it over its time (:func:`threads_during`, over every batch of the window, any stage):
-    the slope. The level is then anchored on what the simulator reads, the previous second's busy
-    threads beside the stage (:func:`threads_before`, ``replicas(stage, t)`` its replicas then): the
-    law at their mean is the batches' geometric mean ratio (read over the batch's time, the threads
-    beside run higher than the second before shows: batches cluster). Then the residual speed per ``step_s`` (the median over the step's batches of time / what the
+    the slope. The level is then anchored on what the simulator reads (``reading``): with
+    ``"before"``, the previous second's busy threads beside the stage (:func:`threads_before`,
+    ``replicas(stage, t)`` its replicas then): the law at their mean is the batches' geometric mean
+    ratio (read over the batch's time, the threads beside run higher than the second before shows:
+    batches cluster); with ``"during"`` the simulator reads what the law is fitted on, so the level is
+    the least-squares one. Then the residual speed per ``step_s`` (the median over the step's batches of time / what the
     law predicts, held over the step; 1 before the first). ``ended_s`` relative to the window's
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
     from varipipe.adapter.calibration import Calibrator
@@ -431,12 +516,14 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, q)
             for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]
     if not rows:
-        return ContentionFit(Contention({}), profile, {}, np.ones(max(seconds, 1)))
+        return ContentionFit(Contention({}, reading=reading), profile, {}, np.ones(max(seconds, 1)))
     stage = np.array([r[0] for r in rows])
     start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
     source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
+    if reading not in READINGS:
+        raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {reading!r}")
     during = threads_during(start, end, threads)
-    beside = threads_before(start, end, threads, stage, replicas)
+    beside = during if reading == "during" else threads_before(start, end, threads, stage, replicas)
     ok = np.isfinite(p50) & (p50 > 0) & (took > 0)
     laws: dict[str, ContentionLaw] = {}
     for s in profile.stages:
@@ -480,7 +567,7 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     spread = Calibrator(profile, CalibrationSettings(half_life_s=_NO_DECAY_S, dead_band=0.0, z=0.0))
     spread.add(steady)
     tails = {(c.stage, c.variant): c.tail for c in spread.calibration(float(seconds)).corrections if c.tail > 1.0}
-    return ContentionFit(Contention(laws, residuals), calibrate(profile, {}, tails=tails), tails, residual)
+    return ContentionFit(Contention(laws, residuals, reading), calibrate(profile, {}, tails=tails), tails, residual)
 
 
 def _predicted_or_nan(pred, b: BatchTimes) -> list[float]:

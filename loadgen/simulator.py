@@ -88,6 +88,7 @@ and per busy second in shared mode.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 import random
@@ -112,7 +113,15 @@ from varipipe.admission import (
     would_miss,
 )
 from varipipe.errors import VaripipeError
-from varipipe.loadgen.hostspeed import Contention, HostSpeed, Neighbour, add_busy, beside_from_busy
+from varipipe.loadgen.hostspeed import (
+    BusyGrid,
+    Contention,
+    ContentionLaw,
+    HostSpeed,
+    Neighbour,
+    add_busy,
+    beside_from_busy,
+)
 from varipipe.loadgen.service import ServiceModel, service_model
 from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
@@ -177,6 +186,14 @@ VARIANT_SWITCH_CPU = ChangeCpu(ahead_s=0.35, level_s=0.1)
 
 # Processor-sharing slice in shared mode: the slowdown factor is refreshed every second.
 SHARED_SLICE_S = 1.0
+# A contention law read "during" a batch (Contention.reading) is read off the previous pass of the
+# run: the run is simulated this many times, the first with the previous second's reading, each
+# later one reading the batches of the one before (a fixed point; benchmarks/README.md, "Fidelity:
+# the contention law read over a batch's own time", measured how the figures settle with passes).
+CONTENTION_PASSES = 3
+# Within a pass, a batch's window is its time at the law's floor, then at the factor read over
+# that window: the reading and the time it is read over agree within a few per cent after two.
+DURING_ROUNDS = 2
 # A stage replica's share of a core contested by threads at nice 0 (a neighbour): its threads
 # run at nice STAGE_NICE (10), weight 110 against 1024 for nice 0
 # (kernel/sched/core.c sched_prio_to_weight): 110 / (110 + 1024).
@@ -593,6 +610,9 @@ class _Stage:
     lines: list[_Line] | None = None  # routing="replica": each replica's own line (None: one central line)
     route_rng: random.Random | None = None  # routing="replica": ties between equally loaded replicas
     busy: np.ndarray | None = None  # contention: this stage's busy threads per second (the run's ``busy`` in part)
+    # A contention law read over each batch's own time (Contention.reading "during"), off the
+    # previous pass's busy threads (``prior``), set for each segment; None: read per segment.
+    during: _During | None = None
     # State.
     queue: _Queue = field(default_factory=_Queue)
     occupancy: _Occupancy = field(default_factory=_Occupancy)
@@ -667,18 +687,42 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     return h0, firsts, sizes, ids
 
 
+@dataclass(frozen=True)
+class _During:
+    """A stage's contention law read over a batch's own time, in one segment: the law, the
+    previous pass's busy threads, the stage's replicas, the threads ahead of the stages, and
+    the floor the segment's ``slow`` already holds (processor sharing at the law's own speed)."""
+
+    law: ContentionLaw
+    prior: BusyGrid
+    replicas: int
+    ahead: float
+    floor: float
+
+    def factor(self, stage: str, close: float, s: float) -> float:
+        """What a batch of ``s`` seconds at the floor, from ``close``, takes beyond the floor."""
+        g = 1.0
+        for _ in range(DURING_ROUNDS):
+            beside = self.prior.beside(stage, close, close + s * g, self.replicas) + self.ahead
+            g = max(1.0, self.law.factor(beside) / self.floor)
+        return g
+
+
 def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, busy: np.ndarray | None,
                  est: _Estimate) -> float:
     """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
     times ``slow`` (the segment's processor sharing, or its contention law) and the host's
-    slowness in its first second; booked in the stage's batches, its occupancy and the busy
-    accounts; ``est``, admission control's estimate of the batcher that formed it (the replica's,
-    or the stage's in one line), measures it. Returns its end."""
+    slowness in its first second, and a law read over the batch's own time (``st.during``);
+    booked in the stage's batches, its occupancy and the busy accounts; ``est``, admission
+    control's estimate of the batcher that formed it (the replica's, or the stage's in one
+    line), measures it. Returns its end."""
     m = st.model
     s = m.median_s[n] * st.noise.factor(m.sigma[n], m.on_gpu) * slow
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
+    if st.during is not None:
+        s *= st.during.factor(st.name, close, s)
     est.expected_s, est.cold = after_batch(in_force(est.expected_s, est.measured_s, close), s, est.cold)
     end = close + s
     if end > est.measured_s:
@@ -928,8 +972,10 @@ class _Run:
     """One simulation: the arrivals, the stages, the policy's control and the bookkeeping."""
 
     def __init__(self, profile: Profile, arrivals: np.ndarray, policy: Policy, forecaster: Forecaster,
-                 config: SimConfig, initial: Decision | None, planned: Profile | None = None) -> None:
+                 config: SimConfig, initial: Decision | None, planned: Profile | None = None,
+                 prior: BusyGrid | None = None) -> None:
         self.profile, self.policy, self.forecaster, self.cfg = profile, policy, forecaster, config
+        self.prior = prior  # the previous pass's busy threads (a contention law read "during")
         self.arrivals = _Arrivals.of(arrivals, config.sla_s)
         self.rng = np.random.default_rng(config.seed)
         n = self.arrivals.n
@@ -1122,12 +1168,17 @@ class _Run:
         at the stages' level, and one at nice 0 slows a batch at least as much), never below
         processor sharing at the law's own speed."""
         law = self.cfg.contention.laws.get(st.name) if st.busy is not None else None  # busy: kept with a law
+        st.during = None
         if law is None:
             return shared
+        floor = math.exp(law.a) * shared
+        if self.prior is not None:  # read over each batch's time, off the previous pass
+            st.during = _During(law, self.prior, st.replicas(), float(self.accounts.ahead[int(t0)]), floor)
+            return floor
         i = int(t0) - 1
         beside = (beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas())
                   + float(self.accounts.ahead[i])) if i >= 0 else 0.0
-        return max(law.factor(beside), math.exp(law.a) * shared)
+        return max(law.factor(beside), floor)
 
     def _segment(self, t0: float, t1: float) -> None:
         """Run every stage from ``t0`` to ``t1``, a span in which no configuration changes."""
@@ -1378,7 +1429,28 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
         raise VaripipeError("a run whose first decision comes later (first_decision_s > 0) needs the initial "
                             "decision that serves until then")
     started = time.perf_counter()
-    run = _Run(profile, np.asarray(arrivals, dtype=np.float64), policy, forecaster, config, initial, planned)
-    if run.arrivals.n:
+    times = np.asarray(arrivals, dtype=np.float64)
+    passes = CONTENTION_PASSES if config.contention is not None and config.contention.reading == "during" else 1
+    prior = None
+    for k in range(passes):
+        # A policy may keep state (a calibrated profile): each pass but the last runs a copy.
+        run = _Run(profile, times, policy if k == passes - 1 else copy.deepcopy(policy), forecaster, config, initial,
+                   planned, prior)
+        if not run.arrivals.n:
+            break
         run.run()
+        prior = _busy_grid(run)
     return _result(run, time.perf_counter() - started, keep_table)
+
+
+def _busy_grid(run: _Run) -> BusyGrid:
+    """The busy threads of every CPU batch a finished pass ran, for the next pass to read."""
+    grid = BusyGrid(run.arrivals.seconds + 1)
+    for st in run.stages:
+        if not st.batch_end_s:
+            continue
+        threads = np.array([0.0 if m.on_gpu else m.threads for m in st.models] or [0.0])
+        end = np.asarray(st.batch_end_s, dtype=np.float64)
+        grid.add(st.name, end - np.asarray(st.batch_service_s, dtype=np.float64),
+                 end, threads[np.asarray(st.batch_model, dtype=np.int64)])
+    return grid

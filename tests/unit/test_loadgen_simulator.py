@@ -13,6 +13,7 @@ from varipipe.adapter.predictors import Reactive
 from varipipe.errors import VaripipeError
 from varipipe.loadgen import simulator
 from varipipe.loadgen.hostspeed import (
+    BusyGrid,
     Contention,
     ContentionLaw,
     Neighbour,
@@ -631,6 +632,59 @@ def test_fit_contention_anchors_the_laws_level_on_the_second_before_a_batch():
     law = fit_contention(profile, batches, 1000).contention.laws["a"]
     assert law.gamma == pytest.approx(0.4, abs=0.01)
     assert law.a == pytest.approx(float(ys.mean()), abs=1e-6)  # x read before = 0 for every batch of a
+
+
+def test_fit_contention_read_during_a_batch_keeps_the_least_squares_level():
+    # The same window as above: read over a batch's own time (what the simulator reads with
+    # reading="during"), the level is the fit's own, -0.2, not the anchored geometric mean.
+    profile, batches, ys = _contention_window(b_from=0.3)
+    fit = fit_contention(profile, batches, 1000, reading="during")
+    law = fit.contention.laws["a"]
+    assert fit.contention.reading == "during" and fit.to_dict()["reading"] == "during"
+    assert (law.a, law.gamma) == (pytest.approx(-0.2, abs=0.01), pytest.approx(0.4, abs=0.01))
+    with pytest.raises(VaripipeError, match="reading must be one of before, during"):
+        fit_contention(profile, batches, 1000, reading="after")
+    with pytest.raises(VaripipeError, match="reading must be one of before, during"):
+        Contention({}, reading="after")
+
+
+def test_busy_grid_reads_the_threads_beside_a_window_as_the_batches_overlap_it():
+    # Random batches of three stages: the mean busy threads beside stage a over a window is the
+    # other stages' thread-seconds overlapping it over its length, plus a's own share of its other
+    # replicas (beside_from_busy), exactly for a window on the grid's points, within a bin's
+    # worth of the window otherwise (the grid is linear within a bin).
+    rng = np.random.default_rng(1)
+    starts = rng.uniform(0.0, 50.0, 300)
+    ends = starts + rng.uniform(0.001, 2.0, 300)
+    threads, stages = rng.choice([1.0, 2.0], 300), rng.choice(["a", "b", "c"], 300)
+    grid = BusyGrid(60.0)
+    for s in "abc":
+        grid.add(s, starts[stages == s], ends[stages == s], threads[stages == s])
+    for t0, t1, within in [(3.0, 4.5, 1e-9), (20.5, 27.3, 1e-9), (49.98, 52.0, 1e-9), (3.013, 4.5, 0.02)]:
+        overlap = np.clip(np.minimum(ends, t1) - np.maximum(starts, t0), 0.0, None) * threads / (t1 - t0)
+        own, other = overlap[stages == "a"].sum(), overlap[stages != "a"].sum()
+        assert grid.beside("a", t0, t1, 1) == pytest.approx(other, abs=within)
+        assert grid.beside("a", t0, t1, 2) == pytest.approx(other + own / 2, abs=within)
+    assert grid.beside("d", 0.0, 60.0, 1) == pytest.approx(float((threads * (ends - starts)).sum()) / 60.0)
+    with pytest.raises(VaripipeError, match="read-only"):
+        grid.add("a", starts[:1], ends[:1], threads[:1])
+
+
+def test_contention_read_during_a_batch_sees_what_starts_after_it_in_the_same_second():
+    # Stages a (0.1 s, law a = 0, gamma = ln 2) then b (0.5 s, none), one replica each, 8 cores.
+    # Request 1 (t = 0.2) runs a beside request 0's batch of b (0.1-0.6 s): read the previous
+    # second's way nothing ran before it (0.1 s); read over its own time, off the previous pass,
+    # one thread is beside it all along (0.2 s). Request 0's batch of a has nothing beside it.
+    profile = Profile("test", (_point("a", "v", 1, 0.1), _point("b", "v", 1, 0.5)))
+    laws = {"a": ContentionLaw(0.0, math.log(2.0))}
+
+    def a_times(reading: str) -> np.ndarray:
+        cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0, contention=Contention(laws, reading=reading))
+        t = simulate(profile, np.array([0.0, 0.2]), Fixed(), _last, cfg, keep_table=True).table
+        return t.item_done_s[0] - t.item_arrival_s[0]
+
+    assert a_times("before") == pytest.approx([0.1, 0.1])
+    assert a_times("during") == pytest.approx([0.1, 0.2])
 
 
 def test_threads_before_reads_the_previous_seconds_busy_threads_beside_a_batch():
