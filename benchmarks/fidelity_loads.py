@@ -13,7 +13,9 @@ does) and simulated on the same arrivals:
    simulator's host: with ``--host contention`` (the default since 2026-12-07),
    ``loadgen.hostspeed.fit_contention`` (each stage's contention law: its batches' time over
    the profile against the busy threads beside them; each variant's tail; the residual
-   speed's statistics); with ``--host level`` (the default before), one speed for every
+   speed's statistics), which the simulator reads over each batch's own time (``--reading
+   during``, the default since 2026-12-07 16:30 UTC) or at the previous second's busy threads
+   (``--reading before``); with ``--host level`` (the default before), one speed for every
    stage (``speed_statistics`` of the window's batches against the profile); with ``--host
    per-variant``, ``loadgen.hostspeed.fit_host`` (each variant's speed and tail against the
    profile: the simulated service times, while the policy plans on the profile) and the
@@ -436,10 +438,11 @@ def main() -> int:
                     help="how a simulated run starts: as a live one (the spec's default decision until the loop "
                          "first decides, at a random phase after idle seconds; default) or the simulator's warm start "
                          "(the first decision at once on the first interval's mean load; before 2026-12-07)")
-    ap.add_argument("--reading", choices=READINGS, default="before",
-                    help="with --host contention, what the simulator reads each stage's law at: the previous "
-                         "second's busy threads beside it (default), or those over each batch's own time, off the "
-                         "previous of CONTENTION_PASSES passes (loadgen.simulator)")
+    ap.add_argument("--reading", choices=READINGS, default="during",
+                    help="with --host contention, what the simulator reads each stage's law at: the busy threads "
+                         "beside each batch over its own time, off the previous of CONTENTION_PASSES passes "
+                         "(loadgen.simulator; default since 2026-12-07 16:30 UTC: benchmarks/README.md), or the "
+                         "previous second's beside its stage (before)")
     ap.add_argument("--overhead-offset", type=float, default=0.0,
                     help="with --from-live: seconds added to every simulated request's fitted overhead (a "
                          "sensitivity check of the figures to the latency's level, not a fit; default 0)")

@@ -30,7 +30,9 @@ service times, plus the residual series that is left for :func:`speed_statistics
 it as the stages slowing each other: per stage, the log of a batch's time over the
 profile grows linearly with the busy threads beside it over its time
 (:func:`threads_during`; :class:`Contention`, which the simulator applies in shared
-mode at the previous second's busy threads beside each stage, their expected value). A
+mode at the previous second's busy threads beside each stage, their expected value, or,
+read ``"during"``, over each batch's own time off a previous pass of the run:
+:class:`BusyGrid`). A
 simulated run that is compared with a live one must never replay that run's own
 series (it would be told the live run's noise): :func:`check_not_replayed`
 refuses it. Pure apart from reading a file.
@@ -392,58 +394,66 @@ BUSY_GRID_S = 0.02
 
 
 class BusyGrid:
-    """Busy threads per stage over a finished pass of a simulated run, on a grid of ``step_s``:
-    what a batch of the next pass reads beside it over its own time (:meth:`beside`), the reading
-    a ``"during"`` contention law is fitted on. Kept as each stage's cumulative thread-seconds at
-    the grid's points, linear in between."""
+    """The busy threads over a finished pass of a simulated run, on a grid of ``step_s``, and
+    each item's batch there: what a batch of the next pass reads beside it over its own time
+    (:meth:`beside`), the reading a ``"during"`` contention law is fitted on. Kept as cumulative
+    thread-seconds at the grid's points, linear in between."""
 
     def __init__(self, seconds: float, step_s: float = BUSY_GRID_S) -> None:
         self.step_s = float(step_s)
         self.bins = int(math.ceil(max(seconds, 0.0) / self.step_s)) + 2
-        self._own: dict[str, np.ndarray] = {}
-        self._total = np.zeros(self.bins + 1)
-        self._frozen = False
+        self._per_bin = np.zeros(self.bins)
+        self._cum: np.ndarray | None = None
+        self._ran: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def add(self, stage: str, starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> None:
-        """Book a stage's batches: ``threads`` each from ``starts`` to ``ends`` (beyond the grid: cut)."""
-        if self._frozen:
+    def add(self, starts: np.ndarray, ends: np.ndarray, threads: np.ndarray) -> None:
+        """Book batches: ``threads`` each from ``starts`` to ``ends`` (beyond the grid: cut)."""
+        if self._cum is not None:
             raise VaripipeError("a busy grid is read-only once read")
         cut = (self.bins - 1) * self.step_s
         a = np.clip(np.asarray(starts, dtype=np.float64), 0.0, cut) / self.step_s
         b = np.clip(np.asarray(ends, dtype=np.float64), 0.0, cut) / self.step_s
         w = np.asarray(threads, dtype=np.float64) * self.step_s
-        per_bin = np.zeros(self.bins)
         i0, i1 = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
         same = i0 == i1
-        np.add.at(per_bin, i0[same], w[same] * (b[same] - a[same]))
+        np.add.at(self._per_bin, i0[same], w[same] * (b[same] - a[same]))
         d = ~same
-        np.add.at(per_bin, i0[d], w[d] * (i0[d] + 1 - a[d]))
-        np.add.at(per_bin, i1[d], w[d] * (b[d] - i1[d]))
+        np.add.at(self._per_bin, i0[d], w[d] * (i0[d] + 1 - a[d]))
+        np.add.at(self._per_bin, i1[d], w[d] * (b[d] - i1[d]))
         full = np.zeros(self.bins + 1)  # whole bins between: a difference array
         np.add.at(full, i0[d] + 1, w[d])
         np.add.at(full, i1[d], -w[d])
-        per_bin += np.cumsum(full)[:-1]
-        own = self._own.setdefault(stage, np.zeros(self.bins))
-        own += per_bin
+        self._per_bin += np.cumsum(full)[:-1]
 
-    def _freeze(self) -> None:
-        if not self._frozen:
-            self._own = {s: np.concatenate([[0.0], np.cumsum(v)]) for s, v in self._own.items()}
-            self._total = sum(self._own.values(), np.zeros(self.bins + 1))
-            self._frozen = True
+    def ran(self, stage: str, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Per item of ``stage``: when the batch it ran in started and ended (NaN: it did not run)."""
+        self._ran[stage] = (np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64))
 
-    def _mean(self, cum: np.ndarray, t0: float, t1: float) -> float:
+    def took(self, stage: str, item: int) -> float:
+        """How long the batch ``item`` of ``stage`` ran in on this pass took (NaN: it did not run)."""
+        ran = self._ran.get(stage)
+        if ran is None or not 0 <= item < len(ran[0]):
+            return math.nan
+        return float(ran[1][item] - ran[0][item])
+
+    def beside(self, stage: str, item: int, t0: float, t1: float, threads: float) -> float:
+        """The busy threads beside a batch of ``stage`` on ``threads`` threads, from ``t0`` to
+        ``t1``, that holds ``item``, on average: every batch's but its own, as
+        :func:`threads_during` reads a live one; its own is the batch ``item`` ran in on this
+        pass, its stage's other replicas are beside it. (Its stage's threads × (replicas − 1) /
+        replicas, as a second's reading takes them, would count half the batch itself beside it
+        with two replicas.)"""
+        if self._cum is None:
+            self._cum = np.concatenate([[0.0], np.cumsum(self._per_bin)])
         if t1 <= t0:
             return 0.0
-        return (_at(cum, t1 / self.step_s) - _at(cum, t0 / self.step_s)) / (t1 - t0)
-
-    def beside(self, stage: str, t0: float, t1: float, replicas: int) -> float:
-        """The busy threads beside a batch of ``stage`` from ``t0`` to ``t1`` on average: every
-        stage's but its own, save its other replicas' (:func:`beside_from_busy`)."""
-        self._freeze()
-        own = self._own.get(stage)
-        total = self._mean(self._total, t0, t1)
-        return beside_from_busy(total, self._mean(own, t0, t1) if own is not None else 0.0, replicas)
+        total = (_at(self._cum, t1 / self.step_s) - _at(self._cum, t0 / self.step_s)) / (t1 - t0)
+        ran = self._ran.get(stage)
+        if ran is not None and 0 <= item < len(ran[0]) and ran[0][item] == ran[0][item]:  # not NaN: it ran
+            overlap = min(float(ran[1][item]), t1) - max(float(ran[0][item]), t0)
+            if overlap > 0:
+                total -= threads * overlap / (t1 - t0)
+        return max(total, 0.0)
 
 
 def _at(cum: np.ndarray, x: float) -> float:

@@ -65,7 +65,10 @@ in place of the profile's log-normal. Live,
 the law is fitted on the threads a batch had beside it over its whole time; a batch's
 time cannot wait for what starts after it, so the simulator reads the expected value of
 that, the mean-field way: the previous slice's busy threads of the other stages and of
-the stage's other replicas (its own busy threads × (replicas − 1) / replicas).
+the stage's other replicas (its own busy threads × (replicas − 1) / replicas). A law read
+``"during"`` (``Contention.reading``) is read over each batch's own time instead, off the
+batches of the previous of ``CONTENTION_PASSES`` passes of the whole run (a fixed point:
+:class:`~varipipe.loadgen.hostspeed.BusyGrid`), every batch but the batch itself beside it.
 A reconfiguration adds its own CPU there over its delay (``ChangeCpu``, measured on
 Ray Serve): what runs at nice 0 (a new Ray worker, Serve's controller, the applier)
 as a neighbour, and as threads beside a batch under a contention law; its model load
@@ -191,8 +194,9 @@ SHARED_SLICE_S = 1.0
 # later one reading the batches of the one before (a fixed point; benchmarks/README.md, "Fidelity:
 # the contention law read over a batch's own time", measured how the figures settle with passes).
 CONTENTION_PASSES = 3
-# Within a pass, a batch's window is its time at the law's floor, then at the factor read over
-# that window: the reading and the time it is read over agree within a few per cent after two.
+# A batch whose item did not run on the previous pass reads the law over its time at the law's
+# floor, then at the factor read over that (two rounds); one whose item ran there reads it over
+# as long as that batch took.
 DURING_ROUNDS = 2
 # A stage replica's share of a core contested by threads at nice 0 (a neighbour): its threads
 # run at nice STAGE_NICE (10), weight 110 against 1024 for nice 0
@@ -657,6 +661,7 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
     sizes: list[int] = []
     ids: list[int] = []
     est = st.estimate
+    during = st.during is not None  # a law read over the batch's own time needs its first item
     while h < n_q and free:
         f = free[0]
         first = times[h]
@@ -678,7 +683,7 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
         if close >= t_end:
             break
         ids.append(len(batch_end))
-        end = _start_batch(st, n, close, slow, speed, busy, est)
+        end = _start_batch(st, n, close, slow, speed, busy, est, int(q.items[h]) if during else -1)
         heapq.heapreplace(free, end)
         firsts.append(h)
         sizes.append(n)
@@ -690,27 +695,36 @@ def _run_batches(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.nda
 @dataclass(frozen=True)
 class _During:
     """A stage's contention law read over a batch's own time, in one segment: the law, the
-    previous pass's busy threads, the stage's replicas, the threads ahead of the stages, and
-    the floor the segment's ``slow`` already holds (processor sharing at the law's own speed)."""
+    previous pass's busy threads, the threads of the stage's model, the threads ahead of the
+    stages, and the floor the segment's ``slow`` already holds (processor sharing at the law's
+    own speed)."""
 
     law: ContentionLaw
     prior: BusyGrid
-    replicas: int
+    threads: float  # the stage's model's: the batch's own busy threads
     ahead: float
     floor: float
 
-    def factor(self, stage: str, close: float, s: float) -> float:
-        """What a batch of ``s`` seconds at the floor, from ``close``, takes beyond the floor."""
+    def factor(self, stage: str, item: int, close: float, s: float) -> float:
+        """What a batch holding ``item``, of ``s`` seconds at the floor from ``close``, takes beyond
+        the floor: the law read over as long as ``item``'s batch took on the previous pass (a
+        fixed point: where the passes agree, over the batch's own time); an item that did not
+        run there, over its time at the floor, then at the factor read over that."""
+        took = self.prior.took(stage, item)
+        ran = took == took  # not NaN: it ran on the previous pass
+        span = took if ran else s
         g = 1.0
-        for _ in range(DURING_ROUNDS):
-            beside = self.prior.beside(stage, close, close + s * g, self.replicas) + self.ahead
+        for _ in range(1 if ran else DURING_ROUNDS):
+            beside = self.prior.beside(stage, item, close, close + span * g, self.threads) + self.ahead
             g = max(1.0, self.law.factor(beside) / self.floor)
+            span = s
         return g
 
 
 def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[float] | None, busy: np.ndarray | None,
-                 est: _Estimate) -> float:
-    """Run a batch of ``n`` of the stage's model from ``close``: its time drawn from the profile,
+                 est: _Estimate, item: int) -> float:
+    """Run a batch of ``n`` of the stage's model from ``close``, ``item`` its first (-1: no
+    ``st.during`` law to read, none needed): its time drawn from the profile,
     times ``slow`` (the segment's processor sharing, or its contention law) and the host's
     slowness in its first second, and a law read over the batch's own time (``st.during``);
     booked in the stage's batches, its occupancy and the busy accounts; ``est``, admission
@@ -721,8 +735,8 @@ def _start_batch(st: _Stage, n: int, close: float, slow: float, speed: list[floa
     if speed is not None:
         i = int(close)
         s *= speed[i if i < len(speed) else len(speed) - 1]
-    if st.during is not None:
-        s *= st.during.factor(st.name, close, s)
+    if item >= 0:  # a law read over the batch's own time (the callers pass -1 without one)
+        s *= st.during.factor(st.name, item, close, s)
     est.expected_s, est.cold = after_batch(in_force(est.expected_s, est.measured_s, close), s, est.cold)
     end = close + s
     if end > est.measured_s:
@@ -786,6 +800,7 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
     b, wait, batch_end = st.batch, st.batch_wait_s, st.batch_end_s
     cap = max_ongoing_for(b)
     lines, pick = st.lines, st.route_rng.random
+    during = st.during is not None  # a law read over the batch's own time needs its first item
     items: list[int] = []
     sizes: list[int] = []
     ids: list[int] = []
@@ -813,7 +828,7 @@ def _run_routed(st: _Stage, t_end: float, slow: float, shed: bool, busy: np.ndar
                 continue
             n = len(batch)
             ids.append(len(batch_end))
-            end = _start_batch(st, n, close, slow, speed, busy, line.estimate)
+            end = _start_batch(st, n, close, slow, speed, busy, line.estimate, batch[0][2] if during else -1)
             line.free_s, line.running = end, n
             items.extend(it for _, _, it in batch)
             sizes.append(n)
@@ -1173,7 +1188,7 @@ class _Run:
             return shared
         floor = math.exp(law.a) * shared
         if self.prior is not None:  # read over each batch's time, off the previous pass
-            st.during = _During(law, self.prior, st.replicas(), float(self.accounts.ahead[int(t0)]), floor)
+            st.during = _During(law, self.prior, float(st.model.threads), float(self.accounts.ahead[int(t0)]), floor)
             return floor
         i = int(t0) - 1
         beside = (beside_from_busy(float(self.accounts.busy[i]), float(st.busy[i]), st.replicas())
@@ -1439,18 +1454,23 @@ def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: P
         if not run.arrivals.n:
             break
         run.run()
-        prior = _busy_grid(run)
+        if k < passes - 1:
+            prior = _busy_grid(run)
     return _result(run, time.perf_counter() - started, keep_table)
 
 
 def _busy_grid(run: _Run) -> BusyGrid:
-    """The busy threads of every CPU batch a finished pass ran, for the next pass to read."""
+    """The busy threads of every CPU batch a finished pass ran, and the batch each item ran in,
+    for the next pass to read."""
     grid = BusyGrid(run.arrivals.seconds + 1)
     for st in run.stages:
         if not st.batch_end_s:
             continue
         threads = np.array([0.0 if m.on_gpu else m.threads for m in st.models] or [0.0])
         end = np.asarray(st.batch_end_s, dtype=np.float64)
-        grid.add(st.name, end - np.asarray(st.batch_service_s, dtype=np.float64),
-                 end, threads[np.asarray(st.batch_model, dtype=np.int64)])
+        start = end - np.asarray(st.batch_service_s, dtype=np.float64)
+        grid.add(start, end, threads[np.asarray(st.batch_model, dtype=np.int64)])
+        ok = st.batch_of >= 0
+        grid.ran(st.name, np.where(ok, start[np.where(ok, st.batch_of, 0)], np.nan),
+                 np.where(ok, end[np.where(ok, st.batch_of, 0)], np.nan))
     return grid

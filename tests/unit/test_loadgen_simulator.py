@@ -648,26 +648,27 @@ def test_fit_contention_read_during_a_batch_keeps_the_least_squares_level():
         Contention({}, reading="after")
 
 
-def test_busy_grid_reads_the_threads_beside_a_window_as_the_batches_overlap_it():
-    # Random batches of three stages: the mean busy threads beside stage a over a window is the
-    # other stages' thread-seconds overlapping it over its length, plus a's own share of its other
-    # replicas (beside_from_busy), exactly for a window on the grid's points, within a bin's
-    # worth of the window otherwise (the grid is linear within a bin).
+def test_busy_grid_reads_the_threads_beside_a_batch_as_the_batches_overlap_it():
+    # Random batches: the mean busy threads beside a batch over a window is every batch's
+    # thread-seconds overlapping it over its length but the batch's own (the one its item ran
+    # in), exactly for a window on the grid's points, within a bin's worth of the window
+    # otherwise (the grid is linear within a bin).
     rng = np.random.default_rng(1)
     starts = rng.uniform(0.0, 50.0, 300)
     ends = starts + rng.uniform(0.001, 2.0, 300)
-    threads, stages = rng.choice([1.0, 2.0], 300), rng.choice(["a", "b", "c"], 300)
+    threads = rng.choice([1.0, 2.0], 300)
     grid = BusyGrid(60.0)
-    for s in "abc":
-        grid.add(s, starts[stages == s], ends[stages == s], threads[stages == s])
+    grid.add(starts, ends, threads)
+    grid.ran("a", starts, ends)  # item k of stage a ran in batch k
+    grid.ran("b", np.full(300, np.nan), np.full(300, np.nan))  # nothing of b ran
     for t0, t1, within in [(3.0, 4.5, 1e-9), (20.5, 27.3, 1e-9), (49.98, 52.0, 1e-9), (3.013, 4.5, 0.02)]:
         overlap = np.clip(np.minimum(ends, t1) - np.maximum(starts, t0), 0.0, None) * threads / (t1 - t0)
-        own, other = overlap[stages == "a"].sum(), overlap[stages != "a"].sum()
-        assert grid.beside("a", t0, t1, 1) == pytest.approx(other, abs=within)
-        assert grid.beside("a", t0, t1, 2) == pytest.approx(other + own / 2, abs=within)
-    assert grid.beside("d", 0.0, 60.0, 1) == pytest.approx(float((threads * (ends - starts)).sum()) / 60.0)
+        k = int(np.argmax(overlap))  # a batch that overlaps the window
+        assert grid.beside("a", k, t0, t1, threads[k]) == pytest.approx(overlap.sum() - overlap[k], abs=within)
+        assert grid.beside("b", k, t0, t1, threads[k]) == pytest.approx(overlap.sum(), abs=within)
+        assert grid.beside("c", k, t0, t1, threads[k]) == pytest.approx(overlap.sum(), abs=within)
     with pytest.raises(VaripipeError, match="read-only"):
-        grid.add("a", starts[:1], ends[:1], threads[:1])
+        grid.add(starts[:1], ends[:1], threads[:1])
 
 
 def test_contention_read_during_a_batch_sees_what_starts_after_it_in_the_same_second():
@@ -685,6 +686,17 @@ def test_contention_read_during_a_batch_sees_what_starts_after_it_in_the_same_se
 
     assert a_times("before") == pytest.approx([0.1, 0.1])
     assert a_times("during") == pytest.approx([0.1, 0.2])
+
+
+def test_contention_read_during_a_batch_counts_its_other_replicas_but_not_itself():
+    # Stage a alone, 0.1 s, law a = 0, gamma = ln 2, two replicas. A request alone (t = 0) has
+    # nothing beside it; two at once (t = 3) run side by side, each the other's one thread beside
+    # it all along: 0.2 s each at the fixed point, which the passes reach.
+    profile = Profile("test", (_point("a", "v", 1, 0.1),))
+    cfg = SimConfig(100.0, 10.0, "shared", 8.0, 0,
+                    contention=Contention({"a": ContentionLaw(0.0, math.log(2.0))}, reading="during"))
+    r = simulate(profile, np.array([0.0, 3.0, 3.0]), Fixed(replicas=2, stages=("a",)), _last, cfg, keep_table=True)
+    assert r.table.latency_s == pytest.approx([0.1, 0.2, 0.2])
 
 
 def test_threads_before_reads_the_previous_seconds_busy_threads_beside_a_batch():
