@@ -522,6 +522,8 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
     from varipipe.adapter.calibration import Calibrator
 
+    if reading not in READINGS:
+        raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {reading!r}")
     pred = Calibrator(profile)
     rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, q)
             for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]
@@ -530,8 +532,6 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     stage = np.array([r[0] for r in rows])
     start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
     source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
-    if reading not in READINGS:
-        raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {reading!r}")
     during = threads_during(start, end, threads)
     beside = during if reading == "during" else threads_before(start, end, threads, stage, replicas)
     ok = np.isfinite(p50) & (p50 > 0) & (took > 0)

@@ -192,7 +192,7 @@ SHARED_SLICE_S = 1.0
 # A contention law read "during" a batch (Contention.reading) is read off the previous pass of the
 # run: the run is simulated this many times, the first with the previous second's reading, each
 # later one reading the batches of the one before (a fixed point; benchmarks/README.md, "Fidelity:
-# the contention law read over a batch's own time", measured how the figures settle with passes).
+# the law read where it was fitted", has how the figures settle with passes).
 CONTENTION_PASSES = 3
 # A batch whose item did not run on the previous pass reads the law over its time at the law's
 # floor, then at the factor read over that (two rounds); one whose item ran there reads it over
