@@ -236,7 +236,7 @@ def _replicas_from(decisions: list[dict]):
 
 def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, sla_s: float,
                   live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central",
-                  start: str = "live", decisions: list[dict] = (), reading: str = "before") -> dict:
+                  start: str = "live", decisions: list[dict] = (), reading: str = "during") -> dict:
     """The simulator's host from the tuning window's batches and polled decisions (module
     docstring, step 2): the host profile (None: the profile itself), the speed statistics, the
     overhead and what they rest on."""
@@ -338,7 +338,7 @@ def _compared_seed(doc: dict) -> int:
 
 def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches: str, model: str,
                serving_cpu: dict | None = None, routing: str = "central", start: str = "live",
-               reading: str = "before", offset_s: float = 0.0) -> dict:
+               reading: str = "during", offset_s: float = 0.0) -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals (the file's seed, whatever ``--seed`` says: a
     re-simulation of run 9, made with ``--seed 2``, first ran seed 0's arrivals against it) and

@@ -326,6 +326,11 @@ class ContentionLaw:
 READINGS = ("before", "during")
 
 
+def _check_reading(reading: str) -> None:
+    if reading not in READINGS:
+        raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {reading!r}")
+
+
 @dataclass(frozen=True)
 class Contention:
     """Per stage, its :class:`ContentionLaw` (a stage without one runs at its profile's speed),
@@ -342,8 +347,7 @@ class Contention:
     reading: str = "before"
 
     def __post_init__(self) -> None:
-        if self.reading not in READINGS:
-            raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {self.reading!r}")
+        _check_reading(self.reading)
 
     def to_dict(self) -> dict:
         out: dict = {s: {"a": round(law.a, 6), "gamma": round(law.gamma, 6), "batches": law.batches}
@@ -401,8 +405,7 @@ class BusyGrid:
 
     def __init__(self, seconds: float, step_s: float = BUSY_GRID_S) -> None:
         self.step_s = float(step_s)
-        self.bins = int(math.ceil(max(seconds, 0.0) / self.step_s)) + 2
-        self._per_bin = np.zeros(self.bins)
+        self._per_bin = np.zeros(int(math.ceil(max(seconds, 0.0) / self.step_s)) + 2)
         self._cum: np.ndarray | None = None
         self._ran: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -410,47 +413,34 @@ class BusyGrid:
         """Book batches: ``threads`` each from ``starts`` to ``ends`` (beyond the grid: cut)."""
         if self._cum is not None:
             raise VaripipeError("a busy grid is read-only once read")
-        cut = (self.bins - 1) * self.step_s
-        a = np.clip(np.asarray(starts, dtype=np.float64), 0.0, cut) / self.step_s
-        b = np.clip(np.asarray(ends, dtype=np.float64), 0.0, cut) / self.step_s
-        w = np.asarray(threads, dtype=np.float64) * self.step_s
-        i0, i1 = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
-        same = i0 == i1
-        np.add.at(self._per_bin, i0[same], w[same] * (b[same] - a[same]))
-        d = ~same
-        np.add.at(self._per_bin, i0[d], w[d] * (i0[d] + 1 - a[d]))
-        np.add.at(self._per_bin, i1[d], w[d] * (b[d] - i1[d]))
-        full = np.zeros(self.bins + 1)  # whole bins between: a difference array
-        np.add.at(full, i0[d] + 1, w[d])
-        np.add.at(full, i1[d], -w[d])
-        self._per_bin += np.cumsum(full)[:-1]
+        for t0, t1, k in zip(np.asarray(starts, dtype=np.float64).tolist(), np.asarray(ends, dtype=np.float64).tolist(),
+                             np.asarray(threads, dtype=np.float64).tolist(), strict=True):
+            add_busy(self._per_bin, max(t0, 0.0) / self.step_s, t1 / self.step_s, k * self.step_s)  # in grid steps
 
     def ran(self, stage: str, starts: np.ndarray, ends: np.ndarray) -> None:
         """Per item of ``stage``: when the batch it ran in started and ended (NaN: it did not run)."""
         self._ran[stage] = (np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64))
 
-    def took(self, stage: str, item: int) -> float:
-        """How long the batch ``item`` of ``stage`` ran in on this pass took (NaN: it did not run)."""
+    def batch_of(self, stage: str, item: int) -> tuple[float, float] | None:
+        """When the batch ``item`` of ``stage`` ran in on this pass started and ended (None: it did not run)."""
         ran = self._ran.get(stage)
-        if ran is None or not 0 <= item < len(ran[0]):
-            return math.nan
-        return float(ran[1][item] - ran[0][item])
+        if ran is None or not 0 <= item < len(ran[0]) or math.isnan(ran[0][item]):
+            return None
+        return float(ran[0][item]), float(ran[1][item])
 
-    def beside(self, stage: str, item: int, t0: float, t1: float, threads: float) -> float:
-        """The busy threads beside a batch of ``stage`` on ``threads`` threads, from ``t0`` to
-        ``t1``, that holds ``item``, on average: every batch's but its own, as
-        :func:`threads_during` reads a live one; its own is the batch ``item`` ran in on this
-        pass, its stage's other replicas are beside it. (Its stage's threads × (replicas − 1) /
-        replicas, as a second's reading takes them, would count half the batch itself beside it
-        with two replicas.)"""
+    def beside(self, t0: float, t1: float, own: tuple[float, float] | None, threads: float) -> float:
+        """The busy threads from ``t0`` to ``t1`` beside a batch on ``threads`` threads, on
+        average: every batch's but its own, as :func:`threads_during` reads a live one; ``own``
+        is when its own ran on this pass (:meth:`batch_of`; its stage's other replicas are beside
+        it). (Its stage's threads × (replicas − 1) / replicas, as a second's reading takes them,
+        would count half the batch itself beside it with two replicas.)"""
         if self._cum is None:
             self._cum = np.concatenate([[0.0], np.cumsum(self._per_bin)])
         if t1 <= t0:
             return 0.0
         total = (_at(self._cum, t1 / self.step_s) - _at(self._cum, t0 / self.step_s)) / (t1 - t0)
-        ran = self._ran.get(stage)
-        if ran is not None and 0 <= item < len(ran[0]) and ran[0][item] == ran[0][item]:  # not NaN: it ran
-            overlap = min(float(ran[1][item]), t1) - max(float(ran[0][item]), t0)
+        if own is not None:
+            overlap = min(own[1], t1) - max(own[0], t0)
             if overlap > 0:
                 total -= threads * overlap / (t1 - t0)
         return max(total, 0.0)
@@ -522,8 +512,7 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
     from varipipe.adapter.calibration import Calibrator
 
-    if reading not in READINGS:
-        raise VaripipeError(f"a contention law's reading must be one of {', '.join(READINGS)}, got {reading!r}")
+    _check_reading(reading)
     pred = Calibrator(profile)
     rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, q)
             for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]

@@ -710,12 +710,11 @@ class _During:
         the floor: the law read over as long as ``item``'s batch took on the previous pass (a
         fixed point: where the passes agree, over the batch's own time); an item that did not
         run there, over its time at the floor, then at the factor read over that."""
-        took = self.prior.took(stage, item)
-        ran = took == took  # not NaN: it ran on the previous pass
-        span = took if ran else s
+        own = self.prior.batch_of(stage, item)
+        span = own[1] - own[0] if own is not None else s
         g = 1.0
-        for _ in range(1 if ran else DURING_ROUNDS):
-            beside = self.prior.beside(stage, item, close, close + span * g, self.threads) + self.ahead
+        for _ in range(1 if own is not None else DURING_ROUNDS):
+            beside = self.prior.beside(close, close + span * g, own, self.threads) + self.ahead
             g = max(1.0, self.law.factor(beside) / self.floor)
             span = s
         return g

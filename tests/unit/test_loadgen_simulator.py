@@ -664,9 +664,11 @@ def test_busy_grid_reads_the_threads_beside_a_batch_as_the_batches_overlap_it():
     for t0, t1, within in [(3.0, 4.5, 1e-9), (20.5, 27.3, 1e-9), (49.98, 52.0, 1e-9), (3.013, 4.5, 0.02)]:
         overlap = np.clip(np.minimum(ends, t1) - np.maximum(starts, t0), 0.0, None) * threads / (t1 - t0)
         k = int(np.argmax(overlap))  # a batch that overlaps the window
-        assert grid.beside("a", k, t0, t1, threads[k]) == pytest.approx(overlap.sum() - overlap[k], abs=within)
-        assert grid.beside("b", k, t0, t1, threads[k]) == pytest.approx(overlap.sum(), abs=within)
-        assert grid.beside("c", k, t0, t1, threads[k]) == pytest.approx(overlap.sum(), abs=within)
+        assert grid.batch_of("a", k) == (starts[k], ends[k])
+        assert grid.batch_of("b", k) is None and grid.batch_of("c", k) is None
+        assert grid.beside(t0, t1, grid.batch_of("a", k), threads[k]) == pytest.approx(overlap.sum() - overlap[k],
+                                                                                       abs=within)
+        assert grid.beside(t0, t1, None, threads[k]) == pytest.approx(overlap.sum(), abs=within)
     with pytest.raises(VaripipeError, match="read-only"):
         grid.add(starts[:1], ends[:1], threads[:1])
 
