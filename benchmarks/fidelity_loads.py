@@ -24,7 +24,11 @@ does) and simulated on the same arrivals:
    ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place. With
    ``--tune-each-load`` the window runs again (the same arrivals) just before each load's live
    runs and that load is simulated on the host fitted there; with ``--tune-at-load`` as well, each
-   such window runs at its load (its own arrivals, ``--seed`` + 1) instead of ``--tune-fraction``.
+   such window runs at its load (its own arrivals, ``--seed`` + 1) instead of ``--tune-fraction``;
+   with ``--bracket`` too, each load's window runs again on the same arrivals after that load's
+   live runs, and the host is fitted on both windows as one timeline (``_pooled``): a host that
+   drifts over the minutes of a load's runs is fitted at its mean over them, not where it was
+   before them (each window's level is recorded: ``window_levels``).
 3. **Per load** (``--loads`` x capacity, Poisson arrivals of ``--seed``, ``--requests``
    each) and calibration on / off: ``--live-runs`` live runs on the same arrivals,
    the two settings interleaved (on off, off on, ...; their spread is how far live
@@ -111,11 +115,43 @@ TARGET_MEAN_REL = 0.10
 # interval the replay does not know: drawn per simulated seed (the same for both settings).
 IDLE_LEAD_S = 10.0
 TUNING_KEPT = "tuning.json.gz"  # the tuning window's records in a --keep folder (one window)
+# --bracket: idle seconds put between two windows laid on one timeline for the fit: longer than any
+# batch (none of one window runs beside one of the other) and a whole number of speed steps, so
+# the gap's steps are cut from the residual speed exactly.
+BRACKET_GAP_S = 3 * SPEED_STEP_S
 
 
-def _tuning_name(frac: float) -> str:
-    """The tuning window before load ``frac`` in a --keep folder (--tune-each-load)."""
-    return f"tuning-load{frac:g}.json.gz"
+def _tuning_name(frac: float, closing: bool = False) -> str:
+    """The tuning window before load ``frac`` in a --keep folder (--tune-each-load), or with
+    ``closing`` the one after its live runs (--bracket)."""
+    return f"tuning-{'after-' if closing else ''}load{frac:g}.json.gz"
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A tuning window's live records the host is fitted on: its batches and polled decisions
+    (times relative to its start) and its mean latency."""
+
+    batches: list[dict]
+    decisions: list[dict]
+    mean_latency_s: float
+
+
+def _pooled(windows: list[_Window], seconds: int) -> tuple[list[dict], list[dict], int]:
+    """Windows of ``seconds`` each on one timeline, each BRACKET_GAP_S after the previous one
+    ends: their batches, decisions and the timeline's length."""
+    batches, decisions = [], []
+    for k, w in enumerate(windows):
+        shift = k * (seconds + BRACKET_GAP_S)
+        batches += [{**b, "t": float(b["t"]) + shift} for b in w.batches]
+        decisions += [{**d, "t": float(d["t"]) + shift} for d in w.decisions]
+    return batches, decisions, len(windows) * seconds + (len(windows) - 1) * BRACKET_GAP_S
+
+
+def _without_gaps(series: np.ndarray, windows: int, seconds: int) -> np.ndarray:
+    """A per-second series over :func:`_pooled`'s timeline with the gaps between windows cut out."""
+    return np.concatenate([series[k * (seconds + BRACKET_GAP_S):k * (seconds + BRACKET_GAP_S) + seconds]
+                           for k in range(windows)])
 
 
 def _opts(sla_s: float, calibration: bool):
@@ -234,24 +270,36 @@ def _replicas_from(decisions: list[dict]):
     return replicas
 
 
-def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: int, sla_s: float,
-                  live_mean_s: float, model: str, serving_cpu: dict | None = None, routing: str = "central",
-                  start: str = "live", decisions: list[dict] = (), reading: str = "during") -> dict:
-    """The simulator's host from the tuning window's batches and polled decisions (module
-    docstring, step 2): the host profile (None: the profile itself), the speed statistics, the
+def _tuning_model(profile, windows: list[_Window], tune_times: np.ndarray, tune_s: int, sla_s: float,
+                  model: str, serving_cpu: dict | None = None, routing: str = "central",
+                  start: str = "live", reading: str = "during") -> dict:
+    """The simulator's host from the tuning windows' batches and polled decisions (module
+    docstring, step 2; several windows, each ``tune_s`` on ``tune_times``, are fitted as one:
+    :func:`_pooled`): the host profile (None: the profile itself), the speed statistics, the
     overhead and what they rest on."""
     host, contention = None, None
+    batches, decisions, seconds = _pooled(windows, tune_s)
+    timeline = _batches_of(batches)
+
+    def stats_of(residual: np.ndarray) -> dict:
+        return _speed_stats(_without_gaps(residual, len(windows), tune_s), tune_s)
+
     if model == "per-variant":
-        fit = fit_host(profile, _batches_of(batches), tune_s, SPEED_STEP_S)
-        host, stats, extra = fit.host, _speed_stats(fit.residual, tune_s), {"host_fit": fit.to_dict()}
+        fit = fit_host(profile, timeline, seconds, SPEED_STEP_S)
+        host, stats, extra = fit.host, stats_of(fit.residual), {"host_fit": fit.to_dict()}
     elif model == "contention":
-        fit = fit_contention(profile, _batches_of(batches), tune_s, SPEED_STEP_S, _replicas_from(list(decisions)),
-                             reading)
-        host, contention, stats = fit.host, fit.contention, _speed_stats(fit.residual, tune_s)
+        fit = fit_contention(profile, timeline, seconds, SPEED_STEP_S, _replicas_from(decisions), reading)
+        host, contention, stats = fit.host, fit.contention, stats_of(fit.residual)
         extra = {"contention": fit.to_dict()}
     else:
-        stats = _speed_stats(speed_from_batches(profile, _batches_of(batches), tune_s, SPEED_STEP_S), tune_s)
+        stats = stats_of(speed_from_batches(profile, timeline, seconds, SPEED_STEP_S))
         extra = {}
+    # Each window's own level against the profile (one speed for every stage): how far the host
+    # moved between windows that bracket a load's live runs.
+    extra["window_levels"] = [round(_speed_stats(speed_from_batches(profile, _batches_of(w.batches), tune_s,
+                                                                    SPEED_STEP_S), tune_s)["level"], 4)
+                              for w in windows]
+    live_mean_s = float(np.mean([w.mean_latency_s for w in windows]))
     serving = _serving(len(tune_times) / tune_s, serving_cpu, tune_s + 60)
     world = _World(host, contention, routing, start)
     # The window's simulated mean over several seeds (each its own series, noise and loop phase):
@@ -261,7 +309,7 @@ def _tuning_model(profile, batches: list[dict], tune_times: np.ndarray, tune_s: 
             for i in range(TUNING_SIM_SEEDS)]
     sim_mean_s = float(np.mean([o.mean_latency_s for o in flat]))
     return {"world": world, "stats": stats, "overhead_s": max(live_mean_s - sim_mean_s, 0.0),
-            "sim_mean_s": sim_mean_s, "record": {"model": model, "routing": routing, "start": start, **extra}}
+            "sim_mean_s": sim_mean_s, "live_mean_s": live_mean_s, "record": {"model": model, "routing": routing, "start": start, **extra}}
 
 
 KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
@@ -353,15 +401,19 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         raise SystemExit(f"{path}: it fitted the host before each load; pass --tuning-batches with its --keep folder")
 
     def fitted(t: dict, kept_path: str) -> _World:
-        """The tuning record ``t`` fitted again from ``kept_path`` (updated in place), its world."""
-        kept = read_json(kept_path)
-        tm = _tuning_model(profile, kept["batches"], _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
-                           sla_s, t["live"]["mean_latency_s"], model, serving_cpu, routing, start,
-                           kept.get("decisions", []), reading)
+        """The tuning record ``t`` fitted again from ``kept_path`` (updated in place), its world;
+        with its closing window (``--bracket``) kept beside it, from both."""
+        windows = []
+        for rec, at in ((t, Path(kept_path)), *(((c, Path(kept_path).parent / c["kept_as"]),)
+                                                 if (c := t.get("closing")) else ())):
+            kept = read_json(at)
+            windows.append(_Window(kept["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"]))
+        tm = _tuning_model(profile, windows, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
+                           sla_s, model, serving_cpu, routing, start, reading)
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
                   "host_model": tm["record"], "batches_from": kept_path})
         print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
-              f"{t['live']['mean_latency_s']:.3f} s", flush=True)
+              f"{tm['live_mean_s']:.3f} s", flush=True)
         return tm["world"]
 
     t = doc["tuning"]
@@ -418,6 +470,9 @@ def main() -> int:
     ap.add_argument("--tune-at-load", action="store_true",
                     help="with --tune-each-load: each window at the load of the runs it precedes (on its own "
                          "arrivals, --seed + 1) instead of --tune-fraction: the host fitted where it is simulated")
+    ap.add_argument("--bracket", action="store_true",
+                    help="with --tune-each-load: run each load's tuning window again after its live runs and fit "
+                         "the host on both (a host that drifts over the runs is fitted at its mean over them)")
     ap.add_argument("--seed", type=int, default=0,
                     help="arrival seed of the compared runs (tuning: seed + 1); --from-live reads the file's")
     ap.add_argument("--image", default="chelsea")
@@ -452,6 +507,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.tune_at_load and not args.tune_each_load:
         ap.error("--tune-at-load sets the load of each load's own tuning window: it needs --tune-each-load")
+    if args.bracket and not args.tune_each_load:
+        ap.error("--bracket runs each load's tuning window again after its live runs: it needs --tune-each-load")
     if args.overhead_offset and not args.from_live:
         ap.error("--overhead-offset is a sensitivity check of a re-simulation: it needs --from-live")
     serving_cpu = read_json(args.serving_cpu) if args.serving_cpu else None
@@ -483,34 +540,45 @@ def main() -> int:
 
     keep = Path(args.keep) if args.keep else None
 
-    def tune(name: str, fraction: float) -> tuple[dict, dict]:
-        """A tuning window live at ``fraction`` of the capacity (kept as ``name``) and the
-        simulator's host fitted on it."""
+    def window(name: str, fraction: float) -> tuple[_Window, dict]:
+        """A tuning window live at ``fraction`` of the capacity (kept as ``name``; its own
+        arrivals, the same for every window at that fraction) and its record."""
         tune_times = _times(fraction * capacity, args.tune_s, args.seed + 1)
         live = _live(profile, tune_times, body, sla_s, True, keep / name if keep else None)
-        tm = _tuning_model(profile, live["batches"], tune_times, args.tune_s, sla_s,
-                           live["metrics"]["mean_latency_s"], args.host, serving_cpu, args.routing, args.start,
-                           live["decisions"], args.reading)
+        print(f"tuning window {name}: live mean {live['metrics']['mean_latency_s']:.3f} s", flush=True)
+        return (_Window(live["batches"], live["decisions"], live["metrics"]["mean_latency_s"]),
+                {"rps": fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
+                 "requests": len(tune_times), "live": _live_row(live["metrics"]), "kept_as": name})
+
+    def fit(windows: list[_Window], record: dict) -> dict:
+        """The simulator's host fitted on ``windows`` (``record`` the first one's, updated)."""
+        tm = _tuning_model(profile, windows, _times(record["rps"], args.tune_s, args.seed + 1), args.tune_s, sla_s,
+                           args.host, serving_cpu, args.routing, args.start, args.reading)
         stats = tm["stats"]
-        print(f"tuning {name} ({args.host}): overhead {tm['overhead_s']:.3f} s (live mean "
-              f"{live['metrics']['mean_latency_s']:.3f} s, sim {tm['sim_mean_s']:.3f} s); host speed level "
-              f"{stats['level']:.3f} sigma {stats['sigma']:.3f} tau {stats['tau_s']:.0f} s", flush=True)
-        return tm, {"rps": fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
-                    "requests": len(tune_times), "live": _live_row(live["metrics"]), "kept_as": name,
-                    "sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": tm["overhead_s"], "host_speed": stats,
-                    "host_model": tm["record"]}
+        print(f"tuning {record['kept_as']} ({args.host}, {len(windows)} window(s), levels "
+              f"{tm['record']['window_levels']}): overhead {tm['overhead_s']:.3f} s (live mean {tm['live_mean_s']:.3f} s, sim "
+              f"{tm['sim_mean_s']:.3f} s); "
+              f"host speed level {stats['level']:.3f} sigma {stats['sigma']:.3f} tau {stats['tau_s']:.0f} s",
+              flush=True)
+        record.update({"sim_mean_latency_s": tm["sim_mean_s"], "overhead_s": tm["overhead_s"], "host_speed": stats,
+                       "host_model": tm["record"]})
+        return tm
 
     if not args.tune_each_load:
-        tm, doc["tuning"] = tune(TUNING_KEPT, args.tune_fraction)
+        opening, doc["tuning"] = window(TUNING_KEPT, args.tune_fraction)
+        tm = fit([opening], doc["tuning"])
     else:
         doc["tuning_each_load"] = True
+        doc["bracket"] = args.bracket
     doc["settings"] = []
     for frac in loads:
+        tune_fraction = frac if args.tune_at_load else args.tune_fraction
         if args.tune_each_load:  # the host fitted again just before this load's live runs
-            tm, record = tune(_tuning_name(frac), frac if args.tune_at_load else args.tune_fraction)
+            opening, record = window(_tuning_name(frac), tune_fraction)
             doc.setdefault("tuning", record)  # the first window, where one record is read
             doc.setdefault("tuning_by_load", {})[f"{frac:g}"] = record
-        world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
+            if not args.bracket:
+                tm = fit([opening], record)
         rate = frac * capacity
         duration_s = _duration_s(rate, args.requests)
         times = _times(rate, duration_s, args.seed)
@@ -526,6 +594,10 @@ def main() -> int:
                 print(f"load {frac:g} ({rate:.2f} req/s, {len(times)} requests) calibration {calibration} live "
                       f"{run + 1}: attainment {m['sla_attainment']:.4f} p99 {m['p99_latency_s']:.3f} s mean "
                       f"{m['mean_latency_s']:.3f} s cost {m['mean_cost']:.3f}", flush=True)
+        if args.bracket:  # the same window again after the runs; the host fitted on both
+            closing, record["closing"] = window(_tuning_name(frac, closing=True), tune_fraction)
+            tm = fit([opening, closing], record)
+        world, stats, overhead_s = tm["world"], tm["stats"], tm["overhead_s"]
         for calibration in (True, False):
             live_series = [speed_from_batches(profile, _batches_of(lo["batches"]), int(np.ceil(times[-1])))
                            for lo in lives[calibration]]

@@ -1,0 +1,64 @@
+"""``benchmarks/fidelity_loads.py --bracket``: two tuning windows, one before a load's live runs and
+one after, are fitted as one timeline, so a host that drifted over the runs is fitted between
+where it started and where it ended."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from varipipe.loadgen.hostspeed import fit_contention
+from varipipe.records import Profile
+
+from .profile_points import point
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity_loads.py"
+PROFILE = Profile("one", (point("llm", "v", 1, latency=0.5),))
+WINDOW_S = 60
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("fidelity_loads_benchmark", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _window(fl, slowdown: float):
+    """A window of one batch every 2 s, each ``slowdown`` times the profile's 0.5 s (none overlap)."""
+    batches = [{"t": t, "stage": "llm", "variant": "v", "hardware": "cpu:1", "size": 1, "seconds": 0.5 * slowdown}
+               for t in np.arange(2.0, WINDOW_S, 2.0)]
+    return fl._Window(batches, [{"t": 1.0, "stages": [["llm", "v", 1, 1]]}], 1.0)
+
+
+def test_windows_lie_apart_on_one_timeline_and_their_gap_is_cut_from_a_series_over_it():
+    fl = _module()
+    w = _window(fl, 1.0)
+    batches, decisions, seconds = fl._pooled([w, w], WINDOW_S)
+    assert seconds == 2 * WINDOW_S + fl.BRACKET_GAP_S
+    assert len(batches) == 2 * len(w.batches)
+    shift = WINDOW_S + fl.BRACKET_GAP_S
+    assert batches[len(w.batches)]["t"] == w.batches[0]["t"] + shift
+    assert [d["t"] for d in decisions] == [1.0, 1.0 + shift]
+    assert w.batches[0]["t"] == 2.0  # the window itself is left as it was
+    cut = fl._without_gaps(np.arange(seconds, dtype=float), 2, WINDOW_S)
+    assert len(cut) == 2 * WINDOW_S and cut[WINDOW_S - 1] == WINDOW_S - 1 and cut[WINDOW_S] == shift
+
+
+def test_a_host_that_slowed_between_the_windows_is_fitted_between_its_two_speeds():
+    fl = _module()
+    before, after = _window(fl, 1.0), _window(fl, 1.21)
+
+    def level(windows) -> float:
+        batches, decisions, seconds = fl._pooled(windows, WINDOW_S)
+        fit = fit_contention(PROFILE, fl._batches_of(batches), seconds, fl.SPEED_STEP_S,
+                             fl._replicas_from(decisions), "during")
+        return fit.contention.laws["llm"].factor(0.0)
+
+    assert math.isclose(level([before]), 1.0) and math.isclose(level([after]), 1.21)
+    assert math.isclose(level([before, after]), math.sqrt(1.21), rel_tol=0.01)
