@@ -386,14 +386,16 @@ def _compared_seed(doc: dict) -> int:
 
 def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches: str, model: str,
                serving_cpu: dict | None = None, routing: str = "central", start: str = "live",
-               reading: str = "during", offset_s: float = 0.0) -> dict:
+               reading: str = "during", offset_s: float = 0.0, windows: str = "both") -> dict:
     """``--from-live``: the simulated side again (after a simulator change) against the live runs
     a result file holds, on the same arrivals (the file's seed, whatever ``--seed`` says: a
     re-simulation of run 9, made with ``--seed 2``, first ran seed 0's arrivals against it) and
     simulation seeds; no Ray. The tuning figures are the file's,
     or fitted again (``model``) from ``tuning_batches``, a ``--keep`` folder's tuning.json.gz.
     ``offset_s`` (``--overhead-offset``) is added to every simulated request's fitted overhead: not a
-    fit, a sensitivity check (how far the figures move with the latency's level alone)."""
+    fit, a sensitivity check (how far the figures move with the latency's level alone). ``windows``
+    (``--fit-windows``), for a run made with ``--bracket``: fit each load's host on both its windows (as
+    the run did), or on the opening or the closing one alone (what one window would have given)."""
     doc = read_json(path)
     seed = _compared_seed(doc)
     by_load = doc.get("tuning_by_load")
@@ -402,16 +404,19 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
 
     def fitted(t: dict, kept_path: str) -> _World:
         """The tuning record ``t`` fitted again from ``kept_path`` (updated in place), its world;
-        with its closing window (``--bracket``) kept beside it, from both."""
-        windows = []
-        for rec, at in ((t, Path(kept_path)), *(((c, Path(kept_path).parent / c["kept_as"]),)
-                                                 if (c := t.get("closing")) else ())):
-            kept = read_json(at)
-            windows.append(_Window(kept["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"]))
-        tm = _tuning_model(profile, windows, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
+        with its closing window (``--bracket``) kept beside it, from both, or the one ``windows`` names."""
+        pair = [(t, Path(kept_path))]
+        if c := t.get("closing"):
+            pair.append((c, Path(kept_path).parent / c["kept_as"]))
+        elif windows != "both":
+            raise SystemExit(f"{path}: --fit-windows {windows} needs a run made with --bracket")
+        pair = {"both": pair, "opening": pair[:1], "closing": pair[1:]}[windows]
+        fit_on = [_Window((kept := read_json(at))["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"])
+                  for rec, at in pair]
+        tm = _tuning_model(profile, fit_on, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
                            sla_s, model, serving_cpu, routing, start, reading)
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
-                  "host_model": tm["record"], "batches_from": kept_path})
+                  "host_model": tm["record"], "batches_from": [str(at) for _, at in pair]})
         print(f"tuning ({model}): overhead {tm['overhead_s']:.3f} s, sim mean {tm['sim_mean_s']:.3f} s against live "
               f"{tm['live_mean_s']:.3f} s", flush=True)
         return tm["world"]
@@ -449,7 +454,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
     doc["resimulated"] = {"git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "command": "python benchmarks/fidelity_loads.py " + shlex.join(sys.argv[1:]),
                           "routing": world.routing, "start": world.start, "reading": reading,
-                          "overhead_offset_s": offset_s}
+                          "overhead_offset_s": offset_s, "fit_windows": windows}
     return doc
 
 
@@ -501,6 +506,9 @@ def main() -> int:
     ap.add_argument("--overhead-offset", type=float, default=0.0,
                     help="with --from-live: seconds added to every simulated request's fitted overhead (a "
                          "sensitivity check of the figures to the latency's level, not a fit; default 0)")
+    ap.add_argument("--fit-windows", choices=("both", "opening", "closing"), default="both",
+                    help="with --from-live on a --bracket run: fit each load's host on both its tuning windows (as "
+                         "the run did; the default) or on the one before or after its live runs alone")
     ap.add_argument("--serving-cpu", default="",
                     help="a benchmarks/host_cpu.py result: simulate the serving path's CPU beside the stages, as a "
                          "neighbour of that many busy threads at the run's rate (default: left out)")
@@ -509,6 +517,8 @@ def main() -> int:
         ap.error("--tune-at-load sets the load of each load's own tuning window: it needs --tune-each-load")
     if args.bracket and not args.tune_each_load:
         ap.error("--bracket runs each load's tuning window again after its live runs: it needs --tune-each-load")
+    if args.fit_windows != "both" and not args.from_live:
+        ap.error("--fit-windows chooses the windows a re-simulation fits on: it needs --from-live")
     if args.overhead_offset and not args.from_live:
         ap.error("--overhead-offset is a sensitivity check of a re-simulation: it needs --from-live")
     serving_cpu = read_json(args.serving_cpu) if args.serving_cpu else None
@@ -523,7 +533,7 @@ def main() -> int:
     loads = [float(x) for x in args.loads.split(",")]
     if args.from_live:
         doc = resimulate(Path(args.from_live), profile, sla_s, args.sim_seeds, args.tuning_batches, args.host,
-                         serving_cpu, args.routing, args.start, args.reading, args.overhead_offset)
+                         serving_cpu, args.routing, args.start, args.reading, args.overhead_offset, args.fit_windows)
         write_json_atomic(args.out, doc, indent=1)
         print(f"wrote {args.out}")
         return 0
