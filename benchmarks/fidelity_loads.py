@@ -309,7 +309,8 @@ def _tuning_model(profile, windows: list[_Window], tune_times: np.ndarray, tune_
             for i in range(TUNING_SIM_SEEDS)]
     sim_mean_s = float(np.mean([o.mean_latency_s for o in flat]))
     return {"world": world, "stats": stats, "overhead_s": max(live_mean_s - sim_mean_s, 0.0),
-            "sim_mean_s": sim_mean_s, "live_mean_s": live_mean_s, "record": {"model": model, "routing": routing, "start": start, **extra}}
+            "sim_mean_s": sim_mean_s, "live_mean_s": live_mean_s,
+            "record": {"model": model, "routing": routing, "start": start, **extra}}
 
 
 KEYS = ("sla_attainment", "p99_latency_s", "mean_latency_s", "decision_cost", "mean_accuracy", "dropped", "requests")
@@ -411,8 +412,10 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         elif windows != "both":
             raise SystemExit(f"{path}: --fit-windows {windows} needs a run made with --bracket")
         pair = {"both": pair, "opening": pair[:1], "closing": pair[1:]}[windows]
-        fit_on = [_Window((kept := read_json(at))["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"])
-                  for rec, at in pair]
+        fit_on = []
+        for rec, at in pair:
+            kept = read_json(at)
+            fit_on.append(_Window(kept["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"]))
         tm = _tuning_model(profile, fit_on, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
                            sla_s, model, serving_cpu, routing, start, reading)
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],

@@ -4,29 +4,22 @@ where it started and where it ended."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from varipipe.loadgen.hostspeed import fit_contention
 from varipipe.records import Profile
 
+from .benchmark_scripts import load_benchmark
 from .profile_points import point
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fidelity_loads.py"
 PROFILE = Profile("one", (point("llm", "v", 1, latency=0.5),))
 WINDOW_S = 60
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("fidelity_loads_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("fidelity_loads")
 
 
 def _window(fl, slowdown: float):

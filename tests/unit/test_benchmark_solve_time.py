@@ -4,20 +4,13 @@ a PuLP error for two days unnoticed. One instance of each family, baseline inclu
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "solve_time.py"
+from .benchmark_scripts import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("solve_time_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("solve_time")
 
 
 def test_the_solve_time_benchmark_builds_and_solves_its_instances_and_baseline():
