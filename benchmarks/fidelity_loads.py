@@ -136,6 +136,12 @@ class _Window:
     decisions: list[dict]
     mean_latency_s: float
 
+    @classmethod
+    def of(cls, run: dict, mean_latency_s: float) -> _Window:
+        """From a live run's records: ``_live``'s result or its --keep file (an older file may hold
+        no decisions)."""
+        return cls(run["batches"], run.get("decisions", []), mean_latency_s)
+
 
 def _pooled(windows: list[_Window], seconds: int) -> tuple[list[dict], list[dict], int]:
     """Windows of ``seconds`` each on one timeline, each BRACKET_GAP_S after the previous one
@@ -415,10 +421,7 @@ def resimulate(path: Path, profile, sla_s: float, sim_seeds: int, tuning_batches
         elif windows != "both":
             raise SystemExit(f"{path}: --fit-windows {windows} needs a run made with --bracket")
         pair = {"both": pair, "opening": pair[:1], "closing": pair[1:]}[windows]
-        fit_on = []
-        for rec, at in pair:
-            kept = read_json(at)
-            fit_on.append(_Window(kept["batches"], kept.get("decisions", []), rec["live"]["mean_latency_s"]))
+        fit_on = [_Window.of(read_json(at), rec["live"]["mean_latency_s"]) for rec, at in pair]
         tm = _tuning_model(profile, fit_on, _times(t["rps"], t["seconds"], t["seed"]), t["seconds"],
                            sla_s, model, serving_cpu, routing, start, reading)
         t.update({"overhead_s": tm["overhead_s"], "host_speed": tm["stats"], "sim_mean_latency_s": tm["sim_mean_s"],
@@ -562,7 +565,7 @@ def main() -> int:
         tune_times = _times(fraction * capacity, args.tune_s, args.seed + 1)
         live = _live(profile, tune_times, body, sla_s, True, keep / name if keep else None)
         print(f"tuning window {name}: live mean {live['metrics']['mean_latency_s']:.3f} s", flush=True)
-        return (_Window(live["batches"], live["decisions"], live["metrics"]["mean_latency_s"]),
+        return (_Window.of(live, live["metrics"]["mean_latency_s"]),
                 {"rps": fraction * capacity, "seconds": args.tune_s, "seed": args.seed + 1,
                  "requests": len(tune_times), "live": _live_row(live["metrics"]), "kept_as": name})
 

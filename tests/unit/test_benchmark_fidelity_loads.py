@@ -18,10 +18,6 @@ PROFILE = Profile("one", (point("llm", "v", 1, latency=0.5),))
 WINDOW_S = 60
 
 
-def _module():
-    return load_benchmark("fidelity_loads")
-
-
 def _window(fl, slowdown: float):
     """A window of one batch every 2 s, each ``slowdown`` times the profile's 0.5 s (none overlap)."""
     batches = [{"t": t, "stage": "llm", "variant": "v", "hardware": "cpu:1", "size": 1, "seconds": 0.5 * slowdown}
@@ -30,7 +26,7 @@ def _window(fl, slowdown: float):
 
 
 def test_windows_lie_apart_on_one_timeline_and_their_gap_is_cut_from_a_series_over_it():
-    fl = _module()
+    fl = load_benchmark("fidelity_loads")
     w = _window(fl, 1.0)
     batches, decisions, seconds = fl._pooled([w, w], WINDOW_S)
     assert seconds == 2 * WINDOW_S + fl.BRACKET_GAP_S
@@ -44,7 +40,7 @@ def test_windows_lie_apart_on_one_timeline_and_their_gap_is_cut_from_a_series_ov
 
 
 def test_a_host_that_slowed_between_the_windows_is_fitted_between_its_two_speeds():
-    fl = _module()
+    fl = load_benchmark("fidelity_loads")
     before, after = _window(fl, 1.0), _window(fl, 1.21)
 
     def level(windows) -> float:

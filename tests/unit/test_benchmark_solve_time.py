@@ -9,12 +9,8 @@ import random
 from .benchmark_scripts import load_benchmark
 
 
-def _module():
-    return load_benchmark("solve_time")
-
-
 def test_the_solve_time_benchmark_builds_and_solves_its_instances_and_baseline():
-    st = _module()
+    st = load_benchmark("solve_time")
     rng = random.Random(0)
     [big] = st.big_instances(1, rng)
     _, [small] = st.small_instances(1, rng)
