@@ -130,6 +130,7 @@ from varipipe.observation import HISTORY_S, StageCounters, StageState, observe
 from varipipe.records import (
     GPU_REPLICA_PRICE_CORES,
     ROUTINGS,
+    BatchTimes,
     Decision,
     Observation,
     Profile,
@@ -392,6 +393,9 @@ class SimResult(RunMetrics):
     timeline: tuple[Decision, ...] = ()
     table: RequestTable | None = None
     wall_s: float = 0.0
+    # With the table: every batch each stage ran, one BatchTimes per (stage, model), in the order
+    # the batches started; tokens 0 (the simulator does not count them).
+    batches: tuple[BatchTimes, ...] = ()
 
     def summary(self) -> dict[str, float | int | str]:
         keys = ("policy", "requests", "completed", "dropped", "sla_attainment", "p99_latency_s", "mean_latency_s",
@@ -1420,7 +1424,26 @@ def _result(run: _Run, wall_s: float, keep_table: bool) -> SimResult:
     metrics = RunMetrics.measure(latency, run.cfg.sla_s, acc, cost[: int(span) or 1], run.cfg.cost_mode, run.applied)
     return SimResult(**metrics, policy=run.policy.name, duration_s=run.arrivals.horizon_s, sla_s=run.cfg.sla_s,
                      cost_mode=run.cfg.cost_mode, series=series, timeline=tuple(run.timeline), table=table,
-                     wall_s=wall_s)
+                     wall_s=wall_s, batches=_ran_batches(run) if keep_table else ())
+
+
+def _ran_batches(run: _Run) -> tuple[BatchTimes, ...]:
+    """Every batch each stage ran (its items: those whose batch it was; a batch every item of
+    which was shed has none and is left out), per (stage, model)."""
+    out = []
+    for st in run.stages:
+        if not st.batch_end_s:
+            continue
+        joined = st.batch_of[st.batch_of >= 0]
+        sizes = np.bincount(joined, minlength=len(st.batch_end_s))
+        ends, seconds = np.asarray(st.batch_end_s), np.asarray(st.batch_service_s)
+        model = np.asarray(st.batch_model)
+        for k, m in enumerate(st.models):
+            ran = (model == k) & (sizes > 0)
+            if ran.any():
+                out.append(BatchTimes(st.name, m.variant, m.hardware, tuple(sizes[ran].tolist()),
+                                      tuple(seconds[ran].tolist()), tuple(ends[ran].tolist()), (0,) * int(ran.sum())))
+    return tuple(out)
 
 
 def simulate(profile: Profile, arrivals: Sequence[float] | np.ndarray, policy: Policy, forecaster: Forecaster,

@@ -114,6 +114,18 @@ def test_latency_at_least_service_time_and_batches_bounded():
         assert (done_s[served] - arr_s[served] >= 0.1 - 1e-9).all()
 
 
+def test_the_batches_a_run_reports_are_the_ones_its_items_joined():
+    r = _run(_arrivals(30, 60), Fixed(replicas=2, batch=4, wait=0.05), profile=_profile({"a": 2.0}))
+    t = r.table
+    for name, batch, done in zip(t.stage_names, t.item_batch, t.item_done_s, strict=True):
+        [ran] = [b for b in r.batches if b.stage == name]  # one model per stage
+        joined = np.bincount(batch[batch >= 0])
+        assert sorted(ran.sizes) == sorted(joined[joined > 0].tolist())
+        assert set(np.round(done[batch >= 0], 9)) == set(np.round(ran.ended_s, 9))  # items leave when it ends
+        assert (ran.hardware, ran.variant) == ("cpu:1", "v") and min(ran.seconds) >= 0.1 - 1e-9
+    assert simulate(_profile(), _arrivals(5, 10), Fixed(1), _last, SimConfig(2.0, 10.0, "reserved", 8, 0)).batches == ()
+
+
 def test_batches_fill_under_load():
     r = _run(_arrivals(60, 60), Fixed(replicas=3, batch=4, wait=0.2))
     sizes = np.bincount(r.table.item_batch[0][r.table.item_batch[0] >= 0])
