@@ -19,7 +19,10 @@ does) and simulated on the same arrivals:
    stage (``speed_statistics`` of the window's batches against the profile); with ``--host
    per-variant``, ``loadgen.hostspeed.fit_host`` (each variant's speed and tail against the
    profile: the simulated service times, while the policy plans on the profile) and the
-   residual speed's statistics. Then the per-request time the profile's stages do
+   residual speed's statistics. With contention laws, the batch match (the default since
+   2026-12-07 21:00 UTC; ``--no-batch-match`` to leave it out): each stage's law level is moved until
+   the simulated window runs that stage's batches at the live windows' level (``_matched``). Then
+   the per-request time the profile's stages do
    not contain (live mean latency − simulated mean latency over ``TUNING_SIM_SEEDS`` seeds,
    ``SimConfig.overhead_s``, as ``fidelity.py``), fitted with the host model in place. With
    ``--tune-each-load`` the window runs again (the same arrivals) just before each load's live
@@ -125,9 +128,9 @@ BRACKET_GAP_S = 3 * SPEED_STEP_S
 # Batch match (--host contention, unless --no-batch-match): each stage's law level is moved until the
 # simulated tuning window runs that stage's batches at the live windows' geometric-mean time over
 # the profile, within MATCH_TOL, or for MATCH_ROUNDS moves. Without it the simulated windows ran
-# their batches 7-13 % (detector), 13-25 % (classifier) and 10-13 % (LLM) slower than the live
-# windows the laws were fitted on (run 13's 40 % windows, 2026-12-07): a batch slowed by the
-# residual drawn for it overlaps more of the others, whose law then reads more threads beside
+# their batches slower than the live windows the laws were fitted on, in geometric mean up to 7 %
+# (detector), 15 % (classifier) and 4-10 % (the LLM) (runs 12-14, 2026-12-07), in part because a batch slowed
+# by the residual drawn for it overlaps more of the others, whose law then reads more threads beside
 # them; the overhead fit hid it in the mean latency. A move that brings one stage to its level
 # changes the threads beside the others, so it takes two or three (benchmarks/README.md).
 MATCH_ROUNDS = 3
