@@ -326,7 +326,8 @@ def _matched(profile, world: _World, live: dict[str, float],
     (:func:`_stage_levels`) within :data:`MATCH_TOL`. Returns the last runs, their world and a
     record: each round's simulated / live geometric-mean ratio per stage (before its move) and
     the law's factor moved in all."""
-    rounds, moved = [], dict.fromkeys(live, 0.0)
+    assert world.contention is not None
+    fitted, rounds = world.contention.laws, []
     for k in range(MATCH_ROUNDS + 1):
         runs = simulate(world)
         sim = _stage_levels(profile, [b for o in runs for b in o.batches])
@@ -334,11 +335,11 @@ def _matched(profile, world: _World, live: dict[str, float],
         rounds.append({st: round(math.exp(g), 4) for st, g in gap.items()})
         met = all(abs(g) <= math.log1p(MATCH_TOL) for g in gap.values())
         if met or k == MATCH_ROUNDS:
-            return runs, world, {"rounds": rounds, "law_factor": {st: round(math.exp(-m), 4) for st, m in moved.items()},
-                                 "tolerance": MATCH_TOL, "met": met}
+            break
         world = _shifted(world, gap)
-        moved = {st: m + gap.get(st, 0.0) for st, m in moved.items()}
-    raise AssertionError("unreachable")
+    laws = world.contention.laws
+    factor = {st: round(math.exp(laws[st].a - fitted[st].a), 4) for st in live if st in laws}
+    return runs, world, {"rounds": rounds, "law_factor": factor, "tolerance": MATCH_TOL, "met": met}
 
 
 def _tuning_model(profile, windows: list[_Window], tune_times: np.ndarray, tune_s: int, sla_s: float,
