@@ -79,7 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration import _batches_of, live_run  # noqa: E402
 from overload import capacity_rps  # noqa: E402
 
-from varipipe.adapter.calibration import Calibrator, calibrate  # noqa: E402
+from varipipe.adapter.calibration import calibrate  # noqa: E402
 from varipipe.jsonfile import read_json, write_json_atomic  # noqa: E402
 from varipipe.loadgen.experiment import checkout_relative, git_commit, metrics_from_records  # noqa: E402
 from varipipe.loadgen.hostspeed import (  # noqa: E402
@@ -90,6 +90,7 @@ from varipipe.loadgen.hostspeed import (  # noqa: E402
     check_not_replayed,
     fit_contention,
     fit_host,
+    profile_ratios,
     speed_from_batches,
     speed_statistics,
 )
@@ -301,14 +302,10 @@ def _replicas_from(decisions: list[dict]):
 
 def _stage_levels(profile, batches: list[BatchTimes]) -> dict[str, float]:
     """Per stage, the mean log of its batches' times over the profile's p50 for each (the batches
-    it cannot predict left out): the level the batch match compares."""
-    pred = Calibrator(profile)
+    it cannot predict left out: :func:`profile_ratios`): the level the batch match compares."""
     logs: dict[str, list[float]] = {}
-    for b in batches:
-        p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
-        if p is not None:
-            logs.setdefault(b.stage, []).extend(math.log(s / q) for s, q in zip(b.seconds, p.tolist(), strict=True)
-                                                if s > 0 and q > 0)
+    for b, r in zip(batches, profile_ratios(profile, batches), strict=True):
+        logs.setdefault(b.stage, []).extend(math.log(x) for x in r.tolist() if x > 0)  # NaN > 0 is false
     return {st: float(np.mean(v)) for st, v in logs.items() if v}
 
 

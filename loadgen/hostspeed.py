@@ -52,7 +52,8 @@ from varipipe.errors import ConfigError, VaripipeError
 from varipipe.records import BatchTimes, Profile, busy_threads
 
 __all__ = ["HostSpeed", "Spell", "Neighbour", "parse_neighbour", "speed_statistics", "check_not_replayed",
-           "parse_host_speed", "speed_from_batches", "HostFit", "fit_host", "ContentionLaw", "Contention",
+           "parse_host_speed", "speed_from_batches", "profile_ratios", "held_medians", "HostFit", "fit_host",
+           "ContentionLaw", "Contention",
            "ContentionFit", "threads_during", "threads_before", "beside_from_busy",
            "add_busy", "fit_contention", "BusyGrid", "READINGS"]
 
@@ -175,24 +176,50 @@ def speed_statistics(series: Sequence[float] | np.ndarray, step_s: float = 1.0) 
 def speed_from_batches(profile, batches: Sequence[BatchTimes], seconds: int, step_s: int = 10) -> np.ndarray:
     """A live run's host speed as the simulator models it: per ``step_s`` seconds, the median over
     every stage's batches of observed / the profile's p50 for the same batch (the calibration's
-    prediction), held over the step; steps without batches keep the previous figure (1 before
-    the first). ``ended_s`` relative to the run's start. For :func:`speed_statistics`, not for
-    replaying into a run compared with this one (:func:`check_not_replayed`)."""
+    prediction, :func:`profile_ratios`), held over the step; steps without batches keep the
+    previous figure (1 before the first). ``ended_s`` relative to the run's start. For
+    :func:`speed_statistics`, not for replaying into a run compared with this one
+    (:func:`check_not_replayed`)."""
+    ended, ratio = [], []
+    for b, r in zip(batches, profile_ratios(profile, batches), strict=True):
+        keep = np.isfinite(r)
+        ended.extend(np.asarray(b.ended_s, dtype=np.float64)[keep].tolist())
+        ratio.extend(r[keep].tolist())
+    return held_medians(ended, ratio, seconds, step_s)
+
+
+def profile_ratios(profile, batches: Sequence[BatchTimes]) -> list[np.ndarray]:
+    """Per entry of ``batches``, each batch's time over the profile's p50 for the same stage,
+    variant, hardware and size (the calibration's prediction, ``Calibrator.predicted``); NaN where
+    the profile cannot predict it (no such configuration, or a p50 that is not positive)."""
     from varipipe.adapter.calibration import Calibrator
 
     pred = Calibrator(profile)
-    steps = max(1, math.ceil(seconds / step_s))
-    ratios: list[list[float]] = [[] for _ in range(steps)]
+    out = []
     for b in batches:
-        p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64))
+        took = np.asarray(b.seconds, dtype=np.float64)
+        p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64)) if len(b.sizes) else None
         if p is None:
+            out.append(np.full(len(took), math.nan))
             continue
-        for t, s, q in zip(b.ended_s, b.seconds, p.tolist(), strict=True):
-            i = int(t // step_s)
-            if 0 <= i < steps and q > 0:
-                ratios[i].append(s / q)
+        p50 = np.asarray(p, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out.append(np.where(p50 > 0, took / p50, math.nan))
+    return out
+
+
+def held_medians(ended_s: Sequence[float], values: Sequence[float], seconds: int, step_s: int) -> np.ndarray:
+    """Per second of ``seconds``: the median of the ``values`` whose ``ended_s`` falls in its
+    ``step_s`` step, held over the step; a step without any keeps the previous figure (1 before
+    the first). Values ending outside ``[0, seconds)``'s steps are left out."""
+    steps = max(1, math.ceil(seconds / step_s))
+    per_step: list[list[float]] = [[] for _ in range(steps)]
+    for t, v in zip(ended_s, values, strict=True):
+        i = int(t // step_s)
+        if 0 <= i < steps:
+            per_step[i].append(v)
     out, last = np.empty(steps), 1.0
-    for i, r in enumerate(ratios):
+    for i, r in enumerate(per_step):
         last = float(np.median(r)) if r else last
         out[i] = last
     return np.repeat(out, step_s)[:seconds]
@@ -510,44 +537,34 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     the least-squares one. Then the residual speed per ``step_s`` (the median over the step's batches of time / what the
     law predicts, held over the step; 1 before the first). ``ended_s`` relative to the window's
     start; batches the profile cannot predict are left out of the fit but still run beside others."""
-    from varipipe.adapter.calibration import Calibrator
-
     _check_reading(reading)
-    pred = Calibrator(profile)
-    rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, q)
-            for b in batches for t, s, q in zip(b.ended_s, b.seconds, _predicted_or_nan(pred, b), strict=True)]
+    rows = [(b.stage, t - s, t, busy_threads(b.hardware), s, r)
+            for b, ratios in zip(batches, profile_ratios(profile, batches), strict=True)
+            for t, s, r in zip(b.ended_s, b.seconds, ratios.tolist(), strict=True)]
     if not rows:
         return ContentionFit(Contention({}, reading=reading), profile, {}, np.ones(max(seconds, 1)))
     stage = np.array([r[0] for r in rows])
-    start, end, threads, took, p50 = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
+    start, end, threads, took, ratio = (np.array([r[i] for r in rows], dtype=np.float64) for i in range(1, 6))
     source = [(b, j) for b in batches for j in range(len(b.sizes))]  # each row's batch
     during = threads_during(start, end, threads)
     beside = during if reading == "during" else threads_before(start, end, threads, stage, replicas)
-    ok = np.isfinite(p50) & (p50 > 0) & (took > 0)
+    ok = np.isfinite(ratio) & (took > 0)
     laws: dict[str, ContentionLaw] = {}
     for s in profile.stages:
         m = ok & (stage == s)
         if not m.any():
             continue
-        x, y = during[m], np.log(took[m] / p50[m])
+        x, y = during[m], np.log(ratio[m])
         if m.sum() >= MIN_CONTENTION_BATCHES and x.std() >= MIN_BESIDE_SPREAD:
             (_, gamma), *_ = np.linalg.lstsq(np.vstack([np.ones_like(x), x]).T, y, rcond=None)
             a = float(y.mean() - gamma * beside[m].mean())
         else:
             a, gamma = float(np.median(y)), 0.0
         laws[s] = ContentionLaw(float(a), float(gamma), int(m.sum()))
-    steps = max(1, math.ceil(seconds / step_s))
-    ratios: list[list[float]] = [[] for _ in range(steps)]
-    for k in np.flatnonzero(ok):
-        law = laws.get(str(stage[k]))
-        i = int(end[k] // step_s)
-        if law is not None and 0 <= i < steps:
-            ratios[i].append(float(took[k] / p50[k]) / law.factor(float(beside[k])))
-    out, last = np.empty(steps), 1.0
-    for i, r in enumerate(ratios):
-        last = float(np.median(r)) if r else last
-        out[i] = last
-    residual = np.repeat(out, step_s)[:seconds]
+    fitted = [k for k in np.flatnonzero(ok) if str(stage[k]) in laws]
+    residual = held_medians(end[fitted].tolist(),
+                            [float(ratio[k]) / laws[str(stage[k])].factor(float(beside[k])) for k in fitted],
+                            seconds, step_s)
     # The tails as fit_host reads them: on batch times with the law's factor and the drift taken out.
     steady = []
     left: dict[str, list[float]] = {}  # per stage: what the law and the drift leave of each batch
@@ -559,9 +576,9 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
         div = law.factor(float(beside[k])) * float(residual[min(max(int(end[k]), 0), len(residual) - 1)])
         steady.append(BatchTimes(b.stage, b.variant, b.hardware, (b.sizes[j],), (b.seconds[j] / div,),
                                  (b.ended_s[j],), (b.tokens[j],)))
-        left.setdefault(b.stage, []).append(float(took[k] / p50[k] / div))
+        left.setdefault(b.stage, []).append(float(ratio[k] / div))
     residuals = {s: tuple(v) for s, v in left.items() if len(v) >= MIN_CONTENTION_BATCHES}
-    from varipipe.adapter.calibration import CalibrationSettings, calibrate
+    from varipipe.adapter.calibration import CalibrationSettings, Calibrator, calibrate
 
     spread = Calibrator(profile, CalibrationSettings(half_life_s=_NO_DECAY_S, dead_band=0.0, z=0.0))
     spread.add(steady)
@@ -569,7 +586,3 @@ def fit_contention(profile: Profile, batches: Sequence[BatchTimes], seconds: int
     return ContentionFit(Contention(laws, residuals, reading), calibrate(profile, {}, tails=tails), tails, residual)
 
 
-def _predicted_or_nan(pred, b: BatchTimes) -> list[float]:
-    """The profile's p50 for each of ``b``'s batches (NaN where the profile has no such configuration)."""
-    p = pred.predicted(b.stage, b.variant, b.hardware, np.asarray(b.sizes, dtype=np.int64)) if len(b.sizes) else None
-    return p.tolist() if p is not None else [math.nan] * len(b.sizes)

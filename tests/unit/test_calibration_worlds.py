@@ -74,6 +74,22 @@ def test_a_live_runs_speed_is_read_from_its_batches():
     assert speed.tolist() == [1.5] * 10 + [1.5] * 10 + [2.0] * 10  # median of 1 and 2; held; 2
 
 
+def test_batches_are_read_against_the_profile_and_held_per_step():
+    from varipipe.loadgen.hostspeed import held_medians, profile_ratios
+    from varipipe.records import BatchTimes
+
+    known = BatchTimes("s", "slow", "cpu:1", (1, 2), (0.3, 1.2), (1.0, 5.0), (0, 0))
+    unknown = BatchTimes("s", "no-such-variant", "cpu:1", (1,), (0.3,), (2.0,), (0,))
+    ratios = profile_ratios(PROFILE, [known, unknown])
+    assert ratios[0].tolist() == pytest.approx([1.0, 2.0])  # observed / the profile's p50
+    assert math.isnan(ratios[1][0])  # the profile cannot predict it
+    # Steps of 10 s: the first holds the median of its values, the second (none) keeps it, the
+    # third its own; a value past the run is left out.
+    held = held_medians([1.0, 5.0, 25.0, 31.0], [1.0, 2.0, 4.0, 9.0], 30, step_s=10)
+    assert held.tolist() == [1.5] * 20 + [4.0] * 10
+    assert held_medians([], [], 5, step_s=10).tolist() == [1.0] * 5  # 1 before any batch
+
+
 def test_a_live_window_is_fitted_as_a_host_per_variant():
     from varipipe.adapter.calibration import Z99
     from varipipe.loadgen.hostspeed import fit_host
